@@ -1,0 +1,175 @@
+"""The Elman (simple) recurrent cell, a drop-in for ``torch.nn.RNNCell``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import functional as RF
+from rnnkit.cells.base import RecurrentCell, check_size
+
+_NONLINEARITIES = ("tanh", "relu")
+_INITS = ("default", "irnn")
+
+
+def check_flag(owner: str, name: str, value: object) -> bool:
+    """Validate a boolean constructor option (``bias``, ``peepholes``, ...)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Validate a string option against its allowed values."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{owner}: {name} must be one of {allowed}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_input_dtype(cell: RecurrentCell, x: Tensor) -> None:
+    """The input must share the parameters' dtype: torch would fail deep inside otherwise."""
+    weight = next(cell.parameters(), None)
+    if weight is not None and x.dtype != weight.dtype:
+        raise TypeError(
+            f"{type(cell).__name__}: input dtype {x.dtype} does not match the parameter dtype "
+            f"{weight.dtype}; convert one of them (e.g. cell.to({x.dtype}))"
+        )
+
+
+def layer_norm_params(module: nn.LayerNorm | None) -> RF.LayerNormParams | None:
+    """A ``nn.LayerNorm`` (or ``None``) as :class:`rnnkit.functional.LayerNormParams`."""
+    if module is None:
+        return None
+    return RF.LayerNormParams(module.weight, module.bias, module.eps)
+
+
+def check_state_tensor(
+    cell: RecurrentCell, what: str, state: object, x: Tensor, size: int
+) -> Tensor:
+    """Raise a readable error unless ``state`` is a ``(B, size)`` tensor of ``x``'s dtype."""
+    name = type(cell).__name__
+    if not isinstance(state, Tensor):
+        raise TypeError(f"{name}: {what} must be a Tensor, got {type(state).__name__}")
+    expected = (x.shape[0], size)
+    if tuple(state.shape) != expected:
+        raise ValueError(
+            f"{name}: expected {what} of shape {expected} (batch, {size}) for input of shape "
+            f"{tuple(x.shape)}, got {tuple(state.shape)}"
+        )
+    if state.dtype != x.dtype:
+        raise TypeError(f"{name}: {what} dtype {state.dtype} does not match input dtype {x.dtype}")
+    return state
+
+
+class ElmanCell(RecurrentCell):
+    r"""Elman recurrent cell (simple RNN), parameter-compatible with ``torch.nn.RNNCell``.
+
+    .. math::
+        h_t = \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}),
+        \qquad \phi = \tanh \text{ or } \mathrm{relu}
+
+    Shapes (B: batch, H_in: ``input_size``, H: ``hidden_size``):
+
+    =============  ==============  ===================================
+    name           shape           initialisation (``init="default"``)
+    =============  ==============  ===================================
+    ``weight_ih``  ``(H, H_in)``   :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    ``weight_hh``  ``(H, H)``      :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    ``bias_ih``    ``(H,)``        :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    ``bias_hh``    ``(H,)``        :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    =============  ==============  ===================================
+
+    ``init="irnn"`` (Le, Jaitly & Hinton 2015, "A Simple Way to Initialize Recurrent
+    Networks of Rectified Linear Units") sets ``weight_hh`` to the identity, draws
+    ``weight_ih`` from :math:`\mathcal N(0, 0.001^2)` and zeroes the biases. The paper uses
+    it with ReLU, so pass ``nonlinearity="relu"`` as well; the nonlinearity is not changed
+    for you.
+
+    Args:
+        input_size: H_in.
+        hidden_size: H.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+        bias: if ``False`` there are no ``bias_ih``/``bias_hh`` (they are ``None``).
+        init: ``"default"`` (``torch.nn.RNNCell``'s) or ``"irnn"``.
+        device, dtype: where and in what dtype to create the parameters.
+
+    Call: ``output, h = cell(x, h)`` with ``x`` ``(B, H_in)`` and ``h`` ``(B, H)`` or ``None``
+    (zeros); ``output`` is the new ``h``.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import ElmanCell
+        >>> cell = ElmanCell(3, 5, nonlinearity="relu", init="irnn")
+        >>> x = torch.randn(2, 3)
+        >>> out, h = cell(x, cell.initial_state(2))
+        >>> out.shape, torch.equal(out, h)
+        (torch.Size([2, 5]), True)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        init: str = "default",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.nonlinearity = check_choice("ElmanCell", "nonlinearity", nonlinearity, _NONLINEARITIES)
+        self.bias = check_flag("ElmanCell", "bias", bias)
+        self.init = check_choice("ElmanCell", "init", init, _INITS)
+        self.state_size = hidden_size
+        self.output_size = hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters as chosen by ``init``."""
+        if self.init == "irnn":
+            with torch.no_grad():
+                nn.init.normal_(self.weight_ih, mean=0.0, std=0.001)
+                self.weight_hh.copy_(torch.eye(self.hidden_size))
+                for bias in (self.bias_ih, self.bias_hh):
+                    if bias is not None:
+                        bias.zero_()
+            return
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def weights(self) -> RF.ElmanWeights:
+        """This cell's parameters as :class:`rnnkit.functional.ElmanWeights`."""
+        return RF.ElmanWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        check_input_dtype(self, x)
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        return RF.elman_step(x, state, self.weights(), self.nonlinearity)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.nonlinearity != "tanh":
+            text += f", nonlinearity={self.nonlinearity!r}"
+        if not self.bias:
+            text += ", bias=False"
+        if self.init != "default":
+            text += f", init={self.init!r}"
+        return text

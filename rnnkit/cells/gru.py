@@ -1,0 +1,157 @@
+"""The GRU cell: ``torch.nn.GRUCell``, the original reset-before form, and layer norm."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import functional as RF
+from rnnkit.cells.base import RecurrentCell, check_size
+from rnnkit.cells.elman import (
+    check_flag,
+    check_input_dtype,
+    check_state_tensor,
+    layer_norm_params,
+)
+
+
+class GRUCell(RecurrentCell):
+    r"""Gated recurrent unit cell; ``reset_after=True`` equals ``torch.nn.GRUCell``.
+
+    .. math::
+        \begin{aligned}
+        r_t &= \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t &= \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t &= \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn}))
+            && \text{reset\_after=True (PyTorch, cuDNN, Keras default)} \\
+        n_t &= \tanh(W_{in} x_t + b_{in} + W_{hn} (r_t \odot h_{t-1}) + b_{hn})
+            && \text{reset\_after=False (Cho et al. 2014, CNTK, TF1)} \\
+        h_t &= (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+        \end{aligned}
+
+    Parameters (B: batch, H_in: ``input_size``, H: ``hidden_size``), rows in gate order
+    r, z, n as in ``torch.nn.GRUCell``; both forms use the same layout, so weights can be
+    moved between them (the results differ, of course):
+
+    ===============  ================  ================================================
+    name             shape             notes
+    ===============  ================  ================================================
+    ``weight_ih``    ``(3H, H_in)``    :math:`[W_{ir}; W_{iz}; W_{in}]`
+    ``weight_hh``    ``(3H, H)``       :math:`[W_{hr}; W_{hz}; W_{hn}]`
+    ``bias_ih``      ``(3H,)``         only with ``bias``
+    ``bias_hh``      ``(3H,)``         only with ``bias``
+    ``ln_ih``        LayerNorm(3H)     with ``layer_norm``: normalises ``W_ih x``
+    ``ln_hh``        LayerNorm(3H)     with ``layer_norm`` and ``reset_after``:
+                                       normalises ``W_hh h`` (before ``r`` scales the
+                                       n slice)
+    ``ln_hh``        LayerNorm(2H)     with ``layer_norm``, not ``reset_after``:
+                                       normalises the r, z slices ``W_h[rz] h``
+    ``ln_hn``        LayerNorm(H)      with ``layer_norm``, not ``reset_after``:
+                                       normalises ``W_hn (r * h)``, which needs ``r``
+                                       first and so cannot share ``ln_hh``
+    ===============  ================  ================================================
+
+    With layer norm every product :math:`W v` above becomes :math:`\mathrm{LN}(W v)` and
+    the biases are added after it. Initialisation is ``torch.nn.GRUCell``'s,
+    :math:`U(-1/\sqrt{H}, 1/\sqrt{H})` for the weights and biases; layer norms start as
+    weight 1, bias 0.
+
+    Args:
+        input_size: H_in.
+        hidden_size: H.
+        bias: create ``bias_ih`` and ``bias_hh``.
+        reset_after: apply the reset gate after the recurrent product (see above).
+        layer_norm: add layer normalisation as in the table.
+        device, dtype: where and in what dtype to create the parameters.
+
+    Call: ``output, h = cell(x, h)`` with ``x`` ``(B, H_in)`` and ``h`` ``(B, H)`` or ``None``
+    (zeros); ``output`` is the new ``h``.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import GRUCell
+        >>> cell = GRUCell(3, 5, reset_after=False)
+        >>> out, h = cell(torch.randn(2, 3), torch.zeros(2, 5))
+        >>> out.shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        reset_after: bool = True,
+        layer_norm: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.bias = check_flag("GRUCell", "bias", bias)
+        self.reset_after = check_flag("GRUCell", "reset_after", reset_after)
+        self.layer_norm = check_flag("GRUCell", "layer_norm", layer_norm)
+        self.state_size = hidden_size
+        self.output_size = hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.ln_ih = self.ln_hh = self.ln_hn = None
+        if layer_norm:
+            self.ln_ih = nn.LayerNorm(3 * hidden_size, **factory)
+            if reset_after:
+                self.ln_hh = nn.LayerNorm(3 * hidden_size, **factory)
+            else:
+                self.ln_hh = nn.LayerNorm(2 * hidden_size, **factory)
+                self.ln_hn = nn.LayerNorm(hidden_size, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters as ``torch.nn.GRUCell`` does; layer norms to 1 and 0."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters(recurse=False):
+            nn.init.uniform_(weight, -bound, bound)
+        for norm in (self.ln_ih, self.ln_hh, self.ln_hn):
+            if norm is not None:
+                norm.reset_parameters()
+
+    def weights(self) -> RF.GRUWeights:
+        """This cell's parameters as :class:`rnnkit.functional.GRUWeights`."""
+
+        norm = layer_norm_params
+        return RF.GRUWeights(
+            self.weight_ih,
+            self.weight_hh,
+            self.bias_ih,
+            self.bias_hh,
+            ln_ih=norm(self.ln_ih),
+            ln_hh=norm(self.ln_hh),
+            ln_hn=norm(self.ln_hn),
+        )
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        check_input_dtype(self, x)
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        return RF.gru_step(x, state, self.weights(), reset_after=self.reset_after)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            text += ", bias=False"
+        if not self.reset_after:
+            text += ", reset_after=False"
+        if self.layer_norm:
+            text += ", layer_norm=True"
+        return text

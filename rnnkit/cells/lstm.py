@@ -1,0 +1,253 @@
+"""The LSTM cell: ``torch.nn.LSTMCell`` plus peepholes, coupled gates, projection,
+cell clipping and layer normalisation."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import functional as RF
+from rnnkit.cells.base import RecurrentCell, check_size
+from rnnkit.cells.elman import (
+    check_flag,
+    check_input_dtype,
+    check_state_tensor,
+    layer_norm_params,
+)
+
+
+class LSTMCell(RecurrentCell):
+    r"""Long short-term memory cell; with the options off it equals ``torch.nn.LSTMCell``.
+
+    .. math::
+        \begin{aligned}
+        a_t &= \mathrm{LN}_{ih}(W_{ih} x_t) + b_{ih} + \mathrm{LN}_{hh}(W_{hh} h_{t-1}) + b_{hh}
+              = [a^i; a^f; a^g; a^o] \\
+        f_t &= \sigma(a^f + w_{cf} \odot c_{t-1}) \\
+        i_t &= \sigma(a^i + w_{ci} \odot c_{t-1})
+              \quad\text{or, with coupled gates,}\quad i_t = 1 - f_t \\
+        g_t &= \tanh(a^g) \\
+        c_t &= \mathrm{clip}\big(\mathrm{LN}_c(f_t \odot c_{t-1} + i_t \odot g_t),
+              -c_{clip}, c_{clip}\big) \\
+        o_t &= \sigma(a^o + w_{co} \odot c_t) \\
+        h_t &= W_{hr} (o_t \odot \tanh(c_t))
+        \end{aligned}
+
+    Each option adds one piece; with the option off the piece is the identity or zero:
+    ``peepholes`` the :math:`w_{c\cdot}` terms, ``layer_norm`` the three ``LN``,
+    ``cell_clip`` the clip, ``proj_size`` the :math:`W_{hr}` projection.
+
+    Parameters (B: batch, H_in: ``input_size``, H: ``hidden_size``, P: ``proj_size``,
+    H_out = P if ``proj_size > 0`` else H, G = 3 with ``coupled_gates`` else 4):
+
+    ===============  ================  ================================================
+    name             shape             notes
+    ===============  ================  ================================================
+    ``weight_ih``    ``(G*H, H_in)``   rows in gate order i, f, g, o (torch's); with
+                                       ``coupled_gates`` f, g, o (no input-gate rows)
+    ``weight_hh``    ``(G*H, H_out)``  same row order
+    ``bias_ih``      ``(G*H,)``        only with ``bias``
+    ``bias_hh``      ``(G*H,)``        only with ``bias``
+    ``weight_hr``    ``(P, H)``        only with ``proj_size > 0`` (``torch.nn.LSTM``)
+    ``weight_ci``    ``(H,)``          peephole to i; with ``peepholes`` and not coupled
+    ``weight_cf``    ``(H,)``          peephole to f; with ``peepholes``
+    ``weight_co``    ``(H,)``          peephole to o; with ``peepholes``
+    ``ln_ih``        LayerNorm(G*H)    with ``layer_norm``
+    ``ln_hh``        LayerNorm(G*H)    with ``layer_norm``
+    ``ln_c``         LayerNorm(H)      with ``layer_norm``
+    ===============  ================  ================================================
+
+    Initialisation: every parameter above except the layer norms is drawn from
+    :math:`U(-1/\sqrt{H}, 1/\sqrt{H})` as in ``torch.nn.LSTMCell``; the layer norms start
+    as weight 1, bias 0. Then, if ``bias`` and ``forget_bias`` is not ``None``, the
+    forget-gate slice of ``bias_ih`` is set to ``forget_bias`` and that of ``bias_hh`` to
+    0, so the forget gate's total bias starts at exactly ``forget_bias`` (Keras
+    ``unit_forget_bias``; Jozefowicz et al. 2015). ``forget_bias`` is only a starting
+    point: nothing is added in ``forward``, so a loaded ``torch.nn.LSTMCell`` state_dict
+    gives exactly torch's result. ``forget_bias=None`` keeps torch's uniform draw for the
+    whole bias; ``forget_bias=0.0`` starts the forget bias at 0.
+
+    Layer normalisation follows PyTorch's benchmark ``LayerNormLSTMCell``
+    (``benchmarks/fastrnns/custom_lstms.py``); the biases (if any) are added after the
+    normalisations. The cell clip applies after ``LN_c``, so the clipped value is both
+    the carried state and what the output gate and :math:`\tanh` see.
+
+    Args:
+        input_size: H_in.
+        hidden_size: H, the size of the cell state.
+        bias: create ``bias_ih`` and ``bias_hh``.
+        forget_bias: initial total forget-gate bias (see above), or ``None``.
+        peepholes: add diagonal peephole connections from the cell state to the gates.
+        coupled_gates: tie the input gate to the forget gate, :math:`i_t = 1 - f_t`.
+        proj_size: if ``> 0``, project the output to this size (must be ``< hidden_size``).
+        cell_clip: if given (``> 0``), clip the cell state to ``[-cell_clip, cell_clip]``.
+        layer_norm: add layer normalisation (``ln_ih``, ``ln_hh``, ``ln_c``).
+        device, dtype: where and in what dtype to create the parameters.
+
+    Call: ``output, (h, c) = cell(x, (h, c))`` with ``x`` ``(B, H_in)``, ``h``
+    ``(B, H_out)``, ``c`` ``(B, H)``; ``state=None`` means zeros. ``output`` is ``h``.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import LSTMCell
+        >>> cell = LSTMCell(3, 8, peepholes=True, proj_size=4, cell_clip=3.0)
+        >>> out, (h, c) = cell(torch.randn(2, 3))
+        >>> out.shape, c.shape, cell.state_size, cell.output_size
+        (torch.Size([2, 4]), torch.Size([2, 8]), (4, 8), 4)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        forget_bias: float | None = 1.0,
+        peepholes: bool = False,
+        coupled_gates: bool = False,
+        proj_size: int = 0,
+        cell_clip: float | None = None,
+        layer_norm: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.proj_size = check_size("proj_size", proj_size, minimum=0)
+        if proj_size >= hidden_size:
+            raise ValueError(
+                f"LSTMCell: proj_size must be smaller than hidden_size, got proj_size={proj_size}"
+                f" and hidden_size={hidden_size}"
+            )
+        self.bias = check_flag("LSTMCell", "bias", bias)
+        self.peepholes = check_flag("LSTMCell", "peepholes", peepholes)
+        self.coupled_gates = check_flag("LSTMCell", "coupled_gates", coupled_gates)
+        self.layer_norm = check_flag("LSTMCell", "layer_norm", layer_norm)
+        if forget_bias is not None and (
+            isinstance(forget_bias, bool)
+            or not isinstance(forget_bias, Real)
+            or not math.isfinite(forget_bias)
+        ):
+            raise TypeError(
+                f"LSTMCell: forget_bias must be a finite number or None, got {forget_bias!r}"
+            )
+        self.forget_bias = None if forget_bias is None else float(forget_bias)
+        if cell_clip is not None:
+            if isinstance(cell_clip, bool) or not isinstance(cell_clip, Real):
+                raise TypeError(
+                    f"LSTMCell: cell_clip must be a positive number or None, got {cell_clip!r}"
+                )
+            if not cell_clip > 0:
+                raise ValueError(f"LSTMCell: cell_clip must be > 0, got {cell_clip}")
+            cell_clip = float(cell_clip)
+        self.cell_clip = cell_clip
+
+        output_size = proj_size if proj_size > 0 else hidden_size
+        self.output_size = output_size
+        self.state_size = (output_size, hidden_size)
+        self.num_gates = 3 if coupled_gates else 4
+        gate_rows = self.num_gates * hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(gate_rows, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(gate_rows, output_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gate_rows, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gate_rows, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if proj_size > 0:
+            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **factory))
+        else:
+            self.register_parameter("weight_hr", None)
+        for name, wanted in (
+            ("weight_ci", peepholes and not coupled_gates),
+            ("weight_cf", peepholes),
+            ("weight_co", peepholes),
+        ):
+            if wanted:
+                self.register_parameter(name, nn.Parameter(torch.empty(hidden_size, **factory)))
+            else:
+                self.register_parameter(name, None)
+        if layer_norm:
+            self.ln_ih = nn.LayerNorm(gate_rows, **factory)
+            self.ln_hh = nn.LayerNorm(gate_rows, **factory)
+            self.ln_c = nn.LayerNorm(hidden_size, **factory)
+        else:
+            self.ln_ih = self.ln_hh = self.ln_c = None
+        self.reset_parameters()
+
+    @property
+    def forget_slice(self) -> slice:
+        """Rows of ``weight_ih``/``weight_hh``/biases that feed the forget gate."""
+        start = 0 if self.coupled_gates else self.hidden_size
+        return slice(start, start + self.hidden_size)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters as described in the class docstring."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters(recurse=False):
+            nn.init.uniform_(weight, -bound, bound)
+        for norm in (self.ln_ih, self.ln_hh, self.ln_c):
+            if norm is not None:
+                norm.reset_parameters()
+        if self.bias and self.forget_bias is not None:
+            with torch.no_grad():
+                self.bias_ih[self.forget_slice].fill_(self.forget_bias)
+                self.bias_hh[self.forget_slice].zero_()
+
+    def weights(self) -> RF.LSTMWeights:
+        """This cell's parameters as :class:`rnnkit.functional.LSTMWeights`."""
+
+        norm = layer_norm_params
+        return RF.LSTMWeights(
+            self.weight_ih,
+            self.weight_hh,
+            self.bias_ih,
+            self.bias_hh,
+            weight_hr=self.weight_hr,
+            weight_ci=self.weight_ci,
+            weight_cf=self.weight_cf,
+            weight_co=self.weight_co,
+            ln_ih=norm(self.ln_ih),
+            ln_hh=norm(self.ln_hh),
+            ln_c=norm(self.ln_c),
+        )
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self.check_input(x)
+        check_input_dtype(self, x)
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(
+                f"LSTMCell: state must be a pair (h, c), got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+            )
+        h = check_state_tensor(self, "state h", state[0], x, self.output_size)
+        c = check_state_tensor(self, "state c", state[1], x, self.hidden_size)
+        return RF.lstm_step(
+            x, (h, c), self.weights(), coupled_gates=self.coupled_gates, cell_clip=self.cell_clip
+        )
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = {
+            "bias": True,
+            "forget_bias": 1.0,
+            "peepholes": False,
+            "coupled_gates": False,
+            "proj_size": 0,
+            "cell_clip": None,
+            "layer_norm": False,
+        }
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if value != default:
+                text += f", {name}={value!r}"
+        return text
