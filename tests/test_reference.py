@@ -1,0 +1,309 @@
+"""The NumPy reference against finite differences, torch.nn autograd and rnnkit's cells.
+
+Three independent oracles:
+(a) central finite differences of the reference's own forward (float64, rel 1e-6);
+(b) ``torch.nn.RNN/LSTM/GRU`` with copied weights and autograd (float64, 1e-10), or, for
+    variants torch.nn lacks (peepholes, coupled gates, GRU reset_after=False), the equations
+    written out in torch inside this file and differentiated by autograd;
+(c) rnnkit's ElmanCell/LSTMCell/GRUCell run over time in a plain loop (float64, 1e-10).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnkit import reference as ref
+
+T, B, I, H, K, P = 4, 3, 3, 4, 5, 2
+TOL = {"rtol": 1e-10, "atol": 1e-10}
+
+# (cell, options, init_params kwargs); each is one variant the reference covers.
+VARIANTS = {
+    "elman_tanh": ("elman", {"nonlinearity": "tanh"}, {}),
+    "elman_relu": ("elman", {"nonlinearity": "relu"}, {}),
+    "elman_nobias": ("elman", {"nonlinearity": "tanh"}, {"bias": False}),
+    "lstm": ("lstm", {}, {}),
+    "lstm_nobias": ("lstm", {}, {"bias": False}),
+    "lstm_proj": ("lstm", {}, {"proj_size": P}),
+    "lstm_peepholes": ("lstm", {}, {"peepholes": True}),
+    "lstm_coupled": ("lstm", {"coupled_gates": True}, {}),
+    "lstm_all": ("lstm", {"coupled_gates": True}, {"peepholes": True, "proj_size": P}),
+    "gru": ("gru", {"reset_after": True}, {}),
+    "gru_reset_before": ("gru", {"reset_after": False}, {}),
+    "gru_nobias": ("gru", {"reset_after": False}, {"bias": False}),
+}
+
+
+def make_problem(name: str, seed: int = 0):
+    cell, options, init_kwargs = VARIANTS[name]
+    rng = np.random.default_rng(seed)
+    # scale 0.8: large enough that gates leave their linear regime, small enough for relu
+    params = ref.init_params(cell, I, H, rng=rng, scale=0.8, **init_kwargs)
+    out = init_kwargs.get("proj_size") or H
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((B, out)) * 0.5
+    state0 = (h0, rng.standard_normal((B, H)) * 0.5) if cell == "lstm" else h0
+    targets = rng.integers(0, K, size=(T, B))
+    weight_out = rng.standard_normal((K, out))
+    bias_out = rng.standard_normal(K)
+    return cell, options, params, x, state0, targets, weight_out, bias_out
+
+
+def numeric_gradient(f, array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar ``f()`` w.r.t. every entry of ``array`` (in place)."""
+    grad = np.zeros_like(array)
+    flat, flat_grad = array.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        saved = flat[k]
+        flat[k] = saved + eps
+        plus = f()
+        flat[k] = saved - eps
+        minus = f()
+        flat[k] = saved
+        flat_grad[k] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def assert_close_fd(analytic: np.ndarray, numeric: np.ndarray, what: str) -> None:
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8, err_msg=what)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) finite differences
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_sequence_loss_gradients_match_finite_differences(name):
+    cell, options, params, x, state0, targets, weight_out, bias_out = make_problem(name)
+
+    def loss():
+        return ref.sequence_loss_and_grads(
+            cell, x, targets, params, weight_out, bias_out, state0, **options
+        )[0]
+
+    _, grads = ref.sequence_loss_and_grads(
+        cell, x, targets, params, weight_out, bias_out, state0, **options
+    )
+    arrays = dict(params)
+    arrays.update(weight_out=weight_out, bias_out=bias_out, x=x)
+    if cell == "lstm":
+        arrays.update(h0=state0[0], c0=state0[1])
+    else:
+        arrays["h0"] = state0
+    assert set(grads) == set(arrays)
+    for key, array in arrays.items():
+        assert_close_fd(grads[key], numeric_gradient(loss, array), f"{name}: {key}")
+
+
+@pytest.mark.parametrize("name", ["elman_tanh", "lstm_all", "gru_reset_before"])
+def test_bare_recurrence_backward_matches_finite_differences(name):
+    """``*_backward`` for an arbitrary loss sum(R * hs) (+ sum(Rc * c_T) for the LSTM)."""
+    cell, options, params, x, state0, *_ = make_problem(name, seed=1)
+    rng = np.random.default_rng(2)
+    hs, cache = ref.sequence_forward(cell, x, params, state0, **options)
+    weights = rng.standard_normal(hs.shape)
+    weights_c = rng.standard_normal((B, H))
+    kwargs = {"dc_last": weights_c} if cell == "lstm" else {}
+
+    def loss():
+        hs, cache = ref.sequence_forward(cell, x, params, state0, **options)
+        value = (weights * hs).sum()
+        if cell == "lstm":
+            value += (weights_c * cache.cs[-1]).sum()
+        return value
+
+    grads = ref.sequence_backward(weights, cache, **kwargs)
+    for key in ("weight_ih", "weight_hh", "x"):
+        assert_close_fd(grads[key], numeric_gradient(loss, {**params, "x": x}[key]), key)
+    h0 = state0[0] if cell == "lstm" else state0
+    assert_close_fd(grads["h0"], numeric_gradient(loss, h0), "h0")
+    if cell == "lstm":
+        assert_close_fd(grads["c0"], numeric_gradient(loss, state0[1]), "c0")
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) torch.nn modules and torch autograd
+
+
+def to_torch(array: np.ndarray, grad: bool = True) -> torch.Tensor:
+    return torch.tensor(array, dtype=torch.float64, requires_grad=grad)
+
+
+def torch_loss(hs: torch.Tensor, targets, weight_out, bias_out) -> torch.Tensor:
+    logits = F.linear(hs, weight_out, bias_out)  # (T, B, K)
+    return F.cross_entropy(
+        logits.reshape(-1, K), torch.as_tensor(targets).reshape(-1), reduction="sum"
+    )
+
+
+def compare_with_torch(name, run_torch):
+    """Run the reference and ``run_torch(params_t, x_t, state0_t) -> hs`` on one problem."""
+    cell, options, params, x, state0, targets, weight_out, bias_out = make_problem(name)
+    loss, grads = ref.sequence_loss_and_grads(
+        cell, x, targets, params, weight_out, bias_out, state0, **options
+    )
+    hs_ref, _ = ref.sequence_forward(cell, x, params, state0, **options)
+
+    params_t = {k: to_torch(v) for k, v in params.items()}
+    x_t = to_torch(x)
+    state_t = tuple(to_torch(s) for s in state0) if cell == "lstm" else to_torch(state0)
+    out_t = {"weight_out": to_torch(weight_out), "bias_out": to_torch(bias_out)}
+    hs_t = run_torch(params_t, x_t, state_t)
+    loss_t = torch_loss(hs_t, targets, out_t["weight_out"], out_t["bias_out"])
+    loss_t.backward()
+
+    np.testing.assert_allclose(hs_ref, hs_t.detach().numpy(), **TOL)
+    np.testing.assert_allclose(loss, loss_t.item(), **TOL)
+    leaves = {**params_t, **out_t, "x": x_t}
+    if cell == "lstm":
+        leaves.update(h0=state_t[0], c0=state_t[1])
+    else:
+        leaves["h0"] = state_t
+    assert set(grads) == set(leaves)
+    for key, leaf in leaves.items():
+        # a parameter autograd never reached (coupled gates: weight_ci) has zero gradient
+        expected = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+        np.testing.assert_allclose(grads[key], expected.numpy(), err_msg=key, **TOL)
+
+
+def load_module(module: torch.nn.Module, params_t: dict[str, torch.Tensor]) -> None:
+    """Make the module's ``*_l0`` parameters the given leaf tensors (so grads land on them)."""
+    for key, tensor in params_t.items():
+        setattr(module, f"{key}_l0", torch.nn.Parameter(tensor))
+        # nn.Parameter wraps a new leaf; keep the caller's tensor as the leaf that gets .grad
+        params_t[key] = getattr(module, f"{key}_l0")
+    module._init_flat_weights()
+
+
+@pytest.mark.parametrize("name", ["elman_tanh", "elman_relu", "elman_nobias"])
+def test_elman_matches_torch_rnn(name):
+    nonlinearity = VARIANTS[name][1]["nonlinearity"]
+    bias = VARIANTS[name][2].get("bias", True)
+
+    def run(params_t, x_t, h0_t):
+        rnn = torch.nn.RNN(I, H, nonlinearity=nonlinearity, bias=bias).double()
+        load_module(rnn, params_t)
+        return rnn(x_t, h0_t[None])[0]
+
+    compare_with_torch(name, run)
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm_nobias", "lstm_proj"])
+def test_lstm_matches_torch_lstm(name):
+    init_kwargs = VARIANTS[name][2]
+
+    def run(params_t, x_t, state_t):
+        lstm = torch.nn.LSTM(
+            I, H, bias=init_kwargs.get("bias", True), proj_size=init_kwargs.get("proj_size", 0)
+        ).double()
+        load_module(lstm, params_t)
+        return lstm(x_t, (state_t[0][None], state_t[1][None]))[0]
+
+    compare_with_torch(name, run)
+
+
+@pytest.mark.parametrize("name", ["gru"])
+def test_gru_matches_torch_gru(name):
+    def run(params_t, x_t, h0_t):
+        gru = torch.nn.GRU(I, H).double()
+        load_module(gru, params_t)
+        return gru(x_t, h0_t[None])[0]
+
+    compare_with_torch(name, run)
+
+
+def torch_lstm_equations(params_t, x_t, state_t, coupled_gates=False):
+    """The LSTM variants written directly from their equations, for torch autograd."""
+    h, c = state_t
+    zeros = torch.zeros(H, dtype=torch.float64)
+    w_ci = params_t.get("weight_ci", zeros)
+    w_cf = params_t.get("weight_cf", zeros)
+    w_co = params_t.get("weight_co", zeros)
+    outputs = []
+    for x in x_t:
+        gates = F.linear(x, params_t["weight_ih"], params_t.get("bias_ih")) + F.linear(
+            h, params_t["weight_hh"], params_t.get("bias_hh")
+        )
+        a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
+        f = torch.sigmoid(a_f + w_cf * c)
+        i = 1 - f if coupled_gates else torch.sigmoid(a_i + w_ci * c)
+        c = f * c + i * torch.tanh(a_g)
+        h = torch.sigmoid(a_o + w_co * c) * torch.tanh(c)
+        if "weight_hr" in params_t:
+            h = h @ params_t["weight_hr"].T
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
+def torch_gru_reset_before(params_t, x_t, h):
+    w_hr, w_hz, w_hn = params_t["weight_hh"].chunk(3)
+    zeros = torch.zeros(3 * H, dtype=torch.float64)
+    b_hr, b_hz, b_hn = params_t.get("bias_hh", zeros).chunk(3)
+    outputs = []
+    for x in x_t:
+        a_r, a_z, a_n = F.linear(x, params_t["weight_ih"], params_t.get("bias_ih")).chunk(3, 1)
+        r = torch.sigmoid(a_r + h @ w_hr.T + b_hr)
+        z = torch.sigmoid(a_z + h @ w_hz.T + b_hz)
+        n = torch.tanh(a_n + (r * h) @ w_hn.T + b_hn)
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("name", ["lstm_peepholes", "lstm_coupled", "lstm_all"])
+def test_lstm_variants_match_torch_autograd(name):
+    coupled = VARIANTS[name][1].get("coupled_gates", False)
+    compare_with_torch(
+        name, lambda p, x, s: torch_lstm_equations(p, x, s, coupled_gates=coupled)
+    )
+
+
+@pytest.mark.parametrize("name", ["gru_reset_before", "gru_nobias"])
+def test_gru_reset_before_matches_torch_autograd(name):
+    compare_with_torch(name, torch_gru_reset_before)
+
+
+def test_zero_initial_state_is_the_default():
+    cell, options, params, x, state0, *_ = make_problem("lstm")
+    hs_none, _ = ref.lstm_forward(x, None, params)
+    hs_zero, _ = ref.lstm_forward(x, (np.zeros((B, H)), np.zeros((B, H))), params)
+    np.testing.assert_array_equal(hs_none, hs_zero)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def test_errors_name_the_problem():
+    _, _, params, x, *_ = make_problem("gru")
+    with pytest.raises(ValueError, match="unknown cell 'transformer'"):
+        ref.sequence_forward("transformer", x, params)
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu'"):
+        ref.elman_forward(x, None, ref.init_params("elman", I, H), nonlinearity="gelu")
+    with pytest.raises(ValueError, match=r"x must have 3 dimensions, got shape \(3, 3\)"):
+        ref.gru_forward(x[0], None, params)
+    with pytest.raises(ValueError, match="input has 5 features"):
+        ref.gru_forward(np.zeros((T, B, 5)), None, params)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(3, 4\), got \(2, 4\)"):
+        ref.gru_forward(x, np.zeros((2, H)), params)
+    with pytest.raises(KeyError, match="missing 'weight_hh'"):
+        ref.gru_forward(x, None, {"weight_ih": params["weight_ih"]})
+    with pytest.raises(ValueError, match=r"weight_ih must be \(4\*H, I\)"):
+        ref.lstm_forward(x, None, {**params, "weight_ih": np.zeros((7, I))})
+    with pytest.raises(ValueError, match="weight_hh must have 12 rows"):
+        ref.gru_forward(x, None, {**params, "weight_hh": np.zeros((8, H))})
+    with pytest.raises(ValueError, match=r"bias_ih must be \(12,\)"):
+        ref.gru_forward(x, None, {**params, "bias_ih": np.zeros(3)})
+    lstm_params = ref.init_params("lstm", I, H, proj_size=P)
+    with pytest.raises(ValueError, match=r"weight_hh must be \(16, 2\)"):
+        ref.lstm_forward(x, None, {**lstm_params, "weight_hh": np.zeros((16, H))})
+    hs, _ = ref.gru_forward(x, None, params)
+    with pytest.raises(ValueError, match=r"targets must have shape \(4, 3\)"):
+        ref.softmax_cross_entropy(hs, np.zeros((T,), dtype=int), np.zeros((K, H)), None)
+    with pytest.raises(ValueError, match=r"weight_out must be \(K, 4\)"):
+        ref.softmax_cross_entropy(hs, np.zeros((T, B), dtype=int), np.zeros((K, 3)), None)
+    with pytest.raises(ValueError, match=r"class ids in \[0, 5\)"):
+        ref.softmax_cross_entropy(hs, np.full((T, B), 5), np.zeros((K, H)), None)
