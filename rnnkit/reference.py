@@ -13,7 +13,7 @@ B       batch size
 I       input size (``H_in``)
 H       hidden size
 P       output size of an LSTM with projection (``proj_size``), otherwise ``H``
-G       number of gate blocks: 1 (Elman), 4 (LSTM), 3 (GRU)
+G       number of gate blocks: 1 (Elman), 4 (LSTM; 3 with coupled gates), 3 (GRU)
 K       number of classes of the softmax output layer
 ======  =====================================================================
 
@@ -37,7 +37,8 @@ name             shape        meaning
 ``weight_co``    (H,)         TensorFlow's ``use_peepholes``)
 ===============  ===========  =====================================================
 
-Gate order is torch's: LSTM ``i, f, g, o``; GRU ``r, z, n``. Row vectors are used throughout
+Gate order is torch's: LSTM ``i, f, g, o`` (``f, g, o`` with coupled gates, as
+:class:`rnnkit.cells.LSTMCell`); GRU ``r, z, n``. Row vectors are used throughout
 (``x_t`` is ``(B, I)``), so a matrix product with a torch weight is ``x_t @ W.T``.
 
 Back-propagation through time
@@ -227,6 +228,7 @@ def init_params(
     bias: bool = True,
     proj_size: int = 0,
     peepholes: bool = False,
+    coupled_gates: bool = False,
     rng: np.random.Generator | None = None,
     scale: float | None = None,
 ) -> dict[str, np.ndarray]:
@@ -237,7 +239,7 @@ def init_params(
     kind = _cell_kind(cell)
     rng = np.random.default_rng() if rng is None else rng
     scale = 1.0 / np.sqrt(hidden_size) if scale is None else scale
-    gates = GATES[kind]
+    gates = 3 if (kind == "lstm" and coupled_gates) else GATES[kind]
     recurrent = proj_size if (kind == "lstm" and proj_size) else hidden_size
 
     def u(*shape: int) -> np.ndarray:
@@ -253,7 +255,9 @@ def init_params(
     if kind == "lstm" and proj_size:
         params["weight_hr"] = u(proj_size, hidden_size)
     if kind == "lstm" and peepholes:
-        for name in ("weight_ci", "weight_cf", "weight_co"):
+        for name in ("weight_cf", "weight_co") if coupled_gates else (
+            "weight_ci", "weight_cf", "weight_co"
+        ):
             params[name] = u(hidden_size)
     return params
 
@@ -381,6 +385,7 @@ def lstm_forward(
     state0: tuple[np.ndarray | None, np.ndarray | None] | None,
     params: Params,
     coupled_gates: bool = False,
+    cell_clip: float | None = None,
 ) -> tuple[np.ndarray, Cache]:
     r"""LSTM recurrence over a whole sequence (gate order ``i, f, g, o``).
 
@@ -391,7 +396,7 @@ def lstm_forward(
             + b_{hh} \\
         i_t &= \sigma(\hat i + w_{ci} \odot c_{t-1}), \quad
         f_t = \sigma(\hat f + w_{cf} \odot c_{t-1}), \quad g_t = \tanh(\hat g) \\
-        c_t &= f_t \odot c_{t-1} + i_t \odot g_t \\
+        c_t &= \mathrm{clip}(f_t \odot c_{t-1} + i_t \odot g_t, -c_{clip}, c_{clip}) \\
         o_t &= \sigma(\hat o + w_{co} \odot c_t), \quad
         m_t = o_t \odot \tanh(c_t), \quad h_t = m_t W_{hr}^\top
         \end{aligned}
@@ -399,8 +404,10 @@ def lstm_forward(
     The peephole terms (:math:`w_{c\cdot}`) are present when ``params`` holds
     ``weight_ci/weight_cf/weight_co``; the projection :math:`W_{hr}` when it holds
     ``weight_hr`` (otherwise :math:`h_t = m_t`). With ``coupled_gates=True`` the input gate
-    is tied to the forget gate, :math:`i_t = 1 - f_t`, the ``i`` rows of the weights are
-    unused and receive zero gradient (Greff et al. 2017, "LSTM: A Search Space Odyssey").
+    is tied to the forget gate, :math:`i_t = 1 - f_t` (Greff et al. 2017, "LSTM: A Search
+    Space Odyssey"), and the weights hold three gate blocks ``f, g, o`` (no ``weight_ci``).
+    ``cell_clip`` clips the cell state (TensorFlow's ``LSTMCell(cell_clip=...)``); without
+    it the clip is the identity.
 
     Args:
         x: ``(T, B, I)``.
@@ -411,14 +418,19 @@ def lstm_forward(
         ``hs (T, B, P)`` and the cache (``cache.cs`` holds the cell states).
     """
     x = _as_float64("x", x, 3)
-    w_ih, w_hh, b_ih, b_hh, hidden = _check_params("lstm", x, params, 4)
+    gates_count = 3 if coupled_gates else 4
+    w_ih, w_hh, b_ih, b_hh, hidden = _check_params("lstm", x, params, gates_count)
+    if coupled_gates and params.get("weight_ci") is not None:
+        raise ValueError("lstm: coupled gates have no input gate, so weight_ci must be absent")
+    if cell_clip is not None and not cell_clip > 0:
+        raise ValueError(f"lstm: cell_clip must be > 0 or None, got {cell_clip}")
     w_hr = _get(params, "weight_hr")
     out_size = hidden if w_hr is None else w_hr.shape[0]
     if w_hr is not None and w_hr.shape != (out_size, hidden):
         raise ValueError(f"lstm: weight_hr must be (P, {hidden}), got {w_hr.shape}")
     if w_hh.shape[1] != out_size:
         raise ValueError(
-            f"lstm: weight_hh must be ({4 * hidden}, {out_size}), got {w_hh.shape}"
+            f"lstm: weight_hh must be ({gates_count * hidden}, {out_size}), got {w_hh.shape}"
         )
     peep = {name: _get(params, name) for name in ("weight_ci", "weight_cf", "weight_co")}
     peep = {k: (np.zeros(hidden) if v is None else v) for k, v in peep.items()}
@@ -426,22 +438,29 @@ def lstm_forward(
     h0, c0 = (None, None) if state0 is None else state0
     h = _initial("h0", h0, batch, out_size)
     c = _initial("c0", c0, batch, hidden)
-    bias = _bias_or_zero(b_ih, 4 * hidden) + _bias_or_zero(b_hh, 4 * hidden)
-    cache = Cache("lstm", x, params, {"coupled_gates": coupled_gates})
+    rows = gates_count * hidden
+    bias = _bias_or_zero(b_ih, rows) + _bias_or_zero(b_hh, rows)
+    cache = Cache("lstm", x, params, {"coupled_gates": coupled_gates, "cell_clip": cell_clip})
     for x_t in x:
-        gates = x_t @ w_ih.T + h @ w_hh.T + bias  # (B, 4H)
-        a_i, a_f, a_g, a_o = np.split(gates, 4, axis=1)
-        f = sigmoid(a_f + peep["weight_cf"] * c)
-        i = 1.0 - f if coupled_gates else sigmoid(a_i + peep["weight_ci"] * c)
+        gates = x_t @ w_ih.T + h @ w_hh.T + bias  # (B, G*H)
+        if coupled_gates:
+            a_f, a_g, a_o = np.split(gates, 3, axis=1)
+            f = sigmoid(a_f + peep["weight_cf"] * c)
+            i = 1.0 - f
+        else:
+            a_i, a_f, a_g, a_o = np.split(gates, 4, axis=1)
+            f = sigmoid(a_f + peep["weight_cf"] * c)
+            i = sigmoid(a_i + peep["weight_ci"] * c)
         g = np.tanh(a_g)
-        c_new = f * c + i * g  # (B, H)
+        c_pre = f * c + i * g  # (B, H)
+        c_new = c_pre if cell_clip is None else np.clip(c_pre, -cell_clip, cell_clip)
         o = sigmoid(a_o + peep["weight_co"] * c_new)
         tanh_c = np.tanh(c_new)
         m = o * tanh_c  # (B, H)
         h_new = m if w_hr is None else m @ w_hr.T  # (B, P)
         cache.steps.append(
-            {"h_prev": h, "c_prev": c, "i": i, "f": f, "g": g, "o": o, "c": c_new,
-             "tanh_c": tanh_c, "m": m, "h": h_new}
+            {"h_prev": h, "c_prev": c, "i": i, "f": f, "g": g, "o": o, "c_pre": c_pre,
+             "c": c_new, "tanh_c": tanh_c, "m": m, "h": h_new}
         )
         h, c = h_new, c_new
     return cache.hs, cache
@@ -462,15 +481,17 @@ def lstm_backward(
         \delta \hat o &= \delta m \odot \tanh(c_t) \odot o (1 - o) \\
         \delta c_t &= \delta c_{\text{next}} + \delta m \odot o \odot (1 - \tanh^2 c_t)
                      + \delta \hat o \odot w_{co} \\
-        \delta \hat f &= \delta c_t \odot c_{t-1} \odot f (1 - f), \quad
-        \delta \hat i = \delta c_t \odot g \odot i (1 - i), \quad
-        \delta \hat g = \delta c_t \odot i \odot (1 - g^2) \\
-        \delta c_{t-1} &= \delta c_t \odot f + \delta \hat i \odot w_{ci}
+        \delta \tilde c_t &= \delta c_t \odot [\,|\tilde c_t| \le c_{clip}\,]
+            \quad (\tilde c_t: \text{the cell state before the clip}) \\
+        \delta \hat f &= \delta \tilde c_t \odot c_{t-1} \odot f (1 - f), \quad
+        \delta \hat i = \delta \tilde c_t \odot g \odot i (1 - i), \quad
+        \delta \hat g = \delta \tilde c_t \odot i \odot (1 - g^2) \\
+        \delta c_{t-1} &= \delta \tilde c_t \odot f + \delta \hat i \odot w_{ci}
                           + \delta \hat f \odot w_{cf}
         \end{aligned}
 
     With coupled gates (:math:`i = 1 - f`) the forget gate also receives
-    :math:`-\delta c_t \odot g` and :math:`\delta \hat i = 0`. The pre-activations
+    :math:`-\delta \tilde c_t \odot g` and there is no :math:`\hat i`. The pre-activations
     :math:`\delta a = [\delta \hat i, \delta \hat f, \delta \hat g, \delta \hat o]` then
     give the weight gradients exactly as in the Elman case.
 
@@ -484,15 +505,16 @@ def lstm_backward(
     """
     params = cache.params
     coupled = cache.options["coupled_gates"]
+    cell_clip = cache.options["cell_clip"]
     w_ih, w_hh = _get(params, "weight_ih"), _get(params, "weight_hh")
     w_hr = _get(params, "weight_hr")
-    hidden = w_ih.shape[0] // 4
+    hidden = w_ih.shape[0] // (3 if coupled else 4)
     peep = {n: _get(params, n) for n in ("weight_ci", "weight_cf", "weight_co")}
     w_ci, w_cf, w_co = (np.zeros(hidden) if v is None else v for v in peep.values())
     dhs = np.asarray(dhs, dtype=np.float64)
 
     d_w_ih, d_w_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
-    d_b = np.zeros(4 * hidden)
+    d_b = np.zeros(w_ih.shape[0])
     d_w_hr = None if w_hr is None else np.zeros_like(w_hr)
     d_peep = {n: np.zeros(hidden) for n in peep}
     dx = np.zeros_like(cache.x)
@@ -513,6 +535,9 @@ def lstm_backward(
             dm = dh @ w_hr  # (B, H)
         da_o = dm * s["tanh_c"] * o * (1.0 - o)
         dc = dc_next + dm * o * (1.0 - s["tanh_c"] ** 2) + da_o * w_co
+        d_peep["weight_co"] += (da_o * s["c"]).sum(axis=0)
+        if cell_clip is not None:  # the clip passes the gradient only where it did not clip
+            dc = dc * (np.abs(s["c_pre"]) <= cell_clip)
         if coupled:
             df = dc * (s["c_prev"] - g)  # c = f c_prev + (1 - f) g
             da_i = np.zeros_like(dc)
@@ -521,12 +546,12 @@ def lstm_backward(
             da_i = dc * g * i * (1.0 - i)
         da_f = df * f * (1.0 - f)
         da_g = dc * i * (1.0 - g**2)
-        d_peep["weight_co"] += (da_o * s["c"]).sum(axis=0)
         d_peep["weight_ci"] += (da_i * s["c_prev"]).sum(axis=0)
         d_peep["weight_cf"] += (da_f * s["c_prev"]).sum(axis=0)
         dc_next = dc * f + da_i * w_ci + da_f * w_cf
 
-        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # (B, 4H)
+        blocks = [da_f, da_g, da_o] if coupled else [da_i, da_f, da_g, da_o]
+        da = np.concatenate(blocks, axis=1)  # (B, G*H)
         d_w_ih += da.T @ cache.x[t]
         d_w_hh += da.T @ s["h_prev"]
         d_b += da.sum(axis=0)
@@ -733,7 +758,8 @@ def sequence_forward(
 ) -> tuple[np.ndarray, Cache]:
     """Dispatch to :func:`elman_forward`, :func:`lstm_forward` or :func:`gru_forward`.
 
-    ``options``: ``nonlinearity`` (Elman), ``coupled_gates`` (LSTM), ``reset_after`` (GRU).
+    ``options``: ``nonlinearity`` (Elman), ``coupled_gates`` and ``cell_clip`` (LSTM),
+    ``reset_after`` (GRU).
     ``state0`` is ``h0`` (Elman, GRU) or ``(h0, c0)`` (LSTM).
     """
     kind = _cell_kind(cell)
@@ -772,7 +798,8 @@ def sequence_loss_and_grads(
         params: cell parameters in torch's layout.
         weight_out: ``V (K, P)``; ``bias_out``: ``c (K,)`` or ``None``.
         state0: initial state (see :func:`sequence_forward`), ``None`` for zeros.
-        options: cell options (``nonlinearity``, ``coupled_gates``, ``reset_after``).
+        options: cell options (``nonlinearity``, ``coupled_gates``, ``cell_clip``,
+            ``reset_after``).
 
     Returns:
         ``(loss, grads)``: ``grads`` holds the cell parameters' gradients under their own
