@@ -286,6 +286,365 @@ def gru_step(
     return h_new, h_new
 
 # --- extra cells: UGRNN, NAS, grouped LSTM, IndRNN, minGRU, minLSTM ---
+#
+# Same symbols as above, plus:
+#   T      sequence length (the minGRU/minLSTM scans take a whole sequence)
+#   N      number of groups of the grouped LSTM; H_in/N and H/N features per group
+
+
+class UGRNNWeights(NamedTuple):
+    """Weights of one UGRNN step (rows: update gate ``g``, then candidate ``c``).
+
+    ===============  =================  ==============================================
+    field            shape              meaning
+    ===============  =================  ==============================================
+    ``weight_ih``    ``(2H, H_in)``     input to [g; c] (TF ``kernel[:H_in].T``)
+    ``weight_hh``    ``(2H, H)``        state to [g; c] (TF ``kernel[H_in:].T``)
+    ``bias``         ``(2H,)``/None     one bias, as TF's single ``_Linear``
+    ===============  =================  ==============================================
+    """
+
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias: Tensor | None = None
+
+
+def ugrnn_step(
+    x: Tensor, h: Tensor, weights: UGRNNWeights, *, forget_bias: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    r"""One step of the Update Gate RNN (Collins, Sohl-Dickstein & Sussillo 2017).
+
+    .. math::
+        \begin{aligned}
+        [a^g; a^c] &= W_{ih} x_t + W_{hh} h_{t-1} + b \\
+        g_t &= \sigma(a^g + b_f), \qquad c_t = \tanh(a^c) \\
+        h_t &= g_t \odot h_{t-1} + (1 - g_t) \odot c_t
+        \end{aligned}
+
+    ``forget_bias`` (:math:`b_f`) is a constant added in every step, exactly as TF1
+    ``tf.contrib.rnn.UGRNNCell``, so weights exported from TF give TF's result.
+
+    Args:
+        x: ``(B, H_in)``; h: ``(B, H)``; weights: :class:`UGRNNWeights`.
+
+    Returns:
+        ``(h_t, h_t)``.
+    """
+    pre = F.linear(x, weights.weight_ih, weights.bias) + F.linear(h, weights.weight_hh)  # (B, 2H)
+    g_pre, c_pre = pre.chunk(2, 1)  # (B, H) each
+    gate = torch.sigmoid(g_pre + forget_bias)
+    h_new = gate * h + (1.0 - gate) * torch.tanh(c_pre)  # (B, H)
+    return h_new, h_new
+
+
+class NASWeights(NamedTuple):
+    """Weights of one NAS cell step (8 branches of H rows each, in TF's order).
+
+    ===============  =================  ==============================================
+    field            shape              meaning
+    ===============  =================  ==============================================
+    ``weight_ih``    ``(8H, H_in)``     TF ``kernel`` transposed
+    ``weight_hh``    ``(8H, H_out)``    TF ``recurrent_kernel`` transposed
+    ``bias``         ``(8H,)``/None     TF ``bias`` (added to the recurrent branches)
+    ``weight_hr``    ``(P, H)``/None    TF ``projection_weights`` transposed
+    ===============  =================  ==============================================
+    """
+
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias: Tensor | None = None
+    weight_hr: Tensor | None = None
+
+
+def nas_step(
+    x: Tensor, state: tuple[Tensor, Tensor], weights: NASWeights
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    r"""One step of the NAS cell (Zoph & Le 2017), exactly as TF1 ``contrib.rnn.NASCell``.
+
+    With :math:`u^k = W^k_{ih} x_t` and :math:`v^k = W^k_{hh} h_{t-1} + b^k` for the
+    branches :math:`k = 0..7`:
+
+    .. math::
+        \begin{aligned}
+        l_0 &= \sigma(u^0 + v^0) & l_1 &= \mathrm{relu}(u^1 + v^1) &
+        l_2 &= \sigma(u^2 + v^2) & l_3 &= \mathrm{relu}(u^3 \odot v^3) \\
+        l_4 &= \tanh(u^4 + v^4) & l_5 &= \sigma(u^5 + v^5) &
+        l_6 &= \tanh(u^6 + v^6) & l_7 &= \sigma(u^7 + v^7) \\
+        m_0 &= \tanh\big(\tanh(l_0 \odot l_1) + c_{t-1}\big) & m_1 &= \tanh(l_2 + l_3) &
+        m_2 &= \tanh(l_4 \odot l_5) & m_3 &= \sigma(l_6 + l_7) \\
+        c_t &= m_0 \odot m_1 & & &
+        h_t &= W_{hr} \tanh\big(c_t \odot \tanh(m_2 + m_3)\big)
+        \end{aligned}
+
+    (branch 3 multiplies the input and recurrent terms; :math:`W_{hr}` is the identity
+    without projection). TF orders the state ``(c, m)``; rnnkit uses ``(h, c)`` as for
+    the LSTM.
+
+    Args:
+        x: ``(B, H_in)``; state: ``(h (B, H_out), c (B, H))``; weights: :class:`NASWeights`.
+
+    Returns:
+        ``(h_t, (h_t, c_t))``.
+    """
+    h, c = state
+    u = F.linear(x, weights.weight_ih).chunk(8, 1)  # 8 x (B, H)
+    v = F.linear(h, weights.weight_hh, weights.bias).chunk(8, 1)  # 8 x (B, H)
+    sigmoid, relu, tanh = torch.sigmoid, torch.relu, torch.tanh
+    l0 = sigmoid(u[0] + v[0])
+    l1 = relu(u[1] + v[1])
+    l2 = sigmoid(u[2] + v[2])
+    l3 = relu(u[3] * v[3])
+    l4 = tanh(u[4] + v[4])
+    l5 = sigmoid(u[5] + v[5])
+    l6 = tanh(u[6] + v[6])
+    l7 = sigmoid(u[7] + v[7])
+    m0 = tanh(tanh(l0 * l1) + c)  # the cell state enters here
+    m1 = tanh(l2 + l3)
+    m2 = tanh(l4 * l5)
+    m3 = sigmoid(l6 + l7)
+    c_new = m0 * m1  # (B, H)
+    h_new = tanh(c_new * tanh(m2 + m3))  # (B, H)
+    if weights.weight_hr is not None:
+        h_new = F.linear(h_new, weights.weight_hr)  # (B, P)
+    return h_new, (h_new, c_new)
+
+
+class GroupedLSTMWeights(NamedTuple):
+    """Weights of one grouped-LSTM step: group ``k`` is a ``torch.nn.LSTMCell``.
+
+    ``weight_ih[k]`` etc. are exactly the ``weight_ih`` etc. of an ``LSTMCell(H_in/N, H/N)``
+    (gate rows i, f, g, o within each group).
+
+    ===============  ======================  =========================================
+    field            shape                   meaning
+    ===============  ======================  =========================================
+    ``weight_ih``    ``(N, 4H/N, H_in/N)``   per-group input to gates
+    ``weight_hh``    ``(N, 4H/N, H/N)``      per-group state to gates
+    ``bias_ih``      ``(N, 4H/N)``/None      per-group bias
+    ``bias_hh``      ``(N, 4H/N)``/None      per-group bias
+    ===============  ======================  =========================================
+    """
+
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Tensor | None = None
+    bias_hh: Tensor | None = None
+
+
+def grouped_lstm_step(
+    x: Tensor, state: tuple[Tensor, Tensor], weights: GroupedLSTMWeights
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    r"""One step of the grouped LSTM, GLSTM (Kuchaiev & Ginsburg 2017).
+
+    The input and the state are cut into :math:`N` equal slices; slice :math:`k` runs its
+    own LSTM (equations of :func:`lstm_step`), and the slices are concatenated again:
+
+    .. math::
+        (h^k_t, c^k_t) = \mathrm{LSTM}_k(x^k_t, (h^k_{t-1}, c^k_{t-1})), \qquad
+        h_t = [h^1_t; \dots; h^N_t]
+
+    which is an LSTM whose :math:`W_{ih}`, :math:`W_{hh}` are block diagonal (per gate),
+    with :math:`N` times fewer weights and multiply-adds.
+
+    Args:
+        x: ``(B, H_in)``; state: ``(h, c)`` each ``(B, H)``;
+        weights: :class:`GroupedLSTMWeights`.
+
+    Returns:
+        ``(h_t, (h_t, c_t))``.
+    """
+    h, c = state
+    groups = weights.weight_ih.shape[0]
+    batch = x.shape[0]
+    x_g = x.reshape(batch, groups, -1).transpose(0, 1)  # (N, B, H_in/N)
+    h_g = h.reshape(batch, groups, -1).transpose(0, 1)  # (N, B, H/N)
+    gates = torch.bmm(x_g, weights.weight_ih.transpose(1, 2)) + torch.bmm(
+        h_g, weights.weight_hh.transpose(1, 2)
+    )  # (N, B, 4H/N)
+    if weights.bias_ih is not None:
+        gates = gates + weights.bias_ih.unsqueeze(1)
+    if weights.bias_hh is not None:
+        gates = gates + weights.bias_hh.unsqueeze(1)
+    i_pre, f_pre, g_pre, o_pre = gates.chunk(4, 2)  # (N, B, H/N) each
+    c_g = c.reshape(batch, groups, -1).transpose(0, 1)  # (N, B, H/N)
+    c_new = torch.sigmoid(f_pre) * c_g + torch.sigmoid(i_pre) * torch.tanh(g_pre)
+    h_new = torch.sigmoid(o_pre) * torch.tanh(c_new)  # (N, B, H/N)
+    h_new = h_new.transpose(0, 1).reshape(batch, -1)  # (B, H)
+    c_new = c_new.transpose(0, 1).reshape(batch, -1)  # (B, H)
+    return h_new, (h_new, c_new)
+
+
+class IndRNNWeights(NamedTuple):
+    """Weights of one IndRNN step.
+
+    ===============  =================  ==============================================
+    field            shape              meaning
+    ===============  =================  ==============================================
+    ``weight_ih``    ``(H, H_in)``      input to hidden
+    ``weight_hh``    ``(H,)``           recurrent weights, one per unit (diagonal)
+    ``bias``         ``(H,)``/None      bias
+    ===============  =================  ==============================================
+    """
+
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias: Tensor | None = None
+
+
+def indrnn_step(
+    x: Tensor,
+    h: Tensor,
+    weights: IndRNNWeights,
+    *,
+    nonlinearity: str = "relu",
+    recurrent_max_abs: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""One step of the independently recurrent network, IndRNN (Li et al. 2018).
+
+    .. math::
+        h_t = \phi\big(W_{ih} x_t + u \odot h_{t-1} + b\big), \qquad
+        u = \mathrm{clip}(w_{hh}, -u_{max}, u_{max})
+
+    Each unit sees only its own past (``u`` is a vector). With ``recurrent_max_abs``
+    (:math:`u_{max}`) the recurrent weights are clipped in the forward pass (gradient zero
+    where they are clipped), as TF's ``IndRNNCell``.
+
+    Args:
+        x: ``(B, H_in)``; h: ``(B, H)``; weights: :class:`IndRNNWeights`;
+        nonlinearity: ``"relu"`` or ``"tanh"``.
+
+    Returns:
+        ``(h_t, h_t)``.
+    """
+    recurrent = weights.weight_hh  # (H,)
+    if recurrent_max_abs is not None:
+        recurrent = recurrent.clamp(-recurrent_max_abs, recurrent_max_abs)
+    pre = F.linear(x, weights.weight_ih, weights.bias) + recurrent * h  # (B, H)
+    if nonlinearity == "relu":
+        h_new = torch.relu(pre)
+    elif nonlinearity == "tanh":
+        h_new = torch.tanh(pre)
+    else:
+        raise ValueError(f"nonlinearity must be 'relu' or 'tanh', got {nonlinearity!r}")
+    return h_new, h_new
+
+
+class MinRNNWeights(NamedTuple):
+    """Weights of a minGRU (rows z, h̃: ``G = 2``) or minLSTM (rows f, i, h̃: ``G = 3``).
+
+    ===============  =================  ==============================================
+    field            shape              meaning
+    ===============  =================  ==============================================
+    ``weight_ih``    ``(G*H, H_in)``    input to gates and candidate (no recurrent
+                                        weights: the gates see only the input)
+    ``bias``         ``(G*H,)``/None    bias
+    ===============  =================  ==============================================
+    """
+
+    weight_ih: Tensor
+    bias: Tensor | None = None
+
+
+def min_rnn_g(x: Tensor) -> Tensor:
+    r""":math:`g(x) = x + \tfrac12` for :math:`x \ge 0`, else :math:`\sigma(x)`: positive,
+    continuous, so the candidate state has a logarithm (Feng et al. 2024, appendix B)."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def min_rnn_log_g(x: Tensor) -> Tensor:
+    r""":math:`\log g(x)`, computed without forming :math:`g` (no underflow for :math:`x \ll 0`)."""
+    return torch.where(x >= 0, torch.log(torch.relu(x) + 0.5), -F.softplus(-x))
+
+
+def min_gru_step(x: Tensor, h: Tensor, weights: MinRNNWeights) -> tuple[Tensor, Tensor]:
+    r"""One minGRU step (Feng et al. 2024, "Were RNNs All We Needed?").
+
+    .. math::
+        z_t = \sigma(W_z x_t + b_z), \quad \tilde h_t = g(W_h x_t + b_h), \quad
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+
+    The gate and the candidate depend on :math:`x_t` only, so a whole sequence can also be
+    computed by :func:`min_gru_scan` in parallel over time.
+
+    Returns:
+        ``(h_t, h_t)``.
+    """
+    z_pre, h_pre = F.linear(x, weights.weight_ih, weights.bias).chunk(2, 1)  # (B, H) each
+    z = torch.sigmoid(z_pre)
+    h_new = (1.0 - z) * h + z * min_rnn_g(h_pre)  # (B, H)
+    return h_new, h_new
+
+
+def min_lstm_step(x: Tensor, h: Tensor, weights: MinRNNWeights) -> tuple[Tensor, Tensor]:
+    r"""One minLSTM step (Feng et al. 2024), with the time-independent gate normalisation.
+
+    .. math::
+        f_t = \sigma(W_f x_t + b_f), \quad i_t = \sigma(W_i x_t + b_i), \quad
+        f'_t = \frac{f_t}{f_t + i_t}, \quad i'_t = \frac{i_t}{f_t + i_t}, \quad
+        h_t = f'_t \odot h_{t-1} + i'_t \odot g(W_h x_t + b_h)
+
+    Returns:
+        ``(h_t, h_t)``.
+    """
+    f_pre, i_pre, h_pre = F.linear(x, weights.weight_ih, weights.bias).chunk(3, 1)
+    forget, inp = torch.sigmoid(f_pre), torch.sigmoid(i_pre)  # (B, H) each
+    total = forget + inp
+    h_new = (forget / total) * h + (inp / total) * min_rnn_g(h_pre)  # (B, H)
+    return h_new, h_new
+
+
+def _log_space_scan(log_coeffs: Tensor, log_values: Tensor, h0: Tensor) -> Tensor:
+    r"""Solve :math:`h_t = a_t h_{t-1} + v_t` for all t at once, from :math:`\log a_t`,
+    :math:`\log v_t` (both ``(T, B, H)``) and ``h0`` ``(B, H)`` of any sign.
+
+    With :math:`A_t = \prod_{k \le t} a_k` the solution is
+    :math:`h_t = A_t h_0 + A_t \sum_{k \le t} v_k / A_k`; the sum is formed in log space by
+    ``logcumsumexp`` (Heinsen 2023; Feng et al. 2024, appendix B). The paper puts
+    :math:`\log h_0` inside that sum, which needs :math:`h_0 > 0`; keeping the
+    :math:`A_t h_0` term apart gives the same value for any :math:`h_0`, including zeros.
+    """
+    log_a_star = torch.cumsum(log_coeffs, dim=0)  # (T, B, H): log A_t
+    log_sum = torch.logcumsumexp(log_values - log_a_star, dim=0)  # (T, B, H)
+    return torch.exp(log_a_star) * h0 + torch.exp(log_a_star + log_sum)  # (T, B, H)
+
+
+def min_gru_scan(x: Tensor, h0: Tensor, weights: MinRNNWeights) -> Tensor:
+    r"""minGRU over a whole sequence by a parallel scan in log space.
+
+    Equals running :func:`min_gru_step` over time: :math:`\log(1 - z_t) =
+    -\mathrm{softplus}(k_t)`, :math:`\log z_t = -\mathrm{softplus}(-k_t)` for the gate
+    pre-activation :math:`k_t`, then :func:`_log_space_scan` with coefficients
+    :math:`1 - z_t` and values :math:`z_t \tilde h_t`.
+
+    Args:
+        x: ``(T, B, H_in)``; h0: ``(B, H)``; weights: :class:`MinRNNWeights`.
+
+    Returns:
+        ``hs (T, B, H)``, the state after every step.
+    """
+    k, h_pre = F.linear(x, weights.weight_ih, weights.bias).chunk(2, 2)  # (T, B, H) each
+    log_coeffs = -F.softplus(k)  # log(1 - z)
+    log_values = -F.softplus(-k) + min_rnn_log_g(h_pre)  # log(z * h~)
+    return _log_space_scan(log_coeffs, log_values, h0)
+
+
+def min_lstm_scan(x: Tensor, h0: Tensor, weights: MinRNNWeights) -> Tensor:
+    r"""minLSTM over a whole sequence by a parallel scan in log space.
+
+    With :math:`d_t = \mathrm{softplus}(-k^f_t) - \mathrm{softplus}(-k^i_t) = \log(i_t/f_t)`:
+    :math:`\log f'_t = -\mathrm{softplus}(d_t)` and :math:`\log i'_t = -\mathrm{softplus}(-d_t)`.
+
+    Args:
+        x: ``(T, B, H_in)``; h0: ``(B, H)``; weights: :class:`MinRNNWeights`.
+
+    Returns:
+        ``hs (T, B, H)``.
+    """
+    f_pre, i_pre, h_pre = F.linear(x, weights.weight_ih, weights.bias).chunk(3, 2)
+    diff = F.softplus(-f_pre) - F.softplus(-i_pre)  # (T, B, H)
+    log_coeffs = -F.softplus(diff)  # log f'
+    log_values = -F.softplus(-diff) + min_rnn_log_g(h_pre)  # log(i' * h~)
+    return _log_space_scan(log_coeffs, log_values, h0)
 
 # --- the seed exercise API (rnn, init_rnn_state, lstm) ---
 #
