@@ -5,6 +5,17 @@ __version__ = "0.1.0"
 # Each section is owned by one subpackage; add its exports once its module imports cleanly.
 # --- cells ---
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell  # noqa: E402, F401
+
 # --- layers ---
+from rnnkit.layers import (  # noqa: E402, F401
+    GRU,
+    LSTM,
+    RNN,
+    Bidirectional,
+    Fold,
+    Recurrence,
+    Sequence,
+    UnfoldFrom,
+)
 # --- engine ---
 # --- data ---

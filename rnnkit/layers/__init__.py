@@ -1,1 +1,36 @@
-"""rnnkit.layers."""
+"""Layers: drivers that know time, the torch drop-ins, masking, stacking, dropout variants.
+
+See ``docs/layers.md`` for a guided tour.
+"""
+
+from rnnkit.layers.bidirectional import Bidirectional
+from rnnkit.layers.dropout import RecurrentDropoutCell, ZoneoutCell, variational_mask
+from rnnkit.layers.masking import (
+    check_lengths,
+    gather_steps,
+    lengths_to_mask,
+    reverse_padded,
+)
+from rnnkit.layers.recurrence import Fold, Recurrence, Unfolded, UnfoldFrom
+from rnnkit.layers.rnn import GRU, LSTM, RNN, RNNBase
+from rnnkit.layers.sequence import Sequence
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Bidirectional",
+    "Fold",
+    "RNNBase",
+    "Recurrence",
+    "RecurrentDropoutCell",
+    "Sequence",
+    "UnfoldFrom",
+    "Unfolded",
+    "ZoneoutCell",
+    "check_lengths",
+    "gather_steps",
+    "lengths_to_mask",
+    "reverse_padded",
+    "variational_mask",
+]

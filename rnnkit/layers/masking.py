@@ -1,0 +1,140 @@
+"""Lengths, masks and layouts: turning what users pass into what drivers run on.
+
+Every driver works on a time-major padded tensor ``(T, B, H)`` plus optional ``lengths``
+``(B,)``. These helpers convert batch-first tensors and
+:class:`torch.nn.utils.rnn.PackedSequence` into that form and back, build masks, reverse
+each sequence within its own length and pick each sequence's last valid step.
+
+Symbols: ``T`` padded length, ``B`` batch size, ``H`` features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from rnnkit.engine.loop import check_lengths, map_state
+
+__all__ = [
+    "PackInfo",
+    "check_lengths",
+    "from_time_major",
+    "gather_steps",
+    "lengths_to_mask",
+    "map_state",
+    "reverse_padded",
+    "to_time_major",
+]
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    """What is needed to rebuild a PackedSequence exactly like the one that came in."""
+
+    sorted_indices: Tensor | None
+    unsorted_indices: Tensor | None
+
+
+def lengths_to_mask(lengths: Tensor, max_time: int, batch_first: bool = False) -> Tensor:
+    """Boolean mask, True at valid steps: ``(T, B)`` (or ``(B, T)`` when batch_first).
+
+    Example:
+        >>> lengths_to_mask(torch.tensor([3, 1]), 4).T.int().tolist()
+        [[1, 1, 1, 0], [1, 0, 0, 0]]
+    """
+    steps = torch.arange(max_time, device=lengths.device)
+    mask = steps[:, None] < lengths[None, :]  # (T, B)
+    return mask.T if batch_first else mask
+
+
+def reverse_padded(inputs: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of time-major ``inputs (T, B, ...)`` within its own length.
+
+    Step ``t < lengths[b]`` goes to ``lengths[b] - 1 - t``; padded steps stay where they are.
+    Applying it twice gives the input back.
+
+    Example:
+        >>> x = torch.arange(4.0).view(4, 1, 1).expand(4, 2, 1)
+        >>> reverse_padded(x, torch.tensor([4, 2]))[:, :, 0].T.tolist()
+        [[3.0, 2.0, 1.0, 0.0], [1.0, 0.0, 2.0, 3.0]]
+    """
+    if lengths is None:
+        return inputs.flip(0)
+    time_steps = inputs.shape[0]
+    lengths = lengths.to(inputs.device)
+    steps = torch.arange(time_steps, device=inputs.device)[:, None]  # (T, 1)
+    source = torch.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)  # (T, B)
+    index = source.view(*source.shape, *([1] * (inputs.dim() - 2))).expand_as(inputs)
+    return inputs.gather(0, index)  # (T, B, ...)
+
+
+def gather_steps(outputs: Tensor, steps: Tensor) -> Tensor:
+    """Pick ``outputs[steps[b], b]`` from time-major ``outputs (T, B, H)``; returns ``(B, H)``."""
+    index = steps.to(outputs.device).view(1, -1, *([1] * (outputs.dim() - 2)))
+    index = index.expand(1, *outputs.shape[1:])
+    return outputs.gather(0, index).squeeze(0)  # (B, H)
+
+
+def to_time_major(
+    inputs: Tensor | PackedSequence,
+    batch_first: bool,
+    lengths: Tensor | Sequence[int] | None = None,
+    *,
+    name: str = "input",
+) -> tuple[Tensor, Tensor | None, PackInfo | None]:
+    """Normalise ``inputs`` to ``(T, B, H)`` plus validated lengths (or None).
+
+    A PackedSequence is unpacked (its lengths are used; passing ``lengths`` as well is an
+    error). A padded tensor must be 3-D; ``(B, T, H)`` when ``batch_first``.
+    """
+    if isinstance(inputs, PackedSequence):
+        if lengths is not None:
+            raise ValueError(
+                f"{name}: lengths= cannot be combined with a PackedSequence "
+                "(the packed sequence already carries its lengths)"
+            )
+        padded, packed_lengths = pad_packed_sequence(inputs, batch_first=False)  # (T, B, H)
+        info = PackInfo(inputs.sorted_indices, inputs.unsorted_indices)
+        return padded, packed_lengths.to(padded.device), info
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            f"{name} must be a Tensor or a PackedSequence, got {type(inputs).__name__}"
+        )
+    if inputs.dim() != 3:
+        layout = "(batch, time, features)" if batch_first else "(time, batch, features)"
+        raise ValueError(f"{name} must be 3-D {layout}, got shape {tuple(inputs.shape)}")
+    if batch_first:
+        inputs = inputs.transpose(0, 1)  # (T, B, H)
+    if lengths is not None:
+        lengths = check_lengths(lengths, inputs.shape[1], inputs.shape[0], inputs.device)
+    return inputs, lengths, None
+
+
+def from_time_major(
+    outputs: Tensor,
+    batch_first: bool,
+    lengths: Tensor | None,
+    pack_info: PackInfo | None,
+) -> Tensor | PackedSequence:
+    """Inverse of :func:`to_time_major` for outputs ``(T, B, H)``.
+
+    A PackedSequence is rebuilt with the input's own ``sorted_indices`` so that its ``data``
+    rows line up with the input's, exactly as ``torch.nn.LSTM`` returns it.
+    """
+    if pack_info is None:
+        return outputs.transpose(0, 1) if batch_first else outputs
+    assert lengths is not None
+    sorted_indices = pack_info.sorted_indices
+    if sorted_indices is not None:
+        outputs = outputs.index_select(1, sorted_indices.to(outputs.device))
+        sorted_lengths = lengths.index_select(0, sorted_indices.to(lengths.device))
+    else:
+        sorted_lengths = lengths
+    packed = pack_padded_sequence(outputs, sorted_lengths.cpu(), enforce_sorted=True)
+    return PackedSequence(
+        packed.data, packed.batch_sizes, sorted_indices, pack_info.unsorted_indices
+    )

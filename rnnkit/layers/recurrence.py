@@ -1,0 +1,389 @@
+"""Drivers that run any cell over time, after CNTK's layers library.
+
+* :class:`Recurrence` returns every step's output and the final state (CNTK ``Recurrence``,
+  Keras ``RNN(return_sequences=True)``).
+* :class:`Fold` returns only each sequence's last output and final state (CNTK ``Fold``,
+  Keras ``return_sequences=False``).
+* :class:`UnfoldFrom` generates a sequence from a state, feeding each output back in as the
+  next input (CNTK ``UnfoldFrom``; the decoder loop of generation).
+
+Any ``nn.Module`` following the cell contract (``output, state = cell(x, state)`` plus
+``state_size`` / ``initial_state``) can be driven: rnnkit's cells or a user's own.
+
+Symbols: ``T`` time steps, ``B`` batch, ``H_in`` the cell's input size, ``H_out`` its output
+size, ``S`` its state size(s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from rnnkit.cells.base import State
+from rnnkit.engine import dispatch
+from rnnkit.layers.dropout import reset_dropout_masks
+from rnnkit.layers.masking import (
+    check_lengths,
+    from_time_major,
+    gather_steps,
+    map_state,
+    to_time_major,
+)
+from rnnkit.layers.state import state_sizes, zero_state
+from rnnkit.layers.stateful import StateStore
+
+ENGINES = ("auto", "compiled", "loop")
+
+
+class _FullStateCell(nn.Module):
+    """Outputs the whole state (all tensors concatenated) instead of the cell's output."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        _, new_state = self.cell(x, state)
+        parts = new_state if isinstance(new_state, (tuple, list)) else (new_state,)
+        return torch.cat(list(parts), dim=-1), new_state  # (B, sum(S))
+
+
+class Recurrence(nn.Module):
+    """Run ``cell`` over a sequence; return every step's output and the final state.
+
+    .. math:: o_t, s_t = \\mathrm{cell}(x_t, s_{t-1}), \\qquad t = 1 \\dots T
+
+    Args:
+        cell: any module with the cell contract.
+        go_backwards: read each sequence from its own last valid step back to its first.
+            Outputs stay at their original time positions.
+        initial_state: the state used when ``forward`` gets none: None (the cell's zeros), a
+            number (every entry of every state tensor, CNTK's ``initial_state=0.1``), a tensor
+            ``(S,)`` or ``(B, S)`` (a tuple of them for multi-state cells).
+        return_full_state: return the whole state at every step instead of the cell's
+            output: for an LSTM a tuple ``(h (T, B, H_out), c (T, B, H))`` (CNTK).
+        learnable_initial_state: make the initial state a parameter (``initial_state`` or
+            zeros is where it starts), shared by all sequences of a batch.
+        batch_first: inputs and outputs are ``(B, T, ...)``.
+        stateful: carry the final state into the next call (see :meth:`reset_states`).
+        engine: ``"auto"``, ``"compiled"`` or ``"loop"``; passed to
+            :func:`rnnkit.engine.dispatch.run_recurrence`.
+
+    Call: ``outputs, final_state = layer(inputs, state=None, lengths=None)`` with ``inputs``
+    ``(T, B, H_in)`` (or ``(B, T, H_in)``, an unbatched ``(T, H_in)``, or a PackedSequence,
+    returned in the same form); ``outputs`` is zero at padded steps and ``final_state`` is each
+    sequence's state at its own last step.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import LSTMCell
+        >>> layer = Recurrence(LSTMCell(3, 4), initial_state=0.1, batch_first=True)
+        >>> out, (h, c) = layer(torch.randn(2, 5, 3), lengths=torch.tensor([5, 3]))
+        >>> out.shape, h.shape, torch.equal(out[1, 2], h[1])
+        (torch.Size([2, 5, 4]), torch.Size([2, 4]), True)
+    """
+
+    def __init__(
+        self,
+        cell: nn.Module,
+        go_backwards: bool = False,
+        initial_state: float | Tensor | Sequence[Tensor] | None = None,
+        return_full_state: bool = False,
+        learnable_initial_state: bool = False,
+        batch_first: bool = False,
+        stateful: bool = False,
+        engine: str = "auto",
+    ) -> None:
+        super().__init__()
+        if not isinstance(cell, nn.Module) or not callable(cell):
+            raise TypeError(f"cell must be an nn.Module, got {type(cell).__name__}")
+        if engine not in ENGINES:
+            raise ValueError(f"{type(self).__name__}: engine must be one of {ENGINES}, "
+                             f"got {engine!r}")
+        self.cell = cell
+        self.go_backwards = bool(go_backwards)
+        self.return_full_state = bool(return_full_state)
+        self.batch_first = bool(batch_first)
+        self.stateful = bool(stateful)
+        self.engine = engine
+        self.learnable_initial_state = bool(learnable_initial_state)
+        self._constant: float | None = None
+        self._fixed: State | None = None
+        if isinstance(initial_state, (int, float)) and not isinstance(initial_state, bool):
+            self._constant = float(initial_state)
+        elif isinstance(initial_state, Tensor) or isinstance(initial_state, (tuple, list)):
+            self._fixed = initial_state if isinstance(initial_state, Tensor) else tuple(
+                initial_state
+            )
+        elif initial_state is not None:
+            raise TypeError(
+                "initial_state must be None, a number, a tensor or a tuple of tensors, got "
+                f"{type(initial_state).__name__}"
+            )
+        if self.learnable_initial_state:
+            size = state_sizes(cell)
+            sizes = size if isinstance(size, tuple) else (size,)
+            start = self._constant or 0.0
+            params = []
+            for index, s in enumerate(sizes):
+                value = torch.full((s,), start)
+                if self._fixed is not None:
+                    fixed = self._fixed if isinstance(self._fixed, Tensor) else self._fixed[index]
+                    value = fixed.detach().clone().reshape(s)
+                params.append(nn.Parameter(value))
+            self.initial_states = nn.ParameterList(params)
+        self._state_store = StateStore(type(self).__name__, batch_dim=0)
+
+    def reset_states(self, mask: Tensor | None = None) -> None:
+        """Forget the carried state (``stateful=True``), or only where ``mask`` (B,) is True."""
+        self._state_store.reset(mask)
+
+    def initial(self, batch_size: int, like: Tensor) -> State:
+        """The state a sequence starts from when none is passed."""
+        if self.learnable_initial_state:
+            parts = [p.to(like.dtype)[None, :].expand(batch_size, -1) for p in self.initial_states]
+            size = state_sizes(self.cell)
+            return tuple(parts) if isinstance(size, tuple) else parts[0]
+        if self._fixed is not None:
+            return map_state(
+                lambda t: t.to(device=like.device, dtype=like.dtype).expand(batch_size, -1)
+                if t.dim() == 1 else t.to(device=like.device, dtype=like.dtype),
+                self._fixed,
+            )
+        state = zero_state(self.cell, batch_size, like.device, like.dtype)
+        if self._constant:
+            state = map_state(lambda t: torch.full_like(t, self._constant), state)
+        return state
+
+    def _check_input_size(self, inputs: Tensor) -> None:
+        expected = getattr(self.cell, "input_size", None)
+        if isinstance(expected, int) and inputs.shape[-1] != expected:
+            raise ValueError(
+                f"{type(self).__name__}: the cell expects {expected} input features, got input "
+                f"with {inputs.shape[-1]} (shape {tuple(inputs.shape)})"
+            )
+
+    def run(
+        self, inputs: Tensor, state: State | None, lengths: Tensor | None
+    ) -> tuple[Tensor | tuple[Tensor, ...], State]:
+        """The time-major core: ``inputs (T, B, H_in)`` -> ``(outputs (T, B, ...), state)``."""
+        self._check_input_size(inputs)
+        batch_size = inputs.shape[1]
+        if state is None:
+            if self.stateful:
+                state = self._state_store.get(batch_size, lambda: self.initial(batch_size, inputs))
+            else:
+                state = self.initial(batch_size, inputs)
+        reset_dropout_masks(self.cell)
+        cell = _FullStateCell(self.cell) if self.return_full_state else self.cell
+        outputs, final = dispatch.run_recurrence(
+            cell, inputs, state, lengths=lengths, reverse=self.go_backwards, engine=self.engine
+        )
+        if self.stateful:
+            self._state_store.put(final)
+        if self.return_full_state:
+            size = state_sizes(self.cell)
+            if isinstance(size, tuple):
+                outputs = tuple(outputs.split(list(size), dim=-1))  # each (T, B, S_i)
+        return outputs, final
+
+    def _normalise(
+        self, inputs: Tensor | PackedSequence, lengths: Any
+    ) -> tuple[Tensor, Tensor | None, Any, bool]:
+        unbatched = isinstance(inputs, Tensor) and inputs.dim() == 2
+        if unbatched:
+            inputs = inputs.unsqueeze(1)  # (T, 1, H_in)
+            if lengths is not None:
+                lengths = torch.as_tensor(lengths).reshape(1)
+        batch_first = self.batch_first and not unbatched
+        padded, lengths, info = to_time_major(
+            inputs, batch_first, lengths, name=f"{type(self).__name__} input"
+        )
+        return padded, lengths, info, unbatched
+
+    def forward(
+        self,
+        inputs: Tensor | PackedSequence,
+        state: State | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> tuple[Any, State]:
+        padded, lengths, info, unbatched = self._normalise(inputs, lengths)
+        if unbatched and state is not None:
+            state = map_state(lambda t: t.unsqueeze(0), state)
+        outputs, final = self.run(padded, state, lengths)
+        batch_first = self.batch_first and not unbatched
+
+        def convert(sequence: Tensor) -> Tensor | PackedSequence:
+            converted = from_time_major(sequence, batch_first, lengths, info)
+            return converted.squeeze(1) if unbatched else converted
+
+        outputs = map_state(convert, outputs)
+        if unbatched:
+            final = map_state(lambda t: t.squeeze(0), final)
+        return outputs, final
+
+
+class Fold(Recurrence):
+    """Run ``cell`` over a sequence; return only the last output and the final state.
+
+    The last output is each sequence's output at its own last processed step: step
+    ``lengths[b] - 1``, or step 0 with ``go_backwards``. Arguments as :class:`Recurrence`;
+    with ``return_full_state`` the "output" is the final state itself.
+
+    Call: ``last_output (B, H_out), final_state = fold(inputs, state=None, lengths=None)``.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import GRUCell
+        >>> fold = Fold(GRUCell(3, 4))
+        >>> last, h = fold(torch.randn(6, 2, 3), lengths=[6, 2])
+        >>> last.shape, torch.equal(last, h)
+        (torch.Size([2, 4]), True)
+    """
+
+    def forward(
+        self,
+        inputs: Tensor | PackedSequence,
+        state: State | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> tuple[Any, State]:
+        padded, lengths, _, unbatched = self._normalise(inputs, lengths)
+        if unbatched and state is not None:
+            state = map_state(lambda t: t.unsqueeze(0), state)
+        outputs, final = self.run(padded, state, lengths)
+        batch_size, time_steps = padded.shape[1], padded.shape[0]
+        if self.go_backwards:
+            steps = torch.zeros(batch_size, dtype=torch.int64, device=padded.device)
+        elif lengths is None:
+            steps = torch.full((batch_size,), time_steps - 1, device=padded.device)
+        else:
+            steps = lengths - 1
+        last = map_state(lambda sequence: gather_steps(sequence, steps), outputs)  # (B, H_out)
+        if unbatched:
+            last = map_state(lambda t: t.squeeze(0), last)
+            final = map_state(lambda t: t.squeeze(0), final)
+        return last, final
+
+
+class Unfolded(NamedTuple):
+    """What :class:`UnfoldFrom` returns."""
+
+    outputs: Tensor  # (T, B, H_in) or (B, T, H_in): each step's fed-back value, zero-padded
+    final_state: State  # each sequence's state at its own last generated step
+    lengths: Tensor  # (B,) int64: generated steps per sequence (the stopping step included)
+
+
+class UnfoldFrom(nn.Module):
+    """Generate a sequence from a state by feeding each output back in (one-to-many).
+
+    .. math::
+
+        o_t, s_t = \\mathrm{cell}(x_t, s_{t-1}), \\qquad y_t = \\mathrm{head}(o_t),
+        \\qquad x_{t+1} = y_t
+
+    Generation stops at ``max_length`` steps, or earlier once ``until(y_t)`` has been True for
+    every sequence. A sequence whose ``until`` fired keeps its state and gets zero outputs
+    from then on (the step where it fired is part of it, like an end-of-sequence token), so
+    the result has the same masking rules as :class:`Recurrence` with ``lengths``.
+
+    Args:
+        cell: any module with the cell contract.
+        head: maps the cell output ``(B, H_out)`` to the next input ``(B, H_in)`` (e.g. a
+            linear layer, or logits -> argmax -> embedding). None: the identity.
+        until: ``(B, H_in) -> (B,)`` bool, True where a sequence has ended. None: never.
+        max_length: the longest sequence to generate (may also be passed to forward).
+        batch_first: return outputs as ``(B, T, H_in)``.
+
+    Call: ``outputs, final_state, lengths = unfold(start, state=None, max_length=None,
+    lengths=None)`` where ``start (B, H_in)`` is the first input and ``lengths`` optionally caps
+    each sequence's length.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import GRUCell
+        >>> gen = UnfoldFrom(GRUCell(4, 4), head=torch.nn.Tanh(),
+        ...                  until=lambda y: y[:, 0] > 0.5, max_length=10)
+        >>> out, h, lengths = gen(torch.zeros(3, 4))
+        >>> out.shape[1:], bool((lengths <= 10).all())
+        (torch.Size([3, 4]), True)
+    """
+
+    def __init__(
+        self,
+        cell: nn.Module,
+        head: Callable[[Tensor], Tensor] | None = None,
+        until: Callable[[Tensor], Tensor] | None = None,
+        max_length: int | None = None,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        self.cell = cell
+        self.head = head if head is not None else nn.Identity()
+        self.until = until
+        if max_length is not None:
+            _check_max_length(max_length)
+        self.max_length = max_length
+        self.batch_first = bool(batch_first)
+
+    def forward(
+        self,
+        start: Tensor,
+        state: State | None = None,
+        max_length: int | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> Unfolded:
+        if not isinstance(start, Tensor) or start.dim() != 2:
+            shape = tuple(start.shape) if isinstance(start, Tensor) else type(start).__name__
+            raise ValueError(f"UnfoldFrom: start must be (batch, input_size), got {shape}")
+        max_length = max_length if max_length is not None else self.max_length
+        if max_length is None:
+            raise ValueError("UnfoldFrom: max_length is needed (constructor or forward)")
+        _check_max_length(max_length)
+        batch_size = start.shape[0]
+        if lengths is not None:
+            caps = check_lengths(lengths, batch_size, max_length, start.device)
+            max_length = int(caps.max())
+        else:
+            caps = torch.full((batch_size,), max_length, dtype=torch.int64, device=start.device)
+        if state is None:
+            state = zero_state(self.cell, batch_size, start.device, start.dtype)
+        reset_dropout_masks(self.cell)
+        running = torch.ones(batch_size, dtype=torch.bool, device=start.device)  # (B,)
+        produced = torch.zeros(batch_size, dtype=torch.int64, device=start.device)
+        outputs: list[Tensor] = []
+        x = start  # (B, H_in)
+        for t in range(max_length):
+            running = running & (caps > t)
+            if t > 0 and not bool(running.any()):
+                break
+            keep = running[:, None]  # (B, 1)
+            out, new_state = self.cell(x, state)
+            y = self.head(out)  # (B, H_in)
+            state = map_state(
+                lambda new, old, keep=keep: torch.where(keep, new, old), new_state, state
+            )
+            outputs.append(torch.where(keep, y, 0.0))
+            produced = produced + running.long()
+            if self.until is not None:
+                stop = self.until(y)
+                if not isinstance(stop, Tensor) or stop.shape != (batch_size,):
+                    raise ValueError(
+                        "UnfoldFrom: until(output) must return a bool tensor of shape "
+                        f"({batch_size},), got "
+                        + (str(tuple(stop.shape)) if isinstance(stop, Tensor) else repr(stop))
+                    )
+                running = running & ~stop.to(torch.bool)
+            x = y
+        sequence = torch.stack(outputs)  # (T, B, H_in)
+        if self.batch_first:
+            sequence = sequence.transpose(0, 1)
+        return Unfolded(sequence, state, produced)
+
+
+def _check_max_length(max_length: object) -> None:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"UnfoldFrom: max_length must be a positive int, got {max_length!r}")

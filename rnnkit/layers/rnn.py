@@ -1,0 +1,679 @@
+"""Drop-in replacements for ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU``.
+
+With default options each module has ``torch.nn``'s constructor, attributes, parameter names,
+initialisation (the same random draws after the same seed), state_dict and outputs. On top
+they take rnnkit's cell options and sequence features (all keyword-only):
+
+* cell options: ``peepholes``, ``coupled_gates``, ``cell_clip``, ``layer_norm``,
+  ``forget_bias`` (LSTM); ``reset_after``, ``layer_norm`` (GRU); ``init="irnn"`` (RNN);
+* ``lengths=`` in :meth:`forward` (padded steps never change the state, outputs there are zero,
+  ``h_n`` is each sequence's state at its own last step, the reverse direction starts at each
+  sequence's own last step), like a PackedSequence but on padded tensors;
+* ``stateful=True`` with :meth:`reset_states`;
+* ``recurrent_dropout`` (variational), ``dropout_input`` (variational, on the module input),
+  ``zoneout``, ``residual`` connections between stacked layers, ``learnable_initial_state``;
+* ``engine="auto" | "fused" | "compiled" | "loop"`` (see :mod:`rnnkit.engine.dispatch`).
+
+Symbols: ``T`` time steps, ``B`` batch, ``H_in`` input_size, ``H`` hidden_size,
+``H_out = proj_size or hidden_size``, ``L`` num_layers, ``D = 2 if bidirectional else 1``.
+
+Parameters live on the module under ``torch.nn``'s names (``weight_ih_l0``,
+``weight_hh_l0_reverse``, ...). Each (layer, direction) also owns an unregistered rnnkit cell
+(:class:`~rnnkit.cells.ElmanCell`, :class:`~rnnkit.cells.LSTMCell`,
+:class:`~rnnkit.cells.GRUCell`) whose parameter slots are re-pointed at the module's current
+tensors at every forward, so ``.to()``, ``load_state_dict``, ``torch.func.functional_call``
+and parametrizations all act on the one set of parameters. A cell parameter ``p`` (or ``m.p``
+of a submodule such as a layer norm) of layer ``k`` appears on the module as ``p_lk`` (or
+``m_p_lk``), with ``_reverse`` appended for the backward direction, e.g. ``weight_ci_l0``,
+``ln_ih_weight_l1_reverse``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
+from rnnkit.engine import dispatch
+from rnnkit.layers.dropout import (
+    RecurrentDropoutCell,
+    ZoneoutCell,
+    check_probability,
+    variational_mask,
+)
+from rnnkit.layers.masking import check_lengths, from_time_major, to_time_major
+from rnnkit.layers.stateful import StateStore
+
+ENGINES = ("auto", "fused", "compiled", "loop")
+_TORCH_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+HiddenState = Tensor | tuple[Tensor, Tensor]
+
+
+class RNNBase(nn.Module):
+    """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see module docs)."""
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        cell_kwargs: dict[str, Any] | None = None,
+        cell_options: dict[str, Any] | None = None,
+        init_options: dict[str, Any] | None = None,
+        stateful: bool = False,
+        recurrent_dropout: float = 0.0,
+        dropout_input: float = 0.0,
+        zoneout: float | tuple[float, ...] = 0.0,
+        residual: bool = False,
+        learnable_initial_state: bool = False,
+        engine: str = "auto",
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                           ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name}: {arg} should be of type int, got {type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name}: {arg} must be greater than zero, got {value}")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"{name}: proj_size should be a non-negative int, got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(
+                f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size}"
+                f" and hidden_size={hidden_size}"
+            )
+        if proj_size and mode != "LSTM":
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, numbers.Number)
+            or not 0 <= dropout <= 1
+        ):
+            raise ValueError(
+                f"{name}: dropout should be a number in range [0, 1] representing the "
+                f"probability of an element being zeroed, got {dropout!r}"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                stacklevel=3,
+            )
+        if engine not in ENGINES:
+            raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
+        if residual and num_layers < 2:
+            raise ValueError(
+                f"{name}: residual=True adds connections between stacked layers and needs "
+                f"num_layers >= 2, got num_layers={num_layers}"
+            )
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.engine = engine
+        self.stateful = bool(stateful)
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
+        self.dropout_input = check_probability("dropout_input", dropout_input)
+        if isinstance(zoneout, (tuple, list)):
+            self.zoneout: float | tuple[float, ...] = tuple(
+                check_probability("zoneout", p) for p in zoneout
+            )
+            if len(self.zoneout) != (2 if mode == "LSTM" else 1):
+                raise ValueError(
+                    f"{name}: zoneout takes one rate or one per state tensor "
+                    f"({'(h, c)' if mode == 'LSTM' else 'h'}), got {zoneout!r}"
+                )
+        else:
+            self.zoneout = check_probability("zoneout", zoneout)
+        self.residual = bool(residual)
+        self.learnable_initial_state = bool(learnable_initial_state)
+
+        options = dict(cell_options or {})
+        if self.recurrent_dropout:
+            options["recurrent_dropout"] = self.recurrent_dropout
+        rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,)
+        if any(p > 0 for p in rates):
+            options["zoneout"] = self.zoneout
+        if self.residual:
+            options["residual"] = True
+        # Options that change the per-step computation: a non-empty dict means torch's fused
+        # kernels cannot run this module.
+        self.cell_options: dict[str, Any] = options
+        # Options that only change how parameters start (the forward is still torch's).
+        self.init_options: dict[str, Any] = dict(init_options or {})
+        if engine == "fused" and self.cell_options:
+            raise ValueError(
+                f"{name}: engine='fused' runs torch.nn's kernels and cannot run these rnnkit "
+                f"options: {sorted(self.cell_options)}; use engine='auto'"
+            )
+
+        num_directions = 2 if bidirectional else 1
+        real_hidden = proj_size if proj_size > 0 else hidden_size
+        cells: list[nn.Module] = []
+        bindings: list[list[tuple[str, str]]] = []
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        factory = {"device": device, "dtype": dtype}
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else real_hidden * num_directions
+            for direction in range(num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                # Built on the meta device: no memory and no random draws, so the module
+                # below draws exactly what torch.nn draws.
+                cell = self._make_cell(layer_input, dict(cell_kwargs or {}), "meta", dtype)
+                binding, torch_names = [], []
+                for path, meta in cell.named_parameters():
+                    module_name = path.replace(".", "_") + suffix
+                    param = nn.Parameter(torch.empty(meta.shape, **factory))
+                    self.register_parameter(module_name, param)
+                    binding.append((path, module_name))
+                    if path in _TORCH_NAMES:
+                        torch_names.append((_TORCH_NAMES.index(path), module_name))
+                flat = [module_name for _, module_name in sorted(torch_names)]
+                self._flat_weights_names.extend(flat)
+                self._all_weights.append(flat)
+                cells.append(cell)
+                bindings.append(binding)
+        # Plain attributes, not submodules: the parameters belong to this module alone.
+        self.__dict__["_cells"] = cells
+        self.__dict__["_bindings"] = bindings
+
+        state_rows = num_layers * num_directions
+        if self.learnable_initial_state:
+            self.initial_h = nn.Parameter(torch.zeros(state_rows, real_hidden, **factory))
+            if mode == "LSTM":
+                self.initial_c = nn.Parameter(torch.zeros(state_rows, hidden_size, **factory))
+        self._state_store = StateStore(name, batch_dim=1)
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------- construction
+    def _make_cell(self, input_size: int, kwargs: dict[str, Any], device, dtype) -> nn.Module:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters.
+
+        With torch-compatible options, exactly ``torch.nn.RNNBase.reset_parameters``: every
+        weight and bias from :math:`U(-1/\\sqrt{H}, 1/\\sqrt{H})` in ``torch.nn``'s order.
+        Otherwise each cell's own ``reset_parameters`` (forget-gate bias, IRNN, layer norms).
+        """
+        if not self.cell_options and not self.init_options:
+            bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+            for name in self._flat_weights_names:
+                nn.init.uniform_(getattr(self, name), -bound, bound)
+        else:
+            for index in range(len(self._cells)):
+                self._bound_cell(index).reset_parameters()
+        if self.learnable_initial_state:
+            nn.init.zeros_(self.initial_h)
+            if self.mode == "LSTM":
+                nn.init.zeros_(self.initial_c)
+
+    def _bound_cell(self, index: int) -> nn.Module:
+        """Cell ``index`` with its parameter slots pointing at this module's tensors."""
+        cell = self._cells[index]
+        for path, module_name in self._bindings[index]:
+            owner_path, _, leaf = path.rpartition(".")
+            owner = cell.get_submodule(owner_path) if owner_path else cell
+            owner._parameters[leaf] = getattr(self, module_name)
+        return cell
+
+    # ----------------------------------------------------------------- torch.nn API
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """Weights in ``torch.nn.RNNBase._flat_weights`` order (for ``torch._VF`` calls)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per (layer, direction) weights, as ``torch.nn.RNNBase.all_weights``."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for cuDNN modules (parameters are never flattened here)."""
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            text += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            text += f", num_layers={self.num_layers}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            text += f", nonlinearity={self.nonlinearity!r}"
+        if self.bias is not True:
+            text += f", bias={self.bias}"
+        if self.batch_first is not False:
+            text += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            text += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            text += f", bidirectional={self.bidirectional}"
+        for key, value in {**self.cell_options, **self.init_options}.items():
+            text += f", {key}={value!r}"
+        if self.stateful:
+            text += ", stateful=True"
+        if self.dropout_input:
+            text += f", dropout_input={self.dropout_input}"
+        if self.learnable_initial_state:
+            text += ", learnable_initial_state=True"
+        if self.engine != "auto":
+            text += f", engine={self.engine!r}"
+        return text
+
+    # ----------------------------------------------------------------- state
+    def reset_states(self, mask: Tensor | None = None) -> None:
+        """Forget the carried state (``stateful=True``), or only where ``mask`` (B,) is True."""
+        self._state_store.reset(mask)
+
+    def _initial_hx(self, batch_size: int, like: Tensor) -> HiddenState:
+        num_directions = 2 if self.bidirectional else 1
+        rows = self.num_layers * num_directions
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if self.learnable_initial_state:
+            h0 = self.initial_h[:, None, :].expand(rows, batch_size, real_hidden)
+            if self.mode == "LSTM":
+                c0 = self.initial_c[:, None, :].expand(rows, batch_size, self.hidden_size)
+                return h0, c0
+            return h0
+        factory = {"device": like.device, "dtype": like.dtype}
+        h0 = torch.zeros(rows, batch_size, real_hidden, **factory)  # (L*D, B, H_out)
+        if self.mode == "LSTM":
+            return h0, torch.zeros(rows, batch_size, self.hidden_size, **factory)
+        return h0
+
+    def _check_hx(self, hx: Any, batch_size: int, inputs: Tensor) -> HiddenState:
+        name = type(self).__name__
+        rows = self.num_layers * (2 if self.bidirectional else 1)
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            parts = (("h_0", hx[0], real_hidden), ("c_0", hx[1], self.hidden_size))
+        else:
+            parts = (("h_0", hx, real_hidden),)
+        for label, tensor, size in parts:
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name}: {label} must be a Tensor, got {type(tensor).__name__}")
+            expected = (rows, batch_size, size)
+            if tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"{name}: expected {label} of shape (num_layers * num_directions, batch, "
+                    f"{'proj_size or ' if label == 'h_0' and self.mode == 'LSTM' else ''}"
+                    f"hidden_size) = {expected}, got {tuple(tensor.shape)}"
+                )
+            if tensor.device != inputs.device:
+                raise ValueError(
+                    f"{name}: {label} is on {tensor.device} but the input is on {inputs.device}"
+                )
+            if tensor.dtype != inputs.dtype:
+                raise TypeError(
+                    f"{name}: {label} dtype {tensor.dtype} does not match input dtype "
+                    f"{inputs.dtype}"
+                )
+        return (hx[0], hx[1]) if self.mode == "LSTM" else hx
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: HiddenState | None = None,
+        lengths: Tensor | list[int] | None = None,
+    ) -> tuple[Tensor | PackedSequence, HiddenState]:
+        """Run the stack over ``input``; returns ``(output, h_n)`` or ``(output, (h_n, c_n))``.
+
+        Args:
+            input: ``(T, B, H_in)`` (``(B, T, H_in)`` if batch_first), unbatched
+                ``(T, H_in)``, or a PackedSequence.
+            hx: ``h_0 (L*D, B, H_out)`` (LSTM: ``(h_0, c_0)`` with ``c_0 (L*D, B, H)``);
+                unbatched ``(L*D, H_out)``. None: zeros, the learnable initial state, or the
+                carried state when ``stateful``.
+            lengths: ``(B,)`` valid steps per sequence for a padded ``input``.
+
+        Returns:
+            ``output`` like the input with ``D*H_out`` features (zero at padded steps) and
+            the final states ``(L*D, B, H_out)`` (LSTM also ``c_n (L*D, B, H)``).
+        """
+        name = type(self).__name__
+        unbatched = False
+        if isinstance(input, Tensor):
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"{name}: expected input to be 2-D (unbatched) or 3-D (batched), "
+                    f"got {input.dim()}-D tensor of shape {tuple(input.shape)}"
+                )
+            if not input.is_floating_point():
+                raise TypeError(f"{name}: input must be floating point, got dtype {input.dtype}")
+            if input.dim() == 2:
+                unbatched = True
+                input = input.unsqueeze(1)  # (T, 1, H_in)
+                if lengths is not None:
+                    lengths = torch.as_tensor(lengths).reshape(1)
+                if hx is not None:
+                    hx = self._unsqueeze_hx(hx)
+            elif hx is not None:
+                for tensor in hx if isinstance(hx, (tuple, list)) else (hx,):
+                    if isinstance(tensor, Tensor) and tensor.dim() != 3:
+                        raise ValueError(
+                            f"{name}: for batched 3-D input, hx should also be 3-D but got "
+                            f"{tensor.dim()}-D tensor"
+                        )
+            inputs, lengths, pack_info = to_time_major(
+                input, self.batch_first and not unbatched, lengths, name=f"{name} input"
+            )
+        else:
+            inputs, lengths, pack_info = to_time_major(input, False, lengths, name=f"{name} input")
+        if inputs.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{name}: input.size(-1) must be equal to input_size. Expected "
+                f"{self.input_size}, got {inputs.shape[-1]}"
+            )
+        if inputs.shape[0] == 0:
+            raise ValueError(f"{name}: the input sequence is empty (0 time steps)")
+        batch_size = inputs.shape[1]
+        if lengths is not None:
+            lengths = check_lengths(lengths, batch_size, inputs.shape[0], inputs.device)
+
+        if hx is not None:
+            hx = self._check_hx(hx, batch_size, inputs)
+        elif self.stateful:
+            hx = self._state_store.get(batch_size, lambda: self._initial_hx(batch_size, inputs))
+        else:
+            hx = self._initial_hx(batch_size, inputs)
+
+        if self.training and self.dropout_input > 0:
+            # Variational: one mask per sequence, shared by every time step.
+            mask = variational_mask((batch_size, self.input_size), self.dropout_input, inputs)
+            inputs = inputs * mask  # (T, B, H_in)
+
+        result = None
+        if self.engine in ("auto", "fused") and not self.cell_options:
+            result = dispatch.fused_forward(self, inputs, hx, lengths)
+        if result is None:
+            result = self._forward_layers(inputs, hx, lengths)
+        outputs, h_n = result
+
+        if self.stateful:
+            self._state_store.put(h_n)
+        output = from_time_major(outputs, self.batch_first and not unbatched, lengths, pack_info)
+        if unbatched:
+            output = output.squeeze(1)  # (T, D*H_out)
+            h_n = tuple(t.squeeze(1) for t in h_n) if isinstance(h_n, tuple) else h_n.squeeze(1)
+        return output, h_n
+
+    def _unsqueeze_hx(self, hx: Any) -> Any:
+        name = type(self).__name__
+        tensors = hx if isinstance(hx, (tuple, list)) else (hx,)
+        for tensor in tensors:
+            if isinstance(tensor, Tensor) and tensor.dim() != 2:
+                raise ValueError(
+                    f"{name}: for unbatched 2-D input, hx should also be 2-D but got "
+                    f"{tensor.dim()}-D tensor"
+                )
+        unsqueezed = tuple(t.unsqueeze(1) if isinstance(t, Tensor) else t for t in tensors)
+        return unsqueezed if isinstance(hx, (tuple, list)) else unsqueezed[0]
+
+    def _forward_layers(
+        self, inputs: Tensor, hx: HiddenState, lengths: Tensor | None
+    ) -> tuple[Tensor, HiddenState]:
+        """Layer by layer, direction by direction, through ``dispatch.run_recurrence``."""
+        num_directions = 2 if self.bidirectional else 1
+        engine = "auto" if self.engine == "fused" else self.engine
+        is_lstm = self.mode == "LSTM"
+        h0, c0 = hx if is_lstm else (hx, None)
+        finals_h: list[Tensor] = []
+        finals_c: list[Tensor] = []
+        layer_input = inputs  # (T, B, H_in)
+        previous = inputs
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+            outputs = []
+            for direction in range(num_directions):
+                index = layer * num_directions + direction
+                cell = self._wrap(self._bound_cell(index))
+                state = (h0[index], c0[index]) if is_lstm else h0[index]  # (B, H_out)
+                out, final = dispatch.run_recurrence(
+                    cell,
+                    layer_input,
+                    state,
+                    lengths=lengths,
+                    reverse=direction == 1,
+                    engine=engine,
+                )
+                outputs.append(out)  # (T, B, H_out)
+                if is_lstm:
+                    finals_h.append(final[0])
+                    finals_c.append(final[1])
+                else:
+                    finals_h.append(final)
+            output = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+            if self.residual and layer > 0:
+                output = output + previous
+            previous = output  # (T, B, D*H_out)
+            layer_input = output
+        h_n = torch.stack(finals_h)  # (L*D, B, H_out)
+        if is_lstm:
+            return layer_input, (h_n, torch.stack(finals_c))
+        return layer_input, h_n
+
+    def _wrap(self, cell: nn.Module) -> nn.Module:
+        """The cell with this module's recurrent dropout and zoneout around it."""
+        if self.recurrent_dropout > 0 and self.training:
+            cell = RecurrentDropoutCell(cell, self.recurrent_dropout)
+        rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,)
+        if any(p > 0 for p in rates):
+            cell = ZoneoutCell(cell, self.zoneout)
+            cell.train(self.training)
+        return cell
+
+
+class RNN(RNNBase):
+    r"""Elman RNN, a drop-in for ``torch.nn.RNN``; :math:`h_t = \phi(W_{ih} x_t + b_{ih} +
+    W_{hh} h_{t-1} + b_{hh})` with :math:`\phi` = tanh or ReLU, per layer and direction.
+
+    Args (torch.nn.RNN's, same order): input_size, hidden_size, num_layers=1,
+    nonlinearity="tanh", bias=True, batch_first=False, dropout=0.0, bidirectional=False,
+    device=None, dtype=None. rnnkit-only, keyword: ``init="default"|"irnn"`` and the sequence
+    options of :mod:`rnnkit.layers.rnn`.
+
+    Example:
+        >>> import torch, rnnkit
+        >>> rnn = rnnkit.RNN(3, 5, num_layers=2, nonlinearity="relu", init="irnn")
+        >>> out, h_n = rnn(torch.randn(7, 2, 3), lengths=torch.tensor([7, 4]))
+        >>> out.shape, h_n.shape
+        (torch.Size([7, 2, 5]), torch.Size([2, 2, 5]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        init: str = "default",
+        **options: Any,
+    ) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
+        if init not in ("default", "irnn"):
+            raise ValueError(f"RNN: init must be 'default' or 'irnn', got {init!r}")
+        self.nonlinearity = nonlinearity
+        mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, 0, device, dtype,
+            cell_kwargs={"nonlinearity": nonlinearity, "bias": bias, "init": init},
+            init_options={"init": init} if init != "default" else None,
+            **options,
+        )
+
+    def _make_cell(self, input_size, kwargs, device, dtype):
+        return ElmanCell(input_size, self.hidden_size, device=device, dtype=dtype, **kwargs)
+
+
+class LSTM(RNNBase):
+    r"""LSTM, a drop-in for ``torch.nn.LSTM`` (gates i, f, g, o; optional projection).
+
+    .. math::
+        \begin{aligned}
+        i_t, f_t, o_t &= \sigma(W_{i\cdot} x_t + b_{i\cdot} + W_{h\cdot} h_{t-1} + b_{h\cdot}),
+        \quad g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \\
+        c_t &= f_t \odot c_{t-1} + i_t \odot g_t, \qquad
+        h_t = W_{hr}\,(o_t \odot \tanh c_t)
+        \end{aligned}
+
+    Args (torch.nn.LSTM's, same order): input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
+    dtype=None. rnnkit-only, keyword: ``peepholes``, ``coupled_gates``, ``cell_clip``,
+    ``layer_norm``, ``forget_bias`` (initial forget-gate bias; None keeps torch's draw) and
+    the sequence options of :mod:`rnnkit.layers.rnn`.
+
+    Example:
+        >>> import torch, rnnkit
+        >>> lstm = rnnkit.LSTM(3, 8, batch_first=True, bidirectional=True, proj_size=4)
+        >>> out, (h_n, c_n) = lstm(torch.randn(2, 6, 3), lengths=torch.tensor([6, 2]))
+        >>> out.shape, h_n.shape, c_n.shape
+        (torch.Size([2, 6, 8]), torch.Size([2, 2, 4]), torch.Size([2, 2, 8]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        peepholes: bool = False,
+        coupled_gates: bool = False,
+        cell_clip: float | None = None,
+        layer_norm: bool = False,
+        forget_bias: float | None = None,
+        **options: Any,
+    ) -> None:
+        cell_options = {
+            key: value
+            for key, value, default in (
+                ("peepholes", peepholes, False),
+                ("coupled_gates", coupled_gates, False),
+                ("cell_clip", cell_clip, None),
+                ("layer_norm", layer_norm, False),
+            )
+            if value != default
+        }
+        self.peepholes, self.coupled_gates = peepholes, coupled_gates
+        self.cell_clip, self.layer_norm, self.forget_bias = cell_clip, layer_norm, forget_bias
+        super().__init__(
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size, device, dtype,
+            cell_kwargs={
+                "bias": bias, "forget_bias": forget_bias, "peepholes": peepholes,
+                "coupled_gates": coupled_gates, "proj_size": proj_size,
+                "cell_clip": cell_clip, "layer_norm": layer_norm,
+            },
+            cell_options=cell_options,
+            init_options={"forget_bias": forget_bias} if forget_bias is not None else None,
+            **options,
+        )
+
+    def _make_cell(self, input_size, kwargs, device, dtype):
+        return LSTMCell(input_size, self.hidden_size, device=device, dtype=dtype, **kwargs)
+
+
+class GRU(RNNBase):
+    r"""GRU, a drop-in for ``torch.nn.GRU`` (gates r, z, n; reset applied after the matmul).
+
+    .. math::
+        \begin{aligned}
+        r_t, z_t &= \sigma(W_{i\cdot} x_t + b_{i\cdot} + W_{h\cdot} h_{t-1} + b_{h\cdot}) \\
+        n_t &= \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})), \qquad
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+        \end{aligned}
+
+    Args (torch.nn.GRU's, same order): input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None.
+    rnnkit-only, keyword: ``reset_after=False`` (Cho et al.'s original form),
+    ``layer_norm`` and the sequence options of :mod:`rnnkit.layers.rnn`.
+
+    Example:
+        >>> import torch, rnnkit
+        >>> gru = rnnkit.GRU(3, 5, stateful=True)
+        >>> x = torch.randn(8, 2, 3)
+        >>> first, _ = gru(x[:4])
+        >>> second, _ = gru(x[4:])
+        >>> gru.reset_states()
+        >>> whole, _ = gru(x)
+        >>> torch.allclose(torch.cat([first, second]), whole, atol=1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        reset_after: bool = True,
+        layer_norm: bool = False,
+        **options: Any,
+    ) -> None:
+        cell_options: dict[str, Any] = {}
+        if not reset_after:
+            cell_options["reset_after"] = False
+        if layer_norm:
+            cell_options["layer_norm"] = True
+        self.reset_after, self.layer_norm = reset_after, layer_norm
+        super().__init__(
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, 0, device, dtype,
+            cell_kwargs={"bias": bias, "reset_after": reset_after, "layer_norm": layer_norm},
+            cell_options=cell_options,
+            **options,
+        )
+
+    def _make_cell(self, input_size, kwargs, device, dtype):
+        return GRUCell(input_size, self.hidden_size, device=device, dtype=dtype, **kwargs)

@@ -1,0 +1,35 @@
+"""Initial states for any cell that follows the contract, even one without ``initial_state``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnkit.cells.base import State
+
+
+def state_sizes(cell: nn.Module) -> tuple[int, ...] | int:
+    """The cell's ``state_size`` with a readable error when it has none."""
+    size = getattr(cell, "state_size", None)
+    if size is None:
+        raise TypeError(
+            f"{type(cell).__name__} has no state_size attribute; the cell contract needs "
+            "state_size (an int, or a tuple of ints for multi-state cells)"
+        )
+    return tuple(size) if isinstance(size, (tuple, list)) else int(size)
+
+
+def zero_state(
+    cell: nn.Module,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> State:
+    """``cell.initial_state(batch_size, device, dtype)``, or zeros shaped by ``state_size``."""
+    if hasattr(cell, "initial_state"):
+        return cell.initial_state(batch_size, device=device, dtype=dtype)
+    size = state_sizes(cell)
+    factory = {"device": device, "dtype": dtype}
+    if isinstance(size, tuple):
+        return tuple(torch.zeros(batch_size, s, **factory) for s in size)
+    return torch.zeros(batch_size, size, **factory)
