@@ -4,7 +4,17 @@ __version__ = "0.1.0"
 
 # Each section is owned by one subpackage; add its exports once its module imports cleanly.
 # --- cells ---
-from rnnkit.cells import ElmanCell, GRUCell, LSTMCell  # noqa: E402, F401
+from rnnkit.cells import (  # noqa: E402, F401
+    ElmanCell,
+    GroupedLSTMCell,
+    GRUCell,
+    IndRNNCell,
+    LSTMCell,
+    MinGRUCell,
+    MinLSTMCell,
+    NASCell,
+    UGRNNCell,
+)
 
 # --- layers ---
 from rnnkit.layers import (  # noqa: E402, F401

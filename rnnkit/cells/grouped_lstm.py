@@ -1,0 +1,150 @@
+"""The grouped LSTM cell (GLSTM): independent LSTMs on slices of the input and state."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import functional as RF
+from rnnkit.cells.base import RecurrentCell, check_size
+from rnnkit.cells.elman import check_flag, check_input_dtype, check_state_tensor
+from rnnkit.cells.ugrnn import check_real
+
+
+class GroupedLSTMCell(RecurrentCell):
+    r"""Grouped LSTM, GLSTM (Kuchaiev & Ginsburg 2017, "Factorization tricks for LSTM
+    networks", arXiv:1703.10722).
+
+    The input (:math:`H_{in}`) and the state (:math:`H`) are cut into ``groups``
+    (:math:`N`) equal, contiguous slices; slice :math:`k` is an independent LSTM with
+    ``torch.nn.LSTMCell``'s equations (gate order i, f, g, o) and the outputs are
+    concatenated:
+
+    .. math::
+        \begin{aligned}
+        (h^k_t, c^k_t) &= \mathrm{LSTM}_k\big(x^k_t, (h^k_{t-1}, c^k_{t-1})\big),
+            \quad k = 1..N \\
+        h_t &= [h^1_t; \dots; h^N_t], \qquad c_t = [c^1_t; \dots; c^N_t]
+        \end{aligned}
+
+    This equals an LSTM whose gate matrices are block diagonal, with :math:`N` times fewer
+    weights and multiply-adds; stack layers (or permute features between them) to mix
+    information across groups.
+
+    Parameters (B: batch, H_in: ``input_size``, H: ``hidden_size``, N: ``groups``);
+    ``weight_ih[k]``, ``weight_hh[k]``, ``bias_ih[k]``, ``bias_hh[k]`` are exactly the
+    parameters of a ``torch.nn.LSTMCell(H_in/N, H/N)`` for group ``k``:
+
+    =============  =======================  ==========================================
+    name           shape                    initialisation
+    =============  =======================  ==========================================
+    ``weight_ih``  ``(N, 4H/N, H_in/N)``    :math:`U(-1/\sqrt{H/N}, 1/\sqrt{H/N})`
+    ``weight_hh``  ``(N, 4H/N, H/N)``       same (as each group's ``nn.LSTMCell``)
+    ``bias_ih``    ``(N, 4H/N)``            same, then forget slice = ``forget_bias``
+    ``bias_hh``    ``(N, 4H/N)``            same, then forget slice = 0
+    =============  =======================  ==========================================
+
+    ``forget_bias`` only initialises the forget-gate bias (as
+    :class:`~rnnkit.cells.LSTMCell`); ``None`` keeps torch's uniform draw.
+
+    Args:
+        input_size: H_in, divisible by ``groups``.
+        hidden_size: H, divisible by ``groups``.
+        groups: N >= 1 (1 is a plain LSTM).
+        bias: create ``bias_ih`` and ``bias_hh``.
+        forget_bias: initial total forget-gate bias, or ``None``.
+        device, dtype: where and in what dtype to create the parameters.
+
+    Call: ``output, (h, c) = cell(x, (h, c))`` with ``x`` ``(B, H_in)`` and ``h``, ``c``
+    ``(B, H)``; ``state=None`` means zeros. ``output`` is ``h``.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import GroupedLSTMCell
+        >>> cell = GroupedLSTMCell(6, 8, groups=2)
+        >>> out, (h, c) = cell(torch.randn(3, 6))
+        >>> out.shape, tuple(cell.weight_ih.shape)
+        (torch.Size([3, 8]), (2, 16, 3))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        groups: int = 2,
+        bias: bool = True,
+        forget_bias: float | None = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.groups = check_size("groups", groups)
+        for name, size in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if size % groups:
+                raise ValueError(
+                    f"GroupedLSTMCell: {name}={size} is not divisible by groups={groups}"
+                )
+        check_flag("GroupedLSTMCell", "bias", bias)
+        self.forget_bias = (
+            None if forget_bias is None else check_real("GroupedLSTMCell", "forget_bias",
+                                                        forget_bias)
+        )
+        self.state_size = (hidden_size, hidden_size)
+        self.output_size = hidden_size
+        group_in, group_hidden = input_size // groups, hidden_size // groups
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(groups, 4 * group_hidden, group_in, **factory))
+        self.weight_hh = nn.Parameter(
+            torch.empty(groups, 4 * group_hidden, group_hidden, **factory)
+        )
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(groups, 4 * group_hidden, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(groups, 4 * group_hidden, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters as described in the class docstring."""
+        group_hidden = self.hidden_size // self.groups
+        bound = 1.0 / math.sqrt(group_hidden)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+        if self.bias_ih is not None and self.forget_bias is not None:
+            forget = slice(group_hidden, 2 * group_hidden)
+            with torch.no_grad():
+                self.bias_ih[:, forget].fill_(self.forget_bias)
+                self.bias_hh[:, forget].zero_()
+
+    def weights(self) -> RF.GroupedLSTMWeights:
+        """This cell's parameters as :class:`rnnkit.functional.GroupedLSTMWeights`."""
+        return RF.GroupedLSTMWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self.check_input(x)
+        check_input_dtype(self, x)
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(
+                f"GroupedLSTMCell: state must be a pair (h, c), got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+            )
+        h = check_state_tensor(self, "state h", state[0], x, self.hidden_size)
+        c = check_state_tensor(self, "state c", state[1], x, self.hidden_size)
+        return RF.grouped_lstm_step(x, (h, c), self.weights())
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}, groups={self.groups}"
+        if self.bias_ih is None:
+            text += ", bias=False"
+        if self.forget_bias != 1.0:
+            text += f", forget_bias={self.forget_bias}"
+        return text

@@ -1,0 +1,141 @@
+"""The NAS cell found by neural architecture search, as TF1 ``tf.contrib.rnn.NASCell``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import functional as RF
+from rnnkit.cells.base import RecurrentCell, check_size
+from rnnkit.cells.elman import check_flag, check_input_dtype, check_state_tensor
+
+
+class NASCell(RecurrentCell):
+    r"""The recurrent cell found by neural architecture search.
+
+    Zoph & Le, "Neural Architecture Search with Reinforcement Learning", ICLR 2017
+    (arXiv:1611.01578); the same computation as TF1 ``tf.contrib.rnn.NASCell`` and
+    ``tfa.rnn.NASCell``. Eight branches, each :math:`H` wide, mix the input and the
+    previous output; with :math:`u^k = W^k_{ih} x_t` and
+    :math:`v^k = W^k_{hh} h_{t-1} + b^k` (:math:`k = 0..7`, in row order):
+
+    .. math::
+        \begin{aligned}
+        l_0 &= \sigma(u^0 + v^0) & l_1 &= \mathrm{relu}(u^1 + v^1) &
+        l_2 &= \sigma(u^2 + v^2) & l_3 &= \mathrm{relu}(u^3 \odot v^3) \\
+        l_4 &= \tanh(u^4 + v^4) & l_5 &= \sigma(u^5 + v^5) &
+        l_6 &= \tanh(u^6 + v^6) & l_7 &= \sigma(u^7 + v^7) \\
+        m_0 &= \tanh\big(\tanh(l_0 \odot l_1) + c_{t-1}\big) & m_1 &= \tanh(l_2 + l_3) &
+        m_2 &= \tanh(l_4 \odot l_5) & m_3 &= \sigma(l_6 + l_7) \\
+        c_t &= m_0 \odot m_1 & & &
+        h_t &= W_{hr} \tanh\big(c_t \odot \tanh(m_2 + m_3)\big)
+        \end{aligned}
+
+    Branch 3 *multiplies* its input and recurrent terms; :math:`W_{hr}` exists only with
+    ``proj_size > 0``. The state is ``(h, c)`` like :class:`~rnnkit.cells.LSTMCell`
+    (TensorFlow orders it ``(c, m)``).
+
+    Parameters (B: batch, H_in: ``input_size``, H: ``hidden_size``, P: ``proj_size``,
+    H_out = P if ``proj_size > 0`` else H). From a TF checkpoint: ``weight_ih = kernel.T``,
+    ``weight_hh = recurrent_kernel.T``, ``bias = bias``, ``weight_hr =
+    projection_weights.T``.
+
+    =============  ================  ==========================================
+    name           shape             initialisation
+    =============  ================  ==========================================
+    ``weight_ih``  ``(8H, H_in)``    :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    ``weight_hh``  ``(8H, H_out)``   :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    ``bias``       ``(8H,)``         zeros (TF); only with ``bias=True``
+    ``weight_hr``  ``(P, H)``        :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`; with ``proj_size``
+    =============  ================  ==========================================
+
+    Args:
+        input_size: H_in.
+        hidden_size: H.
+        proj_size: if ``> 0``, project the output to this size (TF ``num_proj``).
+        bias: create ``bias``. Default ``False``, as TF's ``use_biases=False``.
+        device, dtype: where and in what dtype to create the parameters.
+
+    Call: ``output, (h, c) = cell(x, (h, c))`` with ``x`` ``(B, H_in)``, ``h`` ``(B, H_out)``,
+    ``c`` ``(B, H)``; ``state=None`` means zeros. ``output`` is ``h``.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import NASCell
+        >>> cell = NASCell(3, 8, proj_size=4)
+        >>> out, (h, c) = cell(torch.randn(2, 3))
+        >>> out.shape, c.shape, cell.state_size
+        (torch.Size([2, 4]), torch.Size([2, 8]), (4, 8))
+    """
+
+    branches = 8
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        proj_size: int = 0,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.proj_size = check_size("proj_size", proj_size, minimum=0)
+        check_flag("NASCell", "bias", bias)
+        output_size = proj_size if proj_size > 0 else hidden_size
+        self.output_size = output_size
+        self.state_size = (output_size, hidden_size)
+        rows = self.branches * hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(rows, output_size, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(rows, **factory))
+        else:
+            self.register_parameter("bias", None)
+        if proj_size > 0:
+            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **factory))
+        else:
+            self.register_parameter("weight_hr", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters as described in the class docstring."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in (self.weight_ih, self.weight_hh, self.weight_hr):
+            if weight is not None:
+                nn.init.uniform_(weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def weights(self) -> RF.NASWeights:
+        """This cell's parameters as :class:`rnnkit.functional.NASWeights`."""
+        return RF.NASWeights(self.weight_ih, self.weight_hh, self.bias, self.weight_hr)
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self.check_input(x)
+        check_input_dtype(self, x)
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(
+                f"NASCell: state must be a pair (h, c), got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+            )
+        h = check_state_tensor(self, "state h", state[0], x, self.output_size)
+        c = check_state_tensor(self, "state c", state[1], x, self.hidden_size)
+        return RF.nas_step(x, (h, c), self.weights())
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            text += f", proj_size={self.proj_size}"
+        if self.bias is not None:
+            text += ", bias=True"
+        return text

@@ -1,0 +1,125 @@
+"""The Update Gate RNN cell (UGRNN), as TF1 ``tf.contrib.rnn.UGRNNCell``."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import functional as RF
+from rnnkit.cells.base import RecurrentCell, check_size
+from rnnkit.cells.elman import check_flag, check_input_dtype, check_state_tensor
+
+
+def check_real(owner: str, name: str, value: object) -> float:
+    """Validate a finite real-number option and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise TypeError(f"{owner}: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+class UGRNNCell(RecurrentCell):
+    r"""Update Gate RNN: a vanilla RNN with one GRU-like update gate.
+
+    Collins, Sohl-Dickstein & Sussillo, "Capacity and Trainability in Recurrent Neural
+    Networks", ICLR 2017 (arXiv:1611.09913); the same computation as TF1
+    ``tf.contrib.rnn.UGRNNCell``.
+
+    .. math::
+        \begin{aligned}
+        [a^g; a^c] &= W_{ih} x_t + W_{hh} h_{t-1} + b \\
+        g_t &= \sigma(a^g + b_f), \qquad c_t = \tanh(a^c) \\
+        h_t &= g_t \odot h_{t-1} + (1 - g_t) \odot c_t
+        \end{aligned}
+
+    ``forget_bias`` (:math:`b_f`, default 1.0) is a constant added in *every* step, as in
+    TensorFlow, so that a TF checkpoint gives TF's numbers (``weight_ih = kernel[:H_in].T``,
+    ``weight_hh = kernel[H_in:].T``, ``bias = bias``). This differs from
+    :class:`~rnnkit.cells.LSTMCell`, whose ``forget_bias`` only initialises a parameter
+    (there the reference is ``torch.nn.LSTMCell``, which adds nothing); pass
+    ``forget_bias=0.0`` to get a UGRNN without the constant.
+
+    Parameters (B: batch, H_in: ``input_size``, H: ``hidden_size``); rows are the update
+    gate ``g`` then the candidate ``c``:
+
+    =============  ===============  ==========================================
+    name           shape            initialisation
+    =============  ===============  ==========================================
+    ``weight_ih``  ``(2H, H_in)``   :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    ``weight_hh``  ``(2H, H)``      :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
+    ``bias``       ``(2H,)``        zeros (TF's ``_Linear``); only with ``bias``
+    =============  ===============  ==========================================
+
+    Args:
+        input_size: H_in.
+        hidden_size: H.
+        bias: create ``bias``.
+        forget_bias: constant added to the update-gate pre-activation (see above).
+        device, dtype: where and in what dtype to create the parameters.
+
+    Call: ``output, h = cell(x, h)`` with ``x`` ``(B, H_in)``, ``h`` ``(B, H)`` or ``None``
+    (zeros); ``output`` is the new ``h``.
+
+    Example:
+        >>> import torch
+        >>> from rnnkit.cells import UGRNNCell
+        >>> cell = UGRNNCell(3, 5)
+        >>> out, h = cell(torch.randn(2, 3))
+        >>> out.shape, cell.state_size
+        (torch.Size([2, 5]), 5)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        forget_bias: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        check_flag("UGRNNCell", "bias", bias)
+        self.forget_bias = check_real("UGRNNCell", "forget_bias", forget_bias)
+        self.state_size = hidden_size
+        self.output_size = hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(2 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(2 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters as described in the class docstring."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        nn.init.uniform_(self.weight_ih, -bound, bound)
+        nn.init.uniform_(self.weight_hh, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def weights(self) -> RF.UGRNNWeights:
+        """This cell's parameters as :class:`rnnkit.functional.UGRNNWeights`."""
+        return RF.UGRNNWeights(self.weight_ih, self.weight_hh, self.bias)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        check_input_dtype(self, x)
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        return RF.ugrnn_step(x, state, self.weights(), forget_bias=self.forget_bias)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is None:
+            text += ", bias=False"
+        if self.forget_bias != 1.0:
+            text += f", forget_bias={self.forget_bias}"
+        return text
