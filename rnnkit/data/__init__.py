@@ -1,1 +1,92 @@
-"""rnnkit.data."""
+"""rnnkit.data: files and batches (the bottom of the data flow: torch and numpy only).
+
+* :mod:`~rnnkit.data.ctf` - the CNTK text format: reader in chunks, writer.
+* :mod:`~rnnkit.data.sources` - ``MinibatchSource`` with CNTK semantics, Dataset view.
+* :mod:`~rnnkit.data.timeseries` - windows, chronological splits, scalers, calendar features.
+* :mod:`~rnnkit.data.text` - vocabularies, language-model windows, stateful BPTT batches.
+* :mod:`~rnnkit.data.idx` - IDX files (MNIST, Fashion-MNIST) as sequences of rows.
+* :mod:`~rnnkit.data.batching` - padding collate and length-bucketing sampler.
+"""
+
+from rnnkit.data.batching import (
+    BucketBatchSampler,
+    PadCollate,
+    pad_collate,
+    pad_sequences,
+    padding_fraction,
+)
+from rnnkit.data.ctf import CTFDeserializer, CTFFormatError, read_ctf, write_ctf
+from rnnkit.data.idx import IDXFormatError, IDXSequenceDataset, find_idx_pair, read_idx, write_idx
+from rnnkit.data.sources import (
+    INFINITELY_REPEAT,
+    Minibatch,
+    MinibatchData,
+    MinibatchSource,
+    SequenceDataset,
+    StreamDef,
+    StreamDefs,
+    StreamInformation,
+)
+from rnnkit.data.text import (
+    LanguageModelDataset,
+    StatefulBatches,
+    Vocabulary,
+    batchify,
+    bptt_batches,
+)
+from rnnkit.data.timeseries import (
+    LogScaler,
+    MinMaxScaler,
+    ScalerChain,
+    StandardScaler,
+    TimeSeries,
+    WindowDataset,
+    WindowedSplits,
+    calendar_features,
+    chronological_split,
+    make_scaler,
+    make_windows,
+    prepare_windows,
+)
+
+__all__ = [
+    "INFINITELY_REPEAT",
+    "BucketBatchSampler",
+    "CTFDeserializer",
+    "CTFFormatError",
+    "IDXFormatError",
+    "IDXSequenceDataset",
+    "LanguageModelDataset",
+    "LogScaler",
+    "MinMaxScaler",
+    "Minibatch",
+    "MinibatchData",
+    "MinibatchSource",
+    "PadCollate",
+    "ScalerChain",
+    "SequenceDataset",
+    "StandardScaler",
+    "StatefulBatches",
+    "StreamDef",
+    "StreamDefs",
+    "StreamInformation",
+    "TimeSeries",
+    "Vocabulary",
+    "WindowDataset",
+    "WindowedSplits",
+    "batchify",
+    "bptt_batches",
+    "calendar_features",
+    "chronological_split",
+    "find_idx_pair",
+    "make_scaler",
+    "make_windows",
+    "pad_collate",
+    "pad_sequences",
+    "padding_fraction",
+    "prepare_windows",
+    "read_ctf",
+    "read_idx",
+    "write_ctf",
+    "write_idx",
+]

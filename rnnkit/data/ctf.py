@@ -1,0 +1,544 @@
+"""The CNTK text format (CTF): a streaming reader, a writer and their errors.
+
+Grammar (one line per time step)::
+
+    line     = [sequence_id] (sample | comment)+
+    sample   = "|" stream_name (value " ")*      dense: numbers;  sparse: index:value pairs
+    comment  = "|#" ... up to the end of line or the next "|"
+
+Consecutive lines with the same id form one sequence; a line without an id is a sequence of
+its own. A line holds at most one sample per stream, in any order, and a stream may have fewer
+samples than its sequence has lines (a label on the first line only)::
+
+    0 |x 0.1 0.2 |y 0:1   |# the label of sequence 0, on its first line only
+    0 |x 0.3 0.4
+    1 |y 2:1 |x 0.5 0.6
+
+The file is never loaded whole: it is cut into chunks of whole sequences (about
+``chunk_size_in_bytes`` each, found lazily by seeking to each cut and reading on to the next
+change of id) and one chunk is parsed at a time, so files larger than memory stream through a
+:class:`~rnnkit.data.sources.MinibatchSource`.
+
+Example:
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "toy.ctf")
+    >>> write_ctf(path, [{"x": np.arange(6.0).reshape(3, 2), "y": [1]}], sparse={"y": 3})
+    >>> print(open(path).read(), end="")
+    0 |x 0 1 |y 1:1
+    0 |x 2 3
+    0 |x 4 5
+    >>> d = CTFDeserializer(path, StreamDefs(x=StreamDef(shape=2), y=StreamDef(shape=3,
+    ...                                      is_sparse=True)))
+    >>> d.get_chunk(0).lengths.tolist()
+    [3]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from array import array
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from rnnkit.data.sources import (
+    INFINITELY_REPEAT,
+    Chunk,
+    MinibatchSource,
+    SequenceDataset,
+    StreamChunk,
+    StreamDef,
+    StreamDefs,
+)
+
+__all__ = [
+    "INFINITELY_REPEAT",
+    "CTFDeserializer",
+    "CTFFormatError",
+    "MinibatchSource",
+    "StreamDef",
+    "StreamDefs",
+    "read_ctf",
+    "write_ctf",
+]
+
+#: Default bytes per chunk: small enough that a randomisation window of 4 chunks stays in
+#: a few tens of MB, large enough that per-chunk overhead does not show.
+DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+
+_TOKEN = re.compile(r"\S+")
+
+
+class CTFFormatError(ValueError):
+    """A malformed CTF file; names the file, the 1-based line and column."""
+
+    def __init__(self, path: str, line: int, column: int, message: str) -> None:
+        self.path, self.line, self.column = path, line, column
+        super().__init__(f"{path}, line {line}, column {column}: {message}")
+
+
+class _LineError(Exception):
+    """Raised by the fast path; carries enough to compute the column on the slow path."""
+
+    def __init__(self, message: str, part: int | None = None, token: int = 0,
+                 column: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.part, self.token, self.column = message, part, token, column
+
+
+class _StreamBuilder:
+    """Growing flat arrays for one stream of one chunk (array('f') keeps 4 bytes a value)."""
+
+    __slots__ = ("dim", "sparse", "values", "indices", "nnz_offsets", "offsets", "count",
+                 "last_line", "name")
+
+    def __init__(self, name: str, sdef: StreamDef) -> None:
+        self.name = name
+        self.dim = sdef.dim
+        self.sparse = sdef.is_sparse
+        self.values = array("f")
+        self.indices = array("q")
+        self.nnz_offsets = array("q", [0])
+        self.offsets = array("q", [0])
+        self.count = 0  # samples so far in this chunk
+        self.last_line = -1
+
+    def build(self) -> StreamChunk:
+        offsets = np.frombuffer(self.offsets, dtype=np.int64).copy()
+        if self.sparse:
+            return StreamChunk(offsets, np.frombuffer(self.values, np.float32).copy(),
+                               np.frombuffer(self.indices, np.int64).copy(),
+                               np.frombuffer(self.nnz_offsets, np.int64).copy())
+        values = np.frombuffer(self.values, np.float32).copy().reshape(-1, self.dim)
+        return StreamChunk(offsets, values)
+
+
+def _split_id(line: str) -> tuple[str | None, int]:
+    """``(sequence id or None, index of the first '|')``; index -1 if the line has none."""
+    bar = line.find("|")
+    if bar < 0:
+        return None, -1
+    sid = line[:bar].strip()
+    return (sid or None), bar
+
+
+class CTFDeserializer:
+    """Reads a CTF file in chunks of whole sequences, as ``cntk.io.CTFDeserializer``.
+
+    Args:
+        path: the ``.ctf`` file.
+        streams: :class:`StreamDefs` naming each stream, its file field, shape and sparsity.
+        chunk_size_in_bytes: about how many bytes of text one chunk spans.
+
+    The chunk index is built lazily (on first use of ``num_chunks``/``get_chunk``) by seeking,
+    so opening even a huge file is instant. Every error names the file, line and column.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.ctf")
+        >>> _ = open(path, "w").write("0 |x 1 2 |y 0:1\\n0 |x 3 4\\n1 |x 5 6 |y 1:1\\n")
+        >>> d = CTFDeserializer(path, StreamDefs(x=StreamDef(shape=2),
+        ...                                      y=StreamDef(shape=2, is_sparse=True)))
+        >>> chunk = d.get_chunk(0)
+        >>> chunk.lengths.tolist(), chunk.streams["y"].sample_offsets.tolist()
+        ([2, 1], [0, 1, 2])
+    """
+
+    def __init__(self, path: str | os.PathLike, streams: StreamDefs | Mapping[str, StreamDef],
+                 chunk_size_in_bytes: int = DEFAULT_CHUNK_SIZE) -> None:
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"CTF file not found: {self.path}")
+        if not isinstance(streams, StreamDefs):
+            streams = StreamDefs(**dict(streams))
+        self.streams = streams
+        if isinstance(chunk_size_in_bytes, bool) or not isinstance(chunk_size_in_bytes, int) \
+                or chunk_size_in_bytes < 1:
+            raise ValueError(f"chunk_size_in_bytes must be a positive int, "
+                             f"got {chunk_size_in_bytes!r}")
+        self.chunk_size = chunk_size_in_bytes
+        self._by_field = {d.field: name for name, d in streams.items()}
+        self._bounds: list[int] | None = None  # byte offsets: chunk c is [b[c], b[c+1])
+        self._first_line: dict[int, int] = {}
+        # duplicate-id check across chunks: per parsed chunk, sorted id hashes and their lines
+        self._id_hashes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # -- chunk index --------------------------------------------------------------------------
+    def _index(self) -> list[int]:
+        if self._bounds is None:
+            size = os.path.getsize(self.path)
+            bounds = [0]
+            with open(self.path, "rb") as f:
+                while bounds[-1] < size:
+                    target = bounds[-1] + self.chunk_size
+                    cut = size if target >= size else self._boundary_after(f, target, size)
+                    bounds.append(cut)
+            self._bounds = bounds
+        return self._bounds
+
+    @staticmethod
+    def _boundary_after(f: Any, target: int, size: int) -> int:
+        """First line start at or after ``target`` where a new sequence begins."""
+        f.seek(target - 1)
+        if f.read(1) != b"\n":
+            f.readline()  # finish the line that straddles the target
+        unknown = object()
+        prev: Any = unknown
+        while True:
+            pos = f.tell()
+            line = f.readline()
+            if not line:
+                return size
+            if not line.strip():
+                continue  # blank lines belong to no sequence
+            bar = line.find(b"|")
+            sid = line[:bar].strip() if bar >= 0 else b""
+            if not sid or (prev is not unknown and sid != prev):
+                return pos
+            prev = sid
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self._index()) - 1
+
+    def _line_of_offset(self, c: int) -> int:
+        """1-based line number of chunk ``c``'s first line (counted only when an error needs it)."""
+        if c not in self._first_line:
+            start = self._index()[c]
+            newlines = 0
+            with open(self.path, "rb") as f:
+                remaining = start
+                while remaining > 0:
+                    block = f.read(min(remaining, 1 << 24))
+                    if not block:
+                        break
+                    newlines += block.count(b"\n")
+                    remaining -= len(block)
+            self._first_line[c] = newlines + 1
+        return self._first_line[c]
+
+    # -- parsing --------------------------------------------------------------------------------
+    def get_chunk(self, index: int) -> Chunk:
+        """Parse chunk ``index`` (whole sequences) from the file."""
+        bounds = self._index()
+        if not 0 <= index < len(bounds) - 1:
+            raise IndexError(f"chunk {index} out of range for {len(bounds) - 1} chunks")
+        with open(self.path, "rb") as f:
+            f.seek(bounds[index])
+            raw = f.read(bounds[index + 1] - bounds[index])
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start)
+            col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+            raise CTFFormatError(self.path, self._line_of_offset(index) + line, col,
+                                 "the file is not valid UTF-8 text") from None
+        del raw
+        return self._parse(index, text)
+
+    def _parse(self, index: int, text: str) -> Chunk:
+        builders = {name: _StreamBuilder(name, d) for name, d in self.streams.items()}
+        by_field = {d.field: builders[name] for name, d in self.streams.items()}
+        lengths = array("q")
+        first_lines = array("q")
+        ids: list[str] = []
+        id_lines: list[int] = []
+        seen: dict[str, int] = {}  # id -> line of the sequence's first line, this chunk
+        cur_id: str | None = None
+        in_sequence = False
+        seq_start_counts = {name: 0 for name in builders}
+        seq_first_line = 0
+
+        def close_sequence() -> None:
+            n = 0
+            for name, b in builders.items():
+                n = max(n, b.count - seq_start_counts[name])
+            if n == 0:
+                return  # a line of comments only: no sequence
+            for name, b in builders.items():
+                b.offsets.append(b.count)
+                seq_start_counts[name] = b.count
+            lengths.append(n)
+            first_lines.append(seq_first_line)
+
+        lines = text.split("\n")
+        del text
+        for k, line in enumerate(lines):
+            if not line or line.isspace():
+                continue
+            sid, bar = _split_id(line)
+            if bar < 0:
+                self._fail(index, k, line, _LineError(
+                    "expected '|' followed by a stream name; a line is "
+                    "[sequence_id] |stream values ...", column=len(line) - len(line.lstrip()) + 1))
+            if sid is None or sid != cur_id or not in_sequence:
+                if in_sequence:
+                    close_sequence()
+                if sid is not None:
+                    if any(ch.isspace() for ch in sid):
+                        self._fail(index, k, line, _LineError(
+                            f"text before the first '|' must be one sequence id, got {sid!r}",
+                            column=len(line) - len(line.lstrip()) + 1))
+                    if sid in seen:
+                        self._fail(index, k, line, _LineError(
+                            f"sequence id {sid!r} repeats the id of the sequence starting at "
+                            f"line {self._line_of_offset(index) + seen[sid]}; the lines of one "
+                            "sequence must be adjacent",
+                            column=len(line) - len(line.lstrip()) + 1))
+                    seen[sid] = k
+                    ids.append(sid)
+                    id_lines.append(k)
+                cur_id = sid
+                in_sequence = True
+                seq_first_line = k
+            try:
+                self._parse_samples(line[bar + 1:], by_field, k)
+            except _LineError as e:
+                self._fail(index, k, line, e, bar)
+        if in_sequence:
+            close_sequence()
+        del lines
+        self._check_ids_across_chunks(index, ids, id_lines)
+        return Chunk(
+            index=index,
+            lengths=np.frombuffer(lengths, dtype=np.int64).copy(),
+            streams={name: b.build() for name, b in builders.items()},
+            first_lines=np.frombuffer(first_lines, dtype=np.int64).copy(),
+        )
+
+    def _parse_samples(self, rest: str, by_field: dict[str, _StreamBuilder], k: int) -> None:
+        for p, part in enumerate(rest.split("|")):
+            if part[:1] == "#":
+                continue  # a comment runs to the next '|'
+            toks = part.split()
+            if not toks:
+                raise _LineError("'|' must be followed by a stream name or '#'", part=p, token=-1)
+            b = by_field.get(toks[0])
+            if b is None:
+                raise _LineError(f"unknown stream {toks[0]!r}; declared streams: "
+                                 f"{', '.join(sorted(by_field))}", part=p)
+            if b.last_line == k:
+                raise _LineError(f"stream {toks[0]!r} appears twice on one line", part=p)
+            b.last_line = k
+            if b.sparse:
+                for t in range(1, len(toks)):
+                    idx, sep, val = toks[t].partition(":")
+                    if not sep:
+                        raise _LineError(f"sparse stream {toks[0]!r} expects index:value, got "
+                                         f"{toks[t]!r}", part=p, token=t)
+                    try:
+                        i = int(idx)
+                    except ValueError:
+                        raise _LineError(f"sparse index {idx!r} of stream {toks[0]!r} is not an "
+                                         "integer", part=p, token=t) from None
+                    if not 0 <= i < b.dim:
+                        raise _LineError(f"sparse index {i} of stream {toks[0]!r} is out of "
+                                         f"range for dimension {b.dim}", part=p, token=t)
+                    try:
+                        v = float(val)
+                    except ValueError:
+                        raise _LineError(f"non-numeric value {val!r} in stream {toks[0]!r}",
+                                         part=p, token=t) from None
+                    b.indices.append(i)
+                    b.values.append(v)
+                b.nnz_offsets.append(len(b.indices))
+            else:
+                if len(toks) - 1 != b.dim:
+                    raise _LineError(f"stream {toks[0]!r} expects {b.dim} values, got "
+                                     f"{len(toks) - 1}", part=p)
+                try:
+                    b.values.extend([float(t) for t in toks[1:]])
+                except ValueError:
+                    bad = next(t for t in range(1, len(toks)) if not _is_float(toks[t]))
+                    raise _LineError(f"non-numeric value {toks[bad]!r} in stream {toks[0]!r}",
+                                     part=p, token=bad) from None
+            b.count += 1
+
+    def _fail(self, index: int, k: int, line: str, err: _LineError, bar: int = 0) -> None:
+        """Turn a fast-path error into a CTFFormatError with file, line and column."""
+        col = err.column
+        if col is None:
+            parts = line[bar + 1:].split("|")
+            # 1-based column of the first character after the '|' that opens this part
+            col = bar + 2 + sum(len(part) + 1 for part in parts[: err.part])
+            tokens = list(_TOKEN.finditer(parts[err.part]))
+            if err.token < 0 or err.token >= len(tokens):
+                col -= 1  # point at the '|' itself
+            else:
+                col += tokens[err.token].start()
+        raise CTFFormatError(self.path, self._line_of_offset(index) + k, col, err.message)
+
+    def _check_ids_across_chunks(self, index: int, ids: list[str], lines: list[int]) -> None:
+        """A sequence id in two chunks is a repeat that is not adjacent (cuts fall between ids)."""
+        if index in self._id_hashes or not ids:
+            self._id_hashes.setdefault(index, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            return
+        hashes = np.fromiter((hash(s) for s in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(hashes)
+        hashes, where = hashes[order], np.asarray(lines, dtype=np.int64)[order]
+        for other, (h2, lines2) in self._id_hashes.items():
+            if not len(h2):
+                continue
+            pos = np.searchsorted(h2, hashes).clip(max=len(h2) - 1)
+            hit = np.flatnonzero(h2[pos] == hashes)
+            if len(hit):
+                j = int(hit[0])
+                first, second = (other, int(lines2[pos[j]])), (index, int(where[j]))
+                if other > index:
+                    first, second = second, first
+                sid = ids[int(order[j])]
+                raise CTFFormatError(
+                    self.path, self._line_of_offset(second[0]) + second[1], 1,
+                    f"sequence id {sid!r} repeats the id of the sequence starting at line "
+                    f"{self._line_of_offset(first[0]) + first[1]}; the lines of one sequence "
+                    "must be adjacent")
+        self._id_hashes[index] = (hashes, where)
+
+    # -- views ------------------------------------------------------------------------------------
+    def iter_sequences(self) -> Iterable[dict[str, np.ndarray]]:
+        """Every sequence in file order, as dict stream name -> ``(T_s, *D)`` array (sparse
+        streams as dense one-hot rows)."""
+        for c in range(self.num_chunks):
+            chunk = self.get_chunk(c)
+            for s in range(chunk.num_sequences):
+                yield _densify(chunk.sequence(s), self.streams, chunk, s)
+
+    def to_dataset(self, cache_chunks: int = 2) -> SequenceDataset:
+        """A map-style ``torch.utils.data.Dataset`` of the sequences (see SequenceDataset)."""
+        return SequenceDataset(self, cache_chunks=cache_chunks)
+
+    def __repr__(self) -> str:
+        return f"CTFDeserializer({self.path!r}, streams={list(self.streams)})"
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _densify(seq: dict[str, Any], streams: StreamDefs, chunk: Chunk, s: int
+             ) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in seq.items():
+        sdef = streams[name]
+        if sdef.is_sparse:
+            rows, cols, vals = value
+            dense = np.zeros((chunk.streams[name].length(s), sdef.dim), np.float32)
+            np.add.at(dense, (rows, cols), vals)
+            out[name] = dense
+        else:
+            out[name] = np.array(value).reshape(-1, *sdef.sample_shape)
+    return out
+
+
+def read_ctf(path: str | os.PathLike, streams: StreamDefs | Mapping[str, StreamDef]
+             ) -> list[dict[str, np.ndarray]]:
+    """Read a whole (small) CTF file into a list of dicts stream name -> ``(T_s, *D)`` array.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "r.ctf")
+        >>> write_ctf(path, [{"x": [[1.0], [2.0]]}])
+        >>> read_ctf(path, StreamDefs(x=StreamDef(shape=1)))[0]["x"].ravel().tolist()
+        [1.0, 2.0]
+    """
+    return list(CTFDeserializer(path, streams).iter_sequences())
+
+
+def _format_sparse(row: np.ndarray, fmt: str) -> str:
+    nz = np.flatnonzero(row)
+    return " ".join(f"{i}:{fmt % row[i]}" for i in nz)
+
+
+def write_ctf(path: str | os.PathLike, sequences: Iterable[Mapping[str, Any]],
+              sparse: Mapping[str, int] | None = None, ids: Iterable[Any] | None = None,
+              float_format: str = "%.9g") -> None:
+    """Write sequences as a CTF file, atomically (a temporary file, then ``os.replace``).
+
+    Args:
+        path: the file to write.
+        sequences: each a mapping stream name -> samples. Dense samples are an array
+            ``(T_s, dim)`` (or ``(T_s,)`` for dim 1, or ``(T_s, *shape)``, flattened).
+            A sparse stream (named in ``sparse``) takes either a 1-D sequence of int class
+            indices (one-hot, written ``i:1``) or a dense ``(T_s, dim)`` array whose non-zeros
+            are written as ``index:value``.
+        sparse: sparse stream name -> dimension (indices are checked against it).
+        ids: a sequence id per sequence; default ``0, 1, 2, ...``.
+        float_format: ``%`` format for values; ``%.9g`` round-trips float32 exactly.
+
+    Example:
+        >>> import os, tempfile, numpy as np
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.ctf")
+        >>> write_ctf(path, [{"x": np.zeros((2, 2)), "y": [3]}], sparse={"y": 5})
+        >>> open(path).read().splitlines()
+        ['0 |x 0 0 |y 3:1', '0 |x 0 0']
+    """
+    path = os.fspath(path)
+    sparse = dict(sparse or {})
+    id_iter = iter(ids) if ids is not None else None
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ctf", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            for n, seq in enumerate(sequences):
+                if not isinstance(seq, Mapping):
+                    raise TypeError(f"sequence {n} must be a mapping stream name -> samples, "
+                                    f"got {type(seq).__name__}")
+                if id_iter is not None:
+                    try:
+                        sid = str(next(id_iter))
+                    except StopIteration:
+                        raise ValueError(f"ids ran out at sequence {n}") from None
+                    if not sid or any(c.isspace() or c == "|" for c in sid):
+                        raise ValueError(f"sequence id {sid!r} must be non-empty, without "
+                                         "spaces or '|'")
+                else:
+                    sid = str(n)
+                columns = []
+                for name, samples in seq.items():
+                    if not name or any(c.isspace() or c in "|#" for c in name):
+                        raise ValueError(f"stream name {name!r} must be non-empty, without "
+                                         "spaces, '|' or '#'")
+                    columns.append((name, _format_stream(name, samples, sparse.get(name),
+                                                         float_format, n)))
+                steps = max((len(c) for _, c in columns), default=0)
+                for t in range(steps):
+                    fields = [f"|{name} {col[t]}" if col[t] else f"|{name}"
+                              for name, col in columns if t < len(col)]
+                    out.write(f"{sid} {' '.join(fields)}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _format_stream(name: str, samples: Any, sparse_dim: int | None, fmt: str, n: int
+                   ) -> list[str]:
+    if sparse_dim is None:
+        a = np.asarray(samples, dtype=np.float64)
+        if a.ndim == 0:
+            raise ValueError(f"sequence {n}, stream {name!r}: samples need a time axis, "
+                             f"got a scalar")
+        a = a.reshape(len(a), -1)  # (T_s, dim)
+        return [" ".join(fmt % v for v in row) for row in a]
+    a = np.asarray(samples)
+    if a.ndim == 1:
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"sequence {n}, sparse stream {name!r}: a 1-D sample list must hold "
+                            f"int class indices, got dtype {a.dtype}")
+        if len(a) and (a.min() < 0 or a.max() >= sparse_dim):
+            raise ValueError(f"sequence {n}, sparse stream {name!r}: index out of range for "
+                             f"dimension {sparse_dim}")
+        return [f"{int(i)}:1" for i in a]
+    a = a.reshape(len(a), -1).astype(np.float64)
+    if a.shape[1] != sparse_dim:
+        raise ValueError(f"sequence {n}, sparse stream {name!r}: rows have {a.shape[1]} columns, "
+                         f"the stream's dimension is {sparse_dim}")
+    return [_format_sparse(row, fmt) for row in a]
