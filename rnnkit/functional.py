@@ -754,12 +754,16 @@ def lstm(X: Tensor, state: tuple[Tensor, Tensor], params) -> tuple[Tensor, tuple
     (W_xi, W_hi, b_i, W_xf, W_hf, b_f, W_xo, W_ho, b_o, W_xc, W_hc, b_c, W_hq, b_q) = (
         _unpack_params("lstm", params, _LSTM_PARAM_NAMES)
     )
-    try:
-        H, C = state
-    except (TypeError, ValueError):
+    # a Tensor with 2 rows would also unpack, into garbage, so insist on a real pair
+    if not (
+        isinstance(state, (tuple, list))
+        and len(state) == 2
+        and all(isinstance(s, Tensor) for s in state)
+    ):
         raise TypeError(
             f"lstm: state must be a pair (H, C) of tensors, got {type(state).__name__}"
-        ) from None
+        )
+    H, C = state
     F_gate = torch.sigmoid(torch.matmul(X, W_xf) + torch.matmul(H, W_hf) + b_f)
     I_gate = torch.sigmoid(torch.matmul(X, W_xi) + torch.matmul(H, W_hi) + b_i)
     C_tilde = torch.tanh(torch.matmul(X, W_xc) + torch.matmul(H, W_hc) + b_c)
