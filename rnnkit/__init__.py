@@ -27,5 +27,9 @@ from rnnkit.layers import (  # noqa: E402, F401
     Sequence,
     UnfoldFrom,
 )
+
 # --- engine ---
+# isort: split
+from rnnkit import engine  # noqa: E402, F401
+from rnnkit.engine import explain  # noqa: E402, F401
 # --- data ---
