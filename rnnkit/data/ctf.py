@@ -526,6 +526,8 @@ def _format_stream(name: str, samples: Any, sparse_dim: int | None, fmt: str, n:
         if a.ndim == 0:
             raise ValueError(f"sequence {n}, stream {name!r}: samples need a time axis, "
                              f"got a scalar")
+        if len(a) == 0:
+            return []
         a = a.reshape(len(a), -1)  # (T_s, dim)
         return [" ".join(fmt % v for v in row) for row in a]
     a = np.asarray(samples)
@@ -537,6 +539,8 @@ def _format_stream(name: str, samples: Any, sparse_dim: int | None, fmt: str, n:
             raise ValueError(f"sequence {n}, sparse stream {name!r}: index out of range for "
                              f"dimension {sparse_dim}")
         return [f"{int(i)}:1" for i in a]
+    if len(a) == 0:
+        return []
     a = a.reshape(len(a), -1).astype(np.float64)
     if a.shape[1] != sparse_dim:
         raise ValueError(f"sequence {n}, sparse stream {name!r}: rows have {a.shape[1]} columns, "
