@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
+import random
 from importlib import resources
 from typing import Any
 
@@ -61,7 +62,13 @@ def mnist1d(num_samples: int = 5000, train_split: float = 0.8, seed: int = 42,
     args.num_samples, args.train_split, args.seed = int(num_samples), float(train_split), int(seed)
     for k, v in overrides.items():
         setattr(args, k, v)
-    data = make_dataset(args)
+    # the generator reseeds the global `random` and `np.random` states: restore the caller's
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
     return {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64),
             "x_test": data["x_test"].astype(np.float32),
             "y_test": data["y_test"].astype(np.int64), "t": np.asarray(data["t"])}
