@@ -228,3 +228,29 @@ def test_explain_errors():
         explain(module, [1, 2])
     with pytest.raises(ValueError, match="longer than the sequence"):
         explain(module, torch.randn(4, 1, 3), torch.tensor([5]))
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def test_benchmark_harness_smoke(tmp_path):
+    """The benchmark harness runs end to end on tiny shapes and writes both reports
+    (no timing assertions: speed targets live in benchmarks/, not in unit tests)."""
+    import json
+
+    from benchmarks import harness, run
+
+    timings = harness.interleave({"a": lambda: None, "b": lambda: 1 / 0}, reps=2, warmup=0)
+    assert len(timings["a"].seconds) == 2 and "ZeroDivisionError" in timings["b"].error
+    out = tmp_path / "bench.md"
+    assert run.main(["--size", "tiny", "--rows", "3,7,9a", "--reps", "1", "--warmup", "0",
+                     "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| 7 | LSTM training, variable lengths" in text
+    assert "torch.nn.LSTM on PackedSequence" in text and "CPU: " in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["id"] for r in data["rows"]] == ["3", "7", "9a"]
+    assert len(data["rows"][0]["baselines"]) == 2  # nn.LSTM and nn.GRU
+    assert "bf16 max abs error" in data["rows"][2]["notes"][0]
+    with pytest.raises(SystemExit, match="unknown row"):
+        run.select_rows("1,42")

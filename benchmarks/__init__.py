@@ -1,0 +1,1 @@
+"""rnnkit benchmarks: `python -m benchmarks.run`."""
