@@ -1,0 +1,171 @@
+"""Recurrence, Fold and UnfoldFrom against torch.nn modules and hand-written loops."""
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.cells import LSTMCell
+from rnnkit.layers import Fold, Recurrence, UnfoldFrom
+
+
+class UserLSTMCell(nn.Module):
+    """A user's own cell: torch.nn.LSTMCell in the step contract, no rnnkit base class."""
+
+    def __init__(self, input_size=3, hidden_size=4) -> None:
+        super().__init__()
+        self.inner = nn.LSTMCell(input_size, hidden_size)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.state_size = (hidden_size, hidden_size)
+        self.output_size = hidden_size
+
+    def forward(self, x, state):
+        h, c = self.inner(x, state)
+        return h, (h, c)
+
+
+def torch_lstm_for(cell: UserLSTMCell) -> nn.LSTM:
+    lstm = nn.LSTM(cell.input_size, cell.hidden_size)
+    lstm.load_state_dict({k + "_l0": v for k, v in cell.inner.state_dict().items()})
+    return lstm
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_user_cell_equals_torch_lstm(batch_first):
+    torch.manual_seed(0)
+    cell = UserLSTMCell()
+    layer = Recurrence(cell, batch_first=batch_first)
+    x = torch.randn(6, 2, 3)
+    want, (h, c) = torch_lstm_for(cell)(x)
+    got, (got_h, got_c) = layer(x.transpose(0, 1) if batch_first else x)
+    torch.testing.assert_close(got.transpose(0, 1) if batch_first else got, want)
+    torch.testing.assert_close(got_h, h[0])
+    torch.testing.assert_close(got_c, c[0])
+
+
+def test_constant_initial_state_like_cntk():
+    torch.manual_seed(0)
+    cell = UserLSTMCell()
+    x = torch.randn(5, 2, 3)
+    got, _ = Recurrence(cell, initial_state=0.1)(x)
+    state = torch.full((1, 2, 4), 0.1)
+    want, _ = torch_lstm_for(cell)(x, (state, state))
+    torch.testing.assert_close(got, want)
+
+
+def test_tensor_and_learnable_initial_states():
+    torch.manual_seed(0)
+    cell = UserLSTMCell()
+    x = torch.randn(5, 2, 3)
+    h0, c0 = torch.randn(4), torch.randn(2, 4)
+    got, _ = Recurrence(cell, initial_state=(h0, c0))(x)
+    want, _ = torch_lstm_for(cell)(x, (h0.expand(1, 2, 4), c0[None]))
+    torch.testing.assert_close(got, want)
+
+    layer = Recurrence(cell, initial_state=(h0, c0[0]), learnable_initial_state=True)
+    assert [p.shape for p in layer.initial_states] == [(4,), (4,)]
+    out, _ = layer(x)
+    want, _ = torch_lstm_for(cell)(x, (h0.expand(1, 2, 4), c0[0].expand(1, 2, 4)))
+    torch.testing.assert_close(out, want)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.initial_states)
+    assert Recurrence(cell, initial_state=0.5, learnable_initial_state=True).initial_states[
+        1
+    ].eq(0.5).all()
+
+
+def test_return_full_state_gives_every_steps_h_and_c():
+    torch.manual_seed(0)
+    cell = UserLSTMCell()
+    x = torch.randn(4, 2, 3)
+    (hs, cs), (h, c) = Recurrence(cell, return_full_state=True)(x, lengths=[4, 2])
+    state = (torch.zeros(2, 4), torch.zeros(2, 4))
+    for t in range(4):
+        state = cell.inner(x[t], state)
+        torch.testing.assert_close(hs[t, 0], state[0][0])
+        torch.testing.assert_close(cs[t, 0], state[1][0])
+    assert cs[2:, 1].eq(0).all()
+
+
+def test_unbatched_input():
+    torch.manual_seed(0)
+    layer = Recurrence(LSTMCell(3, 4))
+    x = torch.randn(5, 3)
+    out, (h, c) = layer(x)
+    batched, (bh, bc) = layer(x[:, None])
+    assert out.shape == (5, 4) and h.shape == (4,)
+    torch.testing.assert_close(out, batched[:, 0])
+    torch.testing.assert_close(c, bc[0])
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_fold_returns_last_processed_output(go_backwards):
+    torch.manual_seed(0)
+    cell = UserLSTMCell()
+    x = torch.randn(6, 2, 3)
+    last, (h, c) = Fold(cell, go_backwards=go_backwards)(x, lengths=torch.tensor([6, 3]))
+    lstm = torch_lstm_for(cell)
+    for b, length in enumerate((6, 3)):
+        seq = x[:length, b : b + 1]
+        out, (want_h, _) = lstm(seq.flip(0) if go_backwards else seq)
+        torch.testing.assert_close(last[b], out[-1, 0])
+        torch.testing.assert_close(h[b], want_h[0, 0])
+
+
+def test_unfold_from_feeds_outputs_back_until_done():
+    torch.manual_seed(0)
+    cell = UserLSTMCell(4, 4)
+    head = nn.Tanh()
+    threshold = 0.0
+
+    def until(y):
+        return y[:, 0] > threshold
+
+    gen = UnfoldFrom(cell, head=head, until=until, max_length=8)
+    start = torch.randn(3, 4)
+    outputs, (h, c), lengths = gen(start)
+    # Hand-written generation for each sequence alone.
+    for b in range(3):
+        x, state, produced = start[b : b + 1], (torch.zeros(1, 4), torch.zeros(1, 4)), []
+        for _ in range(8):
+            state = cell.inner(x, state)
+            x = head(state[0])
+            produced.append(x)
+            if bool(until(x)[0]):
+                break
+        assert lengths[b] == len(produced)
+        torch.testing.assert_close(outputs[: len(produced), b], torch.cat(produced))
+        assert outputs[len(produced) :, b].eq(0).all()
+        torch.testing.assert_close(h[b], state[0][0])
+    assert outputs.shape[0] == int(lengths.max())
+
+
+def test_unfold_from_caps_and_batch_first():
+    cell = LSTMCell(3, 3)
+    gen = UnfoldFrom(cell, batch_first=True)
+    out, _, lengths = gen(torch.randn(2, 3), max_length=5, lengths=torch.tensor([2, 4]))
+    assert out.shape == (2, 4, 3) and lengths.tolist() == [2, 4]
+    assert out[0, 2:].eq(0).all()
+    with pytest.raises(ValueError, match="max_length is needed"):
+        gen(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="max_length must be a positive int"):
+        UnfoldFrom(cell, max_length=0)
+    with pytest.raises(ValueError, match=r"start must be \(batch, input_size\)"):
+        gen(torch.randn(2, 1, 3), max_length=3)
+    bad = UnfoldFrom(cell, until=lambda y: y.sum(), max_length=3)
+    with pytest.raises(ValueError, match=r"until\(output\) must return a bool tensor"):
+        bad(torch.randn(2, 3))
+
+
+def test_recurrence_errors():
+    with pytest.raises(ValueError, match="the cell expects 3 input features, got input with 5"):
+        Recurrence(LSTMCell(3, 4))(torch.randn(4, 2, 5))
+    with pytest.raises(ValueError, match="must be 3-D"):
+        Recurrence(LSTMCell(3, 4))(torch.randn(4, 2, 2, 3))
+    with pytest.raises(TypeError, match="has no state_size attribute"):
+        Recurrence(nn.Linear(3, 3))(torch.randn(4, 2, 3))
+    with pytest.raises(TypeError, match="initial_state must be None, a number"):
+        Recurrence(LSTMCell(3, 4), initial_state="zeros")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        Recurrence(LSTMCell(3, 4), engine="fused")
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 9 is longer"):
+        Fold(LSTMCell(3, 4))(torch.randn(4, 2, 3), lengths=[1, 9])
