@@ -310,3 +310,38 @@ def test_constructor_errors(build, error, match):
 def test_dropout_with_one_layer_warns_like_torch():
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         rnnkit.GRU(3, 4, dropout=0.2)
+
+
+def test_factory_arguments_pickling_and_hx_device():
+    import io
+
+    gru = rnnkit.GRU(3, 4, num_layers=2, dtype=torch.float64, layer_norm=True)
+    assert all(p.dtype == torch.float64 for p in gru.parameters())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    buffer = io.BytesIO()
+    torch.save(gru, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded(x)[0], gru(x)[0])
+    with torch.no_grad():
+        loaded.weight_hh_l1.zero_()  # the copy's cells use the copy's parameters
+    assert not torch.allclose(loaded(x)[0], gru(x)[0])
+    with pytest.raises(ValueError, match="h_0 is on meta but the input is on cpu"):
+        gru(x, torch.zeros(2, 2, 4, dtype=torch.float64, device="meta"))
+    with pytest.raises(TypeError, match="h_0 dtype torch.float32 does not match input dtype"):
+        gru(x, torch.zeros(2, 2, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_with_lengths_on_the_cpu():
+    theirs, ours = make_pair("LSTM", input_size=3, hidden_size=4, bidirectional=True)
+    theirs, ours = theirs.cuda(), ours.cuda()
+    x = torch.randn(5, 2, 3, device="cuda")
+    lengths = torch.tensor([5, 3])
+    got, _ = ours(x, lengths=lengths)
+    want, _ = theirs(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    want, _ = nn.utils.rnn.pad_packed_sequence(want, total_length=5)
+    torch.testing.assert_close(got, want)
+    loop = OURS["LSTM"](3, 4, bidirectional=True, engine="loop").cuda()
+    loop.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(loop(x, lengths=lengths.cuda())[0], want)
