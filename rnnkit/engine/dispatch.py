@@ -180,10 +180,12 @@ def module_cells(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return labels
 
 
-def fused_decision(module: nn.Module, inputs: Tensor | None) -> tuple[bool, str]:
+def fused_decision(module: nn.Module, inputs: Tensor | None,
+                   describe: bool = True) -> tuple[bool, str]:
     """Whether :func:`fused_forward` takes the fused path for ``module``, and why.
 
-    Raises when the module forces ``engine="fused"`` and cannot be served.
+    Raises when the module forces ``engine="fused"`` and cannot be served. ``describe=False``
+    skips naming the torch kernel (the forward pass does not need the text).
     """
     from rnnkit.engine import fused
 
@@ -206,6 +208,8 @@ def fused_decision(module: nn.Module, inputs: Tensor | None) -> tuple[bool, str]
         if cells and all(_compiled_serves(c, inputs)[0] for _, c in cells):
             return False, (f"torch runs {kind} on CPU as a C++ loop of ATen ops; the "
                            f"compiled kernels are faster here")
+    if not describe:
+        return True, ""
     dtype = inputs.dtype if inputs is not None else torch.float32
     if fused.current_precision(module) == "bf16":
         dtype = torch.bfloat16
@@ -239,7 +243,7 @@ def fused_forward(
     With ``lengths`` the batch runs without per-step Python and without the caller sorting
     it (see :mod:`rnnkit.engine.fused`).
     """
-    use, _ = fused_decision(module, inputs)
+    use, _ = fused_decision(module, inputs, describe=False)
     if not use:
         return None
     from rnnkit.engine import fused

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 
@@ -430,6 +431,8 @@ def forward(
 
     out_dtype = inputs.dtype
     if current_precision(module) == "bf16" and inputs.dtype != torch.bfloat16:
+        if inputs.device.type == "cpu":
+            _notice_emulated_bf16()
         inputs = inputs.to(torch.bfloat16)
         state = tuple(s.to(torch.bfloat16) for s in state)
         weights = _cast_weights(module, weights, torch.bfloat16)
@@ -470,6 +473,24 @@ def describe_kernel(module: nn.Module, device: torch.device, dtype: torch.dtype)
            else "torch has no oneDNN path for this mode" if kind != "LSTM"
            else f"dtype {dtype}")
     return f"{name} -> ATen native C++ loop ({why})"
+
+
+_bf16_notice_given = False
+
+
+def _notice_emulated_bf16() -> None:
+    """Say once per process that bf16 on this CPU is emulated (and usually slower)."""
+    global _bf16_notice_given
+    if _bf16_notice_given or _cpu_has_bf16():
+        return
+    _bf16_notice_given = True
+    warnings.warn(
+        "rnnkit: precision='bf16' on a CPU without AVX512-bf16/AMX: PyTorch emulates bfloat16 "
+        "here, which is usually slower than float32 (see docs/benchmarks.md). This notice is "
+        "shown once per process.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _cpu_has_bf16() -> bool:

@@ -6,6 +6,8 @@ torch's separate packed kernels), and each sequence run alone at its own length.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -188,6 +190,7 @@ def test_lengths_errors():
         fused.forward(module, x[0], None, None)
 
 
+@pytest.mark.filterwarnings("ignore:rnnkit. precision='bf16'")
 def test_bf16_precision_inference():
     """precision("bf16") runs in bfloat16, returns float32, stays near the float32 result."""
     module = torch_module("LSTM", 2, True).eval()
@@ -212,3 +215,17 @@ def test_precision_errors():
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\)"):
         with rnnkit.engine.precision("fp16"):
             pass
+
+
+def test_bf16_emulation_notice_once(monkeypatch):
+    monkeypatch.setattr(fused, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(fused, "_bf16_notice_given", False)
+    module = torch_module("GRU", 1, False).eval()
+    x = torch.randn(T, B, I)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad(), rnnkit.engine.precision("bf16"):
+            fused.forward(module, x, None, None)
+            fused.forward(module, x, None, None)
+    notices = [w for w in caught if "emulates bfloat16" in str(w.message)]
+    assert len(notices) == 1 and issubclass(notices[0].category, RuntimeWarning)
