@@ -254,3 +254,16 @@ def test_benchmark_harness_smoke(tmp_path):
     assert "bf16 max abs error" in data["rows"][2]["notes"][0]
     with pytest.raises(SystemExit, match="unknown row"):
         run.select_rows("1,42")
+
+
+def test_engine_doc_examples_run():
+    """The examples in docs/engine.md run as written and print what the doc shows."""
+    import doctest
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "engine.md"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the bf16-emulation notice
+        result = doctest.testfile(str(doc), module_relative=False,
+                                  optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0
