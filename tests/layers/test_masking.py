@@ -6,7 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnnkit
-from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
+from rnnkit.cells import (
+    ElmanCell,
+    GroupedLSTMCell,
+    GRUCell,
+    IndRNNCell,
+    LSTMCell,
+    MinGRUCell,
+    MinLSTMCell,
+    NASCell,
+    UGRNNCell,
+)
 from rnnkit.layers import Bidirectional, Recurrence, lengths_to_mask, reverse_padded
 from rnnkit.layers.masking import gather_steps
 
@@ -19,9 +29,15 @@ MODULES = {
     "rnn_relu": lambda: rnnkit.RNN(3, 4, bidirectional=True, nonlinearity="relu"),
 }
 CELLS = {
-    "elman": lambda: ElmanCell(3, 4),
-    "lstm": lambda: LSTMCell(3, 4, proj_size=2, coupled_gates=True),
-    "gru": lambda: GRUCell(3, 4),
+    "elman": lambda: ElmanCell(4, 4),
+    "lstm": lambda: LSTMCell(4, 4, proj_size=2, coupled_gates=True),
+    "gru": lambda: GRUCell(4, 4, reset_after=False),
+    "ugrnn": lambda: UGRNNCell(4, 4),
+    "nas": lambda: NASCell(4, 4),
+    "grouped_lstm": lambda: GroupedLSTMCell(4, 4, groups=2),
+    "indrnn": lambda: IndRNNCell(4, 4),
+    "min_gru": lambda: MinGRUCell(4, 4),
+    "min_lstm": lambda: MinLSTMCell(4, 4),
 }
 
 lengths_strategy = st.lists(st.integers(1, 6), min_size=1, max_size=4)
@@ -64,17 +80,11 @@ def test_dropin_with_lengths_equals_each_sequence_alone(name, lengths, batch_fir
             torch.testing.assert_close(got[:, b : b + 1], want)
 
 
-@settings(max_examples=12, deadline=None)
-@given(
-    name=st.sampled_from(sorted(CELLS)),
-    lengths=lengths_strategy,
-    go_backwards=st.booleans(),
-)
-def test_recurrence_with_lengths_equals_each_sequence_alone(name, lengths, go_backwards):
+def check_recurrence_against_alone(name, lengths, go_backwards):
     torch.manual_seed(len(lengths))
     layer = Recurrence(CELLS[name]().double(), go_backwards=go_backwards, initial_state=0.1)
     T, B = max(lengths), len(lengths)
-    x = torch.randn(T, B, 3, dtype=torch.float64)
+    x = torch.randn(T, B, 4, dtype=torch.float64)
     out, state = layer(x, lengths=lengths)
     for b, length in enumerate(lengths):
         alone_out, alone_state = layer(x[:length, b : b + 1])
@@ -86,6 +96,22 @@ def test_recurrence_with_lengths_equals_each_sequence_alone(name, lengths, go_ba
             strict=True,
         ):
             torch.testing.assert_close(got[b : b + 1], want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    name=st.sampled_from(sorted(CELLS)),
+    lengths=lengths_strategy,
+    go_backwards=st.booleans(),
+)
+def test_recurrence_with_lengths_equals_each_sequence_alone(name, lengths, go_backwards):
+    check_recurrence_against_alone(name, lengths, go_backwards)
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_every_cell_and_direction_with_lengths(name, go_backwards):
+    check_recurrence_against_alone(name, [4, 1, 3], go_backwards)
 
 
 @settings(max_examples=10, deadline=None)
