@@ -12,6 +12,16 @@ from rnnkit.cells import ElmanCell
 B, I, H = 3, 4, 5
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
+    in ops like layer_norm stall for milliseconds (gradcheck ran 30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def gradcheck_cell(cell: nn.Module, x, h) -> None:
     """gradcheck over the input, the state and every parameter of ``cell`` (float64)."""
     names = [name for name, _ in cell.named_parameters()]
