@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.cells.base import State
-from rnnkit.layers.state import zero_state
+from rnnkit.layers.state import CellWrapper
 
 
 def check_probability(name: str, p: float) -> float:
@@ -46,34 +46,7 @@ def variational_mask(
     return keep / (1.0 - p)
 
 
-class _CellWrapper(nn.Module):
-    """Forwards the cell contract's attributes to the wrapped cell."""
-
-    def __init__(self, cell: nn.Module) -> None:
-        super().__init__()
-        self.cell = cell
-
-    @property
-    def input_size(self) -> int:
-        return self.cell.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.cell.hidden_size
-
-    @property
-    def state_size(self) -> int | tuple[int, ...]:
-        return self.cell.state_size
-
-    @property
-    def output_size(self) -> int:
-        return self.cell.output_size
-
-    def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
-        return zero_state(self.cell, batch_size, device, dtype)
-
-
-class RecurrentDropoutCell(_CellWrapper):
+class RecurrentDropoutCell(CellWrapper):
     """Variational dropout on the recurrent input ``h_{t-1}`` of ``cell``.
 
     The mask is drawn once per sequence: on the first step after :meth:`reset_mask` (drivers
@@ -119,7 +92,7 @@ class RecurrentDropoutCell(_CellWrapper):
         return self.cell(x, state)
 
 
-class ZoneoutCell(_CellWrapper):
+class ZoneoutCell(CellWrapper):
     """Zoneout on every state tensor of ``cell`` (Krueger et al. 2017).
 
     Args:

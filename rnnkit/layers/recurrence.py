@@ -33,18 +33,19 @@ from rnnkit.layers.masking import (
     map_state,
     to_time_major,
 )
-from rnnkit.layers.state import state_sizes, zero_state
+from rnnkit.layers.state import CellWrapper, state_sizes, zero_state
 from rnnkit.layers.stateful import StateStore
 
 ENGINES = ("auto", "compiled", "loop")
 
 
-class _FullStateCell(nn.Module):
+class _FullStateCell(CellWrapper):
     """Outputs the whole state (all tensors concatenated) instead of the cell's output."""
 
-    def __init__(self, cell: nn.Module) -> None:
-        super().__init__()
-        self.cell = cell
+    @property
+    def output_size(self) -> int:
+        size = state_sizes(self.cell)
+        return sum(size) if isinstance(size, tuple) else size
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         _, new_state = self.cell(x, state)

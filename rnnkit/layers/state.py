@@ -33,3 +33,30 @@ def zero_state(
     if isinstance(size, tuple):
         return tuple(torch.zeros(batch_size, s, **factory) for s in size)
     return torch.zeros(batch_size, size, **factory)
+
+
+class CellWrapper(nn.Module):
+    """Base of cell wrappers: forwards the cell contract's attributes to the wrapped cell."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    @property
+    def input_size(self) -> int:
+        return self.cell.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    @property
+    def state_size(self) -> int | tuple[int, ...]:
+        return self.cell.state_size
+
+    @property
+    def output_size(self) -> int:
+        return self.cell.output_size
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return zero_state(self.cell, batch_size, device, dtype)
