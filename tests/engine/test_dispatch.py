@@ -14,6 +14,16 @@ from rnnkit.cells import GRUCell, LSTMCell
 from rnnkit.engine import EngineFallbackWarning, dispatch, explain, loop
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
+    (oneDNN included) stall for milliseconds per call."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def no_compiler(monkeypatch):
     """The compiled kernels report that no C++ compiler is present."""
@@ -244,7 +254,7 @@ def test_benchmark_harness_smoke(tmp_path):
     assert len(timings["a"].seconds) == 2 and "ZeroDivisionError" in timings["b"].error
     out = tmp_path / "bench.md"
     assert run.main(["--size", "tiny", "--rows", "3,7,9a", "--reps", "1", "--warmup", "0",
-                     "--out", str(out)]) == 0
+                     "--threads", "1", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| 7 | LSTM training, variable lengths" in text
     assert "torch.nn.LSTM on PackedSequence" in text and "CPU: " in text
