@@ -19,7 +19,7 @@ class _MinRNNCell(RecurrentCell):
 
     blocks: int  # row blocks of weight_ih: minGRU 2 (z, h~), minLSTM 3 (f, i, h~)
     _step: Callable[[Tensor, Tensor, RF.MinRNNWeights], tuple[Tensor, Tensor]]
-    _scan: Callable[[Tensor, Tensor, RF.MinRNNWeights], Tensor]
+    _scan: Callable[..., Tensor]
 
     def __init__(
         self,
@@ -62,17 +62,25 @@ class _MinRNNCell(RecurrentCell):
         check_state_tensor(self, "state h", state, x, self.hidden_size)
         return type(self)._step(x, state, self.weights())
 
-    def scan(self, x: Tensor, h0: Tensor | None = None) -> Tensor:
+    def scan(
+        self, x: Tensor, h0: Tensor | None = None, *, chunk_size: int | None = 128
+    ) -> Tensor:
         """The whole sequence at once by the log-space parallel scan.
 
         Args:
             x: ``(T, B, H_in)`` time-major input.
             h0: ``(B, H)`` initial state (any sign), or ``None`` for zeros.
+            chunk_size: the scan restarts every ``chunk_size`` steps from the state reached,
+                which bounds the float32 rounding error of the running log-product
+                (:func:`rnnkit.functional._log_space_scan`); ``None`` scans all ``T`` steps
+                in one piece, as in the paper.
 
         Returns:
             ``hs (T, B, H)``: the same values as calling the cell step by step.
         """
         name = type(self).__name__
+        if chunk_size is not None:
+            check_size(f"{name}.scan: chunk_size", chunk_size)
         if not isinstance(x, Tensor):
             raise TypeError(f"{name}.scan: input must be a Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -86,7 +94,7 @@ class _MinRNNCell(RecurrentCell):
         if h0 is None:
             h0 = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype)
         check_state_tensor(self, "h0", h0, x[0], self.hidden_size)
-        return type(self)._scan(x, h0, self.weights())
+        return type(self)._scan(x, h0, self.weights(), chunk_size=chunk_size)
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
@@ -109,9 +117,10 @@ class MinGRUCell(_MinRNNCell):
     Neither the gate nor the candidate sees :math:`h_{t-1}`, so the recurrence is
     linear in :math:`h`: :math:`h_t = a_t h_{t-1} + v_t`. :meth:`scan` solves it for all
     steps at once in log space (``cumsum`` and ``logcumsumexp``, the paper's appendix B),
-    in :math:`O(\log T)` depth instead of :math:`T` sequential steps; the step-by-step
-    call gives the same values. :math:`g` keeps the candidate positive so it has a
-    logarithm (the paper's log-space variant; it is used in both forms so they agree).
+    with parallel work inside chunks of ``chunk_size`` steps instead of :math:`T`
+    sequential steps; the step-by-step call gives the same values. :math:`g` keeps the
+    candidate positive so it has a logarithm (the paper's log-space variant; it is used in
+    both forms so they agree).
 
     Parameters (B: batch, H_in: ``input_size``, H: ``hidden_size``):
 
