@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.autograd import gradcheck
 
@@ -225,3 +227,20 @@ def test_bad_call_arguments():
         cell(x, (h,))
     with pytest.raises(TypeError, match="state h dtype torch.float64 does not match input"):
         cell(x, h.double())
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    input_size=st.integers(1, 5),
+    hidden_size=st.integers(1, 6),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_sizes_match_torch_grucell(batch, input_size, hidden_size, bias, seed):
+    torch.manual_seed(seed)
+    ref = nn.GRUCell(input_size, hidden_size, bias=bias)
+    cell = GRUCell(input_size, hidden_size, bias=bias)
+    cell.load_state_dict(ref.state_dict())
+    x, h = torch.randn(batch, input_size), torch.randn(batch, hidden_size)
+    torch.testing.assert_close(cell(x, h)[0], ref(x, h), atol=1e-5, rtol=0)

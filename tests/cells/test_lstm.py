@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.autograd import gradcheck
 
@@ -539,3 +541,26 @@ def test_every_option_combination_runs_and_backpropagates():
         out, (h, c) = cell(torch.randn(2, 3), cell.initial_state(2))
         (out.sum() + c.sum()).backward()
         assert all(p.grad is not None for p in cell.parameters())
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    input_size=st.integers(1, 5),
+    hidden_size=st.integers(2, 6),
+    data=st.data(),
+)
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_random_sizes_match_torch_lstm(batch, input_size, hidden_size, data):
+    proj = data.draw(st.integers(0, hidden_size - 1), label="proj_size")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    torch.manual_seed(seed)
+    ref = nn.LSTM(input_size, hidden_size, proj_size=proj)
+    cell = LSTMCell(input_size, hidden_size, proj_size=proj)
+    cell.load_state_dict({name[: -len("_l0")]: t for name, t in ref.state_dict().items()})
+    x = torch.randn(batch, input_size)
+    h, c = torch.randn(batch, cell.output_size), torch.randn(batch, hidden_size)
+    out, (h1, c1) = cell(x, (h, c))
+    y, (h2, c2) = ref(x.unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
+    torch.testing.assert_close(out, y[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(c1, c2[0], atol=1e-5, rtol=0)
