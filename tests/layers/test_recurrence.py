@@ -169,3 +169,22 @@ def test_recurrence_errors():
         Recurrence(LSTMCell(3, 4), engine="fused")
     with pytest.raises(ValueError, match=r"lengths\[1\] = 9 is longer"):
         Fold(LSTMCell(3, 4))(torch.randn(4, 2, 3), lengths=[1, 9])
+
+
+def test_fold_and_sequence_accept_packed_sequences():
+    torch.manual_seed(0)
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+    from rnnkit.layers import Sequence
+
+    cell = UserLSTMCell()
+    x = torch.randn(5, 3, 3)
+    lengths = torch.tensor([2, 5, 3])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    last, (h, _) = Fold(cell)(packed)
+    _, (want_h, _) = torch_lstm_for(cell)(packed)
+    torch.testing.assert_close(h, want_h[0])
+    torch.testing.assert_close(last, want_h[0])
+    outputs = Sequence(Recurrence(cell), return_sequences=True)(packed)
+    assert isinstance(outputs, PackedSequence)
+    torch.testing.assert_close(outputs.data, torch_lstm_for(cell)(packed)[0].data)
