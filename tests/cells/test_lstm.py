@@ -564,3 +564,29 @@ def test_random_sizes_match_torch_lstm(batch, input_size, hidden_size, data):
     y, (h2, c2) = ref(x.unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
     torch.testing.assert_close(out, y[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(c1, c2[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cells_on_cuda_match_torch_cells_on_cuda():
+    from rnnkit.cells import ElmanCell, GRUCell
+
+    torch.manual_seed(12)
+    x, h, c = (torch.randn(B, I, device="cuda"), torch.randn(B, H, device="cuda"),
+               torch.randn(B, H, device="cuda"))  # fmt: skip
+    for mine, ref in (
+        (ElmanCell(I, H, device="cuda"), nn.RNNCell(I, H, device="cuda")),
+        (GRUCell(I, H, device="cuda"), nn.GRUCell(I, H, device="cuda")),
+    ):
+        mine.load_state_dict(ref.state_dict())
+        torch.testing.assert_close(mine(x, h)[0], ref(x, h), atol=1e-5, rtol=0)
+    cell, ref = LSTMCell(I, H, device="cuda"), nn.LSTMCell(I, H, device="cuda")
+    cell.load_state_dict(ref.state_dict())
+    h1, c1 = cell(x, (h, c))[1]
+    h2, c2 = ref(x, (h, c))
+    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c1, c2, atol=1e-5, rtol=0)
+    # every option runs on the device and stays there
+    full = LSTMCell(I, H, peepholes=True, proj_size=P, cell_clip=1.0, layer_norm=True,
+                    device="cuda")  # fmt: skip
+    out, (hp, cp) = full(x)
+    assert out.device.type == "cuda" and out.shape == (B, P) and cp.shape == (B, H)
