@@ -48,7 +48,7 @@ from rnnkit.layers.dropout import (
     check_probability,
     variational_mask,
 )
-from rnnkit.layers.masking import check_lengths, from_time_major, to_time_major
+from rnnkit.layers.masking import from_time_major, to_time_major
 from rnnkit.layers.stateful import StateStore
 
 ENGINES = ("auto", "fused", "compiled", "loop")
@@ -393,9 +393,7 @@ class RNNBase(nn.Module):
             )
         if inputs.shape[0] == 0:
             raise ValueError(f"{name}: the input sequence is empty (0 time steps)")
-        batch_size = inputs.shape[1]
-        if lengths is not None:
-            lengths = check_lengths(lengths, batch_size, inputs.shape[0], inputs.device)
+        batch_size = inputs.shape[1]  # lengths were validated by to_time_major
 
         if hx is not None:
             hx = self._check_hx(hx, batch_size, inputs)
