@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -67,9 +68,11 @@ __all__ = [
 
 #: Default bytes per chunk: small enough that a randomisation window of 4 chunks stays in
 #: a few tens of MB, large enough that per-chunk overhead does not show.
-DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
 _TOKEN = re.compile(r"\S+")
+#: dense samples converted per np.loadtxt call: bounds the text held while parsing
+_PIECES_PER_BATCH = 4096
 
 
 class CTFFormatError(ValueError):
@@ -89,11 +92,15 @@ class _LineError(Exception):
         self.message, self.part, self.token, self.column = message, part, token, column
 
 
+class _Fallback(Exception):
+    """The fast path met something it cannot convert; the slow path decides."""
+
+
 class _StreamBuilder:
     """Growing flat arrays for one stream of one chunk (array('f') keeps 4 bytes a value)."""
 
     __slots__ = ("dim", "sparse", "values", "indices", "nnz_offsets", "offsets", "count",
-                 "last_line", "name")
+                 "last_line", "name", "pieces", "converted")
 
     def __init__(self, name: str, sdef: StreamDef) -> None:
         self.name = name
@@ -105,6 +112,24 @@ class _StreamBuilder:
         self.offsets = array("q", [0])
         self.count = 0  # samples so far in this chunk
         self.last_line = -1
+        self.pieces: list[str] = []  # fast path: the value text of each pending dense sample
+        self.converted: list[np.ndarray] = []
+
+    def flush_pieces(self) -> None:
+        """Fast path: convert the pending dense samples in one C-level call."""
+        if self.sparse or not self.pieces:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                # float64 then float32, exactly as float() followed by array('f') does
+                values = np.loadtxt(self.pieces, dtype=np.float64, ndmin=2, comments=None)
+        except (ValueError, UserWarning):
+            raise _Fallback from None
+        if values.shape != (len(self.pieces), self.dim):
+            raise _Fallback
+        self.pieces = []
+        self.converted.append(values.astype(np.float32))
 
     def build(self) -> StreamChunk:
         offsets = np.frombuffer(self.offsets, dtype=np.int64).copy()
@@ -112,6 +137,10 @@ class _StreamBuilder:
             return StreamChunk(offsets, np.frombuffer(self.values, np.float32).copy(),
                                np.frombuffer(self.indices, np.int64).copy(),
                                np.frombuffer(self.nnz_offsets, np.int64).copy())
+        if self.converted:
+            values = (self.converted[0] if len(self.converted) == 1
+                      else np.concatenate(self.converted))
+            return StreamChunk(offsets, values)
         values = np.frombuffer(self.values, np.float32).copy().reshape(-1, self.dim)
         return StreamChunk(offsets, values)
 
@@ -237,9 +266,14 @@ class CTFDeserializer:
             raise CTFFormatError(self.path, self._line_of_offset(index) + line, col,
                                  "the file is not valid UTF-8 text") from None
         del raw
-        return self._parse(index, text)
+        try:
+            return self._parse(index, text, fast=True)
+        except _Fallback:
+            # a dense value the batched converter rejected: parse again value by value, which
+            # either names the exact line and column or accepts what float() accepts
+            return self._parse(index, text, fast=False)
 
-    def _parse(self, index: int, text: str) -> Chunk:
+    def _parse(self, index: int, text: str, fast: bool) -> Chunk:
         builders = {name: _StreamBuilder(name, d) for name, d in self.streams.items()}
         by_field = {d.field: builders[name] for name, d in self.streams.items()}
         lengths = array("q")
@@ -264,9 +298,16 @@ class CTFDeserializer:
             lengths.append(n)
             first_lines.append(seq_first_line)
 
-        lines = text.split("\n")
-        del text
-        for k, line in enumerate(lines):
+        # walk the lines with find() rather than split(): no list of every line in memory;
+        # only '\n' ends a line (not splitlines()' other breaks), as in the chunk index
+        pos, size, k = 0, len(text), -1
+        while pos < size:
+            end = text.find("\n", pos)
+            if end < 0:
+                end = size
+            line = text[pos:end]
+            pos = end + 1
+            k += 1
             if not line or line.isspace():
                 continue
             sid, bar = _split_id(line)
@@ -295,12 +336,14 @@ class CTFDeserializer:
                 in_sequence = True
                 seq_first_line = k
             try:
-                self._parse_samples(line[bar + 1:], by_field, k)
+                self._parse_samples(line[bar + 1:], by_field, k, fast)
             except _LineError as e:
                 self._fail(index, k, line, e, bar)
         if in_sequence:
             close_sequence()
-        del lines
+        if fast:
+            for b in builders.values():
+                b.flush_pieces()
         self._check_ids_across_chunks(index, ids, id_lines)
         return Chunk(
             index=index,
@@ -309,53 +352,62 @@ class CTFDeserializer:
             first_lines=np.frombuffer(first_lines, dtype=np.int64).copy(),
         )
 
-    def _parse_samples(self, rest: str, by_field: dict[str, _StreamBuilder], k: int) -> None:
+    def _parse_samples(self, rest: str, by_field: dict[str, _StreamBuilder], k: int,
+                       fast: bool) -> None:
         for p, part in enumerate(rest.split("|")):
             if part[:1] == "#":
                 continue  # a comment runs to the next '|'
-            toks = part.split()
-            if not toks:
+            head = part.split(None, 1)  # [stream name, values text]
+            if not head:
                 raise _LineError("'|' must be followed by a stream name or '#'", part=p, token=-1)
-            b = by_field.get(toks[0])
+            name = head[0]
+            b = by_field.get(name)
             if b is None:
-                raise _LineError(f"unknown stream {toks[0]!r}; declared streams: "
+                raise _LineError(f"unknown stream {name!r}; declared streams: "
                                  f"{', '.join(sorted(by_field))}", part=p)
             if b.last_line == k:
-                raise _LineError(f"stream {toks[0]!r} appears twice on one line", part=p)
+                raise _LineError(f"stream {name!r} appears twice on one line", part=p)
             b.last_line = k
+            b.count += 1
+            if not b.sparse and fast:
+                # converted in one batch per chunk (np.loadtxt checks the count per sample)
+                b.pieces.append(head[1] if len(head) > 1 else "")
+                if len(b.pieces) >= _PIECES_PER_BATCH:
+                    b.flush_pieces()
+                continue
+            toks = part.split()
             if b.sparse:
                 for t in range(1, len(toks)):
                     idx, sep, val = toks[t].partition(":")
                     if not sep:
-                        raise _LineError(f"sparse stream {toks[0]!r} expects index:value, got "
+                        raise _LineError(f"sparse stream {name!r} expects index:value, got "
                                          f"{toks[t]!r}", part=p, token=t)
                     try:
                         i = int(idx)
                     except ValueError:
-                        raise _LineError(f"sparse index {idx!r} of stream {toks[0]!r} is not an "
+                        raise _LineError(f"sparse index {idx!r} of stream {name!r} is not an "
                                          "integer", part=p, token=t) from None
                     if not 0 <= i < b.dim:
-                        raise _LineError(f"sparse index {i} of stream {toks[0]!r} is out of "
+                        raise _LineError(f"sparse index {i} of stream {name!r} is out of "
                                          f"range for dimension {b.dim}", part=p, token=t)
                     try:
                         v = float(val)
                     except ValueError:
-                        raise _LineError(f"non-numeric value {val!r} in stream {toks[0]!r}",
+                        raise _LineError(f"non-numeric value {val!r} in stream {name!r}",
                                          part=p, token=t) from None
                     b.indices.append(i)
                     b.values.append(v)
                 b.nnz_offsets.append(len(b.indices))
             else:
                 if len(toks) - 1 != b.dim:
-                    raise _LineError(f"stream {toks[0]!r} expects {b.dim} values, got "
+                    raise _LineError(f"stream {name!r} expects {b.dim} values, got "
                                      f"{len(toks) - 1}", part=p)
                 try:
                     b.values.extend([float(t) for t in toks[1:]])
                 except ValueError:
                     bad = next(t for t in range(1, len(toks)) if not _is_float(toks[t]))
-                    raise _LineError(f"non-numeric value {toks[bad]!r} in stream {toks[0]!r}",
+                    raise _LineError(f"non-numeric value {toks[bad]!r} in stream {name!r}",
                                      part=p, token=bad) from None
-            b.count += 1
 
     def _fail(self, index: int, k: int, line: str, err: _LineError, bar: int = 0) -> None:
         """Turn a fast-path error into a CTFFormatError with file, line and column."""

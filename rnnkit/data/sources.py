@@ -686,33 +686,51 @@ class MinibatchSource:
 
     def _assemble(self, windows: list[tuple[Chunk, int, int, int]], starts: np.ndarray | None,
                   slots: np.ndarray | None) -> dict[str, MinibatchData]:
-        """Pad the steps ``[begin, end)`` of each picked sequence, stream by stream."""
+        """Pad the steps ``[begin, end)`` of each picked sequence, stream by stream.
+
+        Vectorised per chunk: a minibatch draws from at most a window of chunks, so the Python
+        work is per chunk and per stream, not per sequence.
+        """
+        groups: dict[int, tuple[Chunk, list[int]]] = {}
+        for i, (chunk, *_rest) in enumerate(windows):
+            groups.setdefault(id(chunk), (chunk, []))[1].append(i)
+        spec = np.array([(s, b, e) for _, s, b, e in windows], dtype=np.int64).reshape(-1, 3)
+        num = len(windows)
         out = {}
         for name, sdef in self.deserializer.streams.items():
-            spans = []
-            for chunk, s, begin, end in windows:
+            lengths = np.zeros(num, dtype=np.int64)  # (B,)
+            pieces = []  # per chunk: (stream chunk, batch rows, time rows, source rows)
+            for chunk, members in groups.values():
                 st = chunk.streams[name]
-                a = int(st.sample_offsets[s])
-                n = st.length(s)
-                spans.append((st, a + min(begin, n), a + min(end, n)))
-            lengths = np.array([hi - lo for _, lo, hi in spans], dtype=np.int64)  # (B,)
-            t = int(lengths.max()) if len(lengths) else 0
+                rows = np.asarray(members)
+                seq, begin, end = spec[rows, 0], spec[rows, 1], spec[rows, 2]
+                first = st.sample_offsets[seq]
+                n = st.sample_offsets[seq + 1] - first
+                lo = first + np.minimum(begin, n)
+                span = first + np.minimum(end, n) - lo
+                lengths[rows] = span
+                b_idx = np.repeat(rows, span)
+                t_idx = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
+                pieces.append((st, b_idx, t_idx, np.repeat(lo, span) + t_idx))
+            t = int(lengths.max()) if num else 0
             if not sdef.is_sparse:
-                padded = np.zeros((len(spans), t, sdef.dim), dtype=np.float32)  # (B, T, dim)
-                for i, (st, lo, hi) in enumerate(spans):
-                    padded[i, : hi - lo] = st.values[lo:hi]
-                padded = padded.reshape(len(spans), t, *sdef.sample_shape)  # (B, T, *D)
+                padded = np.zeros((num, t, sdef.dim), dtype=np.float32)  # (B, T, dim)
+                for st, b_idx, t_idx, src in pieces:
+                    padded[b_idx, t_idx] = st.values[src]
+                padded = padded.reshape(num, t, *sdef.sample_shape)  # (B, T, *D)
                 out[name] = MinibatchData(lengths, sdef.shape, dense=padded,
                                           sequence_start=starts, slots=slots)
             else:
                 bs, ts, cols, vals = [], [], [], []
-                for i, (st, lo, hi) in enumerate(spans):
-                    p, q = int(st.nnz_offsets[lo]), int(st.nnz_offsets[hi])
-                    counts = np.diff(st.nnz_offsets[lo:hi + 1])
-                    ts.append(np.repeat(np.arange(hi - lo), counts))
-                    bs.append(np.full(q - p, i, dtype=np.int64))
-                    cols.append(st.indices[p:q])
-                    vals.append(st.values[p:q])
+                for st, b_idx, t_idx, src in pieces:
+                    p = st.nnz_offsets[src]
+                    counts = st.nnz_offsets[src + 1] - p  # entries of each sample
+                    entry = np.repeat(p - (np.cumsum(counts) - counts), counts) + np.arange(
+                        int(counts.sum()))
+                    bs.append(np.repeat(b_idx, counts))
+                    ts.append(np.repeat(t_idx, counts))
+                    cols.append(st.indices[entry])
+                    vals.append(st.values[entry])
                 coo = (_concat(bs, np.int64), _concat(ts, np.int64), _concat(cols, np.int64),
                        _concat(vals, np.float32))
                 out[name] = MinibatchData(lengths, sdef.shape, sparse=coo,
