@@ -32,4 +32,15 @@ from rnnkit.layers import (  # noqa: E402, F401
 # isort: split
 from rnnkit import engine  # noqa: E402, F401
 from rnnkit.engine import explain  # noqa: E402, F401
+
 # --- data ---
+# isort: split
+from rnnkit import data, datasets  # noqa: E402, F401
+from rnnkit.data import (  # noqa: E402, F401
+    INFINITELY_REPEAT,
+    CTFDeserializer,
+    MinibatchSource,
+    StreamDef,
+    StreamDefs,
+    write_ctf,
+)
