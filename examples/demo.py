@@ -5,6 +5,8 @@ import math
 import torch
 from torch import nn
 
+import rnnkit
+
 torch.manual_seed(0)
 steps = torch.linspace(0, 16 * math.pi, 2000)
 wave = torch.sin(steps)
@@ -16,7 +18,7 @@ inputs, targets = windows[:, :-1, None], windows[:, -1:]  # (N, T, 1), (N, 1)
 class Forecaster(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(1, 32, batch_first=True)
+        self.lstm = rnnkit.LSTM(1, 32, batch_first=True)
         self.head = nn.Linear(32, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
