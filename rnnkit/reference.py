@@ -24,18 +24,26 @@ straight from a ``torch.nn.RNNCell/LSTMCell/GRUCell`` (or an rnnkit cell)::
 
     params = {k: v.detach().double().numpy() for k, v in cell.named_parameters()}
 
-===============  ===========  =====================================================
-name             shape        meaning
-===============  ===========  =====================================================
-``weight_ih``    (G*H, I)     input-to-hidden weights, gate blocks stacked on rows
-``weight_hh``    (G*H, P)     hidden-to-hidden weights
-``bias_ih``      (G*H,)       optional (absent or ``None``: no bias)
-``bias_hh``      (G*H,)       optional
-``weight_hr``    (P, H)       LSTM projection (``torch.nn.LSTM(proj_size=P)``)
-``weight_ci``    (H,)         LSTM peephole weights for the input, forget and output
-``weight_cf``    (H,)         gates (diagonal, as in Gers & Schmidhuber 2000 and
-``weight_co``    (H,)         TensorFlow's ``use_peepholes``)
-===============  ===========  =====================================================
+=================  ===========  =====================================================
+name               shape        meaning
+=================  ===========  =====================================================
+``weight_ih``      (G*H, I)     input-to-hidden weights, gate blocks stacked on rows
+``weight_hh``      (G*H, P)     hidden-to-hidden weights
+``bias_ih``        (G*H,)       optional (absent or ``None``: no bias)
+``bias_hh``        (G*H,)       optional
+``weight_hr``      (P, H)       LSTM projection (``torch.nn.LSTM(proj_size=P)``)
+``weight_ci``      (H,)         LSTM peephole weights for the input, forget and output
+``weight_cf``      (H,)         gates (diagonal, as in Gers & Schmidhuber 2000 and
+``weight_co``      (H,)         TensorFlow's ``use_peepholes``)
+``ln_ih.weight``   (G*H,)       layer norm of ``x W_ih^T`` (and ``ln_ih.bias``)
+``ln_hh.weight``   (G*H,)       layer norm of ``h W_hh^T`` (GRU without reset_after:
+                                (2H,), the r, z rows only)
+``ln_c.weight``    (H,)         LSTM: layer norm of the new cell state
+``ln_hn.weight``   (H,)         GRU without reset_after: layer norm of ``(r h) W_hn^T``
+=================  ===========  =====================================================
+
+The layer-norm names are those of ``named_parameters()`` of the rnnkit cells with
+``layer_norm=True``; each has a ``.bias`` next to its ``.weight``.
 
 Gate order is torch's: LSTM ``i, f, g, o`` (``f, g, o`` with coupled gates, as
 :class:`rnnkit.cells.LSTMCell`); GRU ``r, z, n``. Row vectors are used throughout
@@ -121,6 +129,8 @@ __all__ = [
     "lstm_backward",
     "gru_forward",
     "gru_backward",
+    "layer_norm_forward",
+    "layer_norm_backward",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",
     "sequence_forward",
@@ -229,12 +239,16 @@ def init_params(
     proj_size: int = 0,
     peepholes: bool = False,
     coupled_gates: bool = False,
+    layer_norm: bool = False,
+    reset_after: bool = True,
     rng: np.random.Generator | None = None,
     scale: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Random parameters in torch's layout, uniform in ``[-scale, scale]``.
 
     ``scale`` defaults to ``1 / sqrt(hidden_size)`` (torch's default initialisation).
+    Layer-norm weights are drawn around 1 (``1 + U(-scale, scale)``) so that tests see
+    every term; ``reset_after`` chooses the GRU's layer norms (``ln_hn`` only without it).
     """
     kind = _cell_kind(cell)
     rng = np.random.default_rng() if rng is None else rng
@@ -254,6 +268,15 @@ def init_params(
         params["bias_hh"] = u(gates * hidden_size)
     if kind == "lstm" and proj_size:
         params["weight_hr"] = u(proj_size, hidden_size)
+    if layer_norm and kind != "elman":
+        sizes = {"ln_ih": gates * hidden_size, "ln_hh": gates * hidden_size}
+        if kind == "lstm":
+            sizes["ln_c"] = hidden_size
+        elif not reset_after:
+            sizes.update(ln_hh=2 * hidden_size, ln_hn=hidden_size)
+        for name, size in sizes.items():
+            params[f"{name}.weight"] = 1.0 + u(size)
+            params[f"{name}.bias"] = u(size)
     if kind == "lstm" and peepholes:
         for name in ("weight_cf", "weight_co") if coupled_gates else (
             "weight_ci", "weight_cf", "weight_co"
@@ -377,6 +400,110 @@ def elman_backward(dhs: np.ndarray, cache: Cache) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------
+# layer normalisation (used by the LSTM and GRU with layer_norm)
+
+
+def layer_norm_forward(
+    v: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    r"""Layer normalisation over the last axis, as ``torch.nn.LayerNorm``.
+
+    .. math::
+        \mu = \mathrm{mean}(v), \quad \sigma^2 = \mathrm{mean}((v - \mu)^2), \quad
+        \hat v = \frac{v - \mu}{\sqrt{\sigma^2 + \epsilon}}, \quad y = \gamma \odot \hat v + \beta
+
+    Returns:
+        ``y`` and the cache ``(v_hat, 1/sqrt(var + eps), gamma)`` for
+        :func:`layer_norm_backward`.
+    """
+    mean = v.mean(axis=-1, keepdims=True)
+    inv_std = 1.0 / np.sqrt(((v - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+    v_hat = (v - mean) * inv_std
+    return weight * v_hat + bias, (v_hat, inv_std, weight)
+
+
+def layer_norm_backward(
+    dy: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`layer_norm_forward`.
+
+    With :math:`g = \delta y \odot \gamma` (the gradient w.r.t. :math:`\hat v`), the mean and
+    the variance both depend on every feature, which gives
+
+    .. math::
+        \delta v = \frac{1}{\sqrt{\sigma^2 + \epsilon}}
+            \big(g - \mathrm{mean}(g) - \hat v \odot \mathrm{mean}(g \odot \hat v)\big), \quad
+        \delta\gamma = \sum_b \delta y \odot \hat v, \quad \delta\beta = \sum_b \delta y.
+
+    Returns:
+        ``(dv, d_weight, d_bias)``.
+    """
+    v_hat, inv_std, weight = cache
+    g = dy * weight
+    dv = inv_std * (
+        g - g.mean(axis=-1, keepdims=True) - v_hat * (g * v_hat).mean(axis=-1, keepdims=True)
+    )
+    return dv, (dy * v_hat).sum(axis=0), dy.sum(axis=0)
+
+
+def _norms(params: Params, names: tuple[str, ...], kind: str) -> dict[str, Any] | None:
+    """The layer norms ``names`` as ``{name: (weight, bias)}``, or ``None`` if absent.
+
+    Parameter names are those of ``named_parameters()`` of an rnnkit cell with
+    ``layer_norm=True``: ``ln_ih.weight``, ``ln_ih.bias``, ...
+    """
+    present = [n for n in names if params.get(f"{n}.weight") is not None]
+    if not present:
+        return None
+    if len(present) != len(names):
+        missing = [f"{n}.weight" for n in names if n not in present]
+        raise KeyError(f"{kind}: layer norm parameters are incomplete, missing {missing}")
+    norms = {}
+    for name in names:
+        weight = _get(params, f"{name}.weight")
+        bias = _get(params, f"{name}.bias")
+        norms[name] = (weight, np.zeros_like(weight) if bias is None else bias)
+    return norms
+
+
+def _affine(
+    v: np.ndarray, weight: np.ndarray, norm: tuple[np.ndarray, np.ndarray] | None, eps: float
+) -> tuple[np.ndarray, Any]:
+    """``v W^T``, or ``LN(v W^T)`` when ``norm`` is given (biases are added by the caller)."""
+    out = v @ weight.T
+    if norm is None:
+        return out, None
+    return layer_norm_forward(out, norm[0], norm[1], eps)
+
+
+def _affine_backward(
+    d_out: np.ndarray, ln_cache: Any, name: str, d_norms: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Undo :func:`_affine`'s normalisation: the gradient w.r.t. ``v W^T``."""
+    if ln_cache is None:
+        return d_out
+    d_pre, d_weight, d_bias = layer_norm_backward(d_out, ln_cache)
+    d_norms[f"{name}.weight"] += d_weight
+    d_norms[f"{name}.bias"] += d_bias
+    return d_pre
+
+
+def _norm_grads(norms: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    if norms is None:
+        return {}
+    grads = {}
+    for name, (weight, _) in norms.items():
+        grads[f"{name}.weight"] = np.zeros_like(weight)
+        grads[f"{name}.bias"] = np.zeros_like(weight)
+    return grads
+
+
+def _keep_present(grads: dict[str, np.ndarray], params: Params) -> dict[str, np.ndarray]:
+    """Drop gradients of layer-norm biases the caller did not pass (``bias=False`` norms)."""
+    return {k: v for k, v in grads.items() if not k.endswith(".bias") or k in params}
+
+
+# ----------------------------------------------------------------------------------------------
 # LSTM
 
 
@@ -386,33 +513,39 @@ def lstm_forward(
     params: Params,
     coupled_gates: bool = False,
     cell_clip: float | None = None,
+    layer_norm_eps: float = 1e-5,
 ) -> tuple[np.ndarray, Cache]:
     r"""LSTM recurrence over a whole sequence (gate order ``i, f, g, o``).
 
     .. math::
 
         \begin{aligned}
-        [\hat i, \hat f, \hat g, \hat o] &= x_t W_{ih}^\top + b_{ih} + h_{t-1} W_{hh}^\top
-            + b_{hh} \\
+        [\hat i, \hat f, \hat g, \hat o] &= \mathrm{LN}_{ih}(x_t W_{ih}^\top) + b_{ih}
+            + \mathrm{LN}_{hh}(h_{t-1} W_{hh}^\top) + b_{hh} \\
         i_t &= \sigma(\hat i + w_{ci} \odot c_{t-1}), \quad
         f_t = \sigma(\hat f + w_{cf} \odot c_{t-1}), \quad g_t = \tanh(\hat g) \\
-        c_t &= \mathrm{clip}(f_t \odot c_{t-1} + i_t \odot g_t, -c_{clip}, c_{clip}) \\
+        c_t &= \mathrm{clip}\big(\mathrm{LN}_c(f_t \odot c_{t-1} + i_t \odot g_t),
+            -c_{clip}, c_{clip}\big) \\
         o_t &= \sigma(\hat o + w_{co} \odot c_t), \quad
         m_t = o_t \odot \tanh(c_t), \quad h_t = m_t W_{hr}^\top
         \end{aligned}
 
-    The peephole terms (:math:`w_{c\cdot}`) are present when ``params`` holds
-    ``weight_ci/weight_cf/weight_co``; the projection :math:`W_{hr}` when it holds
-    ``weight_hr`` (otherwise :math:`h_t = m_t`). With ``coupled_gates=True`` the input gate
-    is tied to the forget gate, :math:`i_t = 1 - f_t` (Greff et al. 2017, "LSTM: A Search
-    Space Odyssey"), and the weights hold three gate blocks ``f, g, o`` (no ``weight_ci``).
-    ``cell_clip`` clips the cell state (TensorFlow's ``LSTMCell(cell_clip=...)``); without
-    it the clip is the identity.
+    Every optional piece is the identity (or zero) unless switched on. The peephole terms
+    (:math:`w_{c\cdot}`) are present when ``params`` holds ``weight_ci/weight_cf/weight_co``;
+    the projection :math:`W_{hr}` when it holds ``weight_hr`` (otherwise :math:`h_t = m_t`);
+    the layer norms when it holds ``ln_ih.weight``, ``ln_hh.weight``, ``ln_c.weight`` (and
+    their ``.bias``), as PyTorch's benchmark ``LayerNormLSTMCell`` and
+    :class:`rnnkit.cells.LSTMCell` with ``layer_norm=True``. With ``coupled_gates=True``
+    the input gate is tied to the forget gate, :math:`i_t = 1 - f_t` (Greff et al. 2017,
+    "LSTM: A Search Space Odyssey"), and the weights hold three gate blocks ``f, g, o`` (no
+    ``weight_ci``). ``cell_clip`` clips the cell state (TensorFlow's
+    ``LSTMCell(cell_clip=...)``).
 
     Args:
         x: ``(T, B, I)``.
         state0: ``(h0 (B, P), c0 (B, H))``; ``None`` (or ``None`` entries) for zeros.
         params: see the module docstring.
+        layer_norm_eps: the layer norms' :math:`\epsilon` (``torch.nn.LayerNorm``'s 1e-5).
 
     Returns:
         ``hs (T, B, P)`` and the cache (``cache.cs`` holds the cell states).
@@ -432,6 +565,7 @@ def lstm_forward(
         raise ValueError(
             f"lstm: weight_hh must be ({gates_count * hidden}, {out_size}), got {w_hh.shape}"
         )
+    norms = _norms(params, ("ln_ih", "ln_hh", "ln_c"), "lstm") or {}
     peep = {name: _get(params, name) for name in ("weight_ci", "weight_cf", "weight_co")}
     peep = {k: (np.zeros(hidden) if v is None else v) for k, v in peep.items()}
     batch = x.shape[1]
@@ -440,9 +574,13 @@ def lstm_forward(
     c = _initial("c0", c0, batch, hidden)
     rows = gates_count * hidden
     bias = _bias_or_zero(b_ih, rows) + _bias_or_zero(b_hh, rows)
-    cache = Cache("lstm", x, params, {"coupled_gates": coupled_gates, "cell_clip": cell_clip})
+    eps = layer_norm_eps
+    options = {"coupled_gates": coupled_gates, "cell_clip": cell_clip, "norms": norms}
+    cache = Cache("lstm", x, params, options)
     for x_t in x:
-        gates = x_t @ w_ih.T + h @ w_hh.T + bias  # (B, G*H)
+        pre_ih, ln_ih = _affine(x_t, w_ih, norms.get("ln_ih"), eps)  # (B, G*H)
+        pre_hh, ln_hh = _affine(h, w_hh, norms.get("ln_hh"), eps)  # (B, G*H)
+        gates = pre_ih + pre_hh + bias  # (B, G*H)
         if coupled_gates:
             a_f, a_g, a_o = np.split(gates, 3, axis=1)
             f = sigmoid(a_f + peep["weight_cf"] * c)
@@ -452,7 +590,11 @@ def lstm_forward(
             f = sigmoid(a_f + peep["weight_cf"] * c)
             i = sigmoid(a_i + peep["weight_ci"] * c)
         g = np.tanh(a_g)
-        c_pre = f * c + i * g  # (B, H)
+        c_sum = f * c + i * g  # (B, H)
+        ln_c = None
+        c_pre = c_sum
+        if "ln_c" in norms:
+            c_pre, ln_c = layer_norm_forward(c_sum, *norms["ln_c"], eps)
         c_new = c_pre if cell_clip is None else np.clip(c_pre, -cell_clip, cell_clip)
         o = sigmoid(a_o + peep["weight_co"] * c_new)
         tanh_c = np.tanh(c_new)
@@ -460,7 +602,8 @@ def lstm_forward(
         h_new = m if w_hr is None else m @ w_hr.T  # (B, P)
         cache.steps.append(
             {"h_prev": h, "c_prev": c, "i": i, "f": f, "g": g, "o": o, "c_pre": c_pre,
-             "c": c_new, "tanh_c": tanh_c, "m": m, "h": h_new}
+             "c": c_new, "tanh_c": tanh_c, "m": m, "h": h_new,
+             "ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c": ln_c}
         )
         h, c = h_new, c_new
     return cache.hs, cache
@@ -481,8 +624,9 @@ def lstm_backward(
         \delta \hat o &= \delta m \odot \tanh(c_t) \odot o (1 - o) \\
         \delta c_t &= \delta c_{\text{next}} + \delta m \odot o \odot (1 - \tanh^2 c_t)
                      + \delta \hat o \odot w_{co} \\
-        \delta \tilde c_t &= \delta c_t \odot [\,|\tilde c_t| \le c_{clip}\,]
-            \quad (\tilde c_t: \text{the cell state before the clip}) \\
+        \delta \tilde c_t &= \mathrm{LN}_c^\top\big(\delta c_t \odot
+            [\,|\mathrm{LN}_c(\tilde c_t)| \le c_{clip}\,]\big)
+            \quad (\tilde c_t = f_t \odot c_{t-1} + i_t \odot g_t) \\
         \delta \hat f &= \delta \tilde c_t \odot c_{t-1} \odot f (1 - f), \quad
         \delta \hat i = \delta \tilde c_t \odot g \odot i (1 - i), \quad
         \delta \hat g = \delta \tilde c_t \odot i \odot (1 - g^2) \\
@@ -490,10 +634,12 @@ def lstm_backward(
                           + \delta \hat f \odot w_{cf}
         \end{aligned}
 
-    With coupled gates (:math:`i = 1 - f`) the forget gate also receives
-    :math:`-\delta \tilde c_t \odot g` and there is no :math:`\hat i`. The pre-activations
+    (:math:`\mathrm{LN}^\top` is :func:`layer_norm_backward`.) With coupled gates
+    (:math:`i = 1 - f`) the forget gate also receives :math:`-\delta \tilde c_t \odot g` and
+    there is no :math:`\hat i`. The pre-activations
     :math:`\delta a = [\delta \hat i, \delta \hat f, \delta \hat g, \delta \hat o]` then
-    give the weight gradients exactly as in the Elman case.
+    give the weight gradients as in the Elman case, after passing back through
+    :math:`\mathrm{LN}_{ih}` and :math:`\mathrm{LN}_{hh}` when present.
 
     Args:
         dhs: ``(T, B, P)`` gradient of the loss w.r.t. each output ``h_t``.
@@ -506,6 +652,7 @@ def lstm_backward(
     params = cache.params
     coupled = cache.options["coupled_gates"]
     cell_clip = cache.options["cell_clip"]
+    norms = cache.options["norms"]
     w_ih, w_hh = _get(params, "weight_ih"), _get(params, "weight_hh")
     w_hr = _get(params, "weight_hr")
     hidden = w_ih.shape[0] // (3 if coupled else 4)
@@ -517,6 +664,7 @@ def lstm_backward(
     d_b = np.zeros(w_ih.shape[0])
     d_w_hr = None if w_hr is None else np.zeros_like(w_hr)
     d_peep = {n: np.zeros(hidden) for n in peep}
+    d_norms = _norm_grads(norms or None)
     dx = np.zeros_like(cache.x)
     dh_next = np.zeros_like(cache.steps[0]["h_prev"])
     dc_next = (
@@ -538,6 +686,7 @@ def lstm_backward(
         d_peep["weight_co"] += (da_o * s["c"]).sum(axis=0)
         if cell_clip is not None:  # the clip passes the gradient only where it did not clip
             dc = dc * (np.abs(s["c_pre"]) <= cell_clip)
+        dc = _affine_backward(dc, s["ln_c"], "ln_c", d_norms)  # now w.r.t. f c_prev + i g
         if coupled:
             df = dc * (s["c_prev"] - g)  # c = f c_prev + (1 - f) g
             da_i = np.zeros_like(dc)
@@ -552,17 +701,20 @@ def lstm_backward(
 
         blocks = [da_f, da_g, da_o] if coupled else [da_i, da_f, da_g, da_o]
         da = np.concatenate(blocks, axis=1)  # (B, G*H)
-        d_w_ih += da.T @ cache.x[t]
-        d_w_hh += da.T @ s["h_prev"]
         d_b += da.sum(axis=0)
-        dx[t] = da @ w_ih
-        dh_next = da @ w_hh
+        d_pre_ih = _affine_backward(da, s["ln_ih"], "ln_ih", d_norms)
+        d_pre_hh = _affine_backward(da, s["ln_hh"], "ln_hh", d_norms)
+        d_w_ih += d_pre_ih.T @ cache.x[t]
+        d_w_hh += d_pre_hh.T @ s["h_prev"]
+        dx[t] = d_pre_ih @ w_ih
+        dh_next = d_pre_hh @ w_hh
     grads = _weight_grads(params, d_w_ih, d_w_hh, d_b, d_b.copy())
     if w_hr is not None:
         grads["weight_hr"] = d_w_hr
     for name, value in peep.items():
         if value is not None:
             grads[name] = d_peep[name]
+    grads.update(_keep_present(d_norms, params))
     grads["x"] = dx
     grads["h0"] = dh_next
     grads["c0"] = dc_next
@@ -574,7 +726,11 @@ def lstm_backward(
 
 
 def gru_forward(
-    x: np.ndarray, h0: np.ndarray | None, params: Params, reset_after: bool = True
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    params: Params,
+    reset_after: bool = True,
+    layer_norm_eps: float = 1e-5,
 ) -> tuple[np.ndarray, Cache]:
     r"""GRU recurrence over a whole sequence (gate order ``r, z, n``).
 
@@ -590,6 +746,13 @@ def gru_forward(
         h_t &= (1 - z_t) \odot n_t + z_t \odot h_{t-1}
         \end{aligned}
 
+    With layer norms (``params`` holds ``ln_ih.*``, ``ln_hh.*`` and, without
+    ``reset_after``, ``ln_hn.*``, as :class:`rnnkit.cells.GRUCell` with
+    ``layer_norm=True``) each product :math:`v W^\top` becomes :math:`\mathrm{LN}(v W^\top)`
+    before its bias is added: ``ln_ih`` over the 3H input products, ``ln_hh`` over the 3H
+    recurrent products (``reset_after``) or over the 2H r, z products, and ``ln_hn`` over
+    :math:`(r_t \odot h_{t-1}) W_{hn}^\top`.
+
     Returns:
         ``hs (T, B, H)`` and the cache for :func:`gru_backward`.
     """
@@ -597,24 +760,38 @@ def gru_forward(
     w_ih, w_hh, b_ih, b_hh, hidden = _check_params("gru", x, params, 3)
     if w_hh.shape[1] != hidden:
         raise ValueError(f"gru: weight_hh must be ({3 * hidden}, {hidden}), got {w_hh.shape}")
+    names = ("ln_ih", "ln_hh") if reset_after else ("ln_ih", "ln_hh", "ln_hn")
+    norms = _norms(params, names, "gru") or {}
+    eps = layer_norm_eps
     b_ih = _bias_or_zero(b_ih, 3 * hidden)
     b_hh = _bias_or_zero(b_hh, 3 * hidden)
     h = _initial("h0", h0, x.shape[1], hidden)
-    cache = Cache("gru", x, params, {"reset_after": reset_after})
+    cache = Cache("gru", x, params, {"reset_after": reset_after, "norms": norms})
     w_hh_rz, w_hn = w_hh[: 2 * hidden], w_hh[2 * hidden :]
     for x_t in x:
-        gi = x_t @ w_ih.T + b_ih  # (B, 3H)
-        gh_rz = h @ w_hh_rz.T + b_hh[: 2 * hidden]  # (B, 2H)
+        pre_ih, ln_ih = _affine(x_t, w_ih, norms.get("ln_ih"), eps)
+        gi = pre_ih + b_ih  # (B, 3H)
+        ln_hn = None
+        if reset_after:
+            pre_hh, ln_hh = _affine(h, w_hh, norms.get("ln_hh"), eps)
+            gh = pre_hh + b_hh  # (B, 3H)
+            gh_rz, gh_n = gh[:, : 2 * hidden], gh[:, 2 * hidden :]
+        else:
+            pre_rz, ln_hh = _affine(h, w_hh_rz, norms.get("ln_hh"), eps)
+            gh_rz = pre_rz + b_hh[: 2 * hidden]  # (B, 2H)
         r = sigmoid(gi[:, :hidden] + gh_rz[:, :hidden])
         z = sigmoid(gi[:, hidden : 2 * hidden] + gh_rz[:, hidden:])
         if reset_after:
-            gh_n = h @ w_hn.T + b_hh[2 * hidden :]  # (B, H)
             n = np.tanh(gi[:, 2 * hidden :] + r * gh_n)
         else:
-            gh_n = (r * h) @ w_hn.T + b_hh[2 * hidden :]
+            pre_n, ln_hn = _affine(r * h, w_hn, norms.get("ln_hn"), eps)
+            gh_n = pre_n + b_hh[2 * hidden :]  # (B, H)
             n = np.tanh(gi[:, 2 * hidden :] + gh_n)
         h_new = (1.0 - z) * n + z * h
-        cache.steps.append({"h_prev": h, "r": r, "z": z, "n": n, "gh_n": gh_n, "h": h_new})
+        cache.steps.append(
+            {"h_prev": h, "r": r, "z": z, "n": n, "gh_n": gh_n, "h": h_new,
+             "ln_ih": ln_ih, "ln_hh": ln_hh, "ln_hn": ln_hn}
+        )
         h = h_new
     return cache.hs, cache
 
@@ -638,17 +815,22 @@ def gru_backward(dhs: np.ndarray, cache: Cache) -> dict[str, np.ndarray]:
         \delta h_{t-1} &= \delta h \odot z + (\text{the paths through } W_{hh})
         \end{aligned}
 
+    With layer norms, each gradient w.r.t. a normalised product passes through
+    :func:`layer_norm_backward` before it reaches the weights and the inputs.
+
     Returns:
         gradients of every parameter, ``x`` and ``h0``.
     """
     params = cache.params
     reset_after = cache.options["reset_after"]
+    norms = cache.options["norms"]
     w_ih, w_hh = _get(params, "weight_ih"), _get(params, "weight_hh")
     hidden = w_ih.shape[0] // 3
     w_hh_rz, w_hn = w_hh[: 2 * hidden], w_hh[2 * hidden :]
     dhs = np.asarray(dhs, dtype=np.float64)
     d_w_ih, d_w_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     d_b_ih, d_b_hh = np.zeros(3 * hidden), np.zeros(3 * hidden)
+    d_norms = _norm_grads(norms or None)
     dx = np.zeros_like(cache.x)
     dh_next = np.zeros_like(cache.steps[0]["h_prev"])
     for t in reversed(range(len(cache.steps))):
@@ -660,26 +842,32 @@ def gru_backward(dhs: np.ndarray, cache: Cache) -> dict[str, np.ndarray]:
         da_z = dh * (h_prev - n) * z * (1.0 - z)
         if reset_after:
             da_r = da_n * s["gh_n"] * r * (1.0 - r)
-            d_gh_n = da_n * r  # gradient w.r.t. h_prev W_hn^T + b_hn
-            d_w_hh[2 * hidden :] += d_gh_n.T @ h_prev
-            dh_prev += d_gh_n @ w_hn
+            d_gh = np.concatenate([da_r, da_z, da_n * r], axis=1)  # w.r.t. LN(h W_hh^T) + b
+            d_b_hh += d_gh.sum(axis=0)
+            d_pre = _affine_backward(d_gh, s["ln_hh"], "ln_hh", d_norms)
+            d_w_hh += d_pre.T @ h_prev
+            dh_prev += d_pre @ w_hh
         else:
-            d_rh = da_n @ w_hn  # gradient w.r.t. r * h_prev
+            d_b_hh[2 * hidden :] += da_n.sum(axis=0)
+            d_pre_n = _affine_backward(da_n, s["ln_hn"], "ln_hn", d_norms)
+            d_w_hh[2 * hidden :] += d_pre_n.T @ (r * h_prev)
+            d_rh = d_pre_n @ w_hn  # gradient w.r.t. r * h_prev
             da_r = d_rh * h_prev * r * (1.0 - r)
-            d_gh_n = da_n
-            d_w_hh[2 * hidden :] += da_n.T @ (r * h_prev)
             dh_prev += d_rh * r
-        da_rz = np.concatenate([da_r, da_z], axis=1)  # (B, 2H)
-        d_w_hh[: 2 * hidden] += da_rz.T @ h_prev
-        dh_prev += da_rz @ w_hh_rz
-        d_b_hh += np.concatenate([da_rz, d_gh_n], axis=1).sum(axis=0)
+            d_gh_rz = np.concatenate([da_r, da_z], axis=1)  # (B, 2H)
+            d_b_hh[: 2 * hidden] += d_gh_rz.sum(axis=0)
+            d_pre_rz = _affine_backward(d_gh_rz, s["ln_hh"], "ln_hh", d_norms)
+            d_w_hh[: 2 * hidden] += d_pre_rz.T @ h_prev
+            dh_prev += d_pre_rz @ w_hh_rz
 
-        da_i = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H)
-        d_w_ih += da_i.T @ cache.x[t]
-        d_b_ih += da_i.sum(axis=0)
-        dx[t] = da_i @ w_ih
+        d_gi = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H)
+        d_b_ih += d_gi.sum(axis=0)
+        d_pre_ih = _affine_backward(d_gi, s["ln_ih"], "ln_ih", d_norms)
+        d_w_ih += d_pre_ih.T @ cache.x[t]
+        dx[t] = d_pre_ih @ w_ih
         dh_next = dh_prev
     grads = _weight_grads(params, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+    grads.update(_keep_present(d_norms, params))
     grads["x"] = dx
     grads["h0"] = dh_next
     return grads
@@ -759,7 +947,7 @@ def sequence_forward(
     """Dispatch to :func:`elman_forward`, :func:`lstm_forward` or :func:`gru_forward`.
 
     ``options``: ``nonlinearity`` (Elman), ``coupled_gates`` and ``cell_clip`` (LSTM),
-    ``reset_after`` (GRU).
+    ``reset_after`` (GRU), ``layer_norm_eps`` (LSTM, GRU).
     ``state0`` is ``h0`` (Elman, GRU) or ``(h0, c0)`` (LSTM).
     """
     kind = _cell_kind(cell)
@@ -799,7 +987,7 @@ def sequence_loss_and_grads(
         weight_out: ``V (K, P)``; ``bias_out``: ``c (K,)`` or ``None``.
         state0: initial state (see :func:`sequence_forward`), ``None`` for zeros.
         options: cell options (``nonlinearity``, ``coupled_gates``, ``cell_clip``,
-            ``reset_after``).
+            ``reset_after``, ``layer_norm_eps``).
 
     Returns:
         ``(loss, grads)``: ``grads`` holds the cell parameters' gradients under their own

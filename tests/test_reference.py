@@ -3,8 +3,9 @@
 Three independent oracles:
 (a) central finite differences of the reference's own forward (float64, rel 1e-6);
 (b) ``torch.nn.RNN/LSTM/GRU`` with copied weights and autograd (float64, 1e-10), or, for
-    variants torch.nn lacks (peepholes, coupled gates, GRU reset_after=False), the equations
-    written out in torch inside this file and differentiated by autograd;
+    variants torch.nn lacks (peepholes, coupled gates, cell clip, layer norm, GRU
+    reset_after=False), the equations written out in torch inside this file and
+    differentiated by autograd;
 (c) rnnkit's ElmanCell/LSTMCell/GRUCell run over time in a plain loop (float64, 1e-10).
 """
 
@@ -36,9 +37,19 @@ VARIANTS = {
         {"coupled_gates": True, "cell_clip": 0.6},
         {"coupled_gates": True, "peepholes": True, "proj_size": P},
     ),
+    "lstm_ln": ("lstm", {}, {"layer_norm": True}),
+    "lstm_ln_all": (
+        "lstm",
+        {"coupled_gates": True, "cell_clip": 0.6},
+        {"layer_norm": True, "coupled_gates": True, "peepholes": True, "proj_size": P},
+    ),
     "gru": ("gru", {"reset_after": True}, {}),
     "gru_reset_before": ("gru", {"reset_after": False}, {}),
     "gru_nobias": ("gru", {"reset_after": False}, {"bias": False}),
+    "gru_ln": ("gru", {"reset_after": True}, {"layer_norm": True}),
+    "gru_ln_reset_before": (
+        "gru", {"reset_after": False}, {"layer_norm": True, "reset_after": False}
+    ),
 }
 
 
@@ -218,6 +229,16 @@ def test_gru_matches_torch_gru(name):
     compare_with_torch(name, run)
 
 
+def affine(params_t, v, weight, bias, norm):
+    """``v W^T + b`` or, if the layer norm ``norm`` is in ``params_t``, ``LN(v W^T) + b``."""
+    out = v @ weight.T
+    if f"{norm}.weight" in params_t:
+        out = F.layer_norm(
+            out, (out.shape[-1],), params_t[f"{norm}.weight"], params_t[f"{norm}.bias"], 1e-5
+        )
+    return out if bias is None else out + bias
+
+
 def torch_lstm_equations(params_t, x_t, state_t, coupled_gates=False, cell_clip=None):
     """The LSTM variants written directly from their equations, for torch autograd."""
     h, c = state_t
@@ -227,9 +248,9 @@ def torch_lstm_equations(params_t, x_t, state_t, coupled_gates=False, cell_clip=
     w_co = params_t.get("weight_co", zeros)
     outputs = []
     for x in x_t:
-        gates = F.linear(x, params_t["weight_ih"], params_t.get("bias_ih")) + F.linear(
-            h, params_t["weight_hh"], params_t.get("bias_hh")
-        )
+        gates = affine(
+            params_t, x, params_t["weight_ih"], params_t.get("bias_ih"), "ln_ih"
+        ) + affine(params_t, h, params_t["weight_hh"], params_t.get("bias_hh"), "ln_hh")
         if coupled_gates:
             a_f, a_g, a_o = gates.chunk(3, dim=1)
             f = torch.sigmoid(a_f + w_cf * c)
@@ -239,6 +260,8 @@ def torch_lstm_equations(params_t, x_t, state_t, coupled_gates=False, cell_clip=
             f = torch.sigmoid(a_f + w_cf * c)
             i = torch.sigmoid(a_i + w_ci * c)
         c = f * c + i * torch.tanh(a_g)
+        if "ln_c.weight" in params_t:
+            c = F.layer_norm(c, (H,), params_t["ln_c.weight"], params_t["ln_c.bias"], 1e-5)
         if cell_clip is not None:
             c = c.clamp(-cell_clip, cell_clip)
         h = torch.sigmoid(a_o + w_co * c) * torch.tanh(c)
@@ -248,22 +271,32 @@ def torch_lstm_equations(params_t, x_t, state_t, coupled_gates=False, cell_clip=
     return torch.stack(outputs)
 
 
-def torch_gru_reset_before(params_t, x_t, h):
-    w_hr, w_hz, w_hn = params_t["weight_hh"].chunk(3)
-    zeros = torch.zeros(3 * H, dtype=torch.float64)
-    b_hr, b_hz, b_hn = params_t.get("bias_hh", zeros).chunk(3)
+def torch_gru_equations(params_t, x_t, h, reset_after):
+    """Both GRU forms (with optional layer norms) from their equations, for torch autograd."""
+    w_hh = params_t["weight_hh"]
+    b_hh = params_t.get("bias_hh", torch.zeros(3 * H, dtype=torch.float64))
     outputs = []
     for x in x_t:
-        a_r, a_z, a_n = F.linear(x, params_t["weight_ih"], params_t.get("bias_ih")).chunk(3, 1)
-        r = torch.sigmoid(a_r + h @ w_hr.T + b_hr)
-        z = torch.sigmoid(a_z + h @ w_hz.T + b_hz)
-        n = torch.tanh(a_n + (r * h) @ w_hn.T + b_hn)
+        gi = affine(params_t, x, params_t["weight_ih"], params_t.get("bias_ih"), "ln_ih")
+        a_r, a_z, a_n = gi.chunk(3, 1)
+        if reset_after:
+            h_r, h_z, h_n = affine(params_t, h, w_hh, b_hh, "ln_hh").chunk(3, 1)
+            r = torch.sigmoid(a_r + h_r)
+            z = torch.sigmoid(a_z + h_z)
+            n = torch.tanh(a_n + r * h_n)
+        else:
+            h_r, h_z = affine(params_t, h, w_hh[: 2 * H], b_hh[: 2 * H], "ln_hh").chunk(2, 1)
+            r = torch.sigmoid(a_r + h_r)
+            z = torch.sigmoid(a_z + h_z)
+            n = torch.tanh(a_n + affine(params_t, r * h, w_hh[2 * H :], b_hh[2 * H :], "ln_hn"))
         h = (1 - z) * n + z * h
         outputs.append(h)
     return torch.stack(outputs)
 
 
-@pytest.mark.parametrize("name", ["lstm_peepholes", "lstm_coupled", "lstm_clip", "lstm_all"])
+@pytest.mark.parametrize(
+    "name", ["lstm_peepholes", "lstm_coupled", "lstm_clip", "lstm_all", "lstm_ln", "lstm_ln_all"]
+)
 def test_lstm_variants_match_torch_autograd(name):
     options = VARIANTS[name][1]
     compare_with_torch(name, lambda p, x, s: torch_lstm_equations(p, x, s, **options))
@@ -271,16 +304,33 @@ def test_lstm_variants_match_torch_autograd(name):
 
 def test_cell_clip_is_active_in_the_clip_variants():
     """The clip tests mean something only if some cell states do hit the clip."""
-    for name in ("lstm_clip", "lstm_all"):
+    for name in ("lstm_clip", "lstm_all", "lstm_ln_all"):
         cell, options, params, x, state0, *_ = make_problem(name)
         _, cache = ref.sequence_forward(cell, x, params, state0, **options)
         pre = np.stack([s["c_pre"] for s in cache.steps])
         assert (np.abs(pre) > options["cell_clip"]).mean() > 0.1
 
 
-@pytest.mark.parametrize("name", ["gru_reset_before", "gru_nobias"])
-def test_gru_reset_before_matches_torch_autograd(name):
-    compare_with_torch(name, torch_gru_reset_before)
+@pytest.mark.parametrize(
+    "name", ["gru", "gru_reset_before", "gru_nobias", "gru_ln", "gru_ln_reset_before"]
+)
+def test_gru_variants_match_torch_autograd(name):
+    reset_after = VARIANTS[name][1]["reset_after"]
+    compare_with_torch(name, lambda p, x, h: torch_gru_equations(p, x, h, reset_after))
+
+
+def test_layer_norm_backward_matches_finite_differences():
+    rng = np.random.default_rng(7)
+    v, weight, bias = rng.standard_normal((3, 6)), rng.standard_normal(6), rng.standard_normal(6)
+    dy = rng.standard_normal((3, 6))
+
+    def loss():
+        return (dy * ref.layer_norm_forward(v, weight, bias)[0]).sum()
+
+    dv, d_weight, d_bias = ref.layer_norm_backward(dy, ref.layer_norm_forward(v, weight, bias)[1])
+    assert_close_fd(dv, numeric_gradient(loss, v), "v")
+    assert_close_fd(d_weight, numeric_gradient(loss, weight), "weight")
+    assert_close_fd(d_bias, numeric_gradient(loss, bias), "bias")
 
 
 def test_zero_initial_state_is_the_default():
@@ -306,6 +356,10 @@ def test_errors_name_the_problem():
         ref.gru_forward(np.zeros((T, B, 5)), None, params)
     with pytest.raises(ValueError, match=r"h0 must have shape \(3, 4\), got \(2, 4\)"):
         ref.gru_forward(x, np.zeros((2, H)), params)
+    ln_params = ref.init_params("gru", I, H, layer_norm=True)
+    del ln_params["ln_hh.weight"]
+    with pytest.raises(KeyError, match=r"layer norm parameters are incomplete.*ln_hh.weight"):
+        ref.gru_forward(x, None, ln_params)
     with pytest.raises(KeyError, match="missing 'weight_hh'"):
         ref.gru_forward(x, None, {"weight_ih": params["weight_ih"]})
     with pytest.raises(ValueError, match=r"weight_ih must be \(4\*H, I\)"):
@@ -343,8 +397,10 @@ def rnnkit_cell_runner(make_cell):
         expected = {name for name, _ in cell.named_parameters()}
         assert expected == set(params_t), f"parameter names differ: {expected ^ set(params_t)}"
         for key, tensor in params_t.items():
-            setattr(cell, key, torch.nn.Parameter(tensor))
-            params_t[key] = getattr(cell, key)
+            *path, leaf = key.split(".")  # "ln_ih.weight" lives on the submodule ln_ih
+            owner = cell.get_submodule(".".join(path))
+            setattr(owner, leaf, torch.nn.Parameter(tensor))
+            params_t[key] = getattr(owner, leaf)
         outputs, state = [], state_t
         for x in x_t:
             out, state = cell(x, state)
@@ -368,7 +424,7 @@ def test_reference_matches_rnnkit_elman_cell(name):
 @pytest.mark.parametrize(
     "name",
     ["lstm", "lstm_nobias", "lstm_proj", "lstm_peepholes", "lstm_coupled", "lstm_clip",
-     "lstm_all"],
+     "lstm_all", "lstm_ln", "lstm_ln_all"],
 )
 def test_reference_matches_rnnkit_lstm_cell(name):
     from rnnkit.cells import LSTMCell
@@ -384,17 +440,24 @@ def test_reference_matches_rnnkit_lstm_cell(name):
             coupled_gates=options.get("coupled_gates", False),
             proj_size=init_kwargs.get("proj_size", 0),
             cell_clip=options.get("cell_clip"),
+            layer_norm=init_kwargs.get("layer_norm", False),
         )
 
     compare_with_torch(name, rnnkit_cell_runner(make))
 
 
-@pytest.mark.parametrize("name", ["gru", "gru_reset_before", "gru_nobias"])
+@pytest.mark.parametrize(
+    "name", ["gru", "gru_reset_before", "gru_nobias", "gru_ln", "gru_ln_reset_before"]
+)
 def test_reference_matches_rnnkit_gru_cell(name):
     from rnnkit.cells import GRUCell
 
     reset_after = VARIANTS[name][1]["reset_after"]
     bias = VARIANTS[name][2].get("bias", True)
+    layer_norm = VARIANTS[name][2].get("layer_norm", False)
     compare_with_torch(
-        name, rnnkit_cell_runner(lambda: GRUCell(I, H, bias=bias, reset_after=reset_after))
+        name,
+        rnnkit_cell_runner(
+            lambda: GRUCell(I, H, bias=bias, reset_after=reset_after, layer_norm=layer_norm)
+        ),
     )
