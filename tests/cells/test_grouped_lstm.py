@@ -149,3 +149,20 @@ def test_errors():
         cell(torch.randn(B, 6), (torch.zeros(B, 8), torch.zeros(B, 4)))
     with pytest.raises(ValueError, match=r"expected input of shape \(batch, 6\), got \(3, 4\)"):
         cell(torch.randn(B, 4))
+
+
+def test_float32_matches_torch_cells():
+    torch.manual_seed(6)
+    cell = GroupedLSTMCell(8, 12, groups=4)
+    refs = torch_groups(cell)
+    x = torch.randn(B, 8)
+    state = (torch.randn(B, 12), torch.randn(B, 12))
+    out, (h, c) = cell(x, state)
+    expected_h, expected_c = [], []
+    for k, ref in enumerate(refs):
+        hk, ck = ref(x[:, 2 * k : 2 * k + 2], (state[0][:, 3 * k : 3 * k + 3],
+                                               state[1][:, 3 * k : 3 * k + 3]))
+        expected_h.append(hk)
+        expected_c.append(ck)
+    torch.testing.assert_close(out, torch.cat(expected_h, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c, torch.cat(expected_c, 1), rtol=1e-5, atol=1e-5)
