@@ -52,7 +52,8 @@ Gate order is torch's: LSTM ``i, f, g, o`` (``f, g, o`` with coupled gates, as
 Back-propagation through time
 -----------------------------
 Following the classic derivation (softmax cross-entropy on every step, loss summed over
-time; seed document 002), write the Elman network as
+time; seed document 002), write the Elman network in column-vector notation (the code
+below uses rows, so ``U x_t`` there reads ``x_t @ U.T``) as
 
 .. math::
 

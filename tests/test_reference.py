@@ -461,3 +461,12 @@ def test_reference_matches_rnnkit_gru_cell(name):
             lambda: GRUCell(I, H, bias=bias, reset_after=reset_after, layer_norm=layer_norm)
         ),
     )
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("rnnkit.reference")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
