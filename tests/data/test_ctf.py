@@ -218,3 +218,17 @@ def test_bad_arguments(tmp_path):
         StreamDefs()
     with pytest.raises(IndexError, match="chunk 5 out of range for 1 chunks"):
         CTFDeserializer(path, DEFS).get_chunk(5)
+
+
+def test_batched_conversion_across_flushes_and_fallback(tmp_path, monkeypatch):
+    import rnnkit.data.ctf as ctf
+
+    monkeypatch.setattr(ctf, "_PIECES_PER_BATCH", 3)  # many flushes per chunk
+    values = np.arange(40, dtype=np.float32).reshape(20, 2) / 7
+    write_ctf(tmp_path / "f.ctf", [{"x": values[i:i + 2]} for i in range(0, 20, 2)])
+    back = read_ctf(tmp_path / "f.ctf", DEFS)
+    np.testing.assert_array_equal(np.concatenate([s["features"] for s in back]), values)
+    # a bad value after several flushes is still reported at its own line and column
+    text = "".join(f"{i} |x 1 2\n" for i in range(9)) + "9 |x 1 2x\n"
+    with pytest.raises(CTFFormatError, match=r"line 10, column 8: non-numeric value '2x'"):
+        read_ctf(_write(tmp_path, text), DEFS)
