@@ -614,6 +614,8 @@ def _log_space_scan(
     ``None`` scans the whole sequence in one piece, as the paper does.
     """
     steps = log_coeffs.shape[0]
+    if steps == 0:  # an empty sequence has no states (torch.cat of nothing would fail)
+        return log_values.new_zeros(log_values.shape)
     if chunk_size is None or chunk_size >= steps:
         chunk_size = max(steps, 1)
     outputs = []

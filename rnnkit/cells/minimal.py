@@ -93,7 +93,8 @@ class _MinRNNCell(RecurrentCell):
         check_input_dtype(self, x)
         if h0 is None:
             h0 = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype)
-        check_state_tensor(self, "h0", h0, x[0], self.hidden_size)
+        # one step's worth of input stands in for x[0], which an empty sequence lacks
+        check_state_tensor(self, "h0", h0, x.new_empty(x.shape[1:]), self.hidden_size)
         return type(self)._scan(x, h0, self.weights(), chunk_size=chunk_size)
 
     def extra_repr(self) -> str:

@@ -100,6 +100,12 @@ def test_scan_equals_loop(cls, h0_kind, steps):
 
 
 @pytest.mark.parametrize("cls", CELLS)
+def test_scan_of_empty_sequence_is_empty(cls):
+    cell = cls(I, H)
+    assert cell.scan(torch.randn(0, B, I)).shape == (0, B, H)
+
+
+@pytest.mark.parametrize("cls", CELLS)
 def test_scan_gradients_equal_loop_gradients(cls):
     cell = random_cell(cls)
     xs = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
