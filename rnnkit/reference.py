@@ -447,23 +447,28 @@ def layer_norm_backward(
     return dv, (dy * v_hat).sum(axis=0), dy.sum(axis=0)
 
 
-def _norms(params: Params, names: tuple[str, ...], kind: str) -> dict[str, Any] | None:
-    """The layer norms ``names`` as ``{name: (weight, bias)}``, or ``None`` if absent.
+def _norms(params: Params, sizes: dict[str, int], kind: str) -> dict[str, Any] | None:
+    """The layer norms ``sizes`` (name -> features) as ``{name: (weight, bias)}``, or
+    ``None`` if absent.
 
     Parameter names are those of ``named_parameters()`` of an rnnkit cell with
     ``layer_norm=True``: ``ln_ih.weight``, ``ln_ih.bias``, ...
     """
-    present = [n for n in names if params.get(f"{n}.weight") is not None]
+    present = [n for n in sizes if params.get(f"{n}.weight") is not None]
     if not present:
         return None
-    if len(present) != len(names):
-        missing = [f"{n}.weight" for n in names if n not in present]
+    if len(present) != len(sizes):
+        missing = [f"{n}.weight" for n in sizes if n not in present]
         raise KeyError(f"{kind}: layer norm parameters are incomplete, missing {missing}")
     norms = {}
-    for name in names:
+    for name, size in sizes.items():
         weight = _get(params, f"{name}.weight")
         bias = _get(params, f"{name}.bias")
-        norms[name] = (weight, np.zeros_like(weight) if bias is None else bias)
+        bias = np.zeros_like(weight) if bias is None else bias
+        for part, value in (("weight", weight), ("bias", bias)):
+            if value.shape != (size,):
+                raise ValueError(f"{kind}: {name}.{part} must be ({size},), got {value.shape}")
+        norms[name] = (weight, bias)
     return norms
 
 
@@ -566,14 +571,14 @@ def lstm_forward(
         raise ValueError(
             f"lstm: weight_hh must be ({gates_count * hidden}, {out_size}), got {w_hh.shape}"
         )
-    norms = _norms(params, ("ln_ih", "ln_hh", "ln_c"), "lstm") or {}
+    rows = gates_count * hidden
+    norms = _norms(params, {"ln_ih": rows, "ln_hh": rows, "ln_c": hidden}, "lstm") or {}
     peep = {name: _get(params, name) for name in ("weight_ci", "weight_cf", "weight_co")}
     peep = {k: (np.zeros(hidden) if v is None else v) for k, v in peep.items()}
     batch = x.shape[1]
     h0, c0 = (None, None) if state0 is None else state0
     h = _initial("h0", h0, batch, out_size)
     c = _initial("c0", c0, batch, hidden)
-    rows = gates_count * hidden
     bias = _bias_or_zero(b_ih, rows) + _bias_or_zero(b_hh, rows)
     eps = layer_norm_eps
     options = {"coupled_gates": coupled_gates, "cell_clip": cell_clip, "norms": norms}
@@ -761,8 +766,11 @@ def gru_forward(
     w_ih, w_hh, b_ih, b_hh, hidden = _check_params("gru", x, params, 3)
     if w_hh.shape[1] != hidden:
         raise ValueError(f"gru: weight_hh must be ({3 * hidden}, {hidden}), got {w_hh.shape}")
-    names = ("ln_ih", "ln_hh") if reset_after else ("ln_ih", "ln_hh", "ln_hn")
-    norms = _norms(params, names, "gru") or {}
+    if reset_after:
+        sizes = {"ln_ih": 3 * hidden, "ln_hh": 3 * hidden}
+    else:
+        sizes = {"ln_ih": 3 * hidden, "ln_hh": 2 * hidden, "ln_hn": hidden}
+    norms = _norms(params, sizes, "gru") or {}
     eps = layer_norm_eps
     b_ih = _bias_or_zero(b_ih, 3 * hidden)
     b_hh = _bias_or_zero(b_hh, 3 * hidden)

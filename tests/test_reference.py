@@ -360,6 +360,10 @@ def test_errors_name_the_problem():
     del ln_params["ln_hh.weight"]
     with pytest.raises(KeyError, match=r"layer norm parameters are incomplete.*ln_hh.weight"):
         ref.gru_forward(x, None, ln_params)
+    ln_params = ref.init_params("gru", I, H, layer_norm=True, reset_after=True)
+    ln_params.update({"ln_hn.weight": np.ones(H), "ln_hn.bias": np.zeros(H)})
+    with pytest.raises(ValueError, match=r"gru: ln_hh.weight must be \(8,\), got \(12,\)"):
+        ref.gru_forward(x, None, ln_params, reset_after=False)
     with pytest.raises(KeyError, match="missing 'weight_hh'"):
         ref.gru_forward(x, None, {"weight_ih": params["weight_ih"]})
     with pytest.raises(ValueError, match=r"weight_ih must be \(4\*H, I\)"):
