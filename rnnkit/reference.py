@@ -215,6 +215,15 @@ def _initial(name: str, value: Any, batch: int, size: int) -> np.ndarray:
     return out
 
 
+def _check_dhs(dhs: Any, cache: Cache) -> np.ndarray:
+    """``dhs`` must match the outputs exactly: broadcasting would silently give wrong grads."""
+    dhs = np.asarray(dhs, dtype=np.float64)
+    expected = (len(cache.steps), *cache.steps[0]["h"].shape)
+    if dhs.shape != expected:
+        raise ValueError(f"dhs must have the shape of the outputs {expected}, got {dhs.shape}")
+    return dhs
+
+
 def _bias_or_zero(b: np.ndarray | None, size: int) -> np.ndarray:
     return np.zeros(size) if b is None else b
 
@@ -377,7 +386,7 @@ def elman_backward(dhs: np.ndarray, cache: Cache) -> dict[str, np.ndarray]:
     """
     w_ih = _get(cache.params, "weight_ih")
     w_hh = _get(cache.params, "weight_hh")
-    dhs = np.asarray(dhs, dtype=np.float64)
+    dhs = _check_dhs(dhs, cache)
     d_w_ih, d_w_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     d_b = np.zeros(w_ih.shape[0])
     dx = np.zeros_like(cache.x)
@@ -664,7 +673,7 @@ def lstm_backward(
     hidden = w_ih.shape[0] // (3 if coupled else 4)
     peep = {n: _get(params, n) for n in ("weight_ci", "weight_cf", "weight_co")}
     w_ci, w_cf, w_co = (np.zeros(hidden) if v is None else v for v in peep.values())
-    dhs = np.asarray(dhs, dtype=np.float64)
+    dhs = _check_dhs(dhs, cache)
 
     d_w_ih, d_w_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     d_b = np.zeros(w_ih.shape[0])
@@ -836,7 +845,7 @@ def gru_backward(dhs: np.ndarray, cache: Cache) -> dict[str, np.ndarray]:
     w_ih, w_hh = _get(params, "weight_ih"), _get(params, "weight_hh")
     hidden = w_ih.shape[0] // 3
     w_hh_rz, w_hn = w_hh[: 2 * hidden], w_hh[2 * hidden :]
-    dhs = np.asarray(dhs, dtype=np.float64)
+    dhs = _check_dhs(dhs, cache)
     d_w_ih, d_w_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     d_b_ih, d_b_hh = np.zeros(3 * hidden), np.zeros(3 * hidden)
     d_norms = _norm_grads(norms or None)

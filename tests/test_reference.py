@@ -380,7 +380,9 @@ def test_errors_name_the_problem():
     lstm_params = ref.init_params("lstm", I, H, proj_size=P)
     with pytest.raises(ValueError, match=r"weight_hh must be \(16, 2\)"):
         ref.lstm_forward(x, None, {**lstm_params, "weight_hh": np.zeros((16, H))})
-    hs, _ = ref.gru_forward(x, None, params)
+    hs, cache = ref.gru_forward(x, None, params)
+    with pytest.raises(ValueError, match=r"dhs must have the shape of the outputs \(4, 3, 4\)"):
+        ref.gru_backward(np.ones((T, B, 1)), cache)
     with pytest.raises(ValueError, match=r"targets must have shape \(4, 3\)"):
         ref.softmax_cross_entropy(hs, np.zeros((T,), dtype=int), np.zeros((K, H)), None)
     with pytest.raises(ValueError, match=r"weight_out must be \(K, 4\)"):
