@@ -1,0 +1,321 @@
+r"""Compiled recurrences: whole sequences of rnnkit cells run forward and backward in C++.
+
+The cells' own ``forward`` computes one step; a Python loop over them pays Python, autograd
+and small-GEMM overhead at every step. Here one call runs the whole sequence:
+
+1. the input projection is hoisted out of the loop: :math:`X_p = W_{ih} X + b` for all
+   T steps in one GEMM (plus ``LN_ih`` for layer-normalised LSTMs);
+2. a C++ loop over time does one recurrent GEMM per step (``at::mm``, MKL/oneDNN's GEMM,
+   into preallocated buffers) and the gate math in one vectorised pass over the
+   ``B x G*H`` block, saving the gate activations that backward needs;
+3. backward runs the BPTT loop in C++ with one GEMM per step for :math:`\partial h`, then one
+   GEMM each for the weight gradients over all steps.
+
+Variable lengths are handled inside the loop by a per-step mask (no sorting, no packing).
+
+Symbols: T time steps, B batch, H_in input features, H hidden size, H_out output size
+(LSTM ``proj_size`` if set, else H), G gates (LSTM 4, coupled LSTM 3, GRU 3, Elman 1).
+
+Example:
+    >>> import torch
+    >>> from rnnkit.cells import LSTMCell
+    >>> from rnnkit.engine import compiled
+    >>> cell = LSTMCell(4, 8, peepholes=True)
+    >>> compiled.supports(cell)
+    (True, 'LSTMCell with peepholes')
+    >>> ok, why = compiled.available()
+    >>> if ok:
+    ...     x = torch.randn(5, 2, 4)                  # (T, B, H_in)
+    ...     out, (h, c) = compiled.run_recurrence(cell, x, cell.initial_state(2))
+    ...     print(out.shape, h.shape)
+    torch.Size([5, 2, 8]) torch.Size([2, 8])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.cells.base import State
+from rnnkit.engine.compiled import _build
+from rnnkit.engine.compiled._functions import (
+    ElmanRecurrence,
+    GRURecurrence,
+    LSTMOptions,
+    LSTMRecurrence,
+)
+
+__all__ = ["available", "supports", "run_recurrence"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def available() -> tuple[bool, str]:
+    """Whether the C++ extension is (or can be) built here; builds it on first call.
+
+    Returns ``(True, description)`` or ``(False, reason)``, e.g. no compiler, a failed build
+    or ``RNNKIT_DISABLE_COMPILED=1``.
+    """
+    module, error = _build.load()
+    if module is None:
+        return False, str(error)
+    return True, f"rnnkit C++ kernels ({module.rnnkit_capability})"
+
+
+def _cell_classes():
+    # Imported lazily: rnnkit.cells imports nothing from the engine, and a user cell that
+    # merely shares a name must not match.
+    from rnnkit.cells.elman import ElmanCell
+    from rnnkit.cells.gru import GRUCell
+    from rnnkit.cells.lstm import LSTMCell
+
+    return ElmanCell, GRUCell, LSTMCell
+
+
+def _describe_lstm(cell) -> str:
+    options = []
+    if cell.peepholes:
+        options.append("peepholes")
+    if cell.coupled_gates:
+        options.append("coupled gates")
+    if cell.proj_size:
+        options.append(f"proj_size={cell.proj_size}")
+    if cell.cell_clip is not None:
+        options.append(f"cell_clip={cell.cell_clip}")
+    if cell.layer_norm:
+        options.append("layer norm")
+    return "LSTMCell" + (" with " + ", ".join(options) if options else "")
+
+
+def supports(cell: nn.Module) -> tuple[bool, str]:
+    """Whether :func:`run_recurrence` can run ``cell``, and why (not).
+
+    Covered: ``ElmanCell`` (tanh, relu), ``GRUCell`` (reset_after True/False, without
+    layer norm), ``LSTMCell`` with any combination of peepholes, coupled gates, projection,
+    cell clip and layer norm; float32/float64 parameters on the CPU. Subclasses that
+    override ``forward`` and cells with forward hooks are not covered (their per-step code
+    would be skipped).
+    """
+    elman_cls, gru_cls, lstm_cls = _cell_classes()
+    kind = type(cell)
+    base = next((c for c in (lstm_cls, gru_cls, elman_cls) if isinstance(cell, c)), None)
+    if base is None:
+        return False, (
+            f"{kind.__name__} has no compiled kernel (covered: LSTMCell, GRUCell, ElmanCell)"
+        )
+    if kind.forward is not base.forward:
+        return False, f"{kind.__name__} overrides {base.__name__}.forward"
+    if cell._forward_hooks or cell._forward_pre_hooks:
+        return False, f"{kind.__name__} has forward hooks, which run once per step"
+    params = list(cell.parameters())
+    devices = {p.device.type for p in params}
+    if devices - {"cpu"}:
+        return False, f"compiled kernels run on the CPU; parameters are on {sorted(devices)}"
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) > 1:
+        return False, f"parameters mix dtypes {sorted(str(d) for d in dtypes)}"
+    if dtypes and next(iter(dtypes)) not in _DTYPES:
+        return False, f"dtype {next(iter(dtypes))} not supported (float32, float64)"
+    if base is gru_cls:
+        if cell.layer_norm:
+            return False, "GRUCell with layer_norm=True has no compiled kernel"
+        return True, f"GRUCell (reset_after={cell.reset_after})"
+    if base is elman_cls:
+        return True, f"ElmanCell ({cell.nonlinearity})"
+    return True, _describe_lstm(cell)
+
+
+def _empty(reference: Tensor) -> Tensor:
+    return reference.new_empty(0)
+
+
+def _opt(t: Tensor | None, reference: Tensor) -> Tensor:
+    return _empty(reference) if t is None else t
+
+
+def _check(cell, inputs: Tensor, lengths: Tensor | None) -> Tensor | None:
+    name = type(cell).__name__
+    if not isinstance(inputs, Tensor) or inputs.dim() != 3:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"compiled.run_recurrence: inputs must be (T, B, H_in), got {shape}")
+    if inputs.shape[2] != cell.input_size:
+        raise ValueError(
+            f"compiled.run_recurrence: {name} expects {cell.input_size} input features, "
+            f"got inputs of shape {tuple(inputs.shape)}"
+        )
+    weight = cell.weight_hh
+    if inputs.dtype != weight.dtype or inputs.device != weight.device:
+        raise TypeError(
+            f"compiled.run_recurrence: inputs are {inputs.dtype} on {inputs.device} but "
+            f"{name}'s parameters are {weight.dtype} on {weight.device}"
+        )
+    if lengths is None:
+        return None
+    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != inputs.shape[1]:
+        shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+        raise ValueError(
+            f"compiled.run_recurrence: lengths must be a 1-D tensor of {inputs.shape[1]} "
+            f"sequence lengths (one per batch entry), got {shape}"
+        )
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"compiled.run_recurrence: lengths must be integers, got {lengths.dtype}")
+    lengths = lengths.to("cpu", torch.int64).contiguous()
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > inputs.shape[0]):
+        raise ValueError(
+            f"compiled.run_recurrence: lengths must lie in [0, T={inputs.shape[0]}], got "
+            f"min {int(lengths.min())}, max {int(lengths.max())}"
+        )
+    return lengths
+
+
+def _projection(x: Tensor, weight: Tensor, bias: Tensor | None, norm) -> Tensor:
+    """Hoisted input projection for all T steps: ``W x + b`` or ``LN(W x) + b``."""
+    T, B, _ = x.shape
+    flat = x.reshape(T * B, x.shape[2])  # (T*B, H_in)
+    if norm is None:
+        out = F.linear(flat, weight, bias)  # (T*B, G*H), one GEMM (addmm) for all steps
+    else:
+        out = F.layer_norm(
+            F.linear(flat, weight), (weight.shape[0],), norm.weight, norm.bias, norm.eps
+        )
+        if bias is not None:
+            out = out + bias
+    return out.view(T, B, weight.shape[0])  # (T, B, G*H)
+
+
+def _sum_bias(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def run_recurrence(
+    cell: nn.Module,
+    inputs: Tensor,
+    state: State | None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, State]:
+    """Run ``cell`` over time-major ``inputs`` with the compiled kernels.
+
+    Args:
+        cell: an rnnkit cell for which :func:`supports` is true.
+        inputs: ``(T, B, H_in)``.
+        state: the initial state (``(B, H)`` tensor, or ``(h, c)`` for LSTM), or ``None``
+            for zeros.
+        lengths: ``(B,)`` integer lengths in ``[0, T]``, or ``None`` (all ``T``).
+        reverse: read each sequence from its own last valid step back to step 0; outputs
+            are written at the original time positions.
+
+    Returns:
+        ``(outputs (T, B, H_out), final_state)``: outputs are zero at padded steps, the final
+        state is each sequence's state after its own last valid step. Differentiable with
+        respect to inputs, state and every parameter.
+
+    Raises:
+        RuntimeError: the extension is unavailable (see :func:`available`).
+        ValueError / TypeError: unsupported cell, bad shapes, dtypes or lengths.
+    """
+    ok, why = supports(cell)
+    if not ok:
+        raise ValueError(f"compiled.run_recurrence cannot run this cell: {why}")
+    lengths = _check(cell, inputs, lengths)
+    ext, error = _build.load()
+    if ext is None:
+        raise RuntimeError(f"rnnkit compiled kernels are unavailable: {error}")
+    T, B, _ = inputs.shape
+    if state is None:
+        state = cell.initial_state(B, device=inputs.device, dtype=inputs.dtype)
+    reverse = bool(reverse)
+    lengths_arg = _empty(inputs).long() if lengths is None else lengths
+    elman_cls, gru_cls, lstm_cls = _cell_classes()
+    if isinstance(cell, lstm_cls):
+        return _run_lstm(ext, cell, inputs, state, lengths_arg, reverse)
+    if isinstance(cell, gru_cls):
+        h0 = _state_tensor(cell, state, B)
+        xp = _projection(inputs, cell.weight_ih, cell.bias_ih, None)  # (T, B, 3H)
+        out, h_n = GRURecurrence.apply(
+            ext,
+            cell.reset_after,
+            reverse,
+            lengths_arg,
+            xp,
+            h0,
+            cell.weight_hh,
+            _opt(cell.bias_hh, inputs),
+        )
+        return out, h_n
+    h0 = _state_tensor(cell, state, B)
+    xp = _projection(inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), None)
+    out, h_n = ElmanRecurrence.apply(
+        ext, cell.nonlinearity == "relu", reverse, lengths_arg, xp, h0, cell.weight_hh
+    )
+    return out, h_n
+
+
+def _state_tensor(cell, state, batch: int, size: int | None = None, what: str = "state"):
+    size = cell.hidden_size if size is None else size
+    if not isinstance(state, Tensor) or tuple(state.shape) != (batch, size):
+        shape = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
+        raise ValueError(
+            f"compiled.run_recurrence: {type(cell).__name__} {what} must be ({batch}, {size}), "
+            f"got {shape}"
+        )
+    if state.dtype != cell.weight_hh.dtype:
+        raise TypeError(
+            f"compiled.run_recurrence: {what} dtype {state.dtype} does not match the "
+            f"parameters' {cell.weight_hh.dtype}"
+        )
+    return state.contiguous()
+
+
+def _run_lstm(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise TypeError(
+            f"compiled.run_recurrence: LSTMCell state must be a pair (h, c), got "
+            f"{type(state).__name__}"
+        )
+    B = inputs.shape[1]
+    h0 = _state_tensor(cell, state[0], B, cell.output_size, "state h")
+    c0 = _state_tensor(cell, state[1], B, cell.hidden_size, "state c")
+    ln = cell.layer_norm
+    if ln:
+        xp = _projection(
+            inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), _norm(cell.ln_ih)
+        )
+    else:
+        xp = _projection(inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), None)
+    options = LSTMOptions(
+        coupled=cell.coupled_gates,
+        peepholes=cell.peepholes,
+        ln_hh=ln,
+        ln_c=ln,
+        clip=float(cell.cell_clip) if cell.cell_clip is not None else -1.0,
+        eps_hh=float(cell.ln_hh.eps) if ln else 0.0,
+        eps_c=float(cell.ln_c.eps) if ln else 0.0,
+        reverse=reverse,
+    )
+    e = _empty(inputs)
+    out, h_n, c_n = LSTMRecurrence.apply(
+        ext,
+        options,
+        lengths,
+        xp,
+        h0,
+        c0,
+        cell.weight_hh,
+        _opt(cell.weight_hr, e),
+        _opt(cell.weight_ci, e),
+        _opt(cell.weight_cf, e),
+        _opt(cell.weight_co, e),
+        _opt(cell.ln_hh.weight if ln else None, e),
+        _opt(cell.ln_hh.bias if ln else None, e),
+        _opt(cell.ln_c.weight if ln else None, e),
+        _opt(cell.ln_c.bias if ln else None, e),
+    )
+    return out, (h_n, c_n)
+
+
+def _norm(module: nn.LayerNorm):
+    return module

@@ -1,0 +1,150 @@
+"""Build and load the C++ extension of :mod:`rnnkit.engine.compiled` on first use.
+
+The sources in ``csrc/`` are compiled with ``torch.utils.cpp_extension.load`` into a cache
+directory keyed by everything that changes the binary: the torch and Python versions, the
+source texts and the compiler flags. The flags depend on the CPU that builds them
+(AVX-512 / AVX2+FMA / baseline, as ``torch.backends.cpu.get_cpu_capability()`` reports), so
+a cache shared between machines never hands an AVX-512 binary to a CPU without it.
+``-march=native`` is deliberately not used for the same reason.
+
+Cache directory: ``$RNNKIT_EXTENSIONS_DIR`` or ``~/.cache/rnnkit/extensions``.
+``RNNKIT_DISABLE_COMPILED=1`` turns the extension off (the engine then falls back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+_SOURCES = ("lstm.cpp", "gru.cpp", "elman.cpp", "bindings.cpp")
+_HEADERS = ("common.h",)
+_CSRC = Path(__file__).with_name("csrc")
+
+# Flag sets tried in order; the first that builds wins. CPU_CAPABILITY names the inline
+# namespace of ATen's vector classes: a name of our own keeps our instantiations apart
+# from torch's (no ODR clash), CPU_CAPABILITY_<X> selects the implementation.
+_COMMON_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+_CAPABILITY_FLAGS = {
+    "AVX512": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mavx2",
+        "-mfma",
+        "-DCPU_CAPABILITY=rnnkit_avx512",
+        "-DCPU_CAPABILITY_AVX512",
+    ],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=rnnkit_avx2", "-DCPU_CAPABILITY_AVX2"],
+    "DEFAULT": ["-DCPU_CAPABILITY=rnnkit_default"],
+}
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_error: str | None = None
+
+
+def cache_root() -> Path:
+    """Where built extensions are kept."""
+    env = os.environ.get("RNNKIT_EXTENSIONS_DIR")
+    if env:
+        return Path(env)
+    return Path(os.path.expanduser("~")) / ".cache" / "rnnkit" / "extensions"
+
+
+def capabilities() -> list[str]:
+    """Flag sets to try on this CPU, best first."""
+    try:
+        best = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # older torch: be conservative
+        best = "DEFAULT"
+    order = ["AVX512", "AVX2", "DEFAULT"]
+    if best not in order:
+        return ["DEFAULT"]
+    return order[order.index(best) :]
+
+
+def _key(flags: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in _SOURCES + _HEADERS:
+        digest.update(name.encode())
+        digest.update((_CSRC / name).read_bytes())
+    digest.update(" ".join(flags).encode())
+    digest.update(torch.__version__.encode())
+    digest.update(sys.version.encode())
+    digest.update(str(sysconfig.get_platform()).encode())
+    return digest.hexdigest()[:16]
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+
+
+def _ensure_ninja_on_path() -> None:
+    # pip installs ninja next to the interpreter, which is not on PATH when a venv's
+    # python is run without activating the venv.
+    if shutil.which("ninja"):
+        return
+    bindir = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(bindir, "ninja")):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def _build(capability: str) -> ModuleType:
+    from torch.utils import cpp_extension
+
+    flags = _COMMON_FLAGS + _CAPABILITY_FLAGS[capability]
+    key = _key(flags)
+    build_dir = cache_root() / f"{torch.__version__}-{capability.lower()}-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # cpp_extension.load serialises concurrent builds of one directory with a file lock,
+    # so several pytest workers or processes may call this at once.
+    return cpp_extension.load(
+        # The name stays fixed so that a rebuild after a source change recompiles only the
+        # changed files when a previous build directory is reused; the key is in the path.
+        name=f"rnnkit_compiled_{capability.lower()}",
+        sources=[str(_CSRC / name) for name in _SOURCES],
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build_dir),
+        verbose=False,
+    )
+
+
+def load() -> tuple[ModuleType | None, str | None]:
+    """Return ``(module, None)`` or ``(None, reason)``; builds at most once per process."""
+    global _module, _error
+    with _lock:
+        if _module is not None or _error is not None:
+            return _module, _error
+        if os.environ.get("RNNKIT_DISABLE_COMPILED", "") not in ("", "0"):
+            _error = "compiled kernels disabled by RNNKIT_DISABLE_COMPILED"
+            return None, _error
+        if _compiler() is None:
+            _error = "no C++ compiler found (set CXX or install g++ to enable compiled kernels)"
+            return None, _error
+        _ensure_ninja_on_path()
+        if not shutil.which("ninja"):
+            _error = "ninja not found (pip install ninja to enable compiled kernels)"
+            return None, _error
+        failures = []
+        for capability in capabilities():
+            try:
+                _module = _build(capability)
+                _module.rnnkit_capability = capability
+                return _module, None
+            except Exception as exc:  # a failed build must not break the caller
+                lines = str(exc).strip().splitlines()
+                errors = [line.strip() for line in lines if "error" in line.lower()]
+                detail = (errors or lines or [type(exc).__name__])[:3]
+                failures.append(f"{capability}: " + " | ".join(detail))
+        _error = "building the C++ extension failed (" + "; ".join(failures) + ")"
+        return None, _error

@@ -1,0 +1,193 @@
+"""``torch.autograd.Function`` wrappers around the C++ recurrences.
+
+Each wrapper covers only the recurrent part: it takes the hoisted input projection
+``xp`` (T, B, G*H), the initial state and the recurrent parameters, and returns
+``(outputs, final state)``. The input projection itself (``W_ih x + b``, and ``LN_ih`` for
+layer-normalised cells) is computed by ordinary torch ops over all time steps at once, so
+autograd produces its gradients (dW_ih = dxp^T x, one GEMM) without extra code here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+@dataclass(frozen=True)
+class LSTMOptions:
+    coupled: bool
+    peepholes: bool
+    ln_hh: bool
+    ln_c: bool
+    clip: float  # <= 0: no clip
+    eps_hh: float
+    eps_c: float
+    reverse: bool
+
+
+def _grad(ctx, index: int, value: Tensor | None) -> Tensor | None:
+    return value if ctx.needs_input_grad[index] else None
+
+
+def _present(t: Tensor | None, reference: Tensor) -> Tensor:
+    # Unused outputs get no gradient (materialize_grads is off); C++ reads an empty tensor
+    # as "zero" without allocating one.
+    return reference.new_empty(0) if t is None else t
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    """Inputs: module, options, lengths, xp, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co,
+    ln_hh_w, ln_hh_b, ln_c_w, ln_c_b (None where an option is off)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        ext,
+        o: LSTMOptions,
+        lengths,
+        xp,
+        h0,
+        c0,
+        w_hh,
+        w_hr,
+        w_ci,
+        w_cf,
+        w_co,
+        ln_hh_w,
+        ln_hh_b,
+        ln_c_w,
+        ln_c_b,
+    ):
+        training = any(ctx.needs_input_grad)
+        result = ext.lstm_forward(
+            xp,
+            h0,
+            c0,
+            w_hh,
+            w_hr,
+            w_ci,
+            w_cf,
+            w_co,
+            ln_hh_w,
+            ln_hh_b,
+            ln_c_w,
+            ln_c_b,
+            lengths,
+            o.coupled,
+            o.peepholes,
+            o.ln_hh,
+            o.ln_c,
+            o.clip,
+            o.eps_hh,
+            o.eps_c,
+            o.reverse,
+            training,
+        )
+        out, h_n, c_n = result[:3]
+        if training:
+            ctx.ext, ctx.o, ctx.T = ext, o, xp.shape[0]
+            ctx.n_saved = len(result) - 3
+            ctx.save_for_backward(
+                lengths, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, *result[3:]
+            )
+        ctx.set_materialize_grads(False)
+        return out, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_h, d_c):
+        lengths, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, *saved = ctx.saved_tensors
+        o = ctx.o
+        saved = [_present(t, c0) for t in saved]
+        d_out, d_h, d_c = (_present(t, c0) for t in (d_out, d_h, d_c))
+        grads = ctx.ext.lstm_backward(
+            d_out,
+            d_h,
+            d_c,
+            saved,
+            c0,
+            w_hh,
+            w_hr,
+            w_ci,
+            w_cf,
+            w_co,
+            ln_hh_w,
+            ln_c_w,
+            lengths,
+            ctx.T,
+            o.coupled,
+            o.peepholes,
+            o.ln_hh,
+            o.ln_c,
+            o.clip,
+            o.reverse,
+        )
+        dxp, dh0, dc0, dw_hh, dw_hr, dci, dcf, dco, dlnhw, dlnhb, dlncw, dlncb = grads
+        values = (dxp, dh0, dc0, dw_hh, dw_hr, dci, dcf, dco, dlnhw, dlnhb, dlncw, dlncb)
+        return (None, None, None) + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(values))
+
+
+class GRURecurrence(torch.autograd.Function):
+    """Inputs: module, reset_after, reverse, lengths, xp, h0, w_hh, b_hh (or None)."""
+
+    @staticmethod
+    def forward(ctx, ext, reset_after: bool, reverse: bool, lengths, xp, h0, w_hh, b_hh):
+        training = any(ctx.needs_input_grad)
+        result = ext.gru_forward(xp, h0, w_hh, b_hh, lengths, reset_after, reverse, training)
+        out, h_n = result[:2]
+        if training:
+            ctx.ext, ctx.reset_after, ctx.reverse, ctx.T = ext, reset_after, reverse, xp.shape[0]
+            ctx.has_bias = b_hh.numel() > 0
+            ctx.save_for_backward(lengths, w_hh, *result[2:])
+        ctx.set_materialize_grads(False)
+        return out, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_h):
+        lengths, w_hh, gates, hs, aux = ctx.saved_tensors
+        d_out, d_h = _present(d_out, hs), _present(d_h, hs)
+        dxp, dh0, dw_hh, db_hh = ctx.ext.gru_backward(
+            d_out,
+            d_h,
+            gates,
+            hs,
+            aux,
+            w_hh,
+            ctx.has_bias,
+            lengths,
+            ctx.T,
+            ctx.reset_after,
+            ctx.reverse,
+        )
+        values = (dxp, dh0, dw_hh, db_hh)
+        return (None,) * 4 + tuple(_grad(ctx, 4 + i, v) for i, v in enumerate(values))
+
+
+class ElmanRecurrence(torch.autograd.Function):
+    """Inputs: module, relu, reverse, lengths, xp, h0, w_hh."""
+
+    @staticmethod
+    def forward(ctx, ext, relu: bool, reverse: bool, lengths, xp, h0, w_hh):
+        training = any(ctx.needs_input_grad)
+        result = ext.elman_forward(xp, h0, w_hh, lengths, relu, reverse, training)
+        out, h_n = result[:2]
+        if training:
+            ctx.ext, ctx.relu, ctx.reverse, ctx.T = ext, relu, reverse, xp.shape[0]
+            ctx.save_for_backward(lengths, w_hh, result[2])
+        ctx.set_materialize_grads(False)
+        return out, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_h):
+        lengths, w_hh, hs = ctx.saved_tensors
+        d_out, d_h = _present(d_out, hs), _present(d_h, hs)
+        dxp, dh0, dw_hh = ctx.ext.elman_backward(
+            d_out, d_h, hs, w_hh, lengths, ctx.T, ctx.relu, ctx.reverse
+        )
+        values = (dxp, dh0, dw_hh)
+        return (None,) * 4 + tuple(_grad(ctx, 4 + i, v) for i, v in enumerate(values))

@@ -1,0 +1,116 @@
+// Elman recurrence: h' = act(xp + W_hh h), act = tanh or relu; xp = W_ih x + b_ih + b_hh.
+#include "common.h"
+
+namespace rnnkit {
+
+// Saved (training): hs (S+1, B, H), hs[0] = h0, hs[s+1] = state after step s.
+std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& w_hh,
+                                  const Tensor& lengths, bool relu, bool reverse,
+                                  bool training) {
+  const Tensor xp = xp_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1);
+  TORCH_CHECK(xp.size(2) == H && w_hh.size(0) == H && w_hh.size(1) == H,
+              "rnnkit elman: shapes do not match");
+  const Schedule sch(lengths, T, B, reverse);
+  const int64_t S = sch.S;
+  const auto opts = xp.options();
+  Tensor out = sch.identity() ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
+  Tensor hs = at::empty({training ? S + 1 : 2, B, H}, opts);
+  Tensor hh = at::empty({B, H}, opts);
+  const Tensor w_t = w_hh.t();
+  hs[0].copy_(h0);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_elman_forward", [&] {
+    using V = Vec<scalar_t>;
+    const scalar_t* xp_p = xp.data_ptr<scalar_t>();
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    const V zero(scalar_t(0));
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t cur = training ? s : (s & 1);
+      const int64_t nxt = training ? s + 1 : 1 - cur;
+      Tensor h_prev = hs[cur];
+      at::mm_out(hh, h_prev, w_t);
+      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
+      scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
+      const scalar_t* hh_p = hh.data_ptr<scalar_t>();
+      at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          scalar_t* hnew = hn + b * H;
+          if (!sch.active(s, b)) {
+            std::copy(hp + b * H, hp + (b + 1) * H, hnew);
+            continue;
+          }
+          const int64_t t = sch.time(s, b);
+          const scalar_t* x = xp_p + (t * B + b) * H;
+          const scalar_t* a = hh_p + b * H;
+          vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
+            const V pre = ld(x, j, c) + ld(a, j, c);
+            st(relu ? at::vec::maximum(pre, zero) : vtanh(pre), hnew, j, c);
+          });
+          std::copy(hnew, hnew + H, out_p + (t * B + b) * H);
+        }
+      });
+    }
+  });
+  const int64_t last = training ? S : (S & 1);
+  std::vector<Tensor> result{out, hs[last].clone()};
+  if (training) result.push_back(hs);
+  return result;
+}
+
+// Returns dxp (T, B, H), dh0, dw_hh.
+std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, const Tensor& hs,
+                                   const Tensor& w_hh, const Tensor& lengths, int64_t T,
+                                   bool relu, bool reverse) {
+  const int64_t S = hs.size(0) - 1, B = hs.size(1), H = hs.size(2);
+  const Schedule sch(lengths, T, B, reverse);
+  TORCH_CHECK(sch.S == S, "rnnkit elman backward: saved steps do not match lengths");
+  const auto opts = hs.options();
+  const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
+  Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, H}, opts);
+  Tensor dh_next = at::empty({B, H}, opts);
+  const bool alias = sch.identity();
+  Tensor dxp = alias ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
+  Tensor dpre = alias ? dxp : at::empty({S, B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnnkit_elman_backward", [&] {
+    using V = Vec<scalar_t>;
+    const scalar_t* dout_p = present(dout) ? dout.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dxp_p = dxp.data_ptr<scalar_t>();
+    const V one(scalar_t(1)), zero(scalar_t(0));
+    for (int64_t s = S - 1; s >= 0; --s) {
+      scalar_t* dh_p = dh.data_ptr<scalar_t>();
+      const scalar_t* hn = hs[s + 1].data_ptr<scalar_t>();
+      scalar_t* dp_s = dpre[s].data_ptr<scalar_t>();
+      at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          scalar_t* dp = dp_s + b * H;
+          scalar_t* dhrow = dh_p + b * H;
+          if (!sch.active(s, b)) {
+            std::fill(dp, dp + H, scalar_t(0));
+            continue;
+          }
+          const int64_t t = sch.time(s, b);
+          const scalar_t* dorow = dout_p ? dout_p + (t * B + b) * H : nullptr;
+          const scalar_t* h = hn + b * H;
+          vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
+            V d = ld(dhrow, j, c);
+            if (dorow) d = d + ld(dorow, j, c);
+            const V hv = ld(h, j, c);
+            // relu: torch's threshold_backward passes the gradient where the output > 0.
+            const V g = relu ? V::blendv(zero, d, hv > zero) : d * (one - hv * hv);
+            st(g, dp, j, c);
+          });
+          if (!alias) std::copy(dp, dp + H, dxp_p + (t * B + b) * H);
+          std::fill(dhrow, dhrow + H, scalar_t(0));
+        }
+      });
+      at::addmm_out(dh_next, dh, dpre[s], w_hh);
+      std::swap(dh, dh_next);
+    }
+  });
+  Tensor dw_hh = S > 0 ? at::mm(dpre.narrow(0, 0, S).reshape({S * B, H}).t(),
+                                hs.narrow(0, 0, S).reshape({S * B, H}))
+                       : at::zeros_like(w_hh);
+  return {dxp, dh, dw_hh};
+}
+
+}  // namespace rnnkit

@@ -1,0 +1,383 @@
+"""Compiled recurrences (rnnkit.engine.compiled) against the cells run step by step.
+
+Oracle: each sequence run on its own through the rnnkit cell's forward in a plain Python
+loop (so lengths and reverse are handled by brute force), compared on outputs, final
+states and the gradients of a random linear loss with respect to the inputs, the initial
+state and every parameter. float64 to 1e-10, float32 to 1e-5; gradcheck in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.cells.elman import ElmanCell
+from rnnkit.cells.gru import GRUCell
+from rnnkit.cells.lstm import LSTMCell
+from rnnkit.engine import compiled
+from rnnkit.engine.compiled import _build
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension():
+    # The first call compiles the extension (minutes, once per cache); later calls are free.
+    ok, reason = compiled.available()
+    if not ok:
+        pytest.skip(f"compiled kernels unavailable: {reason}")
+    return reason
+
+
+T, B, I, H = 5, 3, 4, 11  # H = 11: one full float32/float64 vector plus a tail
+
+LSTM_OPTIONS = {
+    "plain": {},
+    "nobias": {"bias": False},
+    "peepholes": {"peepholes": True},
+    "coupled": {"coupled_gates": True},
+    "coupled_peepholes": {"coupled_gates": True, "peepholes": True},
+    "proj": {"proj_size": 4},
+    "clip": {"cell_clip": 0.3},
+    "layer_norm": {"layer_norm": True},
+    "everything": {"peepholes": True, "proj_size": 5, "cell_clip": 0.5, "layer_norm": True},
+    "coupled_everything": {
+        "coupled_gates": True,
+        "peepholes": True,
+        "proj_size": 3,
+        "cell_clip": 0.4,
+        "layer_norm": True,
+    },
+}
+GRU_OPTIONS = {
+    "reset_after": {},
+    "reset_before": {"reset_after": False},
+    "reset_after_nobias": {"bias": False},
+    "reset_before_nobias": {"reset_after": False, "bias": False},
+}
+ELMAN_OPTIONS = {
+    "tanh": {},
+    "relu": {"nonlinearity": "relu"},
+    "tanh_nobias": {"bias": False},
+}
+
+
+def make_cell(family: str, options: dict, dtype: torch.dtype, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cell = cls(I, H, dtype=dtype, **options)
+    with torch.no_grad():
+        # Make layer norms and biases non-trivial so their gradients are exercised.
+        for name, p in cell.named_parameters():
+            if "ln_" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return cell
+
+
+def random_state(cell, batch: int, dtype: torch.dtype):
+    if isinstance(cell.state_size, tuple):
+        return tuple(torch.randn(batch, n, dtype=dtype) * 0.5 for n in cell.state_size)
+    return torch.randn(batch, cell.state_size, dtype=dtype) * 0.5
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def loop_oracle(cell, x, state, lengths, reverse):
+    """Every sequence on its own, step by step through cell.forward."""
+    steps, batch, _ = x.shape
+    zero = x.new_zeros(cell.output_size)
+    rows = [[zero] * batch for _ in range(steps)]
+    finals = []
+    for b in range(batch):
+        n = steps if lengths is None else int(lengths[b])
+        st = tuple(s[b : b + 1] for s in as_tuple(state))
+        st = st if len(st) > 1 else st[0]
+        order = range(n - 1, -1, -1) if reverse else range(n)
+        for t in order:
+            y, st = cell(x[t, b : b + 1], st)
+            rows[t][b] = y[0]
+        finals.append(as_tuple(st))
+    out = torch.stack([torch.stack(r) for r in rows])  # (T, B, H_out)
+    final = tuple(torch.cat([f[k] for f in finals]) for k in range(len(finals[0])))
+    return out, final
+
+
+def run_both(cell, dtype, lengths, reverse, seed=1):
+    torch.manual_seed(seed)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in as_tuple(random_state(cell, B, dtype)))
+    w_out = torch.randn(T, B, cell.output_size, dtype=dtype)
+    w_state = [torch.randn_like(s) for s in state]
+    leaves = [x, *state, *cell.parameters()]
+    results = []
+    for runner in (compiled.run_recurrence, loop_oracle):
+        st = state if len(state) > 1 else state[0]
+        out, final = runner(cell, x, st, lengths, reverse)
+        final = as_tuple(final)
+        loss = (out * w_out).sum() + sum((f * w).sum() for f, w in zip(final, w_state, strict=True))
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        results.append((out.detach(), [f.detach() for f in final], grads))
+    return results, [n for n, _ in cell.named_parameters()]
+
+
+def assert_match(results, names, tol):
+    (out, final, grads), (out_ref, final_ref, grads_ref) = results
+    torch.testing.assert_close(out, out_ref, rtol=tol, atol=tol)
+    for f, f_ref in zip(final, final_ref, strict=True):
+        torch.testing.assert_close(f, f_ref, rtol=tol, atol=tol)
+    labels = ["inputs"] + [f"state[{k}]" for k in range(len(final))] + names
+    for label, g, g_ref in zip(labels, grads, grads_ref, strict=True):
+        assert g is not None and g_ref is not None, label
+        torch.testing.assert_close(
+            g, g_ref, rtol=tol, atol=tol, msg=lambda m, label=label: f"{label}: {m}"
+        )
+
+
+CASES = (
+    [("lstm", k, v) for k, v in LSTM_OPTIONS.items()]
+    + [("gru", k, v) for k, v in GRU_OPTIONS.items()]
+    + [("elman", k, v) for k, v in ELMAN_OPTIONS.items()]
+)
+CASE_IDS = [f"{f}-{n}" for f, n, _ in CASES]
+LENGTHS = {"full": None, "ragged": torch.tensor([5, 2, 4]), "with_zero": torch.tensor([3, 0, 5])}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", list(LENGTHS), ids=list(LENGTHS))
+@pytest.mark.parametrize(("family", "name", "options"), CASES, ids=CASE_IDS)
+def test_matches_cell_loop_float64(family, name, options, lengths, reverse):
+    cell = make_cell(family, options, torch.float64)
+    results, names = run_both(cell, torch.float64, LENGTHS[lengths], reverse)
+    assert_match(results, names, 1e-10)
+
+
+def run_float32_and_truth(cell32, lengths, reverse, seed=1):
+    """The compiled float32 run and the float64 cell loop on the same (rounded) data."""
+    cell64 = copy.deepcopy(cell32).double()
+    torch.manual_seed(seed)
+    x = torch.randn(T, B, I)
+    state = as_tuple(random_state(cell32, B, torch.float32))
+    w_out = torch.randn(T, B, cell32.output_size).double()
+    w_state = [torch.randn_like(s).double() for s in state]
+    results = []
+    for cell, runner, dtype in (
+        (cell32, compiled.run_recurrence, torch.float32),
+        (cell64, loop_oracle, torch.float64),
+    ):
+        xs = x.to(dtype).requires_grad_()
+        st = tuple(s.to(dtype).requires_grad_() for s in state)
+        out, final = runner(cell, xs, st if len(st) > 1 else st[0], lengths, reverse)
+        final = as_tuple(final)
+        loss = (out.double() * w_out).sum() + sum(
+            (f.double() * w).sum() for f, w in zip(final, w_state, strict=True)
+        )
+        grads = torch.autograd.grad(loss, [xs, *st, *cell.parameters()])
+        results.append(
+            (
+                out.detach().double(),
+                [f.detach().double() for f in final],
+                [g.double() for g in grads],
+            )
+        )
+    return results
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(("family", "name", "options"), CASES, ids=CASE_IDS)
+def test_float32_matches_float64_cell_loop(family, name, options, reverse):
+    # float32 against the float64 truth (the float32 cell loop itself is off by more than
+    # 1e-5 where layer norm and clipping amplify rounding): 1e-5 relative to each
+    # tensor's scale.
+    cell = make_cell(family, options, torch.float32)
+    (out, final, grads), (out_ref, final_ref, grads_ref) = run_float32_and_truth(
+        cell, torch.tensor([5, 3, 4]), reverse
+    )
+    names = ["outputs", "final"] + [f"grad[{k}]" for k in range(len(grads))]
+    pairs = [
+        (out, out_ref),
+        *zip(final, final_ref, strict=True),
+        *zip(grads, grads_ref, strict=True),
+    ]
+    for label, (a, b) in zip(names + ["final"] * 2, pairs, strict=False):
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(
+            a, b, rtol=1e-5, atol=1e-5 * scale, msg=lambda m, label=label: f"{label}: {m}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("family", "options"),
+    [
+        ("lstm", {"peepholes": True, "proj_size": 2, "cell_clip": 0.6, "layer_norm": True}),
+        ("lstm", {"coupled_gates": True, "peepholes": True}),
+        ("gru", {"reset_after": True}),
+        ("gru", {"reset_after": False}),
+        ("elman", {"nonlinearity": "tanh"}),
+    ],
+)
+def test_gradcheck(family, options):
+    torch.manual_seed(0)
+    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cell = cls(3, 4, dtype=torch.float64, **options)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    state = [s.requires_grad_() for s in as_tuple(random_state(cell, 2, torch.float64))]
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    lengths = torch.tensor([4, 2])
+
+    class Runner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x, *st):
+            out, final = compiled.run_recurrence(
+                self.cell, x, st if len(st) > 1 else st[0], lengths, reverse=True
+            )
+            return (out, *as_tuple(final))
+
+    runner = Runner()
+
+    def run(x, *tensors):
+        st, ps = tensors[: len(state)], tensors[len(state) :]
+        values = {f"cell.{n}": p for n, p in zip(names, ps, strict=True)}
+        return torch.func.functional_call(runner, values, (x, *st))
+
+    assert torch.autograd.gradcheck(run, (x, *state, *params), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("family", "options"),
+    [("lstm", LSTM_OPTIONS["everything"]), ("gru", {"reset_after": False}), ("elman", {})],
+)
+def test_inference_path_equals_training_path(family, options):
+    cell = make_cell(family, options, torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    state = random_state(cell, B, torch.float64)
+    lengths = torch.tensor([5, 1, 3])
+    with torch.no_grad():
+        out_a, final_a = compiled.run_recurrence(cell, x, state, lengths, reverse=True)
+    out_b, final_b = compiled.run_recurrence(cell, x.requires_grad_(), state, lengths, True)
+    torch.testing.assert_close(out_a, out_b.detach(), rtol=0, atol=0)
+    for a, b in zip(as_tuple(final_a), as_tuple(final_b), strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_padded_outputs_are_zero_and_zero_length_keeps_state():
+    cell = make_cell("lstm", {"peepholes": True}, torch.float32)
+    x = torch.randn(T, B, I)
+    h0, c0 = random_state(cell, B, torch.float32)
+    lengths = torch.tensor([2, 0, 5])
+    for reverse in (False, True):
+        out, (h, c) = compiled.run_recurrence(cell, x, (h0, c0), lengths, reverse)
+        assert torch.all(out[2:, 0] == 0) and torch.all(out[:, 1] == 0)
+        assert torch.equal(h[1], h0[1]) and torch.equal(c[1], c0[1])
+
+
+def test_gradient_of_final_state_only_and_outputs_only():
+    cell = make_cell("gru", {}, torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = random_state(cell, B, torch.float64)
+    for pick in (0, 1):
+        out, h = compiled.run_recurrence(cell, x, h0)
+        out_ref, (h_ref,) = loop_oracle(cell, x, h0, None, False)
+        g = torch.autograd.grad((out, h)[pick].sum(), x)[0]
+        g_ref = torch.autograd.grad((out_ref, h_ref)[pick].sum(), x)[0]
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_lstm_matches_torch_nn_lstm():
+    # Independent of the rnnkit cells: torch's fused LSTM with the same weights.
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H)
+    cell = LSTMCell(I, H)
+    cell.load_state_dict({k[:-3]: v for k, v in ref.state_dict().items()})
+    x = torch.randn(T, B, I)
+    out, (h, c) = compiled.run_recurrence(cell, x, cell.initial_state(B))
+    out_ref, (h_ref, c_ref) = ref(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, c_ref[0], rtol=1e-5, atol=1e-6)
+
+
+class PlainModule(nn.Module):
+    def forward(self, x, state):
+        return x, state
+
+
+class CustomLSTM(LSTMCell):
+    def forward(self, x, state=None):
+        return super().forward(x, state)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: PlainModule(), "PlainModule has no compiled kernel"),
+        (lambda: CustomLSTM(2, 3), "CustomLSTM overrides LSTMCell.forward"),
+        (lambda: GRUCell(2, 3, layer_norm=True), "layer_norm=True has no compiled kernel"),
+        (lambda: LSTMCell(2, 3).half(), "dtype torch.float16 not supported"),
+    ],
+)
+def test_supports_reasons(make, match):
+    cell = make()
+    ok, reason = compiled.supports(cell)
+    assert not ok and match in reason
+    with pytest.raises(ValueError, match="cannot run this cell"):
+        compiled.run_recurrence(cell, torch.randn(2, 1, 2), None)
+
+
+def test_supports_hooks_and_positive_cases():
+    cell = ElmanCell(2, 3)
+    assert compiled.supports(cell) == (True, "ElmanCell (tanh)")
+    assert compiled.supports(GRUCell(2, 3, reset_after=False)) == (
+        True,
+        "GRUCell (reset_after=False)",
+    )
+    ok, reason = compiled.supports(LSTMCell(2, 3, peepholes=True, layer_norm=True))
+    assert ok and reason == "LSTMCell with peepholes, layer norm"
+    cell.register_forward_hook(lambda *args: None)
+    ok, reason = compiled.supports(cell)
+    assert not ok and "forward hooks" in reason
+
+
+def test_bad_arguments():
+    cell = LSTMCell(I, H)
+    x = torch.randn(T, B, I)
+    with pytest.raises(ValueError, match=r"lengths must be a 1-D tensor of 3"):
+        compiled.run_recurrence(cell, x, None, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=5\]"):
+        compiled.run_recurrence(cell, x, None, torch.tensor([1, 2, 6]))
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        compiled.run_recurrence(cell, x, None, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"inputs must be \(T, B, H_in\)"):
+        compiled.run_recurrence(cell, x[0], None)
+    with pytest.raises(ValueError, match="expects 4 input features"):
+        compiled.run_recurrence(cell, torch.randn(T, B, I + 1), None)
+    with pytest.raises(TypeError, match="inputs are torch.float64"):
+        compiled.run_recurrence(cell, x.double(), None)
+    with pytest.raises(ValueError, match=r"state c must be \(3, 11\)"):
+        compiled.run_recurrence(cell, x, (torch.zeros(B, H), torch.zeros(B, H + 1)))
+    with pytest.raises(TypeError, match=r"state must be a pair \(h, c\)"):
+        compiled.run_recurrence(cell, x, torch.zeros(B, H))
+
+
+def test_unavailable_reasons(monkeypatch):
+    monkeypatch.setattr(_build, "_module", None)
+    monkeypatch.setattr(_build, "_error", None)
+    monkeypatch.setenv("RNNKIT_DISABLE_COMPILED", "1")
+    assert compiled.available() == (False, "compiled kernels disabled by RNNKIT_DISABLE_COMPILED")
+    with pytest.raises(RuntimeError, match="unavailable: compiled kernels disabled"):
+        compiled.run_recurrence(ElmanCell(2, 3), torch.randn(2, 1, 2), None)
+    monkeypatch.setattr(_build, "_error", None)
+    monkeypatch.delenv("RNNKIT_DISABLE_COMPILED")
+    monkeypatch.setattr(_build, "_compiler", lambda: None)
+    ok, reason = compiled.available()
+    assert not ok and "no C++ compiler found" in reason
+
+
+def test_cache_key_depends_on_flags():
+    assert _build._key(["-mavx2"]) != _build._key(["-mavx512f"])
+    assert _build.capabilities()[-1] == "DEFAULT"
