@@ -682,11 +682,12 @@ def lstm_backward(
     d_norms = _norm_grads(norms or None)
     dx = np.zeros_like(cache.x)
     dh_next = np.zeros_like(cache.steps[0]["h_prev"])
-    dc_next = (
-        np.zeros_like(cache.steps[0]["c_prev"])
-        if dc_last is None
-        else np.asarray(dc_last, dtype=np.float64).copy()
-    )
+    dc_next = np.zeros_like(cache.steps[0]["c_prev"])
+    if dc_last is not None:
+        dc_last = np.asarray(dc_last, dtype=np.float64)
+        if dc_last.shape != dc_next.shape:
+            raise ValueError(f"dc_last must have shape {dc_next.shape}, got {dc_last.shape}")
+        dc_next = dc_last.copy()
     for t in reversed(range(len(cache.steps))):
         s = cache.steps[t]
         i, f, g, o = s["i"], s["f"], s["g"], s["o"]

@@ -383,6 +383,9 @@ def test_errors_name_the_problem():
     hs, cache = ref.gru_forward(x, None, params)
     with pytest.raises(ValueError, match=r"dhs must have the shape of the outputs \(4, 3, 4\)"):
         ref.gru_backward(np.ones((T, B, 1)), cache)
+    _, lstm_cache = ref.lstm_forward(x, None, ref.init_params("lstm", I, H))
+    with pytest.raises(ValueError, match=r"dc_last must have shape \(3, 4\), got \(4,\)"):
+        ref.lstm_backward(np.zeros((T, B, H)), lstm_cache, dc_last=np.zeros(H))
     with pytest.raises(ValueError, match=r"targets must have shape \(4, 3\)"):
         ref.softmax_cross_entropy(hs, np.zeros((T,), dtype=int), np.zeros((K, H)), None)
     with pytest.raises(ValueError, match=r"weight_out must be \(K, 4\)"):
