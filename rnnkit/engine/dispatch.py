@@ -25,10 +25,18 @@ from rnnkit.cells.base import State
 #: Every value the ``engine`` argument accepts.
 ENGINES = ("auto", "fused", "compiled", "loop")
 
-#: torch.nn modes that ``engine="auto"`` sends to the compiled kernels instead of torch's
-#: fused kernel on CPU, because torch runs them as a C++ loop of ATen ops there (no oneDNN).
-#: Filled from measurements in docs/benchmarks.md; empty means the fused path is always taken.
-PREFER_COMPILED_ON_CPU: frozenset[str] = frozenset()
+#: torch.nn modes that ``engine="auto"`` sends to rnnkit's compiled kernels instead of torch's
+#: fused kernel on CPU, and in which mode ("training": gradients enabled and required,
+#: "inference": otherwise). torch has oneDNN only for the LSTM; it runs GRU and Elman on CPU as
+#: a C++ loop of ATen ops that autograd records step by step. Measured on an AMD EPYC Zen 3
+#: (AVX2, 2 threads; docs/benchmarks.md): GRU training B32 H512 T128 compiled 0.63x nn.GRU's
+#: time, GRU inference B64 H1024 T64 0.85x, Elman training B16 H128 T1024 0.53x, while Elman
+#: inference and the LSTM (oneDNN) are as fast or faster on torch's kernel.
+PREFER_COMPILED_ON_CPU: dict[str, frozenset[str]] = {
+    "GRU": frozenset({"training", "inference"}),
+    "RNN_TANH": frozenset({"training"}),
+    "RNN_RELU": frozenset({"training"}),
+}
 
 
 class EngineFallbackWarning(UserWarning):
@@ -74,7 +82,7 @@ def _compiled_serves(cell: nn.Module, inputs: Tensor | None) -> tuple[bool, str,
     ok, reason = compiled.supports(cell)
     if not ok:
         return False, f"compiled kernels do not support {type(cell).__name__}: {reason}", False
-    return True, f"compiled kernels support {type(cell).__name__}", False
+    return True, f"compiled kernels support {reason or type(cell).__name__}", False
 
 
 def choose_path(cell: nn.Module, inputs: Tensor | None, engine: str = "auto") -> tuple[str, str]:
@@ -203,11 +211,15 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
         return False, f"not torch-compatible: {reason}"
     kind = fused.module_kind(module)
     device = inputs.device if inputs is not None else _module_device(module)
-    if engine == "auto" and device.type == "cpu" and kind in PREFER_COMPILED_ON_CPU:
+    mode = "training" if _needs_grad(module, inputs) else "inference"
+    if (engine == "auto" and device.type == "cpu"
+            and mode in PREFER_COMPILED_ON_CPU.get(kind, ())
+            and fused.current_precision(module) == "fp32"):
         cells = module_cells(module)
         if cells and all(_compiled_serves(c, inputs)[0] for _, c in cells):
-            return False, (f"torch runs {kind} on CPU as a C++ loop of ATen ops; the "
-                           f"compiled kernels are faster here")
+            return False, (f"torch runs {kind} on CPU as a C++ loop of ATen ops (no oneDNN); "
+                           f"rnnkit's compiled kernels are faster for {mode} "
+                           f"(dispatch.PREFER_COMPILED_ON_CPU)")
     if not describe:
         return True, ""
     dtype = inputs.dtype if inputs is not None else torch.float32
@@ -217,6 +229,14 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     why = ("engine='fused' requested" if engine == "fused"
            else f"configuration equals torch.nn.{_torch_name(module)}")
     return True, f"{why}; {kernel}"
+
+
+def _needs_grad(module: nn.Module, inputs: Tensor | None) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    if inputs is not None and inputs.requires_grad:
+        return True
+    return any(p.requires_grad for p in module.parameters())
 
 
 def _torch_name(module: nn.Module) -> str:

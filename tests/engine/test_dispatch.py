@@ -138,7 +138,9 @@ def test_auto_routes_to_compiled_when_supported(fake_compiled):
 def test_broken_compiled_module_falls_back(monkeypatch):
     """A compiled module whose available() raises must not break the loop path."""
     broken = types.SimpleNamespace(available=lambda: 1 / 0)
-    monkeypatch.setitem(__import__("sys").modules, "rnnkit.engine.compiled", broken)
+    import rnnkit.engine.compiled  # noqa: F401  (so that the attribute exists to replace)
+
+    monkeypatch.setattr(rnnkit.engine, "compiled", broken)
     monkeypatch.setattr(dispatch, "_fallback_notice_given", True)
     cell, x, h = gru_inputs()
     path, reason = dispatch.choose_path(cell, x)
@@ -159,8 +161,31 @@ def test_fused_forward_choices():
     peephole = rnnkit.LSTM(3, 4, peepholes=True)
     assert dispatch.fused_forward(peephole, x, None, None) is None
     # stateful and dropout_input keep the recurrence torch's: still fused
-    assert dispatch.fused_decision(rnnkit.GRU(3, 4, stateful=True), x)[0]
-    assert dispatch.fused_decision(rnnkit.GRU(3, 4, dropout_input=0.2), x)[0]
+    assert dispatch.fused_decision(rnnkit.LSTM(3, 4, stateful=True), x)[0]
+    assert dispatch.fused_decision(rnnkit.LSTM(3, 4, dropout_input=0.2), x)[0]
+
+
+def test_auto_prefers_compiled_for_gru_and_elman_training(fake_compiled):
+    """On CPU, engine="auto" sends modes torch has no oneDNN kernel for to the compiled
+    kernels when they serve every cell (the fake serves GRUCell only)."""
+    x = torch.randn(5, 2, 3)
+    gru = rnnkit.GRU(3, 4, num_layers=2)
+    use, reason = dispatch.fused_decision(gru, x)
+    assert not use and "compiled kernels are faster for training" in reason
+    with torch.no_grad():
+        use, reason = dispatch.fused_decision(gru, x)
+        assert not use and "faster for inference" in reason
+        with rnnkit.engine.precision("bf16"):  # the compiled kernels have no bf16
+            assert dispatch.fused_decision(gru, x)[0]
+    assert dispatch.fused_decision(rnnkit.LSTM(3, 4), x)[0]  # oneDNN LSTM stays fused
+    # the fake does not serve ElmanCell: the Elman RNN stays on the fused path
+    assert dispatch.fused_decision(rnnkit.RNN(3, 4), x)[0]
+    gru.engine = "fused"
+    assert dispatch.fused_decision(gru, x)[0]  # forcing wins over the preference
+    fake_compiled.clear()
+    gru.engine = "auto"
+    gru(x)
+    assert fake_compiled == [("GRUCell", False), ("GRUCell", False)]
 
 
 @pytest.mark.parametrize("make,option", [

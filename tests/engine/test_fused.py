@@ -52,7 +52,8 @@ def drop_in_copy(reference: nn.Module) -> nn.Module:
         kwargs["proj_size"] = reference.proj_size
     if kind == "RNN":
         kwargs["nonlinearity"] = reference.nonlinearity
-    module = getattr(rnnkit, kind)(I, H, **kwargs)
+    # engine="fused" pins the fused path (engine="auto" may prefer the compiled kernels)
+    module = getattr(rnnkit, kind)(I, H, engine="fused", **kwargs)
     module.load_state_dict(reference.state_dict())
     return module.to(next(reference.parameters()).dtype)
 
@@ -240,3 +241,26 @@ def test_bf16_emulation_notice_once(monkeypatch):
             fused.forward(module, x, None, None)
     notices = [w for w in caught if "emulates bfloat16" in str(w.message)]
     assert len(notices) == 1 and issubclass(notices[0].category, RuntimeWarning)
+
+
+@pytest.mark.parametrize("kind,kw", CONFIGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("grad", [True, False])
+def test_auto_path_equals_packed_torch(kind, kw, grad):
+    """Whatever engine="auto" picks (fused or compiled, see PREFER_COMPILED_ON_CPU) equals
+    torch.nn on a PackedSequence, in training and in inference, both directions."""
+    reference = torch_module(kind, 2, True, **kw)
+    module = drop_in_copy(reference)
+    module.engine = "auto"
+    x = torch.randn(T, B, I, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out, state = module(x, lengths=LENGTHS)
+        ref_out, ref_state = packed_oracle(reference, x, None, LENGTHS)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+    for a, b in zip(as_tuple(state), as_tuple(ref_state), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    if grad:
+        grads = torch.autograd.grad(loss_of(out, state), [x, *module.parameters()])
+        ref_grads = torch.autograd.grad(loss_of(ref_out, ref_state),
+                                        [x, *reference.parameters()])
+        for a, b in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
