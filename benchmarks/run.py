@@ -30,6 +30,9 @@ Usage::
     python -m benchmarks.run                 # every row, writes docs/benchmarks.md + .json
     python -m benchmarks.run --rows 1,7 --reps 5
     python -m benchmarks.run --quick         # small shapes, prints only (add --out to write)
+
+Rows whose target is not met are profiled (torch.profiler) on full runs and the profiles
+are appended to the report.
 """
 
 from __future__ import annotations
@@ -335,7 +338,21 @@ def bf16_error(row: Row, setup: Setup) -> str:
     return f"bf16 max abs error vs float32 {err:.2e} (outputs up to {float(ref.abs().max()):.2f})"
 
 
-def run_row(row: Row, size: str, reps: int, warmup: int, log=print) -> dict[str, object]:
+def profile_config(config: Config, setup: Setup, steps: int = 2, rows: int = 12) -> str:
+    """torch.profiler's table of the ops where ``config`` spends its time (self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step, _ = config.build(setup)
+    step()  # warm up outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return f"{config.label}, {steps} steps:\n{table}"
+
+
+def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
+            profile_unmet: bool = False) -> dict[str, object]:
     workload = SIZES[size](row.workload)
     setup = make_setup(workload)
     w = workload
@@ -383,6 +400,13 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print) -> dict[str,
         result["baselines"].append(base)
     if row.candidate.precision == "bf16":
         result["notes"].append(bf16_error(row, setup))
+    unmet = [b for b in result["baselines"] if b["met"] is False]
+    if profile_unmet and unmet:
+        log(f"row {row.id}: target not met, profiling {row.candidate.label} ...")
+        result["profile"] = profile_config(row.candidate, setup)
+        worst = max(unmet, key=lambda b: b["ratio"])
+        baseline = next(c for c, _ in row.baselines if c.label == worst["label"])
+        result["profile_baseline"] = profile_config(baseline, setup)
     return result
 
 
@@ -426,6 +450,15 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
     lines += ["", "GEMM reference per row: " + "; ".join(
         f"{r['id']}: {r['gemm']['variant']} {tuple(r['gemm']['shape'])} "
         f"{r['gemm']['gflops']:.1f} GFLOP/s" for r in results), ""]
+    profiled = [r for r in results if r.get("profile")]
+    if profiled:
+        lines += ["## Profiles of the rows whose target was not met", "",
+                  "torch.profiler, self CPU time, candidate then the baseline it missed "
+                  "(the time inside rnnkit's C++ kernels shows as the autograd Function "
+                  "that calls them).", ""]
+        for r in profiled:
+            lines += [f"### Row {r['id']}: {r['title']}, {r['workload']}", "", "```",
+                      r["profile"].rstrip(), "", r["profile_baseline"].rstrip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -459,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Markdown report (JSON beside it); default {DEFAULT_OUT} for "
                              f"full runs")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--profile", choices=("auto", "yes", "no"), default="auto",
+                        help="profile rows whose target is not met (auto: on full runs)")
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "full")
     reps = args.reps if args.reps is not None else (10 if size == "full" else 3)
@@ -473,8 +508,9 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     results = []
     for row in rows:
+        profile = args.profile == "yes" or (args.profile == "auto" and size == "full")
         results.append(run_row(row, size, reps, args.warmup,
-                               log=lambda m: print(m, flush=True)))
+                               log=lambda m: print(m, flush=True), profile_unmet=profile))
     text = to_markdown(results, env, size, reps)
     print(text)
     out = args.out if args.out is not None else (DEFAULT_OUT if size == "full" else None)

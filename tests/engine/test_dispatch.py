@@ -279,7 +279,7 @@ def test_benchmark_harness_smoke(tmp_path):
     assert len(timings["a"].seconds) == 2 and "ZeroDivisionError" in timings["b"].error
     out = tmp_path / "bench.md"
     assert run.main(["--size", "tiny", "--rows", "3,7,9a", "--reps", "1", "--warmup", "0",
-                     "--threads", "1", "--out", str(out)]) == 0
+                     "--threads", "1", "--profile", "yes", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| 7 | LSTM training, variable lengths" in text
     assert "torch.nn.LSTM on PackedSequence" in text and "CPU: " in text
@@ -287,6 +287,8 @@ def test_benchmark_harness_smoke(tmp_path):
     assert [r["id"] for r in data["rows"]] == ["3", "7", "9a"]
     assert len(data["rows"][0]["baselines"]) == 2  # nn.LSTM and nn.GRU
     assert "bf16 max abs error" in data["rows"][2]["notes"][0]
+    if data["rows"][2]["baselines"][0]["met"] is False:  # bf16 slower here: profiled
+        assert "Self CPU time total" in data["rows"][2]["profile"]
     with pytest.raises(SystemExit, match="unknown row"):
         run.select_rows("1,42")
 
