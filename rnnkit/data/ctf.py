@@ -192,8 +192,8 @@ class CTFDeserializer:
         self._by_field = {d.field: name for name, d in streams.items()}
         self._bounds: list[int] | None = None  # byte offsets: chunk c is [b[c], b[c+1])
         self._first_line: dict[int, int] = {}
-        # duplicate-id check across chunks: per parsed chunk, sorted id hashes and their lines
-        self._id_hashes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # duplicate-id check across chunks: a summary of each parsed chunk's ids
+        self._id_summary: dict[int, tuple | None] = {}
 
     # -- chunk index --------------------------------------------------------------------------
     def _index(self) -> list[int]:
@@ -424,30 +424,68 @@ class CTFDeserializer:
         raise CTFFormatError(self.path, self._line_of_offset(index) + k, col, err.message)
 
     def _check_ids_across_chunks(self, index: int, ids: list[str], lines: list[int]) -> None:
-        """A sequence id in two chunks is a repeat that is not adjacent (cuts fall between ids)."""
-        if index in self._id_hashes or not ids:
-            self._id_hashes.setdefault(index, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        """A sequence id in two chunks is a repeat that is not adjacent (cuts fall between ids).
+
+        Each parsed chunk leaves a summary: for increasing integer ids (the usual layout) just
+        their range, O(1) per chunk; otherwise the sorted hashes of its ids. A possible match
+        is confirmed by re-reading the other chunk's ids, which also gives the error its line.
+        """
+        if index in self._id_summary:
             return
-        hashes = np.fromiter((hash(s) for s in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(hashes)
-        hashes, where = hashes[order], np.asarray(lines, dtype=np.int64)[order]
-        for other, (h2, lines2) in self._id_hashes.items():
-            if not len(h2):
+        if not ids:
+            self._id_summary[index] = None
+            return
+        nums = _canonical_ints(ids)  # int per id, or None where an id is not a plain integer
+        hashes = None
+        for other, summary in self._id_summary.items():
+            if summary is None:
                 continue
-            pos = np.searchsorted(h2, hashes).clip(max=len(h2) - 1)
-            hit = np.flatnonzero(h2[pos] == hashes)
-            if len(hit):
-                j = int(hit[0])
-                first, second = (other, int(lines2[pos[j]])), (index, int(where[j]))
+            if summary[0] == "range":
+                lo, hi = summary[1], summary[2]
+                suspect = any(n is not None and lo <= n <= hi for n in nums)
+            else:
+                if hashes is None:
+                    hashes = np.fromiter((hash(x) for x in ids), dtype=np.int64, count=len(ids))
+                suspect = bool(np.isin(hashes, summary[1]).any())
+            if suspect:
+                self._confirm_repeat(index, ids, lines, other)
+        ints = None if any(n is None for n in nums) else np.array(nums, dtype=np.int64)
+        if ints is not None and bool(np.all(np.diff(ints) > 0)):
+            self._id_summary[index] = ("range", int(ints[0]), int(ints[-1]))
+        else:
+            if hashes is None:
+                hashes = np.fromiter((hash(x) for x in ids), dtype=np.int64, count=len(ids))
+            self._id_summary[index] = ("hash", np.sort(hashes))
+
+    def _confirm_repeat(self, index: int, ids: list[str], lines: list[int], other: int) -> None:
+        other_ids = self._chunk_ids(other)
+        for sid, line in zip(ids, lines, strict=True):
+            if sid in other_ids:
+                first, second = (other, other_ids[sid]), (index, line)
                 if other > index:
                     first, second = second, first
-                sid = ids[int(order[j])]
                 raise CTFFormatError(
                     self.path, self._line_of_offset(second[0]) + second[1], 1,
                     f"sequence id {sid!r} repeats the id of the sequence starting at line "
                     f"{self._line_of_offset(first[0]) + first[1]}; the lines of one sequence "
                     "must be adjacent")
-        self._id_hashes[index] = (hashes, where)
+
+    def _chunk_ids(self, c: int) -> dict[str, int]:
+        """Re-read chunk ``c``: sequence id -> 0-based line (in the chunk) where it starts."""
+        bounds = self._index()
+        with open(self.path, "rb") as f:
+            f.seek(bounds[c])
+            text = f.read(bounds[c + 1] - bounds[c]).decode("utf-8", errors="replace")
+        out: dict[str, int] = {}
+        prev = None
+        for k, line in enumerate(text.split("\n")):
+            if not line or line.isspace():
+                continue
+            sid, bar = _split_id(line)
+            if bar >= 0 and sid is not None and sid != prev:
+                out.setdefault(sid, k)
+            prev = sid if bar >= 0 else None
+        return out
 
     # -- views ------------------------------------------------------------------------------------
     def iter_sequences(self) -> Iterable[dict[str, np.ndarray]]:
@@ -464,6 +502,19 @@ class CTFDeserializer:
 
     def __repr__(self) -> str:
         return f"CTFDeserializer({self.path!r}, streams={list(self.streams)})"
+
+
+def _canonical_ints(ids: list[str]) -> list[int | None]:
+    """Each id as an int if it is written as one canonically ("12", not "012" or "+12")."""
+    out: list[int | None] = []
+    for x in ids:
+        try:
+            n = int(x)
+        except ValueError:
+            out.append(None)
+            continue
+        out.append(n if str(n) == x and -(2**63) <= n < 2**63 else None)
+    return out
 
 
 def _is_float(token: str) -> bool:

@@ -232,3 +232,28 @@ def test_batched_conversion_across_flushes_and_fallback(tmp_path, monkeypatch):
     text = "".join(f"{i} |x 1 2\n" for i in range(9)) + "9 |x 1 2x\n"
     with pytest.raises(CTFFormatError, match=r"line 10, column 8: non-numeric value '2x'"):
         read_ctf(_write(tmp_path, text), DEFS)
+
+
+@pytest.mark.parametrize("ids", [
+    [f"s{i}" for i in range(30)],                       # string ids: hashed summaries
+    [str((i * 7) % 30) for i in range(30)],            # integers out of order
+    [str(i) for i in range(0, 60, 2)],                  # increasing integers: ranges
+])
+def test_repeated_ids_across_chunks_for_every_id_layout(tmp_path, ids):
+    body = "".join(f"{s} |x 1 2\n{s} |x 3 4\n" for s in ids)
+    ok = _write(tmp_path, body, name="ok.ctf")
+    assert len(_all_sequences(ok, chunk=40)) == 30  # unique ids: no false alarm
+    bad = _write(tmp_path, body + f"{ids[4]} |x 5 6\n", name="bad.ctf")
+    with pytest.raises(CTFFormatError, match=rf"line 61, column 1: sequence id '{ids[4]}' "
+                                             r"repeats the id of the sequence starting at line 9"):
+        _all_sequences(bad, chunk=40)
+
+
+def test_interleaved_integer_ranges_are_not_repeats(tmp_path):
+    # chunk ranges overlap ([0, 58] and [1, 59]) but no id repeats: checked exactly, no error
+    body = "".join(f"{i} |x 1 2\n" for i in range(0, 60, 2))
+    body += "".join(f"{i} |x 1 2\n" for i in range(1, 60, 2))
+    path = _write(tmp_path, body)
+    d = CTFDeserializer(path, DEFS, chunk_size_in_bytes=len(body) // 2 - 5)
+    assert d.num_chunks >= 2
+    assert len(list(d.iter_sequences())) == 60
