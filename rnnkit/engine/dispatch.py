@@ -377,6 +377,16 @@ def explain(layer: nn.Module, x: Tensor, lengths: Tensor | None = None) -> str:
         for label, cell in cells:
             lines.append(_cell_line(label, cell, inputs, engine))
         return "\n".join(lines)
+    wrapped = [(label, getattr(layer, attr, None)) for label, attr in (
+        ("forward layer", "forward_layer"), ("backward layer", "backward_layer"),
+        ("wrapped layer", "layer"))]
+    wrapped = [(label, sub) for label, sub in wrapped if isinstance(sub, nn.Module)]
+    if wrapped:  # Bidirectional / Sequence-style wrappers: explain what they run
+        for label, sub in wrapped:
+            inner = explain(sub, x, lengths).splitlines()
+            lines.append(f"  {label}: {inner[0]}")
+            lines.extend(f"    {line}" for line in inner[2:])
+        return "\n".join(lines)
     cell = getattr(layer, "cell", None)
     if isinstance(cell, nn.Module):
         engine = getattr(layer, "engine", "auto")

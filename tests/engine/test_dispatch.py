@@ -252,6 +252,19 @@ def test_explain_cells_recurrences_and_packed(fake_compiled):
     assert "fused path not used: engine='compiled' requested" in explain(module, x)
 
 
+def test_explain_wrappers(fake_compiled):
+    """Bidirectional and Sequence wrappers: explain says what each wrapped layer runs."""
+    x = torch.randn(2, 6, 3)  # batch-first
+    bi = rnnkit.Bidirectional(rnnkit.Recurrence(GRUCell(3, 4), batch_first=True))
+    text = explain(bi, x, torch.tensor([6, 2]))
+    assert "input: T=6, B=2, H_in=3" in text
+    assert "forward layer: rnnkit.Recurrence" in text and "backward layer:" in text
+    assert "backward: GRUCell -> compiled" in text
+    text = explain(rnnkit.Sequence(rnnkit.LSTM(3, 4, batch_first=True)), x)
+    assert "wrapped layer: rnnkit.LSTM(3, 4, batch_first=True)" in text
+    assert "path: fused for all 1 layer(s)" in text
+
+
 def test_explain_errors():
     module = rnnkit.LSTM(3, 4, peepholes=True)
     module.engine = "fused"
