@@ -369,6 +369,9 @@ def explain(layer: nn.Module, x: Tensor, lengths: Tensor | None = None) -> str:
                 lines.append(text)
             return "\n".join(lines)
         lines.append(f"path: layer by layer (fused path not used: {reason})")
+        if precision_mode == "bf16":
+            lines.append("  precision: bf16 requested, but only the fused path honours it; "
+                         "these cells run in their parameters' dtype")
         engine = getattr(layer, "engine", "auto")
         engine = "auto" if engine == "fused" else engine
         cells = module_cells(layer)

@@ -236,6 +236,8 @@ def test_explain_layer_by_layer(no_compiler):
     assert "fused path not used: not torch-compatible: cell option reset_after=False" in text
     assert "layer 0: GRUCell -> loop (compiled kernels unavailable: no C++ compiler" in text
     assert "layer 0 reverse: GRUCell -> loop" in text
+    with rnnkit.engine.precision("bf16"):
+        assert "only the fused path honours it" in explain(module, torch.randn(6, 2, 3))
 
 
 def test_explain_cells_recurrences_and_packed(fake_compiled):
