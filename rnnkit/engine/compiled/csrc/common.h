@@ -160,9 +160,10 @@ struct Schedule {
   }
 };
 
-// Rows per parallel chunk so that each chunk has at least ~16k elements of gate math.
+// Rows per parallel chunk so that each chunk has at least ~4k elements of gate math
+// (below that, waking a second thread costs more than it saves).
 inline int64_t row_grain(int64_t row_elems) {
-  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elems));
+  return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, row_elems));
 }
 
 // Optional tensors arrive from Python as empty (numel 0) tensors.

@@ -17,7 +17,7 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
   Tensor out = sch.identity() ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
   Tensor hs = at::empty({training ? S + 1 : 2, B, H}, opts);
   Tensor hh = at::empty({B, H}, opts);
-  const Tensor w_t = w_hh.t();
+  const Tensor w_t = w_hh.t().contiguous();  // once per sequence: NN layout per step
   hs[0].copy_(h0);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_elman_forward", [&] {
     using V = Vec<scalar_t>;

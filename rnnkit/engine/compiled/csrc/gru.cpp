@@ -26,8 +26,9 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
   Tensor aux = at::empty({SS, B, H}, opts);
   Tensor hh = at::empty({B, reset_after ? GH : 2 * H}, opts);
   Tensor hn_buf = reset_after ? Tensor() : at::empty({B, H}, opts);
-  const Tensor w_t = reset_after ? w_hh.t() : w_hh.narrow(0, 0, 2 * H).t();
-  const Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t();
+  // Transposed once per sequence (plain NN layout for the per-step GEMMs).
+  const Tensor w_t = (reset_after ? w_hh : w_hh.narrow(0, 0, 2 * H)).t().contiguous();
+  const Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t().contiguous();
   const Tensor b_rz = has_bias ? (reset_after ? b_hh : b_hh.narrow(0, 0, 2 * H)) : Tensor();
   const Tensor b_n = has_bias ? b_hh.narrow(0, 2 * H, H) : Tensor();
   hs[0].copy_(h0);
@@ -143,7 +144,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
   // Reset-before: the gradient of the gate pre-activations is the same for xp and for the
   // recurrent products, so the step-ordered buffer can be dxp itself.
   const bool alias = !reset_after && sch.identity();
-  Tensor dxp = alias ? at::empty({T, B, GH}, opts) : at::zeros({T, B, GH}, opts);
+  Tensor dxp = sch.identity() ? at::empty({T, B, GH}, opts) : at::zeros({T, B, GH}, opts);
   Tensor dhh = alias ? dxp : at::empty({S, B, GH}, opts);
   Tensor drh = reset_after ? Tensor() : at::empty({B, H}, opts);
   const Tensor w_rz = w_hh.narrow(0, 0, 2 * H);
