@@ -55,6 +55,9 @@ GRU_OPTIONS = {
     "reset_before": {"reset_after": False},
     "reset_after_nobias": {"bias": False},
     "reset_before_nobias": {"reset_after": False, "bias": False},
+    "reset_after_layer_norm": {"layer_norm": True},
+    "reset_before_layer_norm": {"reset_after": False, "layer_norm": True},
+    "reset_before_layer_norm_nobias": {"reset_after": False, "layer_norm": True, "bias": False},
 }
 ELMAN_OPTIONS = {
     "tanh": {},
@@ -215,6 +218,8 @@ def test_float32_matches_float64_cell_loop(family, name, options, reverse):
         ("lstm", {"coupled_gates": True, "peepholes": True}),
         ("gru", {"reset_after": True}),
         ("gru", {"reset_after": False}),
+        ("gru", {"reset_after": False, "layer_norm": True}),
+        ("gru", {"reset_after": True, "layer_norm": True}),
         ("elman", {"nonlinearity": "tanh"}),
     ],
 )
@@ -317,7 +322,6 @@ class CustomLSTM(LSTMCell):
     [
         (lambda: PlainModule(), "PlainModule has no compiled kernel"),
         (lambda: CustomLSTM(2, 3), "CustomLSTM overrides LSTMCell.forward"),
-        (lambda: GRUCell(2, 3, layer_norm=True), "layer_norm=True has no compiled kernel"),
         (lambda: LSTMCell(2, 3).half(), "dtype torch.float16 not supported"),
     ],
 )

@@ -41,6 +41,7 @@ from rnnkit.cells.base import State
 from rnnkit.engine.compiled import _build
 from rnnkit.engine.compiled._functions import (
     ElmanRecurrence,
+    GRUOptions,
     GRURecurrence,
     LSTMOptions,
     LSTMRecurrence,
@@ -91,8 +92,8 @@ def _describe_lstm(cell) -> str:
 def supports(cell: nn.Module) -> tuple[bool, str]:
     """Whether :func:`run_recurrence` can run ``cell``, and why (not).
 
-    Covered: ``ElmanCell`` (tanh, relu), ``GRUCell`` (reset_after True/False, without
-    layer norm), ``LSTMCell`` with any combination of peepholes, coupled gates, projection,
+    Covered: ``ElmanCell`` (tanh, relu), ``GRUCell`` (reset_after True/False, with or
+    without layer norm), ``LSTMCell`` with any combination of peepholes, coupled gates, projection,
     cell clip and layer norm; float32/float64 parameters on the CPU. Subclasses that
     override ``forward`` and cells with forward hooks are not covered (their per-step code
     would be skipped).
@@ -118,9 +119,8 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
     if dtypes and next(iter(dtypes)) not in _DTYPES:
         return False, f"dtype {next(iter(dtypes))} not supported (float32, float64)"
     if base is gru_cls:
-        if cell.layer_norm:
-            return False, "GRUCell with layer_norm=True has no compiled kernel"
-        return True, f"GRUCell (reset_after={cell.reset_after})"
+        norm = ", layer norm" if cell.layer_norm else ""
+        return True, f"GRUCell (reset_after={cell.reset_after}{norm})"
     if base is elman_cls:
         return True, f"ElmanCell ({cell.nonlinearity})"
     return True, _describe_lstm(cell)
@@ -233,19 +233,7 @@ def run_recurrence(
     if isinstance(cell, lstm_cls):
         return _run_lstm(ext, cell, inputs, state, lengths_arg, reverse)
     if isinstance(cell, gru_cls):
-        h0 = _state_tensor(cell, state, B)
-        xp = _projection(inputs, cell.weight_ih, cell.bias_ih, None)  # (T, B, 3H)
-        out, h_n = GRURecurrence.apply(
-            ext,
-            cell.reset_after,
-            reverse,
-            lengths_arg,
-            xp,
-            h0,
-            cell.weight_hh,
-            _opt(cell.bias_hh, inputs),
-        )
-        return out, h_n
+        return _run_gru(ext, cell, inputs, state, lengths_arg, reverse)
     h0 = _state_tensor(cell, state, B)
     xp = _projection(inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), None)
     out, h_n = ElmanRecurrence.apply(
@@ -280,12 +268,9 @@ def _run_lstm(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
     h0 = _state_tensor(cell, state[0], B, cell.output_size, "state h")
     c0 = _state_tensor(cell, state[1], B, cell.hidden_size, "state c")
     ln = cell.layer_norm
-    if ln:
-        xp = _projection(
-            inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), _norm(cell.ln_ih)
-        )
-    else:
-        xp = _projection(inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), None)
+    # Both biases come after the norms, so they fold into the hoisted projection.
+    bias = _sum_bias(cell.bias_ih, cell.bias_hh)
+    xp = _projection(inputs, cell.weight_ih, bias, cell.ln_ih if ln else None)  # (T, B, G*H)
     options = LSTMOptions(
         coupled=cell.coupled_gates,
         peepholes=cell.peepholes,
@@ -317,5 +302,31 @@ def _run_lstm(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
     return out, (h_n, c_n)
 
 
-def _norm(module: nn.LayerNorm):
-    return module
+def _run_gru(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
+    h0 = _state_tensor(cell, state, inputs.shape[1])
+    ln = cell.layer_norm
+    xp = _projection(inputs, cell.weight_ih, cell.bias_ih, cell.ln_ih)  # (T, B, 3H)
+    options = GRUOptions(
+        reset_after=cell.reset_after,
+        layer_norm=ln,
+        eps_hh=float(cell.ln_hh.eps) if ln else 0.0,
+        eps_hn=float(cell.ln_hn.eps) if ln and not cell.reset_after else 0.0,
+        reverse=reverse,
+    )
+    e = _empty(inputs)
+    ln_hh = cell.ln_hh if ln else None
+    ln_hn = cell.ln_hn if ln and not cell.reset_after else None
+    out, h_n = GRURecurrence.apply(
+        ext,
+        options,
+        lengths,
+        xp,
+        h0,
+        cell.weight_hh,
+        _opt(cell.bias_hh, e),
+        _opt(ln_hh.weight if ln_hh is not None else None, e),
+        _opt(ln_hh.bias if ln_hh is not None else None, e),
+        _opt(ln_hn.weight if ln_hn is not None else None, e),
+        _opt(ln_hn.bias if ln_hn is not None else None, e),
+    )
+    return out, h_n

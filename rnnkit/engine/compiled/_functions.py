@@ -130,41 +130,71 @@ class LSTMRecurrence(torch.autograd.Function):
         return (None, None, None) + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(values))
 
 
+@dataclass(frozen=True)
+class GRUOptions:
+    reset_after: bool
+    layer_norm: bool
+    eps_hh: float
+    eps_hn: float
+    reverse: bool
+
+
 class GRURecurrence(torch.autograd.Function):
-    """Inputs: module, reset_after, reverse, lengths, xp, h0, w_hh, b_hh (or None)."""
+    """Inputs: module, options, lengths, xp, h0, w_hh, b_hh, ln_hh_w, ln_hh_b, ln_hn_w,
+    ln_hn_b (empty tensors where absent)."""
 
     @staticmethod
-    def forward(ctx, ext, reset_after: bool, reverse: bool, lengths, xp, h0, w_hh, b_hh):
+    def forward(
+        ctx, ext, o: GRUOptions, lengths, xp, h0, w_hh, b_hh, ln_hh_w, ln_hh_b, ln_hn_w, ln_hn_b
+    ):
         training = any(ctx.needs_input_grad)
-        result = ext.gru_forward(xp, h0, w_hh, b_hh, lengths, reset_after, reverse, training)
+        result = ext.gru_forward(
+            xp,
+            h0,
+            w_hh,
+            b_hh,
+            ln_hh_w,
+            ln_hh_b,
+            ln_hn_w,
+            ln_hn_b,
+            lengths,
+            o.reset_after,
+            o.layer_norm,
+            o.eps_hh,
+            o.eps_hn,
+            o.reverse,
+            training,
+        )
         out, h_n = result[:2]
         if training:
-            ctx.ext, ctx.reset_after, ctx.reverse, ctx.T = ext, reset_after, reverse, xp.shape[0]
+            ctx.ext, ctx.o, ctx.T = ext, o, xp.shape[0]
             ctx.has_bias = b_hh.numel() > 0
-            ctx.save_for_backward(lengths, w_hh, *result[2:])
+            ctx.save_for_backward(lengths, w_hh, ln_hh_w, ln_hn_w, *result[2:])
         ctx.set_materialize_grads(False)
         return out, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h):
-        lengths, w_hh, gates, hs, aux = ctx.saved_tensors
-        d_out, d_h = _present(d_out, hs), _present(d_h, hs)
-        dxp, dh0, dw_hh, db_hh = ctx.ext.gru_backward(
+        lengths, w_hh, ln_hh_w, ln_hn_w, *saved = ctx.saved_tensors
+        saved = [_present(t, w_hh) for t in saved]
+        d_out, d_h = _present(d_out, w_hh), _present(d_h, w_hh)
+        o = ctx.o
+        grads = ctx.ext.gru_backward(
             d_out,
             d_h,
-            gates,
-            hs,
-            aux,
+            saved,
             w_hh,
             ctx.has_bias,
+            ln_hh_w,
+            ln_hn_w,
             lengths,
             ctx.T,
-            ctx.reset_after,
-            ctx.reverse,
+            o.reset_after,
+            o.layer_norm,
+            o.reverse,
         )
-        values = (dxp, dh0, dw_hh, db_hh)
-        return (None,) * 4 + tuple(_grad(ctx, 4 + i, v) for i, v in enumerate(values))
+        return (None,) * 3 + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(grads))
 
 
 class ElmanRecurrence(torch.autograd.Function):

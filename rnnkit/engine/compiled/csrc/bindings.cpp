@@ -16,10 +16,11 @@ std::vector<Tensor> lstm_backward(const Tensor&, const Tensor&, const Tensor&,
                                   const Tensor&, const Tensor&, const Tensor&, int64_t, bool,
                                   bool, bool, bool, double, bool);
 std::vector<Tensor> gru_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, bool, bool, bool);
-std::vector<Tensor> gru_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, const Tensor&, bool, const Tensor&, int64_t,
-                                 bool, bool);
+                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, bool, bool, double, double, bool, bool);
+std::vector<Tensor> gru_backward(const Tensor&, const Tensor&, const std::vector<Tensor>&,
+                                 const Tensor&, bool, const Tensor&, const Tensor&,
+                                 const Tensor&, int64_t, bool, bool, bool);
 std::vector<Tensor> elman_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                   bool, bool, bool);
 std::vector<Tensor> elman_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,

@@ -1,16 +1,33 @@
 // GRU in both forms, exactly as rnnkit.functional.gru_step (gate order r, z, n):
-//   reset_after:  n = tanh(xp_n + r * (W_hn h + b_hn))          (torch.nn.GRU)
-//   reset before: n = tanh(xp_n + W_hn (r * h) + b_hn)          (Cho et al., CNTK, TF1)
-//   h' = n + z * (h - n),   xp = W_ih x + b_ih (caller), r/z also get W_h[rz] h + b_h[rz]
+//   reset_after:  n = tanh(xp_n + r * (N_hh(W_hn h) + b_hn))        (torch.nn.GRU)
+//   reset before: n = tanh(xp_n + N_hn(W_hn (r * h)) + b_hn)        (Cho et al., CNTK, TF1)
+//   h' = n + z * (h - n),   xp = N_ih(W_ih x) + b_ih (caller); r/z get N_hh(W_h[rz] h) + b_h[rz]
+// N_* is the identity, or with layer_norm a LayerNorm: over all 3H recurrent products
+// (reset_after) or over the 2H r/z products plus a separate one over W_hn (r * h).
 #include "common.h"
 
 namespace rnnkit {
 
-// Saved (training): gates (S, B, 3H) r z n; hs (S+1, B, H); aux (S, B, H): W_hn h + b_hn
-// (reset_after) or r * h (reset before).
+// LayerNorm of a GEMM output row in place, then + bias: the post-norm value.
+template <typename scalar_t>
+inline void norm_and_bias(scalar_t* row, scalar_t* xhat, scalar_t* rstd, const scalar_t* gamma,
+                          const scalar_t* beta, const scalar_t* bias, int64_t n, double eps,
+                          bool ln) {
+  if (ln) *rstd = ln_row_forward(row, xhat, row, gamma, beta, n, eps);
+  if (bias != nullptr) {
+    vloop<scalar_t>(n, [&](int64_t j, int64_t c) { st(ld(row, j, c) + ld(bias, j, c), row, j, c); });
+  }
+}
+
+// Saved (training), in order: gates (S, B, 3H) r z n; hs (S+1, B, H); aux (S, B, H) the
+// post-norm W_hn h + b_hn (reset_after) or r * h (reset before); with layer norm also
+// xhat_hh (S, B, 3H or 2H), rstd_hh (S, B), xhat_hn (S, B, H), rstd_hn (S, B).
 std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& w_hh,
-                                const Tensor& b_hh, const Tensor& lengths, bool reset_after,
-                                bool reverse, bool training) {
+                                const Tensor& b_hh, const Tensor& ln_hh_w,
+                                const Tensor& ln_hh_b, const Tensor& ln_hn_w,
+                                const Tensor& ln_hn_b, const Tensor& lengths, bool reset_after,
+                                bool ln, double eps_hh, double eps_hn, bool reverse,
+                                bool training) {
   const Tensor xp = xp_in.contiguous();
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1), GH = 3 * H;
   TORCH_CHECK(xp.size(2) == GH && w_hh.size(0) == GH && w_hh.size(1) == H,
@@ -19,41 +36,48 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
   const int64_t S = sch.S;
   const auto opts = xp.options();
   const bool has_bias = present(b_hh);
+  const int64_t NH = reset_after ? GH : 2 * H;  // width of the first recurrent product
   Tensor out = sch.identity() ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
   const int64_t SS = training ? S : 1;
   Tensor gates = at::empty({SS, B, GH}, opts);
   Tensor hs = at::empty({training ? S + 1 : 2, B, H}, opts);
   Tensor aux = at::empty({SS, B, H}, opts);
-  Tensor hh = at::empty({B, reset_after ? GH : 2 * H}, opts);
+  Tensor xhat_hh = ln ? at::empty({SS, B, NH}, opts) : Tensor();
+  Tensor rstd_hh = ln ? at::empty({SS, B}, opts) : Tensor();
+  Tensor xhat_hn = ln && !reset_after ? at::empty({SS, B, H}, opts) : Tensor();
+  Tensor rstd_hn = ln && !reset_after ? at::empty({SS, B}, opts) : Tensor();
+  Tensor hh = at::empty({B, NH}, opts);
   Tensor hn_buf = reset_after ? Tensor() : at::empty({B, H}, opts);
   // Transposed once per sequence (plain NN layout for the per-step GEMMs).
   const Tensor w_t = (reset_after ? w_hh : w_hh.narrow(0, 0, 2 * H)).t().contiguous();
   const Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t().contiguous();
-  const Tensor b_rz = has_bias ? (reset_after ? b_hh : b_hh.narrow(0, 0, 2 * H)) : Tensor();
-  const Tensor b_n = has_bias ? b_hh.narrow(0, 2 * H, H) : Tensor();
   hs[0].copy_(h0);
 
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_forward", [&] {
     using V = Vec<scalar_t>;
     const scalar_t* xp_p = xp.data_ptr<scalar_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
-    const V one(scalar_t(1));
+    const scalar_t* bias = has_bias ? b_hh.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* g_hh = ptr_or_null<scalar_t>(ln_hh_w);
+    const scalar_t* be_hh = ptr_or_null<scalar_t>(ln_hh_b);
+    const scalar_t* g_hn = ptr_or_null<scalar_t>(ln_hn_w);
+    const scalar_t* be_hn = ptr_or_null<scalar_t>(ln_hn_b);
+    const scalar_t* bias_n = bias != nullptr ? bias + 2 * H : nullptr;
     for (int64_t s = 0; s < S; ++s) {
       const int64_t cur = training ? s : (s & 1);
       const int64_t nxt = training ? s + 1 : 1 - cur;
       const int64_t sv = training ? s : 0;
       Tensor h_prev = hs[cur];
-      if (has_bias) {
-        at::addmm_out(hh, b_rz, h_prev, w_t);
-      } else {
-        at::mm_out(hh, h_prev, w_t);
-      }
+      at::mm_out(hh, h_prev, w_t);  // (B, NH); bias (after the norm) in the row pass
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
-      const scalar_t* hh_p = hh.data_ptr<scalar_t>();
-      const int64_t hh_stride = hh.size(1);
+      scalar_t* hh_p = hh.data_ptr<scalar_t>();
       scalar_t* g_p = gates[sv].data_ptr<scalar_t>();
       scalar_t* aux_p = aux[sv].data_ptr<scalar_t>();
+      scalar_t* xhh_p = ln ? xhat_hh[sv].data_ptr<scalar_t>() : nullptr;
+      scalar_t* rhh_p = ln ? rstd_hh[sv].data_ptr<scalar_t>() : nullptr;
+      scalar_t* xhn_p = xhat_hn.defined() ? xhat_hn[sv].data_ptr<scalar_t>() : nullptr;
+      scalar_t* rhn_p = rstd_hn.defined() ? rstd_hn[sv].data_ptr<scalar_t>() : nullptr;
       const int64_t grain = row_grain(GH);
 
       if (!reset_after) {
@@ -66,7 +90,9 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
               continue;
             }
             const scalar_t* x = xp_p + (sch.time(s, b) * B + b) * GH;
-            const scalar_t* a = hh_p + b * hh_stride;
+            scalar_t* a = hh_p + b * NH;
+            norm_and_bias(a, ln ? xhh_p + b * NH : nullptr, ln ? rhh_p + b : nullptr, g_hh,
+                          be_hh, bias, NH, eps_hh, ln);
             scalar_t* gr = g_p + b * GH;
             vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
               const V r = vsigmoid(ld(x, j, c) + ld(a, j, c));
@@ -77,13 +103,9 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
             });
           }
         });
-        if (has_bias) {
-          at::addmm_out(hn_buf, b_n, aux[sv], w_n_t);
-        } else {
-          at::mm_out(hn_buf, aux[sv], w_n_t);
-        }
+        at::mm_out(hn_buf, aux[sv], w_n_t);  // (B, H)
       }
-      const scalar_t* hnb = reset_after ? nullptr : hn_buf.data_ptr<scalar_t>();
+      scalar_t* hnb = reset_after ? nullptr : hn_buf.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const scalar_t* h = hp + b * H;
@@ -95,8 +117,15 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
           }
           const int64_t t = sch.time(s, b);
           const scalar_t* x = xp_p + (t * B + b) * GH;
-          const scalar_t* a = hh_p + b * hh_stride;
+          scalar_t* a = hh_p + b * NH;
           scalar_t* gr = g_p + b * GH;
+          if (reset_after) {
+            norm_and_bias(a, ln ? xhh_p + b * NH : nullptr, ln ? rhh_p + b : nullptr, g_hh,
+                          be_hh, bias, NH, eps_hh, ln);
+          } else {
+            norm_and_bias(hnb + b * H, ln ? xhn_p + b * H : nullptr, ln ? rhn_p + b : nullptr,
+                          g_hn, be_hn, bias_n, H, eps_hn, ln);
+          }
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
             V z, n;
             if (reset_after) {
@@ -122,31 +151,41 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
   const int64_t last = training ? S : (S & 1);
   std::vector<Tensor> result{out, hs[last].clone()};
   if (training) {
-    result.push_back(gates);
-    result.push_back(hs);
-    result.push_back(aux);
+    for (const Tensor& t : {gates, hs, aux, xhat_hh, rstd_hh, xhat_hn, rstd_hn}) {
+      result.push_back(t);
+    }
   }
   return result;
 }
 
-// Returns dxp (T, B, 3H), dh0, dw_hh, db_hh (undefined without bias).
-std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const Tensor& gates,
-                                 const Tensor& hs, const Tensor& aux, const Tensor& w_hh,
-                                 bool has_bias, const Tensor& lengths, int64_t T,
-                                 bool reset_after, bool reverse) {
+// Returns dxp (T, B, 3H), dh0, dw_hh, db_hh, dln_hh_w, dln_hh_b, dln_hn_w, dln_hn_b
+// (undefined where absent).
+std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
+                                 const std::vector<Tensor>& saved, const Tensor& w_hh,
+                                 bool has_bias, const Tensor& ln_hh_w, const Tensor& ln_hn_w,
+                                 const Tensor& lengths, int64_t T, bool reset_after, bool ln,
+                                 bool reverse) {
+  const Tensor& gates = saved[0];
+  const Tensor& hs = saved[1];
+  const Tensor& aux = saved[2];
   const int64_t S = gates.size(0), B = gates.size(1), H = hs.size(2), GH = 3 * H;
+  const int64_t NH = reset_after ? GH : 2 * H;
   const Schedule sch(lengths, T, B, reverse);
   TORCH_CHECK(sch.S == S, "rnnkit gru backward: saved steps do not match lengths");
   const auto opts = gates.options();
   const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
   Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, H}, opts);
   Tensor dh_next = at::empty({B, H}, opts);
-  // Reset-before: the gradient of the gate pre-activations is the same for xp and for the
-  // recurrent products, so the step-ordered buffer can be dxp itself.
-  const bool alias = !reset_after && sch.identity();
+  // Reset-before without layer norm: the gradient of the gate pre-activations is the same
+  // for xp and for the recurrent products, so the step-ordered buffer can be dxp itself.
+  const bool alias = !reset_after && !ln && sch.identity();
   Tensor dxp = sch.identity() ? at::empty({T, B, GH}, opts) : at::zeros({T, B, GH}, opts);
   Tensor dhh = alias ? dxp : at::empty({S, B, GH}, opts);
   Tensor drh = reset_after ? Tensor() : at::empty({B, H}, opts);
+  // Per-row accumulators (no races between threads that own different rows).
+  Tensor acc_db = ln && has_bias ? at::zeros({B, GH}, opts) : Tensor();
+  Tensor acc_hh = ln ? at::zeros({B, 2, NH}, opts) : Tensor();
+  Tensor acc_hn = ln && !reset_after ? at::zeros({B, 2, H}, opts) : Tensor();
   const Tensor w_rz = w_hh.narrow(0, 0, 2 * H);
   const Tensor w_n = w_hh.narrow(0, 2 * H, H);
 
@@ -154,6 +193,11 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
     using V = Vec<scalar_t>;
     const scalar_t* dout_p = present(dout) ? dout.data_ptr<scalar_t>() : nullptr;
     scalar_t* dxp_p = dxp.data_ptr<scalar_t>();
+    const scalar_t* g_hh = ptr_or_null<scalar_t>(ln_hh_w);
+    const scalar_t* g_hn = ptr_or_null<scalar_t>(ln_hn_w);
+    scalar_t* adb = acc_db.defined() ? acc_db.data_ptr<scalar_t>() : nullptr;
+    scalar_t* ahh = ln ? acc_hh.data_ptr<scalar_t>() : nullptr;
+    scalar_t* ahn = acc_hn.defined() ? acc_hn.data_ptr<scalar_t>() : nullptr;
     const V one(scalar_t(1));
     const int64_t grain = row_grain(GH);
     for (int64_t s = S - 1; s >= 0; --s) {
@@ -161,10 +205,15 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
       const scalar_t* g_p = gates[s].data_ptr<scalar_t>();
       const scalar_t* hp = hs[s].data_ptr<scalar_t>();
       const scalar_t* aux_p = aux[s].data_ptr<scalar_t>();
+      const scalar_t* xhh_p = ln ? saved[3][s].data_ptr<scalar_t>() : nullptr;
+      const scalar_t* rhh_p = ln ? saved[4][s].data_ptr<scalar_t>() : nullptr;
+      const scalar_t* xhn_p = ahn ? saved[5][s].data_ptr<scalar_t>() : nullptr;
+      const scalar_t* rhn_p = ahn ? saved[6][s].data_ptr<scalar_t>() : nullptr;
       scalar_t* dhh_s = dhh[s].data_ptr<scalar_t>();
       // Pass 1: everything that needs no GEMM. dh becomes the direct term dh_tot * z
       // (active rows) so that the recurrent GEMM can accumulate onto it.
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+        std::vector<scalar_t> tmp(ln ? GH : 0);
         for (int64_t b = b0; b < b1; ++b) {
           scalar_t* dr = dhh_s + b * GH;
           if (!sch.active(s, b)) {
@@ -197,6 +246,24 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
               st(dnpre, dr + 2 * H, j, c);
             }
           });
+          if (!ln) continue;
+          // dr holds gradients of the post-norm products (+ bias) for reset_after's 3H, or
+          // of W_hn (r h) for reset before's n slice: the bias gets them, the norm turns
+          // them into gradients of the raw GEMM outputs.
+          if (adb != nullptr) {
+            scalar_t* a = adb + b * GH;
+            const int64_t from = reset_after ? 0 : 2 * H, n = reset_after ? GH : H;
+            vloop<scalar_t>(n, [&](int64_t j, int64_t c) {
+              st(ld(a + from, j, c) + ld(dr + from, j, c), a + from, j, c);
+            });
+          }
+          if (reset_after) {
+            ln_row_backward(dr, xhh_p + b * NH, rhh_p[b], g_hh, dr, ahh + b * 2 * NH,
+                            ahh + b * 2 * NH + NH, tmp.data(), NH);
+          } else {
+            ln_row_backward(dr + 2 * H, xhn_p + b * H, rhn_p[b], g_hn, dr + 2 * H,
+                            ahn + b * 2 * H, ahn + b * 2 * H + H, tmp.data(), H);
+          }
         }
       });
       if (reset_after) {
@@ -205,6 +272,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
         at::mm_out(drh, dhh[s].narrow(1, 2 * H, H), w_n);  // d(r * h)  (B, H)
         const scalar_t* drh_p = drh.data_ptr<scalar_t>();
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+          std::vector<scalar_t> tmp(ln ? GH : 0);
           for (int64_t b = b0; b < b1; ++b) {
             if (!sch.active(s, b)) continue;
             const int64_t t = sch.time(s, b);
@@ -221,6 +289,15 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
               st(drpre, dr, j, c);
               if (!alias) st(drpre, dx, j, c);
             });
+            if (!ln) continue;
+            if (adb != nullptr) {
+              scalar_t* a = adb + b * GH;
+              vloop<scalar_t>(2 * H, [&](int64_t j, int64_t c) {
+                st(ld(a, j, c) + ld(dr, j, c), a, j, c);
+              });
+            }
+            ln_row_backward(dr, xhh_p + b * NH, rhh_p[b], g_hh, dr, ahh + b * 2 * NH,
+                            ahh + b * 2 * NH + NH, tmp.data(), NH);
           }
         });
         at::addmm_out(dh_next, dh, dhh[s].narrow(1, 0, 2 * H), w_rz);
@@ -228,8 +305,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
       std::swap(dh, dh_next);
     }
   });
-  Tensor dw_hh;
-  Tensor db_hh;
+  Tensor dw_hh, db_hh, dlnhw, dlnhb, dlnnw, dlnnb;
   if (S == 0) {
     dw_hh = at::zeros_like(w_hh);
     if (has_bias) db_hh = at::zeros({GH}, opts);
@@ -244,9 +320,19 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT, const
       at::mm_out(rz_rows, d2.narrow(1, 0, 2 * H).t(), hprev);
       at::mm_out(n_rows, d2.narrow(1, 2 * H, H).t(), aux.reshape({S * B, H}));
     }
-    if (has_bias) db_hh = d2.sum(0);
+    if (has_bias) db_hh = ln ? acc_db.sum(0) : d2.sum(0);
   }
-  return {dxp, dh, dw_hh, db_hh};
+  if (ln) {
+    Tensor sums = acc_hh.sum(0);
+    dlnhw = sums[0];
+    dlnhb = sums[1];
+    if (!reset_after) {
+      Tensor sums_n = acc_hn.sum(0);
+      dlnnw = sums_n[0];
+      dlnnb = sums_n[1];
+    }
+  }
+  return {dxp, dh, dw_hh, db_hh, dlnhw, dlnhb, dlnnw, dlnnb};
 }
 
 }  // namespace rnnkit
