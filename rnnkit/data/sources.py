@@ -510,10 +510,17 @@ class MinibatchSource:
 
     # -- order of sequences -------------------------------------------------------------------
     def _sweep_order(self, sweep: int) -> Iterator[tuple[Chunk, int]]:
-        n = self.deserializer.num_chunks
-        if n == 0:
+        yielded = 0
+        for item in self._chunk_order(sweep):
+            if item[0].lengths[item[1]] > 0:
+                yielded += 1
+                yield item
+        if not yielded:
             raise ValueError(f"{getattr(self.deserializer, 'path', 'the deserializer')} "
                              "holds no sequences")
+
+    def _chunk_order(self, sweep: int) -> Iterator[tuple[Chunk, int]]:
+        n = self.deserializer.num_chunks
         if not self.randomize:
             for c in range(n):
                 chunk = self.deserializer.get_chunk(c)
@@ -540,8 +547,6 @@ class MinibatchSource:
         if self._order is None:
             self._order = self._sweep_order(self._sweep)
         item = next(self._order, None)
-        while item is not None and item[0].lengths[item[1]] == 0:
-            item = next(self._order, None)
         if item is None:
             self._sweep_exhausted = True
             self._order = None
@@ -593,10 +598,15 @@ class MinibatchSource:
             self._finished = True
             return Minibatch({}, {})
         budget = min(size, self.max_samples - self._samples)
-        if self.truncation_length:
-            parts = self._truncated_minibatch(size, budget)
-        else:
-            parts = self._whole_minibatch(budget)
+        parts = None
+        # a sweep that ended exactly at the previous minibatch yields nothing: take the next
+        for _ in range(2):
+            if self.truncation_length:
+                parts = self._truncated_minibatch(size, budget)
+            else:
+                parts = self._whole_minibatch(budget)
+            if parts is not None or self._finished:
+                break
         if parts is None:
             return Minibatch({}, {})
         datas, end_of_sweep = parts

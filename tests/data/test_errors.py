@@ -87,6 +87,17 @@ def test_source_errors(tmp_path):
         src.next_minibatch(10)
     with pytest.raises(TypeError, match="iterate with iter_minibatches"):
         iter(src)
+    comments = tmp_path / "comments.ctf"
+    comments.write_text("|# nothing but comments\r\n\n|# here\n")
+    for randomize in (True, False):
+        src = MinibatchSource(CTFDeserializer(comments, StreamDefs(x=StreamDef())),
+                              randomize=randomize)
+        with pytest.raises(ValueError, match="comments.ctf holds no sequences"):
+            src.next_minibatch(10)
+    no_newline = tmp_path / "last.ctf"
+    no_newline.write_text("0 |x 1\n1 |x 2\n1 |x 3")  # no newline after the last line
+    d = CTFDeserializer(no_newline, StreamDefs(x=StreamDef()), chunk_size_in_bytes=8)
+    assert [s["x"].ravel().tolist() for s in d.iter_sequences()] == [[1.0], [2.0, 3.0]]
     path = tmp_path / "d.ctf"
     write_ctf(path, [{"x": [[1.0]]}] * 3)
     src = MinibatchSource(CTFDeserializer(path, StreamDefs(x=StreamDef())), max_sweeps=2)
