@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from rnnkit.data.batching import pad_collate
@@ -224,3 +226,22 @@ def test_minibatch_data_padding():
     assert torch.equal(mbd.data[1, 1], torch.zeros(3))
     with pytest.raises(TypeError, match="as_sparse\\(\\) needs a sparse stream"):
         mbd.as_sparse()
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=25),
+       size=st.integers(1, 15), chunk=st.integers(8, 300), window=st.integers(1, 3),
+       truncation=st.sampled_from([0, 0, 2, 3]), seed=st.integers(0, 5))
+def test_property_each_sweep_delivers_every_sample_once(tmp_path, lengths, size, chunk, window,
+                                                        truncation, seed):
+    path = tmp_path / "h.ctf"
+    write_ctf(path, [{"x": (k * 100 + np.arange(n, dtype=np.float32))[:, None], "y": [k % 4]}
+                     for k, n in enumerate(lengths)], sparse={"y": 4})
+    src = _source(str(path), chunk=chunk, max_sweeps=2, randomization_window_in_chunks=window,
+                  truncation_length=truncation, randomization_seed=seed)
+    everything = sorted((k, t) for k, n in enumerate(lengths) for t in range(n))
+    sweeps = _run(src, size)
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        assert sorted(sweep) == everything
