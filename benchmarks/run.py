@@ -430,6 +430,10 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
         "|---|---|---|---|---:|---:|---:|---|---|---|---|",
     ]
     for r in results:
+        if r.get("crashed"):
+            lines.append(f"| {r['id']} | {r['title']}, {r['workload']} | - | - | - | - | - | - "
+                         f"| **no** | - | {harness.markdown_cell(r['crashed'])} |")
+            continue
         cand = r["candidate"]
         for base in r["baselines"]:
             met = {True: "yes", False: "**no**", None: "-"}[base["met"]]
@@ -449,7 +453,7 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
             )) + " |")
     lines += ["", "GEMM reference per row: " + "; ".join(
         f"{r['id']}: {r['gemm']['variant']} {tuple(r['gemm']['shape'])} "
-        f"{r['gemm']['gflops']:.1f} GFLOP/s" for r in results), ""]
+        f"{r['gemm']['gflops']:.1f} GFLOP/s" for r in results if "gemm" in r), ""]
     profiled = [r for r in results if r.get("profile")]
     if profiled:
         lines += ["## Profiles of the rows whose target was not met", "",
@@ -460,6 +464,41 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
             lines += [f"### Row {r['id']}: {r['title']}, {r['workload']}", "", "```",
                       r["profile"].rstrip(), "", r["profile_baseline"].rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def run_row_isolated(row: Row, size: str, reps: int, warmup: int, threads: int,
+                     profile: bool) -> dict[str, object]:
+    """``run_row`` in a child process, so that a crashing kernel costs one row, not the run.
+
+    The child's log lines stream through; its result comes back as JSON in a temporary file.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rnnkit-bench-") as tmp:
+        result_path = Path(tmp) / "row.json"
+        command = [sys.executable, "-m", "benchmarks.run", "--_row-json", str(result_path),
+                   "--rows", row.id, "--size", size, "--reps", str(reps), "--warmup",
+                   str(warmup), "--threads", str(threads), "--profile",
+                   "yes" if profile else "no"]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        code = subprocess.call(command, cwd=ROOT, env=env)
+        if code == 0 and result_path.exists():
+            return json.loads(result_path.read_text())
+    if code < 0:
+        try:
+            why = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            why = f"killed by signal {-code}"
+    else:
+        why = f"exited with code {code}"
+    print(f"row {row.id}: the benchmark process {why}", flush=True)
+    return {"id": row.id, "title": row.title, "workload": SIZES[size](row.workload).describe(),
+            "crashed": f"benchmark process {why}"}
 
 
 def select_rows(spec: str | None) -> list[Row]:
@@ -494,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--profile", choices=("auto", "yes", "no"), default="auto",
                         help="profile rows whose target is not met (auto: on full runs)")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="run every row in this process (default: one child process per "
+                             "row, so a crash costs only that row)")
+    parser.add_argument("--_row-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "full")
     reps = args.reps if args.reps is not None else (10 if size == "full" else 3)
@@ -506,11 +549,20 @@ def main(argv: list[str] | None = None) -> int:
     env = harness.environment(args.threads)
     print(f"CPU: {env['cpu']}; torch {env['torch']}; {args.threads} threads; sizes {size}",
           flush=True)
+    profile = args.profile == "yes" or (args.profile == "auto" and size == "full")
+    if args._row_json is not None:  # child of run_row_isolated: one row, result as JSON
+        result = run_row(rows[0], size, reps, args.warmup, log=lambda m: print(m, flush=True),
+                         profile_unmet=profile)
+        args._row_json.write_text(harness.dumps(result))
+        return 0
     results = []
     for row in rows:
-        profile = args.profile == "yes" or (args.profile == "auto" and size == "full")
-        results.append(run_row(row, size, reps, args.warmup,
-                               log=lambda m: print(m, flush=True), profile_unmet=profile))
+        if args.no_isolate:
+            results.append(run_row(row, size, reps, args.warmup,
+                                   log=lambda m: print(m, flush=True), profile_unmet=profile))
+        else:
+            results.append(run_row_isolated(row, size, reps, args.warmup, args.threads,
+                                            profile))
     text = to_markdown(results, env, size, reps)
     print(text)
     out = args.out if args.out is not None else (DEFAULT_OUT if size == "full" else None)
