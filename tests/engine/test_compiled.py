@@ -385,3 +385,46 @@ def test_unavailable_reasons(monkeypatch):
 def test_cache_key_depends_on_flags():
     assert _build._key(["-mavx2"]) != _build._key(["-mavx512f"])
     assert _build.capabilities()[-1] == "DEFAULT"
+
+
+MEDIUM = [
+    ("lstm", {"peepholes": True, "proj_size": 40}),
+    ("lstm", {"layer_norm": True}),
+    ("gru", {"reset_after": True}),
+    ("gru", {"reset_after": False}),
+    ("elman", {}),
+]
+
+
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("blas", [True, False], ids=["blas", "aten_fallback"])
+@pytest.mark.parametrize(("family", "options"), MEDIUM, ids=[f for f, _ in MEDIUM])
+def test_threaded_and_fallback_gemm_paths(family, options, blas, two_threads):
+    # Big enough (B=24, H=180: > 2 MFLOP per step, columns not a multiple of the slice
+    # size) that the per-step products are split across threads; then the same with the
+    # BLAS path switched off so that ATen's GEMM fallback runs.
+    ext = _build.load()[0]
+    torch.manual_seed(0)
+    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cell = cls(8, 180, dtype=torch.float64, **options)
+    x = torch.randn(3, 24, 8, dtype=torch.float64, requires_grad=True)
+    state = random_state(cell, 24, torch.float64)
+    lengths = torch.randint(0, 4, (24,))
+    ext.set_blas_gemm(blas)
+    try:
+        out, final = compiled.run_recurrence(cell, x, state, lengths, reverse=True)
+        grad = torch.autograd.grad(out.sum() + as_tuple(final)[0].sum(), [x, cell.weight_hh])
+    finally:
+        ext.set_blas_gemm(True)
+    out_ref, final_ref = loop_oracle(cell, x, state, lengths, True)
+    grad_ref = torch.autograd.grad(out_ref.sum() + final_ref[0].sum(), [x, cell.weight_hh])
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    for g, g_ref in zip(grad, grad_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)

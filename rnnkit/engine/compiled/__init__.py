@@ -47,7 +47,10 @@ from rnnkit.engine.compiled._functions import (
     LSTMRecurrence,
 )
 
-__all__ = ["available", "supports", "run_recurrence"]
+__all__ = ["DEVICES", "available", "supports", "run_recurrence"]
+
+#: Device types the compiled kernels run on.
+DEVICES = ("cpu",)
 
 _DTYPES = (torch.float32, torch.float64)
 

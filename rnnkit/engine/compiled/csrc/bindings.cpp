@@ -1,6 +1,8 @@
 // Python bindings of rnnkit's compiled recurrences (see rnnkit/engine/compiled/__init__.py).
 #include <torch/extension.h>
 
+#include "common.h"
+
 #include <vector>
 
 namespace rnnkit {
@@ -35,4 +37,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &rnnkit::gru_backward);
   m.def("elman_forward", &rnnkit::elman_forward);
   m.def("elman_backward", &rnnkit::elman_backward);
+  m.def("set_blas_gemm", [](bool on) { rnnkit::use_blas().store(on); },
+        "Use the BLAS Fortran gemm for per-step products (default) or ATen's mm (tests).");
+  m.def("has_blas_gemm", []() { return rnnkit::sgemm_ != nullptr && rnnkit::dgemm_ != nullptr; });
 }

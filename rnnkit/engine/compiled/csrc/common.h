@@ -16,7 +16,9 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <atomic>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace rnnkit {
@@ -132,6 +134,100 @@ inline void ln_row_backward(const scalar_t* dy, const scalar_t* xhat, scalar_t r
   vloop<scalar_t>(n, [&](int64_t j, int64_t c) {
     st((ld(tmp, j, c) - vmg - ld(xhat, j, c) * vmgx) * vr, dx, j, c);
   });
+}
+
+// ---- GEMM for the per-step recurrent products -------------------------------------
+// The BLAS that torch links (MKL in the x86 wheels) exports the Fortran gemm symbols; they
+// are declared weak so that a torch without them still loads this extension (at::mm then).
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*,
+            const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+// MKL's C entry point (the lowercase name is the Fortran one, which takes an int*).
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+}
+
+// Tests switch the Fortran BLAS path off to exercise the ATen fallback.
+inline std::atomic<bool>& use_blas() {
+  static std::atomic<bool> flag{true};
+  return flag;
+}
+
+template <typename scalar_t>
+inline bool blas_gemm(int M, int N, int K, const scalar_t* A, int lda, const scalar_t* Bm,
+                      int ldb, scalar_t beta, scalar_t* C, int ldc) {
+  if (!use_blas().load(std::memory_order_relaxed)) return false;
+  // Row-major C = A Bm is column-major C^T = Bm^T A^T: swap the operands.
+  const char n = 'N';
+  const scalar_t one = 1;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (sgemm_ == nullptr) return false;
+    sgemm_(&n, &n, &N, &M, &K, &one, Bm, &ldb, A, &lda, &beta, C, &ldc);
+  } else {
+    if (dgemm_ == nullptr) return false;
+    dgemm_(&n, &n, &N, &M, &K, &one, Bm, &ldb, A, &lda, &beta, C, &ldc);
+  }
+  return true;
+}
+
+// Row-major C (M, N) = A (M, K) Bm (K, N) + beta C, with leading dimensions (row strides).
+//
+// Measured on AMD EPYC Zen 3 with MKL and 2 threads, the recurrent products of one step
+// (M = batch, 16..64 rows) ran 1.3-1.6x faster when each thread computes its own slice of
+// columns with a single-threaded GEMM than with MKL's own threading (which splits small-M
+// problems poorly), and tiny products (16x128x128) ran fastest on one thread.
+template <typename scalar_t>
+inline void gemm_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda,
+                      const scalar_t* Bm, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  const int64_t threads = at::get_num_threads();
+  const double flops = 2.0 * M * N * K;
+  if (threads > 1 && flops >= 2e6 && N >= 64 * threads && !at::in_parallel_region()) {
+    // Column slices, multiples of 16 elements (whole cache lines / vectors).
+    const int64_t per = ((N + threads - 1) / threads + 15) / 16 * 16;
+    const int64_t chunks = (N + per - 1) / per;
+    bool ok = true;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t q = c0; q < c1; ++q) {
+        const int64_t n0 = q * per, n1 = std::min(N, n0 + per);
+        if (!blas_gemm<scalar_t>(M, n1 - n0, K, A, lda, Bm + n0, ldb, beta, C + n0, ldc)) {
+          ok = false;
+        }
+      }
+    });
+    if (ok) return;
+  } else {
+    int previous = -1;
+    if (threads > 1 && flops < 2e6 && MKL_Set_Num_Threads_Local != nullptr) {
+      previous = MKL_Set_Num_Threads_Local(1);
+    }
+    const bool ok = blas_gemm<scalar_t>(M, N, K, A, lda, Bm, ldb, beta, C, ldc);
+    if (previous >= 0) MKL_Set_Num_Threads_Local(previous);
+    if (ok) return;
+  }
+  // No Fortran BLAS symbols: ATen's GEMM on strided views.
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K}, {lda, 1}, opts);
+  Tensor b = at::from_blob(const_cast<scalar_t*>(Bm), {K, N}, {ldb, 1}, opts);
+  Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == scalar_t(0)) {
+    at::mm_out(c, a, b);
+  } else {
+    c.addmm_(a, b, beta, 1);
+  }
+}
+
+// gemm_rows on 2-D tensor views whose rows are contiguous: C = A Bm + beta C.
+template <typename scalar_t>
+inline void gemm_t(const Tensor& C, const Tensor& A, const Tensor& Bm, scalar_t beta) {
+  TORCH_CHECK(A.stride(1) == 1 && Bm.stride(1) == 1 && C.stride(1) == 1,
+              "rnnkit gemm: rows must be contiguous");
+  gemm_rows<scalar_t>(A.size(0), Bm.size(1), A.size(1), A.data_ptr<scalar_t>(), A.stride(0),
+                      Bm.data_ptr<scalar_t>(), Bm.stride(0), beta, C.data_ptr<scalar_t>(),
+                      C.stride(0));
 }
 
 // Per-step row schedule: active flag and time index of every row.

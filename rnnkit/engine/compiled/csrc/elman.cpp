@@ -28,7 +28,7 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
       const int64_t cur = training ? s : (s & 1);
       const int64_t nxt = training ? s + 1 : 1 - cur;
       Tensor h_prev = hs[cur];
-      at::mm_out(hh, h_prev, w_t);
+      gemm_t<scalar_t>(hh, h_prev, w_t, 0);
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
       const scalar_t* hh_p = hh.data_ptr<scalar_t>();
@@ -67,7 +67,7 @@ std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, con
   const auto opts = hs.options();
   const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
   Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, H}, opts);
-  Tensor dh_next = at::empty({B, H}, opts);
+  const Tensor w_c = w_hh.contiguous();
   const bool alias = sch.identity();
   Tensor dxp = alias ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
   Tensor dpre = alias ? dxp : at::empty({S, B, H}, opts);
@@ -103,8 +103,7 @@ std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, con
           std::fill(dhrow, dhrow + H, scalar_t(0));
         }
       });
-      at::addmm_out(dh_next, dh, dpre[s], w_hh);
-      std::swap(dh, dh_next);
+      gemm_t<scalar_t>(dh, dpre[s], w_c, 1);  // dh += dpre W_hh (inactive rows keep dh)
     }
   });
   Tensor dw_hh = S > 0 ? at::mm(dpre.narrow(0, 0, S).reshape({S * B, H}).t(),

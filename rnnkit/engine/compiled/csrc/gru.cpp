@@ -68,7 +68,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
       const int64_t nxt = training ? s + 1 : 1 - cur;
       const int64_t sv = training ? s : 0;
       Tensor h_prev = hs[cur];
-      at::mm_out(hh, h_prev, w_t);  // (B, NH); bias (after the norm) in the row pass
+      gemm_t<scalar_t>(hh, h_prev, w_t, 0);  // (B, NH); bias (after the norm) in the row pass
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
       scalar_t* hh_p = hh.data_ptr<scalar_t>();
@@ -103,7 +103,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
             });
           }
         });
-        at::mm_out(hn_buf, aux[sv], w_n_t);  // (B, H)
+        gemm_t<scalar_t>(hn_buf, aux[sv], w_n_t, 0);  // (B, H)
       }
       scalar_t* hnb = reset_after ? nullptr : hn_buf.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
@@ -175,7 +175,6 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
   const auto opts = gates.options();
   const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
   Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, H}, opts);
-  Tensor dh_next = at::empty({B, H}, opts);
   // Reset-before without layer norm: the gradient of the gate pre-activations is the same
   // for xp and for the recurrent products, so the step-ordered buffer can be dxp itself.
   const bool alias = !reset_after && !ln && sch.identity();
@@ -186,8 +185,9 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
   Tensor acc_db = ln && has_bias ? at::zeros({B, GH}, opts) : Tensor();
   Tensor acc_hh = ln ? at::zeros({B, 2, NH}, opts) : Tensor();
   Tensor acc_hn = ln && !reset_after ? at::zeros({B, 2, H}, opts) : Tensor();
-  const Tensor w_rz = w_hh.narrow(0, 0, 2 * H);
-  const Tensor w_n = w_hh.narrow(0, 2 * H, H);
+  const Tensor w_c = w_hh.contiguous();
+  const Tensor w_rz = w_c.narrow(0, 0, 2 * H);
+  const Tensor w_n = w_c.narrow(0, 2 * H, H);
 
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_backward", [&] {
     using V = Vec<scalar_t>;
@@ -267,9 +267,9 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
         }
       });
       if (reset_after) {
-        at::addmm_out(dh_next, dh, dhh[s], w_hh);
+        gemm_t<scalar_t>(dh, dhh[s], w_c, 1);
       } else {
-        at::mm_out(drh, dhh[s].narrow(1, 2 * H, H), w_n);  // d(r * h)  (B, H)
+        gemm_t<scalar_t>(drh, dhh[s].narrow(1, 2 * H, H), w_n, 0);  // d(r * h)  (B, H)
         const scalar_t* drh_p = drh.data_ptr<scalar_t>();
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
           std::vector<scalar_t> tmp(ln ? GH : 0);
@@ -300,9 +300,8 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
                             ahh + b * 2 * NH + NH, tmp.data(), NH);
           }
         });
-        at::addmm_out(dh_next, dh, dhh[s].narrow(1, 0, 2 * H), w_rz);
+        gemm_t<scalar_t>(dh, dhh[s].narrow(1, 0, 2 * H), w_rz, 1);
       }
-      std::swap(dh, dh_next);
     }
   });
   Tensor dw_hh, db_hh, dlnhw, dlnhb, dlnnw, dlnnb;

@@ -120,7 +120,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
       const int64_t nxt = training ? s + 1 : 1 - cur;
       const int64_t sv = training ? s : 0;  // slot of per-step saved buffers
       Tensor h_prev = hs[cur], h_next = hs[nxt];
-      at::mm_out(hh, h_prev, w_hh_t);  // (B, GH)
+      gemm_t<scalar_t>(hh, h_prev, w_hh_t, 0);  // (B, GH)
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = h_next.data_ptr<scalar_t>();
       const scalar_t* cp_all = cs[cur].data_ptr<scalar_t>();
@@ -195,7 +195,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
         }
       });
       if (k.proj) {
-        at::mm_out(h_next, m[sv], w_hr_t);  // (B, P)
+        gemm_t<scalar_t>(h_next, m[sv], w_hr_t, 0);  // (B, P)
         for (int64_t b = 0; b < B; ++b) {
           if (sch.active(s, b)) {
             std::copy(hn + b * Hout, hn + (b + 1) * Hout, out_p + (sch.time(s, b) * B + b) * Hout);
@@ -248,7 +248,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
   const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
 
   Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, Hout}, opts);
-  Tensor dh_next = at::empty({B, Hout}, opts);
+  const Tensor w_hh_c = w_hh.contiguous();
+  const Tensor w_hr_c = k.proj ? w_hr.contiguous() : Tensor();
   Tensor dc = present(dcT) ? dcT.clone() : at::zeros({B, H}, opts);
   // dG (gradient of the gate pre-activations) is dxp at the row's time position; the
   // recurrent GEMMs want it in step order (after LN_hh's backward when layer-normed).
@@ -294,7 +295,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
           const scalar_t* d2 = dout_p ? dout_p + (sch.time(s, b) * B + b) * P : nullptr;
           for (int64_t j = 0; j < P; ++j) row[j] = d1[j] + (d2 ? d2[j] : scalar_t(0));
         }
-        at::mm_out(dm, dhtot[s], w_hr);  // (B, H)
+        gemm_t<scalar_t>(dm, dhtot[s], w_hr_c, 0);  // (B, H)
       }
       const scalar_t* dm_p = k.proj ? dm.data_ptr<scalar_t>() : nullptr;
       const scalar_t* gate_p = gates[s].data_ptr<scalar_t>();
@@ -401,8 +402,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
         }
       });
       // dh_prev = (dh of inactive rows, 0 for active) + dG_hh W_hh
-      at::addmm_out(dh_next, dh, dhh.defined() && !alias ? dhh[s] : dxp[s], w_hh);
-      std::swap(dh, dh_next);
+      gemm_t<scalar_t>(dh, alias ? dxp[s] : dhh[s], w_hh_c, 1);
     }
   });
 
