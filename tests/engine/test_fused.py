@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -264,3 +266,25 @@ def test_auto_path_equals_packed_torch(kind, kw, grad):
                                         [x, *reference.parameters()])
         for a, b in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_random_lengths_property(data):
+    """Random batch, lengths, mode, depth and direction: fused == torch.nn on a
+    PackedSequence (float64, so any disagreement is a logic error, not rounding)."""
+    kind = data.draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
+    steps = data.draw(st.integers(1, 6))
+    batch = data.draw(st.integers(1, 5))
+    lengths = torch.tensor(data.draw(st.lists(st.integers(1, steps), min_size=batch,
+                                              max_size=batch)))
+    layers = data.draw(st.integers(1, 2))
+    bidirectional = data.draw(st.booleans())
+    module = torch_module(kind, layers, bidirectional, dtype=torch.float64)
+    x = torch.randn(steps, batch, I, dtype=torch.float64)
+    hx = initial_state(module, batch, torch.float64)
+    out, state = fused.forward(module, x, hx, lengths)
+    ref_out, ref_state = packed_oracle(module, x, hx, lengths)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    for a, b in zip(as_tuple(state), as_tuple(ref_state), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
