@@ -18,6 +18,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import rnnkit
 from rnnkit.engine import dispatch, fused
 
+# torch says once that oneDNN has no projection LSTM and it uses its own kernel: expected
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
+
 T, B, I, H = 7, 5, 3, 4
 LENGTHS = torch.tensor([7, 2, 5, 2, 1])
 
