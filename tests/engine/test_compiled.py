@@ -404,12 +404,16 @@ def two_threads():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("blas", [True, False], ids=["blas", "aten_fallback"])
+@pytest.mark.parametrize(
+    ("blas", "packing"),
+    [(True, False), (True, True), (False, False)],
+    ids=["blas", "blas_packed", "aten_fallback"],
+)
 @pytest.mark.parametrize(("family", "options"), MEDIUM, ids=[f for f, _ in MEDIUM])
-def test_threaded_and_fallback_gemm_paths(family, options, blas, two_threads):
+def test_threaded_and_fallback_gemm_paths(family, options, blas, packing, two_threads):
     # Big enough (B=24, H=180: > 2 MFLOP per step, columns not a multiple of the slice
-    # size) that the per-step products are split across threads; then the same with the
-    # BLAS path switched off so that ATen's GEMM fallback runs.
+    # size) that the per-step products are split across threads; then with packed weights,
+    # and with the BLAS path switched off so that ATen's GEMM fallback runs.
     ext = _build.load()[0]
     torch.manual_seed(0)
     cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
@@ -418,11 +422,13 @@ def test_threaded_and_fallback_gemm_paths(family, options, blas, two_threads):
     state = random_state(cell, 24, torch.float64)
     lengths = torch.randint(0, 4, (24,))
     ext.set_blas_gemm(blas)
+    ext.set_packing(packing)
     try:
         out, final = compiled.run_recurrence(cell, x, state, lengths, reverse=True)
         grad = torch.autograd.grad(out.sum() + as_tuple(final)[0].sum(), [x, cell.weight_hh])
     finally:
         ext.set_blas_gemm(True)
+        ext.set_packing(False)
     out_ref, final_ref = loop_oracle(cell, x, state, lengths, True)
     grad_ref = torch.autograd.grad(out_ref.sum() + final_ref[0].sum(), [x, cell.weight_hh])
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)

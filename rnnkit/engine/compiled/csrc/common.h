@@ -18,6 +18,7 @@
 #include <cmath>
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -156,6 +157,12 @@ inline std::atomic<bool>& use_blas() {
   return flag;
 }
 
+// Packed weights on/off (measurements and tests).
+inline std::atomic<bool>& use_packing() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
 template <typename scalar_t>
 inline bool blas_gemm(int M, int N, int K, const scalar_t* A, int lda, const scalar_t* Bm,
                       int ldb, scalar_t beta, scalar_t* C, int ldc) {
@@ -219,6 +226,117 @@ inline void gemm_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_
     c.addmm_(a, b, beta, 1);
   }
 }
+
+// ---- Packed recurrent weights (off by default) ------------------------------------------
+// MKL's packed GEMM (also exported by libtorch_cpu; weak, as above) packs the weights once
+// per sequence instead of at every step. A profile of the LSTM step GEMM (64 x 1024 @
+// 1024 x 4096, Zen 3) showed ~10-30% of its time in MKL's copy routines, but end to end the
+// packed path was no faster there (LSTM forward T64: 338 vs 340 ms on 2 threads, 761 vs
+// 665 ms on 1), so it stays available (set_packing) for machines where it pays, not on.
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int, int, int, int) __attribute__((weak));
+void cblas_sgemm_pack(int, int, int, int, int, int, float, const float*, int, float*)
+    __attribute__((weak));
+void cblas_sgemm_compute(int, int, int, int, int, int, const float*, int, const float*, int,
+                         float, float*, int) __attribute__((weak));
+size_t cblas_dgemm_pack_get_size(int, int, int, int) __attribute__((weak));
+void cblas_dgemm_pack(int, int, int, int, int, int, double, const double*, int, double*)
+    __attribute__((weak));
+void cblas_dgemm_compute(int, int, int, int, int, int, const double*, int, const double*, int,
+                         double, double*, int) __attribute__((weak));
+}
+
+namespace cblas {
+constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151, kBMatrix = 162;
+}
+
+// C (M, N) = A (M, K) Bm (K, N) + beta C for a fixed Bm used at every step of a sequence:
+// Bm is split into per-thread column slices (see gemm_rows) and each slice is packed once.
+template <typename scalar_t>
+class RecurrentGemm {
+ public:
+  RecurrentGemm(int64_t M, const Tensor& Bm) : M_(M), K_(Bm.size(0)), N_(Bm.size(1)) {
+    TORCH_CHECK(Bm.stride(1) == 1, "rnnkit gemm: weight rows must be contiguous");
+    B_ = Bm.data_ptr<scalar_t>();
+    ldb_ = Bm.stride(0);
+    const int64_t threads = at::get_num_threads();
+    const double flops = 2.0 * M_ * N_ * K_;
+    per_ = N_;
+    if (threads > 1 && flops >= 2e6 && N_ >= 64 * threads) {
+      per_ = ((N_ + threads - 1) / threads + 15) / 16 * 16;
+    }
+    chunks_ = per_ > 0 ? (N_ + per_ - 1) / per_ : 0;
+    if (M_ == 0 || N_ == 0 || K_ == 0 || !use_blas().load() || !use_packing().load()) return;
+    const bool have = std::is_same_v<scalar_t, float>
+                          ? (cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr &&
+                             cblas_sgemm_pack_get_size != nullptr)
+                          : (cblas_dgemm_pack != nullptr && cblas_dgemm_compute != nullptr &&
+                             cblas_dgemm_pack_get_size != nullptr);
+    if (!have) return;
+    auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+    for (int64_t q = 0; q < chunks_; ++q) {
+      const int n0 = q * per_, n = std::min(N_, n0 + per_) - n0;
+      size_t bytes;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        bytes = cblas_sgemm_pack_get_size(cblas::kBMatrix, M_, n, K_);
+      } else {
+        bytes = cblas_dgemm_pack_get_size(cblas::kBMatrix, M_, n, K_);
+      }
+      Tensor buf = at::empty({static_cast<int64_t>(bytes / sizeof(scalar_t)) + 64}, opts);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        cblas_sgemm_pack(cblas::kRowMajor, cblas::kBMatrix, cblas::kNoTrans, M_, n, K_, 1.0f,
+                         B_ + n0, ldb_, buf.data_ptr<float>());
+      } else {
+        cblas_dgemm_pack(cblas::kRowMajor, cblas::kBMatrix, cblas::kNoTrans, M_, n, K_, 1.0,
+                         B_ + n0, ldb_, buf.data_ptr<double>());
+      }
+      packed_.push_back(buf);
+    }
+  }
+
+  void operator()(const scalar_t* A, int64_t lda, scalar_t beta, scalar_t* C, int64_t ldc) const {
+    if (M_ == 0 || N_ == 0) return;
+    if (packed_.empty()) {
+      gemm_rows<scalar_t>(M_, N_, K_, A, lda, B_, ldb_, beta, C, ldc);
+      return;
+    }
+    auto slice = [&](int64_t q) {
+      const int n0 = q * per_, n = std::min(N_, n0 + per_) - n0;
+      const scalar_t* pb = packed_[q].data_ptr<scalar_t>();
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        cblas_sgemm_compute(cblas::kRowMajor, cblas::kNoTrans, cblas::kPacked, M_, n, K_, A,
+                            lda, pb, n, beta, C + n0, ldc);
+      } else {
+        cblas_dgemm_compute(cblas::kRowMajor, cblas::kNoTrans, cblas::kPacked, M_, n, K_, A,
+                            lda, pb, n, beta, C + n0, ldc);
+      }
+    };
+    if (chunks_ > 1 && !at::in_parallel_region()) {
+      at::parallel_for(0, chunks_, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t q = c0; q < c1; ++q) slice(q);
+      });
+      return;
+    }
+    int previous = -1;
+    if (at::get_num_threads() > 1 && 2.0 * M_ * N_ * K_ < 2e6 &&
+        MKL_Set_Num_Threads_Local != nullptr) {
+      previous = MKL_Set_Num_Threads_Local(1);
+    }
+    for (int64_t q = 0; q < chunks_; ++q) slice(q);
+    if (previous >= 0) MKL_Set_Num_Threads_Local(previous);
+  }
+
+  // Tensor form: A and C are 2-D views with contiguous rows.
+  void operator()(const Tensor& A, scalar_t beta, const Tensor& C) const {
+    (*this)(A.data_ptr<scalar_t>(), A.stride(0), beta, C.data_ptr<scalar_t>(), C.stride(0));
+  }
+
+ private:
+  int64_t M_, K_, N_;
+  const scalar_t* B_ = nullptr;
+  int64_t ldb_ = 0, per_ = 0, chunks_ = 0;
+  std::vector<Tensor> packed_;
+};
 
 // gemm_rows on 2-D tensor views whose rows are contiguous: C = A Bm + beta C.
 template <typename scalar_t>

@@ -24,11 +24,12 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
     const scalar_t* xp_p = xp.data_ptr<scalar_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
     const V zero(scalar_t(0));
+    const RecurrentGemm<scalar_t> gemm_hh(B, w_t);  // h W_hh^T, weights packed once
     for (int64_t s = 0; s < S; ++s) {
       const int64_t cur = training ? s : (s & 1);
       const int64_t nxt = training ? s + 1 : 1 - cur;
       Tensor h_prev = hs[cur];
-      gemm_t<scalar_t>(hh, h_prev, w_t, 0);
+      gemm_hh(h_prev, 0, hh);
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
       const scalar_t* hh_p = hh.data_ptr<scalar_t>();
@@ -76,6 +77,7 @@ std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, con
     const scalar_t* dout_p = present(dout) ? dout.data_ptr<scalar_t>() : nullptr;
     scalar_t* dxp_p = dxp.data_ptr<scalar_t>();
     const V one(scalar_t(1)), zero(scalar_t(0));
+    const RecurrentGemm<scalar_t> gemm_dh(B, w_c);  // dpre W_hh
     for (int64_t s = S - 1; s >= 0; --s) {
       scalar_t* dh_p = dh.data_ptr<scalar_t>();
       const scalar_t* hn = hs[s + 1].data_ptr<scalar_t>();
@@ -103,7 +105,7 @@ std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, con
           std::fill(dhrow, dhrow + H, scalar_t(0));
         }
       });
-      gemm_t<scalar_t>(dh, dpre[s], w_c, 1);  // dh += dpre W_hh (inactive rows keep dh)
+      gemm_dh(dpre[s], 1, dh);  // dh += dpre W_hh (inactive rows keep dh)
     }
   });
   Tensor dw_hh = S > 0 ? at::mm(dpre.narrow(0, 0, S).reshape({S * B, H}).t(),

@@ -63,12 +63,14 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
     const scalar_t* g_hn = ptr_or_null<scalar_t>(ln_hn_w);
     const scalar_t* be_hn = ptr_or_null<scalar_t>(ln_hn_b);
     const scalar_t* bias_n = bias != nullptr ? bias + 2 * H : nullptr;
+    const RecurrentGemm<scalar_t> gemm_h(B, w_t);      // h W_h(rz|all)^T
+    const RecurrentGemm<scalar_t> gemm_rh(B, w_n_t);   // (r h) W_hn^T (reset before)
     for (int64_t s = 0; s < S; ++s) {
       const int64_t cur = training ? s : (s & 1);
       const int64_t nxt = training ? s + 1 : 1 - cur;
       const int64_t sv = training ? s : 0;
       Tensor h_prev = hs[cur];
-      gemm_t<scalar_t>(hh, h_prev, w_t, 0);  // (B, NH); bias (after the norm) in the row pass
+      gemm_h(h_prev, 0, hh);  // (B, NH); bias (after the norm) in the row pass
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
       scalar_t* hh_p = hh.data_ptr<scalar_t>();
@@ -103,7 +105,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
             });
           }
         });
-        gemm_t<scalar_t>(hn_buf, aux[sv], w_n_t, 0);  // (B, H)
+        gemm_rh(aux[sv], 0, hn_buf);  // (B, H)
       }
       scalar_t* hnb = reset_after ? nullptr : hn_buf.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
@@ -200,6 +202,9 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
     scalar_t* ahn = acc_hn.defined() ? acc_hn.data_ptr<scalar_t>() : nullptr;
     const V one(scalar_t(1));
     const int64_t grain = row_grain(GH);
+    const RecurrentGemm<scalar_t> gemm_all(B, w_c);  // reset_after: dG W_hh
+    const RecurrentGemm<scalar_t> gemm_n(B, w_n);    // reset before: dn W_hn
+    const RecurrentGemm<scalar_t> gemm_rz(B, w_rz);  // reset before: d(rz) W_h(rz)
     for (int64_t s = S - 1; s >= 0; --s) {
       scalar_t* dh_p = dh.data_ptr<scalar_t>();
       const scalar_t* g_p = gates[s].data_ptr<scalar_t>();
@@ -267,9 +272,9 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
         }
       });
       if (reset_after) {
-        gemm_t<scalar_t>(dh, dhh[s], w_c, 1);
+        gemm_all(dhh[s], 1, dh);
       } else {
-        gemm_t<scalar_t>(drh, dhh[s].narrow(1, 2 * H, H), w_n, 0);  // d(r * h)  (B, H)
+        gemm_n(dhh[s].narrow(1, 2 * H, H), 0, drh);  // d(r * h)  (B, H)
         const scalar_t* drh_p = drh.data_ptr<scalar_t>();
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
           std::vector<scalar_t> tmp(ln ? GH : 0);
@@ -300,7 +305,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
                             ahh + b * 2 * NH + NH, tmp.data(), NH);
           }
         });
-        gemm_t<scalar_t>(dh, dhh[s].narrow(1, 0, 2 * H), w_rz, 1);
+        gemm_rz(dhh[s].narrow(1, 0, 2 * H), 1, dh);
       }
     }
   });

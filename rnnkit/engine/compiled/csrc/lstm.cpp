@@ -114,13 +114,16 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
     const scalar_t* gc = ptr_or_null<scalar_t>(ln_c_w);
     const scalar_t* bc = ptr_or_null<scalar_t>(ln_c_b);
     const V one(scalar_t(1)), vclip(scalar_t(k.clip)), vnclip(scalar_t(-k.clip));
+    const RecurrentGemm<scalar_t> gemm_hh(B, w_hh_t);  // weights packed once per sequence
+    const std::optional<RecurrentGemm<scalar_t>> gemm_hr =
+        k.proj ? std::optional<RecurrentGemm<scalar_t>>(std::in_place, B, w_hr_t) : std::nullopt;
 
     for (int64_t s = 0; s < S; ++s) {
       const int64_t cur = training ? s : (s & 1);
       const int64_t nxt = training ? s + 1 : 1 - cur;
       const int64_t sv = training ? s : 0;  // slot of per-step saved buffers
       Tensor h_prev = hs[cur], h_next = hs[nxt];
-      gemm_t<scalar_t>(hh, h_prev, w_hh_t, 0);  // (B, GH)
+      gemm_hh(h_prev, 0, hh);  // (B, GH)
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = h_next.data_ptr<scalar_t>();
       const scalar_t* cp_all = cs[cur].data_ptr<scalar_t>();
@@ -195,7 +198,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
         }
       });
       if (k.proj) {
-        gemm_t<scalar_t>(h_next, m[sv], w_hr_t, 0);  // (B, P)
+        (*gemm_hr)(m[sv], 0, h_next);  // (B, P)
         for (int64_t b = 0; b < B; ++b) {
           if (sch.active(s, b)) {
             std::copy(hn + b * Hout, hn + (b + 1) * Hout, out_p + (sch.time(s, b) * B + b) * Hout);
@@ -278,6 +281,9 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
     scalar_t* acch = k.ln_hh ? acc_lnhh.data_ptr<scalar_t>() : nullptr;
     scalar_t* accc = k.ln_c ? acc_lnc.data_ptr<scalar_t>() : nullptr;
     const V one(scalar_t(1)), zero(scalar_t(0)), vclip(scalar_t(k.clip));
+    const RecurrentGemm<scalar_t> gemm_dh(B, w_hh_c);
+    const std::optional<RecurrentGemm<scalar_t>> gemm_dm =
+        k.proj ? std::optional<RecurrentGemm<scalar_t>>(std::in_place, B, w_hr_c) : std::nullopt;
 
     for (int64_t s = S - 1; s >= 0; --s) {
       scalar_t* dh_p = dh.data_ptr<scalar_t>();
@@ -295,7 +301,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
           const scalar_t* d2 = dout_p ? dout_p + (sch.time(s, b) * B + b) * P : nullptr;
           for (int64_t j = 0; j < P; ++j) row[j] = d1[j] + (d2 ? d2[j] : scalar_t(0));
         }
-        gemm_t<scalar_t>(dm, dhtot[s], w_hr_c, 0);  // (B, H)
+        (*gemm_dm)(dhtot[s], 0, dm);  // (B, H)
       }
       const scalar_t* dm_p = k.proj ? dm.data_ptr<scalar_t>() : nullptr;
       const scalar_t* gate_p = gates[s].data_ptr<scalar_t>();
@@ -402,7 +408,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
         }
       });
       // dh_prev = (dh of inactive rows, 0 for active) + dG_hh W_hh
-      gemm_t<scalar_t>(dh, alias ? dxp[s] : dhh[s], w_hh_c, 1);
+      gemm_dh(alias ? dxp[s] : dhh[s], 1, dh);
     }
   });
 
