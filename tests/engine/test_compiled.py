@@ -9,6 +9,8 @@ state and every parameter. float64 to 1e-10, float32 to 1e-5; gradcheck in float
 from __future__ import annotations
 
 import copy
+import os
+import time
 
 import pytest
 import torch
@@ -436,3 +438,15 @@ def test_threaded_and_fallback_gemm_paths(family, options, blas, packing, two_th
     torch.testing.assert_close(out, out_ref, rtol=tol, atol=tol)
     for g, g_ref in zip(grad, grad_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=tol, atol=tol)
+
+
+def test_stale_build_lock_is_removed(tmp_path):
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    _build._remove_stale_lock(tmp_path)
+    assert lock.exists()  # fresh: another process may be building right now
+    old = time.time() - _build._STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    _build._remove_stale_lock(tmp_path)
+    assert not lock.exists()
+    _build._remove_stale_lock(tmp_path)  # no lock: nothing to do

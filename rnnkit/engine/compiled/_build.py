@@ -19,6 +19,7 @@ import shutil
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -98,6 +99,20 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+# A build takes minutes; a lock file much older than that was left by a process that died
+# mid-build (Ctrl-C, OOM), and cpp_extension would wait for it forever.
+_STALE_LOCK_SECONDS = 30 * 60
+
+
+def _remove_stale_lock(build_dir: Path) -> None:
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > _STALE_LOCK_SECONDS:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def _build(capability: str) -> ModuleType:
     from torch.utils import cpp_extension
 
@@ -105,6 +120,7 @@ def _build(capability: str) -> ModuleType:
     key = _key(flags)
     build_dir = cache_root() / f"{torch.__version__}-{capability.lower()}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_lock(build_dir)
     # cpp_extension.load serialises concurrent builds of one directory with a file lock,
     # so several pytest workers or processes may call this at once.
     return cpp_extension.load(
