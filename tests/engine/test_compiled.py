@@ -450,3 +450,21 @@ def test_stale_build_lock_is_removed(tmp_path):
     _build._remove_stale_lock(tmp_path)
     assert not lock.exists()
     _build._remove_stale_lock(tmp_path)  # no lock: nothing to do
+
+
+def test_parameters_that_are_strided_views():
+    # Drivers may bind a cell's parameters to views of other tensors (flat buffers,
+    # transposes); the kernels must read them by value, and gradients must reach the base.
+    cell = make_cell("lstm", {"peepholes": True}, torch.float64)
+    base = torch.randn(H, 4 * H, dtype=torch.float64, requires_grad=True)
+    peep = torch.randn(2 * H, dtype=torch.float64, requires_grad=True)
+    cell._parameters["weight_hh"] = base.t()  # (4H, H), not contiguous
+    cell._parameters["weight_cf"] = peep[::2]  # stride 2
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    out, _ = compiled.run_recurrence(cell, x, None)
+    out_ref, _ = loop_oracle(cell, x, cell.initial_state(B), None, False)
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    g = torch.autograd.grad(out.sum(), [base, peep])
+    g_ref = torch.autograd.grad(out_ref.sum(), [base, peep])
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

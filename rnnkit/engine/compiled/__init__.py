@@ -134,7 +134,9 @@ def _empty(reference: Tensor) -> Tensor:
 
 
 def _opt(t: Tensor | None, reference: Tensor) -> Tensor:
-    return _empty(reference) if t is None else t
+    # The kernels read parameters through raw pointers: make views (e.g. weights bound to
+    # slices of a flat buffer) contiguous; a no-op, autograd-transparent, for plain ones.
+    return _empty(reference) if t is None else t.contiguous()
 
 
 def _check(cell, inputs: Tensor, lengths: Tensor | None) -> Tensor | None:
@@ -240,7 +242,7 @@ def run_recurrence(
     h0 = _state_tensor(cell, state, B)
     xp = _projection(inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), None)
     out, h_n = ElmanRecurrence.apply(
-        ext, cell.nonlinearity == "relu", reverse, lengths_arg, xp, h0, cell.weight_hh
+        ext, cell.nonlinearity == "relu", reverse, lengths_arg, xp, h0, _opt(cell.weight_hh, xp)
     )
     return out, h_n
 
@@ -292,7 +294,7 @@ def _run_lstm(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
         xp,
         h0,
         c0,
-        cell.weight_hh,
+        _opt(cell.weight_hh, e),
         _opt(cell.weight_hr, e),
         _opt(cell.weight_ci, e),
         _opt(cell.weight_cf, e),
@@ -325,7 +327,7 @@ def _run_gru(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
         lengths,
         xp,
         h0,
-        cell.weight_hh,
+        _opt(cell.weight_hh, e),
         _opt(cell.bias_hh, e),
         _opt(ln_hh.weight if ln_hh is not None else None, e),
         _opt(ln_hh.bias if ln_hh is not None else None, e),
