@@ -13,8 +13,13 @@ driven the same way.
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import torch
 from torch import Tensor, nn
+
+from rnnkit import functional as RF
 
 State = Tensor | tuple[Tensor, ...]
 
@@ -26,6 +31,63 @@ def check_size(name: str, value: int, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_flag(owner: str, name: str, value: object) -> bool:
+    """Validate a boolean constructor option (``bias``, ``peepholes``, ...)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Validate a string option against its allowed values."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{owner}: {name} must be one of {allowed}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_real(owner: str, name: str, value: object) -> float:
+    """Validate a finite real-number option and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise TypeError(f"{owner}: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_input_dtype(cell: RecurrentCell, x: Tensor) -> None:
+    """The input must share the parameters' dtype: torch would fail deep inside otherwise."""
+    weight = next(cell.parameters(), None)
+    if weight is not None and x.dtype != weight.dtype:
+        raise TypeError(
+            f"{type(cell).__name__}: input dtype {x.dtype} does not match the parameter dtype "
+            f"{weight.dtype}; convert one of them (e.g. cell.to({x.dtype}))"
+        )
+
+
+def check_state_tensor(
+    cell: RecurrentCell, what: str, state: object, x: Tensor, size: int
+) -> Tensor:
+    """Raise a readable error unless ``state`` is a ``(B, size)`` tensor of ``x``'s dtype."""
+    name = type(cell).__name__
+    if not isinstance(state, Tensor):
+        raise TypeError(f"{name}: {what} must be a Tensor, got {type(state).__name__}")
+    expected = (x.shape[0], size)
+    if tuple(state.shape) != expected:
+        raise ValueError(
+            f"{name}: expected {what} of shape {expected} (batch, {size}) for input of shape "
+            f"{tuple(x.shape)}, got {tuple(state.shape)}"
+        )
+    if state.dtype != x.dtype:
+        raise TypeError(f"{name}: {what} dtype {state.dtype} does not match input dtype {x.dtype}")
+    return state
+
+
+def layer_norm_params(module: nn.LayerNorm | None) -> RF.LayerNormParams | None:
+    """A ``nn.LayerNorm`` (or ``None``) as :class:`rnnkit.functional.LayerNormParams`."""
+    if module is None:
+        return None
+    return RF.LayerNormParams(module.weight, module.bias, module.eps)
 
 
 class RecurrentCell(nn.Module):

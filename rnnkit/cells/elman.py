@@ -8,60 +8,17 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
-from rnnkit.cells.base import RecurrentCell, check_size
+from rnnkit.cells.base import (
+    RecurrentCell,
+    check_choice,
+    check_flag,
+    check_input_dtype,
+    check_size,
+    check_state_tensor,
+)
 
 _NONLINEARITIES = ("tanh", "relu")
 _INITS = ("default", "irnn")
-
-
-def check_flag(owner: str, name: str, value: object) -> bool:
-    """Validate a boolean constructor option (``bias``, ``peepholes``, ...)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} ({value!r})")
-    return value
-
-
-def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> str:
-    """Validate a string option against its allowed values."""
-    if value not in choices:
-        allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{owner}: {name} must be one of {allowed}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def check_input_dtype(cell: RecurrentCell, x: Tensor) -> None:
-    """The input must share the parameters' dtype: torch would fail deep inside otherwise."""
-    weight = next(cell.parameters(), None)
-    if weight is not None and x.dtype != weight.dtype:
-        raise TypeError(
-            f"{type(cell).__name__}: input dtype {x.dtype} does not match the parameter dtype "
-            f"{weight.dtype}; convert one of them (e.g. cell.to({x.dtype}))"
-        )
-
-
-def layer_norm_params(module: nn.LayerNorm | None) -> RF.LayerNormParams | None:
-    """A ``nn.LayerNorm`` (or ``None``) as :class:`rnnkit.functional.LayerNormParams`."""
-    if module is None:
-        return None
-    return RF.LayerNormParams(module.weight, module.bias, module.eps)
-
-
-def check_state_tensor(
-    cell: RecurrentCell, what: str, state: object, x: Tensor, size: int
-) -> Tensor:
-    """Raise a readable error unless ``state`` is a ``(B, size)`` tensor of ``x``'s dtype."""
-    name = type(cell).__name__
-    if not isinstance(state, Tensor):
-        raise TypeError(f"{name}: {what} must be a Tensor, got {type(state).__name__}")
-    expected = (x.shape[0], size)
-    if tuple(state.shape) != expected:
-        raise ValueError(
-            f"{name}: expected {what} of shape {expected} (batch, {size}) for input of shape "
-            f"{tuple(x.shape)}, got {tuple(state.shape)}"
-        )
-    if state.dtype != x.dtype:
-        raise TypeError(f"{name}: {what} dtype {state.dtype} does not match input dtype {x.dtype}")
-    return state
 
 
 class ElmanCell(RecurrentCell):

@@ -10,10 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
-from rnnkit.cells.base import RecurrentCell, check_size
-from rnnkit.cells.elman import (
+from rnnkit.cells.base import (
+    RecurrentCell,
     check_flag,
     check_input_dtype,
+    check_size,
     check_state_tensor,
     layer_norm_params,
 )

@@ -10,8 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
-from rnnkit.cells.base import RecurrentCell, check_size
-from rnnkit.cells.elman import check_flag, check_input_dtype, check_state_tensor
+from rnnkit.cells.base import (
+    RecurrentCell,
+    check_flag,
+    check_input_dtype,
+    check_size,
+    check_state_tensor,
+)
 
 
 class _MinRNNCell(RecurrentCell):

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
-from rnnkit.cells.base import RecurrentCell, check_size
-from rnnkit.cells.elman import check_flag, check_input_dtype, check_state_tensor
-
-
-def check_real(owner: str, name: str, value: object) -> float:
-    """Validate a finite real-number option and return it as a float."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise TypeError(f"{owner}: {name} must be a finite number, got {value!r}")
-    return float(value)
+from rnnkit.cells.base import (
+    RecurrentCell,
+    check_flag,
+    check_input_dtype,
+    check_real,
+    check_size,
+    check_state_tensor,
+)
 
 
 class UGRNNCell(RecurrentCell):
