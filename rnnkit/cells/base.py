@@ -94,13 +94,16 @@ class RecurrentCell(nn.Module):
     """Base class of rnnkit cells.
 
     Subclasses set ``input_size``, ``hidden_size``, ``state_size`` (an int, or a tuple of
-    ints for multi-state cells) and ``output_size``, and implement :meth:`forward`.
+    ints for multi-state cells) and ``output_size``, and implement :meth:`forward`, which
+    usually starts with ``state = self.prepare_call(x, state)``. Multi-state cells name
+    their state's parts in ``state_names`` (used in error messages).
     """
 
     input_size: int
     hidden_size: int
     state_size: int | tuple[int, ...]
     output_size: int
+    state_names: tuple[str, ...] = ("h", "c")
 
     def initial_state(
         self,
@@ -137,3 +140,31 @@ class RecurrentCell(nn.Module):
                 f"{type(self).__name__}: expected input of shape (batch, {self.input_size}), "
                 f"got {tuple(x.shape)}"
             )
+
+    def prepare_call(self, x: Tensor, state: State | None) -> State:
+        """Check one call's arguments and return the state to step from.
+
+        ``x`` must be a floating ``(B, input_size)`` tensor of the parameters' dtype.
+        ``state=None`` gives zeros (:meth:`initial_state`). Otherwise, as ``state_size``
+        says, ``state`` is one ``(B, state_size)`` tensor (``"state h"``) or a tuple/list
+        of ``(B, state_size[k])`` tensors named by ``state_names``, each of ``x``'s dtype;
+        a list comes back as a tuple. Errors name the cell, the part and the shapes.
+        """
+        self.check_input(x)
+        check_input_dtype(self, x)
+        if state is None:
+            return self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if isinstance(self.state_size, int):
+            return check_state_tensor(self, "state h", state, x, self.state_size)
+        names = self.state_names
+        if not isinstance(state, (tuple, list)) or len(state) != len(names):
+            kind = "a pair" if len(names) == 2 else f"a tuple of {len(names)}"
+            raise TypeError(
+                f"{type(self).__name__}: state must be {kind} ({', '.join(names)}), "
+                f"got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+            )
+        return tuple(
+            check_state_tensor(self, f"state {name}", part, x, size)
+            for name, part, size in zip(names, state, self.state_size, strict=True)
+        )

@@ -12,9 +12,7 @@ from rnnkit.cells.base import (
     RecurrentCell,
     check_choice,
     check_flag,
-    check_input_dtype,
     check_size,
-    check_state_tensor,
 )
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -114,11 +112,7 @@ class ElmanCell(RecurrentCell):
         return RF.ElmanWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check_input(x)
-        check_input_dtype(self, x)
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        state = self.prepare_call(x, state)
         return RF.elman_step(x, state, self.weights(), self.nonlinearity)
 
     def extra_repr(self) -> str:

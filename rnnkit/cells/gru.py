@@ -11,9 +11,7 @@ from rnnkit import functional as RF
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
-    check_input_dtype,
     check_size,
-    check_state_tensor,
     layer_norm_params,
 )
 
@@ -140,11 +138,7 @@ class GRUCell(RecurrentCell):
         )
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check_input(x)
-        check_input_dtype(self, x)
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        state = self.prepare_call(x, state)
         return RF.gru_step(x, state, self.weights(), reset_after=self.reset_after)
 
     def extra_repr(self) -> str:

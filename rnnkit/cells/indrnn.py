@@ -13,9 +13,7 @@ from rnnkit.cells.base import (
     RecurrentCell,
     check_choice,
     check_flag,
-    check_input_dtype,
     check_size,
-    check_state_tensor,
 )
 
 _NONLINEARITIES = ("relu", "tanh")
@@ -124,11 +122,7 @@ class IndRNNCell(RecurrentCell):
         return RF.IndRNNWeights(self.weight_ih, self.weight_hh, self.bias)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check_input(x)
-        check_input_dtype(self, x)
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        state = self.prepare_call(x, state)
         return RF.indrnn_step(
             x,
             state,

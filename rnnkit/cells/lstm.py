@@ -13,9 +13,7 @@ from rnnkit import functional as RF
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
-    check_input_dtype,
     check_size,
-    check_state_tensor,
     layer_norm_params,
 )
 
@@ -221,19 +219,9 @@ class LSTMCell(RecurrentCell):
     def forward(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        self.check_input(x)
-        check_input_dtype(self, x)
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(
-                f"LSTMCell: state must be a pair (h, c), got {type(state).__name__}"
-                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
-            )
-        h = check_state_tensor(self, "state h", state[0], x, self.output_size)
-        c = check_state_tensor(self, "state c", state[1], x, self.hidden_size)
+        state = self.prepare_call(x, state)
         return RF.lstm_step(
-            x, (h, c), self.weights(), coupled_gates=self.coupled_gates, cell_clip=self.cell_clip
+            x, state, self.weights(), coupled_gates=self.coupled_gates, cell_clip=self.cell_clip
         )
 
     def extra_repr(self) -> str:

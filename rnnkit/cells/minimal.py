@@ -60,11 +60,7 @@ class _MinRNNCell(RecurrentCell):
         return RF.MinRNNWeights(self.weight_ih, self.bias)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check_input(x)
-        check_input_dtype(self, x)
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        state = self.prepare_call(x, state)
         return type(self)._step(x, state, self.weights())
 
     def scan(

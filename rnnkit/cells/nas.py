@@ -11,9 +11,7 @@ from rnnkit import functional as RF
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
-    check_input_dtype,
     check_size,
-    check_state_tensor,
 )
 
 
@@ -124,18 +122,8 @@ class NASCell(RecurrentCell):
     def forward(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        self.check_input(x)
-        check_input_dtype(self, x)
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(
-                f"NASCell: state must be a pair (h, c), got {type(state).__name__}"
-                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
-            )
-        h = check_state_tensor(self, "state h", state[0], x, self.output_size)
-        c = check_state_tensor(self, "state c", state[1], x, self.hidden_size)
-        return RF.nas_step(x, (h, c), self.weights())
+        state = self.prepare_call(x, state)
+        return RF.nas_step(x, state, self.weights())
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"

@@ -11,10 +11,8 @@ from rnnkit import functional as RF
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
-    check_input_dtype,
     check_real,
     check_size,
-    check_state_tensor,
 )
 
 
@@ -107,11 +105,7 @@ class UGRNNCell(RecurrentCell):
         return RF.UGRNNWeights(self.weight_ih, self.weight_hh, self.bias)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check_input(x)
-        check_input_dtype(self, x)
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        check_state_tensor(self, "state h", state, x, self.hidden_size)
+        state = self.prepare_call(x, state)
         return RF.ugrnn_step(x, state, self.weights(), forget_bias=self.forget_bias)
 
     def extra_repr(self) -> str:
