@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <atomic>
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <type_traits>
@@ -294,10 +295,12 @@ class RecurrentGemm {
     }
   }
 
-  void operator()(const scalar_t* A, int64_t lda, scalar_t beta, scalar_t* C, int64_t ldc) const {
-    if (M_ == 0 || N_ == 0) return;
-    if (packed_.empty()) {
-      gemm_rows<scalar_t>(M_, N_, K_, A, lda, B_, ldb_, beta, C, ldc);
+  // The first `rows` (<= M) rows of A and C: the sequences still running.
+  void operator()(const scalar_t* A, int64_t lda, scalar_t beta, scalar_t* C, int64_t ldc,
+                  int64_t rows) const {
+    if (rows == 0 || N_ == 0) return;
+    if (packed_.empty() || rows != M_) {  // packed for M rows; fewer rows: plain GEMM
+      gemm_rows<scalar_t>(rows, N_, K_, A, lda, B_, ldb_, beta, C, ldc);
       return;
     }
     auto slice = [&](int64_t q) {
@@ -327,8 +330,9 @@ class RecurrentGemm {
   }
 
   // Tensor form: A and C are 2-D views with contiguous rows.
-  void operator()(const Tensor& A, scalar_t beta, const Tensor& C) const {
-    (*this)(A.data_ptr<scalar_t>(), A.stride(0), beta, C.data_ptr<scalar_t>(), C.stride(0));
+  void operator()(const Tensor& A, scalar_t beta, const Tensor& C, int64_t rows) const {
+    (*this)(A.data_ptr<scalar_t>(), A.stride(0), beta, C.data_ptr<scalar_t>(), C.stride(0),
+            rows);
   }
 
  private:
@@ -348,29 +352,61 @@ inline void gemm_t(const Tensor& C, const Tensor& A, const Tensor& Bm, scalar_t 
                       C.stride(0));
 }
 
-// Per-step row schedule: active flag and time index of every row.
+// Per-step row schedule. Internally the rows are ordered by decreasing length (a stable
+// sort, so equal lengths keep their order and a full batch is not permuted): at step s the
+// active rows are then a prefix of n_active(s) rows, and the recurrent GEMMs skip finished
+// sequences, as cuDNN's packed sequences do. Every state/saved buffer uses this sorted
+// order ("position" p); time-major tensors (xp, outputs and their gradients) are indexed by
+// the caller's row, row(p). The caller never sorts anything.
 struct Schedule {
   int64_t T, B, S;
   bool reverse;
-  std::vector<int64_t> len;  // (B)
+  std::vector<int64_t> len;     // (B) by position, decreasing
+  std::vector<int64_t> order;   // (B) position -> caller's row
+  std::vector<int64_t> active_rows;  // (S) rows active at each step
+  bool permuted = false;
 
   Schedule(const Tensor& lengths, int64_t T_, int64_t B_, bool reverse_)
-      : T(T_), B(B_), S(0), reverse(reverse_), len(B_, T_) {
+      : T(T_), B(B_), S(0), reverse(reverse_), len(B_, T_), order(B_) {
+    for (int64_t b = 0; b < B; ++b) order[b] = b;
     if (lengths.defined() && lengths.numel() > 0) {
       auto l = lengths.contiguous();
       const int64_t* p = l.data_ptr<int64_t>();
-      for (int64_t b = 0; b < B; ++b) len[b] = p[b];
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+      for (int64_t q = 0; q < B; ++q) {
+        len[q] = p[order[q]];
+        permuted = permuted || order[q] != q;
+      }
     }
-    for (int64_t b = 0; b < B; ++b) S = std::max(S, len[b]);
+    S = B > 0 ? len[0] : 0;
+    active_rows.assign(S, 0);
+    for (int64_t q = 0; q < B; ++q)
+      for (int64_t s = 0; s < len[q]; ++s) active_rows[s] += 1;
   }
-  inline bool active(int64_t s, int64_t b) const { return s < len[b]; }
-  inline int64_t time(int64_t s, int64_t b) const { return reverse ? len[b] - 1 - s : s; }
+  inline bool active(int64_t s, int64_t p) const { return s < len[p]; }
+  inline int64_t time(int64_t s, int64_t p) const { return reverse ? len[p] - 1 - s : s; }
+  inline int64_t row(int64_t p) const { return order[p]; }
   // True when every row reads time s at step s: saved buffers can alias time-major ones.
   bool identity() const {
     if (reverse) return false;
-    for (int64_t b = 0; b < B; ++b)
-      if (len[b] != T) return false;
+    for (int64_t p = 0; p < B; ++p)
+      if (len[p] != T) return false;
     return true;
+  }
+  // (B) caller-order tensor -> position order, and back.
+  Tensor to_positions(const Tensor& t) const {
+    if (!permuted) return t.clone();
+    return t.index_select(0, perm_tensor(t.device()));
+  }
+  Tensor to_rows(const Tensor& t) const {
+    if (!permuted) return t.clone();
+    return at::empty_like(t).index_copy_(0, perm_tensor(t.device()), t);
+  }
+
+ private:
+  Tensor perm_tensor(const at::Device& device) const {
+    return at::tensor(order, at::TensorOptions().dtype(at::kLong)).to(device);
   }
 };
 

@@ -18,7 +18,7 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
   Tensor hs = at::empty({training ? S + 1 : 2, B, H}, opts);
   Tensor hh = at::empty({B, H}, opts);
   const Tensor w_t = w_hh.t().contiguous();  // once per sequence: NN layout per step
-  hs[0].copy_(h0);
+  hs[0].copy_(sch.to_positions(h0));
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_elman_forward", [&] {
     using V = Vec<scalar_t>;
     const scalar_t* xp_p = xp.data_ptr<scalar_t>();
@@ -29,7 +29,7 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
       const int64_t cur = training ? s : (s & 1);
       const int64_t nxt = training ? s + 1 : 1 - cur;
       Tensor h_prev = hs[cur];
-      gemm_hh(h_prev, 0, hh);
+      gemm_hh(h_prev, 0, hh, sch.active_rows[s]);
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
       const scalar_t* hh_p = hh.data_ptr<scalar_t>();
@@ -41,19 +41,19 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
             continue;
           }
           const int64_t t = sch.time(s, b);
-          const scalar_t* x = xp_p + (t * B + b) * H;
+          const scalar_t* x = xp_p + (t * B + sch.row(b)) * H;
           const scalar_t* a = hh_p + b * H;
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
             const V pre = ld(x, j, c) + ld(a, j, c);
             st(relu ? at::vec::maximum(pre, zero) : vtanh(pre), hnew, j, c);
           });
-          std::copy(hnew, hnew + H, out_p + (t * B + b) * H);
+          std::copy(hnew, hnew + H, out_p + (t * B + sch.row(b)) * H);
         }
       });
     }
   });
   const int64_t last = training ? S : (S & 1);
-  std::vector<Tensor> result{out, hs[last].clone()};
+  std::vector<Tensor> result{out, sch.to_rows(hs[last])};
   if (training) result.push_back(hs);
   return result;
 }
@@ -67,7 +67,7 @@ std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, con
   TORCH_CHECK(sch.S == S, "rnnkit elman backward: saved steps do not match lengths");
   const auto opts = hs.options();
   const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
-  Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, H}, opts);
+  Tensor dh = present(dhT) ? sch.to_positions(dhT) : at::zeros({B, H}, opts);
   const Tensor w_c = w_hh.contiguous();
   const bool alias = sch.identity();
   Tensor dxp = alias ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
@@ -91,7 +91,7 @@ std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, con
             continue;
           }
           const int64_t t = sch.time(s, b);
-          const scalar_t* dorow = dout_p ? dout_p + (t * B + b) * H : nullptr;
+          const scalar_t* dorow = dout_p ? dout_p + (t * B + sch.row(b)) * H : nullptr;
           const scalar_t* h = hn + b * H;
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
             V d = ld(dhrow, j, c);
@@ -101,17 +101,17 @@ std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, con
             const V g = relu ? V::blendv(zero, d, hv > zero) : d * (one - hv * hv);
             st(g, dp, j, c);
           });
-          if (!alias) std::copy(dp, dp + H, dxp_p + (t * B + b) * H);
+          if (!alias) std::copy(dp, dp + H, dxp_p + (t * B + sch.row(b)) * H);
           std::fill(dhrow, dhrow + H, scalar_t(0));
         }
       });
-      gemm_dh(dpre[s], 1, dh);  // dh += dpre W_hh (inactive rows keep dh)
+      gemm_dh(dpre[s], 1, dh, sch.active_rows[s]);  // dh += dpre W_hh (inactive rows keep dh)
     }
   });
   Tensor dw_hh = S > 0 ? at::mm(dpre.narrow(0, 0, S).reshape({S * B, H}).t(),
                                 hs.narrow(0, 0, S).reshape({S * B, H}))
                        : at::zeros_like(w_hh);
-  return {dxp, dh, dw_hh};
+  return {dxp, sch.to_rows(dh), dw_hh};
 }
 
 }  // namespace rnnkit

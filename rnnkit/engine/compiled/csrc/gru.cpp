@@ -51,7 +51,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
   // Transposed once per sequence (plain NN layout for the per-step GEMMs).
   const Tensor w_t = (reset_after ? w_hh : w_hh.narrow(0, 0, 2 * H)).t().contiguous();
   const Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t().contiguous();
-  hs[0].copy_(h0);
+  hs[0].copy_(sch.to_positions(h0));
 
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_forward", [&] {
     using V = Vec<scalar_t>;
@@ -70,7 +70,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
       const int64_t nxt = training ? s + 1 : 1 - cur;
       const int64_t sv = training ? s : 0;
       Tensor h_prev = hs[cur];
-      gemm_h(h_prev, 0, hh);  // (B, NH); bias (after the norm) in the row pass
+      gemm_h(h_prev, 0, hh, sch.active_rows[s]);  // (B, NH); bias (after the norm) in the row pass
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = hs[nxt].data_ptr<scalar_t>();
       scalar_t* hh_p = hh.data_ptr<scalar_t>();
@@ -91,7 +91,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
               std::fill(rh, rh + H, scalar_t(0));
               continue;
             }
-            const scalar_t* x = xp_p + (sch.time(s, b) * B + b) * GH;
+            const scalar_t* x = xp_p + (sch.time(s, b) * B + sch.row(b)) * GH;
             scalar_t* a = hh_p + b * NH;
             norm_and_bias(a, ln ? xhh_p + b * NH : nullptr, ln ? rhh_p + b : nullptr, g_hh,
                           be_hh, bias, NH, eps_hh, ln);
@@ -105,7 +105,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
             });
           }
         });
-        gemm_rh(aux[sv], 0, hn_buf);  // (B, H)
+        gemm_rh(aux[sv], 0, hn_buf, sch.active_rows[s]);  // (B, H)
       }
       scalar_t* hnb = reset_after ? nullptr : hn_buf.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
@@ -118,7 +118,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
             continue;
           }
           const int64_t t = sch.time(s, b);
-          const scalar_t* x = xp_p + (t * B + b) * GH;
+          const scalar_t* x = xp_p + (t * B + sch.row(b)) * GH;
           scalar_t* a = hh_p + b * NH;
           scalar_t* gr = g_p + b * GH;
           if (reset_after) {
@@ -145,13 +145,13 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
             st(n, gr + 2 * H, j, c);
             st(at::vec::fmadd(z, ld(h, j, c) - n, n), hnew, j, c);
           });
-          std::copy(hnew, hnew + H, out_p + (t * B + b) * H);
+          std::copy(hnew, hnew + H, out_p + (t * B + sch.row(b)) * H);
         }
       });
     }
   });
   const int64_t last = training ? S : (S & 1);
-  std::vector<Tensor> result{out, hs[last].clone()};
+  std::vector<Tensor> result{out, sch.to_rows(hs[last])};
   if (training) {
     for (const Tensor& t : {gates, hs, aux, xhat_hh, rstd_hh, xhat_hn, rstd_hn}) {
       result.push_back(t);
@@ -176,7 +176,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
   TORCH_CHECK(sch.S == S, "rnnkit gru backward: saved steps do not match lengths");
   const auto opts = gates.options();
   const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
-  Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, H}, opts);
+  Tensor dh = present(dhT) ? sch.to_positions(dhT) : at::zeros({B, H}, opts);
   // Reset-before without layer norm: the gradient of the gate pre-activations is the same
   // for xp and for the recurrent products, so the step-ordered buffer can be dxp itself.
   const bool alias = !reset_after && !ln && sch.identity();
@@ -228,9 +228,9 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
           const int64_t t = sch.time(s, b);
           const scalar_t* gr = g_p + b * GH;
           const scalar_t* h = hp + b * H;
-          const scalar_t* dorow = dout_p ? dout_p + (t * B + b) * H : nullptr;
+          const scalar_t* dorow = dout_p ? dout_p + (t * B + sch.row(b)) * H : nullptr;
           scalar_t* dhrow = dh_p + b * H;
-          scalar_t* dx = dxp_p + (t * B + b) * GH;
+          scalar_t* dx = dxp_p + (t * B + sch.row(b)) * GH;
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
             V d = ld(dhrow, j, c);
             if (dorow) d = d + ld(dorow, j, c);
@@ -272,9 +272,9 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
         }
       });
       if (reset_after) {
-        gemm_all(dhh[s], 1, dh);
+        gemm_all(dhh[s], 1, dh, sch.active_rows[s]);
       } else {
-        gemm_n(dhh[s].narrow(1, 2 * H, H), 0, drh);  // d(r * h)  (B, H)
+        gemm_n(dhh[s].narrow(1, 2 * H, H), 0, drh, sch.active_rows[s]);  // d(r * h)  (B, H)
         const scalar_t* drh_p = drh.data_ptr<scalar_t>();
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
           std::vector<scalar_t> tmp(ln ? GH : 0);
@@ -285,7 +285,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
             const scalar_t* h = hp + b * H;
             scalar_t* dhrow = dh_p + b * H;
             scalar_t* dr = dhh_s + b * GH;
-            scalar_t* dx = dxp_p + (t * B + b) * GH;
+            scalar_t* dx = dxp_p + (t * B + sch.row(b)) * GH;
             vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
               const V r = ld(gr, j, c);
               const V drhv = ld(drh_p + b * H, j, c);
@@ -305,7 +305,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
                             ahh + b * 2 * NH + NH, tmp.data(), NH);
           }
         });
-        gemm_rz(dhh[s].narrow(1, 0, 2 * H), 1, dh);
+        gemm_rz(dhh[s].narrow(1, 0, 2 * H), 1, dh, sch.active_rows[s]);
       }
     }
   });
@@ -336,7 +336,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
       dlnnb = sums_n[1];
     }
   }
-  return {dxp, dh, dw_hh, db_hh, dlnhw, dlnhb, dlnnw, dlnnb};
+  return {dxp, sch.to_rows(dh), dw_hh, db_hh, dlnhw, dlnhb, dlnnw, dlnnb};
 }
 
 }  // namespace rnnkit

@@ -99,8 +99,8 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
   Tensor xhat_c = k.ln_c ? at::empty({SS, B, H}, opts) : Tensor();
   Tensor rstd_c = k.ln_c ? at::empty({SS, B}, opts) : Tensor();
   Tensor hh = at::empty({B, GH}, opts);  // recurrent GEMM output of one step
-  hs[0].copy_(h0);
-  cs[0].copy_(c0);
+  hs[0].copy_(sch.to_positions(h0));
+  cs[0].copy_(sch.to_positions(c0));
 
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_forward", [&] {
     using V = Vec<scalar_t>;
@@ -123,7 +123,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
       const int64_t nxt = training ? s + 1 : 1 - cur;
       const int64_t sv = training ? s : 0;  // slot of per-step saved buffers
       Tensor h_prev = hs[cur], h_next = hs[nxt];
-      gemm_hh(h_prev, 0, hh);  // (B, GH)
+      gemm_hh(h_prev, 0, hh, sch.active_rows[s]);  // (B, GH)
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* hn = h_next.data_ptr<scalar_t>();
       const scalar_t* cp_all = cs[cur].data_ptr<scalar_t>();
@@ -150,7 +150,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
             continue;
           }
           const int64_t t = sch.time(s, b);
-          const scalar_t* x = xp_p + (t * B + b) * GH;
+          const scalar_t* x = xp_p + (t * B + sch.row(b)) * GH;
           scalar_t* a = hh_p + b * GH;  // recurrent part, becomes LN_hh(...) in place
           if (k.ln_hh) {
             rhh_p[b] = ln_row_forward(a, xhh_p + b * GH, a, ghh, bhh, GH, k.eps_hh);
@@ -194,14 +194,14 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
             st(tc, tcr, j, c);
             st(o * tc, dst, j, c);
           });
-          if (!k.proj) std::copy(dst, dst + Hout, out_p + (t * B + b) * Hout);
+          if (!k.proj) std::copy(dst, dst + Hout, out_p + (t * B + sch.row(b)) * Hout);
         }
       });
       if (k.proj) {
-        (*gemm_hr)(m[sv], 0, h_next);  // (B, P)
+        (*gemm_hr)(m[sv], 0, h_next, sch.active_rows[s]);  // (B, P)
         for (int64_t b = 0; b < B; ++b) {
           if (sch.active(s, b)) {
-            std::copy(hn + b * Hout, hn + (b + 1) * Hout, out_p + (sch.time(s, b) * B + b) * Hout);
+            std::copy(hn + b * Hout, hn + (b + 1) * Hout, out_p + (sch.time(s, b) * B + sch.row(b)) * Hout);
           } else {
             std::copy(hp + b * Hout, hp + (b + 1) * Hout, hn + b * Hout);
           }
@@ -211,8 +211,8 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
   });
 
   const int64_t last = training ? S : (S & 1);
-  Tensor hT = hs[last].clone();
-  Tensor cT = cs[last].clone();
+  Tensor hT = sch.to_rows(hs[last]);
+  Tensor cT = sch.to_rows(cs[last]);
   std::vector<Tensor> result{out, hT, cT};
   if (training) {
     saved[kGates] = gates;
@@ -250,10 +250,10 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
   const auto opts = gates.options();
   const Tensor dout = present(dout_in) ? dout_in.contiguous() : Tensor();
 
-  Tensor dh = present(dhT) ? dhT.clone() : at::zeros({B, Hout}, opts);
+  Tensor dh = present(dhT) ? sch.to_positions(dhT) : at::zeros({B, Hout}, opts);
   const Tensor w_hh_c = w_hh.contiguous();
   const Tensor w_hr_c = k.proj ? w_hr.contiguous() : Tensor();
-  Tensor dc = present(dcT) ? dcT.clone() : at::zeros({B, H}, opts);
+  Tensor dc = present(dcT) ? sch.to_positions(dcT) : at::zeros({B, H}, opts);
   // dG (gradient of the gate pre-activations) is dxp at the row's time position; the
   // recurrent GEMMs want it in step order (after LN_hh's backward when layer-normed).
   const bool alias = sch.identity() && !k.ln_hh;
@@ -298,10 +298,10 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
             continue;
           }
           const scalar_t* d1 = dh_p + b * P;
-          const scalar_t* d2 = dout_p ? dout_p + (sch.time(s, b) * B + b) * P : nullptr;
+          const scalar_t* d2 = dout_p ? dout_p + (sch.time(s, b) * B + sch.row(b)) * P : nullptr;
           for (int64_t j = 0; j < P; ++j) row[j] = d1[j] + (d2 ? d2[j] : scalar_t(0));
         }
-        (*gemm_dm)(dhtot[s], 0, dm);  // (B, H)
+        (*gemm_dm)(dhtot[s], 0, dm, sch.active_rows[s]);  // (B, H)
       }
       const scalar_t* dm_p = k.proj ? dm.data_ptr<scalar_t>() : nullptr;
       const scalar_t* gate_p = gates[s].data_ptr<scalar_t>();
@@ -330,9 +330,9 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
           const scalar_t* cp = cp_all + b * H;
           const scalar_t* cn = cn_all + b * H;
           const scalar_t* tc = tc_p + b * H;
-          scalar_t* dg = dxp_p + (t * B + b) * GH;  // dG lands at its time position
+          scalar_t* dg = dxp_p + (t * B + sch.row(b)) * GH;  // dG lands at its time position
           scalar_t* dhrow = dh_p + b * Hout;
-          const scalar_t* dorow = dout_p ? dout_p + (t * B + b) * Hout : nullptr;
+          const scalar_t* dorow = dout_p ? dout_p + (t * B + sch.row(b)) * Hout : nullptr;
           scalar_t* dcrow = dc_p + b * H;
           scalar_t* ap = accp ? accp + b * 3 * H : nullptr;
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
@@ -408,7 +408,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
         }
       });
       // dh_prev = (dh of inactive rows, 0 for active) + dG_hh W_hh
-      gemm_dh(alias ? dxp[s] : dhh[s], 1, dh);
+      gemm_dh(alias ? dxp[s] : dhh[s], 1, dh, sch.active_rows[s]);
     }
   });
 
@@ -437,7 +437,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
     dlncw = sums[0];
     dlncb = sums[1];
   }
-  return {dxp, dh, dc, dw_hh, dw_hr, dci, dcf, dco, dlnhw, dlnhb, dlncw, dlncb};
+  return {dxp, sch.to_rows(dh), sch.to_rows(dc), dw_hh, dw_hr, dci, dcf, dco, dlnhw, dlnhb,
+          dlncw, dlncb};
 }
 
 }  // namespace rnnkit
