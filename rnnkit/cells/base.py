@@ -48,11 +48,38 @@ def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...])
     return value  # type: ignore[return-value]
 
 
-def check_real(owner: str, name: str, value: object) -> float:
-    """Validate a finite real-number option and return it as a float."""
+def check_real(owner: str, name: str, value: object, *, optional: bool = False) -> float | None:
+    """Validate a finite real-number option and return it as a float (``None`` passes
+    through when ``optional``)."""
+    if optional and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise TypeError(f"{owner}: {name} must be a finite number, got {value!r}")
+        or_none = " or None" if optional else ""
+        raise TypeError(f"{owner}: {name} must be a finite number{or_none}, got {value!r}")
     return float(value)
+
+
+def check_positive(owner: str, name: str, value: object) -> float | None:
+    """Validate an optional positive bound (``cell_clip``, ``recurrent_max_abs``): a float,
+    or ``None`` for no bound."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{owner}: {name} must be a positive number or None, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{owner}: {name} must be > 0, got {value}")
+    return float(value)
+
+
+def optional_parameter(
+    wanted: bool,
+    *shape: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Parameter | None:
+    """An uninitialised parameter of ``shape``, or ``None`` when not ``wanted``; pass it to
+    ``register_parameter`` so that an absent parameter reads as ``None`` (``torch.nn``'s way)."""
+    return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype)) if wanted else None
 
 
 def check_input_dtype(cell: RecurrentCell, x: Tensor) -> None:
@@ -124,6 +151,18 @@ class RecurrentCell(nn.Module):
                 for size in self.state_size
             )
         return torch.zeros(batch_size, self.state_size, device=device, dtype=dtype)
+
+    def _reset_uniform(self, bound: float, zeros: tuple[str, ...] = ()) -> None:
+        """Draw this cell's own parameters from :math:`U(-bound, bound)` in registration order
+        (so the random stream is ``torch.nn``'s), set those named in ``zeros`` to 0, and let
+        submodules (layer norms) reset themselves."""
+        for name, param in self.named_parameters(recurse=False):
+            if name in zeros:
+                nn.init.zeros_(param)
+            else:
+                nn.init.uniform_(param, -bound, bound)
+        for module in self.children():
+            module.reset_parameters()
 
     def check_input(self, x: Tensor) -> None:
         """Raise a readable error unless ``x`` is a floating ``(B, input_size)`` tensor."""

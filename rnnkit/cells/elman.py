@@ -13,6 +13,7 @@ from rnnkit.cells.base import (
     check_choice,
     check_flag,
     check_size,
+    optional_parameter,
 )
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -85,12 +86,8 @@ class ElmanCell(RecurrentCell):
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        for name in ("bias_ih", "bias_hh"):
+            self.register_parameter(name, optional_parameter(bias, hidden_size, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -103,9 +100,7 @@ class ElmanCell(RecurrentCell):
                     if bias is not None:
                         bias.zero_()
             return
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        self._reset_uniform(1.0 / math.sqrt(self.hidden_size))
 
     def weights(self) -> RF.ElmanWeights:
         """This cell's parameters as :class:`rnnkit.functional.ElmanWeights`."""

@@ -13,7 +13,9 @@ from rnnkit.cells.base import (
     check_flag,
     check_real,
     check_size,
+    optional_parameter,
 )
+from rnnkit.cells.lstm import init_forget_bias
 
 
 class GroupedLSTMCell(RecurrentCell):
@@ -92,9 +94,8 @@ class GroupedLSTMCell(RecurrentCell):
                     f"GroupedLSTMCell: {name}={size} is not divisible by groups={groups}"
                 )
         check_flag("GroupedLSTMCell", "bias", bias)
-        self.forget_bias = (
-            None if forget_bias is None else check_real("GroupedLSTMCell", "forget_bias",
-                                                        forget_bias)
+        self.forget_bias = check_real(
+            "GroupedLSTMCell", "forget_bias", forget_bias, optional=True
         )
         self.state_size = (hidden_size, hidden_size)
         self.output_size = hidden_size
@@ -104,25 +105,17 @@ class GroupedLSTMCell(RecurrentCell):
         self.weight_hh = nn.Parameter(
             torch.empty(groups, 4 * group_hidden, group_hidden, **factory)
         )
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(groups, 4 * group_hidden, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(groups, 4 * group_hidden, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        for name in ("bias_ih", "bias_hh"):
+            self.register_parameter(
+                name, optional_parameter(bias, groups, 4 * group_hidden, **factory)
+            )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters as described in the class docstring."""
         group_hidden = self.hidden_size // self.groups
-        bound = 1.0 / math.sqrt(group_hidden)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
-        if self.bias_ih is not None and self.forget_bias is not None:
-            forget = slice(group_hidden, 2 * group_hidden)
-            with torch.no_grad():
-                self.bias_ih[:, forget].fill_(self.forget_bias)
-                self.bias_hh[:, forget].zero_()
+        self._reset_uniform(1.0 / math.sqrt(group_hidden))
+        init_forget_bias(self, slice(group_hidden, 2 * group_hidden))
 
     def weights(self) -> RF.GroupedLSTMWeights:
         """This cell's parameters as :class:`rnnkit.functional.GroupedLSTMWeights`."""

@@ -13,6 +13,7 @@ from rnnkit.cells.base import (
     check_flag,
     check_size,
     layer_norm_params,
+    optional_parameter,
 )
 
 
@@ -98,12 +99,8 @@ class GRUCell(RecurrentCell):
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        for name in ("bias_ih", "bias_hh"):
+            self.register_parameter(name, optional_parameter(bias, 3 * hidden_size, **factory))
         self.ln_ih = self.ln_hh = self.ln_hn = None
         if layer_norm:
             self.ln_ih = nn.LayerNorm(3 * hidden_size, **factory)
@@ -116,12 +113,7 @@ class GRUCell(RecurrentCell):
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters as ``torch.nn.GRUCell`` does; layer norms to 1 and 0."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters(recurse=False):
-            nn.init.uniform_(weight, -bound, bound)
-        for norm in (self.ln_ih, self.ln_hh, self.ln_hn):
-            if norm is not None:
-                norm.reset_parameters()
+        self._reset_uniform(1.0 / math.sqrt(self.hidden_size))
 
     def weights(self) -> RF.GRUWeights:
         """This cell's parameters as :class:`rnnkit.functional.GRUWeights`."""

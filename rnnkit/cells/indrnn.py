@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +12,9 @@ from rnnkit.cells.base import (
     RecurrentCell,
     check_choice,
     check_flag,
+    check_positive,
     check_size,
+    optional_parameter,
 )
 
 _NONLINEARITIES = ("relu", "tanh")
@@ -85,27 +86,15 @@ class IndRNNCell(RecurrentCell):
             "IndRNNCell", "nonlinearity", nonlinearity, _NONLINEARITIES
         )
         check_flag("IndRNNCell", "bias", bias)
-        if recurrent_max_abs is not None:
-            if isinstance(recurrent_max_abs, bool) or not isinstance(recurrent_max_abs, Real):
-                raise TypeError(
-                    "IndRNNCell: recurrent_max_abs must be a positive number or None, "
-                    f"got {recurrent_max_abs!r}"
-                )
-            if not recurrent_max_abs > 0:
-                raise ValueError(
-                    f"IndRNNCell: recurrent_max_abs must be > 0, got {recurrent_max_abs}"
-                )
-            recurrent_max_abs = float(recurrent_max_abs)
-        self.recurrent_max_abs = recurrent_max_abs
+        self.recurrent_max_abs = check_positive(
+            "IndRNNCell", "recurrent_max_abs", recurrent_max_abs
+        )
         self.state_size = hidden_size
         self.output_size = hidden_size
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(hidden_size, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self.register_parameter("bias", optional_parameter(bias, hidden_size, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -4,7 +4,6 @@ cell clipping and layer normalisation."""
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -13,9 +12,23 @@ from rnnkit import functional as RF
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
+    check_positive,
+    check_real,
     check_size,
     layer_norm_params,
+    optional_parameter,
 )
+
+
+def init_forget_bias(cell: RecurrentCell, rows: slice) -> None:
+    """Start the forget gate's total bias at ``cell.forget_bias``: ``rows`` (of the last
+    dimension) of ``bias_ih`` to it, of ``bias_hh`` to 0. Nothing without biases or with
+    ``forget_bias=None``."""
+    if cell.bias_ih is None or cell.forget_bias is None:
+        return
+    with torch.no_grad():
+        cell.bias_ih[..., rows].fill_(cell.forget_bias)
+        cell.bias_hh[..., rows].zero_()
 
 
 class LSTMCell(RecurrentCell):
@@ -125,24 +138,8 @@ class LSTMCell(RecurrentCell):
         self.peepholes = check_flag("LSTMCell", "peepholes", peepholes)
         self.coupled_gates = check_flag("LSTMCell", "coupled_gates", coupled_gates)
         self.layer_norm = check_flag("LSTMCell", "layer_norm", layer_norm)
-        if forget_bias is not None and (
-            isinstance(forget_bias, bool)
-            or not isinstance(forget_bias, Real)
-            or not math.isfinite(forget_bias)
-        ):
-            raise TypeError(
-                f"LSTMCell: forget_bias must be a finite number or None, got {forget_bias!r}"
-            )
-        self.forget_bias = None if forget_bias is None else float(forget_bias)
-        if cell_clip is not None:
-            if isinstance(cell_clip, bool) or not isinstance(cell_clip, Real):
-                raise TypeError(
-                    f"LSTMCell: cell_clip must be a positive number or None, got {cell_clip!r}"
-                )
-            if not cell_clip > 0:
-                raise ValueError(f"LSTMCell: cell_clip must be > 0, got {cell_clip}")
-            cell_clip = float(cell_clip)
-        self.cell_clip = cell_clip
+        self.forget_bias = check_real("LSTMCell", "forget_bias", forget_bias, optional=True)
+        self.cell_clip = check_positive("LSTMCell", "cell_clip", cell_clip)
 
         output_size = proj_size if proj_size > 0 else hidden_size
         self.output_size = output_size
@@ -152,25 +149,17 @@ class LSTMCell(RecurrentCell):
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(gate_rows, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(gate_rows, output_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(gate_rows, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(gate_rows, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        if proj_size > 0:
-            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **factory))
-        else:
-            self.register_parameter("weight_hr", None)
+        for name in ("bias_ih", "bias_hh"):
+            self.register_parameter(name, optional_parameter(bias, gate_rows, **factory))
+        self.register_parameter(
+            "weight_hr", optional_parameter(proj_size > 0, proj_size, hidden_size, **factory)
+        )
         for name, wanted in (
             ("weight_ci", peepholes and not coupled_gates),
             ("weight_cf", peepholes),
             ("weight_co", peepholes),
         ):
-            if wanted:
-                self.register_parameter(name, nn.Parameter(torch.empty(hidden_size, **factory)))
-            else:
-                self.register_parameter(name, None)
+            self.register_parameter(name, optional_parameter(wanted, hidden_size, **factory))
         if layer_norm:
             self.ln_ih = nn.LayerNorm(gate_rows, **factory)
             self.ln_hh = nn.LayerNorm(gate_rows, **factory)
@@ -187,16 +176,8 @@ class LSTMCell(RecurrentCell):
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters as described in the class docstring."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters(recurse=False):
-            nn.init.uniform_(weight, -bound, bound)
-        for norm in (self.ln_ih, self.ln_hh, self.ln_c):
-            if norm is not None:
-                norm.reset_parameters()
-        if self.bias and self.forget_bias is not None:
-            with torch.no_grad():
-                self.bias_ih[self.forget_slice].fill_(self.forget_bias)
-                self.bias_hh[self.forget_slice].zero_()
+        self._reset_uniform(1.0 / math.sqrt(self.hidden_size))
+        init_forget_bias(self, self.forget_slice)
 
     def weights(self) -> RF.LSTMWeights:
         """This cell's parameters as :class:`rnnkit.functional.LSTMWeights`."""

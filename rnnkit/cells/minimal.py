@@ -16,6 +16,7 @@ from rnnkit.cells.base import (
     check_input_dtype,
     check_size,
     check_state_tensor,
+    optional_parameter,
 )
 
 
@@ -43,17 +44,12 @@ class _MinRNNCell(RecurrentCell):
         factory = {"device": device, "dtype": dtype}
         rows = self.blocks * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(rows, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self.register_parameter("bias", optional_parameter(bias, rows, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s initialisation: :math:`U(-1/\\sqrt{H_{in}}, 1/\\sqrt{H_{in}})`."""
-        bound = 1.0 / math.sqrt(self.input_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        self._reset_uniform(1.0 / math.sqrt(self.input_size))
 
     def weights(self) -> RF.MinRNNWeights:
         """This cell's parameters as :class:`rnnkit.functional.MinRNNWeights`."""

@@ -12,6 +12,7 @@ from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
     check_size,
+    optional_parameter,
 )
 
 
@@ -96,24 +97,15 @@ class NASCell(RecurrentCell):
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(rows, output_size, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(rows, **factory))
-        else:
-            self.register_parameter("bias", None)
-        if proj_size > 0:
-            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **factory))
-        else:
-            self.register_parameter("weight_hr", None)
+        self.register_parameter("bias", optional_parameter(bias, rows, **factory))
+        self.register_parameter(
+            "weight_hr", optional_parameter(proj_size > 0, proj_size, hidden_size, **factory)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters as described in the class docstring."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in (self.weight_ih, self.weight_hh, self.weight_hr):
-            if weight is not None:
-                nn.init.uniform_(weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._reset_uniform(1.0 / math.sqrt(self.hidden_size), zeros=("bias",))
 
     def weights(self) -> RF.NASWeights:
         """This cell's parameters as :class:`rnnkit.functional.NASWeights`."""

@@ -13,6 +13,7 @@ from rnnkit.cells.base import (
     check_flag,
     check_real,
     check_size,
+    optional_parameter,
 )
 
 
@@ -86,19 +87,12 @@ class UGRNNCell(RecurrentCell):
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(2 * hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(2 * hidden_size, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self.register_parameter("bias", optional_parameter(bias, 2 * hidden_size, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters as described in the class docstring."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        nn.init.uniform_(self.weight_ih, -bound, bound)
-        nn.init.uniform_(self.weight_hh, -bound, bound)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._reset_uniform(1.0 / math.sqrt(self.hidden_size), zeros=("bias",))
 
     def weights(self) -> RF.UGRNNWeights:
         """This cell's parameters as :class:`rnnkit.functional.UGRNNWeights`."""

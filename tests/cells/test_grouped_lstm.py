@@ -140,7 +140,9 @@ def test_errors():
         GroupedLSTMCell(6, 8, groups=0)
     with pytest.raises(TypeError, match="groups must be an int"):
         GroupedLSTMCell(6, 8, groups=2.0)
-    with pytest.raises(TypeError, match="forget_bias must be a finite number"):
+    with pytest.raises(
+        TypeError, match="GroupedLSTMCell: forget_bias must be a finite number or None, got 'one'"
+    ):
         GroupedLSTMCell(6, 8, forget_bias="one")
     cell = GroupedLSTMCell(6, 8)
     with pytest.raises(TypeError, match=r"state must be a pair \(h, c\)"):
