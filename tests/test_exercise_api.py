@@ -11,16 +11,6 @@ from rnnkit.functional import init_rnn_state, lstm, rnn
 num_inputs, num_hiddens, num_outputs, batch_size, T = 4, 6, 3, 2, 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    in ops like layer_norm stall for milliseconds (gradcheck ran 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the exercise's solution code, verbatim (seeds/003), as an independent oracle ---------
 
 

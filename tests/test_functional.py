@@ -9,16 +9,6 @@ from rnnkit import functional as RF
 B, I, H, T = 3, 4, 5, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    in ops like layer_norm stall for milliseconds (gradcheck ran 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def torch_weights(module: nn.Module, suffix: str = "") -> dict:
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     return {n: getattr(module, n + suffix, None) for n in names}

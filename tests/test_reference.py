@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit import reference as ref
+from tests.helpers import assert_doctests_pass
 
 T, B, I, H, K, P = 4, 3, 3, 4, 5, 2
 TOL = {"rtol": 1e-10, "atol": 1e-10}
@@ -473,9 +474,4 @@ def test_reference_matches_rnnkit_gru_cell(name):
 
 
 def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    module = importlib.import_module("rnnkit.reference")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+    assert_doctests_pass("rnnkit.reference")

@@ -1,10 +1,12 @@
-"""RecurrentCell.prepare_call, the argument check every cell's forward starts with."""
+"""RecurrentCell.prepare_call, the argument check every cell's forward starts with; the
+docstring examples of every cell module."""
 
 import pytest
 import torch
 from torch import nn
 
 from rnnkit.cells import LSTMCell, RecurrentCell
+from tests.helpers import assert_doctests_pass
 
 B, I = 3, 2
 
@@ -62,3 +64,10 @@ def test_errors_name_the_cell_and_the_part():
         cell(torch.randn(B, I + 1))
     with pytest.raises(TypeError, match="ThreeStateCell: input dtype torch.float64 does not match"):
         cell(x.double())
+
+
+@pytest.mark.parametrize(
+    "module", ["elman", "lstm", "gru", "ugrnn", "nas", "grouped_lstm", "indrnn", "minimal"]
+)
+def test_docstring_examples_run(module):
+    assert_doctests_pass(f"rnnkit.cells.{module}")

@@ -5,34 +5,15 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.autograd import gradcheck
 
 from rnnkit.cells import ElmanCell
+from tests.helpers import (
+    assert_same_parameters,
+    assert_step_matches_torch_cell,
+    gradcheck_cell,
+)
 
 B, I, H = 3, 4, 5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    in ops like layer_norm stall for milliseconds (gradcheck ran 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gradcheck_cell(cell: nn.Module, x, h) -> None:
-    """gradcheck over the input, the state and every parameter of ``cell`` (float64)."""
-    names = [name for name, _ in cell.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for _, p in cell.named_parameters()]
-
-    def fn(x, h, *ps):
-        return torch.func.functional_call(cell, dict(zip(names, ps, strict=True)), (x, h))
-
-    x = x.detach().clone().requires_grad_()
-    h = h.detach().clone().requires_grad_()
-    assert gradcheck(fn, (x, h, *params), eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
@@ -45,15 +26,7 @@ def test_matches_torch_rnncell_outputs_and_gradients(nonlinearity, bias):
     ref.load_state_dict(cell.state_dict())
     x = torch.randn(B, I, requires_grad=True)
     h = torch.randn(B, H, requires_grad=True)
-    out, h1 = cell(x, h)
-    h2 = ref(x, h)
-    torch.testing.assert_close(out, h2, atol=1e-5, rtol=0)
-    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
-    w = torch.randn(B, H)
-    mine = torch.autograd.grad((h1 * w).sum(), [x, h, *cell.parameters()])
-    theirs = torch.autograd.grad((h2 * w).sum(), [x, h, *ref.parameters()])
-    for a, b in zip(mine, theirs, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert_step_matches_torch_cell(cell, ref, x, h)
 
 
 def test_relu_really_is_relu():
@@ -68,11 +41,7 @@ def test_default_init_is_torch_init():
     ref = nn.RNNCell(I, H)
     torch.manual_seed(1)
     cell = ElmanCell(I, H)
-    assert [(n, p.shape) for n, p in cell.named_parameters()] == [
-        (n, p.shape) for n, p in ref.named_parameters()
-    ]
-    for a, b in zip(cell.parameters(), ref.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_parameters(cell, ref)
     assert all(p.abs().max() <= 1 / math.sqrt(H) for p in cell.parameters())
 
 

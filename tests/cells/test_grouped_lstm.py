@@ -168,12 +168,3 @@ def test_float32_matches_torch_cells():
         expected_c.append(ck)
     torch.testing.assert_close(out, torch.cat(expected_h, 1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(c, torch.cat(expected_c, 1), rtol=1e-5, atol=1e-5)
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    module = importlib.import_module("rnnkit.cells.grouped_lstm")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

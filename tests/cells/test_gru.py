@@ -7,51 +7,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.autograd import gradcheck
 
 from rnnkit.cells import GRUCell
+from tests.helpers import (
+    assert_same_parameters,
+    assert_step_matches_torch_cell,
+    gradcheck_cell,
+    layer_norm_by_hand,
+    randomise,
+    sigmoid,
+)
 
 B, I, H = 3, 4, 5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    in ops like layer_norm stall for milliseconds (gradcheck ran 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomise(cell: nn.Module, scale: float = 0.5) -> nn.Module:
-    with torch.no_grad():
-        for param in cell.parameters():
-            param.copy_(torch.randn_like(param) * scale)
-    return cell
-
-
-def gradcheck_cell(cell: nn.Module, x, h) -> None:
-    """gradcheck over the input, the state and every parameter of ``cell`` (float64)."""
-    names = [name for name, _ in cell.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for _, p in cell.named_parameters()]
-
-    def fn(x, h, *ps):
-        return torch.func.functional_call(cell, dict(zip(names, ps, strict=True)), (x, h))
-
-    x = x.detach().clone().requires_grad_()
-    h = h.detach().clone().requires_grad_()
-    assert gradcheck(fn, (x, h, *params), eps=1e-6, atol=1e-6)
-
-
-def sigmoid(v):
-    return 1.0 / (1.0 + torch.exp(-v))
-
-
-def layer_norm_by_hand(v, norm: nn.LayerNorm):
-    mean = v.mean(-1, keepdim=True)
-    var = ((v - mean) ** 2).mean(-1, keepdim=True)
-    return (v - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
 
 
 def gru_by_hand(cell: GRUCell, x, h):
@@ -107,15 +74,7 @@ def test_matches_torch_grucell_outputs_and_gradients(bias):
     ref.load_state_dict(cell.state_dict())
     x = torch.randn(B, I, requires_grad=True)
     h = torch.randn(B, H, requires_grad=True)
-    out, h1 = cell(x, h)
-    h2 = ref(x, h)
-    torch.testing.assert_close(out, h2, atol=1e-5, rtol=0)
-    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
-    w = torch.randn(B, H)
-    mine = torch.autograd.grad((h1 * w).sum(), [x, h, *cell.parameters()])
-    theirs = torch.autograd.grad((h2 * w).sum(), [x, h, *ref.parameters()])
-    for a, b in zip(mine, theirs, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert_step_matches_torch_cell(cell, ref, x, h)
 
 
 def test_default_init_is_torch_init():
@@ -123,11 +82,7 @@ def test_default_init_is_torch_init():
     ref = nn.GRUCell(I, H)
     torch.manual_seed(1)
     cell = GRUCell(I, H)
-    assert [(n, p.shape) for n, p in cell.named_parameters()] == [
-        (n, p.shape) for n, p in ref.named_parameters()
-    ]
-    for a, b in zip(cell.parameters(), ref.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_parameters(cell, ref)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))

@@ -120,12 +120,3 @@ def test_errors():
         cell(torch.randn(B, I), torch.zeros(B + 1, H))
     with pytest.raises(ValueError, match=r"expected input of shape \(batch, 4\)"):
         cell(torch.randn(B, I, 1))
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    module = importlib.import_module("rnnkit.cells.indrnn")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -8,66 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.autograd import gradcheck
 
 from rnnkit import functional as RF
 from rnnkit.cells import LSTMCell
+from tests.helpers import gradcheck_cell, layer_norm_by_hand, randomise, sigmoid
 
 B, I, H, P = 3, 4, 5, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    in ops like layer_norm stall for milliseconds (gradcheck ran 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- helpers
-
-
-def randomise(cell: nn.Module, scale: float = 0.5) -> nn.Module:
-    """Draw every parameter (layer norms and peepholes included) away from its init."""
-    with torch.no_grad():
-        for param in cell.parameters():
-            param.copy_(torch.randn_like(param) * scale)
-    return cell
-
-
-def grads_of(loss_fn, tensors):
-    return torch.autograd.grad(loss_fn(), tensors)
-
-
-def gradcheck_cell(cell: nn.Module, x, state) -> None:
-    """gradcheck over the input, the state and every parameter of ``cell`` (float64)."""
-    names = [name for name, _ in cell.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for _, p in cell.named_parameters()]
-    is_tuple = isinstance(state, tuple)
-    states = list(state) if is_tuple else [state]
-    states = [s.detach().clone().requires_grad_() for s in states]
-    n_state = len(states)
-
-    def fn(x, *rest):
-        st = tuple(rest[:n_state]) if is_tuple else rest[0]
-        ps = dict(zip(names, rest[n_state:], strict=True))
-        out, new = torch.func.functional_call(cell, ps, (x, st))
-        return (out, *(new if isinstance(new, tuple) else (new,)))
-
-    x = x.detach().clone().requires_grad_()
-    assert gradcheck(fn, (x, *states, *params), eps=1e-6, atol=1e-6)
-
-
-def sigmoid(v):
-    return 1.0 / (1.0 + torch.exp(-v))
-
-
-def layer_norm_by_hand(v, norm: nn.LayerNorm):
-    mean = v.mean(-1, keepdim=True)
-    var = ((v - mean) ** 2).mean(-1, keepdim=True)
-    return (v - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
 
 
 def lstm_by_hand(cell: LSTMCell, x, h, c):

@@ -224,12 +224,3 @@ def test_errors(cls):
         cls(I, -2)
     with pytest.raises(TypeError, match=f"{name}: bias must be a bool"):
         cls(I, H, bias=0)
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    module = importlib.import_module("rnnkit.cells.minimal")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -168,12 +168,3 @@ def test_errors():
         cell(x, (torch.zeros(B, P), torch.zeros(B, P)))
     with pytest.raises(ValueError, match=r"expected input of shape \(batch, 5\)"):
         cell(torch.randn(B, I + 1))
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    module = importlib.import_module("rnnkit.cells.nas")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

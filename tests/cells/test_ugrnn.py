@@ -115,12 +115,3 @@ def test_errors():
         cell(torch.randn(B, I, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expected state h of shape \(3, 6\)"):
         cell(torch.randn(B, I), torch.randn(B, H + 1))
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    module = importlib.import_module("rnnkit.cells.ugrnn")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
