@@ -5,13 +5,15 @@ and small-GEMM overhead at every step. Here one call runs the whole sequence:
 
 1. the input projection is hoisted out of the loop: :math:`X_p = W_{ih} X + b` for all
    T steps in one GEMM (plus ``LN_ih`` for layer-normalised LSTMs);
-2. a C++ loop over time does one recurrent GEMM per step (``at::mm``, MKL/oneDNN's GEMM,
-   into preallocated buffers) and the gate math in one vectorised pass over the
-   ``B x G*H`` block, saving the gate activations that backward needs;
+2. a C++ loop over time does one recurrent GEMM per step (the BLAS torch links, split by
+   columns across threads, into preallocated buffers) and the gate math in one vectorised
+   pass over the ``B x G*H`` block, saving the gate activations that backward needs;
 3. backward runs the BPTT loop in C++ with one GEMM per step for :math:`\partial h`, then one
    GEMM each for the weight gradients over all steps.
 
-Variable lengths are handled inside the loop by a per-step mask (no sorting, no packing).
+Variable lengths are handled inside the kernels (the caller neither sorts nor packs): each
+step's GEMMs run on the sequences still active. Details and measurements:
+``docs/engine-compiled.md``.
 
 Symbols: T time steps, B batch, H_in input features, H hidden size, H_out output size
 (LSTM ``proj_size`` if set, else H), G gates (LSTM 4, coupled LSTM 3, GRU 3, Elman 1).
