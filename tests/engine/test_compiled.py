@@ -468,3 +468,29 @@ def test_parameters_that_are_strided_views():
     g_ref = torch.autograd.grad(out_ref.sum(), [base, peep])
     for a, b in zip(g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("family", "kernel"),
+    [("lstm", "lstm_forward"), ("gru", "gru_forward"), ("elman", "elman_forward")],
+)
+def test_no_grad_calls_save_nothing(family, kernel, monkeypatch):
+    # needs_input_grad ignores no_grad/inference_mode: the kernels must be told, or an
+    # eval-mode call with trainable parameters saves every gate for nothing.
+    ext = _build.load()[0]
+    original = getattr(ext, kernel)
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])  # the `training` flag
+        return original(*args)
+
+    monkeypatch.setattr(ext, kernel, spy)
+    cell = make_cell(family, {}, torch.float32)
+    x = torch.randn(T, B, I)
+    with torch.no_grad():
+        compiled.run_recurrence(cell, x, None)
+    with torch.inference_mode():
+        compiled.run_recurrence(cell, x, None)
+    compiled.run_recurrence(cell, x, None)
+    assert seen == [False, False, True]

@@ -244,7 +244,14 @@ def run_recurrence(
     h0 = _state_tensor(cell, state, B)
     xp = _projection(inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), None)
     out, h_n = ElmanRecurrence.apply(
-        ext, cell.nonlinearity == "relu", reverse, lengths_arg, xp, h0, _opt(cell.weight_hh, xp)
+        ext,
+        cell.nonlinearity == "relu",
+        reverse,
+        torch.is_grad_enabled(),
+        lengths_arg,
+        xp,
+        h0,
+        _opt(cell.weight_hh, xp),
     )
     return out, h_n
 
@@ -287,6 +294,7 @@ def _run_lstm(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
         eps_hh=float(cell.ln_hh.eps) if ln else 0.0,
         eps_c=float(cell.ln_c.eps) if ln else 0.0,
         reverse=reverse,
+        grad=torch.is_grad_enabled(),
     )
     e = _empty(inputs)
     out, h_n, c_n = LSTMRecurrence.apply(
@@ -319,6 +327,7 @@ def _run_gru(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
         eps_hh=float(cell.ln_hh.eps) if ln else 0.0,
         eps_hn=float(cell.ln_hn.eps) if ln and not cell.reset_after else 0.0,
         reverse=reverse,
+        grad=torch.is_grad_enabled(),
     )
     e = _empty(inputs)
     ln_hh = cell.ln_hh if ln else None

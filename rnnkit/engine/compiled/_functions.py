@@ -26,6 +26,9 @@ class LSTMOptions:
     eps_hh: float
     eps_c: float
     reverse: bool
+    # torch.is_grad_enabled() at the call: needs_input_grad ignores no_grad/inference_mode,
+    # and without it an eval-mode call would save every gate for a backward never run.
+    grad: bool = True
 
 
 def _grad(ctx, index: int, value: Tensor | None) -> Tensor | None:
@@ -61,7 +64,7 @@ class LSTMRecurrence(torch.autograd.Function):
         ln_c_w,
         ln_c_b,
     ):
-        training = any(ctx.needs_input_grad)
+        training = o.grad and any(ctx.needs_input_grad)
         result = ext.lstm_forward(
             xp,
             h0,
@@ -137,6 +140,7 @@ class GRUOptions:
     eps_hh: float
     eps_hn: float
     reverse: bool
+    grad: bool = True  # as LSTMOptions.grad
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -147,7 +151,7 @@ class GRURecurrence(torch.autograd.Function):
     def forward(
         ctx, ext, o: GRUOptions, lengths, xp, h0, w_hh, b_hh, ln_hh_w, ln_hh_b, ln_hn_w, ln_hn_b
     ):
-        training = any(ctx.needs_input_grad)
+        training = o.grad and any(ctx.needs_input_grad)
         result = ext.gru_forward(
             xp,
             h0,
@@ -198,11 +202,11 @@ class GRURecurrence(torch.autograd.Function):
 
 
 class ElmanRecurrence(torch.autograd.Function):
-    """Inputs: module, relu, reverse, lengths, xp, h0, w_hh."""
+    """Inputs: module, relu, reverse, grad (as LSTMOptions.grad), lengths, xp, h0, w_hh."""
 
     @staticmethod
-    def forward(ctx, ext, relu: bool, reverse: bool, lengths, xp, h0, w_hh):
-        training = any(ctx.needs_input_grad)
+    def forward(ctx, ext, relu: bool, reverse: bool, grad: bool, lengths, xp, h0, w_hh):
+        training = grad and any(ctx.needs_input_grad)
         result = ext.elman_forward(xp, h0, w_hh, lengths, relu, reverse, training)
         out, h_n = result[:2]
         if training:
@@ -220,4 +224,4 @@ class ElmanRecurrence(torch.autograd.Function):
             d_out, d_h, hs, w_hh, lengths, ctx.T, ctx.relu, ctx.reverse
         )
         values = (dxp, dh0, dw_hh)
-        return (None,) * 4 + tuple(_grad(ctx, 4 + i, v) for i, v in enumerate(values))
+        return (None,) * 5 + tuple(_grad(ctx, 5 + i, v) for i, v in enumerate(values))
