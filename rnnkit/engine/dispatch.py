@@ -28,14 +28,16 @@ ENGINES = ("auto", "fused", "compiled", "loop")
 #: torch.nn modes that ``engine="auto"`` sends to rnnkit's compiled kernels instead of torch's
 #: fused kernel on CPU, and in which mode ("training": gradients enabled and required,
 #: "inference": otherwise). torch has oneDNN only for the LSTM; it runs GRU and Elman on CPU as
-#: a C++ loop of ATen ops that autograd records step by step. Measured on an AMD EPYC Zen 3
-#: (AVX2, 2 threads; docs/benchmarks.md): GRU training B32 H512 T128 compiled 0.63x nn.GRU's
-#: time, GRU inference B64 H1024 T64 0.85x, Elman training B16 H128 T1024 0.53x, while Elman
-#: inference and the LSTM (oneDNN) are as fast or faster on torch's kernel.
+#: a C++ loop of ATen ops (recorded step by step by autograd when training). Measured on an
+#: AMD EPYC Zen 3 (AVX2, 2 threads, torch 2.13): compiled / torch time for GRU training
+#: B32 H512 T128 0.63x, GRU inference B64 H1024 T64 0.85x, Elman training B16 H128 T1024
+#: 0.39x, Elman inference 0.81x. The LSTM stays on oneDNN: there the compiled kernel was
+#: 0.82-0.94x in training but 1.14x in inference, and on CPUs where oneDNN's LSTM outruns
+#: the BLAS GEMM the kernels use (~380 vs ~190 GFLOP/s, ../shared/notes/cpu.md) it would lose.
 PREFER_COMPILED_ON_CPU: dict[str, frozenset[str]] = {
     "GRU": frozenset({"training", "inference"}),
-    "RNN_TANH": frozenset({"training"}),
-    "RNN_RELU": frozenset({"training"}),
+    "RNN_TANH": frozenset({"training", "inference"}),
+    "RNN_RELU": frozenset({"training", "inference"}),
 }
 
 
