@@ -101,6 +101,26 @@ def fastest_gemm(m: int, k: int, n: int, reps: int = 5) -> tuple[str, Step, floa
     return name, candidates[name], rate
 
 
+def cube_with_flops(flops: float, multiple: int = 64, cap: int = 4096) -> tuple[int, int, int]:
+    """A square GEMM shape (s, s, s) with about ``flops`` FLOPs (s a multiple of 64, capped)."""
+    side = round((flops / 2.0) ** (1.0 / 3.0) / multiple) * multiple
+    side = min(max(side, multiple), cap)
+    return side, side, side
+
+
+def fastest_gemm_over(shapes: list[tuple[int, int, int]], reps: int = 5) -> tuple[
+        str, tuple[int, int, int], Step, float]:
+    """The fastest (variant, shape) over several GEMM shapes, by GFLOP/s:
+    (name, shape, step, GFLOP/s)."""
+    best = None
+    for shape in dict.fromkeys(shapes):  # unique, in order
+        name, step, rate = fastest_gemm(*shape, reps=reps)
+        if best is None or rate > best[3]:
+            best = (name, shape, step, rate)
+    assert best is not None
+    return best
+
+
 # ----------------------------------------------------------------------------- environment
 
 

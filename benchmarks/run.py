@@ -356,8 +356,11 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
     workload = SIZES[size](row.workload)
     setup = make_setup(workload)
     w = workload
-    gemm_shape = (w.batch * w.steps, w.input_size + w.hidden, GATES[w.kind] * w.hidden)
-    gemm_name, gemm_step, _ = harness.fastest_gemm(*gemm_shape, reps=3 if reps > 3 else 1)
+    # the fastest GEMM found: every variant, on the row's own (T*B, H_in+H, G*H) product and
+    # on a square product with the row's FLOP count; the fastest by GFLOP/s is interleaved
+    row_shape = (w.batch * w.steps, w.input_size + w.hidden, GATES[w.kind] * w.hidden)
+    gemm_name, gemm_shape, gemm_step, _ = harness.fastest_gemm_over(
+        [row_shape, harness.cube_with_flops(setup.flops())], reps=3 if reps > 3 else 1)
     configs = [row.candidate] + [config for config, _ in row.baselines]
     steps, modules = {}, {}
     for config in configs:
@@ -421,7 +424,8 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
         f"- date: {env['date']}; sizes: {size}; {reps} timed repetitions per configuration, "
         f"interleaved, median reported",
         "- ratio = rnnkit time / baseline time (below 1 is faster); efficiency = time of one "
-        "plain GEMM with the row's FLOP count (fastest GEMM variant found, timed in the same "
+        "plain GEMM with the row's FLOP count (the fastest GEMM found: torch.mm / mm(out=) / "
+        "addmm / F.linear on the row's own product and on a square one, timed in the same "
         "interleaving) / the configuration's time",
         "- produced by `python -m benchmarks.run`; raw timings in benchmarks.json",
         "",
