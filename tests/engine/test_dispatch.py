@@ -14,16 +14,6 @@ from rnnkit.cells import GRUCell, LSTMCell
 from rnnkit.engine import EngineFallbackWarning, dispatch, explain, loop
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    (oneDNN included) stall for milliseconds per call."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_compiler(monkeypatch):
     """The compiled kernels report that no C++ compiler is present."""

@@ -25,15 +25,6 @@ T, B, I, H = 7, 5, 3, 4
 LENGTHS = torch.tensor([7, 2, 5, 2, 1])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    (oneDNN included) stall for milliseconds per call."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 CONFIGS = [
     ("LSTM", {}),
     ("LSTM", {"proj_size": 2}),

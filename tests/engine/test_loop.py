@@ -7,15 +7,6 @@ from torch import nn
 from rnnkit.engine.loop import check_lengths, map_state, run_recurrence
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; OpenMP barriers stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TorchLSTMCell(nn.Module):
     """torch.nn.LSTMCell in the rnnkit cell contract (an independent oracle cell)."""
 
