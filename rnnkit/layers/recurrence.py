@@ -206,16 +206,23 @@ class Recurrence(nn.Module):
         )
         return padded, lengths, info, unbatched
 
+    def _call(
+        self, inputs: Tensor | PackedSequence, state: State | None, lengths: Any
+    ) -> tuple[Tensor, Tensor | None, Any, bool, Any, State]:
+        """Normalise a call's input (and an unbatched state) and run it, time-major."""
+        padded, lengths, info, unbatched = self._normalise(inputs, lengths)
+        if unbatched and state is not None:
+            state = map_state(lambda t: t.unsqueeze(0), state)
+        outputs, final = self.run(padded, state, lengths)
+        return padded, lengths, info, unbatched, outputs, final
+
     def forward(
         self,
         inputs: Tensor | PackedSequence,
         state: State | None = None,
         lengths: Tensor | Sequence[int] | None = None,
     ) -> tuple[Any, State]:
-        padded, lengths, info, unbatched = self._normalise(inputs, lengths)
-        if unbatched and state is not None:
-            state = map_state(lambda t: t.unsqueeze(0), state)
-        outputs, final = self.run(padded, state, lengths)
+        padded, lengths, info, unbatched, outputs, final = self._call(inputs, state, lengths)
         batch_first = self.batch_first and not unbatched
 
         def convert(sequence: Tensor) -> Tensor | PackedSequence:
@@ -252,10 +259,7 @@ class Fold(Recurrence):
         state: State | None = None,
         lengths: Tensor | Sequence[int] | None = None,
     ) -> tuple[Any, State]:
-        padded, lengths, _, unbatched = self._normalise(inputs, lengths)
-        if unbatched and state is not None:
-            state = map_state(lambda t: t.unsqueeze(0), state)
-        outputs, final = self.run(padded, state, lengths)
+        padded, lengths, _, unbatched, outputs, final = self._call(inputs, state, lengths)
         batch_size, time_steps = padded.shape[1], padded.shape[0]
         if self.go_backwards:
             steps = torch.zeros(batch_size, dtype=torch.int64, device=padded.device)
