@@ -79,3 +79,19 @@ def assert_doctests_pass(module_name: str) -> None:
     module = importlib.import_module(module_name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+class TorchLSTMCell(nn.Module):
+    """torch.nn.LSTMCell in the rnnkit step contract, with no rnnkit base class: an
+    independent oracle cell, and the shape of a user's own cell."""
+
+    def __init__(self, input_size: int = 3, hidden_size: int = 4) -> None:
+        super().__init__()
+        self.inner = nn.LSTMCell(input_size, hidden_size)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.state_size = (hidden_size, hidden_size)
+        self.output_size = hidden_size
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple]:
+        h, c = self.inner(x, state)
+        return h, (h, c)

@@ -5,21 +5,7 @@ import torch
 from torch import nn
 
 from rnnkit.engine.loop import check_lengths, map_state, run_recurrence
-
-
-class TorchLSTMCell(nn.Module):
-    """torch.nn.LSTMCell in the rnnkit cell contract (an independent oracle cell)."""
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.inner = nn.LSTMCell(input_size, hidden_size)
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.state_size = (hidden_size, hidden_size)
-        self.output_size = hidden_size
-
-    def forward(self, x, state):
-        h, c = self.inner(x, state)
-        return h, (h, c)
+from tests.helpers import TorchLSTMCell
 
 
 class CountingCell(nn.Module):

@@ -6,24 +6,10 @@ from torch import nn
 
 from rnnkit.cells import LSTMCell
 from rnnkit.layers import Fold, Recurrence, UnfoldFrom
+from tests.helpers import TorchLSTMCell
 
 
-class UserLSTMCell(nn.Module):
-    """A user's own cell: torch.nn.LSTMCell in the step contract, no rnnkit base class."""
-
-    def __init__(self, input_size=3, hidden_size=4) -> None:
-        super().__init__()
-        self.inner = nn.LSTMCell(input_size, hidden_size)
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.state_size = (hidden_size, hidden_size)
-        self.output_size = hidden_size
-
-    def forward(self, x, state):
-        h, c = self.inner(x, state)
-        return h, (h, c)
-
-
-def torch_lstm_for(cell: UserLSTMCell) -> nn.LSTM:
+def torch_lstm_for(cell: TorchLSTMCell) -> nn.LSTM:
     lstm = nn.LSTM(cell.input_size, cell.hidden_size)
     lstm.load_state_dict({k + "_l0": v for k, v in cell.inner.state_dict().items()})
     return lstm
@@ -32,7 +18,7 @@ def torch_lstm_for(cell: UserLSTMCell) -> nn.LSTM:
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_user_cell_equals_torch_lstm(batch_first):
     torch.manual_seed(0)
-    cell = UserLSTMCell()
+    cell = TorchLSTMCell()
     layer = Recurrence(cell, batch_first=batch_first)
     x = torch.randn(6, 2, 3)
     want, (h, c) = torch_lstm_for(cell)(x)
@@ -44,7 +30,7 @@ def test_user_cell_equals_torch_lstm(batch_first):
 
 def test_constant_initial_state_like_cntk():
     torch.manual_seed(0)
-    cell = UserLSTMCell()
+    cell = TorchLSTMCell()
     x = torch.randn(5, 2, 3)
     got, _ = Recurrence(cell, initial_state=0.1)(x)
     state = torch.full((1, 2, 4), 0.1)
@@ -54,7 +40,7 @@ def test_constant_initial_state_like_cntk():
 
 def test_tensor_and_learnable_initial_states():
     torch.manual_seed(0)
-    cell = UserLSTMCell()
+    cell = TorchLSTMCell()
     x = torch.randn(5, 2, 3)
     h0, c0 = torch.randn(4), torch.randn(2, 4)
     got, _ = Recurrence(cell, initial_state=(h0, c0))(x)
@@ -75,7 +61,7 @@ def test_tensor_and_learnable_initial_states():
 
 def test_return_full_state_gives_every_steps_h_and_c():
     torch.manual_seed(0)
-    cell = UserLSTMCell()
+    cell = TorchLSTMCell()
     x = torch.randn(4, 2, 3)
     (hs, cs), (h, c) = Recurrence(cell, return_full_state=True)(x, lengths=[4, 2])
     state = (torch.zeros(2, 4), torch.zeros(2, 4))
@@ -100,7 +86,7 @@ def test_unbatched_input():
 @pytest.mark.parametrize("go_backwards", [False, True])
 def test_fold_returns_last_processed_output(go_backwards):
     torch.manual_seed(0)
-    cell = UserLSTMCell()
+    cell = TorchLSTMCell()
     x = torch.randn(6, 2, 3)
     last, (h, c) = Fold(cell, go_backwards=go_backwards)(x, lengths=torch.tensor([6, 3]))
     lstm = torch_lstm_for(cell)
@@ -113,7 +99,7 @@ def test_fold_returns_last_processed_output(go_backwards):
 
 def test_unfold_from_feeds_outputs_back_until_done():
     torch.manual_seed(0)
-    cell = UserLSTMCell(4, 4)
+    cell = TorchLSTMCell(4, 4)
     head = nn.Tanh()
     threshold = 0.0
 
@@ -177,7 +163,7 @@ def test_fold_and_sequence_accept_packed_sequences():
 
     from rnnkit.layers import Sequence
 
-    cell = UserLSTMCell()
+    cell = TorchLSTMCell()
     x = torch.randn(5, 3, 3)
     lengths = torch.tensor([2, 5, 3])
     packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
