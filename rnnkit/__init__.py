@@ -12,6 +12,7 @@ from rnnkit.cells import (  # noqa: E402, F401
     LSTMCell,
     MinGRUCell,
     MinLSTMCell,
+    MultiCell,
     NASCell,
     UGRNNCell,
 )

@@ -7,6 +7,7 @@ from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.indrnn import IndRNNCell
 from rnnkit.cells.lstm import LSTMCell
 from rnnkit.cells.minimal import MinGRUCell, MinLSTMCell
+from rnnkit.cells.multi import MultiCell
 from rnnkit.cells.nas import NASCell
 from rnnkit.cells.ugrnn import UGRNNCell
 
@@ -22,4 +23,5 @@ __all__ = [
     "IndRNNCell",
     "MinGRUCell",
     "MinLSTMCell",
+    "MultiCell",
 ]
