@@ -1,23 +1,33 @@
 """The CNTK text format (CTF): a streaming reader, a writer and their errors.
 
-Grammar (one line per time step)::
+Grammar (one line per time step), as CNTK 2.7's ``CNTKTextFormatReader`` reads it::
 
     line     = [sequence_id] (sample | comment)+
     sample   = "|" stream_name (value " ")*      dense: numbers;  sparse: index:value pairs
     comment  = "|#" ... up to the end of line or the next "|"
 
-Consecutive lines with the same id form one sequence; a line without an id is a sequence of
-its own. A line holds at most one sample per stream, in any order, and a stream may have fewer
+A sequence is a line with an id and the lines after it that repeat that id or carry none; a
+new id starts the next sequence (an id may come back later: that is a new sequence, as when
+files are concatenated). Before the first id of a file, each line is a sequence of its own.
+A line holds at most one sample per stream, in any order, and a stream may have fewer
 samples than its sequence has lines (a label on the first line only)::
 
     0 |x 0.1 0.2 |y 0:1   |# the label of sequence 0, on its first line only
-    0 |x 0.3 0.4
+    |x 0.3 0.4            |# no id: still sequence 0
     1 |y 2:1 |x 0.5 0.6
+
+Streams in the file that are not declared are skipped (one warning per name); a dense sample
+with fewer values than its dimension is zero-filled with a warning (``strict=True`` makes it
+an error); a UTF-8 byte-order mark is skipped. Values are parsed in each stream's ``dtype``
+(``StreamDef(dtype="float64")`` reads 1.42057e+44 exactly; in a float32 stream it is an error
+naming the value, never a silent inf).
 
 The file is never loaded whole: it is cut into chunks of whole sequences (about
 ``chunk_size_in_bytes`` each, found lazily by seeking to each cut and reading on to the next
 change of id) and one chunk is parsed at a time, so files larger than memory stream through a
-:class:`~rnnkit.data.sources.MinibatchSource`.
+:class:`~rnnkit.data.sources.MinibatchSource`. A chunk is parsed by a small C++ parser
+(``ctf_parser.cpp``, built on first use) when a compiler is available; any chunk it does not
+accept as clean is parsed again in Python, which names file, line and column.
 
 Example:
     >>> import os, tempfile, numpy as np
@@ -35,16 +45,18 @@ Example:
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import re
 import tempfile
 import warnings
-from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from rnnkit.data import _ctf_native
 from rnnkit.data.sources import (
     INFINITELY_REPEAT,
     Chunk,
@@ -59,6 +71,7 @@ __all__ = [
     "INFINITELY_REPEAT",
     "CTFDeserializer",
     "CTFFormatError",
+    "CTFWarning",
     "MinibatchSource",
     "StreamDef",
     "StreamDefs",
@@ -70,9 +83,20 @@ __all__ = [
 #: a few tens of MB, large enough that per-chunk overhead does not show.
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
-_TOKEN = re.compile(r"\S+")
-#: dense samples converted per np.loadtxt call: bounds the text held while parsing
-_PIECES_PER_BATCH = 4096
+_BOM = b"\xef\xbb\xbf"
+#: the separators of the format: the ASCII blanks bytes.split() splits on ('\n' ends a line)
+_BLANKS = b" \t\r\v\f"
+_TOKEN = re.compile(rb"[^ \t\r\v\f]+")
+#: numbers as CNTK writes them, plus the inf/nan spellings write_ctf may produce; the C++
+#: parser accepts exactly these (parse_number in ctf_parser.cpp)
+_NUMBER = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity|nan))\Z")
+_DIGITS = re.compile(rb"\d+\Z")
+_NEGATIVE = re.compile(rb"-\d+\Z")
+_STREAM_NAME = re.compile(rb"\|([^ \t\r\v\f|#][^ \t\r\v\f|]*)")
+#: the smallest double that rounds to inf as float32 (FLT_MAX plus half an ulp)
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+#: bytes scanned per step when looking for the first sequence id of a file
+_SCAN_BLOCK = 16 * 1024 * 1024
 
 
 class CTFFormatError(ValueError):
@@ -83,75 +107,32 @@ class CTFFormatError(ValueError):
         super().__init__(f"{path}, line {line}, column {column}: {message}")
 
 
+class CTFWarning(UserWarning):
+    """Input the reader accepts but you may not have meant (the message names file and line)."""
+
+
 class _LineError(Exception):
-    """Raised by the fast path; carries enough to compute the column on the slow path."""
+    """A malformed line, with the 0-based byte offset in the line where the problem starts."""
 
-    def __init__(self, message: str, part: int | None = None, token: int = 0,
-                 column: int | None = None) -> None:
+    def __init__(self, message: str, at: int) -> None:
         super().__init__(message)
-        self.message, self.part, self.token, self.column = message, part, token, column
+        self.message, self.at = message, at
 
 
-class _Fallback(Exception):
-    """The fast path met something it cannot convert; the slow path decides."""
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace")
 
 
-class _StreamBuilder:
-    """Growing flat arrays for one stream of one chunk (array('f') keeps 4 bytes a value)."""
+class _Sequence:
+    """The samples of the sequence being read (Python parser), kept until it is complete so
+    that a bad sequence can be dropped whole."""
 
-    __slots__ = ("dim", "sparse", "values", "indices", "nnz_offsets", "offsets", "count",
-                 "last_line", "name", "pieces", "converted")
+    __slots__ = ("first_line", "bad", "samples")
 
-    def __init__(self, name: str, sdef: StreamDef) -> None:
-        self.name = name
-        self.dim = sdef.dim
-        self.sparse = sdef.is_sparse
-        self.values = array("f")
-        self.indices = array("q")
-        self.nnz_offsets = array("q", [0])
-        self.offsets = array("q", [0])
-        self.count = 0  # samples so far in this chunk
-        self.last_line = -1
-        self.pieces: list[str] = []  # fast path: the value text of each pending dense sample
-        self.converted: list[np.ndarray] = []
-
-    def flush_pieces(self) -> None:
-        """Fast path: convert the pending dense samples in one C-level call."""
-        if self.sparse or not self.pieces:
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                # float64 then float32, exactly as float() followed by array('f') does
-                values = np.loadtxt(self.pieces, dtype=np.float64, ndmin=2, comments=None)
-        except (ValueError, UserWarning):
-            raise _Fallback from None
-        if values.shape != (len(self.pieces), self.dim):
-            raise _Fallback
-        self.pieces = []
-        self.converted.append(values.astype(np.float32))
-
-    def build(self) -> StreamChunk:
-        offsets = np.frombuffer(self.offsets, dtype=np.int64).copy()
-        if self.sparse:
-            return StreamChunk(offsets, np.frombuffer(self.values, np.float32).copy(),
-                               np.frombuffer(self.indices, np.int64).copy(),
-                               np.frombuffer(self.nnz_offsets, np.int64).copy())
-        if self.converted:
-            values = (self.converted[0] if len(self.converted) == 1
-                      else np.concatenate(self.converted))
-            return StreamChunk(offsets, values)
-        values = np.frombuffer(self.values, np.float32).copy().reshape(-1, self.dim)
-        return StreamChunk(offsets, values)
-
-
-def _split_id(line: str) -> tuple[str | None, int]:
-    """``(sequence id or None, index of the first '|')``; index -1 if the line has none."""
-    bar = line.find("|")
-    if bar < 0:
-        return None, -1
-    sid = line[:bar].strip()
-    return (sid or None), bar
+    def __init__(self, first_line: int, names: Iterable[str]) -> None:
+        self.first_line = first_line
+        self.bad = False
+        self.samples: dict[str, list] = {name: [] for name in names}
 
 
 class CTFDeserializer:
@@ -159,8 +140,16 @@ class CTFDeserializer:
 
     Args:
         path: the ``.ctf`` file.
-        streams: :class:`StreamDefs` naming each stream, its file field, shape and sparsity.
+        streams: :class:`StreamDefs` naming each stream, its file field, shape, sparsity and
+            dtype (``"float32"`` or ``"float64"``).
         chunk_size_in_bytes: about how many bytes of text one chunk spans.
+        max_errors: how many bad sequences to skip (each with a :class:`CTFWarning` naming
+            file, line and problem) before a :class:`CTFFormatError`; CNTK's ``maxErrors``.
+            The default 0 raises at the first malformed line.
+        strict: a dense sample with fewer values than its dimension is an error instead of
+            being zero-filled with a warning.
+        parser: ``"auto"`` (the C++ parser when it builds, else Python), ``"native"`` (the C++
+            parser or an error) or ``"python"``. All give the same results.
 
     The chunk index is built lazily (on first use of ``num_chunks``/``get_chunk``) by seeking,
     so opening even a huge file is instant. Every error names the file, line and column.
@@ -177,7 +166,8 @@ class CTFDeserializer:
     """
 
     def __init__(self, path: str | os.PathLike, streams: StreamDefs | Mapping[str, StreamDef],
-                 chunk_size_in_bytes: int = DEFAULT_CHUNK_SIZE) -> None:
+                 chunk_size_in_bytes: int = DEFAULT_CHUNK_SIZE, max_errors: int = 0,
+                 strict: bool = False, parser: str = "auto") -> None:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"CTF file not found: {self.path}")
@@ -188,19 +178,37 @@ class CTFDeserializer:
                 or chunk_size_in_bytes < 1:
             raise ValueError(f"chunk_size_in_bytes must be a positive int, "
                              f"got {chunk_size_in_bytes!r}")
+        if isinstance(max_errors, bool) or not isinstance(max_errors, int) or max_errors < 0:
+            raise ValueError(f"max_errors must be an int >= 0, got {max_errors!r}")
+        if parser not in ("auto", "native", "python"):
+            raise ValueError(f"parser must be 'auto', 'native' or 'python', got {parser!r}")
+        if parser == "native" and _ctf_native.load() is None:
+            raise RuntimeError("the C++ CTF parser is unavailable: "
+                               f"{_ctf_native.unavailable_reason()}")
         self.chunk_size = chunk_size_in_bytes
-        self._by_field = {d.field: name for name, d in streams.items()}
+        self.max_errors = max_errors
+        self.strict = bool(strict)
+        self.parser = parser
+        self._fields = {d.field.encode("utf-8"): name for name, d in streams.items()}
+        self._specs = [(d.field.encode("utf-8"), d.dim, d.is_sparse, d.np_dtype)
+                       for d in streams.values()]
         self._bounds: list[int] | None = None  # byte offsets: chunk c is [b[c], b[c+1])
-        self._first_line: dict[int, int] = {}
-        # duplicate-id check across chunks: a summary of each parsed chunk's ids
-        self._id_summary: dict[int, tuple | None] = {}
+        # line numbers of known byte offsets (sorted), to count newlines from the nearest one
+        self._line_offsets: list[int] = [0]
+        self._line_numbers: list[int] = [1]
+        self._first_id: int | None = None  # offset of the first line with a sequence id
+        self._id_scanned = 0  # the search for it has covered [0, _id_scanned)
+        self._bad: dict[int, int] = {}  # chunk -> bad sequences it holds (once parsed)
+        self._warned_streams: set[bytes] = set()
 
     # -- chunk index --------------------------------------------------------------------------
     def _index(self) -> list[int]:
         if self._bounds is None:
             size = os.path.getsize(self.path)
-            bounds = [0]
             with open(self.path, "rb") as f:
+                start = len(_BOM) if f.read(len(_BOM)) == _BOM else 0
+                bounds = [start]
+                self._id_scanned = max(self._id_scanned, start)
                 while bounds[-1] < size:
                     target = bounds[-1] + self.chunk_size
                     cut = size if target >= size else self._boundary_after(f, target, size)
@@ -208,46 +216,86 @@ class CTFDeserializer:
             self._bounds = bounds
         return self._bounds
 
-    @staticmethod
-    def _boundary_after(f: Any, target: int, size: int) -> int:
-        """First line start at or after ``target`` where a new sequence begins."""
+    def _boundary_after(self, f: Any, target: int, size: int) -> int:
+        """First line start at or after ``target`` where a new sequence certainly begins."""
         f.seek(target - 1)
         if f.read(1) != b"\n":
             f.readline()  # finish the line that straddles the target
-        unknown = object()
-        prev: Any = unknown
+        if not self._id_before(f, f.tell()):
+            # no id so far: each line is a sequence; cut at the next line with a sample
+            while True:
+                pos = f.tell()
+                line = f.readline()
+                if not line:
+                    return size
+                if b"|" in line:
+                    return pos
+        # after the first id, lines without one continue the current sequence: cut where an
+        # id differs from the id before it (the first id met may continue an earlier sequence)
+        prev = None
         while True:
             pos = f.tell()
             line = f.readline()
             if not line:
                 return size
-            if not line.strip():
-                continue  # blank lines belong to no sequence
             bar = line.find(b"|")
-            sid = line[:bar].strip() if bar >= 0 else b""
-            if not sid or (prev is not unknown and sid != prev):
+            if bar < 0:
+                continue  # blank (or malformed) lines belong to the sequence around them
+            sid = line[:bar].strip()
+            if not sid:
+                continue
+            if prev is not None and sid != prev:
                 return pos
             prev = sid
+
+    def _id_before(self, f: Any, pos: int) -> bool:
+        """Whether a line with a sequence id starts before byte ``pos`` (scanned lazily, once)."""
+        here = f.tell()
+        try:
+            while self._first_id is None and self._id_scanned < pos:
+                f.seek(self._id_scanned)
+                block = f.read(_SCAN_BLOCK)
+                if not block:
+                    self._id_scanned = pos
+                    break
+                block += f.readline()  # whole lines only
+                codes = np.frombuffer(block, dtype=np.uint8)
+                starts = np.concatenate([[0], np.flatnonzero(codes == 10) + 1])
+                starts = starts[starts < len(block)]
+                first = codes[starts]
+                # lines that start with '|' or end at once have no id; check the others
+                for s in starts[(first != ord("|")) & (first != 10)].tolist():
+                    end = block.find(b"\n", s)
+                    line = block[s:] if end < 0 else block[s:end]
+                    bar = line.find(b"|")
+                    if bar >= 0 and line[:bar].strip():
+                        self._first_id = self._id_scanned + s
+                        break
+                self._id_scanned += len(block)
+        finally:
+            f.seek(here)
+        return self._first_id is not None and self._first_id < pos
 
     @property
     def num_chunks(self) -> int:
         return len(self._index()) - 1
 
-    def _line_of_offset(self, c: int) -> int:
-        """1-based line number of chunk ``c``'s first line (counted only when an error needs it)."""
-        if c not in self._first_line:
-            start = self._index()[c]
-            newlines = 0
-            with open(self.path, "rb") as f:
-                remaining = start
-                while remaining > 0:
-                    block = f.read(min(remaining, 1 << 24))
-                    if not block:
-                        break
-                    newlines += block.count(b"\n")
-                    remaining -= len(block)
-            self._first_line[c] = newlines + 1
-        return self._first_line[c]
+    def _line_of(self, offset: int) -> int:
+        """1-based line number of the byte at ``offset`` (counted only when a message needs it)."""
+        k = bisect.bisect_right(self._line_offsets, offset) - 1
+        known, line = self._line_offsets[k], self._line_numbers[k]
+        with open(self.path, "rb") as f:
+            f.seek(known)
+            remaining = offset - known
+            while remaining > 0:
+                block = f.read(min(remaining, 1 << 24))
+                if not block:
+                    break
+                line += block.count(b"\n")
+                remaining -= len(block)
+        self._line_offsets.insert(k + 1, offset)
+        self._line_numbers.insert(k + 1, line)
+        return line
 
     # -- parsing --------------------------------------------------------------------------------
     def get_chunk(self, index: int) -> Chunk:
@@ -258,234 +306,220 @@ class CTFDeserializer:
         with open(self.path, "rb") as f:
             f.seek(bounds[index])
             raw = f.read(bounds[index + 1] - bounds[index])
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start)
-            col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-            raise CTFFormatError(self.path, self._line_of_offset(index) + line, col,
-                                 "the file is not valid UTF-8 text") from None
-        del raw
-        try:
-            return self._parse(index, text, fast=True)
-        except _Fallback:
-            # a dense value the batched converter rejected: parse again value by value, which
-            # either names the exact line and column or accepts what float() accepts
-            return self._parse(index, text, fast=False)
+        lib = None if self.parser == "python" else _ctf_native.load()
+        if lib is not None:
+            code, _line, result = _ctf_native.parse(lib, raw, self._specs)
+            if code == _ctf_native.OK:
+                self._warn_undeclared(index, raw, result["undeclared"])
+                self._bad.setdefault(index, 0)
+                return self._native_chunk(index, result)
+        # malformed or unusual (short samples): the Python parser names file, line and column
+        return self._parse_python(index, raw)
 
-    def _parse(self, index: int, text: str, fast: bool) -> Chunk:
-        builders = {name: _StreamBuilder(name, d) for name, d in self.streams.items()}
-        by_field = {d.field: builders[name] for name, d in self.streams.items()}
-        lengths = array("q")
-        first_lines = array("q")
-        ids: list[str] = []
-        id_lines: list[int] = []
-        seen: dict[str, int] = {}  # id -> line of the sequence's first line, this chunk
-        cur_id: str | None = None
-        in_sequence = False
-        seq_start_counts = {name: 0 for name in builders}
-        seq_first_line = 0
+    def _native_chunk(self, index: int, result: dict) -> Chunk:
+        streams = {}
+        for (name, sdef), entry in zip(self.streams.items(), result["streams"], strict=True):
+            if sdef.is_sparse:
+                streams[name] = StreamChunk(entry["seq_offsets"], entry["values"],
+                                            entry["indices"], entry["nnz_offsets"])
+            else:
+                streams[name] = StreamChunk(entry["seq_offsets"], entry["values"])
+        return Chunk(index=index, lengths=result["lengths"], streams=streams,
+                     first_lines=result["first_lines"])
 
-        def close_sequence() -> None:
-            n = 0
-            for name, b in builders.items():
-                n = max(n, b.count - seq_start_counts[name])
+    def _warn_undeclared(self, index: int, raw: bytes, names: list[bytes] | None) -> None:
+        """One CTFWarning per stream name in the file that StreamDefs does not declare."""
+        if names is None:  # more distinct names than the C++ parser reports: find them all
+            names = list(dict.fromkeys(m.group(1) for m in _STREAM_NAME.finditer(raw)))
+        for name in names:
+            if name in self._fields or name in self._warned_streams:
+                continue
+            self._warned_streams.add(name)
+            at = raw.find(b"|" + name)
+            line = self._line_of(self._index()[index] + max(at, 0))
+            declared = ", ".join(sorted(_text(f) for f in self._fields))
+            warnings.warn(f"{self.path}, line {line}: stream {_text(name)!r} is not declared "
+                          f"(declared fields: {declared}); its samples are skipped",
+                          CTFWarning, stacklevel=4)
+
+    def _parse_python(self, index: int, raw: bytes) -> Chunk:
+        """The reference parser: every rule of the format, with errors, warnings, max_errors."""
+        first_time = index not in self._bad
+        names = list(self.streams)
+        chunk_values: dict[str, list] = {name: [] for name in names}
+        seq_offsets: dict[str, list[int]] = {name: [0] for name in names}
+        totals = dict.fromkeys(names, 0)
+        lengths: list[int] = []
+        first_lines: list[int] = []
+        undeclared: dict[bytes, None] = {}
+        short: dict[str, list[int]] = {}  # stream -> [count, first line]
+        bad = 0
+        kind, cur_id = 0, b""  # kind: 0 no sequence, 1 began with an id, 2 began without
+        seq: _Sequence | None = None
+
+        def close() -> None:
+            if seq is None or seq.bad:
+                return
+            n = max(len(s) for s in seq.samples.values())
             if n == 0:
-                return  # a line of comments only: no sequence
-            for name, b in builders.items():
-                b.offsets.append(b.count)
-                seq_start_counts[name] = b.count
+                return  # comments only: no sequence
+            for name in names:
+                chunk_values[name].extend(seq.samples[name])
+                totals[name] += len(seq.samples[name])
+                seq_offsets[name].append(totals[name])
             lengths.append(n)
-            first_lines.append(seq_first_line)
+            first_lines.append(seq.first_line)
 
-        # walk the lines with find() rather than split(): no list of every line in memory;
-        # only '\n' ends a line (not splitlines()' other breaks), as in the chunk index
-        pos, size, k = 0, len(text), -1
-        while pos < size:
-            end = text.find("\n", pos)
-            if end < 0:
-                end = size
-            line = text[pos:end]
-            pos = end + 1
-            k += 1
-            if not line or line.isspace():
-                continue
-            sid, bar = _split_id(line)
+        def fail(k: int, at: int, message: str) -> None:
+            nonlocal bad
+            bad += 1
+            before = sum(v for c, v in self._bad.items() if c != index)
+            line = self._line_of(self._index()[index]) + k
+            if before + bad > self.max_errors:
+                if self.max_errors:
+                    message += (f" ({before + bad} bad sequences, more than "
+                                f"max_errors={self.max_errors})")
+                raise CTFFormatError(self.path, line, at + 1, message)
+            if first_time:
+                warnings.warn(f"{self.path}, line {line}, column {at + 1}: {message}; skipping "
+                              f"the sequence ({before + bad} of at most max_errors="
+                              f"{self.max_errors})", CTFWarning, stacklevel=4)
+            seq.bad = True
+
+        for k, line in enumerate(raw.split(b"\n")):
+            indent = len(line) - len(line.lstrip())
+            if indent == len(line):
+                continue  # blank
+            bar = line.find(b"|")
             if bar < 0:
-                self._fail(index, k, line, _LineError(
-                    "expected '|' followed by a stream name; a line is "
-                    "[sequence_id] |stream values ...", column=len(line) - len(line.lstrip()) + 1))
-            if sid is None or sid != cur_id or not in_sequence:
-                if in_sequence:
-                    close_sequence()
-                if sid is not None:
-                    if any(ch.isspace() for ch in sid):
-                        self._fail(index, k, line, _LineError(
-                            f"text before the first '|' must be one sequence id, got {sid!r}",
-                            column=len(line) - len(line.lstrip()) + 1))
-                    if sid in seen:
-                        self._fail(index, k, line, _LineError(
-                            f"sequence id {sid!r} repeats the id of the sequence starting at "
-                            f"line {self._line_of_offset(index) + seen[sid]}; the lines of one "
-                            "sequence must be adjacent",
-                            column=len(line) - len(line.lstrip()) + 1))
-                    seen[sid] = k
-                    ids.append(sid)
-                    id_lines.append(k)
-                cur_id = sid
-                in_sequence = True
-                seq_first_line = k
+                if seq is None or kind == 0:
+                    close()
+                    kind, seq = 2, _Sequence(k, names)
+                if not seq.bad:
+                    fail(k, indent, "expected '|' followed by a stream name; a line is "
+                                    "[sequence_id] |stream values ...")
+                continue
+            sid = line[:bar].strip()
+            starts = not (kind == 1 and sid == cur_id) if sid else kind != 1
+            if starts:
+                close()
+                kind, cur_id, seq = (1 if sid else 2), sid, _Sequence(k, names)
+            if seq.bad:
+                continue  # the rest of a skipped sequence
+            if sid and len(sid.split()) > 1:
+                fail(k, indent, f"text before the first '|' must be one sequence id, got "
+                                f"{_text(sid)!r}")
+                continue
             try:
-                self._parse_samples(line[bar + 1:], by_field, k, fast)
+                self._line_samples(line, bar, k, seq, undeclared, short)
             except _LineError as e:
-                self._fail(index, k, line, e, bar)
-        if in_sequence:
-            close_sequence()
-        if fast:
-            for b in builders.values():
-                b.flush_pieces()
-        self._check_ids_across_chunks(index, ids, id_lines)
-        return Chunk(
-            index=index,
-            lengths=np.frombuffer(lengths, dtype=np.int64).copy(),
-            streams={name: b.build() for name, b in builders.items()},
-            first_lines=np.frombuffer(first_lines, dtype=np.int64).copy(),
-        )
+                fail(k, e.at, e.message)
+        close()
+        self._bad[index] = bad
+        if first_time:
+            base = self._index()[index]
+            for field, (count, k) in short.items():
+                line = self._line_of(base) + k
+                dim = self.streams[self._fields[field.encode("utf-8")]].dim
+                warnings.warn(f"{self.path}, line {line}: stream {field!r} has fewer values "
+                              f"than its dimension {dim}; zero-filled "
+                              f"({count} such sample(s) in lines {line}..., strict=True makes "
+                              "this an error)", CTFWarning, stacklevel=3)
+        self._warn_undeclared(index, raw, list(undeclared))
+        streams = {}
+        for name, sdef in self.streams.items():
+            offsets = np.array(seq_offsets[name], dtype=np.int64)
+            dtype = sdef.np_dtype
+            if sdef.is_sparse:
+                samples = chunk_values[name]
+                counts = np.array([len(i) for i, _ in samples], dtype=np.int64)
+                nnz = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+                idx = np.fromiter((i for s, _ in samples for i in s), np.int64, int(nnz[-1]))
+                val = np.fromiter((v for _, s in samples for v in s), np.float64, int(nnz[-1]))
+                streams[name] = StreamChunk(offsets, val.astype(dtype), idx, nnz)
+            else:
+                rows = chunk_values[name]
+                values = (np.array(rows, dtype=np.float64).astype(dtype) if rows
+                          else np.zeros((0, sdef.dim), dtype))
+                streams[name] = StreamChunk(offsets, values.reshape(len(rows), sdef.dim))
+        return Chunk(index=index, lengths=np.array(lengths, dtype=np.int64), streams=streams,
+                     first_lines=np.array(first_lines, dtype=np.int64))
 
-    def _parse_samples(self, rest: str, by_field: dict[str, _StreamBuilder], k: int,
-                       fast: bool) -> None:
-        for p, part in enumerate(rest.split("|")):
-            if part[:1] == "#":
-                continue  # a comment runs to the next '|'
-            head = part.split(None, 1)  # [stream name, values text]
-            if not head:
-                raise _LineError("'|' must be followed by a stream name or '#'", part=p, token=-1)
-            name = head[0]
-            b = by_field.get(name)
-            if b is None:
-                raise _LineError(f"unknown stream {name!r}; declared streams: "
-                                 f"{', '.join(sorted(by_field))}", part=p)
-            if b.last_line == k:
-                raise _LineError(f"stream {name!r} appears twice on one line", part=p)
-            b.last_line = k
-            b.count += 1
-            if not b.sparse and fast:
-                # converted in one batch per chunk (np.loadtxt checks the count per sample)
-                b.pieces.append(head[1] if len(head) > 1 else "")
-                if len(b.pieces) >= _PIECES_PER_BATCH:
-                    b.flush_pieces()
+    def _line_samples(self, line: bytes, bar: int, k: int, seq: _Sequence,
+                      undeclared: dict[bytes, None], short: dict[str, list[int]]) -> None:
+        """Add the samples of one line to ``seq``; a _LineError names what is wrong where."""
+        seen: set[str] = set()
+        pos = bar  # the '|' that opens the part
+        end = len(line)
+        while pos < end:
+            nxt = line.find(b"|", pos + 1)
+            stop = end if nxt < 0 else nxt
+            head = pos + 1
+            if head < end and line[head:head + 1] == b"#":
+                pos = stop  # a comment runs to the next '|'
                 continue
-            toks = part.split()
-            if b.sparse:
-                for t in range(1, len(toks)):
-                    idx, sep, val = toks[t].partition(":")
+            if head >= end or line[head] in _BLANKS or head == stop:
+                raise _LineError("'|' must be followed directly by a stream name or '#'", pos)
+            tokens = list(_TOKEN.finditer(line, head, stop))
+            name_raw = tokens[0].group()
+            name = self._fields.get(name_raw)
+            pos = stop
+            if name is None:
+                undeclared.setdefault(name_raw, None)
+                continue
+            field = _text(name_raw)
+            if name in seen:
+                raise _LineError(f"stream {field!r} appears twice on one line", head)
+            seen.add(name)
+            sdef = self.streams[name]
+            if sdef.is_sparse:
+                indices, values = [], []
+                for m in tokens[1:]:
+                    idx, sep, val = m.group().partition(b":")
                     if not sep:
-                        raise _LineError(f"sparse stream {name!r} expects index:value, got "
-                                         f"{toks[t]!r}", part=p, token=t)
-                    try:
+                        raise _LineError(f"sparse stream {field!r} expects index:value, got "
+                                         f"{_text(m.group())!r}", m.start())
+                    if _DIGITS.match(idx):
                         i = int(idx)
-                    except ValueError:
-                        raise _LineError(f"sparse index {idx!r} of stream {name!r} is not an "
-                                         "integer", part=p, token=t) from None
-                    if not 0 <= i < b.dim:
-                        raise _LineError(f"sparse index {i} of stream {name!r} is out of "
-                                         f"range for dimension {b.dim}", part=p, token=t)
-                    try:
-                        v = float(val)
-                    except ValueError:
-                        raise _LineError(f"non-numeric value {val!r} in stream {name!r}",
-                                         part=p, token=t) from None
-                    b.indices.append(i)
-                    b.values.append(v)
-                b.nnz_offsets.append(len(b.indices))
+                        if i >= sdef.dim:
+                            raise _LineError(f"sparse index {i} of stream {field!r} is out of "
+                                             f"range for dimension {sdef.dim}", m.start())
+                    elif _NEGATIVE.match(idx):
+                        raise _LineError(f"sparse index {_text(idx)} of stream {field!r} is out "
+                                         f"of range for dimension {sdef.dim}", m.start())
+                    else:
+                        raise _LineError(f"sparse index {_text(idx)!r} of stream {field!r} is "
+                                         "not an integer", m.start())
+                    indices.append(i)
+                    values.append(self._number(val, field, sdef.dtype, m.start() + len(idx) + 1))
+                seq.samples[name].append((indices, values))
             else:
-                if len(toks) - 1 != b.dim:
-                    raise _LineError(f"stream {name!r} expects {b.dim} values, got "
-                                     f"{len(toks) - 1}", part=p)
-                try:
-                    b.values.extend([float(t) for t in toks[1:]])
-                except ValueError:
-                    bad = next(t for t in range(1, len(toks)) if not _is_float(toks[t]))
-                    raise _LineError(f"non-numeric value {toks[bad]!r} in stream {name!r}",
-                                     part=p, token=bad) from None
+                if len(tokens) - 1 > sdef.dim:
+                    raise _LineError(f"stream {field!r} expects {sdef.dim} values, got "
+                                     f"{len(tokens) - 1}", head)
+                row = [self._number(m.group(), field, sdef.dtype, m.start()) for m in tokens[1:]]
+                if len(row) < sdef.dim:
+                    if self.strict:
+                        raise _LineError(f"stream {field!r} expects {sdef.dim} values, got "
+                                         f"{len(row)} (strict=True)", head)
+                    entry = short.setdefault(field, [0, k])
+                    entry[0] += 1
+                    row.extend([0.0] * (sdef.dim - len(row)))
+                seq.samples[name].append(row)
 
-    def _fail(self, index: int, k: int, line: str, err: _LineError, bar: int = 0) -> None:
-        """Turn a fast-path error into a CTFFormatError with file, line and column."""
-        col = err.column
-        if col is None:
-            parts = line[bar + 1:].split("|")
-            # 1-based column of the first character after the '|' that opens this part
-            col = bar + 2 + sum(len(part) + 1 for part in parts[: err.part])
-            tokens = list(_TOKEN.finditer(parts[err.part]))
-            if err.token < 0 or err.token >= len(tokens):
-                col -= 1  # point at the '|' itself
-            else:
-                col += tokens[err.token].start()
-        raise CTFFormatError(self.path, self._line_of_offset(index) + k, col, err.message)
-
-    def _check_ids_across_chunks(self, index: int, ids: list[str], lines: list[int]) -> None:
-        """A sequence id in two chunks is a repeat that is not adjacent (cuts fall between ids).
-
-        Each parsed chunk leaves a summary: for increasing integer ids (the usual layout) just
-        their range, O(1) per chunk; otherwise the sorted hashes of its ids. A possible match
-        is confirmed by re-reading the other chunk's ids, which also gives the error its line.
-        """
-        if index in self._id_summary:
-            return
-        if not ids:
-            self._id_summary[index] = None
-            return
-        nums = _canonical_ints(ids)  # int per id, or None where an id is not a plain integer
-        hashes = None
-        for other, summary in self._id_summary.items():
-            if summary is None:
-                continue
-            if summary[0] == "range":
-                lo, hi = summary[1], summary[2]
-                suspect = any(n is not None and lo <= n <= hi for n in nums)
-            else:
-                if hashes is None:
-                    hashes = np.fromiter((hash(x) for x in ids), dtype=np.int64, count=len(ids))
-                suspect = bool(np.isin(hashes, summary[1]).any())
-            if suspect:
-                self._confirm_repeat(index, ids, lines, other)
-        ints = None if any(n is None for n in nums) else np.array(nums, dtype=np.int64)
-        if ints is not None and bool(np.all(np.diff(ints) > 0)):
-            self._id_summary[index] = ("range", int(ints[0]), int(ints[-1]))
-        else:
-            if hashes is None:
-                hashes = np.fromiter((hash(x) for x in ids), dtype=np.int64, count=len(ids))
-            self._id_summary[index] = ("hash", np.sort(hashes))
-
-    def _confirm_repeat(self, index: int, ids: list[str], lines: list[int], other: int) -> None:
-        other_ids = self._chunk_ids(other)
-        for sid, line in zip(ids, lines, strict=True):
-            if sid in other_ids:
-                first, second = (other, other_ids[sid]), (index, line)
-                if other > index:
-                    first, second = second, first
-                raise CTFFormatError(
-                    self.path, self._line_of_offset(second[0]) + second[1], 1,
-                    f"sequence id {sid!r} repeats the id of the sequence starting at line "
-                    f"{self._line_of_offset(first[0]) + first[1]}; the lines of one sequence "
-                    "must be adjacent")
-
-    def _chunk_ids(self, c: int) -> dict[str, int]:
-        """Re-read chunk ``c``: sequence id -> 0-based line (in the chunk) where it starts."""
-        bounds = self._index()
-        with open(self.path, "rb") as f:
-            f.seek(bounds[c])
-            text = f.read(bounds[c + 1] - bounds[c]).decode("utf-8", errors="replace")
-        out: dict[str, int] = {}
-        prev = None
-        for k, line in enumerate(text.split("\n")):
-            if not line or line.isspace():
-                continue
-            sid, bar = _split_id(line)
-            if bar >= 0 and sid is not None and sid != prev:
-                out.setdefault(sid, k)
-            prev = sid if bar >= 0 else None
-        return out
+    @staticmethod
+    def _number(token: bytes, name: str, dtype: str, at: int) -> float:
+        if not _NUMBER.match(token):
+            raise _LineError(f"non-numeric value {_text(token)!r} in stream {name!r}", at)
+        value = float(token)
+        if math.isinf(value) and not token.lstrip(b"+-")[:1].isalpha():
+            raise _LineError(f"value {_text(token)!r} in stream {name!r} overflows float64",
+                             at)
+        if dtype == "float32" and abs(value) >= _FLOAT32_OVERFLOW and not math.isinf(value):
+            raise _LineError(f"value {_text(token)!r} in stream {name!r} overflows float32 "
+                             "(declare the stream with StreamDef(dtype='float64') to read it)",
+                             at)
+        return value
 
     # -- views ------------------------------------------------------------------------------------
     def iter_sequences(self) -> Iterable[dict[str, np.ndarray]]:
@@ -504,27 +538,6 @@ class CTFDeserializer:
         return f"CTFDeserializer({self.path!r}, streams={list(self.streams)})"
 
 
-def _canonical_ints(ids: list[str]) -> list[int | None]:
-    """Each id as an int if it is written as one canonically ("12", not "012" or "+12")."""
-    out: list[int | None] = []
-    for x in ids:
-        try:
-            n = int(x)
-        except ValueError:
-            out.append(None)
-            continue
-        out.append(n if str(n) == x and -(2**63) <= n < 2**63 else None)
-    return out
-
-
-def _is_float(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
 def _densify(seq: dict[str, Any], streams: StreamDefs, chunk: Chunk, s: int
              ) -> dict[str, np.ndarray]:
     out = {}
@@ -532,7 +545,7 @@ def _densify(seq: dict[str, Any], streams: StreamDefs, chunk: Chunk, s: int
         sdef = streams[name]
         if sdef.is_sparse:
             rows, cols, vals = value
-            dense = np.zeros((chunk.streams[name].length(s), sdef.dim), np.float32)
+            dense = np.zeros((chunk.streams[name].length(s), sdef.dim), sdef.np_dtype)
             np.add.at(dense, (rows, cols), vals)
             out[name] = dense
         else:
@@ -540,9 +553,11 @@ def _densify(seq: dict[str, Any], streams: StreamDefs, chunk: Chunk, s: int
     return out
 
 
-def read_ctf(path: str | os.PathLike, streams: StreamDefs | Mapping[str, StreamDef]
-             ) -> list[dict[str, np.ndarray]]:
+def read_ctf(path: str | os.PathLike, streams: StreamDefs | Mapping[str, StreamDef],
+             **options: Any) -> list[dict[str, np.ndarray]]:
     """Read a whole (small) CTF file into a list of dicts stream name -> ``(T_s, *D)`` array.
+
+    ``options`` go to :class:`CTFDeserializer` (``max_errors``, ``strict``, ``parser``).
 
     Example:
         >>> import os, tempfile
@@ -551,7 +566,7 @@ def read_ctf(path: str | os.PathLike, streams: StreamDefs | Mapping[str, StreamD
         >>> read_ctf(path, StreamDefs(x=StreamDef(shape=1)))[0]["x"].ravel().tolist()
         [1.0, 2.0]
     """
-    return list(CTFDeserializer(path, streams).iter_sequences())
+    return list(CTFDeserializer(path, streams, **options).iter_sequences())
 
 
 def _format_sparse(row: np.ndarray, fmt: str) -> str:

@@ -49,6 +49,8 @@ class StreamDef:
             stream the vocabulary size (int).
         is_sparse: samples are written as ``index:value`` pairs and come out as one-hot/sparse
             rows of ``shape`` columns.
+        dtype: ``"float32"`` (default) or ``"float64"``: the precision values are parsed into
+            and delivered in (CNTK's ``precision="double"``).
 
     Example:
         >>> StreamDef(field="x", shape=3).dim
@@ -58,6 +60,7 @@ class StreamDef:
     field: str | None = None
     shape: int | tuple[int, ...] = 1
     is_sparse: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         shape = self.shape
@@ -78,6 +81,10 @@ class StreamDef:
         if isinstance(shape, tuple) and len(shape) == 1:
             shape = shape[0]
         object.__setattr__(self, "shape", shape)
+        dtype = _STREAM_DTYPES.get(str(self.dtype).replace("torch.", "").replace("numpy.", ""))
+        if dtype is None:
+            raise ValueError(f"StreamDef dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        object.__setattr__(self, "dtype", dtype)
         if self.field is not None and (not self.field or any(c in self.field for c in "|# \t")):
             raise ValueError(f"StreamDef field must be a name without '|', '#' or spaces, "
                              f"got {self.field!r}")
@@ -90,6 +97,20 @@ class StreamDef:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return (self.shape,) if isinstance(self.shape, int) else tuple(self.shape)
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == "float64" else torch.float32
+
+
+#: accepted spellings of a stream's dtype (str(np.float64) is "<class 'numpy.float64'>")
+_STREAM_DTYPES = {"float32": "float32", "float64": "float64", "float": "float32",
+                  "double": "float64", "<class 'float32'>": "float32",
+                  "<class 'float64'>": "float64", "<class 'float'>": "float64"}
 
 
 class StreamDefs(dict):
@@ -113,7 +134,8 @@ class StreamDefs(dict):
             if not isinstance(stream, StreamDef):
                 raise TypeError(f"stream {name!r} must be a StreamDef, got {type(stream).__name__}")
             if stream.field is None:
-                stream = StreamDef(field=name, shape=stream.shape, is_sparse=stream.is_sparse)
+                stream = StreamDef(field=name, shape=stream.shape, is_sparse=stream.is_sparse,
+                                   dtype=stream.dtype)
             if stream.field in fields:
                 raise ValueError(f"streams {fields[stream.field]!r} and {name!r} both read "
                                  f"field {stream.field!r}")
@@ -185,7 +207,7 @@ class StreamChunk:
     """
 
     sample_offsets: np.ndarray  # (S + 1,) int64
-    values: np.ndarray  # dense (N, dim) float32; sparse (nnz,) float32
+    values: np.ndarray  # dense (N, dim); sparse (nnz,); the stream's dtype (float32/float64)
     indices: np.ndarray | None = None  # sparse (nnz,) int64
     nnz_offsets: np.ndarray | None = None  # sparse (N + 1,) int64
 
@@ -497,7 +519,7 @@ class MinibatchSource:
         self.seed = _check_count("randomization_seed", randomization_seed, 0)
         self.truncation_length = _check_count("truncation_length", truncation_length, 0)
         self.streams = StreamInfos({
-            name: StreamInformation(name, d.field, d.shape, d.is_sparse)
+            name: StreamInformation(name, d.field, d.shape, d.is_sparse, d.torch_dtype)
             for name, d in self.deserializer.streams.items()
         })
         self._sweep = 0  # index of the sweep in progress
@@ -724,12 +746,13 @@ class MinibatchSource:
                 pieces.append((st, b_idx, t_idx, np.repeat(lo, span) + t_idx))
             t = int(lengths.max()) if num else 0
             if not sdef.is_sparse:
-                padded = np.zeros((num, t, sdef.dim), dtype=np.float32)  # (B, T, dim)
+                padded = np.zeros((num, t, sdef.dim), dtype=sdef.np_dtype)  # (B, T, dim)
                 for st, b_idx, t_idx, src in pieces:
                     padded[b_idx, t_idx] = st.values[src]
                 padded = padded.reshape(num, t, *sdef.sample_shape)  # (B, T, *D)
                 out[name] = MinibatchData(lengths, sdef.shape, dense=padded,
-                                          sequence_start=starts, slots=slots)
+                                          sequence_start=starts, slots=slots,
+                                          dtype=sdef.torch_dtype)
             else:
                 bs, ts, cols, vals = [], [], [], []
                 for st, b_idx, t_idx, src in pieces:
@@ -742,9 +765,10 @@ class MinibatchSource:
                     cols.append(st.indices[entry])
                     vals.append(st.values[entry])
                 coo = (_concat(bs, np.int64), _concat(ts, np.int64), _concat(cols, np.int64),
-                       _concat(vals, np.float32))
+                       _concat(vals, sdef.np_dtype))
                 out[name] = MinibatchData(lengths, sdef.shape, sparse=coo,
-                                          sequence_start=starts, slots=slots)
+                                          sequence_start=starts, slots=slots,
+                                          dtype=sdef.torch_dtype)
         return out
 
 
@@ -814,9 +838,9 @@ class SequenceDataset(torch.utils.data.Dataset):
             if sdef.is_sparse:
                 rows, cols, vals = value
                 t = chunk.streams[name].length(s)
-                dense = torch.zeros(t, sdef.dim)  # (T_s, dim)
+                dense = torch.zeros(t, sdef.dim, dtype=sdef.torch_dtype)  # (T_s, dim)
                 dense.index_put_((torch.from_numpy(rows), torch.from_numpy(cols)),
-                                 torch.from_numpy(vals), accumulate=True)
+                                 torch.from_numpy(vals).to(sdef.torch_dtype), accumulate=True)
                 out[name] = dense
             else:
                 out[name] = torch.from_numpy(np.array(value)).reshape(-1, *sdef.sample_shape)

@@ -18,5 +18,5 @@ def test_docs_examples_run(capsys):
     for i, block in enumerate(blocks):
         exec(compile(block, f"docs/data.md block {i}", "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out
-    assert "unknown stream 'lable'" in out and "line 2, column 18" in out
+    assert "sparse stream 'label' expects index:value" in out and "line 2, column 24" in out
     assert "tensor([[115.0000]])" in out
