@@ -494,3 +494,98 @@ def test_no_grad_calls_save_nothing(family, kernel, monkeypatch):
         compiled.run_recurrence(cell, x, None)
     compiled.run_recurrence(cell, x, None)
     assert seen == [False, False, True]
+
+
+# ---- degenerate sizes (issue 9 item 1) -------------------------------------------------
+# A (G*H, 1) weight transposed and made contiguous keeps stride 1 for its single row; that
+# stride reached sgemm as a leading dimension smaller than the row, MKL skipped the product
+# ("Parameter 8 was incorrect on entry to SGEMM") and the outputs were garbage (GRU(4, 1)
+# 0.17-0.84 from torch). Hidden size 1, and proj_size 1 (a (4H, 1) weight_hh), for every
+# option of every family, against the per-sequence loop.
+TINY_CASES = [
+    (family, name, dict(options, proj_size=1) if "proj_size" in options else options, size)
+    for family, name, options in CASES
+    for size in ((2,) if "proj_size" in options else (1,))
+]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(
+    ("family", "name", "options", "hidden"), TINY_CASES, ids=[c[1] for c in TINY_CASES]
+)
+def test_hidden_size_one_matches_cell_loop(family, name, options, hidden, reverse):
+    torch.manual_seed(0)
+    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cell = cls(3, hidden, dtype=torch.float64, **options)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    state = random_state(cell, 2, torch.float64)
+    lengths = torch.tensor([4, 2])
+    out, final = compiled.run_recurrence(cell, x, state, lengths, reverse)
+    out_ref, final_ref = loop_oracle(cell, x, state, lengths, reverse)
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    leaves = [x, *cell.parameters()]
+    loss = (out * out.detach().cos()).sum() + as_tuple(final)[0].sum()
+    loss_ref = (out_ref * out_ref.detach().cos()).sum() + final_ref[0].sum()
+    grads = torch.autograd.grad(loss, leaves)
+    grads_ref = torch.autograd.grad(loss_ref, leaves)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("hidden", [1, 2])
+@pytest.mark.parametrize("kind", ["GRU", "LSTM", "RNN"])
+def test_drop_ins_at_hidden_size_one_match_torch_nn(kind, hidden):
+    # The issue's reproduction: torch.nn weights loaded into the drop-in, compiled path forced
+    # (engine="auto" sends GRU and RNN there on CPU); two layers as in Keras's stacked
+    # one-unit LSTM test, where the kernel gave 0.633 instead of 0.779.
+    import rnnkit
+
+    torch.manual_seed(0)
+    ref = getattr(nn, kind)(4, hidden, num_layers=2)
+    mod = getattr(rnnkit, kind)(4, hidden, num_layers=2, engine="compiled")
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4, requires_grad=True)
+    out, _ = mod(x)
+    out_ref, _ = ref(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    g = torch.autograd.grad(out.sum(), [x, mod.weight_hh_l0])
+    g_ref = torch.autograd.grad(out_ref.sum(), [x, ref.weight_hh_l0])
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru", "elman"])
+def test_transposed_and_expanded_state_gradients(family):
+    # The gradient of the final state may arrive with any strides (here transposed, and
+    # expanded from a broadcast); the kernels read it row by row.
+    cell = make_cell(family, {}, torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(H, B, dtype=torch.float64)
+    results = []
+    for runner in (compiled.run_recurrence, loop_oracle):
+        _, final = runner(cell, x, None if runner is compiled.run_recurrence
+                          else tuple(cell.initial_state(B, dtype=torch.float64))
+                          if family == "lstm" else cell.initial_state(B, dtype=torch.float64),
+                          None, False)
+        h = as_tuple(final)[0]
+        loss = (h.t() * weights).sum() + as_tuple(final)[-1].sum()
+        results.append(torch.autograd.grad(loss, [x, cell.weight_hh]))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_gemm_leading_dimension_rules_are_checked():
+    # Every leading dimension is checked against the BLAS rules before any BLAS call, so a
+    # bad stride is an error that says so (not a skipped product and a line on stderr).
+    ext = _build.load()[0]
+    a, b, c = torch.randn(2, 3), torch.randn(3, 4), torch.zeros(2, 4)
+    ext.gemm_rows(a, 3, b, 4, c, 4, 2, 4, 3)
+    torch.testing.assert_close(c, a @ b)
+    for lda, ldb, ldc in [(2, 4, 4), (3, 1, 4), (3, 4, 3)]:
+        with pytest.raises(RuntimeError, match=r"BLAS rules .* lda >= max\(1, K\)"):
+            ext.gemm_rows(a, lda, b, ldb, c, ldc, 2, 4, 3)
+    # The kernels' own entry refuses a weight whose rows overlap before it gets that far.
+    w = torch.randn(6, 4).as_strided((2, 2), (1, 1))
+    with pytest.raises(RuntimeError, match="weight_hh must be contiguous"):
+        ext.elman_forward(torch.randn(2, 1, 2), torch.zeros(1, 2), w,
+                          torch.empty(0, dtype=torch.long), False, False, False)

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -164,6 +165,41 @@ inline std::atomic<bool>& use_packing() {
   return flag;
 }
 
+// Row stride ("leading dimension") of a 2-D view whose rows are contiguous, computed from the
+// shape wherever the stride carries no information: torch calls a tensor with one row (or one
+// column) contiguous whatever that dimension's stride is, so `w.t().contiguous()` of a
+// (G*H, 1) weight keeps stride(0) == 1 for its single row of G*H elements. Handed to BLAS as
+// a leading dimension that is smaller than the row, MKL rejects the call ("Parameter 8 was
+// incorrect on entry to SGEMM"), prints to stderr and leaves C untouched.
+inline int64_t row_ld(const Tensor& t) {
+  TORCH_CHECK(t.dim() == 2, "rnnkit gemm: expected a 2-D operand, got ", t.dim(), " dimensions");
+  TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1,
+              "rnnkit gemm: operand rows must be contiguous, got strides ", t.strides());
+  const int64_t width = std::max<int64_t>(1, t.size(1));
+  if (t.size(0) <= 1) return width;  // one row: its stride is never used to step
+  TORCH_CHECK(t.stride(0) >= width, "rnnkit gemm: operand of shape ", t.sizes(),
+              " has row stride ", t.stride(0), " < its width (overlapping rows)");
+  return t.stride(0);
+}
+
+// The BLAS rules for row-major C (M, N) = A (M, K) Bm (K, N) + beta C as passed to the
+// column-major gemm (C^T = Bm^T A^T): lda >= max(1, K), ldb >= max(1, N), ldc >= max(1, N),
+// and every size fits the Fortran int. Checked before any BLAS (or ATen) call, so a bad
+// stride is an error that says so instead of a skipped product and a line on stderr.
+inline void check_gemm_args(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                            int64_t ldc) {
+  const int64_t need_a = std::max<int64_t>(1, K), need_bc = std::max<int64_t>(1, N);
+  TORCH_CHECK(M >= 0 && N >= 0 && K >= 0 && lda >= need_a && ldb >= need_bc && ldc >= need_bc,
+              "rnnkit gemm: leading dimensions break the BLAS rules for C(M, N) = A(M, K) "
+              "B(K, N): need lda >= max(1, K), ldb >= max(1, N), ldc >= max(1, N); got M=", M,
+              ", N=", N, ", K=", K, ", lda=", lda, ", ldb=", ldb, ", ldc=", ldc);
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  TORCH_CHECK(M <= kMaxInt && N <= kMaxInt && K <= kMaxInt && lda <= kMaxInt &&
+                  ldb <= kMaxInt && ldc <= kMaxInt,
+              "rnnkit gemm: sizes exceed the BLAS integer range (M=", M, ", N=", N, ", K=", K,
+              ", lda=", lda, ", ldb=", ldb, ", ldc=", ldc, ")");
+}
+
 template <typename scalar_t>
 inline bool blas_gemm(int M, int N, int K, const scalar_t* A, int lda, const scalar_t* Bm,
                       int ldb, scalar_t beta, scalar_t* C, int ldc) {
@@ -191,6 +227,7 @@ template <typename scalar_t>
 inline void gemm_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda,
                       const scalar_t* Bm, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  check_gemm_args(M, N, K, lda, ldb, ldc);
   const int64_t threads = at::get_num_threads();
   const double flops = 2.0 * M * N * K;
   if (threads > 1 && flops >= 2e6 && N >= 64 * threads && !at::in_parallel_region()) {
@@ -257,9 +294,9 @@ template <typename scalar_t>
 class RecurrentGemm {
  public:
   RecurrentGemm(int64_t M, const Tensor& Bm) : M_(M), K_(Bm.size(0)), N_(Bm.size(1)) {
-    TORCH_CHECK(Bm.stride(1) == 1, "rnnkit gemm: weight rows must be contiguous");
     B_ = Bm.data_ptr<scalar_t>();
-    ldb_ = Bm.stride(0);
+    ldb_ = row_ld(Bm);  // from the shape for a one-row weight (hidden size 1)
+    check_gemm_args(M_, N_, K_, std::max<int64_t>(1, K_), ldb_, std::max<int64_t>(1, N_));
     const int64_t threads = at::get_num_threads();
     const double flops = 2.0 * M_ * N_ * K_;
     per_ = N_;
@@ -299,6 +336,7 @@ class RecurrentGemm {
   void operator()(const scalar_t* A, int64_t lda, scalar_t beta, scalar_t* C, int64_t ldc,
                   int64_t rows) const {
     if (rows == 0 || N_ == 0) return;
+    check_gemm_args(rows, N_, K_, lda, ldb_, ldc);
     if (packed_.empty() || rows != M_) {  // packed for M rows; fewer rows: plain GEMM
       gemm_rows<scalar_t>(rows, N_, K_, A, lda, B_, ldb_, beta, C, ldc);
       return;
@@ -331,8 +369,7 @@ class RecurrentGemm {
 
   // Tensor form: A and C are 2-D views with contiguous rows.
   void operator()(const Tensor& A, scalar_t beta, const Tensor& C, int64_t rows) const {
-    (*this)(A.data_ptr<scalar_t>(), A.stride(0), beta, C.data_ptr<scalar_t>(), C.stride(0),
-            rows);
+    (*this)(A.data_ptr<scalar_t>(), row_ld(A), beta, C.data_ptr<scalar_t>(), row_ld(C), rows);
   }
 
  private:
@@ -345,11 +382,9 @@ class RecurrentGemm {
 // gemm_rows on 2-D tensor views whose rows are contiguous: C = A Bm + beta C.
 template <typename scalar_t>
 inline void gemm_t(const Tensor& C, const Tensor& A, const Tensor& Bm, scalar_t beta) {
-  TORCH_CHECK(A.stride(1) == 1 && Bm.stride(1) == 1 && C.stride(1) == 1,
-              "rnnkit gemm: rows must be contiguous");
-  gemm_rows<scalar_t>(A.size(0), Bm.size(1), A.size(1), A.data_ptr<scalar_t>(), A.stride(0),
-                      Bm.data_ptr<scalar_t>(), Bm.stride(0), beta, C.data_ptr<scalar_t>(),
-                      C.stride(0));
+  gemm_rows<scalar_t>(A.size(0), Bm.size(1), A.size(1), A.data_ptr<scalar_t>(), row_ld(A),
+                      Bm.data_ptr<scalar_t>(), row_ld(Bm), beta, C.data_ptr<scalar_t>(),
+                      row_ld(C));
 }
 
 // Per-step row schedule. Internally the rows are ordered by decreasing length (a stable
@@ -395,12 +430,14 @@ struct Schedule {
     return true;
   }
   // (B) caller-order tensor -> position order, and back.
+  // Always contiguous: the kernels step through these buffers with computed offsets, and a
+  // gradient can arrive transposed or expanded (clone() would keep such strides).
   Tensor to_positions(const Tensor& t) const {
-    if (!permuted) return t.clone();
-    return t.index_select(0, perm_tensor(t.device()));
+    if (!permuted) return t.clone(at::MemoryFormat::Contiguous);
+    return t.index_select(0, perm_tensor(t.device())).contiguous();
   }
   Tensor to_rows(const Tensor& t) const {
-    if (!permuted) return t.clone();
+    if (!permuted) return t.clone(at::MemoryFormat::Contiguous);
     return at::empty_like(t).index_copy_(0, perm_tensor(t.device()), t);
   }
 
@@ -414,6 +451,29 @@ struct Schedule {
 // (below that, waking a second thread costs more than it saves).
 inline int64_t row_grain(int64_t row_elems) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, row_elems));
+}
+
+// Entry check of a tensor a kernel reads: defined, strided, on the CPU, `dtype`, exactly
+// `shape`, and (when the kernel steps through it with computed offsets) contiguous. The
+// Python entry (rnnkit/engine/compiled/__init__.py) names the cell and parameter first; this
+// is the last line of defence before raw pointers are taken.
+inline void check_arg(const char* kernel, const char* name, const Tensor& t,
+                      at::IntArrayRef shape, at::ScalarType dtype, bool contiguous = true) {
+  TORCH_CHECK(t.defined(), kernel, ": ", name, " is missing");
+  TORCH_CHECK(t.layout() == at::kStrided, kernel, ": ", name, " must be a dense (strided) tensor, got ",
+              t.layout());
+  TORCH_CHECK(t.device().is_cpu(), kernel, ": ", name, " must be on the CPU, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, kernel, ": ", name, " has dtype ", t.scalar_type(),
+              ", expected ", dtype);
+  TORCH_CHECK(t.sizes() == shape, kernel, ": ", name, " has shape ", t.sizes(), ", expected ",
+              shape);
+  TORCH_CHECK(!contiguous || t.is_contiguous(), kernel, ": ", name, " must be contiguous");
+}
+
+// Lengths: empty (all T) or (B) int64 on the CPU.
+inline void check_lengths_arg(const char* kernel, const Tensor& lengths, int64_t B) {
+  if (!lengths.defined() || lengths.numel() == 0) return;
+  check_arg(kernel, "lengths", lengths, {B}, at::kLong, false);
 }
 
 // Optional tensors arrive from Python as empty (numel 0) tensors.

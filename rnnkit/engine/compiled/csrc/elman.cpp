@@ -35,10 +35,15 @@ inline Vec<scalar_t> elman_tanh(const Vec<scalar_t>& a) {
 std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& w_hh,
                                   const Tensor& lengths, bool relu, bool reverse,
                                   bool training) {
+  constexpr const char* kName = "rnnkit elman_forward";
+  TORCH_CHECK(xp_in.dim() == 3 && h0.dim() == 2, kName, ": xp must be 3-D and h0 2-D");
   const Tensor xp = xp_in.contiguous();
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1);
-  TORCH_CHECK(xp.size(2) == H && w_hh.size(0) == H && w_hh.size(1) == H,
-              "rnnkit elman: shapes do not match");
+  const auto dt = xp.scalar_type();
+  check_arg(kName, "xp", xp, {T, B, H}, dt);
+  check_arg(kName, "h0", h0, {B, H}, dt, false);
+  check_arg(kName, "weight_hh", w_hh, {H, H}, dt);
+  check_lengths_arg(kName, lengths, B);
   const Schedule sch(lengths, T, B, reverse);
   const int64_t S = sch.S;
   const auto opts = xp.options();
@@ -98,7 +103,15 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
 std::vector<Tensor> elman_backward(const Tensor& dout_in, const Tensor& dhT, const Tensor& hs,
                                    const Tensor& w_hh, const Tensor& lengths, int64_t T,
                                    bool relu, bool reverse) {
+  constexpr const char* kName = "rnnkit elman_backward";
+  TORCH_CHECK(hs.dim() == 3 && hs.size(0) >= 1, kName, ": saved states have the wrong shape");
   const int64_t S = hs.size(0) - 1, B = hs.size(1), H = hs.size(2);
+  const auto dt = hs.scalar_type();
+  check_arg(kName, "hs", hs, {S + 1, B, H}, dt);
+  check_arg(kName, "weight_hh", w_hh, {H, H}, dt);
+  if (present(dout_in)) check_arg(kName, "grad of outputs", dout_in, {T, B, H}, dt, false);
+  if (present(dhT)) check_arg(kName, "grad of h_n", dhT, {B, H}, dt, false);
+  check_lengths_arg(kName, lengths, B);
   const Schedule sch(lengths, T, B, reverse);
   TORCH_CHECK(sch.S == S, "rnnkit elman backward: saved steps do not match lengths");
   const auto opts = hs.options();

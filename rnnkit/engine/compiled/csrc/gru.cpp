@@ -28,10 +28,25 @@ std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Ten
                                 const Tensor& ln_hn_b, const Tensor& lengths, bool reset_after,
                                 bool ln, double eps_hh, double eps_hn, bool reverse,
                                 bool training) {
+  constexpr const char* kName = "rnnkit gru_forward";
+  TORCH_CHECK(xp_in.dim() == 3 && h0.dim() == 2, kName, ": xp must be 3-D and h0 2-D");
   const Tensor xp = xp_in.contiguous();
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1), GH = 3 * H;
-  TORCH_CHECK(xp.size(2) == GH && w_hh.size(0) == GH && w_hh.size(1) == H,
-              "rnnkit gru: shapes do not match");
+  const auto dt = xp.scalar_type();
+  check_arg(kName, "xp", xp, {T, B, GH}, dt);
+  check_arg(kName, "h0", h0, {B, H}, dt, false);
+  check_arg(kName, "weight_hh", w_hh, {GH, H}, dt);
+  if (present(b_hh)) check_arg(kName, "bias_hh", b_hh, {GH}, dt);
+  const int64_t NH_ = reset_after ? GH : 2 * H;
+  if (ln) {
+    check_arg(kName, "ln_hh.weight", ln_hh_w, {NH_}, dt);
+    check_arg(kName, "ln_hh.bias", ln_hh_b, {NH_}, dt);
+    if (!reset_after) {
+      check_arg(kName, "ln_hn.weight", ln_hn_w, {H}, dt);
+      check_arg(kName, "ln_hn.bias", ln_hn_b, {H}, dt);
+    }
+  }
+  check_lengths_arg(kName, lengths, B);
   const Schedule sch(lengths, T, B, reverse);
   const int64_t S = sch.S;
   const auto opts = xp.options();
@@ -167,11 +182,32 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dhT,
                                  bool has_bias, const Tensor& ln_hh_w, const Tensor& ln_hn_w,
                                  const Tensor& lengths, int64_t T, bool reset_after, bool ln,
                                  bool reverse) {
+  constexpr const char* kName = "rnnkit gru_backward";
+  TORCH_CHECK(saved.size() == 7, kName, ": expected 7 saved tensors, got ", saved.size());
   const Tensor& gates = saved[0];
   const Tensor& hs = saved[1];
   const Tensor& aux = saved[2];
+  TORCH_CHECK(gates.dim() == 3 && hs.dim() == 3, kName, ": saved buffers have the wrong rank");
   const int64_t S = gates.size(0), B = gates.size(1), H = hs.size(2), GH = 3 * H;
   const int64_t NH = reset_after ? GH : 2 * H;
+  const auto dt = gates.scalar_type();
+  check_arg(kName, "gates", gates, {S, B, GH}, dt);
+  check_arg(kName, "hs", hs, {S + 1, B, H}, dt);
+  check_arg(kName, "aux", aux, {S, B, H}, dt);
+  check_arg(kName, "weight_hh", w_hh, {GH, H}, dt);
+  if (present(dout_in)) check_arg(kName, "grad of outputs", dout_in, {T, B, H}, dt, false);
+  if (present(dhT)) check_arg(kName, "grad of h_n", dhT, {B, H}, dt, false);
+  if (ln) {
+    check_arg(kName, "ln_hh.weight", ln_hh_w, {NH}, dt);
+    check_arg(kName, "xhat_hh", saved[3], {S, B, NH}, dt);
+    check_arg(kName, "rstd_hh", saved[4], {S, B}, dt);
+    if (!reset_after) {
+      check_arg(kName, "ln_hn.weight", ln_hn_w, {H}, dt);
+      check_arg(kName, "xhat_hn", saved[5], {S, B, H}, dt);
+      check_arg(kName, "rstd_hn", saved[6], {S, B}, dt);
+    }
+  }
+  check_lengths_arg(kName, lengths, B);
   const Schedule sch(lengths, T, B, reverse);
   TORCH_CHECK(sch.S == S, "rnnkit gru backward: saved steps do not match lengths");
   const auto opts = gates.options();

@@ -20,6 +20,8 @@ static LstmConfig make_config(const Tensor& xp, const Tensor& c0, const Tensor& 
                               const Tensor& w_hr, bool coupled, bool peep, bool ln_hh,
                               bool ln_c, double clip, bool reverse, double eps_hh,
                               double eps_c) {
+  TORCH_CHECK(xp.dim() == 3 && c0.dim() == 2 && w_hh.dim() == 2 && (!present(w_hr) || w_hr.dim() == 2),
+              "rnnkit lstm: xp must be 3-D, c0 and the weights 2-D");
   LstmConfig k;
   k.T = xp.size(0);
   k.B = xp.size(1);
@@ -48,6 +50,25 @@ static LstmConfig make_config(const Tensor& xp, const Tensor& c0, const Tensor& 
   return k;
 }
 
+// Every parameter an LSTM kernel reads, against the sizes in `k` (see check_arg).
+static void check_lstm_params(const char* name, const LstmConfig& k, at::ScalarType dt,
+                              const Tensor& c0, const Tensor& w_hh, const Tensor& w_hr,
+                              const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
+                              const Tensor& ln_hh_w, const Tensor& ln_c_w,
+                              const Tensor& lengths) {
+  check_arg(name, "c0", c0, {k.B, k.H}, dt, false);
+  check_arg(name, "weight_hh", w_hh, {k.G * k.H, k.Hout}, dt);
+  if (k.proj) check_arg(name, "weight_hr", w_hr, {k.P, k.H}, dt);
+  if (k.peep) {
+    if (!k.coupled) check_arg(name, "weight_ci", w_ci, {k.H}, dt);
+    check_arg(name, "weight_cf", w_cf, {k.H}, dt);
+    check_arg(name, "weight_co", w_co, {k.H}, dt);
+  }
+  if (k.ln_hh) check_arg(name, "ln_hh.weight", ln_hh_w, {k.G * k.H}, dt);
+  if (k.ln_c) check_arg(name, "ln_c.weight", ln_c_w, {k.H}, dt);
+  check_lengths_arg(name, lengths, k.B);
+}
+
 // Saved tensors, in this order, returned by lstm_forward(training=true) and passed back to
 // lstm_backward. Undefined where an option is off.
 enum Saved {
@@ -71,9 +92,16 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
                                  const Tensor& ln_c_b, const Tensor& lengths, bool coupled,
                                  bool peep, bool ln_hh, bool ln_c, double clip, double eps_hh,
                                  double eps_c, bool reverse, bool training) {
+  constexpr const char* kName = "rnnkit lstm_forward";
   const Tensor xp = xp_in.contiguous();
   const LstmConfig k = make_config(xp, c0, w_hh, w_hr, coupled, peep, ln_hh, ln_c, clip,
                                    reverse, eps_hh, eps_c);
+  const auto dt = xp.scalar_type();
+  check_arg(kName, "xp", xp, {k.T, k.B, k.G * k.H}, dt);
+  check_arg(kName, "h0", h0, {k.B, k.Hout}, dt, false);
+  check_lstm_params(kName, k, dt, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, lengths);
+  if (k.ln_hh) check_arg(kName, "ln_hh.bias", ln_hh_b, {k.G * k.H}, dt);
+  if (k.ln_c) check_arg(kName, "ln_c.bias", ln_c_b, {k.H}, dt);
   const int64_t T = k.T, B = k.B, H = k.H, GH = k.G * k.H, Hout = k.Hout;
   const Schedule sch(lengths, T, B, reverse);
   const int64_t S = sch.S;
@@ -239,12 +267,35 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dhT, cons
                                   const Tensor& ln_hh_w, const Tensor& ln_c_w,
                                   const Tensor& lengths, int64_t T, bool coupled, bool peep,
                                   bool ln_hh, bool ln_c, double clip, bool reverse) {
+  constexpr const char* kName = "rnnkit lstm_backward";
+  TORCH_CHECK(saved.size() == kNumSaved, kName, ": expected ", int(kNumSaved),
+              " saved tensors, got ", saved.size());
   const Tensor& gates = saved[kGates];
+  TORCH_CHECK(gates.dim() == 3, kName, ": saved gates have the wrong rank");
   const int64_t S = gates.size(0), B = gates.size(1);
   const Tensor xp_like = at::empty({T, B, gates.size(2)}, gates.options());
   const LstmConfig k = make_config(xp_like, c0, w_hh, w_hr, coupled, peep, ln_hh, ln_c, clip,
                                    reverse, 0.0, 0.0);
   const int64_t H = k.H, GH = k.G * k.H, Hout = k.Hout, P = k.P;
+  const auto dt = gates.scalar_type();
+  check_lstm_params(kName, k, dt, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, lengths);
+  check_arg(kName, "gates", gates, {S, B, GH}, dt);
+  check_arg(kName, "hs", saved[kHs], {S + 1, B, Hout}, dt);
+  check_arg(kName, "cs", saved[kCs], {S + 1, B, H}, dt);
+  check_arg(kName, "tanh(c)", saved[kTanhC], {S, B, H}, dt);
+  if (k.proj) check_arg(kName, "m", saved[kM], {S, B, H}, dt);
+  if (k.clip_on) check_arg(kName, "c before clip", saved[kCPre], {S, B, H}, dt);
+  if (k.ln_hh) {
+    check_arg(kName, "xhat_hh", saved[kXhatHH], {S, B, GH}, dt);
+    check_arg(kName, "rstd_hh", saved[kRstdHH], {S, B}, dt);
+  }
+  if (k.ln_c) {
+    check_arg(kName, "xhat_c", saved[kXhatC], {S, B, H}, dt);
+    check_arg(kName, "rstd_c", saved[kRstdC], {S, B}, dt);
+  }
+  if (present(dout_in)) check_arg(kName, "grad of outputs", dout_in, {T, B, Hout}, dt, false);
+  if (present(dhT)) check_arg(kName, "grad of h_n", dhT, {B, Hout}, dt, false);
+  if (present(dcT)) check_arg(kName, "grad of c_n", dcT, {B, H}, dt, false);
   const Schedule sch(lengths, T, B, reverse);
   TORCH_CHECK(sch.S == S, "rnnkit lstm backward: saved steps do not match lengths");
   const auto opts = gates.options();
