@@ -1,5 +1,8 @@
 """Suite-wide settings.
 
+A test that passes while MKL, OpenBLAS or oneDNN complains on stderr fails: see
+tests/stderr_check.py (the hook below is imported from there).
+
 Tests run single-threaded: on our 2-core machines intra-op threads (OpenMP in LayerNorm,
 GEMMs) stall for milliseconds per call when the cores are busy, which made small gradchecks
 30x slower. Timings belong to benchmarks/, never to tests.
@@ -7,6 +10,8 @@ GEMMs) stall for milliseconds per call when the cores are busy, which made small
 
 import pytest
 import torch
+
+from tests.stderr_check import pytest_runtest_makereport  # noqa: F401  (a pytest hook)
 
 
 @pytest.fixture(autouse=True, scope="session")
