@@ -15,7 +15,7 @@ from rnnkit.data.batching import (
     pad_sequences,
     padding_fraction,
 )
-from rnnkit.data.ctf import CTFDeserializer, CTFFormatError, read_ctf, write_ctf
+from rnnkit.data.ctf import CTFDeserializer, CTFFormatError, CTFWarning, read_ctf, write_ctf
 from rnnkit.data.idx import IDXFormatError, IDXSequenceDataset, find_idx_pair, read_idx, write_idx
 from rnnkit.data.sources import (
     INFINITELY_REPEAT,
@@ -54,6 +54,7 @@ __all__ = [
     "BucketBatchSampler",
     "CTFDeserializer",
     "CTFFormatError",
+    "CTFWarning",
     "IDXFormatError",
     "IDXSequenceDataset",
     "LanguageModelDataset",

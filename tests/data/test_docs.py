@@ -20,3 +20,4 @@ def test_docs_examples_run(capsys):
     out = capsys.readouterr().out
     assert "sparse stream 'label' expects index:value" in out and "line 2, column 24" in out
     assert "tensor([[115.0000]])" in out
+    assert "[[[1.5, 2.0], [3.0, 4e+44]], [[5.0, 0.0]]]" in out
