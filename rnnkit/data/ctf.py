@@ -89,14 +89,20 @@ _BLANKS = b" \t\r\v\f"
 _TOKEN = re.compile(rb"[^ \t\r\v\f]+")
 #: numbers as CNTK writes them, plus the inf/nan spellings write_ctf may produce; the C++
 #: parser accepts exactly these (parse_number in ctf_parser.cpp)
-_NUMBER = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity|nan))\Z")
+_NUM = rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity|nan))"
+_NUMBER = re.compile(_NUM + rb"\Z")
+#: a whole dense / sparse value list that is well formed (checked in one call; the values
+#: are then converted without per-token checks)
+_DENSE_VALUES = re.compile(rb"(?:[ \t\r\v\f]+" + _NUM + rb")*[ \t\r\v\f]*")
+_SPARSE_VALUES = re.compile(rb"(?:[ \t\r\v\f]+\d+:" + _NUM + rb")*[ \t\r\v\f]*")
+_NAME = re.compile(rb"[^ \t\r\v\f|]+")
 _DIGITS = re.compile(rb"\d+\Z")
 _NEGATIVE = re.compile(rb"-\d+\Z")
 _STREAM_NAME = re.compile(rb"\|([^ \t\r\v\f|#][^ \t\r\v\f|]*)")
 #: the smallest double that rounds to inf as float32 (FLT_MAX plus half an ulp)
 _FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 #: bytes scanned per step when looking for the first sequence id of a file
-_SCAN_BLOCK = 16 * 1024 * 1024
+_SCAN_BLOCK = 4 * 1024 * 1024
 
 
 class CTFFormatError(ValueError):
@@ -460,18 +466,24 @@ class CTFDeserializer:
                 continue
             if head >= end or line[head] in _BLANKS or head == stop:
                 raise _LineError("'|' must be followed directly by a stream name or '#'", pos)
-            tokens = list(_TOKEN.finditer(line, head, stop))
-            name_raw = tokens[0].group()
+            name_end = _NAME.match(line, head, stop).end()
+            name_raw = line[head:name_end]
             name = self._fields.get(name_raw)
             pos = stop
             if name is None:
                 undeclared.setdefault(name_raw, None)
                 continue
-            field = _text(name_raw)
             if name in seen:
-                raise _LineError(f"stream {field!r} appears twice on one line", head)
+                raise _LineError(f"stream {_text(name_raw)!r} appears twice on one line", head)
             seen.add(name)
             sdef = self.streams[name]
+            sample = self._fast_sample(line, name_end, stop, sdef)
+            if sample is not None and (sdef.is_sparse or len(sample) == sdef.dim):
+                seq.samples[name].append(sample)
+                continue
+            # something to report, or a short dense sample: token by token
+            field = _text(name_raw)
+            tokens = list(_TOKEN.finditer(line, head, stop))
             if sdef.is_sparse:
                 indices, values = [], []
                 for m in tokens[1:]:
@@ -506,6 +518,31 @@ class CTFDeserializer:
                     entry[0] += 1
                     row.extend([0.0] * (sdef.dim - len(row)))
                 seq.samples[name].append(row)
+
+    @staticmethod
+    def _fast_sample(line: bytes, start: int, stop: int, sdef: StreamDef) -> Any:
+        """The values of a well-formed sample in one pass, or None (then the slow path
+        finds and names the problem). Dense: a list of floats; sparse: (indices, values)."""
+        if sdef.is_sparse:
+            if not _SPARSE_VALUES.fullmatch(line, start, stop):
+                return None
+            pairs = [t.split(b":") for t in line[start:stop].split()]
+            indices = [int(i) for i, _ in pairs]
+            if indices and max(indices) >= sdef.dim:
+                return None
+            values = [float(v) for _, v in pairs]
+            sample: Any = (indices, values)
+        else:
+            if not _DENSE_VALUES.fullmatch(line, start, stop):
+                return None
+            values = sample = [float(v) for v in line[start:stop].split()]
+            if len(values) > sdef.dim:
+                return None
+        # inf, nan or a value beyond float32: let _number decide (NaN fails both tests)
+        limit = _FLOAT32_OVERFLOW
+        if values and not (-limit < min(values) and max(values) < limit):
+            return None
+        return sample
 
     @staticmethod
     def _number(token: bytes, name: str, dtype: str, at: int) -> float:
@@ -588,7 +625,8 @@ def write_ctf(path: str | os.PathLike, sequences: Iterable[Mapping[str, Any]],
             are written as ``index:value``.
         sparse: sparse stream name -> dimension (indices are checked against it).
         ids: a sequence id per sequence; default ``0, 1, 2, ...``.
-        float_format: ``%`` format for values; ``%.9g`` round-trips float32 exactly.
+        float_format: ``%`` format for values; ``%.9g`` round-trips float32 exactly, use
+            ``%.17g`` for float64 streams.
 
     Example:
         >>> import os, tempfile, numpy as np
