@@ -376,6 +376,20 @@ class CTFDeserializer:
             lengths.append(n)
             first_lines.append(seq.first_line)
 
+        def flush_warnings() -> None:
+            """The chunk's warnings so far: short dense samples, undeclared streams."""
+            if first_time:
+                base = self._index()[index]
+                for field, (count, k) in short.items():
+                    line = self._line_of(base) + k
+                    dim = self.streams[self._fields[field.encode("utf-8")]].dim
+                    warnings.warn(f"{self.path}, line {line}: stream {field!r} has fewer "
+                                  f"values than its dimension {dim}; zero-filled ({count} "
+                                  f"such sample(s) from line {line} on; strict=True makes "
+                                  "this an error)", CTFWarning, stacklevel=4)
+            short.clear()
+            self._warn_undeclared(index, raw, list(undeclared))
+
         def fail(k: int, at: int, message: str) -> None:
             nonlocal bad
             bad += 1
@@ -385,6 +399,7 @@ class CTFDeserializer:
                 if self.max_errors:
                     message += (f" ({before + bad} bad sequences, more than "
                                 f"max_errors={self.max_errors})")
+                flush_warnings()  # what was read before the error is reported too
                 raise CTFFormatError(self.path, line, at + 1, message)
             if first_time:
                 warnings.warn(f"{self.path}, line {line}, column {at + 1}: {message}; skipping "
@@ -422,16 +437,7 @@ class CTFDeserializer:
                 fail(k, e.at, e.message)
         close()
         self._bad[index] = bad
-        if first_time:
-            base = self._index()[index]
-            for field, (count, k) in short.items():
-                line = self._line_of(base) + k
-                dim = self.streams[self._fields[field.encode("utf-8")]].dim
-                warnings.warn(f"{self.path}, line {line}: stream {field!r} has fewer values "
-                              f"than its dimension {dim}; zero-filled "
-                              f"({count} such sample(s) in lines {line}..., strict=True makes "
-                              "this an error)", CTFWarning, stacklevel=3)
-        self._warn_undeclared(index, raw, list(undeclared))
+        flush_warnings()
         streams = {}
         for name, sdef in self.streams.items():
             offsets = np.array(seq_offsets[name], dtype=np.int64)
