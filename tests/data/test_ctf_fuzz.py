@@ -16,7 +16,7 @@ from rnnkit.data.sources import StreamDef, StreamDefs
 DEFS = StreamDefs(x=StreamDef(shape=3), y=StreamDef(shape=5, is_sparse=True),
                   z=StreamDef(shape=2, dtype="float64"))
 NATIVE = _ctf_native.load() is not None
-FUZZ = settings(max_examples=200, deadline=None,
+FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 #: bytes that mean something in the format, so mutations hit the parser's branches
