@@ -3,6 +3,9 @@
 __version__ = "0.1.0"
 
 # Each section is owned by one subpackage; add its exports once its module imports cleanly.
+# --- config: get_config / from_config, the registry ---
+from rnnkit.config import register_serializable  # noqa: E402, F401
+
 # --- cells ---
 from rnnkit.cells import (  # noqa: E402, F401
     ElmanCell,

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
+from rnnkit.config import Configurable
 
 State = Tensor | tuple[Tensor, ...]
 
@@ -117,7 +118,7 @@ def layer_norm_params(module: nn.LayerNorm | None) -> RF.LayerNormParams | None:
     return RF.LayerNormParams(module.weight, module.bias, module.eps)
 
 
-class RecurrentCell(nn.Module):
+class RecurrentCell(Configurable, nn.Module):
     """Base class of rnnkit cells.
 
     Subclasses set ``input_size``, ``hidden_size``, ``state_size`` (an int, or a tuple of

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnkit.config import Configurable
 from rnnkit.layers.masking import from_time_major, map_state, reverse_padded, to_time_major
 from rnnkit.layers.recurrence import Recurrence
 
@@ -42,7 +43,7 @@ def _is_cell(module: nn.Module) -> bool:
     return hasattr(module, "state_size") and not isinstance(module, Recurrence)
 
 
-class Bidirectional(nn.Module):
+class Bidirectional(Configurable, nn.Module):
     """Run a layer forwards and a copy of it backwards, and merge their outputs.
 
     Args:

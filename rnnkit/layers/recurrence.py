@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.cells.base import State
+from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.layers.dropout import reset_dropout_masks
 from rnnkit.layers.masking import (
@@ -53,7 +54,7 @@ class _FullStateCell(CellWrapper):
         return torch.cat(list(parts), dim=-1), new_state  # (B, sum(S))
 
 
-class Recurrence(nn.Module):
+class Recurrence(Configurable, nn.Module):
     """Run ``cell`` over a sequence; return every step's output and the final state.
 
     .. math:: o_t, s_t = \\mathrm{cell}(x_t, s_{t-1}), \\qquad t = 1 \\dots T
@@ -282,7 +283,7 @@ class Unfolded(NamedTuple):
     lengths: Tensor  # (B,) int64: generated steps per sequence (the stopping step included)
 
 
-class UnfoldFrom(nn.Module):
+class UnfoldFrom(Configurable, nn.Module):
     """Generate a sequence from a state by feeding each output back in (one-to-many).
 
     .. math::

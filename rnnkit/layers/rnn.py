@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
+from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.layers.dropout import (
     RecurrentDropoutCell,
@@ -57,7 +58,7 @@ _TORCH_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 HiddenState = Tensor | tuple[Tensor, Tensor]
 
 
-class RNNBase(nn.Module):
+class RNNBase(Configurable, nn.Module):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see module docs)."""
 
     def __init__(

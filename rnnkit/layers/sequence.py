@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnkit.config import Configurable
 from rnnkit.layers.bidirectional import Bidirectional
 from rnnkit.layers.masking import (
     check_lengths,
@@ -38,7 +39,7 @@ from rnnkit.layers.masking import (
 from rnnkit.layers.recurrence import Recurrence
 
 
-class Sequence(nn.Module):
+class Sequence(Configurable, nn.Module):
     """Wrap a layer (or a cell) to return what Keras' recurrent layers return.
 
     Args:

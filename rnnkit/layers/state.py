@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from rnnkit.cells.base import State
+from rnnkit.config import Configurable
 
 
 def state_sizes(cell: nn.Module) -> tuple[int, ...] | int:
@@ -35,7 +36,7 @@ def zero_state(
     return torch.zeros(batch_size, size, **factory)
 
 
-class CellWrapper(nn.Module):
+class CellWrapper(Configurable, nn.Module):
     """Base of cell wrappers: forwards the cell contract's attributes to the wrapped cell."""
 
     def __init__(self, cell: nn.Module) -> None:
