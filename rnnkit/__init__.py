@@ -3,9 +3,6 @@
 __version__ = "0.1.0"
 
 # Each section is owned by one subpackage; add its exports once its module imports cleanly.
-# --- config: get_config / from_config, the registry ---
-from rnnkit.config import register_serializable  # noqa: E402, F401
-
 # --- cells ---
 from rnnkit.cells import (  # noqa: E402, F401
     ElmanCell,
@@ -19,6 +16,9 @@ from rnnkit.cells import (  # noqa: E402, F401
     NASCell,
     UGRNNCell,
 )
+
+# --- config: get_config / from_config, the registry (rnnkit.config) ---
+from rnnkit.config import register_serializable  # noqa: E402, F401
 
 # --- layers ---
 from rnnkit.layers import (  # noqa: E402, F401

@@ -14,8 +14,9 @@ driven the same way.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,20 +26,63 @@ from rnnkit.config import Configurable
 State = Tensor | tuple[Tensor, ...]
 
 
-def check_size(name: str, value: int, minimum: int = 1) -> int:
-    """Validate an integer size argument and return it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+def check_size(name: str, value: int, minimum: int = 1, owner: str | None = None) -> int:
+    """Validate an integer size argument (any integral type, NumPy's included; not a bool)
+    and return it as an ``int``; ``owner`` (the cell's name) prefixes the error."""
+    where = f"{owner}: {name}" if owner else name
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
+        raise TypeError(f"{where} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+        raise ValueError(f"{where} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def check_flag(owner: str, name: str, value: object) -> bool:
-    """Validate a boolean constructor option (``bias``, ``peepholes``, ...)."""
-    if not isinstance(value, bool):
+    """Validate a boolean constructor option (``bias``, ``peepholes``, ...); NumPy's bool
+    is accepted, numbers are not."""
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} ({value!r})")
-    return value
+    return bool(value)
+
+
+def check_proj_size(owner: str, proj_size: object, hidden_size: int) -> int:
+    """Validate ``proj_size``: 0 (no projection) or a size smaller than ``hidden_size``."""
+    proj_size = check_size("proj_size", proj_size, minimum=0, owner=owner)
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"{owner}: proj_size must be smaller than hidden_size, got proj_size={proj_size}"
+            f" and hidden_size={hidden_size}"
+        )
+    return proj_size
+
+
+def check_dtype(owner: str, dtype: object) -> torch.dtype | None:
+    """Validate a ``dtype=`` argument: ``None`` or a floating-point ``torch.dtype`` (parameters
+    and states need one: gradients exist only for floating-point tensors)."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(
+            f"{owner}: dtype must be a torch.dtype such as torch.float32, got "
+            f"{type(dtype).__name__} ({dtype!r})"
+        )
+    if not dtype.is_floating_point:
+        raise TypeError(
+            f"{owner}: dtype must be a floating-point dtype (float32, float64, float16, "
+            f"bfloat16), got {dtype}"
+        )
+    return dtype
+
+
+def factory_kwargs(owner: str, device: object, dtype: object) -> dict[str, object]:
+    """``{"device": ..., "dtype": ...}`` for creating a cell's parameters, checked first so
+    that a bad value is reported with the cell's name rather than from inside torch."""
+    if device is not None:
+        try:
+            device = torch.device(device)  # type: ignore[arg-type]
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"{owner}: invalid device {device!r}: {error}") from None
+    return {"device": device, "dtype": check_dtype(owner, dtype)}
 
 
 def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> str:
@@ -91,6 +135,11 @@ def check_input_dtype(cell: RecurrentCell, x: Tensor) -> None:
             f"{type(cell).__name__}: input dtype {x.dtype} does not match the parameter dtype "
             f"{weight.dtype}; convert one of them (e.g. cell.to({x.dtype}))"
         )
+    if weight is not None and x.device != weight.device:
+        raise ValueError(
+            f"{type(cell).__name__}: the input is on {x.device} but the parameters are on "
+            f"{weight.device}; move one of them (e.g. cell.to({str(x.device)!r}))"
+        )
 
 
 def check_state_tensor(
@@ -108,6 +157,8 @@ def check_state_tensor(
         )
     if state.dtype != x.dtype:
         raise TypeError(f"{name}: {what} dtype {state.dtype} does not match input dtype {x.dtype}")
+    if state.device != x.device:
+        raise ValueError(f"{name}: {what} is on {state.device} but the input is on {x.device}")
     return state
 
 
@@ -132,6 +183,9 @@ class RecurrentCell(Configurable, nn.Module):
     state_size: int | tuple[int, ...]
     output_size: int
     state_names: tuple[str, ...] = ("h", "c")
+    # Parameters renamed since an earlier version: old name -> new name. load_state_dict
+    # accepts a state_dict with the old names (see _load_from_state_dict).
+    renamed_parameters: dict[str, str] = {}
 
     def initial_state(
         self,
@@ -140,7 +194,9 @@ class RecurrentCell(Configurable, nn.Module):
         dtype: torch.dtype | None = None,
     ) -> State:
         """Zeros in the shape of this cell's state for ``batch_size`` sequences."""
-        check_size("batch_size", batch_size)
+        owner = f"{type(self).__name__}.initial_state"
+        batch_size = check_size("batch_size", batch_size, owner=owner)
+        dtype = check_dtype(owner, dtype)
         reference = next(self.parameters(), None)
         if device is None:
             device = reference.device if reference is not None else None
@@ -152,6 +208,13 @@ class RecurrentCell(Configurable, nn.Module):
                 for size in self.state_size
             )
         return torch.zeros(batch_size, self.state_size, device=device, dtype=dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # torch's load_state_dict hands each module a copy of the dict it may rewrite
+        for old, new in self.renamed_parameters.items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _reset_uniform(self, bound: float, zeros: tuple[str, ...] = ()) -> None:
         """Draw this cell's own parameters from :math:`U(-bound, bound)` in registration order

@@ -13,6 +13,7 @@ from rnnkit.cells.base import (
     check_choice,
     check_flag,
     check_size,
+    factory_kwargs,
     optional_parameter,
 )
 
@@ -76,14 +77,14 @@ class ElmanCell(RecurrentCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.input_size = input_size = check_size("input_size", input_size, owner="ElmanCell")
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner="ElmanCell")
         self.nonlinearity = check_choice("ElmanCell", "nonlinearity", nonlinearity, _NONLINEARITIES)
         self.bias = check_flag("ElmanCell", "bias", bias)
         self.init = check_choice("ElmanCell", "init", init, _INITS)
         self.state_size = hidden_size
         self.output_size = hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs("ElmanCell", device, dtype)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
         for name in ("bias_ih", "bias_hh"):

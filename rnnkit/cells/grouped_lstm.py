@@ -13,6 +13,7 @@ from rnnkit.cells.base import (
     check_flag,
     check_real,
     check_size,
+    factory_kwargs,
     optional_parameter,
 )
 from rnnkit.cells.lstm import init_forget_bias
@@ -85,22 +86,23 @@ class GroupedLSTMCell(RecurrentCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        self.groups = check_size("groups", groups)
-        for name, size in (("input_size", input_size), ("hidden_size", hidden_size)):
+        name = "GroupedLSTMCell"
+        self.input_size = input_size = check_size("input_size", input_size, owner=name)
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner=name)
+        self.groups = groups = check_size("groups", groups, owner=name)
+        for arg, size in (("input_size", input_size), ("hidden_size", hidden_size)):
             if size % groups:
                 raise ValueError(
-                    f"GroupedLSTMCell: {name}={size} is not divisible by groups={groups}"
+                    f"GroupedLSTMCell: {arg}={size} is not divisible by groups={groups}"
                 )
-        check_flag("GroupedLSTMCell", "bias", bias)
+        self.bias = check_flag("GroupedLSTMCell", "bias", bias)
         self.forget_bias = check_real(
             "GroupedLSTMCell", "forget_bias", forget_bias, optional=True
         )
         self.state_size = (hidden_size, hidden_size)
         self.output_size = hidden_size
         group_in, group_hidden = input_size // groups, hidden_size // groups
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs(name, device, dtype)
         self.weight_ih = nn.Parameter(torch.empty(groups, 4 * group_hidden, group_in, **factory))
         self.weight_hh = nn.Parameter(
             torch.empty(groups, 4 * group_hidden, group_hidden, **factory)
@@ -129,7 +131,7 @@ class GroupedLSTMCell(RecurrentCell):
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}, groups={self.groups}"
-        if self.bias_ih is None:
+        if not self.bias:
             text += ", bias=False"
         if self.forget_bias != 1.0:
             text += f", forget_bias={self.forget_bias}"

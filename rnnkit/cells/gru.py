@@ -12,6 +12,7 @@ from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
     check_size,
+    factory_kwargs,
     layer_norm_params,
     optional_parameter,
 )
@@ -89,14 +90,14 @@ class GRUCell(RecurrentCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.input_size = input_size = check_size("input_size", input_size, owner="GRUCell")
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner="GRUCell")
         self.bias = check_flag("GRUCell", "bias", bias)
         self.reset_after = check_flag("GRUCell", "reset_after", reset_after)
         self.layer_norm = check_flag("GRUCell", "layer_norm", layer_norm)
         self.state_size = hidden_size
         self.output_size = hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs("GRUCell", device, dtype)
         self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
         for name in ("bias_ih", "bias_hh"):

@@ -14,6 +14,7 @@ from rnnkit.cells.base import (
     check_flag,
     check_positive,
     check_size,
+    factory_kwargs,
     optional_parameter,
 )
 
@@ -45,14 +46,14 @@ class IndRNNCell(RecurrentCell):
     ``weight_ih``  ``(H, H_in)``   :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
     ``weight_hh``  ``(H,)``        :math:`U(0, \min(1, u_{max}))`: with ReLU, states
                                    neither explode nor vanish quickly at start
-    ``bias``       ``(H,)``        zeros; only with ``bias``
+    ``bias_ih``    ``(H,)``        zeros; only with ``bias``
     =============  ==============  ==================================================
 
     Args:
         input_size: H_in.
         hidden_size: H.
         nonlinearity: ``"relu"`` (the paper's) or ``"tanh"``.
-        bias: create ``bias``.
+        bias: create ``bias_ih``.
         recurrent_max_abs: if given (``> 0``), clip the recurrent weights to
             ``[-recurrent_max_abs, recurrent_max_abs]``.
         device, dtype: where and in what dtype to create the parameters.
@@ -69,6 +70,8 @@ class IndRNNCell(RecurrentCell):
         (torch.Size([2, 5]), (5,))
     """
 
+    renamed_parameters = {"bias": "bias_ih"}  # older state_dicts name it "bias"
+
     def __init__(
         self,
         input_size: int,
@@ -80,21 +83,21 @@ class IndRNNCell(RecurrentCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.input_size = input_size = check_size("input_size", input_size, owner="IndRNNCell")
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner="IndRNNCell")
         self.nonlinearity = check_choice(
             "IndRNNCell", "nonlinearity", nonlinearity, _NONLINEARITIES
         )
-        check_flag("IndRNNCell", "bias", bias)
+        self.bias = check_flag("IndRNNCell", "bias", bias)
         self.recurrent_max_abs = check_positive(
             "IndRNNCell", "recurrent_max_abs", recurrent_max_abs
         )
         self.state_size = hidden_size
         self.output_size = hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs("IndRNNCell", device, dtype)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, **factory))
-        self.register_parameter("bias", optional_parameter(bias, hidden_size, **factory))
+        self.register_parameter("bias_ih", optional_parameter(bias, hidden_size, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -103,12 +106,12 @@ class IndRNNCell(RecurrentCell):
         nn.init.uniform_(self.weight_ih, -bound, bound)
         high = 1.0 if self.recurrent_max_abs is None else min(1.0, self.recurrent_max_abs)
         nn.init.uniform_(self.weight_hh, 0.0, high)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        if self.bias_ih is not None:
+            nn.init.zeros_(self.bias_ih)
 
     def weights(self) -> RF.IndRNNWeights:
         """This cell's parameters as :class:`rnnkit.functional.IndRNNWeights`."""
-        return RF.IndRNNWeights(self.weight_ih, self.weight_hh, self.bias)
+        return RF.IndRNNWeights(self.weight_ih, self.weight_hh, self.bias_ih)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         state = self.prepare_call(x, state)
@@ -124,7 +127,7 @@ class IndRNNCell(RecurrentCell):
         text = f"{self.input_size}, {self.hidden_size}"
         if self.nonlinearity != "relu":
             text += f", nonlinearity={self.nonlinearity!r}"
-        if self.bias is None:
+        if not self.bias:
             text += ", bias=False"
         if self.recurrent_max_abs is not None:
             text += f", recurrent_max_abs={self.recurrent_max_abs}"

@@ -13,8 +13,10 @@ from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
     check_positive,
+    check_proj_size,
     check_real,
     check_size,
+    factory_kwargs,
     layer_norm_params,
     optional_parameter,
 )
@@ -126,14 +128,9 @@ class LSTMCell(RecurrentCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        self.proj_size = check_size("proj_size", proj_size, minimum=0)
-        if proj_size >= hidden_size:
-            raise ValueError(
-                f"LSTMCell: proj_size must be smaller than hidden_size, got proj_size={proj_size}"
-                f" and hidden_size={hidden_size}"
-            )
+        self.input_size = input_size = check_size("input_size", input_size, owner="LSTMCell")
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner="LSTMCell")
+        self.proj_size = proj_size = check_proj_size("LSTMCell", proj_size, hidden_size)
         self.bias = check_flag("LSTMCell", "bias", bias)
         self.peepholes = check_flag("LSTMCell", "peepholes", peepholes)
         self.coupled_gates = check_flag("LSTMCell", "coupled_gates", coupled_gates)
@@ -146,7 +143,7 @@ class LSTMCell(RecurrentCell):
         self.state_size = (output_size, hidden_size)
         self.num_gates = 3 if coupled_gates else 4
         gate_rows = self.num_gates * hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs("LSTMCell", device, dtype)
         self.weight_ih = nn.Parameter(torch.empty(gate_rows, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(gate_rows, output_size, **factory))
         for name in ("bias_ih", "bias_hh"):

@@ -16,6 +16,7 @@ from rnnkit.cells.base import (
     check_input_dtype,
     check_size,
     check_state_tensor,
+    factory_kwargs,
     optional_parameter,
 )
 
@@ -24,6 +25,7 @@ class _MinRNNCell(RecurrentCell):
     """Shared machinery of :class:`MinGRUCell` and :class:`MinLSTMCell`."""
 
     blocks: int  # row blocks of weight_ih: minGRU 2 (z, h~), minLSTM 3 (f, i, h~)
+    renamed_parameters = {"bias": "bias_ih"}  # older state_dicts name it "bias"
     _step: Callable[[Tensor, Tensor, RF.MinRNNWeights], tuple[Tensor, Tensor]]
     _scan: Callable[..., Tensor]
 
@@ -36,15 +38,16 @@ class _MinRNNCell(RecurrentCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        check_flag(type(self).__name__, "bias", bias)
+        name = type(self).__name__
+        self.input_size = input_size = check_size("input_size", input_size, owner=name)
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner=name)
+        self.bias = check_flag(name, "bias", bias)
         self.state_size = hidden_size
         self.output_size = hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs(name, device, dtype)
         rows = self.blocks * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **factory))
-        self.register_parameter("bias", optional_parameter(bias, rows, **factory))
+        self.register_parameter("bias_ih", optional_parameter(bias, rows, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -53,7 +56,7 @@ class _MinRNNCell(RecurrentCell):
 
     def weights(self) -> RF.MinRNNWeights:
         """This cell's parameters as :class:`rnnkit.functional.MinRNNWeights`."""
-        return RF.MinRNNWeights(self.weight_ih, self.bias)
+        return RF.MinRNNWeights(self.weight_ih, self.bias_ih)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         state = self.prepare_call(x, state)
@@ -96,7 +99,7 @@ class _MinRNNCell(RecurrentCell):
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
-        if self.bias is None:
+        if not self.bias:
             text += ", bias=False"
         return text
 
@@ -126,13 +129,13 @@ class MinGRUCell(_MinRNNCell):
     name           shape            initialisation
     =============  ===============  ==================================================
     ``weight_ih``  ``(2H, H_in)``   rows z, then h̃; :math:`U(-1/\sqrt{H_{in}}, \cdot)`
-    ``bias``       ``(2H,)``        same; only with ``bias``
+    ``bias_ih``    ``(2H,)``        same; only with ``bias``
     =============  ===============  ==================================================
 
     Args:
         input_size: H_in.
         hidden_size: H.
-        bias: create ``bias``.
+        bias: create ``bias_ih``.
         device, dtype: where and in what dtype to create the parameters.
 
     Call: ``output, h = cell(x, h)`` (one step, ``x`` ``(B, H_in)``) or
@@ -180,13 +183,13 @@ class MinLSTMCell(_MinRNNCell):
     name           shape            initialisation
     =============  ===============  ==================================================
     ``weight_ih``  ``(3H, H_in)``   rows f, i, h̃; :math:`U(-1/\sqrt{H_{in}}, \cdot)`
-    ``bias``       ``(3H,)``        same; only with ``bias``
+    ``bias_ih``    ``(3H,)``        same; only with ``bias``
     =============  ===============  ==================================================
 
     Args:
         input_size: H_in.
         hidden_size: H.
-        bias: create ``bias``.
+        bias: create ``bias_ih``.
         device, dtype: where and in what dtype to create the parameters.
 
     Example:

@@ -11,7 +11,9 @@ from rnnkit import functional as RF
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
+    check_proj_size,
     check_size,
+    factory_kwargs,
     optional_parameter,
 )
 
@@ -43,7 +45,7 @@ class NASCell(RecurrentCell):
 
     Parameters (B: batch, H_in: ``input_size``, H: ``hidden_size``, P: ``proj_size``,
     H_out = P if ``proj_size > 0`` else H). From a TF checkpoint: ``weight_ih = kernel.T``,
-    ``weight_hh = recurrent_kernel.T``, ``bias = bias``, ``weight_hr =
+    ``weight_hh = recurrent_kernel.T``, ``bias_hh = bias``, ``weight_hr =
     projection_weights.T``.
 
     =============  ================  ==========================================
@@ -51,15 +53,18 @@ class NASCell(RecurrentCell):
     =============  ================  ==========================================
     ``weight_ih``  ``(8H, H_in)``    :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
     ``weight_hh``  ``(8H, H_out)``   :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
-    ``bias``       ``(8H,)``         zeros (TF); only with ``bias=True``
+    ``bias_hh``    ``(8H,)``         zeros (TF); only with ``bias``
     ``weight_hr``  ``(P, H)``        :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`; with ``proj_size``
     =============  ================  ==========================================
 
     Args:
         input_size: H_in.
         hidden_size: H.
-        proj_size: if ``> 0``, project the output to this size (TF ``num_proj``).
-        bias: create ``bias``. Default ``False``, as TF's ``use_biases=False``.
+        proj_size: if ``> 0``, project the output to this size (TF ``num_proj``); must be
+            smaller than ``hidden_size``.
+        bias: create ``bias_hh`` (it joins the recurrent term :math:`v^k`). Default ``True``
+            as every rnnkit cell; TF's default is ``use_biases=False``: pass ``bias=False``
+            for TF's cell. The bias starts at zero, so both start out computing the same.
         device, dtype: where and in what dtype to create the parameters.
 
     Call: ``output, (h, c) = cell(x, (h, c))`` with ``x`` ``(B, H_in)``, ``h`` ``(B, H_out)``,
@@ -75,29 +80,30 @@ class NASCell(RecurrentCell):
     """
 
     branches = 8
+    renamed_parameters = {"bias": "bias_hh"}  # older state_dicts name it "bias"
 
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
         proj_size: int = 0,
-        bias: bool = False,
+        bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        self.proj_size = check_size("proj_size", proj_size, minimum=0)
-        check_flag("NASCell", "bias", bias)
+        self.input_size = input_size = check_size("input_size", input_size, owner="NASCell")
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner="NASCell")
+        self.proj_size = proj_size = check_proj_size("NASCell", proj_size, hidden_size)
+        self.bias = check_flag("NASCell", "bias", bias)
         output_size = proj_size if proj_size > 0 else hidden_size
         self.output_size = output_size
         self.state_size = (output_size, hidden_size)
         rows = self.branches * hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs("NASCell", device, dtype)
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(rows, output_size, **factory))
-        self.register_parameter("bias", optional_parameter(bias, rows, **factory))
+        self.register_parameter("bias_hh", optional_parameter(bias, rows, **factory))
         self.register_parameter(
             "weight_hr", optional_parameter(proj_size > 0, proj_size, hidden_size, **factory)
         )
@@ -105,11 +111,11 @@ class NASCell(RecurrentCell):
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters as described in the class docstring."""
-        self._reset_uniform(1.0 / math.sqrt(self.hidden_size), zeros=("bias",))
+        self._reset_uniform(1.0 / math.sqrt(self.hidden_size), zeros=("bias_hh",))
 
     def weights(self) -> RF.NASWeights:
         """This cell's parameters as :class:`rnnkit.functional.NASWeights`."""
-        return RF.NASWeights(self.weight_ih, self.weight_hh, self.bias, self.weight_hr)
+        return RF.NASWeights(self.weight_ih, self.weight_hh, self.bias_hh, self.weight_hr)
 
     def forward(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
@@ -121,6 +127,6 @@ class NASCell(RecurrentCell):
         text = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size:
             text += f", proj_size={self.proj_size}"
-        if self.bias is not None:
-            text += ", bias=True"
+        if not self.bias:
+            text += ", bias=False"
         return text

@@ -13,6 +13,7 @@ from rnnkit.cells.base import (
     check_flag,
     check_real,
     check_size,
+    factory_kwargs,
     optional_parameter,
 )
 
@@ -33,7 +34,7 @@ class UGRNNCell(RecurrentCell):
 
     ``forget_bias`` (:math:`b_f`, default 1.0) is a constant added in *every* step, as in
     TensorFlow, so that a TF checkpoint gives TF's numbers (``weight_ih = kernel[:H_in].T``,
-    ``weight_hh = kernel[H_in:].T``, ``bias = bias``). This differs from
+    ``weight_hh = kernel[H_in:].T``, ``bias_ih = bias``). This differs from
     :class:`~rnnkit.cells.LSTMCell`, whose ``forget_bias`` only initialises a parameter
     (there the reference is ``torch.nn.LSTMCell``, which adds nothing); pass
     ``forget_bias=0.0`` to get a UGRNN without the constant.
@@ -46,13 +47,13 @@ class UGRNNCell(RecurrentCell):
     =============  ===============  ==========================================
     ``weight_ih``  ``(2H, H_in)``   :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
     ``weight_hh``  ``(2H, H)``      :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`
-    ``bias``       ``(2H,)``        zeros (TF's ``_Linear``); only with ``bias``
+    ``bias_ih``    ``(2H,)``        zeros (TF's ``_Linear``); only with ``bias``
     =============  ===============  ==========================================
 
     Args:
         input_size: H_in.
         hidden_size: H.
-        bias: create ``bias``.
+        bias: create ``bias_ih``.
         forget_bias: constant added to the update-gate pre-activation (see above).
         device, dtype: where and in what dtype to create the parameters.
 
@@ -68,6 +69,8 @@ class UGRNNCell(RecurrentCell):
         (torch.Size([2, 5]), 5)
     """
 
+    renamed_parameters = {"bias": "bias_ih"}  # older state_dicts name it "bias"
+
     def __init__(
         self,
         input_size: int,
@@ -78,25 +81,27 @@ class UGRNNCell(RecurrentCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        check_flag("UGRNNCell", "bias", bias)
+        self.input_size = input_size = check_size("input_size", input_size, owner="UGRNNCell")
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size, owner="UGRNNCell")
+        self.bias = check_flag("UGRNNCell", "bias", bias)
         self.forget_bias = check_real("UGRNNCell", "forget_bias", forget_bias)
         self.state_size = hidden_size
         self.output_size = hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory = factory_kwargs("UGRNNCell", device, dtype)
         self.weight_ih = nn.Parameter(torch.empty(2 * hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size, **factory))
-        self.register_parameter("bias", optional_parameter(bias, 2 * hidden_size, **factory))
+        self.register_parameter(
+            "bias_ih", optional_parameter(bias, 2 * hidden_size, **factory)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters as described in the class docstring."""
-        self._reset_uniform(1.0 / math.sqrt(self.hidden_size), zeros=("bias",))
+        self._reset_uniform(1.0 / math.sqrt(self.hidden_size), zeros=("bias_ih",))
 
     def weights(self) -> RF.UGRNNWeights:
         """This cell's parameters as :class:`rnnkit.functional.UGRNNWeights`."""
-        return RF.UGRNNWeights(self.weight_ih, self.weight_hh, self.bias)
+        return RF.UGRNNWeights(self.weight_ih, self.weight_hh, self.bias_ih)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         state = self.prepare_call(x, state)
@@ -104,7 +109,7 @@ class UGRNNCell(RecurrentCell):
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
-        if self.bias is None:
+        if not self.bias:
             text += ", bias=False"
         if self.forget_bias != 1.0:
             text += f", forget_bias={self.forget_bias}"

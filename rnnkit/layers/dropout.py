@@ -21,6 +21,9 @@ drop-ins, ``Bidirectional``) and any engine that accepts custom cells.
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -29,8 +32,8 @@ from rnnkit.layers.state import CellWrapper
 
 
 def check_probability(name: str, p: float) -> float:
-    """Validate a dropout probability in ``[0, 1)``."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
+    """Validate a dropout probability in ``[0, 1)``: any real number (NumPy's too), not a bool."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1), got {type(p).__name__} ({p!r})")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {p}")

@@ -33,8 +33,8 @@ def random_cell(**kwargs) -> IndRNNCell:
     with torch.no_grad():
         cell.weight_ih.uniform_(-0.7, 0.7)
         cell.weight_hh.uniform_(-1.5, 1.5)  # some beyond the clip used below
-        if cell.bias is not None:
-            cell.bias.uniform_(-0.3, 0.5)
+        if cell.bias_ih is not None:
+            cell.bias_ih.uniform_(-0.3, 0.5)
     return cell
 
 
@@ -49,7 +49,7 @@ def test_matches_equation(nonlinearity, bias, max_abs):
     for x in xs:
         out, h = cell(x, h)
         outs.append(out)
-    b = None if cell.bias is None else cell.bias.detach().numpy()
+    b = None if cell.bias_ih is None else cell.bias_ih.detach().numpy()
     expected = numpy_indrnn(
         xs.numpy(), h0.numpy(), cell.weight_ih.detach().numpy(),
         cell.weight_hh.detach().numpy(), b, nonlinearity, max_abs,
@@ -92,10 +92,10 @@ def test_shapes_defaults_and_init():
     assert cell.state_size == H and cell.output_size == H
     assert tuple(cell.weight_hh.shape) == (H,)
     assert torch.all((cell.weight_hh >= 0) & (cell.weight_hh <= 1))
-    assert torch.count_nonzero(cell.bias) == 0
+    assert torch.count_nonzero(cell.bias_ih) == 0
     small = IndRNNCell(I, 200, recurrent_max_abs=0.5)
     assert small.weight_hh.max() <= 0.5
-    assert IndRNNCell(I, H, bias=False).bias is None
+    assert IndRNNCell(I, H, bias=False).bias_ih is None
     out, h = cell(torch.randn(B, I))
     assert out.shape == (B, H) and torch.all(out >= 0)
     assert "recurrent_max_abs=0.5" in repr(small)

@@ -74,7 +74,7 @@ def test_step_matches_paper_equations(cls, bias):
     xs = torch.randn(T, B, I, dtype=torch.float64)
     h0 = torch.randn(B, H, dtype=torch.float64)
     got = loop(cell, xs, h0)
-    b = None if cell.bias is None else cell.bias.detach().numpy()
+    b = None if cell.bias_ih is None else cell.bias_ih.detach().numpy()
     expected = ORACLES[cls](xs.numpy(), h0.numpy(), cell.weight_ih.detach().numpy(), b)
     np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
     candidates = (xs @ cell.weight_ih.T)[..., -H:]
@@ -191,10 +191,10 @@ def test_shapes_and_init(cls):
     cell = cls(I, H)
     blocks = 2 if cls is MinGRUCell else 3
     assert tuple(cell.weight_ih.shape) == (blocks * H, I)
-    assert tuple(cell.bias.shape) == (blocks * H,)
+    assert tuple(cell.bias_ih.shape) == (blocks * H,)
     assert cell.state_size == H and cell.output_size == H
     assert cell.weight_ih.abs().max() <= 1 / I**0.5
-    assert cls(I, H, bias=False).bias is None
+    assert cls(I, H, bias=False).bias_ih is None
     out, h = cell(torch.randn(B, I))
     assert out.shape == (B, H)
     assert "bias=False" in repr(cls(I, H, bias=False))

@@ -63,7 +63,7 @@ def random_cell(**kwargs) -> NASCell:
     return cell
 
 
-@pytest.mark.parametrize("proj_size", [0, P, 8])
+@pytest.mark.parametrize("proj_size", [0, P])  # TF also allows num_proj > num_units; rnnkit not
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_tf_equations(proj_size, bias):
     cell = random_cell(proj_size=proj_size, bias=bias)
@@ -86,7 +86,7 @@ def test_matches_tf_equations(proj_size, bias):
         (c0.numpy(), h0.numpy()),
         np_(cell.weight_ih.T),
         np_(cell.weight_hh.T),
-        np_(cell.bias),
+        np_(cell.bias_hh),
         None if cell.weight_hr is None else np_(cell.weight_hr.T),
     )
     np.testing.assert_allclose(torch.stack(outs).detach().numpy(), expected, rtol=1e-12, atol=1e-12)
@@ -129,26 +129,28 @@ def test_gradcheck(proj_size):
         out, (h2, c2) = RF.nas_step(x * 0.5, state, weights)
         return out, c2
 
-    params = [cell.weight_ih, cell.weight_hh, cell.bias, cell.weight_hr]
+    params = [cell.weight_ih, cell.weight_hh, cell.bias_hh, cell.weight_hr]
     params = [None if p is None else p.detach().clone().requires_grad_() for p in params]
     assert torch.autograd.gradcheck(two_steps, (x, h, c, *params))
 
 
 def test_defaults_and_init():
-    cell = NASCell(I, H)
-    assert cell.bias is None  # TF's use_biases=False
+    cell = NASCell(I, H, bias=False)  # TF's default, use_biases=False
+    assert cell.bias is False and cell.bias_hh is None
     assert cell.weight_hr is None and cell.proj_size == 0
     assert tuple(cell.weight_ih.shape) == (8 * H, I)
     assert tuple(cell.weight_hh.shape) == (8 * H, H)
-    with_bias = NASCell(I, H, proj_size=P, bias=True)
-    assert torch.count_nonzero(with_bias.bias) == 0
+    assert "bias=False" in repr(cell)
+    with_bias = NASCell(I, H, proj_size=P)  # rnnkit's default, as every cell: bias=True
+    assert with_bias.bias is True
+    assert torch.count_nonzero(with_bias.bias_hh) == 0
     assert tuple(with_bias.weight_hh.shape) == (8 * H, P)
     assert tuple(with_bias.weight_hr.shape) == (P, H)
     h, c = with_bias.initial_state(B)
     assert h.shape == (B, P) and c.shape == (B, H)
     out, _ = with_bias(torch.randn(B, I))
     assert out.shape == (B, P)
-    assert "proj_size=4, bias=True" in repr(with_bias)
+    assert repr(with_bias) == f"NASCell({I}, {H}, proj_size={P})"
 
 
 def test_errors():

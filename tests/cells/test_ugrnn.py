@@ -53,7 +53,7 @@ def test_matches_tf_equations(bias, forget_bias):
         outs.append(out)
     # the documented TF mapping: kernel = [weight_ih.T; weight_hh.T]
     kernel = torch.cat([cell.weight_ih.T, cell.weight_hh.T]).detach().numpy()
-    bias_np = None if cell.bias is None else cell.bias.detach().numpy()
+    bias_np = None if cell.bias_ih is None else cell.bias_ih.detach().numpy()
     expected = numpy_ugrnn(xs.numpy(), h0.numpy(), kernel, bias_np, forget_bias)
     np.testing.assert_allclose(torch.stack(outs).detach().numpy(), expected, rtol=1e-12, atol=1e-12)
 
@@ -78,14 +78,14 @@ def test_shapes_defaults_and_init():
     assert cell.forget_bias == 1.0
     assert tuple(cell.weight_ih.shape) == (2 * H, I)
     assert tuple(cell.weight_hh.shape) == (2 * H, H)
-    assert torch.count_nonzero(cell.bias) == 0  # TF's _Linear starts its bias at zero
+    assert torch.count_nonzero(cell.bias_ih) == 0  # TF's _Linear starts its bias at zero
     bound = 1 / H**0.5
     assert cell.weight_hh.abs().max() <= bound
     out, h = cell(torch.randn(B, I))  # state=None: zeros
     assert out.shape == (B, H)
     zero = cell.initial_state(B)
     torch.testing.assert_close(cell(torch.ones(B, I), zero)[0], cell(torch.ones(B, I))[0])
-    assert UGRNNCell(I, H, bias=False).bias is None
+    assert UGRNNCell(I, H, bias=False).bias_ih is None
     assert "forget_bias=0.0" in repr(UGRNNCell(I, H, forget_bias=0.0))
 
 
