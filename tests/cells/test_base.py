@@ -5,7 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from rnnkit.cells import LSTMCell, RecurrentCell
+from rnnkit.cells import (
+    IndRNNCell,
+    LSTMCell,
+    MinGRUCell,
+    MinLSTMCell,
+    NASCell,
+    RecurrentCell,
+    UGRNNCell,
+)
+from rnnkit.layers import Recurrence
 from tests.helpers import assert_doctests_pass
 
 B, I = 3, 2
@@ -71,3 +80,26 @@ def test_errors_name_the_cell_and_the_part():
 )
 def test_docstring_examples_run(module):
     assert_doctests_pass(f"rnnkit.cells.{module}")
+
+
+@pytest.mark.parametrize(
+    "build, new_name",
+    [
+        (lambda: NASCell(3, 4), "bias_hh"),
+        (lambda: UGRNNCell(3, 4), "bias_ih"),
+        (lambda: IndRNNCell(3, 4), "bias_ih"),
+        (lambda: MinGRUCell(3, 4), "bias_ih"),
+        (lambda: MinLSTMCell(3, 4), "bias_ih"),
+    ],
+)
+def test_a_state_dict_with_the_old_single_bias_name_still_loads(build, new_name):
+    """Issue 17: the single-bias cells' parameter "bias" is now bias_ih (bias_hh for NAS), so
+    that ``cell.bias`` is the constructor's bool on every cell; old state_dicts still load,
+    also nested inside a layer."""
+    source = Recurrence(build())
+    old = {key.replace(new_name, "bias"): value for key, value in source.state_dict().items()}
+    assert "cell.bias" in old
+    target = Recurrence(build())
+    target.load_state_dict(old)  # strict: no missing or unexpected key
+    assert torch.equal(getattr(target.cell, new_name), getattr(source.cell, new_name))
+    assert target.cell.bias is True
