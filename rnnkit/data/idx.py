@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import tempfile
@@ -87,7 +88,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                              f"bytes, the file has {len(raw)}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_TYPES[code])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: 4 x 65536 must not wrap to 0
     have = len(raw) - header
     if have < expected:
         raise IDXFormatError(f"{path}: truncated: shape {shape} of {dtype.name} needs "
@@ -103,6 +104,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
     """Write ``array`` as IDX, atomically; gzip when ``compress`` or the name ends in ``.gz``."""
     path = os.fspath(path)
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
     a = np.asarray(array)
     native = a.dtype.newbyteorder("=")
     if native not in _CODES:
@@ -113,7 +116,10 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
             + np.ascontiguousarray(a, dtype=_TYPES[_CODES[native]]).tobytes())
     if compress or (compress is None and path.endswith(".gz")):
         body = gzip.compress(body, mtime=0)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)
@@ -147,6 +153,34 @@ def find_idx_pair(root: str | os.PathLike, split: str = "train") -> tuple[str, s
     return found[0], found[1]
 
 
+def _array_or_file(name: str, value: object) -> np.ndarray:
+    """An array from an IDX path, a NumPy array, a tensor or a list; else a TypeError."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return read_idx(value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            return np.asarray(value)
+        except ValueError as e:
+            raise ValueError(f"{name} must be a rectangular array: {e}") from None
+    raise TypeError(f"{name} must be an IDX file path, a NumPy array, a tensor or a list, got "
+                    f"{type(value).__name__}")
+
+
+def _class_indices(labels: np.ndarray) -> np.ndarray:
+    """int64 class indices; float labels must be whole numbers (NaN would cast to -2**63)."""
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "b" or labels.dtype.kind not in "f":
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    bad = ~np.isfinite(labels) | (labels != np.round(labels))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"labels must be whole class indices, got labels[{i}] = {labels[i]}")
+    return labels.astype(np.int64)
+
+
 class IDXSequenceDataset(torch.utils.data.Dataset):
     """Images as sequences of rows: item ``i`` is ``(x (R, C) float32, label int64)``.
 
@@ -166,7 +200,9 @@ class IDXSequenceDataset(torch.utils.data.Dataset):
     def __init__(self, images: str | os.PathLike | np.ndarray,
                  labels: str | os.PathLike | np.ndarray | Sequence[int] | None = None,
                  normalize: bool = True, column_major: bool = False) -> None:
-        imgs = images if isinstance(images, np.ndarray) else read_idx(images)
+        imgs = _array_or_file("images", images)
+        if imgs.dtype.kind not in "biuf":
+            raise TypeError(f"images must hold numbers, got dtype {imgs.dtype}")
         if imgs.ndim != 3:
             raise ValueError(f"images must be (N, rows, cols), got shape {imgs.shape}")
         x = torch.from_numpy(np.ascontiguousarray(imgs)).to(torch.float32)  # (N, R, C)
@@ -177,12 +213,11 @@ class IDXSequenceDataset(torch.utils.data.Dataset):
         self.images = x
         self.labels = None
         if labels is not None:
-            lab = labels if isinstance(labels, (np.ndarray, list, tuple)) else read_idx(labels)
-            lab = np.asarray(lab)
+            lab = _array_or_file("labels", labels)
             if lab.ndim != 1 or len(lab) != len(imgs):
                 raise ValueError(f"labels must be ({len(imgs)},) to match the images, got shape "
                                  f"{lab.shape}")
-            self.labels = torch.from_numpy(lab.astype(np.int64))  # (N,)
+            self.labels = torch.from_numpy(_class_indices(lab))  # (N,)
 
     @classmethod
     def from_dir(cls, root: str | os.PathLike, split: str = "train",

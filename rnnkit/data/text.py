@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from rnnkit.data._checks import int_arg
+
 __all__ = [
     "PAD",
     "UNK",
@@ -41,6 +43,8 @@ _WORD = re.compile(r"\S+")
 
 
 def _tokenize(text: str, level: str, lower: bool) -> list[str]:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__} ({text!r})")
     if lower:
         text = text.lower()
     if level == "char":
@@ -101,15 +105,29 @@ class Vocabulary:
         (ties in first-seen order), at most ``max_size`` ordinary tokens."""
         if isinstance(texts, str):
             texts = [texts]
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        min_freq = int_arg("min_freq", min_freq)
+        if max_size is not None:
+            max_size = int_arg("max_size", max_size)
+        if level not in ("char", "word"):
+            raise ValueError(f"level must be 'char' or 'word', got {level!r}")
+        if not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a str or an iterable of str, got "
+                            f"{type(texts).__name__}")
         counts: Counter[str] = Counter()
-        for text in texts:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__} "
+                                f"({text!r})")
             counts.update(_tokenize(text, level, lower))
         # Counter.most_common keeps first-seen order among equal counts: deterministic ids
         kept = [t for t, c in counts.most_common() if c >= min_freq and t not in specials]
         if max_size is not None:
             kept = kept[:max_size]
+        if not kept:
+            found = (f"no token occurs min_freq={min_freq} times" if counts
+                     else "the texts hold no tokens (empty or whitespace only)")
+            raise ValueError(f"Vocabulary.build: {found}, so the vocabulary would hold only the "
+                             f"special tokens and every id would be <unk>")
         return cls(kept, level=level, lower=lower, specials=specials)
 
     def __len__(self) -> int:
@@ -126,6 +144,8 @@ class Vocabulary:
 
     def encode(self, text: str, as_tensor: bool = False) -> list[int] | torch.Tensor:
         """Token ids of ``text``; unknown tokens become ``unk_id``."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode needs a str, got {type(text).__name__} ({text!r})")
         ids = [self.stoi.get(t, self.unk_id) for t in self.tokenize(text)]
         return torch.tensor(ids, dtype=torch.int64) if as_tensor else ids
 
@@ -151,6 +171,10 @@ class Vocabulary:
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
         path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"cannot save the vocabulary to {path}: the folder {folder} "
+                                    "does not exist")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json",
                                    dir=os.path.dirname(os.path.abspath(path)))
         try:
@@ -173,16 +197,42 @@ class Vocabulary:
         if not isinstance(d, dict) or d.get("format") != "rnnkit.Vocabulary":
             raise ValueError(f"{path}: not an rnnkit vocabulary (missing format "
                              "'rnnkit.Vocabulary')")
-        return cls(d["tokens"], level=d["level"], lower=d["lower"], specials=d["specials"])
+        expected = {"tokens": list, "level": str, "lower": bool, "specials": list}
+        for key, kind in expected.items():
+            if key not in d:
+                raise ValueError(f"{path}: the vocabulary file has no {key!r} entry (keys: "
+                                 f"{sorted(d)})")
+            if not isinstance(d[key], kind):
+                raise ValueError(f"{path}: {key!r} must be a {kind.__name__}, got "
+                                 f"{type(d[key]).__name__}")
+        try:
+            return cls(d["tokens"], level=d["level"], lower=d["lower"], specials=d["specials"])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
         return f"Vocabulary(level={self.level!r}, size={len(self)})"
 
 
 def _as_ids(ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(ids, dtype=torch.int64) if not isinstance(ids, torch.Tensor) else ids
+    """``(N,)`` int64 token ids; floats are refused, never truncated."""
+    if isinstance(ids, torch.Tensor):
+        t = ids
+    else:
+        try:
+            t = torch.as_tensor(ids)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"token ids must be a 1-D list or tensor of ints: {e}") from None
+        if t.numel() == 0:
+            t = t.to(torch.int64)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"token ids must be integers, got dtype {t.dtype} (a float id would be "
+                        "truncated)")
     if t.dim() != 1:
         raise ValueError(f"token ids must be 1-D (N,), got shape {tuple(t.shape)}")
+    if t.numel() and int(t.min()) < 0:
+        i = int(torch.argmin(t))
+        raise ValueError(f"token ids must be >= 0, got ids[{i}] = {int(t[i])}")
     return t.to(torch.int64)
 
 
@@ -200,12 +250,8 @@ class LanguageModelDataset(torch.utils.data.Dataset):
     def __init__(self, ids: Sequence[int] | torch.Tensor, seq_len: int,
                  stride: int | None = None) -> None:
         self.ids = _as_ids(ids)  # (N,)
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-        self.seq_len = int(seq_len)
-        self.stride = self.seq_len if stride is None else int(stride)
-        if self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.seq_len = int_arg("seq_len", seq_len)
+        self.stride = self.seq_len if stride is None else int_arg("stride", stride)
         if len(self.ids) < self.seq_len + 1:
             raise ValueError(f"{len(self.ids)} tokens are too few for one window of "
                              f"seq_len={seq_len} plus its next-token target")
@@ -230,8 +276,7 @@ def batchify(ids: Sequence[int] | torch.Tensor, batch_size: int) -> torch.Tensor
     so the hidden state can be carried across batches.
     """
     t = _as_ids(ids)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = int_arg("batch_size", batch_size)
     steps = len(t) // batch_size
     if steps < 2:
         raise ValueError(f"{len(t)} tokens are too few for batch_size={batch_size} "
@@ -245,10 +290,12 @@ def bptt_batches(data: torch.Tensor, bptt: int, batch_first: bool = False
 
     Yields ``(L, B)`` pairs (``(B, L)`` with ``batch_first``); the last window is shorter.
     """
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"data must be the (T, B) tensor from batchify, got "
+                        f"{type(data).__name__}")
     if data.dim() != 2:
         raise ValueError(f"data must be (T, B) from batchify, got shape {tuple(data.shape)}")
-    if bptt < 1:
-        raise ValueError(f"bptt must be >= 1, got {bptt}")
+    bptt = int_arg("bptt", bptt)
     for i in range(0, data.size(0) - 1, bptt):
         n = min(bptt, data.size(0) - 1 - i)
         x, y = data[i: i + n], data[i + 1: i + 1 + n]  # (L, B)
@@ -271,15 +318,13 @@ class StatefulBatches:
     def __init__(self, ids: Sequence[int] | torch.Tensor, batch_size: int, bptt: int,
                  batch_first: bool = False, random_offset: bool = False, seed: int = 0) -> None:
         self.ids = _as_ids(ids)
-        self.batch_size = int(batch_size)
-        self.bptt = int(bptt)
+        self.batch_size = int_arg("batch_size", batch_size)
+        self.bptt = int_arg("bptt", bptt)
         self.batch_first = batch_first
         self.random_offset = random_offset
-        self.seed = seed
+        self.seed = int_arg("seed", seed, minimum=0)
         self.epoch = 0
-        self.data = batchify(self.ids, batch_size)  # (T, B)
-        if self.bptt < 1:
-            raise ValueError(f"bptt must be >= 1, got {bptt}")
+        self.data = batchify(self.ids, self.batch_size)  # (T, B)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

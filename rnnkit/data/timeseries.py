@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnkit.data._checks import int_arg
+
 __all__ = [
     "LogScaler",
     "MinMaxScaler",
@@ -98,14 +100,6 @@ def _check_finite(a: np.ndarray, name: str, rows: Any = None, columns: Any = Non
                          "values first (e.g. TimeSeries.from_csv(..., fill='interpolate'))")
 
 
-def _positive_int(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _fraction(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"split fraction {name} must be a number, got {type(value).__name__} "
@@ -147,9 +141,9 @@ def make_windows(
     """
     vals = _as_2d(values)
     n = len(vals)
-    look_back = _positive_int("look_back", look_back)
-    horizon = _positive_int("horizon", horizon)
-    stride = _positive_int("stride", stride)
+    look_back = int_arg("look_back", look_back)
+    horizon = int_arg("horizon", horizon)
+    stride = int_arg("stride", stride)
     feats = vals if inputs is None else _as_2d(inputs, "inputs")
     if len(feats) != n:
         raise ValueError(f"inputs has {len(feats)} rows but values has {n}")
@@ -201,7 +195,7 @@ def chronological_split(n: int, train: float = 0.7, val: float = 0.15,
     if extra:
         raise TypeError(f"chronological_split takes 2 or 3 fractions (train, val[, test]), got "
                         f"{3 + len(extra)}: {(train, val, test, *extra)}")
-    n = _positive_int("n", n)
+    n = int_arg("n", n)
     train, val = _fraction("train", train), _fraction("val", val)
     if test is None:
         test = 1.0 - train - val
@@ -467,7 +461,7 @@ def make_scaler(spec: str | Scaler | Sequence[Any] | None) -> Scaler | None:
 
 # ----------------------------------------------------------------------------- calendar
 def _parse_dates(dates: ArrayLike, rows: Any = None) -> np.ndarray:
-    """``(N,)`` ``datetime64`` from ISO strings or datetimes; ``rows(i)`` names row ``i`` in errors."""
+    """``(N,)`` ``datetime64`` from ISO strings or datetimes; ``rows(i)`` names row ``i``."""
     if hasattr(dates, "to_numpy"):  # pandas Series / Index
         dates = dates.to_numpy()
     a = np.asarray(dates)
@@ -935,9 +929,9 @@ def prepare_windows(
         context: validation/test windows may take inputs from the rows before their split
             (the known past); False keeps inputs inside the split too.
     """
-    look_back = _positive_int("look_back", look_back)
-    horizon = _positive_int("horizon", horizon)
-    stride = _positive_int("stride", stride)
+    look_back = int_arg("look_back", look_back)
+    horizon = int_arg("horizon", horizon)
+    stride = int_arg("stride", stride)
     if isinstance(splits, (str, bytes)) or not hasattr(splits, "__len__") \
             or len(splits) not in (2, 3):
         raise ValueError(f"splits must be (train, val) or (train, val, test) fractions, got "

@@ -15,21 +15,21 @@ from rnnkit.data.batching import (
 
 def test_pad_collate_tensors_tuples_and_dicts():
     seqs = [torch.randn(n, 3) for n in (4, 1, 3)]
-    x, lengths = pad_collate(seqs)
-    assert x.shape == (3, 4, 3) and lengths.tolist() == [4, 1, 3]
+    x, lengths = pad_collate(seqs)  # time-major by default, like the layers
+    assert x.shape == (4, 3, 3) and lengths.tolist() == [4, 1, 3]
     for i, s in enumerate(seqs):  # oracle: copy each sequence by hand into zeros
         expected = torch.zeros(4, 3)
         expected[: len(s)] = s
-        assert torch.equal(x[i], expected)
+        assert torch.equal(x[:, i], expected)
+    xb, _ = PadCollate(batch_first=True)(seqs)
+    assert torch.equal(xb, x.transpose(0, 1))
     x, lengths, y = pad_collate([(s, torch.tensor(k)) for k, s in enumerate(seqs)])
     assert y.tolist() == [0, 1, 2]
     tags = [torch.arange(len(s)) for s in seqs]
     x, lengths, t = PadCollate(target_padding_value=-100)(list(zip(seqs, tags, strict=True)))
-    assert t.tolist() == [[0, 1, 2, 3], [0, -100, -100, -100], [0, 1, 2, -100]]
+    assert t.t().tolist() == [[0, 1, 2, 3], [0, -100, -100, -100], [0, 1, 2, -100]]
     out = pad_collate([{"a": s, "b": s[:1]} for s in seqs])
-    assert out["a"].shape == (3, 4, 3) and out["b_lengths"].tolist() == [1, 1, 1]
-    xt, _ = PadCollate(batch_first=False)(seqs)
-    assert xt.shape == (4, 3, 3)
+    assert out["a"].shape == (4, 3, 3) and out["b_lengths"].tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match=r"item 1 has per-step shape \(2,\), item 0 has \(3,\)"):
         pad_collate([torch.zeros(2, 3), torch.zeros(2, 2)])
     with pytest.raises(ValueError, match="item 0 is a scalar"):
@@ -59,7 +59,7 @@ def test_bucket_sampler_covers_every_item_once_and_reduces_padding():
 def test_with_dataloader():
     data = [(torch.full((n, 2), float(n)), n % 3) for n in range(1, 41)]
     sampler = BucketBatchSampler([len(x) for x, _ in data], batch_size=8, bucket_multiplier=5)
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=pad_collate)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=PadCollate(batch_first=True))
     seen = 0
     for x, lengths, y in loader:
         assert x.shape[0] == lengths.shape[0] == y.shape[0]

@@ -214,7 +214,7 @@ def test_dataset_view_with_dataloader(data_file):
     assert item["label"].tolist() == [[0, 0, 0, 1]]
     loader = DataLoader(ds, batch_size=8, collate_fn=pad_collate)
     batch = next(iter(loader))
-    assert batch["features"].shape == (8, int(lengths[:8].max()), 1)
+    assert batch["features"].shape == (int(lengths[:8].max()), 8, 1)  # time-major (T, B, 1)
     assert batch["features_lengths"].tolist() == lengths[:8].tolist()
     with pytest.raises(IndexError, match="sequence index 40 out of range for 40 sequences"):
         ds[40]
