@@ -6,6 +6,13 @@
 * :mod:`~rnnkit.data.text` - vocabularies, language-model windows, stateful BPTT batches.
 * :mod:`~rnnkit.data.idx` - IDX files (MNIST, Fashion-MNIST) as sequences of rows.
 * :mod:`~rnnkit.data.batching` - padding collate and length-bucketing sampler.
+* :mod:`~rnnkit.data.labeled` - ``LabeledSequences``, what every dataset of samples returns.
+
+Layout: rnnkit's layers default to time-major ``(T, B, ...)`` like torch, and so does every
+helper here that takes ``batch_first`` (``pad_sequences``, ``PadCollate``/``pad_collate``,
+``bptt_batches``, ``StatefulBatches``). Datasets return single items ``(T, F)``, which a
+``DataLoader``'s default collate stacks batch-major ``(B, T, F)``; ``MinibatchSource`` keeps
+CNTK's batch-major ``(B, T, ...)``. Each docstring says which layout it returns.
 """
 
 from rnnkit.data.batching import (
@@ -17,6 +24,7 @@ from rnnkit.data.batching import (
 )
 from rnnkit.data.ctf import CTFDeserializer, CTFFormatError, CTFWarning, read_ctf, write_ctf
 from rnnkit.data.idx import IDXFormatError, IDXSequenceDataset, find_idx_pair, read_idx, write_idx
+from rnnkit.data.labeled import LabeledSequences
 from rnnkit.data.sources import (
     INFINITELY_REPEAT,
     Minibatch,
@@ -57,6 +65,7 @@ __all__ = [
     "CTFWarning",
     "IDXFormatError",
     "IDXSequenceDataset",
+    "LabeledSequences",
     "LanguageModelDataset",
     "LogScaler",
     "MinMaxScaler",

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from rnnkit.data.labeled import LabeledSequences, _as_numpy, _class_indices
+
 __all__ = [
     "FASHION_MNIST_DIR",
     "IDXFormatError",
@@ -157,36 +159,22 @@ def _array_or_file(name: str, value: object) -> np.ndarray:
     """An array from an IDX path, a NumPy array, a tensor or a list; else a TypeError."""
     if isinstance(value, (str, bytes, os.PathLike)):
         return read_idx(value)
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, (np.ndarray, list, tuple)):
-        try:
-            return np.asarray(value)
-        except ValueError as e:
-            raise ValueError(f"{name} must be a rectangular array: {e}") from None
+    if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+        return _as_numpy(name, value)
     raise TypeError(f"{name} must be an IDX file path, a NumPy array, a tensor or a list, got "
                     f"{type(value).__name__}")
 
 
-def _class_indices(labels: np.ndarray) -> np.ndarray:
-    """int64 class indices; float labels must be whole numbers (NaN would cast to -2**63)."""
-    if labels.dtype.kind in "iu":
-        return labels.astype(np.int64)
-    if labels.dtype.kind == "b" or labels.dtype.kind not in "f":
-        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    bad = ~np.isfinite(labels) | (labels != np.round(labels))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"labels must be whole class indices, got labels[{i}] = {labels[i]}")
-    return labels.astype(np.int64)
-
-
-class IDXSequenceDataset(torch.utils.data.Dataset):
+class IDXSequenceDataset(LabeledSequences):
     """Images as sequences of rows: item ``i`` is ``(x (R, C) float32, label int64)``.
 
+    A :class:`~rnnkit.data.labeled.LabeledSequences` (``.x (N, R, C)``, ``.y (N,)``; also
+    ``.images`` / ``.labels``).
+
     Args:
-        images: an IDX file of shape ``(N, R, C)`` (or an array).
-        labels: an IDX file of shape ``(N,)`` (or an array), or None for images only.
+        images: an IDX file of shape ``(N, R, C)`` (or an array or tensor).
+        labels: an IDX file of shape ``(N,)`` (or an array, tensor or list), or None for
+            images only.
         normalize: divide by 255 so pixels are in ``[0, 1]`` (uint8 images).
         column_major: read columns as steps instead (``x = image.T``).
 
@@ -197,27 +185,24 @@ class IDXSequenceDataset(torch.utils.data.Dataset):
         ((28, 28), 4)
     """
 
-    def __init__(self, images: str | os.PathLike | np.ndarray,
-                 labels: str | os.PathLike | np.ndarray | Sequence[int] | None = None,
-                 normalize: bool = True, column_major: bool = False) -> None:
+    def __init__(self, images: str | os.PathLike | np.ndarray | torch.Tensor,
+                 labels: str | os.PathLike | np.ndarray | torch.Tensor | Sequence[int] | None
+                 = None, normalize: bool = True, column_major: bool = False) -> None:
         imgs = _array_or_file("images", images)
-        if imgs.dtype.kind not in "biuf":
-            raise TypeError(f"images must hold numbers, got dtype {imgs.dtype}")
         if imgs.ndim != 3:
             raise ValueError(f"images must be (N, rows, cols), got shape {imgs.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(imgs)).to(torch.float32)  # (N, R, C)
-        if normalize and imgs.dtype == np.uint8:
-            x /= 255.0
-        if column_major:
-            x = x.transpose(1, 2).contiguous()  # (N, C, R)
-        self.images = x
-        self.labels = None
+        lab = None
         if labels is not None:
             lab = _array_or_file("labels", labels)
             if lab.ndim != 1 or len(lab) != len(imgs):
                 raise ValueError(f"labels must be ({len(imgs)},) to match the images, got shape "
                                  f"{lab.shape}")
-            self.labels = torch.from_numpy(_class_indices(lab))  # (N,)
+            lab = _class_indices(lab, "labels")
+        super().__init__(imgs, lab)
+        if normalize and imgs.dtype == np.uint8:
+            self.x /= 255.0
+        if column_major:
+            self.x = self.x.transpose(1, 2).contiguous()  # (N, C, R)
 
     @classmethod
     def from_dir(cls, root: str | os.PathLike, split: str = "train",
@@ -226,18 +211,12 @@ class IDXSequenceDataset(torch.utils.data.Dataset):
         images, labels = find_idx_pair(root, split)
         return cls(images, labels, **kwargs)
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-        if self.labels is None:
-            return self.images[i]
-        return self.images[i], self.labels[i]
+    @property
+    def images(self) -> torch.Tensor:
+        """``(N, R, C)`` float32 (the same tensor as ``x``)."""
+        return self.x
 
     @property
-    def steps(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def features(self) -> int:
-        return int(self.images.shape[2])
+    def labels(self) -> torch.Tensor | None:
+        """``(N,)`` int64 (the same tensor as ``y``)."""
+        return self.y

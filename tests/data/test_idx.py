@@ -121,6 +121,6 @@ def test_fashion_mnist_when_installed():
             rnnkit.datasets.fashion_mnist()
         pytest.skip("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)")
     for split, n in (("train", 60000), ("test", 10000)):
-        ds = rnnkit.datasets.fashion_mnist(split)
+        ds = rnnkit.datasets.fashion_mnist(split=split)
         assert len(ds) == n and ds[0][0].shape == (28, 28)
         assert set(ds.labels.unique().tolist()) == set(range(10))
