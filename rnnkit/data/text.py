@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import tempfile
@@ -78,6 +79,9 @@ class Vocabulary:
                  specials: Sequence[str] = (PAD, UNK)) -> None:
         if level not in ("char", "word"):
             raise ValueError(f"level must be 'char' or 'word', got {level!r}")
+        if isinstance(tokens, str):
+            raise TypeError(f"tokens must be a list of token strings, got the str {tokens!r} "
+                            "(use Vocabulary.build(texts) to count the tokens of a text)")
         if PAD not in specials or UNK not in specials:
             raise ValueError(f"specials must include {PAD!r} and {UNK!r}, got {list(specials)}")
         self.level = level
@@ -155,6 +159,8 @@ class Vocabulary:
             ids = ids.reshape(-1).tolist()
         out = []
         for i in ids:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"decode needs integer ids, got {i!r} ({type(i).__name__})")
             i = int(i)
             if not 0 <= i < len(self.itos):
                 raise IndexError(f"id {i} out of range for a vocabulary of {len(self.itos)}")
@@ -261,6 +267,8 @@ class LanguageModelDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self)
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"window index must be an int, got {type(i).__name__} ({i!r})")
         if not -n <= i < n:
             raise IndexError(f"window {i} out of range for {n} windows")
         start = (i % n) * self.stride

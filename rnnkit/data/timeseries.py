@@ -152,8 +152,9 @@ def make_windows(
         _check_finite(feats, "inputs")
     cols = _column_list(target_columns, vals.shape[1], "target column") \
         if target_columns is not None else list(range(vals.shape[1]))
-    lo = look_back if first_target is None else max(look_back, int(first_target))
-    hi = n if last_target is None else min(n, int(last_target))
+    lo = look_back if first_target is None else max(look_back, int_arg(
+        "first_target", first_target, minimum=0))
+    hi = n if last_target is None else min(n, int_arg("last_target", last_target, minimum=0))
     starts = np.arange(lo, hi - horizon + 1, stride, dtype=np.int64)  # (W,)
     if len(starts) == 0:
         raise ValueError(
@@ -645,6 +646,8 @@ def calendar_features(dates: ArrayLike, features: Sequence[str] | None = None,
         >>> f.ravel().tolist(), names
         ([1.0, 2.0], ['month'])
     """
+    if isinstance(features, str):
+        features = [features]
     d = _parse_dates(dates)
     if np.isnat(d).any():
         raise ValueError(f"dates[{int(np.flatnonzero(np.isnat(d))[0])}] is missing (NaT)")
@@ -784,6 +787,8 @@ class TimeSeries:
             date_column = header[0] if _looks_like_a_date(body[0][0]) else None
         if date_column is not None and date_column not in header:
             raise ValueError(f"{path}: no date column {date_column!r}; columns: {header}")
+        if isinstance(value_columns, str):
+            value_columns = [value_columns]
         if value_columns is None:
             value_columns = [h for h in header if h != date_column]
         missing = [c for c in value_columns if c not in header]
@@ -832,6 +837,8 @@ class TimeSeries:
             if date_column not in cols:
                 raise ValueError(f"no date column {date_column!r}; columns: {cols}")
             dates = np.asarray(df[date_column])
+        if isinstance(value_columns, str):
+            value_columns = [value_columns]
         if value_columns is None:
             value_columns = [c for c in cols if c != date_column]
         missing = [c for c in value_columns if c not in cols]
@@ -947,8 +954,9 @@ def prepare_windows(
         values = np.asarray(scaler.transform(values))
     inputs, input_columns = values, list(ts.columns)
     if calendar:
-        feats, names = ts.calendar_features(None if calendar is True else list(calendar),
-                                            calendar_encoding)
+        chosen = None if calendar is True else [calendar] if isinstance(calendar, str) \
+            else list(calendar)
+        feats, names = ts.calendar_features(chosen, calendar_encoding)
         inputs = np.concatenate([values, feats], axis=1)  # (N, F + C)
         input_columns += names
     targets = list(range(values.shape[1])) if target_columns is None else _column_list(

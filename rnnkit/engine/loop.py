@@ -78,9 +78,10 @@ def check_lengths(
     if device is not None:
         device = torch.device(device)
         if lengths.device.type != "cpu" and lengths.device != device:
+            where = "the CPU" if device.type == "cpu" else f"the CPU or on {device}"
             raise ValueError(
                 f"lengths are on device {lengths.device} but the input is on {device}; "
-                f"put lengths on the CPU or on {device}"
+                f"put lengths on {where}"
             )
     if lengths.numel() > 0:
         low = int(lengths.min())

@@ -72,3 +72,13 @@ def test_every_sample_dataset_returns_labeled_sequences_with_root_then_split(tmp
     assert torch.equal(old.x, rnnkit.datasets.fashion_mnist(root, "test").x)
     with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
         rnnkit.datasets.mnist(root, "val")
+
+
+@pytest.mark.parametrize("module", ["rnnkit.data.timeseries", "rnnkit.data.text",
+                                    "rnnkit.data.idx", "rnnkit.data.batching",
+                                    "rnnkit.data.labeled", "rnnkit.data._checks",
+                                    "rnnkit.datasets"])
+def test_module_examples_run(module):
+    from tests.helpers import assert_doctests_pass
+
+    assert_doctests_pass(module)
