@@ -181,8 +181,7 @@ class Vocabulary:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"cannot save the vocabulary to {path}: the folder {folder} "
                                     "does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json",
-                                   dir=os.path.dirname(os.path.abspath(path)))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f, ensure_ascii=False)
