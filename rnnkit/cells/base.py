@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from rnnkit import functional as RF
 from rnnkit.config import Configurable
+from rnnkit.errors import DeviceError, DTypeError, ShapeError
 
 State = Tensor | tuple[Tensor, ...]
 
@@ -131,12 +132,12 @@ def check_input_dtype(cell: RecurrentCell, x: Tensor) -> None:
     """The input must share the parameters' dtype: torch would fail deep inside otherwise."""
     weight = next(cell.parameters(), None)
     if weight is not None and x.dtype != weight.dtype:
-        raise TypeError(
+        raise DTypeError(
             f"{type(cell).__name__}: input dtype {x.dtype} does not match the parameter dtype "
             f"{weight.dtype}; convert one of them (e.g. cell.to({x.dtype}))"
         )
     if weight is not None and x.device != weight.device:
-        raise ValueError(
+        raise DeviceError(
             f"{type(cell).__name__}: the input is on {x.device} but the parameters are on "
             f"{weight.device}; move one of them (e.g. cell.to({str(x.device)!r}))"
         )
@@ -151,14 +152,14 @@ def check_state_tensor(
         raise TypeError(f"{name}: {what} must be a Tensor, got {type(state).__name__}")
     expected = (x.shape[0], size)
     if tuple(state.shape) != expected:
-        raise ValueError(
+        raise ShapeError(
             f"{name}: expected {what} of shape {expected} (batch, {size}) for input of shape "
             f"{tuple(x.shape)}, got {tuple(state.shape)}"
         )
     if state.dtype != x.dtype:
-        raise TypeError(f"{name}: {what} dtype {state.dtype} does not match input dtype {x.dtype}")
+        raise DTypeError(f"{name}: {what} dtype {state.dtype} does not match input dtype {x.dtype}")
     if state.device != x.device:
-        raise ValueError(f"{name}: {what} is on {state.device} but the input is on {x.device}")
+        raise DeviceError(f"{name}: {what} is on {state.device} but the input is on {x.device}")
     return state
 
 
@@ -239,7 +240,7 @@ class RecurrentCell(Configurable, nn.Module):
                 f"{type(self).__name__}: input must be floating point, got dtype {x.dtype}"
             )
         if x.dim() != 2 or x.shape[1] != self.input_size:
-            raise ValueError(
+            raise ShapeError(
                 f"{type(self).__name__}: expected input of shape (batch, {self.input_size}), "
                 f"got {tuple(x.shape)}"
             )

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit.cells.base import State
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.errors import ShapeError
 from rnnkit.layers.dropout import reset_dropout_masks
 from rnnkit.layers.masking import (
     check_lengths,
@@ -164,7 +165,7 @@ class Recurrence(Configurable, nn.Module):
     def _check_input_size(self, inputs: Tensor) -> None:
         expected = getattr(self.cell, "input_size", None)
         if isinstance(expected, int) and inputs.shape[-1] != expected:
-            raise ValueError(
+            raise ShapeError(
                 f"{type(self).__name__}: the cell expects {expected} input features, got input "
                 f"with {inputs.shape[-1]} (shape {tuple(inputs.shape)})"
             )

@@ -35,6 +35,7 @@ import numbers
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +44,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.errors import DeviceError, DTypeError, ShapeError
 from rnnkit.layers.dropout import (
     RecurrentDropoutCell,
     ZoneoutCell,
@@ -57,9 +59,74 @@ _TORCH_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 HiddenState = Tensor | tuple[Tensor, Tensor]
 
+# torch.nn skips its input dtype check under autocast (torch >= 2.4 has this query).
+_any_autocast_enabled = getattr(torch._C, "_is_any_autocast_enabled", lambda: False)
 
-class RNNBase(Configurable, nn.Module):
-    """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see module docs)."""
+
+def check_constructor_args(
+    name: str,
+    input_size: object,
+    hidden_size: object,
+    num_layers: object,
+    bias: object,
+    batch_first: object,
+    dropout: object,
+    bidirectional: object,
+    proj_size: object,
+) -> None:
+    """``torch.nn.RNNBase``'s argument checks, in torch's order and with torch's classes and
+    phrases (``"bias should be of type bool, got: int"``), each prefixed with the module name.
+
+    torch type-checks ``bias``, ``batch_first``, ``input_size`` and ``hidden_size``; rnnkit also
+    ``bidirectional``, ``num_layers`` and ``proj_size`` (torch would fail later, deep inside,
+    or read a truthy string as True), rejects ``True``/``False`` as sizes and, like rnnkit's
+    cells, accepts NumPy integers and bools (torch refuses them); the constructor stores them
+    as Python ``int``/``bool``.
+    """
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not (
+        0 <= dropout <= 1  # type: ignore[operator]
+    ):
+        raise ValueError(
+            f"{name}: dropout should be a number in range [0, 1] representing the "
+            f"probability of an element being zeroed, got {dropout!r}"
+        )
+    for arg, value in (("bias", bias), ("batch_first", batch_first),
+                       ("bidirectional", bidirectional)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(
+                f"{name}: {arg} should be of type bool, got: {type(value).__name__}"
+            )
+    for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                       ("num_layers", num_layers), ("proj_size", proj_size)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
+        if arg == "proj_size":
+            if value < 0:
+                raise ValueError(
+                    f"{name}: proj_size should be a positive integer or zero to disable "
+                    f"projections, got {value}"
+                )
+        elif value <= 0:
+            raise ValueError(f"{name}: {arg} must be greater than zero, got {value}")
+    if proj_size >= hidden_size:  # type: ignore[operator]
+        raise ValueError(
+            f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size}"
+            f" and hidden_size={hidden_size}"
+        )
+
+
+class RNNBase(Configurable, nn.RNNBase):
+    """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see module docs).
+
+    A subclass of ``torch.nn.RNNBase`` (and each drop-in of its ``torch.nn`` class), so that
+    ``isinstance(rnnkit.LSTM(3, 5), torch.nn.LSTM)`` holds for code that branches on it.
+    What rnnkit replaces: the constructor (``nn.Module.__init__`` only; parameters come from
+    rnnkit's cells, under torch's names plus rnnkit's extras), ``forward``,
+    ``reset_parameters``, ``extra_repr``, ``flatten_parameters`` (a no-op) and
+    ``_flat_weights`` (always read from the module's current attributes). What it keeps from
+    torch: ``__setattr__``, ``_apply``, pickling (``__getstate__``/``__setstate__``) and the
+    ``_flat_weight_refs`` bookkeeping behind them.
+    """
 
     def __init__(
         self,
@@ -86,32 +153,23 @@ class RNNBase(Configurable, nn.Module):
         learnable_initial_state: bool = False,
         engine: str = "auto",
     ) -> None:
-        super().__init__()
+        # nn.Module's constructor, not torch.nn.RNNBase's: the parameters are registered
+        # below under torch's names (plus rnnkit's extras), from rnnkit's cells.
+        nn.Module.__init__(self)
         name = type(self).__name__
-        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                           ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}: {arg} should be of type int, got {type(value).__name__}")
-            if value <= 0:
-                raise ValueError(f"{name}: {arg} must be greater than zero, got {value}")
-        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
-            raise ValueError(f"{name}: proj_size should be a non-negative int, got {proj_size!r}")
-        if proj_size >= hidden_size:
-            raise ValueError(
-                f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size}"
-                f" and hidden_size={hidden_size}"
-            )
+        check_constructor_args(
+            name, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size,
+        )
+        input_size, hidden_size, num_layers = int(input_size), int(hidden_size), int(num_layers)
+        bias, batch_first, bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        proj_size = int(proj_size)
+        cell_kwargs = dict(cell_kwargs or {})
+        for key, value in (("bias", bias), ("proj_size", proj_size)):
+            if key in cell_kwargs:
+                cell_kwargs[key] = value
         if proj_size and mode != "LSTM":
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, numbers.Number)
-            or not 0 <= dropout <= 1
-        ):
-            raise ValueError(
-                f"{name}: dropout should be a number in range [0, 1] representing the "
-                f"probability of an element being zeroed, got {dropout!r}"
-            )
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
@@ -210,6 +268,8 @@ class RNNBase(Configurable, nn.Module):
                 self.initial_c = nn.Parameter(torch.zeros(state_rows, hidden_size, **factory))
         self._state_store = StateStore(name, batch_dim=1)
         self.reset_parameters()
+        # torch.nn.RNNBase's weak references to the weights (its pickling and _apply use them).
+        self._init_flat_weights()
 
     # ----------------------------------------------------------------- construction
     def _make_cell(self, input_size: int, kwargs: dict[str, Any], device, dtype) -> nn.Module:
@@ -245,9 +305,18 @@ class RNNBase(Configurable, nn.Module):
 
     # ----------------------------------------------------------------- torch.nn API
     @property
-    def _flat_weights(self) -> list[Tensor]:
-        """Weights in ``torch.nn.RNNBase._flat_weights`` order (for ``torch._VF`` calls)."""
-        return [getattr(self, name) for name in self._flat_weights_names]
+    def _flat_weights(self) -> list[Tensor | None]:
+        """Weights in ``torch.nn.RNNBase._flat_weights`` order (for ``torch._VF`` calls), read
+        from the module's attributes at each access, so a weight replaced by assignment,
+        ``weight_norm`` or a parametrization is seen at once (None for a deleted one)."""
+        return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    @_flat_weights.setter
+    def _flat_weights(self, value: list[Tensor | None]) -> None:
+        # torch.nn.RNNBase's bookkeeping (_init_flat_weights, __setattr__, DataParallel
+        # replicas) assigns this list; each assignment equals what the getter reads, which
+        # is always current, so there is nothing to store.
+        del value
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -321,17 +390,23 @@ class RNNBase(Configurable, nn.Module):
                 raise TypeError(f"{name}: {label} must be a Tensor, got {type(tensor).__name__}")
             expected = (rows, batch_size, size)
             if tuple(tensor.shape) != expected:
-                raise ValueError(
+                # torch.nn's phrase too: "Expected hidden size ..." (LSTM: hidden[0]/[1]).
+                torch_label = "hidden"
+                if self.mode == "LSTM":
+                    torch_label = "hidden[0]" if label == "h_0" else "hidden[1]"
+                raise ShapeError(
                     f"{name}: expected {label} of shape (num_layers * num_directions, batch, "
                     f"{'proj_size or ' if label == 'h_0' and self.mode == 'LSTM' else ''}"
-                    f"hidden_size) = {expected}, got {tuple(tensor.shape)}"
+                    f"hidden_size) = {expected}, got {tuple(tensor.shape)} (Expected "
+                    f"{torch_label} size {expected}, got {list(tensor.shape)})"
                 )
             if tensor.device != inputs.device:
-                raise ValueError(
-                    f"{name}: {label} is on {tensor.device} but the input is on {inputs.device}"
+                raise DeviceError(
+                    f"{name}: {label} is on {tensor.device} but the input is on "
+                    f"{inputs.device} (Input and hidden tensors are not at the same device)"
                 )
             if tensor.dtype != inputs.dtype:
-                raise TypeError(
+                raise DTypeError(
                     f"{name}: {label} dtype {tensor.dtype} does not match input dtype "
                     f"{inputs.dtype}"
                 )
@@ -362,12 +437,12 @@ class RNNBase(Configurable, nn.Module):
         unbatched = False
         if isinstance(input, Tensor):
             if input.dim() not in (2, 3):
-                raise ValueError(
+                raise ShapeError(
                     f"{name}: expected input to be 2-D (unbatched) or 3-D (batched), "
                     f"got {input.dim()}-D tensor of shape {tuple(input.shape)}"
                 )
             if not input.is_floating_point():
-                raise TypeError(f"{name}: input must be floating point, got dtype {input.dtype}")
+                raise DTypeError(f"{name}: input must be floating point, got dtype {input.dtype}")
             if input.dim() == 2:
                 unbatched = True
                 input = input.unsqueeze(1)  # (T, 1, H_in)
@@ -378,7 +453,7 @@ class RNNBase(Configurable, nn.Module):
             elif hx is not None:
                 for tensor in hx if isinstance(hx, (tuple, list)) else (hx,):
                     if isinstance(tensor, Tensor) and tensor.dim() != 3:
-                        raise ValueError(
+                        raise ShapeError(
                             f"{name}: for batched 3-D input, hx should also be 3-D but got "
                             f"{tensor.dim()}-D tensor"
                         )
@@ -387,13 +462,17 @@ class RNNBase(Configurable, nn.Module):
             )
         else:
             inputs, lengths, pack_info = to_time_major(input, False, lengths, name=f"{name} input")
+        self._check_input_dtype(inputs)
         if inputs.shape[-1] != self.input_size:
-            raise ValueError(
+            raise ShapeError(
                 f"{name}: input.size(-1) must be equal to input_size. Expected "
                 f"{self.input_size}, got {inputs.shape[-1]}"
             )
         if inputs.shape[0] == 0:
-            raise ValueError(f"{name}: the input sequence is empty (0 time steps)")
+            raise ShapeError(
+                f"{name}: the input sequence is empty (0 time steps): Expected sequence "
+                "length to be larger than 0 in RNN"
+            )
         batch_size = inputs.shape[1]  # lengths were validated by to_time_major
 
         if hx is not None:
@@ -423,12 +502,27 @@ class RNNBase(Configurable, nn.Module):
             h_n = tuple(t.squeeze(1) for t in h_n) if isinstance(h_n, tuple) else h_n.squeeze(1)
         return output, h_n
 
+    def _check_input_dtype(self, inputs: Tensor) -> None:
+        """The input must have the weights' dtype (torch.nn's check, with its phrase; under
+        autocast torch skips it, and so does rnnkit)."""
+        weight = next(iter(self._flat_weights), None)
+        if (
+            isinstance(weight, Tensor)
+            and inputs.dtype != weight.dtype
+            and not _any_autocast_enabled()
+        ):
+            raise DTypeError(
+                f"{type(self).__name__}: RNN input dtype ({inputs.dtype}) does not match "
+                f"weight dtype ({weight.dtype}). Convert input: input.to({weight.dtype}), "
+                f"or convert model: model.to({inputs.dtype})"
+            )
+
     def _unsqueeze_hx(self, hx: Any) -> Any:
         name = type(self).__name__
         tensors = hx if isinstance(hx, (tuple, list)) else (hx,)
         for tensor in tensors:
             if isinstance(tensor, Tensor) and tensor.dim() != 2:
-                raise ValueError(
+                raise ShapeError(
                     f"{name}: for unbatched 2-D input, hx should also be 2-D but got "
                     f"{tensor.dim()}-D tensor"
                 )
@@ -490,7 +584,13 @@ class RNNBase(Configurable, nn.Module):
         return cell
 
 
-class RNN(RNNBase):
+def _reject_proj_size(options: dict[str, Any]) -> None:
+    """torch.nn.RNN/GRU raise this ValueError for any ``proj_size`` keyword (even 0)."""
+    if "proj_size" in options:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+
+
+class RNN(RNNBase, nn.RNN):
     r"""Elman RNN, a drop-in for ``torch.nn.RNN``; :math:`h_t = \phi(W_{ih} x_t + b_{ih} +
     W_{hh} h_{t-1} + b_{hh})` with :math:`\phi` = tanh or ReLU, per layer and direction.
 
@@ -523,6 +623,7 @@ class RNN(RNNBase):
         init: str = "default",
         **options: Any,
     ) -> None:
+        _reject_proj_size(options)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(
                 f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
@@ -543,7 +644,7 @@ class RNN(RNNBase):
         return ElmanCell(input_size, self.hidden_size, device=device, dtype=dtype, **kwargs)
 
 
-class LSTM(RNNBase):
+class LSTM(RNNBase, nn.LSTM):
     r"""LSTM, a drop-in for ``torch.nn.LSTM`` (gates i, f, g, o; optional projection).
 
     .. math::
@@ -617,7 +718,7 @@ class LSTM(RNNBase):
         return LSTMCell(input_size, self.hidden_size, device=device, dtype=dtype, **kwargs)
 
 
-class GRU(RNNBase):
+class GRU(RNNBase, nn.GRU):
     r"""GRU, a drop-in for ``torch.nn.GRU`` (gates r, z, n; reset applied after the matmul).
 
     .. math::
@@ -660,6 +761,7 @@ class GRU(RNNBase):
         layer_norm: bool = False,
         **options: Any,
     ) -> None:
+        _reject_proj_size(options)
         cell_options: dict[str, Any] = {}
         if not reset_after:
             cell_options["reset_after"] = False
