@@ -313,6 +313,8 @@ class CTFDeserializer:
             f.seek(bounds[index])
             raw = f.read(bounds[index + 1] - bounds[index])
         lib = None if self.parser == "python" else _ctf_native.load()
+        if lib is None and self.parser == "auto":
+            _warn_python_fallback()
         if lib is not None:
             code, _line, result = _ctf_native.parse(lib, raw, self._specs)
             if code == _ctf_native.OK:
@@ -579,6 +581,20 @@ class CTFDeserializer:
 
     def __repr__(self) -> str:
         return f"CTFDeserializer({self.path!r}, streams={list(self.streams)})"
+
+
+_fallback_warned = False
+
+
+def _warn_python_fallback() -> None:
+    """Say once per process why the C++ parser is not used (unless it was turned off)."""
+    global _fallback_warned
+    reason = _ctf_native.unavailable_reason()
+    if _fallback_warned or reason is None or reason.startswith("RNNKIT_CTF_NATIVE=0"):
+        return
+    _fallback_warned = True
+    warnings.warn(f"the C++ CTF parser is unavailable ({reason}); CTF files are parsed in "
+                  "Python, with the same results, about 30x slower", CTFWarning, stacklevel=4)
 
 
 def _densify(seq: dict[str, Any], streams: StreamDefs, chunk: Chunk, s: int

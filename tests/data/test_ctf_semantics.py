@@ -186,3 +186,21 @@ def test_max_errors_counts_each_bad_sequence_once_across_sweeps_and_chunks(tmp_p
         total = sum(mb.num_samples for mb in src.iter_minibatches(2))
     assert total == 3 * 3
     assert len([w for w in record if w.category is CTFWarning]) == 2  # warned once each
+
+
+def test_without_the_cpp_parser_python_reads_the_same_and_says_why_once(tmp_path,
+                                                                         monkeypatch):
+    import rnnkit.data.ctf as ctf
+
+    path = _write(tmp_path, "0 |A 1\n|A 2\n1 |A 3\n")
+    monkeypatch.setattr(_ctf_native, "_lib", None)
+    monkeypatch.setattr(_ctf_native, "_reason", "no C++ compiler found (set CXX or install g++)")
+    monkeypatch.setattr(ctf, "_fallback_warned", False)
+    with pytest.warns(CTFWarning, match=r"the C\+\+ CTF parser is unavailable \(no C\+\+ "
+                                        r"compiler found"):
+        assert _values(read_ctf(path, A)) == [[1, 2], [3]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _values(read_ctf(path, A)) == [[1, 2], [3]]  # said once
+    with pytest.raises(RuntimeError, match=r"the C\+\+ CTF parser is unavailable: no C\+\+"):
+        CTFDeserializer(path, A, parser="native")
