@@ -299,8 +299,9 @@ class CTFDeserializer:
                     break
                 line += block.count(b"\n")
                 remaining -= len(block)
-        self._line_offsets.insert(k + 1, offset)
-        self._line_numbers.insert(k + 1, line)
+        if offset != known:
+            self._line_offsets.insert(k + 1, offset)
+            self._line_numbers.insert(k + 1, line)
         return line
 
     # -- parsing --------------------------------------------------------------------------------
