@@ -40,10 +40,18 @@ from rnnkit.data import (
     read_idx,
     write_idx,
 )
+from rnnkit.data.ctf import (
+    CTFDeserializer,
+    CTFFormatError,
+    StreamDef,
+    StreamDefs,
+    read_ctf,
+)
 from rnnkit.data.timeseries import make_windows
 from rnnkit.engine.loop import check_lengths
 
 NAN = float("nan")
+_CTF = StreamDefs(x=StreamDef(shape=2), y=StreamDef(shape=3, is_sparse=True))
 
 
 def _file(folder, name: str, text: str) -> str:
@@ -318,6 +326,44 @@ CASES = [
      TypeError, r"bucket_multiplier must be an int, got str"),
     ("BucketBatchSampler set_epoch(1.5)", lambda t: BucketBatchSampler([3, 4], 1).set_epoch(1.5),
      TypeError, r"epoch must be an int, got float"),
+    # ---- CTF files: file, line and column named (more in tests/data/test_ctf*.py)
+    ("read_ctf non-numeric value", lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 2x\n"), _CTF),
+     CTFFormatError, r"a\.ctf, line 1, column 8: non-numeric value '2x' in stream 'x'$"),
+    ("read_ctf float32 overflow", lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 1e39\n"), _CTF),
+     CTFFormatError, r"line 1, column 8: value '1e39' in stream 'x' overflows float32 "
+                     r"\(declare the stream with StreamDef\(dtype='float64'\) to read it\)"),
+    ("read_ctf float64 overflow",
+     lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 1e999\n"),
+                        StreamDefs(x=StreamDef(shape=2, dtype="float64"))),
+     CTFFormatError, r"line 1, column 8: value '1e999' in stream 'x' overflows float64"),
+    ("read_ctf more values than dim", lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 2 3\n"), _CTF),
+     CTFFormatError, r"line 1, column 4: stream 'x' expects 2 values, got 3$"),
+    ("read_ctf fewer values, strict",
+     lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 2\n0 |x 1\n"), _CTF, strict=True),
+     CTFFormatError, r"line 2, column 4: stream 'x' expects 2 values, got 1 \(strict=True\)"),
+    ("read_ctf sparse index out of range",
+     lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 2 |y 3:1\n"), _CTF),
+     CTFFormatError, r"line 1, column 13: sparse index 3 of stream 'y' is out of range for "
+                     r"dimension 3"),
+    ("read_ctf sparse value without index",
+     lambda t: read_ctf(_file(t, "a.ctf", "0 |y 1.5\n"), _CTF),
+     CTFFormatError, r"line 1, column 6: sparse stream 'y' expects index:value, got '1\.5'"),
+    ("read_ctf '| x'", lambda t: read_ctf(_file(t, "a.ctf", "0 | x 1 2\n"), _CTF),
+     CTFFormatError, r"line 1, column 3: '\|' must be followed directly by a stream name or "
+                     r"'#'"),
+    ("read_ctf stream twice on a line",
+     lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 2 |x 3 4\n"), _CTF),
+     CTFFormatError, r"line 1, column 11: stream 'x' appears twice on one line"),
+    ("read_ctf line without '|'", lambda t: read_ctf(_file(t, "a.ctf", "0 |x 1 2\n1 2\n"), _CTF),
+     CTFFormatError, r"line 2, column 1: expected '\|' followed by a stream name"),
+    ("CTFDeserializer max_errors=-1",
+     lambda t: CTFDeserializer(_file(t, "a.ctf", "0 |x 1 2\n"), _CTF, max_errors=-1),
+     ValueError, r"max_errors must be an int >= 0, got -1"),
+    ("CTFDeserializer parser='fast'",
+     lambda t: CTFDeserializer(_file(t, "a.ctf", "0 |x 1 2\n"), _CTF, parser="fast"),
+     ValueError, r"parser must be 'auto', 'native' or 'python', got 'fast'"),
+    ("StreamDef dtype='int32'", lambda t: StreamDef(shape=2, dtype="int32"),
+     ValueError, r"StreamDef dtype must be 'float32' or 'float64', got 'int32'"),
     # ---- lengths on another device: one place to put them, said once
     ("lengths on another device, input on the CPU",
      lambda t: check_lengths(torch.tensor([2, 1], device="meta"), 2, 3, "cpu"),
