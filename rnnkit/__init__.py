@@ -41,6 +41,7 @@ from rnnkit.engine import explain  # noqa: E402, F401
 # isort: split
 from rnnkit import data, datasets  # noqa: E402, F401
 from rnnkit.data import (  # noqa: E402, F401
+    FULL_DATA_SWEEP,
     INFINITELY_REPEAT,
     CTFDeserializer,
     MinibatchSource,

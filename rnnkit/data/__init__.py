@@ -26,6 +26,8 @@ from rnnkit.data.ctf import CTFDeserializer, CTFFormatError, CTFWarning, read_ct
 from rnnkit.data.idx import IDXFormatError, IDXSequenceDataset, find_idx_pair, read_idx, write_idx
 from rnnkit.data.labeled import LabeledSequences
 from rnnkit.data.sources import (
+    DEFAULT_RANDOMIZATION_WINDOW_IN_CHUNKS,
+    FULL_DATA_SWEEP,
     INFINITELY_REPEAT,
     Minibatch,
     MinibatchData,
@@ -58,6 +60,8 @@ from rnnkit.data.timeseries import (
 )
 
 __all__ = [
+    "DEFAULT_RANDOMIZATION_WINDOW_IN_CHUNKS",
+    "FULL_DATA_SWEEP",
     "INFINITELY_REPEAT",
     "BucketBatchSampler",
     "CTFDeserializer",

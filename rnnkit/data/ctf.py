@@ -336,6 +336,21 @@ class CTFDeserializer:
         return Chunk(index=index, lengths=result["lengths"], streams=streams,
                      first_lines=result["first_lines"])
 
+    def sequence_keys(self, index: int, chunk: Chunk | None = None) -> list[str | None]:
+        """The id of each sequence of chunk ``index`` (None where a sequence has none), in
+        the chunk's order; a MinibatchSource over several deserializers joins them by it."""
+        chunk = self.get_chunk(index) if chunk is None else chunk
+        bounds = self._index()
+        with open(self.path, "rb") as f:
+            f.seek(bounds[index])
+            lines = f.read(bounds[index + 1] - bounds[index]).split(b"\n")
+        keys: list[str | None] = []
+        for k in chunk.first_lines.tolist():
+            bar = lines[k].find(b"|")
+            sid = lines[k][:bar].strip() if bar >= 0 else b""
+            keys.append(_text(sid) if sid else None)
+        return keys
+
     def _warn_undeclared(self, index: int, raw: bytes, names: list[bytes] | None) -> None:
         """One CTFWarning per stream name in the file that StreamDefs does not declare."""
         if names is None:  # more distinct names than the C++ parser reports: find them all

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,6 +52,9 @@ class StreamDef:
             rows of ``shape`` columns.
         dtype: ``"float32"`` (default) or ``"float64"``: the precision values are parsed into
             and delivered in (CNTK's ``precision="double"``).
+        defines_mb_size: minibatch sizes, ``max_samples`` and sample counts count this
+            stream's samples only (e.g. one label per sequence), as in CNTK. At most one stream
+            of a source may set it.
 
     Example:
         >>> StreamDef(field="x", shape=3).dim
@@ -61,6 +65,7 @@ class StreamDef:
     shape: int | tuple[int, ...] = 1
     is_sparse: bool = False
     dtype: str = "float32"
+    defines_mb_size: bool = False
 
     def __post_init__(self) -> None:
         shape = self.shape
@@ -135,7 +140,8 @@ class StreamDefs(dict):
                 raise TypeError(f"stream {name!r} must be a StreamDef, got {type(stream).__name__}")
             if stream.field is None:
                 stream = StreamDef(field=name, shape=stream.shape, is_sparse=stream.is_sparse,
-                                   dtype=stream.dtype)
+                                   dtype=stream.dtype,
+                                   defines_mb_size=stream.defines_mb_size)
             if stream.field in fields:
                 raise ValueError(f"streams {fields[stream.field]!r} and {name!r} both read "
                                  f"field {stream.field!r}")
@@ -159,10 +165,15 @@ class StreamInformation:
     shape: int | tuple[int, ...]
     is_sparse: bool
     dtype: torch.dtype = torch.float32
+    defines_mb_size: bool = False
 
     @property
     def dim(self) -> int:
         return self.shape if isinstance(self.shape, int) else math.prod(self.shape)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.shape,) if isinstance(self.shape, int) else tuple(self.shape)
 
 
 class StreamInfos:
@@ -224,6 +235,9 @@ class Chunk:
     streams: dict[str, StreamChunk]
     # (S,) 0-based line of each sequence's first line, counted from the chunk's first line
     first_lines: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # (S,) sequence id of each sequence (None where there is none); a MinibatchSource over
+    # several deserializers joins their sequences by it (or by deserializer.sequence_keys())
+    keys: list[str | None] | None = None
 
     @property
     def num_sequences(self) -> int:
@@ -260,20 +274,32 @@ class MinibatchData:
 
     Attributes:
         data: ``(B, T, *D)`` float tensor, zero past each sequence's length (sparse streams:
-            dense one-hot/weighted rows, built on first access).
+            dense one-hot/weighted rows, built on first access). ``asarray()`` is the same
+            as a NumPy array, ``as_sequences()`` the unpadded rows.
+        shape: ``(B, T, *D)``, the whole value's shape, as CNTK's ``MinibatchData.shape``
+            (known without densifying a sparse stream); ``sample_shape`` is ``D``.
         lengths: ``(B,)`` int64, valid steps of each sequence in this stream.
         mask: ``(B, T)`` bool, True at valid steps.
         num_samples: valid steps summed over the minibatch (``lengths.sum()``).
         num_sequences: ``B``.
         end_of_sweep: this minibatch holds the last data of a sweep.
-        sequence_start: ``(B,)`` bool, the window starts its sequence (truncated BPTT; always
-            True without truncation) - reset the recurrent state where it is True.
-        slots: ``(B,)`` int64 row of the stateful batch each window continues (truncated BPTT;
-            ``arange(B)`` without truncation).
+        is_sparse: the stream was declared sparse.
+        sequence_start: ``(B,)`` bool, the row starts its sequence (always True without
+            truncation) - reset the recurrent state where it is True.
+        sequence_end: ``(B,)`` bool, the row ends its sequence (always True without
+            truncation).
+        slots: ``(B,)`` int64, the parallel row ("slot") of the stateful batch this row belongs
+            to (truncated BPTT; ``arange(B)`` without truncation). With truncation a slot may
+            hold the end of one sequence and the start of the next in one minibatch, as CNTK
+            packs them; the rows of a slot come in time order.
+        time_offsets: ``(B,)`` int64, the step within its slot's window where the row begins
+            (0 without truncation).
+        sweeps: ``(B,)`` int64, the sweep each row was drawn in (a minibatch may go on
+            across the end of a sweep, as in CNTK).
 
     Example:
         >>> mbd = MinibatchData.from_dense([np.ones((2, 3)), np.ones((1, 3))], shape=3)
-        >>> tuple(mbd.data.shape), mbd.lengths.tolist(), mbd.num_samples
+        >>> mbd.shape, mbd.lengths.tolist(), mbd.num_samples
         ((2, 2, 3), [2, 1], 3)
     """
 
@@ -287,9 +313,13 @@ class MinibatchData:
         sequence_start: np.ndarray | None = None,
         slots: np.ndarray | None = None,
         dtype: torch.dtype = torch.float32,
+        sequence_end: np.ndarray | None = None,
+        time_offsets: np.ndarray | None = None,
+        sweeps: np.ndarray | None = None,
     ) -> None:
         self.lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))  # (B,)
-        self.shape = shape
+        self.sample_shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self._dim = math.prod(self.sample_shape)
         self.is_sparse = sparse is not None
         self._dense = dense
         self._sparse = sparse  # (batch, time, col, value) coordinate arrays
@@ -299,8 +329,14 @@ class MinibatchData:
         b = int(self.lengths.shape[0])
         self.sequence_start = (torch.ones(b, dtype=torch.bool) if sequence_start is None
                                else torch.as_tensor(sequence_start, dtype=torch.bool))
+        self.sequence_end = (torch.ones(b, dtype=torch.bool) if sequence_end is None
+                             else torch.as_tensor(sequence_end, dtype=torch.bool))
         self.slots = (torch.arange(b) if slots is None
                       else torch.as_tensor(np.asarray(slots, dtype=np.int64)))
+        self.time_offsets = (torch.zeros(b, dtype=torch.int64) if time_offsets is None
+                             else torch.as_tensor(np.asarray(time_offsets, dtype=np.int64)))
+        self.sweeps = (torch.zeros(b, dtype=torch.int64) if sweeps is None
+                       else torch.as_tensor(np.asarray(sweeps, dtype=np.int64)))
 
     @classmethod
     def from_dense(cls, sequences: Sequence[np.ndarray], shape: int | tuple[int, ...],
@@ -314,6 +350,11 @@ class MinibatchData:
             padded[i, : len(seq)] = np.asarray(seq, dtype=np.float32).reshape(
                 len(seq), *sample_shape)
         return cls(lengths, shape, dense=padded, **kwargs)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(B, T, *D)``: sequences, longest length, sample shape (CNTK's value shape)."""
+        return (self.num_sequences, self.max_length, *self.sample_shape)
 
     @property
     def num_sequences(self) -> int:
@@ -343,7 +384,7 @@ class MinibatchData:
                 self._tensor = torch.from_numpy(self._dense).to(self.dtype)
             else:
                 b, t, col, val = self._sparse
-                dense = torch.zeros(self.num_sequences, self.max_length, self.shape,
+                dense = torch.zeros(self.num_sequences, self.max_length, self._dim,
                                     dtype=self.dtype)  # (B, T, dim)
                 # index_put_ with accumulate sums duplicate indices, as a sparse tensor would
                 dense.index_put_((torch.from_numpy(b), torch.from_numpy(t), torch.from_numpy(col)),
@@ -358,7 +399,7 @@ class MinibatchData:
         b, t, col, val = self._sparse
         idx = torch.from_numpy(np.stack([b, t, col]))  # (3, nnz)
         return torch.sparse_coo_tensor(idx, torch.from_numpy(val).to(self.dtype),
-                                       (self.num_sequences, self.max_length, self.shape),
+                                       (self.num_sequences, self.max_length, self._dim),
                                        check_invariants=True).coalesce()
 
     @property
@@ -382,8 +423,9 @@ class MinibatchData:
         """The padded data as a NumPy array."""
         return self.as_tensor().numpy()
 
-    def as_sequences(self) -> list[torch.Tensor]:
-        """The unpadded sequences, a list of ``(T_i, *D)`` tensors."""
+    def as_sequences(self, variable: Any = None) -> list[torch.Tensor]:
+        """The unpadded sequences, a list of ``(T_i, *D)`` tensors (``variable`` is accepted
+        for CNTK compatibility and ignored)."""
         data = self.as_tensor()
         return [data[i, : int(n)] for i, n in enumerate(self.lengths)]
 
@@ -402,9 +444,11 @@ class Minibatch(Mapping):
     (``mb["features"]``). An exhausted source returns an empty (falsy) minibatch.
     """
 
-    def __init__(self, items: dict[Any, MinibatchData], names: dict[str, Any]) -> None:
+    def __init__(self, items: dict[Any, MinibatchData], names: dict[str, Any],
+                 num_samples: int | None = None) -> None:
         self._items = items
         self._names = names
+        self._num_samples = num_samples
 
     def __getitem__(self, key: Any) -> MinibatchData:
         if key in self._items:
@@ -423,9 +467,12 @@ class Minibatch(Mapping):
 
     @property
     def num_samples(self) -> int:
-        """Samples in the minibatch: the sum over sequences of their longest stream."""
+        """Samples in the minibatch: the sum over sequences of their longest stream (of the
+        stream that ``defines_mb_size``, if one does)."""
         if not self._items:
             return 0
+        if self._num_samples is not None:
+            return self._num_samples
         return int(torch.stack([d.lengths for d in self._items.values()]).amax(0).sum())
 
     @property
@@ -437,6 +484,16 @@ class Minibatch(Mapping):
 
 
 # ----------------------------------------------------------------------------- the source
+#: ``max_samples=FULL_DATA_SWEEP``: one pass over the data, as ``cntk.io.FULL_DATA_SWEEP``.
+FULL_DATA_SWEEP: int = sys.maxsize - 2
+
+#: Version of the dict :meth:`MinibatchSource.get_checkpoint_state` returns.
+_CHECKPOINT_VERSION = 1
+
+# A unit of the walk: (chunk, sequence in chunk, frame or -1 for the whole sequence)
+_Unit = tuple[Chunk, int, int]
+
+
 @dataclass
 class _Slot:
     """A row of the stateful batch in truncated-BPTT mode: one sequence and where it is."""
@@ -444,6 +501,7 @@ class _Slot:
     chunk: Chunk | None = None
     seq: int = 0
     pos: int = 0
+    sweep: int = 0  # the sweep the sequence was drawn in
 
 
 def _check_count(name: str, value: int, minimum: int) -> int:
@@ -454,30 +512,181 @@ def _check_count(name: str, value: int, minimum: int) -> int:
     return int(value)
 
 
+def _gather(parts: list[tuple[StreamChunk, int]], sdef: StreamDef) -> StreamChunk:
+    """A new StreamChunk holding sequence ``s`` of each ``(stream chunk, s)``, in order."""
+    sparse, dim = sdef.is_sparse, sdef.dim
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    values, indices, nnz = [], [], [np.zeros(1, np.int64)]
+    nnz_total = 0
+    for i, (st, s) in enumerate(parts):
+        a, b = int(st.sample_offsets[s]), int(st.sample_offsets[s + 1])
+        offsets[i + 1] = offsets[i] + b - a
+        if sparse:
+            lo, hi = int(st.nnz_offsets[a]), int(st.nnz_offsets[b])
+            indices.append(st.indices[lo:hi])
+            values.append(st.values[lo:hi])
+            nnz.append(st.nnz_offsets[a + 1:b + 1] - lo + nnz_total)
+            nnz_total += hi - lo
+        else:
+            values.append(st.values[a:b])
+    if sparse:
+        return StreamChunk(offsets, _concat(values, sdef.np_dtype), _concat(indices, np.int64),
+                           np.concatenate(nnz).astype(np.int64))
+    dense = np.concatenate(values) if values else np.zeros((0, dim), sdef.np_dtype)
+    return StreamChunk(offsets, dense)
+
+
+class _JoinedDeserializer:
+    """Several deserializers seen as one, their sequences joined by sequence id (key).
+
+    The first deserializer is the primary: its chunks and its order of sequences drive the
+    source, as in CNTK's composite reader. The others are indexed once (id -> chunk and
+    position) and their sequences are copied next to the primary's. A primary sequence whose
+    id another deserializer lacks is a bad sequence (see ``MinibatchSource(max_errors=)``).
+    """
+
+    def __init__(self, deserializers: Sequence[Deserializer], on_error: Any) -> None:
+        self.parts = list(deserializers)
+        self.path = getattr(self.parts[0], "path", "the first deserializer")
+        owner: dict[str, int] = {}
+        merged: dict[str, StreamDef] = {}
+        for i, d in enumerate(self.parts):
+            for name, sdef in d.streams.items():
+                if name in owner:
+                    raise ValueError(
+                        f"stream {name!r} is declared by deserializers {owner[name]} and {i}; "
+                        "each stream of a MinibatchSource needs its own name")
+                owner[name] = i
+                merged[name] = sdef
+        self.streams = _MergedDefs(merged)  # two files may read fields of the same name
+        self._on_error = on_error
+        self._index: list[dict[str, tuple[int, int]] | None] = [None] * len(self.parts)
+        self._cache: dict[tuple[int, int], Chunk] = {}
+
+    @property
+    def num_chunks(self) -> int:
+        return self.parts[0].num_chunks
+
+    def _keys_of(self, d: int, chunk: Chunk) -> list[str]:
+        keys = chunk.keys
+        if keys is None and hasattr(self.parts[d], "sequence_keys"):
+            keys = self.parts[d].sequence_keys(chunk.index, chunk)
+        name = getattr(self.parts[d], "path", f"deserializer {d}")
+        if keys is None or any(k is None for k in keys):
+            s = 0 if keys is None else next(i for i, k in enumerate(keys) if k is None)
+            line = int(chunk.first_lines[s]) + 1 if len(chunk.first_lines) > s else s + 1
+            raise ValueError(
+                f"{name}: joining several deserializers needs a sequence id on every sequence "
+                f"(chunk {chunk.index}, sequence at line {line} of the chunk has none)")
+        return keys
+
+    def _locate(self, d: int) -> dict[str, tuple[int, int]]:
+        if self._index[d] is None:
+            index: dict[str, tuple[int, int]] = {}
+            for c in range(self.parts[d].num_chunks):
+                for s, key in enumerate(self._keys_of(d, self.parts[d].get_chunk(c))):
+                    index.setdefault(key, (c, s))
+            self._index[d] = index
+        return self._index[d]
+
+    def _chunk(self, d: int, c: int) -> Chunk:
+        chunk = self._cache.get((d, c))
+        if chunk is None:
+            if len(self._cache) >= 4 * len(self.parts):
+                self._cache.pop(next(iter(self._cache)))
+            chunk = self._cache[(d, c)] = self.parts[d].get_chunk(c)
+        return chunk
+
+    def get_chunk(self, index: int) -> Chunk:
+        primary = self.parts[0].get_chunk(index)
+        keys = self._keys_of(0, primary)
+        found: list[list[tuple[Chunk, int]]] = []
+        kept: list[int] = []
+        for s, key in enumerate(keys):
+            row = []
+            for d in range(1, len(self.parts)):
+                loc = self._locate(d).get(key)
+                if loc is None:
+                    self._on_error((index, s), f"sequence id {key!r} of "
+                                   f"{self.path} is missing from "
+                                   f"{getattr(self.parts[d], 'path', f'deserializer {d}')}")
+                    break
+                row.append((self._chunk(d, loc[0]), loc[1]))
+            else:
+                kept.append(s)
+                found.append(row)
+        streams: dict[str, StreamChunk] = {}
+        for name, st in primary.streams.items():
+            sdef = self.parts[0].streams[name]
+            streams[name] = _gather([(st, s) for s in kept], sdef)
+        for d in range(1, len(self.parts)):
+            for name, sdef in self.parts[d].streams.items():
+                streams[name] = _gather([(row[d - 1][0].streams[name], row[d - 1][1])
+                                         for row in found], sdef)
+        lengths = np.zeros(len(kept), dtype=np.int64)
+        for st in streams.values():
+            np.maximum(lengths, np.diff(st.sample_offsets), out=lengths)
+        return Chunk(index=index, lengths=lengths, streams=streams,
+                     first_lines=primary.first_lines[kept] if len(primary.first_lines) else
+                     np.zeros(len(kept), np.int64),
+                     keys=[keys[s] for s in kept])
+
+
+class _MergedDefs(dict):
+    """Stream definitions of several deserializers (two files may use the same field name)."""
+
+    def __getattr__(self, name: str) -> StreamDef:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 class MinibatchSource:
-    """Minibatches of whole sequences from one deserializer, with CNTK's semantics.
+    """Minibatches of sequences from one or more deserializers, with CNTK 2.7's semantics.
 
     Args:
-        deserializers: a deserializer (e.g. :class:`~rnnkit.data.ctf.CTFDeserializer`), or a
-            list holding one.
-        randomize: shuffle the order of sequences each sweep. Chunks are visited in a random
-            order and sequences are shuffled within a window of ``randomization_window_in_chunks``
-            chunks, so only that window is ever in memory.
-        randomization_window_in_chunks: chunks per randomisation window.
-        max_sweeps: passes over the data before the source is exhausted.
-        max_samples: samples (time steps) delivered before the source is exhausted; the last
-            minibatch is cut to whole sequences that fit, so at most one sequence goes over.
-        randomization_seed: seeds the order; sweep ``k`` uses ``(seed, k)``, so a fixed seed
-            gives the same order every run.
+        deserializers: a deserializer (e.g. :class:`~rnnkit.data.ctf.CTFDeserializer`) or a
+            list of them. Several deserializers are joined by sequence id, as CNTK composes a
+            features file and a labels file: the first one's sequences drive the order.
+        max_samples: samples (time steps) walked before the source is exhausted;
+            ``FULL_DATA_SWEEP`` means one sweep. At most one sequence goes over.
+        max_sweeps: passes over the data before the source is exhausted. Give ``max_samples``
+            or ``max_sweeps``, not both.
+        randomization_window_in_chunks: chunks per randomisation window; 0 means no
+            randomisation (as in CNTK).
+        randomization_window_in_samples: a window of about this many samples instead (whole
+            chunks until the window holds at least this many); exclusive with
+            ``randomization_window_in_chunks``.
+        randomization_seed: sweep ``k`` is shuffled with seed ``randomization_seed + k`` (as
+            CNTK does), so a fixed seed gives the same order every run.
+        frame_mode: every sample (time step) is its own one-step sequence, randomised
+            frame by frame; every stream needs one sample per step.
         truncation_length: when > 0, sequences are cut into windows of this many steps for
-            truncated BPTT. A minibatch of ``n`` samples then holds ``n // truncation_length``
-            rows (*slots*); each slot continues its sequence in the next minibatch, and a new
-            sequence starts in a slot when the previous one ends
-            (``MinibatchData.sequence_start``/``slots``).
+            truncated BPTT: a minibatch of ``n`` samples holds ``n // truncation_length``
+            parallel rows (*slots*) of ``truncation_length`` steps each. A slot continues its
+            sequence in the next minibatch, and when the sequence ends inside a window the
+            slot goes on with the next sequence in the same window (CNTK's packing). See
+            ``MinibatchData.slots``/``sequence_start``/``time_offsets``.
+        randomize: False turns randomisation off, whatever the window.
+        max_errors: bad sequences skipped (each with a warning) before an error is raised: a
+            sequence id missing from one of several deserializers, or (frame mode) streams of
+            different lengths. Parse errors are the deserializer's
+            (``CTFDeserializer(max_errors=)`` where the reader offers it).
 
     Minibatch size counts samples: a sequence of ``T`` steps costs ``T`` samples (its longest
-    stream), sequences are never split (except into truncation windows), and a sequence longer
-    than the minibatch size comes alone. A minibatch never spans two sweeps.
+    stream, or the stream that ``defines_mb_size``); sequences are never split (except into
+    truncation windows) and a sequence longer than the minibatch comes alone. A minibatch goes
+    on across the end of a sweep, as CNTK's does (four 1-step sequences, ``next_minibatch(5)``
+    gives 5, 5, 2 samples with ``max_sweeps=3``), and is flagged ``end_of_sweep`` when it holds
+    the last data of a sweep.
+
+    ``next_minibatch(n, num_data_partitions=N, partition_index=r)`` reads worker ``r``'s share
+    for data-parallel training (CNTK's distributed reading): all workers walk the same order
+    (same seed), worker ``r`` keeps the sequences at positions ``r, r + N, ...`` of the walk,
+    and its minibatch holds about ``n / N`` samples, so every sample of a sweep goes to exactly
+    one worker. ``get_checkpoint_state()`` / ``restore_from_checkpoint(state)`` save and
+    resume the position mid-sweep (plain data: JSON or ``torch.save(weights_only=True)``).
 
     Example:
         >>> import tempfile, os, numpy as np
@@ -487,115 +696,210 @@ class MinibatchSource:
         >>> src = MinibatchSource(CTFDeserializer(path, StreamDefs(
         ...     x=StreamDef(shape=1), y=StreamDef(shape=1))), max_sweeps=1)
         >>> mb = src.next_minibatch(6)
-        >>> mb[src.streams.x].data.shape, mb[src.streams.y].data.shape
-        (torch.Size([2, 3, 1]), torch.Size([2, 1, 1]))
+        >>> mb[src.streams.x].shape, mb[src["y"]].shape
+        ((2, 3, 1), (2, 1, 1))
     """
 
     def __init__(
         self,
         deserializers: Deserializer | Sequence[Deserializer],
-        randomize: bool = True,
-        randomization_window_in_chunks: int = DEFAULT_RANDOMIZATION_WINDOW_IN_CHUNKS,
-        max_sweeps: int = INFINITELY_REPEAT,
         max_samples: int = INFINITELY_REPEAT,
+        max_sweeps: int = INFINITELY_REPEAT,
+        randomization_window_in_chunks: int = DEFAULT_RANDOMIZATION_WINDOW_IN_CHUNKS,
+        randomization_window_in_samples: int = 0,
         randomization_seed: int = 0,
+        frame_mode: bool = False,
         truncation_length: int = 0,
+        randomize: bool = True,
+        max_errors: int = 0,
     ) -> None:
-        if isinstance(deserializers, (list, tuple)):
-            if len(deserializers) != 1:
-                raise ValueError(
-                    f"MinibatchSource reads one deserializer, got {len(deserializers)}; declare "
-                    "all streams of a file in one StreamDefs")
-            deserializers = deserializers[0]
-        if not hasattr(deserializers, "get_chunk") or not hasattr(deserializers, "streams"):
-            raise TypeError(f"MinibatchSource needs a deserializer such as CTFDeserializer, got "
-                            f"{type(deserializers).__name__}")
-        self.deserializer = deserializers
-        self.randomize = bool(randomize)
-        self.window = _check_count("randomization_window_in_chunks",
-                                   randomization_window_in_chunks, 1)
-        self.max_sweeps = _check_count("max_sweeps", max_sweeps, 1)
-        self.max_samples = _check_count("max_samples", max_samples, 1)
+        parts = list(deserializers) if isinstance(deserializers, (list, tuple)) else [
+            deserializers]
+        if not parts:
+            raise ValueError("MinibatchSource needs at least one deserializer")
+        for d in parts:
+            if not hasattr(d, "get_chunk") or not hasattr(d, "streams"):
+                raise TypeError(f"MinibatchSource needs a deserializer such as CTFDeserializer, "
+                                f"got {type(d).__name__}")
+        self.max_errors = _check_count("max_errors", max_errors, 0)
+        self._errors: set[Any] = set()
+        self.deserializer = (parts[0] if len(parts) == 1
+                             else _JoinedDeserializer(parts, self._bad_sequence))
+        max_sweeps = _check_count("max_sweeps", max_sweeps, 1)
+        max_samples = _check_count("max_samples", max_samples, 1)
+        if max_samples == FULL_DATA_SWEEP:
+            if max_sweeps != INFINITELY_REPEAT:
+                raise ValueError("max_samples=FULL_DATA_SWEEP already means one sweep; "
+                                 "leave max_sweeps out")
+            max_samples, max_sweeps = INFINITELY_REPEAT, 1
+        if max_samples != INFINITELY_REPEAT and max_sweeps != INFINITELY_REPEAT:
+            raise ValueError(f"give max_samples ({max_samples}) or max_sweeps ({max_sweeps}), "
+                             "not both (as in CNTK)")
+        self.max_sweeps, self.max_samples = max_sweeps, max_samples
+        chunks = _check_count("randomization_window_in_chunks",
+                              randomization_window_in_chunks, 0)
+        samples = _check_count("randomization_window_in_samples",
+                               randomization_window_in_samples, 0)
+        if samples and chunks not in (0, DEFAULT_RANDOMIZATION_WINDOW_IN_CHUNKS):
+            raise ValueError("randomization_window_in_chunks and randomization_window_in_samples "
+                             "are exclusive; set one of them")
+        self.window = 0 if samples else chunks
+        self.window_in_samples = samples
+        self.randomize = bool(randomize) and bool(self.window or self.window_in_samples)
         self.seed = _check_count("randomization_seed", randomization_seed, 0)
+        self.frame_mode = bool(frame_mode)
         self.truncation_length = _check_count("truncation_length", truncation_length, 0)
+        if self.frame_mode and self.truncation_length:
+            raise ValueError("frame_mode and truncation_length exclude each other: frame mode "
+                             "makes every sample a sequence of its own")
+        defining = [n for n, d in self.deserializer.streams.items() if d.defines_mb_size]
+        if len(defining) > 1:
+            raise ValueError(f"only one stream may set defines_mb_size, got {defining}")
+        self._defining = defining[0] if defining else None
+        if self._defining and self.truncation_length:
+            raise ValueError("defines_mb_size and truncation_length cannot be combined: "
+                             "truncation windows count the steps of every stream")
         self.streams = StreamInfos({
-            name: StreamInformation(name, d.field, d.shape, d.is_sparse, d.torch_dtype)
+            name: StreamInformation(name, d.field, d.shape, d.is_sparse, d.torch_dtype,
+                                    defines_mb_size=d.defines_mb_size)
             for name, d in self.deserializer.streams.items()
         })
-        self._sweep = 0  # index of the sweep in progress
-        self._samples = 0  # samples delivered so far
-        self._order: Iterator[tuple[Chunk, int]] | None = None
-        self._peeked: tuple[Chunk, int] | None = None
-        self._sweep_exhausted = False
-        self._finished = False
+        # the walk: every worker walks the same order and keeps its share of it
+        self._sweep = 0  # sweep of the next unit
+        self._pos = 0  # units of this sweep already walked
+        self._counter = 0  # units walked since the start (decides the partition)
+        self._samples = 0  # samples walked
+        self._sweep_samples = 0  # samples walked in this sweep
+        self._walk_done = False  # max_sweeps / max_samples reached
+        self._sweeps_passed = 0  # sweeps whose end the walk has passed
+        self._sweeps_delivered = 0  # sweeps whose last data has been delivered
+        self._order: Iterator[_Unit] | None = None
+        self._peeked: _Unit | None = None
         self._slots: list[_Slot] = []
 
-    # -- order of sequences -------------------------------------------------------------------
-    def _sweep_order(self, sweep: int) -> Iterator[tuple[Chunk, int]]:
+    # -- bad sequences ----------------------------------------------------------------------
+    def _bad_sequence(self, key: Any, message: str) -> None:
+        """Skip a bad sequence with a warning, or raise once more than max_errors were seen."""
+        if key not in self._errors:
+            self._errors.add(key)
+            if len(self._errors) > self.max_errors:
+                raise ValueError(f"{message} (bad sequences: {len(self._errors)}, "
+                                 f"max_errors={self.max_errors})")
+            warnings.warn(f"{message}; sequence skipped ({len(self._errors)} of at most "
+                          f"{self.max_errors})", stacklevel=4)
+
+    # -- order of units -------------------------------------------------------------------------
+    def _chunk_units(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        """(sequence, frame) of each unit of a chunk; frame -1 means the whole sequence."""
+        seqs = np.flatnonzero(chunk.lengths > 0)
+        if not self.frame_mode:
+            return seqs, np.full(len(seqs), -1, dtype=np.int64)
+        good = []
+        for s in seqs:
+            counts = {name: st.length(int(s)) for name, st in chunk.streams.items()}
+            if len(set(counts.values())) != 1:
+                self._bad_sequence((chunk.index, int(s)), (
+                    f"{getattr(self.deserializer, 'path', 'deserializer')}: frame_mode needs one "
+                    f"sample per step in every stream; sequence {int(s)} of chunk {chunk.index} "
+                    f"has {counts}"))
+                continue
+            good.append(int(s))
+        good_arr = np.asarray(good, dtype=np.int64)
+        lens = chunk.lengths[good_arr]
+        return np.repeat(good_arr, lens), (np.arange(int(lens.sum())) -
+                                          np.repeat(np.cumsum(lens) - lens, lens))
+
+    def _units(self, sweep: int) -> Iterator[_Unit]:
         yielded = 0
-        for item in self._chunk_order(sweep):
-            if item[0].lengths[item[1]] > 0:
-                yielded += 1
-                yield item
+        for unit in self._unit_order(sweep):
+            yielded += 1
+            yield unit
         if not yielded:
             raise ValueError(f"{getattr(self.deserializer, 'path', 'the deserializer')} "
                              "holds no sequences")
 
-    def _chunk_order(self, sweep: int) -> Iterator[tuple[Chunk, int]]:
+    def _unit_order(self, sweep: int) -> Iterator[_Unit]:
         n = self.deserializer.num_chunks
         if not self.randomize:
             for c in range(n):
                 chunk = self.deserializer.get_chunk(c)
-                for s in range(chunk.num_sequences):
-                    yield chunk, s
+                seqs, frames = self._chunk_units(chunk)
+                for s, t in zip(seqs.tolist(), frames.tolist(), strict=True):
+                    yield chunk, s, t
             return
-        rng = np.random.default_rng([self.seed, sweep])
+        rng = np.random.default_rng(self.seed + sweep)
         order = rng.permutation(n)
-        for start in range(0, n, self.window):
-            chunks = [self.deserializer.get_chunk(int(c)) for c in order[start:start + self.window]]
-            owner = np.concatenate([np.full(c.num_sequences, i) for i, c in enumerate(chunks)])
-            local = np.concatenate([np.arange(c.num_sequences) for c in chunks])
-            for k in rng.permutation(len(owner)):
-                yield chunks[owner[k]], int(local[k])
-            del chunks
+        window: list[Chunk] = []
+        window_samples = 0
+        for k, c in enumerate(order):
+            chunk = self.deserializer.get_chunk(int(c))
+            window.append(chunk)
+            window_samples += int(chunk.lengths.sum())
+            full = (len(window) >= self.window if self.window
+                    else window_samples >= self.window_in_samples)
+            if full or k == n - 1:
+                units = [self._chunk_units(ch) for ch in window]
+                owner = np.concatenate([np.full(len(u[0]), i) for i, u in enumerate(units)])
+                seqs = np.concatenate([u[0] for u in units])
+                frames = np.concatenate([u[1] for u in units])
+                for j in rng.permutation(len(owner)).tolist():
+                    yield window[owner[j]], int(seqs[j]), int(frames[j])
+                window, window_samples = [], 0
 
-    def _next_sequence(self) -> tuple[Chunk, int] | None:
-        """The next sequence of the current sweep, or None at its end."""
-        if self._peeked is not None:
-            item, self._peeked = self._peeked, None
-            return item
-        if self._sweep_exhausted:
-            return None
-        if self._order is None:
-            self._order = self._sweep_order(self._sweep)
-        item = next(self._order, None)
-        if item is None:
-            self._sweep_exhausted = True
-            self._order = None
-        return item
+    def _size(self, unit: _Unit) -> int:
+        """Samples a unit costs in a minibatch."""
+        chunk, s, t = unit
+        if t >= 0:
+            return 1
+        if self._defining is not None:
+            return chunk.streams[self._defining].length(s)
+        return int(chunk.lengths[s])
 
-    def _sweep_has_more(self) -> bool:
+    def _peek(self) -> _Unit:
         if self._peeked is None:
-            self._peeked = self._next_sequence()
-        return self._peeked is not None
+            if self._order is None:
+                self._order = self._units(self._sweep)
+            self._peeked = next(self._order, None)
+        return self._peeked
 
-    def _end_sweep(self) -> None:
-        self._sweep += 1
-        self._sweep_exhausted = False
-        self._order = None
-        if self._sweep >= self.max_sweeps:
-            self._finished = True
+    def _pop(self) -> tuple[_Unit, int]:
+        """Walk one unit; returns it and the sweep it belongs to."""
+        unit, sweep = self._peek(), self._sweep
+        self._peeked = None
+        n = self._size(unit)
+        self._pos += 1
+        self._counter += 1
+        self._samples += n
+        self._sweep_samples += n
+        if self._peek() is None:  # the last unit of the sweep
+            if self._sweep_samples == 0:
+                raise ValueError(f"stream {self._defining!r} defines the minibatch size but "
+                                 f"holds no samples in {getattr(self.deserializer, 'path', '')}")
+            self._sweeps_passed += 1
+            self._sweep += 1
+            self._pos = self._sweep_samples = 0
+            self._order = self._peeked = None
+            if self._sweep >= self.max_sweeps:
+                self._walk_done = True
+        if self._samples >= self.max_samples:
+            self._walk_done = True
+        return unit, sweep
 
     # -- public API -----------------------------------------------------------------------------
     @property
     def current_sweep(self) -> int:
-        """Index of the sweep the next minibatch comes from."""
+        """Index of the sweep the next sequence comes from."""
         return self._sweep
 
     @property
     def total_num_samples(self) -> int:
-        """Samples delivered so far."""
+        """Samples walked so far (over all partitions: the position in the data)."""
         return self._samples
+
+    @property
+    def is_exhausted(self) -> bool:
+        """``max_sweeps``/``max_samples`` reached and everything delivered."""
+        return self._walk_done and all(s.chunk is None for s in self._slots)
 
     def stream_infos(self) -> list[StreamInformation]:
         return list(self.streams)
@@ -603,135 +907,161 @@ class MinibatchSource:
     def stream_info(self, name: str) -> StreamInformation:
         return self.streams[name]
 
+    def __getitem__(self, name: str) -> StreamInformation:
+        """``source["features"]``: the stream's :class:`StreamInformation` (as CNTK)."""
+        return self.streams[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.streams
+
     def next_minibatch(self, minibatch_size_in_samples: int,
-                       input_map: Mapping[Any, StreamInformation] | None = None) -> Minibatch:
+                       input_map: Mapping[Any, StreamInformation] | None = None,
+                       device: Any = None, num_data_partitions: int = 1,
+                       partition_index: int = 0) -> Minibatch:
         """The next minibatch of about ``minibatch_size_in_samples`` samples.
 
+        Args:
+            minibatch_size_in_samples: samples over all partitions; each of
+                ``num_data_partitions`` workers gets about ``1/num_data_partitions`` of them.
+            input_map: key -> ``source.streams.<name>``; the minibatch is keyed by these keys.
+            device: accepted for CNTK compatibility; tensors are on the CPU (move them with
+                ``.to(device)``).
+            num_data_partitions, partition_index: this worker's share (data parallel).
+
         Returns a :class:`Minibatch` mapping each stream (or each key of ``input_map``) to its
-        :class:`MinibatchData`; empty once ``max_sweeps`` or ``max_samples`` is reached.
+        :class:`MinibatchData`; empty (falsy) once ``max_sweeps`` or ``max_samples`` is reached.
         """
         size = _check_count("minibatch_size_in_samples", minibatch_size_in_samples, 1)
+        parts = _check_count("num_data_partitions", num_data_partitions, 1)
+        rank = _check_count("partition_index", partition_index, 0)
+        if rank >= parts:
+            raise ValueError(f"partition_index must be < num_data_partitions ({parts}), "
+                             f"got {rank}")
         if input_map is not None:
             for key, info in input_map.items():
                 if not isinstance(info, StreamInformation) or info.name not in self.streams:
                     raise KeyError(f"input_map[{key!r}] must be one of source.streams "
                                    f"({', '.join(s.name for s in self.streams)}), got {info!r}")
-        if self._finished or self._samples >= self.max_samples:
-            self._finished = True
+        # this worker's share of the samples: the remainder goes to the first workers
+        budget = max(1, size // parts + (1 if rank < size % parts else 0))
+        if self.truncation_length:
+            pieces = self._truncated_pieces(budget, parts, rank)
+        else:
+            pieces = self._whole_pieces(budget, parts, rank)
+        end_of_sweep = False
+        while (self._sweeps_delivered < self._sweeps_passed and not any(
+                s.chunk is not None and s.sweep == self._sweeps_delivered for s in self._slots)):
+            self._sweeps_delivered += 1
+            end_of_sweep = True
+        if not pieces:
             return Minibatch({}, {})
-        budget = min(size, self.max_samples - self._samples)
-        parts = None
-        # a sweep that ended exactly at the previous minibatch yields nothing: take the next
-        for _ in range(2):
-            if self.truncation_length:
-                parts = self._truncated_minibatch(size, budget)
-            else:
-                parts = self._whole_minibatch(budget)
-            if parts is not None or self._finished:
-                break
-        if parts is None:
-            return Minibatch({}, {})
-        datas, end_of_sweep = parts
-        mb_samples = int(np.maximum.reduce([d.lengths.numpy() for d in datas.values()]).sum())
-        self._samples += mb_samples
+        datas = self._assemble(pieces)
         for d in datas.values():
             d.end_of_sweep = end_of_sweep
+        if self._defining is not None:
+            mb_samples = datas[self._defining].num_samples
+        else:
+            mb_samples = int(np.maximum.reduce([d.lengths.numpy() for d in datas.values()]).sum())
         if input_map is None:
             items = {self.streams[name]: d for name, d in datas.items()}
             names = {name: self.streams[name] for name in datas}
         else:
             items = {key: datas[info.name] for key, info in input_map.items()}
             names = {info.name: key for key, info in input_map.items()}
-        return Minibatch(items, names)
+        return Minibatch(items, names, num_samples=mb_samples)
 
     def __iter__(self) -> Iterator[Minibatch]:
         raise TypeError("iterate with iter_minibatches(minibatch_size_in_samples)")
 
-    def iter_minibatches(self, minibatch_size_in_samples: int) -> Iterator[Minibatch]:
+    def iter_minibatches(self, minibatch_size_in_samples: int, **kwargs: Any
+                         ) -> Iterator[Minibatch]:
         """Yield minibatches until the source is exhausted (needs a finite ``max_sweeps`` or
-        ``max_samples`` to end)."""
-        while mb := self.next_minibatch(minibatch_size_in_samples):
+        ``max_samples`` to end); ``kwargs`` go to :meth:`next_minibatch`."""
+        while mb := self.next_minibatch(minibatch_size_in_samples, **kwargs):
             yield mb
 
     # -- packing --------------------------------------------------------------------------------
-    def _whole_minibatch(self, budget: int) -> tuple[dict[str, MinibatchData], bool] | None:
-        picked: list[tuple[Chunk, int]] = []
-        total = 0
-        while True:
-            item = self._next_sequence()
-            if item is None:
+    # a piece: (chunk, sequence, first step, end step, slot, offset in its slot, sweep)
+    def _whole_pieces(self, budget: int, parts: int, rank: int) -> list[tuple]:
+        pieces: list[tuple] = []
+        local = 0
+        while not self._walk_done:
+            unit = self._peek()
+            n = self._size(unit)
+            if pieces and self._samples + n > self.max_samples:
                 break
-            length = int(item[0].lengths[item[1]])
-            if picked and total + length > budget:
-                self._peeked = item
+            mine = self._counter % parts == rank
+            if mine and pieces and local + n > budget:
                 break
-            picked.append(item)
-            total += length
-            if total >= budget:
-                break
-        end_of_sweep = not self._sweep_has_more()
-        if end_of_sweep:
-            self._end_sweep()
-        if not picked:
-            return None
-        windows = [(chunk, s, 0, int(chunk.lengths[s])) for chunk, s in picked]
-        return self._assemble(windows, None, None), end_of_sweep
+            _, sweep = self._pop()
+            if mine:
+                chunk, s, t = unit
+                begin, end = (t, t + 1) if t >= 0 else (0, int(chunk.lengths[s]))
+                pieces.append((chunk, s, begin, end, len(pieces), 0, sweep))
+                local += n
+                if local >= budget:
+                    break
+        return pieces
 
-    def _truncated_minibatch(self, size: int,
-                             budget: int) -> tuple[dict[str, MinibatchData], bool] | None:
+    def _next_local(self, parts: int, rank: int) -> tuple[_Unit, int] | None:
+        while not self._walk_done:
+            mine = self._counter % parts == rank
+            unit, sweep = self._pop()
+            if mine:
+                return unit, sweep
+        return None
+
+    def _truncated_pieces(self, budget: int, parts: int, rank: int) -> list[tuple]:
         tl = self.truncation_length
-        num_slots = max(1, size // tl)
+        num_slots = max(1, budget // tl)
         if len(self._slots) != num_slots:
             if any(s.chunk is not None for s in self._slots):
                 raise ValueError(
-                    f"minibatch size changed from {len(self._slots) * tl} to {size} samples in "
+                    f"minibatch size changed from {len(self._slots) * tl} to {budget} samples in "
                     f"the middle of truncated sequences; with truncation_length={tl} keep "
                     "minibatch_size_in_samples fixed until the sweep ends")
             self._slots = [_Slot() for _ in range(num_slots)]
-        windows, starts, slot_ids = [], [], []
-        total = 0
+        pieces: list[tuple] = []
         for k, slot in enumerate(self._slots):
-            if slot.chunk is None:
-                item = self._next_sequence()
-                if item is None:
-                    continue
-                slot.chunk, slot.seq, slot.pos = item[0], item[1], 0
-            length = int(slot.chunk.lengths[slot.seq])
-            stop = min(slot.pos + tl, length)
-            if windows and total + stop - slot.pos > budget:
-                break
-            windows.append((slot.chunk, slot.seq, slot.pos, stop))
-            starts.append(slot.pos == 0)
-            slot_ids.append(k)
-            total += stop - slot.pos
-            slot.pos = stop
-            if stop >= length:
-                slot.chunk = None
-        if not windows:
-            self._end_sweep()
-            return None
-        end_of_sweep = (all(s.chunk is None for s in self._slots)
-                        and not self._sweep_has_more())
-        if end_of_sweep:
-            self._end_sweep()
-        return self._assemble(windows, np.array(starts), np.array(slot_ids)), end_of_sweep
+            used = 0
+            while used < tl:
+                if slot.chunk is None:
+                    got = self._next_local(parts, rank)
+                    if got is None:
+                        break
+                    (slot.chunk, slot.seq, _), slot.sweep = got
+                    slot.pos = 0
+                length = int(slot.chunk.lengths[slot.seq])
+                take = min(tl - used, length - slot.pos)
+                pieces.append((slot.chunk, slot.seq, slot.pos, slot.pos + take, k, used,
+                               slot.sweep))
+                used += take
+                slot.pos += take
+                if slot.pos >= length:
+                    slot.chunk = None
+        return pieces
 
-    def _assemble(self, windows: list[tuple[Chunk, int, int, int]], starts: np.ndarray | None,
-                  slots: np.ndarray | None) -> dict[str, MinibatchData]:
-        """Pad the steps ``[begin, end)`` of each picked sequence, stream by stream.
+    def _assemble(self, pieces: list[tuple]) -> dict[str, MinibatchData]:
+        """Pad the steps ``[begin, end)`` of each piece, stream by stream.
 
         Vectorised per chunk: a minibatch draws from at most a window of chunks, so the Python
         work is per chunk and per stream, not per sequence.
         """
         groups: dict[int, tuple[Chunk, list[int]]] = {}
-        for i, (chunk, *_rest) in enumerate(windows):
-            groups.setdefault(id(chunk), (chunk, []))[1].append(i)
-        spec = np.array([(s, b, e) for _, s, b, e in windows], dtype=np.int64).reshape(-1, 3)
-        num = len(windows)
+        for i, piece in enumerate(pieces):
+            groups.setdefault(id(piece[0]), (piece[0], []))[1].append(i)
+        spec = np.array([p[1:] for p in pieces], dtype=np.int64).reshape(-1, 6)
+        num = len(pieces)
+        full = np.array([int(p[0].lengths[p[1]]) for p in pieces], dtype=np.int64)
+        starts, ends = spec[:, 1] == 0, spec[:, 2] >= full
+        if self.frame_mode:
+            starts = ends = np.ones(num, dtype=bool)
+        meta = {"sequence_start": starts, "sequence_end": ends, "slots": spec[:, 3],
+                "time_offsets": spec[:, 4], "sweeps": spec[:, 5]}
         out = {}
         for name, sdef in self.deserializer.streams.items():
             lengths = np.zeros(num, dtype=np.int64)  # (B,)
-            pieces = []  # per chunk: (stream chunk, batch rows, time rows, source rows)
+            chunk_rows = []  # per chunk: (stream chunk, batch rows, time rows, source rows)
             for chunk, members in groups.values():
                 st = chunk.streams[name]
                 rows = np.asarray(members)
@@ -743,19 +1073,18 @@ class MinibatchSource:
                 lengths[rows] = span
                 b_idx = np.repeat(rows, span)
                 t_idx = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-                pieces.append((st, b_idx, t_idx, np.repeat(lo, span) + t_idx))
+                chunk_rows.append((st, b_idx, t_idx, np.repeat(lo, span) + t_idx))
             t = int(lengths.max()) if num else 0
             if not sdef.is_sparse:
                 padded = np.zeros((num, t, sdef.dim), dtype=sdef.np_dtype)  # (B, T, dim)
-                for st, b_idx, t_idx, src in pieces:
+                for st, b_idx, t_idx, src in chunk_rows:
                     padded[b_idx, t_idx] = st.values[src]
                 padded = padded.reshape(num, t, *sdef.sample_shape)  # (B, T, *D)
-                out[name] = MinibatchData(lengths, sdef.shape, dense=padded,
-                                          sequence_start=starts, slots=slots,
-                                          dtype=sdef.torch_dtype)
+                out[name] = MinibatchData(lengths, sdef.shape, dense=padded, dtype=sdef.torch_dtype,
+                                          **meta)
             else:
                 bs, ts, cols, vals = [], [], [], []
-                for st, b_idx, t_idx, src in pieces:
+                for st, b_idx, t_idx, src in chunk_rows:
                     p = st.nnz_offsets[src]
                     counts = st.nnz_offsets[src + 1] - p  # entries of each sample
                     entry = np.repeat(p - (np.cumsum(counts) - counts), counts) + np.arange(
@@ -766,10 +1095,76 @@ class MinibatchSource:
                     vals.append(st.values[entry])
                 coo = (_concat(bs, np.int64), _concat(ts, np.int64), _concat(cols, np.int64),
                        _concat(vals, sdef.np_dtype))
-                out[name] = MinibatchData(lengths, sdef.shape, sparse=coo,
-                                          sequence_start=starts, slots=slots,
-                                          dtype=sdef.torch_dtype)
+                out[name] = MinibatchData(lengths, sdef.shape, sparse=coo, dtype=sdef.torch_dtype,
+                                          **meta)
         return out
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"num_chunks": int(self.deserializer.num_chunks), "randomize": self.randomize,
+                "seed": self.seed, "window": self.window,
+                "window_in_samples": self.window_in_samples, "frame_mode": self.frame_mode,
+                "truncation_length": self.truncation_length,
+                "streams": sorted(self.deserializer.streams)}
+
+    def get_checkpoint_state(self) -> dict[str, Any]:
+        """Where the source is, as plain data (ints, bools, strings, lists, dicts).
+
+        ``restore_from_checkpoint(state)`` on a source built with the same arguments
+        continues with exactly the minibatches this one would give next, randomised or not.
+        Save it with ``json`` or ``torch.save`` (loads with ``weights_only=True``).
+        """
+        return {
+            "version": _CHECKPOINT_VERSION,
+            "config": self._fingerprint(),
+            "sweep": self._sweep, "position": self._pos, "counter": self._counter,
+            "samples": self._samples, "sweep_samples": self._sweep_samples,
+            "walk_done": self._walk_done, "sweeps_passed": self._sweeps_passed,
+            "sweeps_delivered": self._sweeps_delivered,
+            "slots": [None if s.chunk is None else
+                      {"chunk": int(s.chunk.index), "sequence": int(s.seq), "step": int(s.pos),
+                       "sweep": int(s.sweep)} for s in self._slots],
+            "errors": len(self._errors),
+        }
+
+    def restore_from_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`get_checkpoint_state` dict (see there)."""
+        if not isinstance(state, Mapping) or state.get("version") != _CHECKPOINT_VERSION:
+            raise ValueError("not a MinibatchSource checkpoint state (version "
+                             f"{_CHECKPOINT_VERSION}); got {type(state).__name__}")
+        mine = self._fingerprint()
+        saved = dict(state["config"])
+        for key, value in mine.items():
+            if saved.get(key) != value:
+                raise ValueError(f"checkpoint state was saved by a source with {key}="
+                                 f"{saved.get(key)!r}; this source has {key}={value!r}")
+        self._sweep, self._counter = int(state["sweep"]), int(state["counter"])
+        self._samples, self._sweep_samples = int(state["samples"]), int(state["sweep_samples"])
+        self._walk_done = bool(state["walk_done"])
+        self._sweeps_passed = int(state["sweeps_passed"])
+        self._sweeps_delivered = int(state["sweeps_delivered"])
+        self._peeked = None
+        self._order = None
+        self._pos = 0
+        position = int(state["position"])
+        if position:
+            self._order = self._units(self._sweep)
+            for _ in range(position):
+                if next(self._order, None) is None:
+                    raise ValueError(f"checkpoint position {position} is past the end of "
+                                     f"sweep {self._sweep}; was the data changed?")
+            self._pos = position
+        cache: dict[int, Chunk] = {}
+        self._slots = []
+        for slot in state["slots"]:
+            if slot is None:
+                self._slots.append(_Slot())
+                continue
+            c = int(slot["chunk"])
+            if c not in cache:
+                cache[c] = self.deserializer.get_chunk(c)
+            self._slots.append(_Slot(cache[c], int(slot["sequence"]), int(slot["step"]),
+                                     int(slot["sweep"])))
 
 
 def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:

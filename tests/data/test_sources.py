@@ -44,15 +44,31 @@ def _samples(mb):
     return [(int(v) // 100, int(v) % 100) for v in vals]
 
 
-def _run(src, size):
-    sweeps, current = [], []
-    while mb := src.next_minibatch(size):
-        current += _samples(mb)
-        if mb.end_of_sweep:
-            sweeps.append(current)
-            current = []
-    assert not current, "data after the last end_of_sweep"
-    return sweeps
+def _run(src, size, per_sweep=None, **kwargs):
+    """The samples of each sweep, in delivery order; checks the end_of_sweep flags.
+
+    A minibatch may go on across the end of a sweep (as in CNTK); ``MinibatchData.sweeps``
+    says which sweep each row comes from. ``end_of_sweep`` must be set exactly on the
+    minibatches that complete a sweep (``per_sweep`` samples, when given).
+    """
+    sweeps: dict[int, list] = {}
+    complete = 0
+    while mb := src.next_minibatch(size, **kwargs):
+        x = mb["features"]
+        for i, sweep in enumerate(x.sweeps.tolist()):
+            assert sweep >= complete, "data of a sweep after its end_of_sweep"
+            vals = x.data[i, : int(x.lengths[i]), 0].tolist()
+            sweeps.setdefault(sweep, []).extend((int(v) // 100, int(v) % 100) for v in vals)
+        if per_sweep is not None:
+            done = complete
+            while len(sweeps.get(done, ())) == per_sweep:
+                done += 1
+            assert (done > complete) == mb.end_of_sweep
+            complete = done
+    if per_sweep is not None:
+        assert sorted(sweeps) == list(range(len(sweeps)))
+    # a partition may get nothing of a sweep (fewer sequences than partitions)
+    return [sweeps.get(k, []) for k in range(max(sweeps, default=-1) + 1)]
 
 
 def test_every_sample_exactly_once_per_sweep_and_max_sweeps(data_file):
@@ -60,7 +76,7 @@ def test_every_sample_exactly_once_per_sweep_and_max_sweeps(data_file):
     everything = sorted((k, t) for k, n in enumerate(lengths) for t in range(n))
     src = _source(path, max_sweeps=3, randomization_window_in_chunks=2, randomization_seed=5)
     assert src.deserializer.num_chunks > 4
-    sweeps = _run(src, 25)
+    sweeps = _run(src, 25, per_sweep=int(lengths.sum()))
     assert len(sweeps) == 3
     for sweep in sweeps:
         assert sorted(sweep) == everything
@@ -148,7 +164,14 @@ def test_truncation_windows_rebuild_the_sequences(data_file):
     while mb := src.next_minibatch(12):
         n_mb += 1
         x = mb["features"]
-        assert x.num_sequences <= 4 and int(x.lengths.max()) <= 3
+        # 4 slots of 3 steps; as in CNTK's packer a slot whose sequence ends inside its window
+        # goes on with the next sequence, so a slot may hold several rows (time_offsets)
+        assert set(x.slots.tolist()) <= {0, 1, 2, 3} and int(x.lengths.max()) <= 3
+        for slot in range(4):
+            rows_of_slot = (x.slots == slot).nonzero().flatten().tolist()
+            offsets = [int(x.time_offsets[i]) for i in rows_of_slot]
+            spans = [int(x.lengths[i]) for i in rows_of_slot]
+            assert offsets == [sum(spans[:j]) for j in range(len(spans))] and sum(spans) <= 3
         for i in range(x.num_sequences):
             vals = x.data[i, : int(x.lengths[i]), 0].tolist()
             k, slot = int(vals[0]) // 100, int(x.slots[i])
@@ -192,7 +215,8 @@ def test_argument_errors(data_file):
         MinibatchSource(d, max_sweeps=0)
     with pytest.raises(TypeError, match="truncation_length must be an int"):
         MinibatchSource(d, truncation_length=1.5)
-    with pytest.raises(ValueError, match="MinibatchSource reads one deserializer, got 2"):
+    # several deserializers are joined by sequence id (CNTK); their stream names must differ
+    with pytest.raises(ValueError, match="stream 'features' is declared by deserializers 0 and 1"):
         MinibatchSource([d, d])
     with pytest.raises(TypeError, match="needs a deserializer such as CTFDeserializer"):
         MinibatchSource("file.ctf")
@@ -232,16 +256,105 @@ def test_minibatch_data_padding():
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=25),
        size=st.integers(1, 15), chunk=st.integers(8, 300), window=st.integers(1, 3),
-       truncation=st.sampled_from([0, 0, 2, 3]), seed=st.integers(0, 5))
+       truncation=st.sampled_from([0, 0, 2, 3]), seed=st.integers(0, 5),
+       partitions=st.sampled_from([1, 1, 2, 3]))
 def test_property_each_sweep_delivers_every_sample_once(tmp_path, lengths, size, chunk, window,
-                                                        truncation, seed):
+                                                        truncation, seed, partitions):
+    """Every sample exactly once per sweep, over all partitions together (each partition is
+    a separate source, as each worker of a data-parallel run has its own)."""
     path = tmp_path / "h.ctf"
     write_ctf(path, [{"x": (k * 100 + np.arange(n, dtype=np.float32))[:, None], "y": [k % 4]}
                      for k, n in enumerate(lengths)], sparse={"y": 4})
-    src = _source(str(path), chunk=chunk, max_sweeps=2, randomization_window_in_chunks=window,
-                  truncation_length=truncation, randomization_seed=seed)
     everything = sorted((k, t) for k, n in enumerate(lengths) for t in range(n))
-    sweeps = _run(src, size)
-    assert len(sweeps) == 2
-    for sweep in sweeps:
+    seen: list[list] = [[], []]
+    for rank in range(partitions):
+        src = _source(str(path), chunk=chunk, max_sweeps=2, randomization_window_in_chunks=window,
+                      truncation_length=truncation, randomization_seed=seed)
+        per_sweep = sum(lengths) if partitions == 1 else None
+        sweeps = _run(src, size, per_sweep=per_sweep, num_data_partitions=partitions,
+                      partition_index=rank)
+        for k, sweep in enumerate(sweeps):
+            seen[k] += sweep
+    for sweep in seen:
         assert sorted(sweep) == everything
+
+
+def test_partitions_share_the_minibatch_size(data_file):
+    path, lengths = data_file
+    counts = []
+    for rank in range(3):
+        src = _source(path, max_sweeps=1, randomization_seed=2)
+        sizes = [mb.num_samples for mb in src.iter_minibatches(
+            30, num_data_partitions=3, partition_index=rank)]
+        # 10 samples each (a longer sequence alone): the share of a 30-sample minibatch
+        assert all(n <= 10 for n in sizes[:-1]) or max(lengths) > 10
+        counts.append(sum(sizes))
+    assert sum(counts) == int(lengths.sum())
+    src = _source(path)
+    with pytest.raises(ValueError, match=r"partition_index must be < num_data_partitions \(2\)"):
+        src.next_minibatch(10, num_data_partitions=2, partition_index=2)
+
+
+def test_frame_mode_makes_every_step_a_sequence(tmp_path):
+    path = tmp_path / "f.ctf"
+    write_ctf(path, [{"x": (k * 100 + np.arange(n, dtype=np.float32))[:, None],
+                      "z": np.zeros((n, 2))} for k, n in enumerate([3, 1, 4, 2])])
+    defs = StreamDefs(x=StreamDef(shape=1), z=StreamDef(shape=2))
+    src = MinibatchSource(CTFDeserializer(path, defs), frame_mode=True, max_sweeps=2,
+                          randomization_seed=4)
+    sweeps: dict[int, list] = {}
+    while mb := src.next_minibatch(4):
+        x = mb["x"]
+        assert x.shape[1] == 1 and x.num_sequences == x.num_samples <= 4
+        for v, sweep in zip(x.data[:, 0, 0].tolist(), x.sweeps.tolist(), strict=True):
+            sweeps.setdefault(sweep, []).append(int(v))
+    expected = sorted(k * 100 + t for k, n in enumerate([3, 1, 4, 2]) for t in range(n))
+    assert [sorted(v) for v in sweeps.values()] == [expected, expected]
+    assert list(sweeps[0]) != sorted(sweeps[0])  # frames are shuffled across sequences
+    # a label on the first step only cannot be split into frames
+    path = tmp_path / "g.ctf"
+    write_ctf(path, [{"x": np.ones((2, 1)), "y": [1]}, {"x": np.ones((1, 1)), "y": [0]}],
+              sparse={"y": 2})
+    d = CTFDeserializer(path, StreamDefs(x=StreamDef(shape=1), y=StreamDef(shape=2,
+                                                                            is_sparse=True)))
+    with pytest.raises(ValueError, match=r"frame_mode needs one sample per step in every "
+                                         r"stream; sequence 0 of chunk 0 has \{'x': 2, 'y': 1\}"):
+        MinibatchSource(d, frame_mode=True).next_minibatch(4)
+    with pytest.warns(UserWarning, match="sequence skipped"):
+        mb = MinibatchSource(d, frame_mode=True, max_errors=1, max_sweeps=1).next_minibatch(4)
+    assert mb.num_samples == 1  # the good one-step sequence
+
+
+def test_deserializers_joined_by_sequence_id(tmp_path):
+    (tmp_path / "f.ctf").write_text("a |x 1\na |x 2\nb |x 3\nc |x 4\n")
+    (tmp_path / "l.ctf").write_text("c |y 0:1\na |y 1:1\n")  # another order; b missing
+    feats = CTFDeserializer(tmp_path / "f.ctf", StreamDefs(x=StreamDef(shape=1)))
+    labels = CTFDeserializer(tmp_path / "l.ctf", StreamDefs(y=StreamDef(shape=2,
+                                                                         is_sparse=True)))
+    with pytest.raises(ValueError, match=r"sequence id 'b' of .*f.ctf is missing from "
+                                         r".*l.ctf \(bad sequences: 1, max_errors=0\)"):
+        MinibatchSource([feats, labels], randomize=False).next_minibatch(10)
+    src = MinibatchSource([feats, labels], randomize=False, max_errors=1, max_sweeps=1)
+    with pytest.warns(UserWarning, match="sequence id 'b'.*sequence skipped"):
+        mb = src.next_minibatch(10)
+    assert [s[:, 0].tolist() for s in mb["x"].as_sequences()] == [[1.0, 2.0], [4.0]]
+    assert mb["y"].indices[:, 0].tolist() == [1, 0]
+    (tmp_path / "n.ctf").write_text("|y 0:1\n")
+    no_ids = CTFDeserializer(tmp_path / "n.ctf", StreamDefs(y=StreamDef(shape=2,
+                                                                        is_sparse=True)))
+    with pytest.raises(ValueError, match="n.ctf: joining several deserializers needs a "
+                                         "sequence id on every sequence"):
+        MinibatchSource([feats, no_ids]).next_minibatch(1)
+
+
+def test_randomization_window_in_samples(data_file):
+    path, lengths = data_file
+    src = _source(path, max_sweeps=2, randomization_window_in_samples=40,
+                  randomization_window_in_chunks=0)
+    assert src.randomize and src.window == 0
+    sweeps = _run(src, 9, per_sweep=int(lengths.sum()))
+    everything = sorted((k, t) for k, n in enumerate(lengths) for t in range(n))
+    assert [sorted(s) for s in sweeps] == [everything, everything]
+    assert sweeps[0] != sweeps[1]
+    plain = _run(_source(path, max_sweeps=1, randomization_window_in_chunks=0), 9)
+    assert plain[0] == sorted(plain[0])  # window 0: no randomisation (CNTK)
