@@ -197,7 +197,8 @@ class RecurrentCell(Configurable, nn.Module):
         """Zeros in the shape of this cell's state for ``batch_size`` sequences."""
         owner = f"{type(self).__name__}.initial_state"
         batch_size = check_size("batch_size", batch_size, owner=owner)
-        dtype = check_dtype(owner, dtype)
+        factory = factory_kwargs(owner, device, dtype)
+        device, dtype = factory["device"], factory["dtype"]
         reference = next(self.parameters(), None)
         if device is None:
             device = reference.device if reference is not None else None

@@ -107,6 +107,8 @@ ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     # calls
     ("initial_state_int_dtype", lambda: LSTMCell(3, 4).initial_state(B, dtype=torch.int64),
      TypeError, r"LSTMCell.initial_state: dtype must be a floating-point dtype .*torch.int64"),
+    ("initial_state_bad_device", lambda: LSTMCell(3, 4).initial_state(B, device="gpu"),
+     ValueError, r"LSTMCell.initial_state: invalid device 'gpu'"),
     ("initial_state_float_batch", lambda: GRUCell(3, 4).initial_state(2.0), TypeError,
      r"GRUCell.initial_state: batch_size must be an int, got float"),
     ("input_on_another_device", lambda: GRUCell(3, 4)(torch.randn(B, 3, device="meta")),
