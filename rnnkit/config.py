@@ -315,6 +315,12 @@ def to_json(value: Any, where: str) -> Any:
         return {key: to_json(item, f"{where}[{key!r}]") for key, item in value.items()}
     if isinstance(value, nn.Module):
         key = _class_name(value)
+        if key is None and type(value).__module__.startswith("torch."):
+            known = ", ".join(sorted(name for name, _, _ in _TORCH_ADAPTERS.values()))
+            raise TypeError(
+                f"{where} is a torch.nn.{type(value).__name__}; the torch.nn modules a config "
+                f"can hold are {known}"
+            )
         if key is None:
             raise TypeError(
                 f"{where} is a {type(value).__name__}, which is not registered: decorate the "

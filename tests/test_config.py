@@ -334,6 +334,17 @@ class UnregisteredCell(nn.Module):
                        r"written to a config", id="lambda_argument",
         ),
         pytest.param(
+            lambda: Recurrence(type("MyGRU", (GRUCell,), {})(3, 4)).get_config(),
+            TypeError, r"argument cell is a MyGRU, which is not registered",
+            id="unregistered_subclass_of_an_rnnkit_cell",
+        ),
+        pytest.param(
+            lambda: UnfoldFrom(GRUCell(3, 3), head=nn.GRUCell(3, 3)).get_config(),
+            TypeError, r"UnfoldFrom.get_config: argument head is a torch.nn.GRUCell; the torch.nn "
+                       r"modules a config can hold are torch.nn.Dropout, torch.nn.Identity",
+            id="unsupported_torch_module",
+        ),
+        pytest.param(
             lambda: serialize(3), TypeError, r"serialize: expected an nn.Module, got int",
             id="serialize_non_module",
         ),
