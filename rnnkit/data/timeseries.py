@@ -221,6 +221,21 @@ def chronological_split(n: int, train: float = 0.7, val: float = 0.15,
 
 
 # ----------------------------------------------------------------------------- scalers
+def _numbers(values: ArrayLike) -> Any:
+    """A tensor as is, anything else as a float64 array (with a clear error if it is not)."""
+    if isinstance(values, torch.Tensor):
+        if values.dim() == 0:
+            raise ValueError("a scaler needs (..., F) values, got a 0-d tensor")
+        return values
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _not_numeric(values, "values") from None
+    if a.ndim == 0:
+        raise ValueError(f"a scaler needs (..., F) values, got the scalar {values!r}")
+    return a
+
+
 class Scaler:
     """Base class: per-column transform fitted on training data, inverted on predictions.
 
@@ -267,11 +282,11 @@ class Scaler:
         return out
 
     def transform(self, values: ArrayLike, columns: Sequence[int] | None = None) -> Any:
-        x = values if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
+        x = _numbers(values)
         return self._forward(x, self._params(x, columns))
 
     def inverse_transform(self, values: ArrayLike, columns: Sequence[int] | None = None) -> Any:
-        y = values if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
+        y = _numbers(values)
         return self._inverse(y, self._params(y, columns))
 
     def fit_transform(self, values: ArrayLike) -> Any:
@@ -457,6 +472,9 @@ def make_scaler(spec: str | Scaler | Sequence[Any] | None) -> Scaler | None:
                              f"{', '.join(_SCALERS)} or combine with '+' (e.g. 'log+minmax')")
         scalers = [_SCALERS[s]() for s in names]
         return scalers[0] if len(scalers) == 1 else ScalerChain(scalers)
+    if not isinstance(spec, (list, tuple)):
+        raise TypeError(f"scaler must be a name ({', '.join(_SCALERS)}), a Scaler, a list of "
+                        f"those or None, got {type(spec).__name__} ({spec!r})")
     return ScalerChain([make_scaler(s) for s in spec])
 
 
