@@ -87,19 +87,30 @@ def _compiled_serves(cell: nn.Module, inputs: Tensor | None) -> tuple[bool, str,
     return True, f"compiled kernels support {reason or type(cell).__name__}", False
 
 
-def choose_path(cell: nn.Module, inputs: Tensor | None, engine: str = "auto") -> tuple[str, str]:
+#: Why a mask with gaps always runs on the loop path (explain() prints it).
+MASK_REASON = ("a mask with gaps (masked steps inside a sequence) runs on the eager loop: "
+               "the fused and compiled kernels take lengths only")
+
+
+def choose_path(cell: nn.Module, inputs: Tensor | None, engine: str = "auto",
+                mask: Tensor | None = None) -> tuple[str, str]:
     """The path ``run_recurrence`` takes for ``cell`` on ``inputs``: ``(path, reason)``.
 
     Raises the same errors as :func:`run_recurrence` for paths that cannot serve.
     """
-    path, reason, _ = _choose(cell, inputs, engine)
+    path, reason, _ = _choose(cell, inputs, engine, mask)
     return path, reason
 
 
-def _choose(cell: nn.Module, inputs: Tensor | None, engine: str) -> tuple[str, str, bool]:
+def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
+            mask: Tensor | None = None) -> tuple[str, str, bool]:
     engine = check_engine(engine)
     if engine == "loop":
         return "loop", "engine='loop' requested", False
+    if mask is not None and engine in ("auto", "compiled"):
+        if engine == "compiled":
+            raise RuntimeError(f"engine='compiled' cannot run this recurrence: {MASK_REASON}")
+        return "loop", MASK_REASON, False
     if engine == "fused":
         raise ValueError(
             f"engine='fused' applies to whole drop-in modules (rnnkit.LSTM, rnnkit.GRU, "
@@ -135,6 +146,7 @@ def run_recurrence(
     lengths: Tensor | None = None,
     reverse: bool = False,
     engine: str = "auto",
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, State]:
     """Run ``cell`` over time-major ``inputs`` (T, B, H_in); return (outputs, final_state).
 
@@ -142,7 +154,9 @@ def run_recurrence(
     state at its own last valid step. ``reverse=True`` reads each sequence from its own last
     valid step back to step 0 and writes outputs at the original positions. ``engine`` picks
     the path (see the module docstring); a forced path that cannot serve raises an error that
-    says why.
+    says why. ``mask`` (T, B) bool, True at the steps that run, is a mask with gaps (masked
+    steps keep the state, output zeros): it always takes the loop path (``MASK_REASON``);
+    a mask that marks a prefix should come as ``lengths``, the fast form.
 
     Example::
 
@@ -158,7 +172,11 @@ def run_recurrence(
     if not isinstance(inputs, Tensor) or inputs.dim() != 3:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"run_recurrence: inputs must be a (T, B, H_in) tensor, got {shape}")
-    path, reason, toolchain_missing = _choose(cell, inputs, engine)
+    path, reason, toolchain_missing = _choose(cell, inputs, engine, mask)
+    if mask is not None:
+        from rnnkit.engine import loop
+
+        return loop.run_recurrence(cell, inputs, state, reverse=reverse, mask=mask)
     if path == "compiled":
         compiled, _ = _compiled()
         assert compiled is not None
@@ -323,8 +341,12 @@ def _module_line(layer: nn.Module) -> str:
     return text
 
 
-def explain(layer: nn.Module, x: Tensor, lengths: Tensor | None = None) -> str:
+def explain(layer: nn.Module, x: Tensor, lengths: Tensor | None = None,
+            mask: Tensor | None = None) -> str:
     """Say which path ``layer(x, lengths=lengths)`` takes, and why, per layer and direction.
+
+    ``mask`` is Keras' bool ``(B, T)`` (as the layers take it): one that marks a prefix of
+    each row is explained as the ``lengths`` it becomes; one with gaps takes the loop path.
 
     ``layer`` is a drop-in module (``rnnkit.LSTM/GRU/RNN`` or a ``torch.nn`` one), a
     recurrence driver with a ``cell`` (``rnnkit.layers.Recurrence``) or a single cell. ``x`` is
@@ -344,8 +366,24 @@ def explain(layer: nn.Module, x: Tensor, lengths: Tensor | None = None) -> str:
     from rnnkit.engine import fused
 
     batch_first = bool(getattr(layer, "batch_first", False))
+    gaps = None
+    if mask is not None:
+        from rnnkit.engine.loop import mask_to_lengths
+
+        if lengths is not None:
+            raise ValueError("explain: pass either lengths= or mask=, not both")
+        probe, _, _ = _describe_input(x, None, batch_first)
+        mask = mask[None, :] if isinstance(mask, Tensor) and mask.dim() == 1 else mask
+        lengths, gaps = mask_to_lengths(mask, probe.size(1), probe.size(0), probe.device)
     inputs, lengths, input_line = _describe_input(x, lengths, batch_first)
+    if gaps is not None:
+        input_line = (input_line.split("; ")[0] + "; a mask with gaps (not a non-empty "
+                      "prefix of every row): masked steps keep the state")
+    elif mask is not None:
+        input_line += "; from a mask that marks a prefix of each row (run as lengths)"
     lines = [_module_line(layer), input_line]
+    if gaps is not None:
+        return _explain_gaps(layer, lines, inputs)
     precision_mode = fused.current_precision(layer if fused.module_kind(layer) else None)
     if fused.module_kind(layer) is not None:
         layers, directions = layer.num_layers, 2 if layer.bidirectional else 1
@@ -414,3 +452,33 @@ def _cell_line(label: str, cell: nn.Module, inputs: Tensor | None, engine: str) 
     if path == "loop":
         reason += "; eager Python loop over time (one cell call per step)"
     return f"  {label}: {name} -> {path} ({reason})"
+
+
+def _explain_gaps(layer: nn.Module, lines: list[str], inputs: Tensor) -> str:
+    """explain() under a mask with gaps: every cell runs on the loop path."""
+    from rnnkit.engine import fused
+
+    if fused.module_kind(layer) is not None:
+        cells = module_cells(layer)
+        lines.append(f"path: layer by layer (fused path not used: {MASK_REASON})")
+        if not cells:
+            lines.append(f"  {type(layer).__name__} exposes no per-layer cells to inspect")
+        lines.extend(f"  {label}: {type(cell).__name__} -> loop ({MASK_REASON})"
+                     for label, cell in cells)
+        return "\n".join(lines)
+    cell = getattr(layer, "cell", None)
+    if isinstance(cell, nn.Module):
+        label = "backward" if getattr(layer, "go_backwards", False) else "forward"
+        lines.append(f"  {label}: {type(cell).__name__} -> loop ({MASK_REASON})")
+        return "\n".join(lines)
+    wrapped = [(label, getattr(layer, attr, None)) for label, attr in (
+        ("forward layer", "forward_layer"), ("backward layer", "backward_layer"),
+        ("wrapped layer", "layer"))]
+    wrapped = [(label, sub) for label, sub in wrapped if isinstance(sub, nn.Module)]
+    for label, sub in wrapped:
+        inner = _explain_gaps(sub, [_module_line(sub), ""], inputs).splitlines()
+        lines.append(f"  {label}: {inner[0]}")
+        lines.extend(f"    {line}" for line in inner[2:])
+    if not wrapped:
+        lines.append(f"  cell: {type(layer).__name__} -> loop ({MASK_REASON})")
+    return "\n".join(lines)

@@ -100,12 +100,84 @@ def check_lengths(
     return lengths.to(device=device, dtype=torch.int64)
 
 
+def check_mask(mask: object, max_time: int, batch_size: int,
+               device: torch.device | str | None = None) -> Tensor:
+    """Validate a time-major step mask ``(T, B)`` (True at steps that run) and return it.
+
+    Raises:
+        TypeError: not a bool tensor.
+        ValueError: wrong shape, or on another device than the input.
+    """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        kind = f"a tensor of dtype {mask.dtype}" if isinstance(mask, Tensor) else \
+            type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor (True at valid steps), got {kind}")
+    if tuple(mask.shape) != (max_time, batch_size):
+        raise ValueError(
+            f"the engine's mask must be time-major (T, B) = ({max_time}, {batch_size}), got "
+            f"{tuple(mask.shape)}"
+        )
+    if device is not None:
+        device = torch.device(device)
+        if mask.device.type != "cpu" and mask.device != device:
+            raise ValueError(f"mask is on device {mask.device} but the input is on {device}")
+    return mask.to(device)
+
+
+def mask_to_lengths(
+    mask: object, batch_size: int, max_time: int, device: torch.device | str | None = None,
+    *, name: str = "mask",
+) -> tuple[Tensor | None, Tensor | None]:
+    """A Keras step mask ``(B, T)`` as ``(lengths, None)`` or ``(None, time_major_mask)``.
+
+    ``mask`` is batch-first whatever the layer's ``batch_first`` (Keras' layout), True at the
+    steps to run. When every row marks a non-empty prefix (``[T, T, T, F]``) it becomes
+    ``lengths (B,)``, the fast form every engine path takes; otherwise (gaps such as
+    ``[T, T, F, T]``, a row with no valid step) the mask itself comes back time-major
+    ``(T, B)`` for the loop path.
+
+    Example:
+        >>> import torch
+        >>> mask_to_lengths(torch.tensor([[True, True, False], [True, False, False]]), 2, 3)
+        (tensor([2, 1]), None)
+        >>> mask_to_lengths(torch.tensor([[True, False, True]]), 1, 3)[1].T.tolist()
+        [[True, False, True]]
+    """
+    if not isinstance(mask, Tensor):
+        try:
+            mask = torch.as_tensor(mask)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"{name} must be a bool tensor (batch, time), got "
+                            f"{type(mask).__name__}") from error
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool tensor (True at valid steps), got dtype {mask.dtype}; "
+            "convert it with mask.bool()"
+        )
+    if tuple(mask.shape) != (batch_size, max_time):
+        raise ValueError(
+            f"{name} must have shape (batch, time) = ({batch_size}, {max_time}) (batch-first "
+            f"as in Keras, whatever the layer's batch_first), got {tuple(mask.shape)}"
+        )
+    if device is not None:
+        device = torch.device(device)
+        if mask.device.type != "cpu" and mask.device != device:
+            raise ValueError(f"{name} is on device {mask.device} but the input is on {device}")
+        mask = mask.to(device)
+    lengths = mask.sum(dim=1)  # (B,)
+    prefix = torch.arange(max_time, device=mask.device)[None, :] < lengths[:, None]  # (B, T)
+    if torch.equal(prefix, mask) and (lengths.numel() == 0 or int(lengths.min()) >= 1):
+        return lengths.to(torch.int64), None
+    return None, mask.T  # (T, B)
+
+
 def run_recurrence(
     cell: nn.Module,
     inputs: Tensor,
     state: State,
     lengths: Tensor | Sequence[int] | None = None,
     reverse: bool = False,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, State]:
     """Run ``cell`` step by step over ``inputs``; return ``(outputs, final_state)``.
 
@@ -115,6 +187,10 @@ def run_recurrence(
         state: the initial state, a ``(B, H)`` tensor or a tuple of them.
         lengths: ``(B,)`` valid steps per sequence, or None when every sequence has ``T``.
         reverse: read each sequence from its own last valid step back to step 0.
+        mask: ``(T, B)`` bool, True at the steps that run, in any pattern (Keras' masks
+            with gaps, ``[T, T, F, T]``); a masked step leaves the state unchanged and
+            outputs zeros there. Exclusive with ``lengths``, which is the fast form of a
+            mask that marks a prefix.
 
     Returns:
         ``outputs (T, B, H_out)`` at the original time positions (zero at padded steps) and
@@ -141,6 +217,11 @@ def run_recurrence(
     steps = inputs.unbind(0)  # T x (B, H_in)
     outputs: list[Tensor | None] = [None] * time_steps
 
+    if mask is not None:
+        if lengths is not None:
+            raise ValueError("run_recurrence: pass lengths or mask, not both")
+        return _run_masked(cell, steps, state, check_mask(mask, time_steps, batch_size,
+                                                          inputs.device), reverse)
     if lengths is None:
         order = range(time_steps - 1, -1, -1) if reverse else range(time_steps)
         for t in order:
@@ -166,4 +247,24 @@ def run_recurrence(
         zeros = torch.zeros_like(outputs[0])  # (B, H_out)
         for t in range(max_len, time_steps):
             outputs[t] = zeros
+    return torch.stack(outputs), state  # type: ignore[arg-type]  # (T, B, H_out)
+
+
+def _run_masked(cell: nn.Module, steps: Sequence[Tensor], state: State, mask: Tensor,
+                reverse: bool) -> tuple[Tensor, State]:
+    """The loop under an arbitrary step mask ``(T, B)``: masked steps hold the state."""
+    time_steps = len(steps)
+    every = mask.all(dim=1).tolist()  # per step: no sequence is masked (no where needed)
+    keeps = mask.unsqueeze(-1).unbind(0)  # T x (B, 1)
+    outputs: list[Tensor | None] = [None] * time_steps
+    order = range(time_steps - 1, -1, -1) if reverse else range(time_steps)
+    for t in order:
+        if every[t]:
+            outputs[t], state = cell(steps[t], state)
+            continue
+        keep = keeps[t]  # (B, 1)
+        # Zero masked inputs so garbage there (inf, nan) cannot leak through 0 * nan.
+        out, new_state = cell(torch.where(keep, steps[t], 0.0), state)
+        state = map_state(lambda new, old, keep=keep: torch.where(keep, new, old), new_state, state)
+        outputs[t] = torch.where(keep, out, 0.0)  # (B, H_out)
     return torch.stack(outputs), state  # type: ignore[arg-type]  # (T, B, H_out)
