@@ -25,7 +25,13 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.config import Configurable
-from rnnkit.layers.masking import from_time_major, map_state, reverse_padded, to_time_major
+from rnnkit.layers.masking import (
+    from_time_major,
+    map_state,
+    mask_to_lengths,
+    reverse_padded,
+    to_time_major,
+)
 from rnnkit.layers.recurrence import Recurrence
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -43,6 +49,31 @@ def _is_cell(module: nn.Module) -> bool:
     return hasattr(module, "state_size") and not isinstance(module, Recurrence)
 
 
+def reads_backwards(layer: nn.Module) -> tuple[bool, bool]:
+    """``(backwards, processing_order)`` for a layer: whether it reads each sequence from
+    its end, and whether it then returns its outputs reversed in time (Keras'
+    ``go_backwards``: a ``Recurrence`` with ``output_order="processing"`` or a drop-in with
+    ``go_backwards=True``) rather than at their original positions."""
+    if isinstance(layer, Recurrence):
+        return layer.go_backwards, layer.processing_order
+    backwards = getattr(layer, "go_backwards", False) is True
+    return backwards, backwards
+
+
+def reset_layer_states(owner: str, layers: Sequence[nn.Module], mask: Tensor | None) -> None:
+    """Call ``reset_states(mask)`` on every layer that carries state."""
+    found = False
+    for layer in layers:
+        reset = getattr(layer, "reset_states", None)
+        if callable(reset):
+            reset(mask)
+            found = True
+    if not found:
+        names = ", ".join(type(layer).__name__ for layer in layers)
+        raise TypeError(f"{owner}.reset_states: the wrapped layer(s) ({names}) have no "
+                        "reset_states(); only stateful-capable rnnkit layers carry state")
+
+
 class Bidirectional(Configurable, nn.Module):
     """Run a layer forwards and a copy of it backwards, and merge their outputs.
 
@@ -55,11 +86,16 @@ class Bidirectional(Configurable, nn.Module):
         backward_layer: the layer for the backward direction; by default a copy of
             ``layer`` with freshly drawn parameters.
         batch_first: only when ``layer`` is a cell; otherwise the layer's own setting is used.
+        zero_output_for_mask: only when ``layer`` is a cell (see
+            :class:`~rnnkit.layers.Recurrence`); False gives Keras' outputs at masked steps.
 
-    Call: ``outputs, (state_forward, state_backward) = bi(inputs, state=None, lengths=None)``,
-    ``state`` being None or such a pair. Under ``lengths`` both final states are right: the
-    forward one at each sequence's last step, the backward one at step 0, having started
-    at each sequence's own last valid step.
+    Call: ``outputs, (state_forward, state_backward) = bi(inputs, state=None, lengths=None,
+    mask=None)``, ``state`` being None or such a pair. Under ``lengths`` both final states
+    are right: the forward one at each sequence's last step, the backward one at step 0,
+    having started at each sequence's own last valid step. ``mask`` is Keras' bool ``(B, T)``
+    and may have gaps (both directions skip the masked steps). A backward layer that returns
+    its outputs in processing order (Keras' ``go_backwards``) is realigned, as Keras' own
+    ``Bidirectional`` does. :meth:`reset_states` resets both directions.
 
     Example:
         >>> import torch
@@ -76,6 +112,7 @@ class Bidirectional(Configurable, nn.Module):
         merge_mode: str | None = "concat",
         backward_layer: nn.Module | None = None,
         batch_first: bool = False,
+        zero_output_for_mask: bool = True,
     ) -> None:
         super().__init__()
         if merge_mode not in MERGE_MODES:
@@ -92,9 +129,11 @@ class Bidirectional(Configurable, nn.Module):
             raise ValueError("Bidirectional: pass the forward layer (go_backwards=False)")
         self.merge_mode = merge_mode
         if _is_cell(layer):
-            layer = Recurrence(layer, batch_first=batch_first)
+            layer = Recurrence(layer, batch_first=batch_first,
+                               zero_output_for_mask=zero_output_for_mask)
             if backward_layer is not None and _is_cell(backward_layer):
-                backward_layer = Recurrence(backward_layer, batch_first=batch_first)
+                backward_layer = Recurrence(backward_layer, batch_first=batch_first,
+                                            zero_output_for_mask=zero_output_for_mask)
         if backward_layer is None:
             backward_layer = copy.deepcopy(layer)
             _reinitialise(backward_layer)
@@ -107,25 +146,48 @@ class Bidirectional(Configurable, nn.Module):
         self.backward_layer = backward_layer
         self.batch_first = bool(getattr(layer, "batch_first", False))
 
-    def _call(self, layer: nn.Module, inputs: Tensor, state: Any, lengths: Tensor | None):
-        """Call ``layer`` on time-major ``inputs`` in its own layout; time-major outputs."""
+    def reset_states(self, mask: Tensor | None = None) -> None:
+        """Forget both directions' carried states (stateful layers; Keras' ``reset_state()``),
+        or only for the sequences where ``mask`` (B,) is True."""
+        reset_layer_states("Bidirectional", [self.forward_layer, self.backward_layer], mask)
+
+    def _call(self, layer: nn.Module, inputs: Tensor, state: Any, lengths: Tensor | None,
+              mask: Tensor | None = None):
+        """Call ``layer`` on time-major ``inputs`` in its own layout; time-major outputs.
+
+        ``mask`` is time-major ``(T, B)``; the layer gets it in Keras' ``(B, T)``.
+        """
         layer_batch_first = bool(getattr(layer, "batch_first", False))
         if layer_batch_first:
             inputs = inputs.transpose(0, 1)
-        outputs, final = layer(inputs, state, lengths=lengths)
+        if mask is None:
+            outputs, final = layer(inputs, state, lengths=lengths)
+        else:
+            outputs, final = layer(inputs, state, mask=mask.T)
         if layer_batch_first:
             outputs = map_state(lambda t: t.transpose(0, 1), outputs)
         return outputs, final
 
     def run(
-        self, inputs: Tensor, state: Any, lengths: Tensor | None
+        self, inputs: Tensor, state: Any, lengths: Tensor | None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Any, Any]:
-        """Time-major core: ``(out_forward, out_backward (T, B, H_out), final_f, final_b)``."""
+        """Time-major core: ``(out_forward, out_backward (T, B, H_out), final_f, final_b)``.
+
+        ``mask`` is a time-major ``(T, B)`` mask with gaps (exclusive with ``lengths``).
+        """
         state_f, state_b = (None, None) if state is None else state
-        out_f, final_f = self._call(self.forward_layer, inputs, state_f, lengths)
+        out_f, final_f = self._call(self.forward_layer, inputs, state_f, lengths, mask)
         backward = self.backward_layer
-        if isinstance(backward, Recurrence) and backward.go_backwards:
-            out_b, final_b = self._call(backward, inputs, state_b, lengths)
+        backwards, processing_order = reads_backwards(backward)
+        if backwards:
+            out_b, final_b = self._call(backward, inputs, state_b, lengths, mask)
+            if processing_order:  # Keras' go_backwards form: realign to time positions
+                out_b = map_state(lambda t: t.flip(0), out_b)
+        elif mask is not None:
+            # Reverse the whole padded sequence and its mask (masked steps hold the state,
+            # so they need no special place), run forwards, reverse back.
+            out_b, final_b = self._call(backward, inputs.flip(0), state_b, None, mask.flip(0))
+            out_b = map_state(lambda t: t.flip(0), out_b)
         else:
             # Reverse each sequence within its length, run forwards, reverse back.
             reversed_inputs = reverse_padded(inputs, lengths)  # (T, B, H_in)
@@ -150,15 +212,35 @@ class Bidirectional(Configurable, nn.Module):
         inputs: Tensor | PackedSequence,
         state: Any = None,
         lengths: Tensor | Sequence[int] | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Any, tuple[Any, Any]]:
         if state is not None and (not isinstance(state, (tuple, list)) or len(state) != 2):
             raise ValueError(
                 "Bidirectional: state must be None or a pair (state_forward, state_backward)"
             )
-        padded, lengths, info = to_time_major(
-            inputs, self.batch_first, lengths, name="Bidirectional input"
+        padded, lengths, info, gaps = normalise_with_mask(
+            "Bidirectional", inputs, self.batch_first, lengths, mask
         )
-        out_f, out_b, final_f, final_b = self.run(padded, state, lengths)
+        out_f, out_b, final_f, final_b = self.run(padded, state, lengths, gaps)
         merged = self.merge(out_f, out_b)
         merged = map_state(lambda t: from_time_major(t, self.batch_first, lengths, info), merged)
         return merged, (final_f, final_b)
+
+
+def normalise_with_mask(
+    owner: str, inputs: Tensor | PackedSequence, batch_first: bool, lengths: Any, mask: Any
+) -> tuple[Tensor, Tensor | None, Any, Tensor | None]:
+    """``to_time_major`` plus Keras' ``mask (B, T)``: ``(padded, lengths, pack_info, gaps)``
+    where a prefix mask has become ``lengths`` and a mask with gaps comes back time-major."""
+    if mask is not None:
+        if lengths is not None:
+            raise ValueError(f"{owner}: pass either lengths= or mask=, not both")
+        if isinstance(inputs, PackedSequence):
+            raise ValueError(f"{owner}: mask= cannot be combined with a PackedSequence "
+                             "(the packed sequence already carries its lengths)")
+    padded, lengths, info = to_time_major(inputs, batch_first, lengths, name=f"{owner} input")
+    gaps = None
+    if mask is not None:
+        lengths, gaps = mask_to_lengths(mask, padded.shape[1], padded.shape[0], padded.device,
+                                        name=f"{owner} mask")
+    return padded, lengths, info, gaps

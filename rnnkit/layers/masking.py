@@ -17,11 +17,14 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.engine.loop import check_lengths, map_state
+from rnnkit.engine.loop import check_lengths, map_state, mask_to_lengths
 
 __all__ = [
     "PackInfo",
+    "carry_last_valid",
     "check_lengths",
+    "last_valid_steps",
+    "mask_to_lengths",
     "from_time_major",
     "gather_steps",
     "lengths_to_mask",
@@ -49,6 +52,67 @@ def lengths_to_mask(lengths: Tensor, max_time: int, batch_first: bool = False) -
     steps = torch.arange(max_time, device=lengths.device)
     mask = steps[:, None] < lengths[None, :]  # (T, B)
     return mask.T if batch_first else mask
+
+
+def valid_steps(
+    time_steps: int, batch_size: int, lengths: Tensor | None, mask: Tensor | None,
+    device: torch.device | str | None = None,
+) -> Tensor | None:
+    """The time-major ``(T, B)`` validity of each step, or None when every step is valid."""
+    if mask is not None:
+        return mask
+    if lengths is not None:
+        return lengths_to_mask(lengths.to(device), time_steps)
+    return None
+
+
+def carry_last_valid(outputs: Tensor, valid: Tensor, reverse: bool = False) -> Tensor:
+    """Keras' ``zero_output_for_mask=False``: a masked step repeats the last valid output.
+
+    ``outputs (T, B, ...)`` time-major at their original positions, ``valid (T, B)``. Each
+    masked step takes the output of the last valid step processed before it: the closest
+    earlier one, or with ``reverse`` (a sequence read backwards) the closest later one;
+    zeros before the first. Valid steps are unchanged.
+
+    Example:
+        >>> out = torch.tensor([1.0, 2.0, 0.0, 4.0, 0.0]).view(5, 1, 1)
+        >>> valid = torch.tensor([[False], [True], [False], [True], [False]])
+        >>> carry_last_valid(out, valid).view(-1).tolist()
+        [0.0, 2.0, 2.0, 4.0, 4.0]
+        >>> carry_last_valid(out, valid, reverse=True).view(-1).tolist()
+        [2.0, 2.0, 4.0, 4.0, 0.0]
+    """
+    time_steps = outputs.shape[0]
+    steps = torch.arange(time_steps, device=outputs.device)[:, None].expand_as(valid)  # (T, B)
+    if reverse:
+        source = torch.where(valid, steps, time_steps).flip(0).cummin(0).values.flip(0)
+        found = source < time_steps
+    else:
+        source = torch.where(valid, steps, -1).cummax(0).values
+        found = source >= 0
+    index = source.clamp(0, time_steps - 1)
+    index = index.view(*index.shape, *([1] * (outputs.dim() - 2))).expand_as(outputs)
+    carried = outputs.gather(0, index)  # (T, B, ...)
+    found = found.view(*found.shape, *([1] * (outputs.dim() - 2)))
+    return torch.where(found, carried, torch.zeros((), dtype=outputs.dtype,
+                                                   device=outputs.device))
+
+
+def last_valid_steps(valid: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """Each sequence's last processed valid step under ``valid (T, B)``: ``(steps, found)``.
+
+    The highest valid step (``reverse``: the lowest); ``found (B,)`` is False for a sequence
+    with no valid step at all (its step is 0 then).
+    """
+    time_steps = valid.shape[0]
+    steps = torch.arange(time_steps, device=valid.device)[:, None].expand_as(valid)  # (T, B)
+    if reverse:
+        step = torch.where(valid, steps, time_steps).min(dim=0).values
+        found = step < time_steps
+    else:
+        step = torch.where(valid, steps, -1).max(dim=0).values
+        found = step >= 0
+    return step.clamp(0, time_steps - 1), found
 
 
 def reverse_padded(inputs: Tensor, lengths: Tensor | None) -> Tensor:

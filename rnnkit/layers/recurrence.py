@@ -29,16 +29,21 @@ from rnnkit.engine import dispatch
 from rnnkit.errors import ShapeError
 from rnnkit.layers.dropout import reset_dropout_masks
 from rnnkit.layers.masking import (
+    carry_last_valid,
     check_lengths,
     from_time_major,
     gather_steps,
+    last_valid_steps,
     map_state,
+    mask_to_lengths,
     to_time_major,
+    valid_steps,
 )
 from rnnkit.layers.state import CellWrapper, state_sizes, zero_state
 from rnnkit.layers.stateful import StateStore
 
 ENGINES = ("auto", "compiled", "loop")
+OUTPUT_ORDERS = ("time", "processing")
 
 
 class _FullStateCell(CellWrapper):
@@ -63,7 +68,7 @@ class Recurrence(Configurable, nn.Module):
     Args:
         cell: any module with the cell contract.
         go_backwards: read each sequence from its own last valid step back to its first.
-            Outputs stay at their original time positions.
+            Outputs stay at their original time positions (see ``output_order``).
         initial_state: the state used when ``forward`` gets none: None (the cell's zeros), a
             number (every entry of every state tensor, CNTK's ``initial_state=0.1``), a tensor
             ``(S,)`` or ``(B, S)`` (a tuple of them for multi-state cells).
@@ -75,11 +80,21 @@ class Recurrence(Configurable, nn.Module):
         stateful: carry the final state into the next call (see :meth:`reset_states`).
         engine: ``"auto"``, ``"compiled"`` or ``"loop"``; passed to
             :func:`rnnkit.engine.dispatch.run_recurrence`.
+        zero_output_for_mask: outputs at padded or masked steps are zero (True, rnnkit's and
+            torch's convention) or repeat the last valid output processed before them
+            (False, Keras' default; zeros before the first valid step).
+        output_order: ``"time"`` (outputs at their original time positions) or
+            ``"processing"`` (Keras' ``go_backwards``: the whole padded sequence reversed
+            and outputs returned in the order they were computed, ``outputs[0]`` being the
+            last time step's). Only differs from ``"time"`` with ``go_backwards``.
 
-    Call: ``outputs, final_state = layer(inputs, state=None, lengths=None)`` with ``inputs``
-    ``(T, B, H_in)`` (or ``(B, T, H_in)``, an unbatched ``(T, H_in)``, or a PackedSequence,
-    returned in the same form); ``outputs`` is zero at padded steps and ``final_state`` is each
-    sequence's state at its own last step.
+    Call: ``outputs, final_state = layer(inputs, state=None, lengths=None, mask=None)`` with
+    ``inputs`` ``(T, B, H_in)`` (or ``(B, T, H_in)``, an unbatched ``(T, H_in)``, or a
+    PackedSequence, returned in the same form); ``outputs`` is zero at padded steps and
+    ``final_state`` is each sequence's state at its own last step. ``mask`` is Keras' bool
+    ``(B, T)`` (batch-first whatever ``batch_first``), True at the steps to run, in any
+    pattern: a masked step leaves the state unchanged. A mask that marks a prefix of each
+    row runs as ``lengths`` (every engine path); one with gaps runs on the loop path.
 
     Example:
         >>> import torch
@@ -100,6 +115,8 @@ class Recurrence(Configurable, nn.Module):
         batch_first: bool = False,
         stateful: bool = False,
         engine: str = "auto",
+        zero_output_for_mask: bool = True,
+        output_order: str = "time",
     ) -> None:
         super().__init__()
         if not isinstance(cell, nn.Module) or not callable(cell):
@@ -107,7 +124,12 @@ class Recurrence(Configurable, nn.Module):
         if engine not in ENGINES:
             raise ValueError(f"{type(self).__name__}: engine must be one of {ENGINES}, "
                              f"got {engine!r}")
+        if output_order not in OUTPUT_ORDERS:
+            raise ValueError(f"{type(self).__name__}: output_order must be one of "
+                             f"{OUTPUT_ORDERS}, got {output_order!r}")
         self.cell = cell
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.output_order = output_order
         self.go_backwards = bool(go_backwards)
         self.return_full_state = bool(return_full_state)
         self.batch_first = bool(batch_first)
@@ -170,10 +192,20 @@ class Recurrence(Configurable, nn.Module):
                 f"with {inputs.shape[-1]} (shape {tuple(inputs.shape)})"
             )
 
+    @property
+    def processing_order(self) -> bool:
+        """Whether ``forward`` returns outputs reversed in time (Keras' ``go_backwards``)."""
+        return self.go_backwards and self.output_order == "processing"
+
     def run(
-        self, inputs: Tensor, state: State | None, lengths: Tensor | None
+        self, inputs: Tensor, state: State | None, lengths: Tensor | None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor | tuple[Tensor, ...], State]:
-        """The time-major core: ``inputs (T, B, H_in)`` -> ``(outputs (T, B, ...), state)``."""
+        """The time-major core: ``inputs (T, B, H_in)`` -> ``(outputs (T, B, ...), state)``.
+
+        ``mask`` is time-major ``(T, B)`` (a mask with gaps); outputs are at their original
+        time positions whatever ``output_order``.
+        """
         self._check_input_size(inputs)
         batch_size = inputs.shape[1]
         if state is None:
@@ -183,9 +215,15 @@ class Recurrence(Configurable, nn.Module):
                 state = self.initial(batch_size, inputs)
         reset_dropout_masks(self.cell)
         cell = _FullStateCell(self.cell) if self.return_full_state else self.cell
+        extra = {} if mask is None else {"mask": mask}
         outputs, final = dispatch.run_recurrence(
-            cell, inputs, state, lengths=lengths, reverse=self.go_backwards, engine=self.engine
+            cell, inputs, state, lengths=lengths, reverse=self.go_backwards, engine=self.engine,
+            **extra,
         )
+        if not self.zero_output_for_mask:
+            valid = valid_steps(inputs.shape[0], batch_size, lengths, mask, inputs.device)
+            if valid is not None:
+                outputs = carry_last_valid(outputs, valid, reverse=self.go_backwards)
         if self.stateful:
             self._state_store.put(final)
         if self.return_full_state:
@@ -195,39 +233,63 @@ class Recurrence(Configurable, nn.Module):
         return outputs, final
 
     def _normalise(
-        self, inputs: Tensor | PackedSequence, lengths: Any
-    ) -> tuple[Tensor, Tensor | None, Any, bool]:
+        self, inputs: Tensor | PackedSequence, lengths: Any, mask: Any = None
+    ) -> tuple[Tensor, Tensor | None, Any, bool, Tensor | None]:
+        name = type(self).__name__
         unbatched = isinstance(inputs, Tensor) and inputs.dim() == 2
         if unbatched:
             inputs = inputs.unsqueeze(1)  # (T, 1, H_in)
             if lengths is not None:
                 lengths = torch.as_tensor(lengths).reshape(1)
+            if isinstance(mask, Tensor) and mask.dim() == 1:
+                mask = mask[None, :]  # (1, T)
         batch_first = self.batch_first and not unbatched
-        padded, lengths, info = to_time_major(
-            inputs, batch_first, lengths, name=f"{type(self).__name__} input"
-        )
-        return padded, lengths, info, unbatched
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError(f"{name}: pass either lengths= or mask=, not both")
+            if isinstance(inputs, PackedSequence):
+                raise ValueError(f"{name}: mask= cannot be combined with a PackedSequence "
+                                 "(the packed sequence already carries its lengths)")
+        padded, lengths, info = to_time_major(inputs, batch_first, lengths, name=f"{name} input")
+        gaps = None
+        if mask is not None:
+            lengths, gaps = mask_to_lengths(mask, padded.shape[1], padded.shape[0],
+                                            padded.device, name=f"{name} mask")
+        return padded, lengths, info, unbatched, gaps
 
     def _call(
-        self, inputs: Tensor | PackedSequence, state: State | None, lengths: Any
-    ) -> tuple[Tensor, Tensor | None, Any, bool, Any, State]:
+        self, inputs: Tensor | PackedSequence, state: State | None, lengths: Any,
+        mask: Any = None,
+    ) -> tuple[Tensor, Tensor | None, Any, bool, Any, State, Tensor | None]:
         """Normalise a call's input (and an unbatched state) and run it, time-major."""
-        padded, lengths, info, unbatched = self._normalise(inputs, lengths)
+        padded, lengths, info, unbatched, gaps = self._normalise(inputs, lengths, mask)
+        if self.processing_order and info is not None:
+            raise ValueError(
+                f"{type(self).__name__}: output_order='processing' returns outputs reversed "
+                "in time, which a PackedSequence cannot hold; pass a padded tensor with "
+                "lengths= or mask="
+            )
         if unbatched and state is not None:
             state = map_state(lambda t: t.unsqueeze(0), state)
-        outputs, final = self.run(padded, state, lengths)
-        return padded, lengths, info, unbatched, outputs, final
+        outputs, final = self.run(padded, state, lengths, gaps)
+        return padded, lengths, info, unbatched, outputs, final, gaps
 
     def forward(
         self,
         inputs: Tensor | PackedSequence,
         state: State | None = None,
         lengths: Tensor | Sequence[int] | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Any, State]:
-        padded, lengths, info, unbatched, outputs, final = self._call(inputs, state, lengths)
+        padded, lengths, info, unbatched, outputs, final, _ = self._call(
+            inputs, state, lengths, mask
+        )
         batch_first = self.batch_first and not unbatched
+        reverse_time = self.processing_order
 
         def convert(sequence: Tensor) -> Tensor | PackedSequence:
+            if reverse_time:
+                sequence = sequence.flip(0)  # (T, B, ...) in processing order
             converted = from_time_major(sequence, batch_first, lengths, info)
             return converted.squeeze(1) if unbatched else converted
 
@@ -241,10 +303,12 @@ class Fold(Recurrence):
     """Run ``cell`` over a sequence; return only the last output and the final state.
 
     The last output is each sequence's output at its own last processed step: step
-    ``lengths[b] - 1``, or step 0 with ``go_backwards``. Arguments as :class:`Recurrence`;
-    with ``return_full_state`` the "output" is the final state itself.
+    ``lengths[b] - 1``, or step 0 with ``go_backwards``; under a ``mask`` the last (with
+    ``go_backwards`` the first) valid step, zeros for a sequence with none. Arguments as
+    :class:`Recurrence`; with ``return_full_state`` the "output" is the final state itself.
 
-    Call: ``last_output (B, H_out), final_state = fold(inputs, state=None, lengths=None)``.
+    Call: ``last_output (B, H_out), final_state = fold(inputs, state=None, lengths=None,
+    mask=None)``.
 
     Example:
         >>> import torch
@@ -260,16 +324,24 @@ class Fold(Recurrence):
         inputs: Tensor | PackedSequence,
         state: State | None = None,
         lengths: Tensor | Sequence[int] | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Any, State]:
-        padded, lengths, _, unbatched, outputs, final = self._call(inputs, state, lengths)
+        padded, lengths, _, unbatched, outputs, final, gaps = self._call(
+            inputs, state, lengths, mask
+        )
         batch_size, time_steps = padded.shape[1], padded.shape[0]
-        if self.go_backwards:
+        found = None
+        if gaps is not None:
+            steps, found = last_valid_steps(gaps, reverse=self.go_backwards)
+        elif self.go_backwards:
             steps = torch.zeros(batch_size, dtype=torch.int64, device=padded.device)
         elif lengths is None:
             steps = torch.full((batch_size,), time_steps - 1, device=padded.device)
         else:
             steps = lengths - 1
         last = map_state(lambda sequence: gather_steps(sequence, steps), outputs)  # (B, H_out)
+        if found is not None:
+            last = map_state(lambda t: torch.where(found[:, None], t, 0.0), last)
         if unbatched:
             last = map_state(lambda t: t.squeeze(0), last)
             final = map_state(lambda t: t.squeeze(0), final)

@@ -12,7 +12,10 @@ they take rnnkit's cell options and sequence features (all keyword-only):
 * ``stateful=True`` with :meth:`reset_states`;
 * ``recurrent_dropout`` (variational), ``dropout_input`` (variational, on the module input),
   ``zoneout``, ``residual`` connections between stacked layers, ``learnable_initial_state``;
-* ``engine="auto" | "fused" | "compiled" | "loop"`` (see :mod:`rnnkit.engine.dispatch`).
+* ``engine="auto" | "fused" | "compiled" | "loop"`` (see :mod:`rnnkit.engine.dispatch`);
+* Keras' semantics: ``mask=`` (B, T) in :meth:`forward` (gaps allowed: a masked step keeps
+  the state), ``zero_output_for_mask=False`` (a masked step repeats the last valid output),
+  ``go_backwards=True`` (read the padded sequence reversed, outputs in processing order).
 
 Symbols: ``T`` time steps, ``B`` batch, ``H_in`` input_size, ``H`` hidden_size,
 ``H_out = proj_size or hidden_size``, ``L`` num_layers, ``D = 2 if bidirectional else 1``.
@@ -51,7 +54,14 @@ from rnnkit.layers.dropout import (
     check_probability,
     variational_mask,
 )
-from rnnkit.layers.masking import from_time_major, to_time_major
+from rnnkit.layers.masking import (
+    carry_last_valid,
+    from_time_major,
+    mask_to_lengths,
+    reverse_padded,
+    to_time_major,
+    valid_steps,
+)
 from rnnkit.layers.stateful import StateStore
 
 ENGINES = ("auto", "fused", "compiled", "loop")
@@ -152,6 +162,8 @@ class RNNBase(Configurable, nn.RNNBase):
         residual: bool = False,
         learnable_initial_state: bool = False,
         engine: str = "auto",
+        go_backwards: bool = False,
+        zero_output_for_mask: bool = True,
     ) -> None:
         # nn.Module's constructor, not torch.nn.RNNBase's: the parameters are registered
         # below under torch's names (plus rnnkit's extras), from rnnkit's cells.
@@ -179,6 +191,11 @@ class RNNBase(Configurable, nn.RNNBase):
             )
         if engine not in ENGINES:
             raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
+        if go_backwards and bidirectional:
+            raise ValueError(
+                f"{name}: go_backwards=True reads the sequence backwards only; a "
+                "bidirectional module already has a backward direction"
+            )
         if residual and num_layers < 2:
             raise ValueError(
                 f"{name}: residual=True adds connections between stacked layers and needs "
@@ -210,6 +227,10 @@ class RNNBase(Configurable, nn.RNNBase):
             self.zoneout = check_probability("zoneout", zoneout)
         self.residual = bool(residual)
         self.learnable_initial_state = bool(learnable_initial_state)
+        # Keras' semantics; neither changes the per-step computation, so the fused path
+        # still serves them (both act on the inputs and outputs around it).
+        self.go_backwards = bool(go_backwards)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
 
         options = dict(cell_options or {})
         if self.recurrent_dropout:
@@ -350,6 +371,10 @@ class RNNBase(Configurable, nn.RNNBase):
             text += f", dropout_input={self.dropout_input}"
         if self.learnable_initial_state:
             text += ", learnable_initial_state=True"
+        if self.go_backwards:
+            text += ", go_backwards=True"
+        if not self.zero_output_for_mask:
+            text += ", zero_output_for_mask=False"
         if self.engine != "auto":
             text += f", engine={self.engine!r}"
         return text
@@ -418,6 +443,7 @@ class RNNBase(Configurable, nn.RNNBase):
         input: Tensor | PackedSequence,
         hx: HiddenState | None = None,
         lengths: Tensor | list[int] | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, HiddenState]:
         """Run the stack over ``input``; returns ``(output, h_n)`` or ``(output, (h_n, c_n))``.
 
@@ -428,10 +454,16 @@ class RNNBase(Configurable, nn.RNNBase):
                 unbatched ``(L*D, H_out)``. None: zeros, the learnable initial state, or the
                 carried state when ``stateful``.
             lengths: ``(B,)`` valid steps per sequence for a padded ``input``.
+            mask: Keras' bool ``(B, T)`` (batch-first whatever ``batch_first``; ``(T,)`` for
+                unbatched input), True at the steps to run, exclusive with ``lengths``. A
+                mask that marks a prefix of each row runs as ``lengths`` (the fast paths);
+                one with gaps holds the state at masked steps on the loop path.
 
         Returns:
-            ``output`` like the input with ``D*H_out`` features (zero at padded steps) and
-            the final states ``(L*D, B, H_out)`` (LSTM also ``c_n (L*D, B, H)``).
+            ``output`` like the input with ``D*H_out`` features (zero at padded steps, or
+            the last valid output with ``zero_output_for_mask=False``; in processing order
+            with ``go_backwards``) and the final states ``(L*D, B, H_out)`` (LSTM also
+            ``c_n (L*D, B, H)``).
         """
         name = type(self).__name__
         unbatched = False
@@ -448,6 +480,8 @@ class RNNBase(Configurable, nn.RNNBase):
                 input = input.unsqueeze(1)  # (T, 1, H_in)
                 if lengths is not None:
                     lengths = torch.as_tensor(lengths).reshape(1)
+                if isinstance(mask, Tensor) and mask.dim() == 1:
+                    mask = mask[None, :]  # (1, T)
                 if hx is not None:
                     hx = self._unsqueeze_hx(hx)
             elif hx is not None:
@@ -461,8 +495,22 @@ class RNNBase(Configurable, nn.RNNBase):
                 input, self.batch_first and not unbatched, lengths, name=f"{name} input"
             )
         else:
+            if mask is not None:
+                raise ValueError(f"{name}: mask= cannot be combined with a PackedSequence "
+                                 "(the packed sequence already carries its lengths)")
+            if self.go_backwards:
+                raise ValueError(
+                    f"{name}: go_backwards=True returns outputs reversed in time (Keras), "
+                    "which a PackedSequence cannot hold; pass a padded tensor with lengths="
+                )
             inputs, lengths, pack_info = to_time_major(input, False, lengths, name=f"{name} input")
         self._check_input_dtype(inputs)
+        gaps = None  # (T, B): a mask with gaps
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError(f"{name}: pass either lengths= or mask=, not both")
+            lengths, gaps = mask_to_lengths(mask, inputs.shape[1], inputs.shape[0],
+                                            inputs.device, name=f"{name} mask")
         if inputs.shape[-1] != self.input_size:
             raise ShapeError(
                 f"{name}: input.size(-1) must be equal to input_size. Expected "
@@ -487,12 +535,27 @@ class RNNBase(Configurable, nn.RNNBase):
             mask = variational_mask((batch_size, self.input_size), self.dropout_input, inputs)
             inputs = inputs * mask  # (T, B, H_in)
 
+        if self.go_backwards:
+            # Keras: the padded sequence reversed. Within lengths that is each sequence
+            # reversed in place (its padding, masked in Keras, keeps the state anyway).
+            inputs = reverse_padded(inputs, lengths) if gaps is None else inputs.flip(0)
+            gaps = None if gaps is None else gaps.flip(0)
+
         result = None
-        if self.engine in ("auto", "fused") and not self.cell_options:
+        if gaps is not None:
+            if self.engine == "fused":
+                raise ValueError(f"{name}: engine='fused' cannot run a mask with gaps; "
+                                 f"{dispatch.MASK_REASON}")
+        elif self.engine in ("auto", "fused") and not self.cell_options:
             result = dispatch.fused_forward(self, inputs, hx, lengths)
         if result is None:
-            result = self._forward_layers(inputs, hx, lengths)
+            result = self._forward_layers(inputs, hx, lengths, gaps)
         outputs, h_n = result
+        if self.go_backwards and gaps is None and lengths is not None:
+            # In processing order: the padding (processed first in Keras) comes first.
+            outputs = reverse_padded(outputs, lengths).flip(0)
+        if not self.zero_output_for_mask:
+            outputs = self._carry(outputs, lengths, gaps)
 
         if self.stateful:
             self._state_store.put(h_n)
@@ -529,10 +592,28 @@ class RNNBase(Configurable, nn.RNNBase):
         unsqueezed = tuple(t.unsqueeze(1) if isinstance(t, Tensor) else t for t in tensors)
         return unsqueezed if isinstance(hx, (tuple, list)) else unsqueezed[0]
 
+    def _carry(self, outputs: Tensor, lengths: Tensor | None, gaps: Tensor | None) -> Tensor:
+        """Keras' ``zero_output_for_mask=False``: masked steps repeat the last valid output
+        (per direction, in the order that direction reads)."""
+        time_steps, batch_size = outputs.shape[0], outputs.shape[1]
+        valid = valid_steps(time_steps, batch_size, lengths, gaps, outputs.device)
+        if valid is None:
+            return outputs
+        if self.go_backwards and gaps is None:
+            valid = valid.flip(0)  # the outputs are in processing order
+        if not self.bidirectional:
+            return carry_last_valid(outputs, valid)
+        forward, backward = outputs.chunk(2, dim=-1)
+        return torch.cat([carry_last_valid(forward, valid),
+                          carry_last_valid(backward, valid, reverse=True)], dim=-1)
+
     def _forward_layers(
-        self, inputs: Tensor, hx: HiddenState, lengths: Tensor | None
+        self, inputs: Tensor, hx: HiddenState, lengths: Tensor | None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, HiddenState]:
-        """Layer by layer, direction by direction, through ``dispatch.run_recurrence``."""
+        """Layer by layer, direction by direction, through ``dispatch.run_recurrence``.
+
+        ``mask`` (T, B) is a mask with gaps (exclusive with ``lengths``)."""
         num_directions = 2 if self.bidirectional else 1
         engine = "auto" if self.engine == "fused" else self.engine
         is_lstm = self.mode == "LSTM"
@@ -556,6 +637,7 @@ class RNNBase(Configurable, nn.RNNBase):
                     lengths=lengths,
                     reverse=direction == 1,
                     engine=engine,
+                    **({} if mask is None else {"mask": mask}),
                 )
                 outputs.append(out)  # (T, B, H_out)
                 if is_lstm:

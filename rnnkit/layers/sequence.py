@@ -14,7 +14,8 @@ any               True            ``(result, final_state)``
 The last output is taken at each sequence's own last processed step: step
 ``lengths[b] - 1`` for a forward layer, step 0 for a backward one, and for bidirectional
 layers the forward half at ``lengths[b] - 1`` merged with the backward half at step 0 (as
-Keras' ``Bidirectional(return_sequences=False)``).
+Keras' ``Bidirectional(return_sequences=False)``). Under a Keras ``mask`` with gaps it is
+the last valid step (backwards: the first), and zeros for a sequence with no valid step.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.config import Configurable
-from rnnkit.layers.bidirectional import Bidirectional
+from rnnkit.layers.bidirectional import (
+    Bidirectional,
+    normalise_with_mask,
+    reads_backwards,
+    reset_layer_states,
+)
 from rnnkit.layers.masking import (
-    check_lengths,
     from_time_major,
     gather_steps,
-    lengths_to_mask,
+    last_valid_steps,
     map_state,
-    to_time_major,
 )
 from rnnkit.layers.recurrence import Recurrence
 
@@ -49,9 +53,15 @@ class Sequence(Configurable, nn.Module):
             ``outputs, state = layer(inputs, state, lengths=lengths)``.
         return_sequences: return every step's output instead of only the last one.
         return_state: also return the final state.
+        zero_output_for_mask: only when ``layer`` is a cell (see
+            :class:`~rnnkit.layers.Recurrence`): False gives Keras' default outputs at
+            masked steps (the last valid output) with ``return_sequences``.
 
     Call: ``seq(inputs, state=None, lengths=None, mask=None)``; ``mask (B, T)`` is the Keras
-    alternative to ``lengths``: True at valid steps, which must come first in each row.
+    alternative to ``lengths`` (batch-first whatever the layer's ``batch_first``), True at
+    the steps to run. A mask that marks a prefix of each row runs as ``lengths``; one with
+    gaps (``[T, T, F, T]``) holds the state at masked steps, as Keras does, on the loop
+    path. :meth:`reset_states` is Keras' ``reset_state()``.
 
     Example:
         >>> import torch, rnnkit
@@ -63,17 +73,23 @@ class Sequence(Configurable, nn.Module):
     """
 
     def __init__(
-        self, layer: nn.Module, return_sequences: bool = False, return_state: bool = False
+        self, layer: nn.Module, return_sequences: bool = False, return_state: bool = False,
+        zero_output_for_mask: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(layer, nn.Module):
             raise TypeError(f"Sequence: layer must be an nn.Module, got {type(layer).__name__}")
         if hasattr(layer, "state_size") and not isinstance(layer, Recurrence):
-            layer = Recurrence(layer, batch_first=True)
+            layer = Recurrence(layer, batch_first=True, zero_output_for_mask=zero_output_for_mask)
         self.layer = layer
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
         self.batch_first = bool(getattr(layer, "batch_first", False))
+
+    def reset_states(self, mask: Tensor | None = None) -> None:
+        """Forget the wrapped layer's carried state (Keras' ``reset_state()``), or only for
+        the sequences where ``mask`` (B,) is True."""
+        reset_layer_states("Sequence", [self.layer], mask)
 
     def forward(
         self,
@@ -82,38 +98,49 @@ class Sequence(Configurable, nn.Module):
         lengths: Tensor | SequenceABC[int] | None = None,
         mask: Tensor | None = None,
     ) -> Any:
-        if mask is not None:
-            if lengths is not None:
-                raise ValueError("Sequence: pass either lengths= or mask=, not both")
-            lengths = self._mask_to_lengths(mask)
-        padded, lengths, info = to_time_major(
-            inputs, self.batch_first, lengths, name="Sequence input"
+        padded, lengths, info, gaps = normalise_with_mask(
+            "Sequence", inputs, self.batch_first, lengths, mask
         )
         batch_size, time_steps = padded.shape[1], padded.shape[0]
-        last_steps = (
-            lengths - 1
-            if lengths is not None
-            else torch.full((batch_size,), time_steps - 1, device=padded.device)
-        )
-        first_steps = torch.zeros_like(last_steps)
+        found_last = found_first = None
+        if gaps is not None:
+            last_steps, found_last = last_valid_steps(gaps)
+            first_steps, found_first = last_valid_steps(gaps, reverse=True)
+        else:
+            last_steps = (
+                lengths - 1
+                if lengths is not None
+                else torch.full((batch_size,), time_steps - 1, device=padded.device)
+            )
+            first_steps = torch.zeros_like(last_steps)
+
+        def pick(outputs: Tensor, backwards: bool) -> Tensor:
+            steps, found = (first_steps, found_first) if backwards else (last_steps, found_last)
+            last = gather_steps(outputs, steps)  # (B, H)
+            return last if found is None else torch.where(found[:, None], last, 0.0)
+
         layer = self.layer
         if isinstance(layer, Bidirectional):
-            out_f, out_b, final_f, final_b = layer.run(padded, state, lengths)
+            out_f, out_b, final_f, final_b = layer.run(padded, state, lengths, gaps)
             final = (final_f, final_b)
             if self.return_sequences:
                 outputs = layer.merge(out_f, out_b)
             else:
-                last = layer.merge(
-                    gather_steps(out_f, last_steps), gather_steps(out_b, first_steps)
-                )
+                last = layer.merge(pick(out_f, False), pick(out_b, True))
         else:
             layer_batch_first = bool(getattr(layer, "batch_first", False))
             call_inputs = padded.transpose(0, 1) if layer_batch_first else padded
-            outputs, final = layer(call_inputs, state, lengths=lengths)
+            if gaps is None:
+                outputs, final = layer(call_inputs, state, lengths=lengths)
+            else:
+                outputs, final = layer(call_inputs, state, mask=gaps.T)
             if layer_batch_first:
                 outputs = map_state(lambda t: t.transpose(0, 1), outputs)  # (T, B, ...)
             if not self.return_sequences:
-                last = map_state(lambda t: self._last(t, last_steps, first_steps), outputs)
+                backwards, processing_order = reads_backwards(layer)
+                if processing_order:  # realign Keras' go_backwards outputs to time positions
+                    outputs = map_state(lambda t: t.flip(0), outputs)
+                last = map_state(lambda t: self._last(t, pick, backwards), outputs)
         if self.return_sequences:
             result = map_state(
                 lambda t: from_time_major(t, self.batch_first, lengths, info), outputs
@@ -122,31 +149,9 @@ class Sequence(Configurable, nn.Module):
             result = last
         return (result, final) if self.return_state else result
 
-    def _last(self, outputs: Tensor, last_steps: Tensor, first_steps: Tensor) -> Tensor:
-        layer = self.layer
-        if getattr(layer, "bidirectional", False) is True:
+    def _last(self, outputs: Tensor, pick, backwards: bool) -> Tensor:
+        if getattr(self.layer, "bidirectional", False) is True:
             half = outputs.shape[-1] // 2
-            return torch.cat(
-                [
-                    gather_steps(outputs[..., :half], last_steps),
-                    gather_steps(outputs[..., half:], first_steps),
-                ],
-                dim=-1,
-            )
-        if getattr(layer, "go_backwards", False):
-            return gather_steps(outputs, first_steps)
-        return gather_steps(outputs, last_steps)
-
-    @staticmethod
-    def _mask_to_lengths(mask: Tensor) -> Tensor:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
-            raise ValueError("Sequence: mask must be a bool tensor of shape (batch, time)")
-        lengths = mask.sum(dim=1)
-        expected = lengths_to_mask(lengths, mask.shape[1], batch_first=True)
-        if not torch.equal(expected, mask):
-            raise ValueError(
-                "Sequence: mask must mark a prefix of each row (valid steps first, then "
-                "padding); masks with holes are not supported"
-            )
-        check_lengths(lengths, mask.shape[0], mask.shape[1])
-        return lengths
+            return torch.cat([pick(outputs[..., :half], False), pick(outputs[..., half:], True)],
+                             dim=-1)
+        return pick(outputs, backwards)

@@ -132,9 +132,12 @@ def test_sequence_over_cell_recurrence_and_bidirectional():
     bi = Bidirectional(GRUCell(3, 4), merge_mode="sum", batch_first=True)
     last, (h_f, h_b) = Sequence(bi, return_state=True)(x, lengths=[3, 2])
     torch.testing.assert_close(last, h_f + h_b)
-    with pytest.raises(ValueError, match="mask must mark a prefix"):
-        seq(x, mask=torch.tensor([[True, False, True, False], [True, True, False, False]]))
+    # A mask with gaps holds the state at masked steps (Keras): the same as dropping them.
+    gaps = torch.tensor([[True, False, True, False], [True, True, False, False]])
+    torch.testing.assert_close(seq(x, mask=gaps)[0], seq(x[:1, [0, 2]])[0])
     with pytest.raises(ValueError, match="either lengths= or mask=, not both"):
         seq(x, lengths=[3, 2], mask=mask)
-    with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(batch, time\)"):
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor"):
         seq(x, mask=mask.long())
+    with pytest.raises(ValueError, match=r"shape \(batch, time\) = \(2, 4\)"):
+        seq(x, mask=mask.T)
