@@ -11,8 +11,9 @@ Keras' ``unroll`` and ``implementation`` choices change nothing numerically here
 import pytest
 import torch
 
-from rnnkit.layers import Sequence
-from tests.layers.keras_cells import constant_lstm, keras_sequence
+from rnnkit.cells import LSTMCell
+from rnnkit.layers import Fold, Recurrence, Sequence
+from tests.layers.keras_cells import constant_lstm, keras_sequence, load_keras_lstm
 
 
 def close(got, want):
@@ -81,3 +82,40 @@ def test_masking_go_backwards_valid_steps_last():
     layer = Sequence(constant_lstm(3, 2, go_backwards=True))
     close(layer(SEQ_2_4_3, mask=backwards_mask),
           [[0.15341201, 0.15341201], [0.3844719, 0.3844719]])
+
+
+# The same Keras numbers through the generic drivers: an LSTMCell under Recurrence/Fold,
+# Keras' go_backwards being Recurrence(go_backwards=True, output_order="processing").
+
+
+def constant_cell() -> LSTMCell:
+    cell = LSTMCell(3, 2)
+    bias = torch.full((8,), 0.03)
+    bias[2:4] = 1.0  # unit_forget_bias
+    load_keras_lstm(cell, torch.full((3, 8), 0.01), torch.full((2, 8), 0.02), bias, suffix="")
+    return cell
+
+
+def test_masking_through_recurrence_and_fold():
+    cell = constant_cell()
+    last, _ = Fold(cell, batch_first=True)(SEQ_2_4_3, mask=MASK)
+    close(last, [[0.11755939, 0.11755939], [0.28556206, 0.28556206]])
+    output, _ = Recurrence(cell, batch_first=True, zero_output_for_mask=False)(
+        SEQ_2_4_3, mask=MASK)
+    close(output[1], [[0.14185596] * 2, [0.28556206] * 2, [0.28556206] * 2, [0.28556206] * 2])
+
+
+def test_keras_go_backwards_through_recurrence():
+    cell = constant_cell()
+    backwards_mask = torch.tensor([[False, True, True, True], [False, False, True, True]])
+    keras_form = Recurrence(cell, batch_first=True, go_backwards=True,
+                            output_order="processing", zero_output_for_mask=False)
+    output, _ = keras_form(SEQ_2_4_3, mask=backwards_mask)
+    # Keras' last output is the output at the last processed position.
+    close(output[:, -1], [[0.15341201, 0.15341201], [0.3844719, 0.3844719]])
+    close(Fold(cell, batch_first=True, go_backwards=True)(SEQ_2_4_3, mask=backwards_mask)[0],
+          [[0.15341201, 0.15341201], [0.3844719, 0.3844719]])
+    state = torch.arange(4.0).reshape(2, 2)
+    output, _ = Recurrence(cell, batch_first=True, go_backwards=True,
+                           output_order="processing")(SEQ_2_4_3, (state, state))
+    close(output[:, -1], [[0.13281618, 0.2790356], [0.5839337, 0.5992567]])

@@ -7,6 +7,7 @@ Keras' ``RNN(cell, return_sequences=False)`` is ``Fold(cell, batch_first=True)``
 ``Sequence(cell)``; ``return_sequences=True`` is ``Recurrence(cell, batch_first=True)``.
 """
 
+import pytest
 import torch
 
 from rnnkit.layers import Fold, Recurrence, Sequence
@@ -76,3 +77,10 @@ def test_go_backwards():
     last, state = layer(x)
     close(last, [[954.0, 954.0], [3978.0, 3978.0]])
     close(state, [[954.0, 954.0], [3978.0, 3978.0]])
+
+
+def test_stateful_batch_size_mismatch_raises():
+    layer = Fold(TwoStatesCell(3, 2), batch_first=True, stateful=True)
+    layer(torch.rand(4, 5, 3))
+    with pytest.raises(ValueError, match="batch size"):
+        layer(torch.rand(1, 5, 3))

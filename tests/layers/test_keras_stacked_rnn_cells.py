@@ -12,6 +12,7 @@ from torch import nn
 import rnnkit
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, MultiCell
 from rnnkit.layers import Bidirectional, Fold, Recurrence, Sequence, UnfoldFrom
+from tests.helpers import assert_doctests_pass
 from tests.layers.keras_cells import OneStateCell, TwoStatesCell, keras_sequence
 
 SEQUENCE = keras_sequence((2, 3, 4))  # (B, T, H_in)
@@ -187,3 +188,7 @@ def test_output_size_defaults_to_first_state_size_as_keras_and_bad_state_is_name
     assert stack.output_size == 3 and stack.state_size == (4, 3)
     with pytest.raises(TypeError, match=r"tuple of 2 cell states .* got Tensor"):
         MultiCell([GRUCell(3, 4), GRUCell(4, 4)])(torch.randn(2, 3), torch.zeros(2, 4))
+
+
+def test_multicell_docstring_example_runs():
+    assert_doctests_pass("rnnkit.cells.multi")
