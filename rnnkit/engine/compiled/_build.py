@@ -113,6 +113,28 @@ def _remove_stale_lock(build_dir: Path) -> None:
         pass
 
 
+def _stage_sources(build_dir: Path) -> Path:
+    """Copy the sources into the build directory and return that copy's folder.
+
+    ninja records each source by its path: building one cache entry from two checkouts of
+    the same sources (two worktrees, a venv and a clone) rewrote build.ninja with the other
+    path and recompiled everything (minutes) at every switch. The entry is keyed by the
+    sources' contents, so a copy inside it is the same for every checkout; it is written once
+    (atomically), so its timestamps do not trigger rebuilds either.
+    """
+    staged = build_dir / "src"
+    staged.mkdir(exist_ok=True)
+    for name in _SOURCES + _HEADERS:
+        target = staged / name
+        data = (_CSRC / name).read_bytes()
+        if target.exists() and target.read_bytes() == data:
+            continue
+        tmp = staged / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return staged
+
+
 def _build(capability: str) -> ModuleType:
     from torch.utils import cpp_extension
 
@@ -121,13 +143,14 @@ def _build(capability: str) -> ModuleType:
     build_dir = cache_root() / f"{torch.__version__}-{capability.lower()}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_lock(build_dir)
+    sources = _stage_sources(build_dir)
     # cpp_extension.load serialises concurrent builds of one directory with a file lock,
     # so several pytest workers or processes may call this at once.
     return cpp_extension.load(
         # The name stays fixed so that a rebuild after a source change recompiles only the
         # changed files when a previous build directory is reused; the key is in the path.
         name=f"rnnkit_compiled_{capability.lower()}",
-        sources=[str(_CSRC / name) for name in _SOURCES],
+        sources=[str(sources / name) for name in _SOURCES],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
