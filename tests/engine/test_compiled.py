@@ -589,3 +589,157 @@ def test_gemm_leading_dimension_rules_are_checked():
     with pytest.raises(RuntimeError, match="weight_hh must be contiguous"):
         ext.elman_forward(torch.randn(2, 1, 2), torch.zeros(1, 2), w,
                           torch.empty(0, dtype=torch.long), False, False, False)
+
+
+# ---- second-order gradients (issue 9 item 4.1) -----------------------------------------
+# The C++ backward is first order; under create_graph=True the Functions recompute through
+# torch ops (rnnkit/engine/compiled/_differentiable.py) so that gradients of gradients exist.
+
+
+@pytest.mark.parametrize("kind", ["GRU", "RNN", "LSTM"])
+def test_double_backward_matches_torch_nn(kind):
+    # The issue's snippet: a gradient penalty on the input gradient. weight_hh_l0.grad was
+    # None (rnnkit.GRU/RNN go to the compiled kernels on CPU by default).
+    import rnnkit
+
+    torch.manual_seed(0)
+    ref = getattr(nn, kind)(3, 4)
+    mod = getattr(rnnkit, kind)(3, 4, engine="compiled")
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    for m in (mod, ref):
+        gx, = torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
+        gx.pow(2).sum().backward()
+    for (name, p), p_ref in zip(mod.named_parameters(), ref.parameters(), strict=True):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(("family", "name", "options"), CASES, ids=CASE_IDS)
+def test_create_graph_gradients_equal_kernel_gradients(family, name, options, reverse):
+    # The differentiable recomputation must be the same function as the kernel: its
+    # gradients (create_graph=True) equal the C++ backward's (create_graph=False).
+    cell = make_cell(family, options, torch.float64)
+    torch.manual_seed(2)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in as_tuple(random_state(cell, B, torch.float64)))
+    lengths = torch.tensor([5, 2, 4])
+    leaves = [x, *state, *cell.parameters()]
+    w_out = torch.randn(T, B, cell.output_size, dtype=torch.float64)
+    results = []
+    for create_graph in (False, True):
+        out, final = compiled.run_recurrence(
+            cell, x, state if len(state) > 1 else state[0], lengths, reverse)
+        loss = (out * w_out).sum() + sum(f.pow(2).sum() for f in as_tuple(final))
+        results.append(torch.autograd.grad(loss, leaves, create_graph=create_graph))
+    for g, g_ref in zip(results[1], results[0], strict=True):
+        assert g.requires_grad or not any(t.requires_grad for t in leaves)
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+GRADGRAD = [
+    ("lstm", {"peepholes": True, "proj_size": 1, "cell_clip": 2.0}),
+    ("lstm", {"coupled_gates": True, "layer_norm": True}),
+    ("gru", {}),
+    ("gru", {"reset_after": False, "layer_norm": True}),
+    ("elman", {}),
+    ("elman", {"nonlinearity": "relu"}),
+]
+
+
+@pytest.mark.parametrize(("family", "options"), GRADGRAD,
+                         ids=[f"{f}-{'-'.join(o) or 'plain'}" for f, o in GRADGRAD])
+def test_gradgradcheck(family, options):
+    # Tiny float64 sizes: gradgradcheck differentiates the backward numerically.
+    torch.manual_seed(0)
+    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cell = cls(2, 2, dtype=torch.float64, **options)
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    state = [s.requires_grad_() for s in as_tuple(random_state(cell, 2, torch.float64))]
+    lengths = torch.tensor([3, 2])
+
+    def run(x, *tensors):
+        states, values = tensors[: len(state)], tensors[len(state):]
+        out, final = _functional_run(cell, names, values, x, states, lengths)
+        return (out, *as_tuple(final))
+
+    assert torch.autograd.gradgradcheck(run, (x, *state, *params), atol=1e-6, rtol=1e-4)
+
+
+def _functional_run(cell, names, values, x, states, lengths):
+    # The cell's parameters bound to `values` for one call (what torch.func.functional_call
+    # does), then the compiled path.
+    saved = {}
+    for name, value in zip(names, values, strict=True):
+        owner, _, leaf = name.rpartition(".")
+        module = cell.get_submodule(owner) if owner else cell
+        saved[name] = (module, leaf, module._parameters[leaf])
+        module._parameters[leaf] = value
+    try:
+        return compiled.run_recurrence(cell, x, states if len(states) > 1 else states[0],
+                                       lengths, reverse=True)
+    finally:
+        for module, leaf, value in saved.values():
+            module._parameters[leaf] = value
+
+
+@pytest.mark.parametrize("engine", ["fused", "compiled", "loop"])
+@pytest.mark.parametrize("kind", ["GRU", "RNN", "LSTM"])
+def test_gradgradcheck_every_drop_in_path(kind, engine):
+    import rnnkit
+
+    torch.manual_seed(0)
+    module = getattr(rnnkit, kind)(2, 2, engine=engine, dtype=torch.float64)
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *values):
+        out, final = torch.func.functional_call(module, dict(zip(names, values, strict=True)),
+                                                (x,))
+        return (out, *as_tuple(final))
+
+    assert torch.autograd.gradgradcheck(run, (x, *params), atol=1e-6, rtol=1e-4)
+
+
+# ---- torch.func and vectorized Jacobians (issue 9 item 4.2) -----------------------------
+
+
+@pytest.mark.parametrize("kind", ["GRU", "RNN", "LSTM"])
+def test_functorch_transforms_match_torch_nn(kind):
+    # The kernels read raw memory; functorch's tensors have none ("Cannot access data pointer
+    # of Tensor that doesn't have storage"). The entry hands such calls to the loop and the
+    # backward takes its differentiable form for vmapped gradients.
+    import rnnkit
+
+    torch.manual_seed(0)
+    ref = getattr(nn, kind)(3, 2, dtype=torch.float64)
+    mod = getattr(rnnkit, kind)(3, 2, engine="compiled", dtype=torch.float64)
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    for m_fn in (
+        lambda m: torch.autograd.functional.jacobian(lambda v: m(v)[0], x, vectorize=True),
+        lambda m: torch.func.jacrev(lambda v: m(v)[0])(x),
+        lambda m: torch.func.grad(lambda v: m(v)[0].pow(2).sum())(x),
+        lambda m: torch.func.grad(
+            lambda p: torch.func.functional_call(m, p, (x,))[0].pow(2).sum()
+        )(dict(m.named_parameters()))["weight_hh_l0"],
+    ):
+        torch.testing.assert_close(m_fn(mod), m_fn(ref), rtol=1e-10, atol=1e-12)
+    # vmap over the batch: torch.nn has no batching rule for its fused RNNs, so compare
+    # with torch.nn run on each sequence.
+    got = torch.func.vmap(lambda v: mod(v)[0], in_dims=1, out_dims=1)(x)
+    want = torch.stack([ref(x[:, b])[0] for b in range(x.shape[1])], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_fallback_reason_names_the_transform():
+    cell = GRUCell(3, 4)
+    x = torch.randn(2, 1, 3)
+    assert compiled.fallback_reason(cell, x) is None
+    seen = []
+    torch.func.vmap(lambda v: seen.append(compiled.fallback_reason(cell, v)) or v)(x)
+    assert seen and "torch.func transform" in seen[0] and "eager loop" in seen[0]

@@ -49,7 +49,7 @@ from rnnkit.engine.compiled._functions import (
     LSTMRecurrence,
 )
 
-__all__ = ["DEVICES", "available", "supports", "run_recurrence"]
+__all__ = ["DEVICES", "available", "fallback_reason", "supports", "run_recurrence"]
 
 #: Device types the compiled kernels run on.
 DEVICES = ("cpu",)
@@ -131,6 +131,39 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
     return True, _describe_lstm(cell)
 
 
+try:  # functorch's wrappers (vmap's BatchedTensor, grad's GradTrackingTensor, ...) and the
+    # legacy batched tensors of torch.autograd.grad(..., is_grads_batched=True)
+    from torch._C._functorch import is_functorch_wrapped_tensor, is_legacy_batchedtensor
+
+    def _is_wrapped(tensor: Tensor) -> bool:
+        return is_functorch_wrapped_tensor(tensor) or is_legacy_batchedtensor(tensor)
+except ImportError:  # a torch without functorch: nothing can be wrapped
+    def _is_wrapped(tensor: Tensor) -> bool:
+        return False
+
+
+def _state_tensors(state) -> list:
+    if isinstance(state, (tuple, list)):
+        return [t for part in state for t in _state_tensors(part)]
+    return [state]
+
+
+def fallback_reason(cell: nn.Module, inputs: Tensor, state: State | None = None) -> str | None:
+    """Why :func:`run_recurrence` hands this call to the eager loop, or None.
+
+    The kernels read raw memory; the tensors of ``torch.func`` transforms (``vmap``, ``grad``,
+    ``jacrev``, ``torch.autograd.functional.jacobian(..., vectorize=True)``) are wrappers
+    without storage of their own, so a call that sees one runs on the loop instead (same
+    results, differentiable under the transforms).
+    """
+    tensors = [inputs, *_state_tensors(state), *cell.parameters()]
+    for t in tensors:
+        if isinstance(t, Tensor) and _is_wrapped(t):
+            return ("a torch.func transform (vmap/grad/jacrev) is active: its wrapped tensors "
+                    "have no storage for the compiled kernels, so the eager loop runs instead")
+    return None
+
+
 def _empty(reference: Tensor) -> Tensor:
     return reference.new_empty(0)
 
@@ -139,6 +172,91 @@ def _opt(t: Tensor | None, reference: Tensor) -> Tensor:
     # The kernels read parameters through raw pointers: make views (e.g. weights bound to
     # slices of a flat buffer) contiguous; a no-op, autograd-transparent, for plain ones.
     return _empty(reference) if t is None else t.contiguous()
+
+
+def _expected_parameters(cell) -> dict[str, tuple[int, ...] | None]:
+    """Every parameter the kernels read, by name, with the shape the cell's sizes give it
+    (None: must be absent). The kernels trust these shapes when they take raw pointers."""
+    elman_cls, gru_cls, lstm_cls = _cell_classes()
+    H, I = cell.hidden_size, cell.input_size
+    optional = {}
+    if isinstance(cell, lstm_cls):
+        GH = cell.num_gates * H
+        out = cell.output_size
+        shapes = {"weight_ih": (GH, I), "weight_hh": (GH, out)}
+        optional = {"bias_ih": (GH,), "bias_hh": (GH,)}
+        shapes["weight_hr"] = (cell.proj_size, H) if cell.proj_size else None
+        peep = (H,) if cell.peepholes else None
+        shapes["weight_ci"] = None if cell.coupled_gates else peep
+        shapes["weight_cf"] = shapes["weight_co"] = peep
+        norms = {"ln_ih": GH, "ln_hh": GH, "ln_c": H}
+    elif isinstance(cell, gru_cls):
+        shapes = {"weight_ih": (3 * H, I), "weight_hh": (3 * H, H)}
+        optional = {"bias_ih": (3 * H,), "bias_hh": (3 * H,)}
+        norms = {"ln_ih": 3 * H, "ln_hh": 3 * H if cell.reset_after else 2 * H}
+        if not cell.reset_after:
+            norms["ln_hn"] = H
+    else:
+        shapes = {"weight_ih": (H, I), "weight_hh": (H, H)}
+        optional = {"bias_ih": (H,), "bias_hh": (H,)}
+        norms = {}
+    if getattr(cell, "layer_norm", False):
+        for norm, size in norms.items():
+            optional[f"{norm}.weight"] = optional[f"{norm}.bias"] = (size,)
+    for name, shape in optional.items():
+        shapes[name] = shape if _parameter(cell, name) is not None else None
+    return shapes
+
+
+def _parameter(cell, name: str):
+    owner, _, leaf = name.rpartition(".")
+    module = getattr(cell, owner, None) if owner else cell
+    return None if module is None else getattr(module, leaf, None)
+
+
+def _check_parameters(cell) -> None:
+    """Shape, dtype, device and layout of every parameter against the cell's sizes."""
+    name = type(cell).__name__
+    dtype = cell.weight_hh.dtype if isinstance(cell.weight_hh, Tensor) else None
+    if getattr(cell, "layer_norm", False):
+        for norm in ("ln_ih", "ln_hh", "ln_c", "ln_hn"):
+            module = getattr(cell, norm, None)
+            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+                raise ValueError(
+                    f"compiled.run_recurrence: {name}.{norm} normalises over "
+                    f"{tuple(module.normalized_shape)}; the kernels need one dimension"
+                )
+    for pname, shape in _expected_parameters(cell).items():
+        value = _parameter(cell, pname)
+        if shape is None:
+            continue
+        if not isinstance(value, Tensor):
+            raise ValueError(
+                f"compiled.run_recurrence: {name}.{pname} must be a tensor of shape {shape}, "
+                f"got {type(value).__name__}"
+            )
+        if value.layout != torch.strided:
+            raise ValueError(
+                f"compiled.run_recurrence: {name}.{pname} must be a dense (strided) tensor, "
+                f"got layout {value.layout}"
+            )
+        if value.device.type != "cpu":
+            raise ValueError(
+                f"compiled.run_recurrence: {name}.{pname} is on {value.device}; the compiled "
+                f"kernels run on the CPU"
+            )
+        if value.dtype != dtype:
+            raise ValueError(
+                f"compiled.run_recurrence: {name}.{pname} has dtype {value.dtype}, expected "
+                f"{dtype} (as weight_hh)"
+            )
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"compiled.run_recurrence: {name}.{pname} has shape {tuple(value.shape)}, "
+                f"expected {shape} for input_size={cell.input_size}, "
+                f"hidden_size={cell.hidden_size}"
+                + (f", proj_size={cell.proj_size}" if getattr(cell, "proj_size", 0) else "")
+            )
 
 
 def _check(cell, inputs: Tensor, lengths: Tensor | None) -> Tensor | None:
@@ -227,6 +345,13 @@ def run_recurrence(
     ok, why = supports(cell)
     if not ok:
         raise ValueError(f"compiled.run_recurrence cannot run this cell: {why}")
+    if isinstance(inputs, Tensor) and fallback_reason(cell, inputs, state) is not None:
+        from rnnkit.engine import loop
+
+        if state is None:
+            state = cell.initial_state(inputs.shape[1], device=inputs.device, dtype=inputs.dtype)
+        return loop.run_recurrence(cell, inputs, state, lengths=lengths, reverse=reverse)
+    _check_parameters(cell)
     lengths = _check(cell, inputs, lengths)
     ext, error = _build.load()
     if ext is None:
@@ -263,6 +388,18 @@ def _state_tensor(cell, state, batch: int, size: int | None = None, what: str = 
         raise ValueError(
             f"compiled.run_recurrence: {type(cell).__name__} {what} must be ({batch}, {size}), "
             f"got {shape}"
+        )
+    if state.device != cell.weight_hh.device:
+        where = ("the meta device (a tensor without values)" if state.device.type == "meta"
+                 else str(state.device))
+        raise ValueError(
+            f"compiled.run_recurrence: {type(cell).__name__} {what} is on {where}, but the "
+            f"parameters are on {cell.weight_hh.device}; move the {what} there"
+        )
+    if state.layout != torch.strided:
+        raise ValueError(
+            f"compiled.run_recurrence: {type(cell).__name__} {what} must be a dense (strided) "
+            f"tensor, got layout {state.layout}"
         )
     if state.dtype != cell.weight_hh.dtype:
         raise TypeError(

@@ -5,6 +5,13 @@ Each wrapper covers only the recurrent part: it takes the hoisted input projecti
 ``(outputs, final state)``. The input projection itself (``W_ih x + b``, and ``LN_ih`` for
 layer-normalised cells) is computed by ordinary torch ops over all time steps at once, so
 autograd produces its gradients (dW_ih = dxp^T x, one GEMM) without extra code here.
+
+The C++ backward is first order only and reads raw memory. A backward run with
+``create_graph=True`` (grad mode on inside ``backward``), or given vmapped gradients, hands
+over to :mod:`._differentiable`, which recomputes the recurrence from the saved inputs in torch
+ops so that the gradients are themselves differentiable (gradient penalties,
+``gradgradcheck``). For that the inputs ``xp`` and ``h0`` are saved too: references to tensors
+the caller built, one (T, B, G*H) projection kept alive until backward.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from rnnkit.engine.compiled import _differentiable
 
 
 @dataclass(frozen=True)
@@ -94,16 +102,23 @@ class LSTMRecurrence(torch.autograd.Function):
             ctx.ext, ctx.o, ctx.T = ext, o, xp.shape[0]
             ctx.n_saved = len(result) - 3
             ctx.save_for_backward(
-                lengths, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, *result[3:]
+                lengths, xp, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w,
+                ln_c_b, *result[3:]
             )
         ctx.set_materialize_grads(False)
         return out, h_n, c_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
-        lengths, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, *saved = ctx.saved_tensors
+        lengths, *inputs = ctx.saved_tensors[:13]
         o = ctx.o
+        if _differentiable.needed(d_out, d_h, d_c):  # create_graph=True, or vmapped grads
+            grads = _differentiable.gradients(
+                ctx, 3, lambda: _differentiable.lstm(o, lengths, *inputs), inputs,
+                (d_out, d_h, d_c))
+            return (None, None, None, *grads)
+        _, _, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, _, ln_c_w, _ = inputs
+        saved = ctx.saved_tensors[13:]
         saved = [_present(t, c0) for t in saved]
         d_out, d_h, d_c = (_present(t, c0) for t in (d_out, d_h, d_c))
         grads = ctx.ext.lstm_backward(
@@ -173,14 +188,22 @@ class GRURecurrence(torch.autograd.Function):
         if training:
             ctx.ext, ctx.o, ctx.T = ext, o, xp.shape[0]
             ctx.has_bias = b_hh.numel() > 0
-            ctx.save_for_backward(lengths, w_hh, ln_hh_w, ln_hn_w, *result[2:])
+            ctx.save_for_backward(
+                lengths, xp, h0, w_hh, b_hh, ln_hh_w, ln_hh_b, ln_hn_w, ln_hn_b, *result[2:]
+            )
         ctx.set_materialize_grads(False)
         return out, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_h):
-        lengths, w_hh, ln_hh_w, ln_hn_w, *saved = ctx.saved_tensors
+        lengths, *inputs = ctx.saved_tensors[:9]
+        if _differentiable.needed(d_out, d_h):  # create_graph=True, or vmapped grads
+            grads = _differentiable.gradients(
+                ctx, 3, lambda: _differentiable.gru(ctx.o, lengths, *inputs), inputs,
+                (d_out, d_h))
+            return (None, None, None, *grads)
+        _, _, w_hh, _, ln_hh_w, _, ln_hn_w, _ = inputs
+        saved = ctx.saved_tensors[9:]
         saved = [_present(t, w_hh) for t in saved]
         d_out, d_h = _present(d_out, w_hh), _present(d_h, w_hh)
         o = ctx.o
@@ -211,14 +234,19 @@ class ElmanRecurrence(torch.autograd.Function):
         out, h_n = result[:2]
         if training:
             ctx.ext, ctx.relu, ctx.reverse, ctx.T = ext, relu, reverse, xp.shape[0]
-            ctx.save_for_backward(lengths, w_hh, result[2])
+            ctx.save_for_backward(lengths, xp, h0, w_hh, result[2])
         ctx.set_materialize_grads(False)
         return out, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_h):
-        lengths, w_hh, hs = ctx.saved_tensors
+        lengths, xp, h0, w_hh, hs = ctx.saved_tensors
+        if _differentiable.needed(d_out, d_h):  # create_graph=True, or vmapped grads
+            grads = _differentiable.gradients(
+                ctx, 5, lambda: _differentiable.elman(ctx.relu, ctx.reverse, lengths, xp, h0,
+                                                      w_hh),
+                [xp, h0, w_hh], (d_out, d_h))
+            return (None,) * 5 + tuple(grads)
         d_out, d_h = _present(d_out, hs), _present(d_h, hs)
         dxp, dh0, dw_hh = ctx.ext.elman_backward(
             d_out, d_h, hs, w_hh, lengths, ctx.T, ctx.relu, ctx.reverse
