@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.cells.base import State
+from rnnkit.engine.lengths import check_lengths, check_steps
 
 #: Every value the ``engine`` argument accepts.
 ENGINES = ("auto", "fused", "compiled", "loop")
@@ -172,6 +173,9 @@ def run_recurrence(
     if not isinstance(inputs, Tensor) or inputs.dim() != 3:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"run_recurrence: inputs must be a (T, B, H_in) tensor, got {shape}")
+    check_steps(inputs.shape[0], "run_recurrence")
+    if lengths is not None:
+        lengths = check_lengths(lengths, inputs.shape[1], inputs.shape[0], inputs.device)
     path, reason, toolchain_missing = _choose(cell, inputs, engine, mask)
     if mask is not None:
         from rnnkit.engine import loop
@@ -312,9 +316,8 @@ def _describe_input(x: object, lengths: Tensor | None, batch_first: bool) -> tup
                          f"{tuple(x.shape)}")
     elif batch_first:
         x = x.transpose(0, 1)  # (T, B, H_in)
+    check_steps(x.size(0), "explain")
     if lengths is not None:
-        from rnnkit.engine.loop import check_lengths
-
         lengths = check_lengths(lengths, x.size(1), x.size(0), x.device)
     return x, lengths, _input_line(x, lengths, "")
 

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 
+from rnnkit.engine.lengths import check_lengths, check_steps
+
 HiddenState = Tensor | tuple[Tensor, Tensor]
 
 #: torch.nn ``mode`` -> the fused ATen entry point.
@@ -426,6 +428,7 @@ def forward(
         raise ValueError(f"fused path: inputs must be (T, B, H_in), got shape "
                          f"{tuple(inputs.shape)}")
     steps, batch = inputs.shape[:2]
+    check_steps(steps, "fused path")
     state = _as_tuple(hx if hx is not None else _zeros_state(module, inputs))
     weights = flat_weights(module)
 
@@ -439,8 +442,6 @@ def forward(
 
     full = lengths is None
     if not full:
-        from rnnkit.engine.loop import check_lengths
-
         lengths = check_lengths(lengths, batch, steps, inputs.device)
         full = bool((lengths == steps).all())
     if full:

@@ -32,6 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.cells.base import State
+from rnnkit.engine.lengths import check_lengths, check_steps
+
+__all__ = ["check_lengths", "map_state", "run_recurrence"]
 
 
 def map_state(fn: Callable[..., Tensor], *states: State) -> State:
@@ -42,62 +45,6 @@ def map_state(fn: Callable[..., Tensor], *states: State) -> State:
     if isinstance(first, (tuple, list)):
         return type(first)(map_state(fn, *parts) for parts in zip(*states, strict=True))
     raise TypeError(f"state must be a Tensor or a tuple of Tensors, got {type(first).__name__}")
-
-
-def check_lengths(
-    lengths: Tensor | Sequence[int],
-    batch_size: int,
-    max_time: int,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Validate per-sequence ``lengths`` and return them as int64 ``(B,)`` on ``device``.
-
-    Args:
-        lengths: one length per sequence, a 1-D integer tensor or a list of ints.
-        batch_size: ``B``, the number of sequences in the batch.
-        max_time: ``T``, the padded length; every length must be in ``[1, T]``.
-        device: the inputs' device; lengths may live there or on the CPU.
-
-    Raises:
-        TypeError: lengths are not integers.
-        ValueError: wrong shape, a length outside ``[1, T]``, or lengths on another device.
-    """
-    if not isinstance(lengths, Tensor):
-        try:
-            lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"lengths must be a 1-D integer tensor or a list of ints, got {lengths!r}"
-            ) from error
-    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
-        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
-    if lengths.dim() != 1 or lengths.shape[0] != batch_size:
-        raise ValueError(
-            f"lengths must have shape (batch,) = ({batch_size},), got {tuple(lengths.shape)}"
-        )
-    if device is not None:
-        device = torch.device(device)
-        if lengths.device.type != "cpu" and lengths.device != device:
-            where = "the CPU" if device.type == "cpu" else f"the CPU or on {device}"
-            raise ValueError(
-                f"lengths are on device {lengths.device} but the input is on {device}; "
-                f"put lengths on {where}"
-            )
-    if lengths.numel() > 0:
-        low = int(lengths.min())
-        if low < 1:
-            index = int(torch.argmin(lengths))
-            raise ValueError(
-                f"lengths must be >= 1 (empty sequences are not supported); "
-                f"got lengths[{index}] = {low}"
-            )
-        high = int(lengths.max())
-        if high > max_time:
-            index = int(torch.argmax(lengths))
-            raise ValueError(
-                f"lengths[{index}] = {high} is longer than the sequence (T = {max_time} steps)"
-            )
-    return lengths.to(device=device, dtype=torch.int64)
 
 
 def check_mask(mask: object, max_time: int, batch_size: int,
@@ -212,8 +159,7 @@ def run_recurrence(
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"run_recurrence: inputs must be (T, B, H_in), got {shape}")
     time_steps, batch_size = inputs.shape[0], inputs.shape[1]
-    if time_steps < 1:
-        raise ValueError("run_recurrence: the sequence is empty (T = 0)")
+    check_steps(time_steps, "run_recurrence")
     steps = inputs.unbind(0)  # T x (B, H_in)
     outputs: list[Tensor | None] = [None] * time_steps
 

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.engine.loop import check_lengths, map_state, mask_to_lengths
+from rnnkit.engine.lengths import check_lengths, check_steps
+from rnnkit.engine.loop import map_state, mask_to_lengths
 
 __all__ = [
     "PackInfo",
@@ -173,6 +174,7 @@ def to_time_major(
         raise ValueError(f"{name} must be 3-D {layout}, got shape {tuple(inputs.shape)}")
     if batch_first:
         inputs = inputs.transpose(0, 1)  # (T, B, H)
+    check_steps(inputs.shape[0], name)
     if lengths is not None:
         lengths = check_lengths(lengths, inputs.shape[1], inputs.shape[0], inputs.device)
     return inputs, lengths, None

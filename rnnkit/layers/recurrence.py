@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit.cells.base import State
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.errors import ShapeError
 from rnnkit.layers.dropout import reset_dropout_masks
 from rnnkit.layers.masking import (
@@ -240,7 +241,7 @@ class Recurrence(Configurable, nn.Module):
         if unbatched:
             inputs = inputs.unsqueeze(1)  # (T, 1, H_in)
             if lengths is not None:
-                lengths = torch.as_tensor(lengths).reshape(1)
+                lengths = unbatched_lengths(lengths, f"{type(self).__name__} input")
             if isinstance(mask, Tensor) and mask.dim() == 1:
                 mask = mask[None, :]  # (1, T)
         batch_first = self.batch_first and not unbatched

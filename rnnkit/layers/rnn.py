@@ -47,6 +47,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.errors import DeviceError, DTypeError, ShapeError
 from rnnkit.layers.dropout import (
     RecurrentDropoutCell,
@@ -479,7 +480,7 @@ class RNNBase(Configurable, nn.RNNBase):
                 unbatched = True
                 input = input.unsqueeze(1)  # (T, 1, H_in)
                 if lengths is not None:
-                    lengths = torch.as_tensor(lengths).reshape(1)
+                    lengths = unbatched_lengths(lengths, f"{name} input")
                 if isinstance(mask, Tensor) and mask.dim() == 1:
                     mask = mask[None, :]  # (1, T)
                 if hx is not None:
@@ -515,11 +516,6 @@ class RNNBase(Configurable, nn.RNNBase):
             raise ShapeError(
                 f"{name}: input.size(-1) must be equal to input_size. Expected "
                 f"{self.input_size}, got {inputs.shape[-1]}"
-            )
-        if inputs.shape[0] == 0:
-            raise ShapeError(
-                f"{name}: the input sequence is empty (0 time steps): Expected sequence "
-                "length to be larger than 0 in RNN"
             )
         batch_size = inputs.shape[1]  # lengths were validated by to_time_major
 

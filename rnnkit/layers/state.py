@@ -28,6 +28,9 @@ def zero_state(
 ) -> State:
     """``cell.initial_state(batch_size, device, dtype)``, or zeros shaped by ``state_size``."""
     if hasattr(cell, "initial_state"):
+        if batch_size == 0:  # an empty batch runs, as in torch.nn: the cell's state, 0 rows
+            one = cell.initial_state(1, device=device, dtype=dtype)
+            return tuple(t[:0] for t in one) if isinstance(one, (tuple, list)) else one[:0]
         return cell.initial_state(batch_size, device=device, dtype=dtype)
     size = state_sizes(cell)
     factory = {"device": device, "dtype": dtype}

@@ -190,7 +190,7 @@ def test_lengths_errors():
     x = torch.randn(T, B, I)
     with pytest.raises(ValueError, match="longer than the sequence"):
         fused.forward(module, x, None, torch.tensor([8, 1, 1, 1, 1]))
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ValueError, match=r"must be in \[1, T\]"):
         fused.forward(module, x, None, torch.tensor([0, 1, 1, 1, 1]))
     with pytest.raises(ValueError, match=r"shape \(batch,\)"):
         fused.forward(module, x, None, torch.tensor([1, 1]))

@@ -70,7 +70,7 @@ ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("LSTM input size", lambda: rnnkit.LSTM(7, 4)(x), RuntimeError,
      r"LSTM: input.size\(-1\) must be equal to input_size. Expected 7, got 3"),
     ("GRU zero steps", lambda: rnnkit.GRU(3, 4)(torch.randn(0, 2, 3)), RuntimeError,
-     "GRU: the input sequence is empty .*Expected sequence length to be larger than 0 in RNN"),
+     "GRU input: the sequence is empty .*Expected sequence length to be larger than 0 in RNN"),
     ("LSTM 4-D input", lambda: rnnkit.LSTM(3, 4)(torch.randn(5, 2, 1, 3)), ValueError,
      "expected input to be 2-D .* or 3-D"),
     ("GRU 2-D h_0 for batched input", lambda: rnnkit.GRU(3, 4)(x, torch.zeros(2, 4)),
