@@ -175,6 +175,16 @@ class StreamInformation:
     def sample_shape(self) -> tuple[int, ...]:
         return (self.shape,) if isinstance(self.shape, int) else tuple(self.shape)
 
+    @property
+    def m_name(self) -> str:
+        """CNTK's spelling of ``name``."""
+        return self.name
+
+    @property
+    def storage_format(self) -> str:
+        """``"sparse"`` or ``"dense"``, as CNTK's ``StreamInformation.storage_format``."""
+        return "sparse" if self.is_sparse else "dense"
+
 
 class StreamInfos:
     """Attribute and item access to a source's streams: ``streams.features``, ``streams['x']``."""
@@ -429,6 +439,10 @@ class MinibatchData:
         data = self.as_tensor()
         return [data[i, : int(n)] for i, n in enumerate(self.lengths)]
 
+    def __len__(self) -> int:
+        """``num_sequences``, as CNTK's ``len(MinibatchData)``."""
+        return self.num_sequences
+
     def __repr__(self) -> str:
         kind = "sparse" if self.is_sparse else "dense"
         return (f"MinibatchData({kind}, sequences={self.num_sequences}, "
@@ -671,8 +685,8 @@ class MinibatchSource:
         randomize: False turns randomisation off, whatever the window.
         max_errors: bad sequences skipped (each with a warning) before an error is raised: a
             sequence id missing from one of several deserializers, or (frame mode) streams of
-            different lengths. Parse errors are the deserializer's
-            (``CTFDeserializer(max_errors=)`` where the reader offers it).
+            different lengths. As in CNTK it also goes to the readers: a deserializer with a
+            smaller ``max_errors`` (``CTFDeserializer``: malformed sequences) gets this one.
 
     Minibatch size counts samples: a sequence of ``T`` steps costs ``T`` samples (its longest
     stream, or the stream that ``defines_mb_size``); sequences are never split (except into
@@ -723,6 +737,11 @@ class MinibatchSource:
                                 f"got {type(d).__name__}")
         self.max_errors = _check_count("max_errors", max_errors, 0)
         self._errors: set[Any] = set()
+        for d in parts:
+            # as CNTK passes its max_errors to the readers: a reader that can skip bad
+            # sequences itself (CTFDeserializer) skips up to this many too
+            if isinstance(getattr(d, "max_errors", None), int) and d.max_errors < self.max_errors:
+                d.max_errors = self.max_errors
         self.deserializer = (parts[0] if len(parts) == 1
                              else _JoinedDeserializer(parts, self._bad_sequence))
         max_sweeps = _check_count("max_sweeps", max_sweeps, 1)
@@ -1126,6 +1145,15 @@ class MinibatchSource:
                        "sweep": int(s.sweep)} for s in self._slots],
             "errors": len(self._errors),
         }
+
+    @property
+    def current_position(self) -> dict[str, Any]:
+        """CNTK's spelling: ``get_checkpoint_state()``; assigning restores it."""
+        return self.get_checkpoint_state()
+
+    @current_position.setter
+    def current_position(self, state: Mapping[str, Any]) -> None:
+        self.restore_from_checkpoint(state)
 
     def restore_from_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Continue from a :meth:`get_checkpoint_state` dict (see there)."""

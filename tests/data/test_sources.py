@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from rnnkit.data.batching import pad_collate
-from rnnkit.data.ctf import CTFDeserializer, write_ctf
+from rnnkit.data.ctf import CTFDeserializer, CTFFormatError, CTFWarning, write_ctf
 from rnnkit.data.sources import (
     INFINITELY_REPEAT,
     MinibatchData,
@@ -358,3 +358,30 @@ def test_randomization_window_in_samples(data_file):
     assert sweeps[0] != sweeps[1]
     plain = _run(_source(path, max_sweeps=1, randomization_window_in_chunks=0), 9)
     assert plain[0] == sorted(plain[0])  # window 0: no randomisation (CNTK)
+
+
+def test_max_errors_goes_to_the_reader(tmp_path):
+    # CNTK's MinibatchSource(max_errors=) is the readers' maxErrors: bad sequences are skipped
+    path = tmp_path / "bad.ctf"
+    path.write_text("0 |x 1\n1 |x one\n2 |x 3\n")
+    with pytest.raises(CTFFormatError, match="line 2"):
+        MinibatchSource(CTFDeserializer(path, StreamDefs(x=StreamDef())),
+                        randomize=False).next_minibatch(10)
+    src = MinibatchSource(CTFDeserializer(path, StreamDefs(x=StreamDef())), randomize=False,
+                          max_errors=1, max_sweeps=1)
+    with pytest.warns(CTFWarning, match="line 2"):
+        mb = src.next_minibatch(10)
+    assert [s[:, 0].tolist() for s in mb["x"].as_sequences()] == [[1.0], [3.0]]
+
+
+def test_cntk_spellings(data_file):
+    path, _ = data_file
+    src = _source(path, max_sweeps=1, randomization_seed=1)
+    info = src["label"]
+    assert info is src.streams.label and info.m_name == "label"
+    assert info.storage_format == "sparse" and src["features"].storage_format == "dense"
+    position = src.current_position
+    first = src.next_minibatch(10)["features"]
+    assert len(first) == first.num_sequences
+    src.current_position = position
+    assert torch.equal(src.next_minibatch(10)["features"].data, first.data)
