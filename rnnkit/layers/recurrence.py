@@ -47,18 +47,35 @@ ENGINES = ("auto", "compiled", "loop")
 OUTPUT_ORDERS = ("time", "processing")
 
 
+def _leaves(tree: Any) -> list[Any]:
+    """The leaves of a nested tuple (state sizes or state tensors), depth first."""
+    if isinstance(tree, (tuple, list)):
+        return [leaf for part in tree for leaf in _leaves(part)]
+    return [tree]
+
+
+def _nest(flat: list[Any], like: Any) -> Any:
+    """Rebuild ``like``'s nesting (an int or nested tuple of ints) from its leaves ``flat``."""
+    leaves = iter(flat)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, (tuple, list)):
+            return tuple(build(part) for part in node)
+        return next(leaves)
+
+    return build(like)
+
+
 class _FullStateCell(CellWrapper):
     """Outputs the whole state (all tensors concatenated) instead of the cell's output."""
 
     @property
     def output_size(self) -> int:
-        size = state_sizes(self.cell)
-        return sum(size) if isinstance(size, tuple) else size
+        return sum(_leaves(state_sizes(self.cell)))
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         _, new_state = self.cell(x, state)
-        parts = new_state if isinstance(new_state, (tuple, list)) else (new_state,)
-        return torch.cat(list(parts), dim=-1), new_state  # (B, sum(S))
+        return torch.cat(_leaves(new_state), dim=-1), new_state  # (B, sum(S))
 
 
 class Recurrence(Configurable, nn.Module):
@@ -151,15 +168,14 @@ class Recurrence(Configurable, nn.Module):
                 f"{type(initial_state).__name__}"
             )
         if self.learnable_initial_state:
-            size = state_sizes(cell)
-            sizes = size if isinstance(size, tuple) else (size,)
+            sizes = _leaves(state_sizes(cell))  # nested for a MultiCell: one per tensor
+            fixed_leaves = _leaves(self._fixed) if self._fixed is not None else None
             start = self._constant or 0.0
             params = []
             for index, s in enumerate(sizes):
                 value = torch.full((s,), start)
-                if self._fixed is not None:
-                    fixed = self._fixed if isinstance(self._fixed, Tensor) else self._fixed[index]
-                    value = fixed.detach().clone().reshape(s)
+                if fixed_leaves is not None:
+                    value = fixed_leaves[index].detach().clone().reshape(s)
                 params.append(nn.Parameter(value))
             self.initial_states = nn.ParameterList(params)
         self._state_store = StateStore(type(self).__name__, batch_dim=0)
@@ -172,8 +188,7 @@ class Recurrence(Configurable, nn.Module):
         """The state a sequence starts from when none is passed."""
         if self.learnable_initial_state:
             parts = [p.to(like.dtype)[None, :].expand(batch_size, -1) for p in self.initial_states]
-            size = state_sizes(self.cell)
-            return tuple(parts) if isinstance(size, tuple) else parts[0]
+            return _nest(parts, state_sizes(self.cell))
         if self._fixed is not None:
             return map_state(
                 lambda t: t.to(device=like.device, dtype=like.dtype).expand(batch_size, -1)
@@ -229,8 +244,8 @@ class Recurrence(Configurable, nn.Module):
             self._state_store.put(final)
         if self.return_full_state:
             size = state_sizes(self.cell)
-            if isinstance(size, tuple):
-                outputs = tuple(outputs.split(list(size), dim=-1))  # each (T, B, S_i)
+            if isinstance(size, tuple):  # each (T, B, S_i), nested as the state is
+                outputs = _nest(list(outputs.split(_leaves(size), dim=-1)), size)
         return outputs, final
 
     def _normalise(

@@ -192,3 +192,19 @@ def test_output_size_defaults_to_first_state_size_as_keras_and_bad_state_is_name
 
 def test_multicell_docstring_example_runs():
     assert_doctests_pass("rnnkit.cells.multi")
+
+
+def test_multicell_learnable_initial_state_and_full_state():
+    torch.manual_seed(0)
+    stack = MultiCell([LSTMCell(3, 4), GRUCell(4, 5)])
+    x = torch.randn(4, 2, 3)
+    layer = Recurrence(stack, initial_state=0.5, learnable_initial_state=True)
+    assert [tuple(p.shape) for p in layer.initial_states] == [(4,), (4,), (5,)]
+    out, _ = layer(x)
+    start = ((torch.full((2, 4), 0.5), torch.full((2, 4), 0.5)), torch.full((2, 5), 0.5))
+    torch.testing.assert_close(out, hand_stack(list(stack.cells), x, start)[0])
+    out.sum().backward()
+    assert all(p.grad is not None for p in layer.initial_states)
+    (h1, c1), h2 = Recurrence(stack, return_full_state=True)(x)[0]  # nested like the state
+    _, ((want_h1, want_c1), want_h2) = Recurrence(stack)(x)
+    torch.testing.assert_close((h1[-1], c1[-1], h2[-1]), (want_h1, want_c1, want_h2))
