@@ -60,19 +60,6 @@ MODULE_INFOS = {
 NAMES = ("RNN", "GRU", "LSTM")
 DTYPES = (torch.float32, torch.float64)
 
-# Issue 9 item 4.1: second-order gradients through the compiled GRU/RNN kernels (the CPU
-# default for torch-compatible GRU and RNN modules) are owned by the `kernels` engineer.
-# Issue 9 item 4.2: gradcheck's batched gradients (vmap over the backward) stop in the
-# compiled kernels ("Cannot access data pointer of Tensor that doesn't have storage").
-BATCHED_GRAD_XFAIL = pytest.mark.xfail(
-    reason="issue 9 item 4.2: vmap over the compiled GRU/RNN kernels' backward",
-    strict=False,
-)
-GRADGRAD_XFAIL = pytest.mark.xfail(
-    reason="issue 9 item 4.1: the compiled GRU/RNN kernels' backward is not differentiable",
-    strict=False,
-)
-
 
 def assert_equal(actual, expected, **tolerances):
     """torch's ``TestCase.assertEqual`` for the values these tests compare."""
@@ -127,14 +114,12 @@ def modes(train_only=False):
     return (True,) if train_only else (True, False)
 
 
-def cases(dtypes=DTYPES, train_only=False, marks=None):
+def cases(dtypes=DTYPES, train_only=False):
     """(module name, dtype, training) as torch's @modules decorator instantiates them."""
     params = []
     for name, dtype, training in itertools.product(NAMES, dtypes, modes(train_only)):
         mode = "train" if training else "eval"
-        case_marks = marks(name) if marks else ()
-        params.append(pytest.param(name, dtype, training, marks=case_marks,
-                                   id=f"{name}-{str(dtype)[6:]}-{mode}"))
+        params.append(pytest.param(name, dtype, training, id=f"{name}-{str(dtype)[6:]}-{mode}"))
     return params
 
 
@@ -313,8 +298,7 @@ def _call_flat(module, count, spec, *flat):
 
 @pytest.mark.parametrize(
     ("name", "dtype", "training"),
-    cases(dtypes=(torch.float64,),
-          marks=lambda name: (BATCHED_GRAD_XFAIL,) if name != "LSTM" else ()),
+    cases(dtypes=(torch.float64,)),
 )
 def test_grad(name, dtype, training):
     _check_gradients(name, training, gradcheck)
@@ -322,7 +306,7 @@ def test_grad(name, dtype, training):
 
 @pytest.mark.parametrize(
     ("name", "dtype", "training"),
-    cases(dtypes=(torch.float64,), marks=lambda name: (GRADGRAD_XFAIL,) if name != "LSTM" else ()),
+    cases(dtypes=(torch.float64,)),
 )
 def test_gradgrad(name, dtype, training):
     # The total derivative only: each gradgradcheck costs seconds on two shared cores.
@@ -1015,7 +999,6 @@ def test_LSTM_grad_and_gradgrad():
         _test_rnn_mod(rnnkit.LSTM(hsize, hsize, bias=bias).double(), inp)
 
 
-@GRADGRAD_XFAIL
 def test_GRU_grad_and_gradgrad():
     hsize = 4
     inp = torch.rand(1, 3, hsize, dtype=torch.double, requires_grad=True)
