@@ -20,3 +20,15 @@ def _single_threaded_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def compiled_kernels():
+    """rnnkit's C++ kernels, built once for the whole session (about 80-120 s on a fresh
+    machine, then loaded from ~/.cache/rnnkit/extensions): the build shows up here, in the
+    session's setup, rather than inside whichever test first reaches them. Yields
+    ``compiled.available()``: ``(True, description)`` or ``(False, why)``; the tests that
+    need the kernels skip on False."""
+    from rnnkit.engine import compiled
+
+    return compiled.available()

@@ -2,8 +2,21 @@ import rnnkit
 from rnnkit.cells.base import check_size
 
 
-def test_version_is_exposed():
-    assert rnnkit.__version__.count(".") == 2
+def test_version_is_the_packaged_one():
+    """rnnkit.__version__ is the version pyproject.toml declares (and the installed one)."""
+    import importlib.metadata
+    import pathlib
+
+    import tomllib
+
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert rnnkit.__version__ == declared
+    try:
+        installed = importlib.metadata.version("rnnkit")
+    except importlib.metadata.PackageNotFoundError:  # running from a plain checkout
+        return
+    assert installed == declared
 
 
 def test_check_size_rejects_bad_values():

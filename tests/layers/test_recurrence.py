@@ -73,14 +73,35 @@ def test_return_full_state_gives_every_steps_h_and_c():
 
 
 def test_unbatched_input():
+    # oracle: torch.nn.LSTM, which takes the unbatched (T, H_in) form itself
     torch.manual_seed(0)
-    layer = Recurrence(LSTMCell(3, 4))
+    cell = TorchLSTMCell()
+    layer = Recurrence(cell)
     x = torch.randn(5, 3)
     out, (h, c) = layer(x)
-    batched, (bh, bc) = layer(x[:, None])
+    want, (want_h, want_c) = torch_lstm_for(cell)(x)
     assert out.shape == (5, 4) and h.shape == (4,)
-    torch.testing.assert_close(out, batched[:, 0])
-    torch.testing.assert_close(c, bc[0])
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(h, want_h[0])
+    torch.testing.assert_close(c, want_c[0])
+
+
+@pytest.mark.parametrize("engine", ["auto", "loop"])
+def test_fold_without_lengths_is_torchs_last_step(engine):
+    # Fold's most common use: no lengths, the output at step T-1 (oracle: torch.nn.GRU)
+    torch.manual_seed(0)
+    from rnnkit.cells import GRUCell
+
+    cell = GRUCell(3, 4)
+    gru = nn.GRU(3, 4)
+    gru.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
+    x = torch.randn(6, 2, 3)
+    last, h = Fold(cell, engine=engine)(x)
+    want, want_h = gru(x)
+    torch.testing.assert_close(last, want[-1])
+    torch.testing.assert_close(h, want_h[0])
+    back, _ = Fold(cell, go_backwards=True, engine=engine)(x)
+    torch.testing.assert_close(back, gru(x.flip(0))[0][-1])
 
 
 @pytest.mark.parametrize("go_backwards", [False, True])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
@@ -139,13 +140,29 @@ def test_no_bias_and_dropout_at_eval_equal_torch():
 
 def test_inter_layer_dropout_in_training_is_active_and_only_between_layers():
     torch.manual_seed(0)
-    lstm = rnnkit.LSTM(3, 4, num_layers=2, dropout=0.9, engine="loop")
+    lstm = rnnkit.LSTM(3, 4, num_layers=2, dropout=0.5, engine="loop")
     x = torch.randn(5, 2, 3)
     first, _ = lstm(x)
     second, _ = lstm(x)
-    assert not torch.allclose(first, second)
+    assert not torch.allclose(first, second)  # active in training
+    # between: exactly one dropout, on layer 0's output before layer 1 (oracle: two
+    # one-layer torch.nn.LSTMs with the same weights and F.dropout in between)
+    below, above = nn.LSTM(3, 4), nn.LSTM(4, 4)
+    below.load_state_dict({k: getattr(lstm, k) for k in below.state_dict()})
+    above.load_state_dict({k: getattr(lstm, k.replace("_l0", "_l1")) for k in above.state_dict()})
+    torch.manual_seed(1)
+    got, _ = lstm(x)
+    torch.manual_seed(1)
+    want, _ = above(F.dropout(below(x)[0], 0.5, training=True))
+    torch.testing.assert_close(got, want)
+    # only between: not on the input, not on the last layer's output, not in eval
+    single = rnnkit.LSTM(3, 4, engine="loop")
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        dropped = rnnkit.LSTM(3, 4, dropout=0.5, engine="loop")
+    dropped.load_state_dict(single.state_dict())
+    assert torch.equal(dropped(x)[0], single(x)[0])
     lstm.eval()
-    assert torch.equal(lstm(x)[0], lstm(x)[0])
+    torch.testing.assert_close(lstm(x)[0], above(below(x)[0])[0])
 
 
 def test_lengths_on_padded_input_equal_torch_packed():
