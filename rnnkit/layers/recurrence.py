@@ -40,8 +40,8 @@ from rnnkit.layers.masking import (
     to_time_major,
     valid_steps,
 )
-from rnnkit.layers.state import CellWrapper, state_sizes, zero_state
-from rnnkit.layers.stateful import StateStore
+from rnnkit.layers.state import CellWrapper, check_state, state_sizes, zero_state
+from rnnkit.layers.stateful import Stateful, StateStore
 
 ENGINES = ("auto", "compiled", "loop")
 OUTPUT_ORDERS = ("time", "processing")
@@ -78,7 +78,7 @@ class _FullStateCell(CellWrapper):
         return torch.cat(_leaves(new_state), dim=-1), new_state  # (B, sum(S))
 
 
-class Recurrence(Configurable, nn.Module):
+class Recurrence(Configurable, Stateful, nn.Module):
     """Run ``cell`` over a sequence; return every step's output and the final state.
 
     .. math:: o_t, s_t = \\mathrm{cell}(x_t, s_{t-1}), \\qquad t = 1 \\dots T
@@ -155,46 +155,54 @@ class Recurrence(Configurable, nn.Module):
         self.engine = engine
         self.learnable_initial_state = bool(learnable_initial_state)
         self._constant: float | None = None
-        self._fixed: State | None = None
+        fixed: State | None = None
         if isinstance(initial_state, (int, float)) and not isinstance(initial_state, bool):
             self._constant = float(initial_state)
         elif isinstance(initial_state, Tensor) or isinstance(initial_state, (tuple, list)):
-            self._fixed = initial_state if isinstance(initial_state, Tensor) else tuple(
-                initial_state
-            )
+            fixed = initial_state if isinstance(initial_state, Tensor) else tuple(initial_state)
+            _check_initial_state(type(self).__name__, cell, fixed)
         elif initial_state is not None:
             raise TypeError(
                 "initial_state must be None, a number, a tensor or a tuple of tensors, got "
                 f"{type(initial_state).__name__}"
             )
+        # A fixed initial state lives in buffers, so .to()/.double() move it and the
+        # state_dict saves it.
+        self._fixed_count = 0
+        if fixed is not None and not self.learnable_initial_state:
+            parts = _leaves(fixed)
+            self._fixed_count = len(parts)
+            for index, part in enumerate(parts):
+                self.register_buffer(f"fixed_initial_state_{index}", part.detach().clone())
         if self.learnable_initial_state:
             sizes = _leaves(state_sizes(cell))  # nested for a MultiCell: one per tensor
-            fixed_leaves = _leaves(self._fixed) if self._fixed is not None else None
             start = self._constant or 0.0
             params = []
             for index, s in enumerate(sizes):
                 value = torch.full((s,), start)
-                if fixed_leaves is not None:
-                    value = fixed_leaves[index].detach().clone().reshape(s)
+                if fixed is not None:
+                    part = _leaves(fixed)[index]
+                    if part.dim() != 1:
+                        raise ValueError(
+                            f"{type(self).__name__}: learnable_initial_state=True starts from "
+                            f"one state shared by all sequences, so initial_state must be "
+                            f"({s},), got shape {tuple(part.shape)}"
+                        )
+                    value = part.detach().clone()
                 params.append(nn.Parameter(value))
             self.initial_states = nn.ParameterList(params)
-        self._state_store = StateStore(type(self).__name__, batch_dim=0)
-
-    def reset_states(self, mask: Tensor | None = None) -> None:
-        """Forget the carried state (``stateful=True``), or only where ``mask`` (B,) is True."""
-        self._state_store.reset(mask)
+        self._state_store = StateStore(self, type(self).__name__, batch_dim=0)
 
     def initial(self, batch_size: int, like: Tensor) -> State:
         """The state a sequence starts from when none is passed."""
         if self.learnable_initial_state:
             parts = [p.to(like.dtype)[None, :].expand(batch_size, -1) for p in self.initial_states]
             return _nest(parts, state_sizes(self.cell))
-        if self._fixed is not None:
-            return map_state(
-                lambda t: t.to(device=like.device, dtype=like.dtype).expand(batch_size, -1)
-                if t.dim() == 1 else t.to(device=like.device, dtype=like.dtype),
-                self._fixed,
-            )
+        if self._fixed_count:
+            parts = [getattr(self, f"fixed_initial_state_{i}") for i in range(self._fixed_count)]
+            parts = [t.to(device=like.device, dtype=like.dtype) for t in parts]
+            parts = [t.expand(batch_size, -1) if t.dim() == 1 else t for t in parts]
+            return _nest(parts, state_sizes(self.cell))
         state = zero_state(self.cell, batch_size, like.device, like.dtype)
         if self._constant:
             state = map_state(lambda t: torch.full_like(t, self._constant), state)
@@ -224,11 +232,17 @@ class Recurrence(Configurable, nn.Module):
         """
         self._check_input_size(inputs)
         batch_size = inputs.shape[1]
-        if state is None:
-            if self.stateful:
-                state = self._state_store.get(batch_size, lambda: self.initial(batch_size, inputs))
-            else:
-                state = self.initial(batch_size, inputs)
+        name = type(self).__name__
+        if state is not None:
+            check_state(name, self.cell, state, batch_size, inputs)
+        elif self.stateful:
+            state, carried = self._state_store.get(
+                batch_size, lambda: self.initial(batch_size, inputs))
+            if carried:
+                check_state(name, self.cell, state, batch_size, inputs,
+                            self._state_store.describe())
+        else:
+            state = self.initial(batch_size, inputs)
         reset_dropout_masks(self.cell)
         cell = _FullStateCell(self.cell) if self.return_full_state else self.cell
         extra = {} if mask is None else {"mask": mask}
@@ -313,6 +327,31 @@ class Recurrence(Configurable, nn.Module):
         if unbatched:
             final = map_state(lambda t: t.squeeze(0), final)
         return outputs, final
+
+
+def _check_initial_state(owner: str, cell: nn.Module, fixed: State) -> None:
+    """A fixed ``initial_state`` matches the cell's ``state_size``: each part ``(S_i,)`` or
+    ``(B, S_i)``."""
+    size = state_sizes(cell)
+    multi = isinstance(size, tuple)
+    if multi and not all(isinstance(s, int) for s in size):
+        return  # nested states (stacks of cells) are checked by the cells
+    sizes = size if multi else (size,)
+    parts = fixed if isinstance(fixed, tuple) else (fixed,)
+    if multi != isinstance(fixed, tuple) or len(parts) != len(sizes):
+        want = f"a tuple of {len(sizes)} tensors" if multi else "one tensor"
+        got = f"a tuple of {len(parts)}" if isinstance(fixed, tuple) else "one tensor"
+        raise ValueError(f"{owner}: initial_state must be {want} for {type(cell).__name__} "
+                         f"(state_size={size}), got {got}")
+    for index, (part, s) in enumerate(zip(parts, sizes, strict=True)):
+        label = f"initial_state[{index}]" if multi else "initial_state"
+        if not isinstance(part, Tensor):
+            raise TypeError(f"{owner}: {label} must be a Tensor, got {type(part).__name__}")
+        if part.dim() not in (1, 2) or part.shape[-1] != s:
+            raise ValueError(
+                f"{owner}: {label} must be ({s},) or (batch, {s}) for {type(cell).__name__} "
+                f"(state_size={size}), got shape {tuple(part.shape)}"
+            )
 
 
 class Fold(Recurrence):

@@ -63,7 +63,7 @@ from rnnkit.layers.masking import (
     to_time_major,
     valid_steps,
 )
-from rnnkit.layers.stateful import StateStore
+from rnnkit.layers.stateful import Stateful, StateStore
 
 ENGINES = ("auto", "fused", "compiled", "loop")
 _TORCH_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
@@ -126,7 +126,7 @@ def check_constructor_args(
         )
 
 
-class RNNBase(Configurable, nn.RNNBase):
+class RNNBase(Configurable, Stateful, nn.RNNBase):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see module docs).
 
     A subclass of ``torch.nn.RNNBase`` (and each drop-in of its ``torch.nn`` class), so that
@@ -288,7 +288,7 @@ class RNNBase(Configurable, nn.RNNBase):
             self.initial_h = nn.Parameter(torch.zeros(state_rows, real_hidden, **factory))
             if mode == "LSTM":
                 self.initial_c = nn.Parameter(torch.zeros(state_rows, hidden_size, **factory))
-        self._state_store = StateStore(name, batch_dim=1)
+        self._state_store = StateStore(self, name, batch_dim=1)
         self.reset_parameters()
         # torch.nn.RNNBase's weak references to the weights (its pickling and _apply use them).
         self._init_flat_weights()
@@ -381,10 +381,6 @@ class RNNBase(Configurable, nn.RNNBase):
         return text
 
     # ----------------------------------------------------------------- state
-    def reset_states(self, mask: Tensor | None = None) -> None:
-        """Forget the carried state (``stateful=True``), or only where ``mask`` (B,) is True."""
-        self._state_store.reset(mask)
-
     def _initial_hx(self, batch_size: int, like: Tensor) -> HiddenState:
         num_directions = 2 if self.bidirectional else 1
         rows = self.num_layers * num_directions
@@ -401,7 +397,9 @@ class RNNBase(Configurable, nn.RNNBase):
             return h0, torch.zeros(rows, batch_size, self.hidden_size, **factory)
         return h0
 
-    def _check_hx(self, hx: Any, batch_size: int, inputs: Tensor) -> HiddenState:
+    def _check_hx(self, hx: Any, batch_size: int, inputs: Tensor,
+                  source: str | None = None) -> HiddenState:
+        """Check ``hx`` (a user's, or ``source``: the carried state) against the input."""
         name = type(self).__name__
         rows = self.num_layers * (2 if self.bidirectional else 1)
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -412,6 +410,7 @@ class RNNBase(Configurable, nn.RNNBase):
         else:
             parts = (("h_0", hx, real_hidden),)
         for label, tensor, size in parts:
+            label = f"{label} ({source})" if source else label
             if not isinstance(tensor, Tensor):
                 raise TypeError(f"{name}: {label} must be a Tensor, got {type(tensor).__name__}")
             expected = (rows, batch_size, size)
@@ -522,7 +521,10 @@ class RNNBase(Configurable, nn.RNNBase):
         if hx is not None:
             hx = self._check_hx(hx, batch_size, inputs)
         elif self.stateful:
-            hx = self._state_store.get(batch_size, lambda: self._initial_hx(batch_size, inputs))
+            hx, carried = self._state_store.get(
+                batch_size, lambda: self._initial_hx(batch_size, inputs))
+            if carried:
+                hx = self._check_hx(hx, batch_size, inputs, self._state_store.describe())
         else:
             hx = self._initial_hx(batch_size, inputs)
 

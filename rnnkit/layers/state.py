@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from rnnkit.cells.base import State
 from rnnkit.config import Configurable
+from rnnkit.errors import DeviceError, DTypeError, ShapeError
 
 
 def state_sizes(cell: nn.Module) -> tuple[int, ...] | int:
@@ -64,3 +65,40 @@ class CellWrapper(Configurable, nn.Module):
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
         return zero_state(self.cell, batch_size, device, dtype)
+
+
+def check_state(owner: str, cell: nn.Module, state: State, batch_size: int, like: Tensor,
+                source: str = "state") -> State:
+    """Check a state a driver is about to run ``cell`` from against ``cell.state_size``: one
+    tensor (or a tuple, for multi-state cells) of shape ``(B, S_i)`` on the input's device
+    and dtype. ``source`` names the state in messages ("state", "the carried state ...").
+    Cells whose ``state_size`` is nested (stacks of cells) are left to their own checks."""
+    sizes = state_sizes(cell)
+    multi = isinstance(sizes, tuple)
+    if multi and not all(isinstance(s, int) for s in sizes):
+        return state
+    expected = sizes if multi else (sizes,)
+    name = type(cell).__name__
+    if multi != isinstance(state, (tuple, list)) or (multi and len(state) != len(expected)):
+        shape = ("a tuple of " + str(len(state)) if isinstance(state, (tuple, list))
+                 else f"a {type(state).__name__}")
+        want = f"a tuple of {len(expected)} tensors" if multi else "one tensor"
+        raise ValueError(f"{owner}: {source} must be {want} for {name} (state_size={sizes}), "
+                         f"got {shape}")
+    parts = state if multi else (state,)
+    for index, (tensor, size) in enumerate(zip(parts, expected, strict=True)):
+        label = f"{source}[{index}]" if multi else source
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{owner}: {label} must be a Tensor, got {type(tensor).__name__}")
+        if tuple(tensor.shape) != (batch_size, size):
+            raise ShapeError(
+                f"{owner}: {label} has shape {tuple(tensor.shape)}, expected (batch, "
+                f"state_size) = ({batch_size}, {size}) for {name}"
+            )
+        if tensor.device != like.device:
+            raise DeviceError(f"{owner}: {label} is on device {tensor.device} but the input is on "
+                             f"{like.device}")
+        if tensor.dtype != like.dtype:
+            raise DTypeError(f"{owner}: {label} has dtype {tensor.dtype} but the input has "
+                            f"{like.dtype}")
+    return state
