@@ -68,37 +68,44 @@ class CellWrapper(Configurable, nn.Module):
 
 
 def check_state(owner: str, cell: nn.Module, state: State, batch_size: int, like: Tensor,
-                source: str = "state") -> State:
+                source: str | None = None) -> State:
     """Check a state a driver is about to run ``cell`` from against ``cell.state_size``: one
     tensor (or a tuple, for multi-state cells) of shape ``(B, S_i)`` on the input's device
-    and dtype. ``source`` names the state in messages ("state", "the carried state ...").
-    Cells whose ``state_size`` is nested (stacks of cells) are left to their own checks."""
+    and dtype. Parts are named as the cell names them (``LSTMCell state c``); ``source``
+    says where the state came from (the carried state of a stateful layer). Cells whose
+    ``state_size`` is nested (stacks of cells) are left to their own checks."""
     sizes = state_sizes(cell)
     multi = isinstance(sizes, tuple)
     if multi and not all(isinstance(s, int) for s in sizes):
         return state
     expected = sizes if multi else (sizes,)
     name = type(cell).__name__
+    where = f" ({source})" if source else ""
     if multi != isinstance(state, (tuple, list)) or (multi and len(state) != len(expected)):
         shape = ("a tuple of " + str(len(state)) if isinstance(state, (tuple, list))
                  else f"a {type(state).__name__}")
         want = f"a tuple of {len(expected)} tensors" if multi else "one tensor"
-        raise ValueError(f"{owner}: {source} must be {want} for {name} (state_size={sizes}), "
-                         f"got {shape}")
+        raise ValueError(f"{owner}: the {name} state{where} must be {want} "
+                         f"(state_size={sizes}), got {shape}")
+    names = tuple(getattr(cell, "state_names", ("h", "c")))
     parts = state if multi else (state,)
     for index, (tensor, size) in enumerate(zip(parts, expected, strict=True)):
-        label = f"{source}[{index}]" if multi else source
+        part = f" {names[index]}" if multi and index < len(names) else (
+            f"[{index}]" if multi else "")
+        label = f"{name} state{part}{where}"
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{owner}: {label} must be a Tensor, got {type(tensor).__name__}")
         if tuple(tensor.shape) != (batch_size, size):
             raise ShapeError(
-                f"{owner}: {label} has shape {tuple(tensor.shape)}, expected (batch, "
-                f"state_size) = ({batch_size}, {size}) for {name}"
+                f"{owner}: {label} must be ({batch_size}, {size}) (batch, state_size), got "
+                f"{tuple(tensor.shape)}"
             )
         if tensor.device != like.device:
-            raise DeviceError(f"{owner}: {label} is on device {tensor.device} but the input is on "
-                             f"{like.device}")
+            raise DeviceError(
+                f"{owner}: {label} is on the {tensor.device.type} device but the input is on "
+                f"{like.device}; move the state to {like.device}"
+            )
         if tensor.dtype != like.dtype:
             raise DTypeError(f"{owner}: {label} has dtype {tensor.dtype} but the input has "
-                            f"{like.dtype}")
+                             f"{like.dtype}")
     return state

@@ -101,7 +101,7 @@ ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("Recurrence state shape",
      lambda: rnnkit.Recurrence(GRUCell(3, 4), engine="loop")(x, torch.zeros(3, 4)),
      RuntimeError,
-     r"Recurrence: state has shape \(3, 4\), expected \(batch, state_size\) = \(2, 4\)"),
+     r"Recurrence: GRUCell state must be \(2, 4\) \(batch, state_size\), got \(3, 4\)"),
 ]
 
 
