@@ -118,6 +118,50 @@ def mask_to_lengths(
     return None, mask.T  # (T, B)
 
 
+def _shapes(state: State) -> object:
+    if isinstance(state, Tensor):
+        return tuple(state.shape)
+    if isinstance(state, (tuple, list)):
+        return tuple(_shapes(part) for part in state)
+    return type(state).__name__
+
+
+def first_step(cell: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """``cell(x, state)`` for the first step of a sequence, checked: a cell that fails on the
+    state its ``state_size`` describes, or returns a state of another structure or size,
+    gets an error naming the cell (instead of torch's shape error a step later)."""
+    given = f"a state of shape {_shapes(state)} (state_size={getattr(cell, 'state_size', '?')})"
+    plain = (RuntimeError, TypeError, ValueError, IndexError, AttributeError)
+    try:
+        out, new_state = cell(x, state)
+    except plain as error:
+        if type(error) not in plain:
+            raise  # a subclass may need other constructor arguments: pass it on unchanged
+        message = (f"{type(cell).__name__} failed on the first step, called with x "
+                   f"{tuple(x.shape)} and {given}; check that state_size describes the state "
+                   f"the cell uses. The cell said: {error}")
+        raise type(error)(message) from error
+    if _shapes(new_state) != _shapes(state):
+        message = (f"{type(cell).__name__} returned a state of shape {_shapes(new_state)} from "
+                   f"{given}; a cell must return its new state in the same structure and "
+                   f"size, as its state_size says")
+        raise ValueError(message)
+    return out, new_state
+
+
+def _checking_first_step(cell: nn.Module) -> Callable[[Tensor, State], tuple[Tensor, State]]:
+    """``cell`` as a callable whose first call goes through :func:`first_step`."""
+    pending = [True]
+
+    def step(x: Tensor, state: State) -> tuple[Tensor, State]:
+        if pending[0]:
+            pending[0] = False
+            return first_step(cell, x, state)
+        return cell(x, state)
+
+    return step
+
+
 def run_recurrence(
     cell: nn.Module,
     inputs: Tensor,
@@ -155,6 +199,7 @@ def run_recurrence(
         >>> out.shape, bool(out[3:, 1].eq(0).all())
         (torch.Size([5, 2, 4]), True)
     """
+    cell_step = _checking_first_step(cell)
     if not isinstance(inputs, Tensor) or inputs.dim() != 3:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"run_recurrence: inputs must be (T, B, H_in), got {shape}")
@@ -171,7 +216,7 @@ def run_recurrence(
     if lengths is None:
         order = range(time_steps - 1, -1, -1) if reverse else range(time_steps)
         for t in order:
-            outputs[t], state = cell(steps[t], state)
+            outputs[t], state = cell_step(steps[t], state)
         return torch.stack(outputs), state  # type: ignore[arg-type]  # (T, B, H_out)
 
     lengths = check_lengths(lengths, batch_size, time_steps, inputs.device)
@@ -182,11 +227,11 @@ def run_recurrence(
     for t in order:
         if t < min_len:
             # Every sequence is still running: no masking needed.
-            outputs[t], state = cell(steps[t], state)
+            outputs[t], state = cell_step(steps[t], state)
             continue
         keep = valid_steps[t]  # (B, 1)
         # Zero padded inputs so garbage there (inf, nan) cannot leak through 0 * nan.
-        out, new_state = cell(torch.where(keep, steps[t], 0.0), state)
+        out, new_state = cell_step(torch.where(keep, steps[t], 0.0), state)
         state = map_state(lambda new, old, keep=keep: torch.where(keep, new, old), new_state, state)
         outputs[t] = torch.where(keep, out, 0.0)  # (B, H_out)
     if max_len < time_steps:
@@ -199,6 +244,7 @@ def run_recurrence(
 def _run_masked(cell: nn.Module, steps: Sequence[Tensor], state: State, mask: Tensor,
                 reverse: bool) -> tuple[Tensor, State]:
     """The loop under an arbitrary step mask ``(T, B)``: masked steps hold the state."""
+    cell_step = _checking_first_step(cell)
     time_steps = len(steps)
     every = mask.all(dim=1).tolist()  # per step: no sequence is masked (no where needed)
     keeps = mask.unsqueeze(-1).unbind(0)  # T x (B, 1)
@@ -206,11 +252,11 @@ def _run_masked(cell: nn.Module, steps: Sequence[Tensor], state: State, mask: Te
     order = range(time_steps - 1, -1, -1) if reverse else range(time_steps)
     for t in order:
         if every[t]:
-            outputs[t], state = cell(steps[t], state)
+            outputs[t], state = cell_step(steps[t], state)
             continue
         keep = keeps[t]  # (B, 1)
         # Zero masked inputs so garbage there (inf, nan) cannot leak through 0 * nan.
-        out, new_state = cell(torch.where(keep, steps[t], 0.0), state)
+        out, new_state = cell_step(torch.where(keep, steps[t], 0.0), state)
         state = map_state(lambda new, old, keep=keep: torch.where(keep, new, old), new_state, state)
         outputs[t] = torch.where(keep, out, 0.0)  # (B, H_out)
     return torch.stack(outputs), state  # type: ignore[arg-type]  # (T, B, H_out)

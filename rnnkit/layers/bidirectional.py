@@ -17,6 +17,7 @@ Symbols: ``T`` time steps, ``B`` batch, ``H_out`` the wrapped layer's output fea
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,6 +75,23 @@ def reset_layer_states(owner: str, layers: Sequence[nn.Module], mask: Tensor | N
                         "reset_states(); only stateful-capable rnnkit layers carry state")
 
 
+def _check_recurrent(role: str, module: nn.Module) -> None:
+    """A cell, or a layer called as ``layer(inputs, state, lengths=...)``."""
+    if _is_cell(module) or isinstance(module, Recurrence):
+        return
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # no signature to read: trust the caller
+        return
+    if "lengths" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    raise TypeError(
+        f"Bidirectional: {role} {type(module).__name__} is neither a cell (no state_size) nor "
+        f"a recurrent layer called as layer(inputs, state, lengths=...); wrap a cell, a "
+        f"Recurrence or a drop-in such as rnnkit.LSTM"
+    )
+
+
 class Bidirectional(Configurable, nn.Module):
     """Run a layer forwards and a copy of it backwards, and merge their outputs.
 
@@ -128,6 +146,9 @@ class Bidirectional(Configurable, nn.Module):
         if getattr(layer, "go_backwards", False):
             raise ValueError("Bidirectional: pass the forward layer (go_backwards=False)")
         self.merge_mode = merge_mode
+        for role, module in (("layer", layer), ("backward_layer", backward_layer)):
+            if module is not None:
+                _check_recurrent(role, module)
         if _is_cell(layer):
             layer = Recurrence(layer, batch_first=batch_first,
                                zero_output_for_mask=zero_output_for_mask)
@@ -199,6 +220,12 @@ class Bidirectional(Configurable, nn.Module):
         """Combine the two directions' outputs feature-wise according to ``merge_mode``."""
         if self.merge_mode == "concat":
             return torch.cat([out_f, out_b], dim=-1)
+        if self.merge_mode is not None and out_f.shape[-1] != out_b.shape[-1]:
+            raise ValueError(
+                f"Bidirectional: merge_mode={self.merge_mode!r} combines the two directions "
+                f"element by element and needs outputs of the same size, got "
+                f"{out_f.shape[-1]} (forward) and {out_b.shape[-1]} (backward)"
+            )
         if self.merge_mode == "sum":
             return out_f + out_b
         if self.merge_mode == "mul":

@@ -27,6 +27,7 @@ from rnnkit.cells.base import State
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.engine.lengths import unbatched_lengths
+from rnnkit.engine.loop import first_step
 from rnnkit.errors import ShapeError
 from rnnkit.layers.dropout import reset_dropout_masks
 from rnnkit.layers.masking import (
@@ -495,7 +496,7 @@ class UnfoldFrom(Configurable, nn.Module):
             if t > 0 and not bool(running.any()):
                 break
             keep = running[:, None]  # (B, 1)
-            out, new_state = self.cell(x, state)
+            out, new_state = first_step(self.cell, x, state) if t == 0 else self.cell(x, state)
             y = self.head(out)  # (B, H_in)
             state = map_state(
                 lambda new, old, keep=keep: torch.where(keep, new, old), new_state, state

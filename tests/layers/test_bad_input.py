@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from torch import nn
 
 import rnnkit
 from rnnkit.cells import GRUCell, LSTMCell
@@ -103,6 +104,65 @@ ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      RuntimeError,
      r"Recurrence: GRUCell state must be \(2, 4\) \(batch, state_size\), got \(3, 4\)"),
 ]
+
+
+class _Cell(nn.Module):
+    """A user's cell over torch's GRUCell; ``state_size`` and the returned state can lie."""
+
+    def __init__(self, state_size=4, returned=4) -> None:
+        super().__init__()
+        self.inner = nn.GRUCell(3, 4)
+        self.input_size, self.hidden_size, self.output_size = 3, 4, 4
+        self.state_size = state_size
+        self.returned = returned
+
+    def forward(self, x, h):
+        h = self.inner(x, h)
+        grown = torch.cat([h, h.new_zeros(h.shape[0], self.returned - 4)], dim=-1)
+        return torch.tanh(x.sum(-1, keepdim=True) + h), grown
+
+
+# --- drivers (issue 16): lengths, cells that break their contract, states, Bidirectional
+ROWS += [
+    ("lengths list of floats", lambda: rnnkit.Recurrence(GRUCell(3, 4))(x, lengths=[5, 2.9]),
+     TypeError, r"lengths must hold integers, got lengths\[1\] = 2.9"),
+    ("Fold with T = 0", lambda: rnnkit.Fold(GRUCell(3, 4))(torch.randn(0, 2, 3)),
+     ValueError, r"Fold input: the sequence is empty \(T = 0 time steps\)"),
+    ("unbatched input with two lengths", lambda: rnnkit.LSTM(3, 4)(x[:, 0], lengths=[3, 2]),
+     ValueError, r"unbatched \(T, H_in\), one sequence, so lengths must be a single length"),
+    ("state_size lies", lambda: rnnkit.Recurrence(_Cell(state_size=5), engine="loop")(x),
+     RuntimeError, r"_Cell failed on the first step, called with x \(2, 3\) and a state of "
+                   r"shape \(2, 5\) \(state_size=5\)"),
+    ("state_size=(5, 5) on a single-state cell",
+     lambda: rnnkit.Recurrence(_Cell(state_size=(5, 5)), engine="loop")(x),
+     AttributeError, r"_Cell failed on the first step.*state_size=\(5, 5\)"),
+    ("forward returns a wrong-size state", lambda: rnnkit.Recurrence(_Cell(returned=6))(x),
+     ValueError, r"_Cell returned a state of shape \(2, 6\) from a state of shape \(2, 4\)"),
+    ("UnfoldFrom cell returns a wrong-size state", lambda: rnnkit.layers.UnfoldFrom(
+        _Cell(returned=6), head=nn.Linear(4, 3), max_length=3)(torch.randn(2, 3)),
+     ValueError, r"_Cell returned a state of shape \(2, 6\)"),
+    ("learnable initial state of the wrong size", lambda: rnnkit.Recurrence(
+        GRUCell(3, 4), learnable_initial_state=True, initial_state=torch.zeros(5)),
+     ValueError, r"initial_state must be \(4,\) or \(batch, 4\) for GRUCell"),
+    ("state on the meta device (loop path)", lambda: rnnkit.Recurrence(
+        LSTMCell(3, 4), engine="loop")(x, (torch.zeros(2, 4, device="meta"), torch.zeros(2, 4))),
+     ValueError, r"LSTMCell state h is on the meta device but the input is on cpu"),
+    ("reset_states mask of the wrong size before the first call",
+     lambda: _stateful_after_reset(torch.ones(5, dtype=torch.bool)),
+     ValueError, r"the mask given before this call has 5 entries but the batch has 2"),
+    ("Bidirectional sum of sizes 4 and 6", lambda: rnnkit.Bidirectional(
+        GRUCell(3, 4), merge_mode="sum", backward_layer=GRUCell(3, 6))(x),
+     ValueError, r"merge_mode='sum' .* got 4 \(forward\) and 6 \(backward\)"),
+    ("Bidirectional of a Linear", lambda: rnnkit.Bidirectional(nn.Linear(3, 4)),
+     TypeError, r"Bidirectional: layer Linear is neither a cell \(no state_size\) nor a "
+                r"recurrent layer"),
+]
+
+
+def _stateful_after_reset(mask):
+    gru = rnnkit.GRU(3, 4, stateful=True)
+    gru.reset_states(mask)
+    return gru(x)
 
 
 @pytest.mark.parametrize(("call", "error", "match"), [row[1:] for row in ROWS],
