@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit.cells.base import State
 from rnnkit.engine.lengths import check_lengths, check_steps
+from rnnkit.engine.plan import CellRun, PathDeclined, Plan
+from rnnkit.errors import ShapeError
 
 #: Every value the ``engine`` argument accepts.
 ENGINES = ("auto", "fused", "compiled", "loop")
@@ -75,6 +78,9 @@ def _compiled() -> tuple[ModuleType | None, str]:
 
 def _compiled_serves(cell: nn.Module, inputs: Tensor | None) -> tuple[bool, str, bool]:
     """(serves, reason, toolchain_missing) for running ``cell`` on the compiled kernels."""
+    refusal = getattr(cell, "compiled_refusal", None)
+    if refusal:  # a cell wrapper whose contract the kernels cannot keep says why
+        return False, f"compiled kernels cannot run {type(cell).__name__}: {refusal}", False
     compiled, why = _compiled()
     if compiled is None:
         return False, f"compiled kernels unavailable: {why}", True
@@ -103,21 +109,27 @@ def choose_path(cell: nn.Module, inputs: Tensor | None, engine: str = "auto",
     return path, reason
 
 
-def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
-            mask: Tensor | None = None) -> tuple[str, str, bool]:
+def check_cell_engine(engine: object, cell: nn.Module) -> str:
+    """Return ``engine`` if it can run a single ``cell`` (not ``"fused"``), else raise."""
     engine = check_engine(engine)
-    if engine == "loop":
-        return "loop", "engine='loop' requested", False
-    if mask is not None and engine in ("auto", "compiled"):
-        if engine == "compiled":
-            raise RuntimeError(f"engine='compiled' cannot run this recurrence: {MASK_REASON}")
-        return "loop", MASK_REASON, False
     if engine == "fused":
         raise ValueError(
             f"engine='fused' applies to whole drop-in modules (rnnkit.LSTM, rnnkit.GRU, "
             f"rnnkit.RNN) whose configuration equals torch.nn's, not to a single cell "
             f"({type(cell).__name__}); use engine='auto', 'compiled' or 'loop' for cells"
         )
+    return engine
+
+
+def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
+            mask: Tensor | None = None) -> tuple[str, str, bool]:
+    engine = check_cell_engine(engine, cell)
+    if engine == "loop":
+        return "loop", "engine='loop' requested", False
+    if mask is not None:
+        if engine == "compiled":
+            raise RuntimeError(f"engine='compiled' cannot run this recurrence: {MASK_REASON}")
+        return "loop", MASK_REASON, False
     serves, reason, toolchain_missing = _compiled_serves(cell, inputs)
     if engine == "compiled":
         if not serves:
@@ -137,6 +149,71 @@ def _notice_fallback(reason: str) -> None:
         EngineFallbackWarning,
         stacklevel=3,
     )
+
+
+def plan_cell(cell: nn.Module, inputs: Tensor | None, engine: str = "auto",
+              label: str = "cell", mask: Tensor | None = None) -> CellRun:
+    """The :class:`CellRun` for ``cell`` over ``inputs``: its path and why (``mask``, a
+    mask with gaps, plans the loop with :data:`MASK_REASON`).
+
+    Raises the error a forced path that cannot serve gives (``engine="compiled"`` without
+    kernels for the cell, ``engine="fused"`` on a cell).
+    """
+    engine = check_engine(engine)
+    path, reason, toolchain_missing = _choose(cell, inputs, engine, mask)
+    return CellRun(label, cell, path, reason, engine, toolchain_missing)
+
+
+def run_cell(
+    run: CellRun,
+    inputs: Tensor,
+    state: State,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, State]:
+    """Execute one :class:`CellRun` (inputs and lengths already checked); record what ran.
+
+    ``mask`` (T, B) is a mask with gaps (the run was planned with it: the loop)."""
+    from rnnkit.engine import loop
+
+    if mask is not None:
+        run.ran = "loop"
+        return loop.run_recurrence(run.cell, inputs, state, reverse=reverse, mask=mask)
+    if run.path == "compiled":
+        compiled, why = _compiled()
+        if compiled is None:  # the toolchain vanished between planning and running
+            raise RuntimeError(f"compiled kernels unavailable: {why}")
+        fallback_reason = getattr(compiled, "fallback_reason", None)
+        declined_reason = fallback_reason(run.cell, inputs, state) if fallback_reason else None
+        try:
+            if declined_reason is not None:  # the kernels' own fallback, recorded
+                raise PathDeclined(declined_reason)
+            result = compiled.run_recurrence(run.cell, inputs, state, lengths=lengths,
+                                             reverse=reverse)
+        except PathDeclined as declined:
+            if run.engine == "compiled" and declined_reason is None:
+                raise RuntimeError(
+                    f"engine='compiled' cannot run this recurrence: {declined}") from declined
+            run.declined = str(declined)
+        else:
+            run.ran = "compiled"
+            return result
+    elif run.toolchain_missing:
+        _notice_fallback(run.reason)
+    run.ran = "loop"
+    return loop.run_recurrence(run.cell, inputs, state, lengths=lengths, reverse=reverse)
+
+
+def check_inputs(inputs: object, lengths: object, name: str = "run_recurrence") -> Tensor | None:
+    """Check time-major ``inputs (T, B, H_in)`` and return the checked lengths (or None)."""
+    if not isinstance(inputs, Tensor) or inputs.dim() != 3:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"{name}: inputs must be a (T, B, H_in) tensor, got {shape}")
+    check_steps(inputs.shape[0], name)
+    if lengths is None:
+        return None
+    return check_lengths(lengths, inputs.shape[1], inputs.shape[0], inputs.device)  # type: ignore[arg-type]
 
 
 def run_recurrence(
@@ -170,51 +247,33 @@ def run_recurrence(
         (torch.Size([6, 2, 4]), torch.Size([2, 4]))
     """
     engine = check_engine(engine)
-    if not isinstance(inputs, Tensor) or inputs.dim() != 3:
-        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise ValueError(f"run_recurrence: inputs must be a (T, B, H_in) tensor, got {shape}")
-    check_steps(inputs.shape[0], "run_recurrence")
-    if lengths is not None:
-        lengths = check_lengths(lengths, inputs.shape[1], inputs.shape[0], inputs.device)
-    path, reason, toolchain_missing = _choose(cell, inputs, engine, mask)
-    if mask is not None:
-        from rnnkit.engine import loop
-
-        return loop.run_recurrence(cell, inputs, state, reverse=reverse, mask=mask)
-    if path == "compiled":
-        compiled, _ = _compiled()
-        assert compiled is not None
-        return compiled.run_recurrence(cell, inputs, state, lengths=lengths, reverse=reverse)
-    if toolchain_missing:
-        _notice_fallback(reason)
-    from rnnkit.engine import loop
-
-    return loop.run_recurrence(cell, inputs, state, lengths=lengths, reverse=reverse)
+    lengths = check_inputs(inputs, lengths)
+    return run_cell(plan_cell(cell, inputs, engine, mask=mask), inputs, state, lengths, reverse,
+                    mask=mask)
 
 
 def module_cells(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(label, cell)`` for each layer/direction of a drop-in module, in torch's order.
+    """``(label, cell)`` for each layer/direction of a drop-in module, in torch's order: the
+    module's public ``step_cells()`` (empty for a ``torch.nn`` module)."""
+    step_cells = getattr(module, "step_cells", None)
+    return list(step_cells()) if callable(step_cells) else []
 
-    The cells are the ones the module's layer-by-layer path runs (parameters bound to the
-    module's tensors, recurrent dropout / zoneout wrappers applied for the current mode).
-    """
-    count = len(getattr(module, "_cells", ()) or ())
-    bind = getattr(module, "_bound_cell", None)
-    if not count or bind is None:
-        return []
-    wrap = getattr(module, "_wrap", lambda cell: cell)
-    directions = 2 if getattr(module, "bidirectional", False) else 1
-    labels = []
-    for index in range(count):
-        layer, direction = divmod(index, directions)
-        label = f"layer {layer}" + (" reverse" if direction else "")
-        labels.append((label, wrap(bind(index))))
-    return labels
+
+def fused_refusal(module: nn.Module) -> str | None:
+    """The error text when ``module`` forces ``engine="fused"`` but cannot be served."""
+    from rnnkit.engine import fused
+
+    reason = fused.ineligibility(module)
+    if reason is None:
+        return None
+    return (f"engine='fused' cannot run this {type(module).__name__}: {reason}. The fused "
+            f"path needs a configuration equal to torch.nn.{_torch_name(module)}; use "
+            f"engine='auto' to run it on rnnkit's kernels")
 
 
 def fused_decision(module: nn.Module, inputs: Tensor | None,
                    describe: bool = True) -> tuple[bool, str]:
-    """Whether :func:`fused_forward` takes the fused path for ``module``, and why.
+    """Whether the fused path runs ``module``, and why.
 
     Raises when the module forces ``engine="fused"`` and cannot be served. ``describe=False``
     skips naming the torch kernel (the forward pass does not need the text).
@@ -227,11 +286,7 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     reason = fused.ineligibility(module)
     if reason is not None:
         if engine == "fused":
-            raise ValueError(
-                f"engine='fused' cannot run this {type(module).__name__}: {reason}. The fused "
-                f"path needs a configuration equal to torch.nn.{_torch_name(module)}; use "
-                f"engine='auto' to run it on rnnkit's kernels"
-            )
+            raise ValueError(fused_refusal(module))
         return False, f"not torch-compatible: {reason}"
     kind = fused.module_kind(module)
     device = inputs.device if inputs is not None else _module_device(module)
@@ -273,19 +328,94 @@ def _module_device(module: nn.Module) -> torch.device:
     return reference.device if reference is not None else torch.device("cpu")
 
 
+def plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None = None, *,
+                describe: bool = True, packed: bool = False,
+                mask: Tensor | None = None) -> Plan:
+    """The plan of a drop-in module (``rnnkit.LSTM/GRU/RNN`` or ``torch.nn``) on checked
+    time-major ``inputs`` (T, B, H_in): the fused path, or one :class:`CellRun` per layer and
+    direction. ``mask`` (T, B) is a mask with gaps: every cell on the loop
+    (:data:`MASK_REASON`). ``describe=False`` skips the text only the explanation needs."""
+    from rnnkit.engine import fused
+
+    header = module_line(module) if describe else ""
+    input_line = describe_input(inputs, lengths, packed, mask) if describe else ""
+    if mask is not None:
+        engine = getattr(module, "engine", "auto")
+        if engine == "fused":
+            raise ValueError(f"{type(module).__name__}: engine='fused' cannot run a mask with "
+                             f"gaps; {MASK_REASON}")
+        plan = Plan(header, input_line, "cells", MASK_REASON,
+                    summary=f"path: layer by layer (fused path not used: {MASK_REASON})")
+        plan.runs = [plan_cell(cell, inputs, engine, label, mask=mask)
+                     for label, cell in module_cells(module)]
+        if not plan.runs:
+            raise TypeError(f"{type(module).__name__} cannot run layer by layer: it exposes "
+                            f"no per-layer cells (step_cells())")
+        return plan
+    layers, directions = module.num_layers, 2 if module.bidirectional else 1
+    use, reason = fused_decision(module, inputs, describe=describe)
+    precision_mode = fused.current_precision(module)
+    if use:
+        plan = Plan(header, input_line, "fused", reason,
+                    summary=f"path: fused for all {layers} layer(s) x {directions} direction(s)")
+        if describe:
+            plan.notes = _fused_notes(module, inputs, lengths, directions, precision_mode)
+        return plan
+    plan = Plan(header, input_line, "cells", reason,
+                summary=f"path: layer by layer (fused path not used: {reason})")
+    if describe and precision_mode == "bf16":
+        plan.notes.append("  precision: bf16 requested, but only the fused path honours it; "
+                          "these cells run in their parameters' dtype")
+    engine = getattr(module, "engine", "auto")
+    engine = "auto" if engine == "fused" else engine
+    cells = module_cells(module)
+    if not cells:
+        raise TypeError(f"{type(module).__name__} cannot run layer by layer: it exposes no "
+                        f"per-layer cells (step_cells())")
+    plan.runs = [plan_cell(cell, inputs, engine, label) for label, cell in cells]
+    return plan
+
+
+def _fused_notes(module: nn.Module, inputs: Tensor, lengths: Tensor | None, directions: int,
+                 precision_mode: str) -> list[str]:
+    from rnnkit.engine import fused
+
+    notes = []
+    if precision_mode == "bf16":
+        notes.append("  precision: bf16 (inputs, state and weights cast to bfloat16; "
+                     "outputs cast back)")
+    if lengths is not None and not bool((lengths == inputs.size(0)).all()):
+        calls = len(fused.segments(lengths.tolist()))
+        scope = ("per segment for the whole stack" if directions == 1
+                 else "per layer and direction")
+        text = (f"  lengths: batch sorted once by length; {calls} kernel call(s) "
+                f"{scope} (one per distinct length), no per-step Python")
+        if directions == 2:
+            text += "; reverse direction by a gather within each length"
+        notes.append(text)
+    return notes
+
+
+def run_fused(plan: Plan, module: nn.Module, inputs: Tensor, hx: Any,
+              lengths: Tensor | None) -> tuple[Tensor, Any]:
+    """Execute a fused plan: the whole module through torch's kernels."""
+    from rnnkit.engine import fused
+
+    plan.ran.append("fused")
+    return fused.forward(module, inputs, hx, lengths)
+
+
 def fused_forward(
     module: nn.Module,
     inputs: Tensor,
-    hx: Tensor | tuple[Tensor, Tensor],
+    hx: Tensor | tuple[Tensor, Tensor] | None,
     lengths: Tensor | None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]] | None:
     """Run a whole drop-in module through torch's fused kernels, or return None.
 
     ``inputs`` (T, B, H_in) time-major; ``hx`` in torch.nn's format ((L*D, B, H_out) [, c0]).
-    Returns ``(output (T, B, D*H_out), h_n or (h_n, c_n))`` when the module's configuration
-    equals a torch.nn module, else None (the caller then runs layer by layer).
-    With ``lengths`` the batch runs without per-step Python and without the caller sorting
-    it (see :mod:`rnnkit.engine.fused`).
+    Returns ``(output (T, B, D*H_out), h_n or (h_n, c_n))`` when the plan for the module is
+    the fused path, else None (the caller then runs layer by layer).
     """
     use, _ = fused_decision(module, inputs, describe=False)
     if not use:
@@ -298,42 +428,28 @@ def fused_forward(
 # ----------------------------------------------------------------------------- explain
 
 
-def _describe_input(x: object, lengths: Tensor | None, batch_first: bool) -> tuple[
-        Tensor | None, Tensor | None, str]:
-    """Time-major inputs, lengths and a one-line description of what the call receives."""
-    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
-
-    if isinstance(x, PackedSequence):
-        padded, packed_lengths = pad_packed_sequence(x)  # (T, B, H_in)
-        return padded, packed_lengths, _input_line(padded, packed_lengths, "PackedSequence, ")
-    if not isinstance(x, Tensor):
-        raise TypeError(f"explain: x must be a Tensor or a PackedSequence, got "
-                        f"{type(x).__name__}")
-    if x.dim() == 2:
-        x = x.unsqueeze(1)  # unbatched (T, H_in) -> (T, 1, H_in)
-    elif x.dim() != 3:
-        raise ValueError(f"explain: x must be (T, B, H_in) or (T, H_in), got shape "
-                         f"{tuple(x.shape)}")
-    elif batch_first:
-        x = x.transpose(0, 1)  # (T, B, H_in)
-    check_steps(x.size(0), "explain")
-    if lengths is not None:
-        lengths = check_lengths(lengths, x.size(1), x.size(0), x.device)
-    return x, lengths, _input_line(x, lengths, "")
-
-
-def _input_line(x: Tensor, lengths: Tensor | None, prefix: str) -> str:
-    steps, batch, features = x.shape
-    line = (f"input: {prefix}T={steps}, B={batch}, H_in={features}, {str(x.dtype)[6:]} on "
-            f"{x.device.type}")
+def describe_input(inputs: Tensor, lengths: Tensor | None, packed: bool = False,
+                   mask: Tensor | None = None) -> str:
+    """One line describing what a call receives: time-major ``inputs`` and lengths, or
+    ``mask``, a mask with gaps."""
+    steps, batch, features = inputs.shape
+    prefix = "PackedSequence, " if packed else ""
+    line = (f"input: {prefix}T={steps}, B={batch}, H_in={features}, {str(inputs.dtype)[6:]} "
+            f"on {inputs.device.type}")
+    if mask is not None:
+        return line + ("; a mask with gaps (not a non-empty prefix of every row): masked "
+                       "steps keep the state")
     if lengths is None:
         return line + "; no lengths (every sequence has T steps)"
+    if lengths.numel() == 0:
+        return line + "; lengths of an empty batch"
     distinct = int(torch.unique(lengths).numel())
     low, high = int(lengths.min()), int(lengths.max())
     return line + f"; lengths in [{low}, {high}], {distinct} distinct"
 
 
-def _module_line(layer: nn.Module) -> str:
+def module_line(layer: nn.Module) -> str:
+    """The module as explain names it: ``package.Class(extra_repr)`` and its engine."""
     extra = layer.extra_repr()
     engine = getattr(layer, "engine", None)
     package = type(layer).__module__.split(".")[0]
@@ -344,18 +460,120 @@ def _module_line(layer: nn.Module) -> str:
     return text
 
 
+def check_cell_input(cell: nn.Module, inputs: Tensor, name: str) -> None:
+    """What a driver checks before running ``cell`` on time-major ``inputs`` (T, B, H_in):
+    a floating dtype and the cell's ``input_size``."""
+    if not inputs.is_floating_point():
+        raise TypeError(f"{name}: input must be floating point, got dtype {inputs.dtype}")
+    expected = getattr(cell, "input_size", None)
+    if isinstance(expected, int) and inputs.shape[-1] != expected:
+        raise ShapeError(
+            f"{name}: the cell expects {expected} input features, got input with "
+            f"{inputs.shape[-1]} (time-major shape {tuple(inputs.shape)})"
+        )
+
+
+#: What explain's input line adds for a mask that marks a prefix of every row.
+PREFIX_MASK_NOTE = "; from a mask that marks a prefix of each row (run as lengths)"
+
+
+def mask_plan_input(plan: Plan, mask: object, gaps: Tensor | None) -> Plan:
+    """Note on ``plan``'s input line that its lengths came from a prefix ``mask``."""
+    if mask is not None and gaps is None and plan.input_line:
+        plan.input_line += PREFIX_MASK_NOTE
+    return plan
+
+
+def _time_major_mask(mask: object, inputs: Tensor, lengths: object,
+                     name: str) -> tuple[Tensor | None, Tensor | None]:
+    """Keras' ``mask`` (B, T) for time-major ``inputs``: ``(lengths, gaps (T, B) or None)``."""
+    from rnnkit.engine.loop import mask_to_lengths
+
+    if lengths is not None:
+        raise ValueError(f"{name}: pass either lengths= or mask=, not both")
+    if isinstance(mask, Tensor) and mask.dim() == 1:
+        mask = mask[None, :]
+    return mask_to_lengths(mask, inputs.shape[1], inputs.shape[0], inputs.device, name=name)
+
+
+def make_plan(layer: nn.Module, x: object, lengths: object = None,
+              mask: object = None) -> Plan:
+    """The plan ``layer(x, lengths=lengths, mask=mask)`` would execute, after the same checks
+    the call runs (a call that would fail raises the same error here)."""
+    own = getattr(layer, "execution_plan", None)
+    if callable(own):
+        return own(x, lengths=lengths) if mask is None else own(x, lengths=lengths, mask=mask)
+    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+    from rnnkit.engine import fused
+
+    if isinstance(layer, nn.RNNBase) and fused.module_kind(layer) is not None:
+        packed = isinstance(x, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("explain: lengths= cannot be combined with a PackedSequence")
+            layer.check_input(x.data, x.batch_sizes)
+            inputs, lengths = pad_packed_sequence(x)  # (T, B, H_in)
+        else:
+            if not isinstance(x, Tensor):
+                raise TypeError(f"explain: x must be a Tensor or a PackedSequence, got "
+                                f"{type(x).__name__}")
+            layer.check_input(x, None)
+            inputs = x.unsqueeze(1) if x.dim() == 2 else (
+                x.transpose(0, 1) if layer.batch_first else x)
+        gaps = None
+        if mask is not None:
+            if packed:
+                raise ValueError("explain: mask= cannot be combined with a PackedSequence")
+            lengths, gaps = _time_major_mask(mask, inputs, lengths, "explain mask")
+        lengths = check_inputs(inputs, lengths, "explain")
+        return mask_plan_input(plan_module(layer, inputs, lengths, packed=packed, mask=gaps),
+                               mask, gaps)
+    if hasattr(layer, "state_size") and callable(layer):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"explain: x must be a Tensor, got {type(x).__name__}")
+        gaps = None
+        if mask is not None:
+            lengths, gaps = _time_major_mask(mask, x, lengths, "explain mask")
+        lengths = check_inputs(x, lengths, "explain")
+        check_cell_input(layer, x, "explain")
+        plan = Plan(module_line(layer), describe_input(x, lengths, mask=gaps), "cells", "")
+        plan.runs = [plan_cell(layer, x, "auto", "cell", mask=gaps)]
+        return mask_plan_input(plan, mask, gaps)
+    raise TypeError(
+        f"explain: {type(layer).__name__} is not a recurrent layer: expected a drop-in "
+        f"(rnnkit.LSTM/GRU/RNN, torch.nn.LSTM/GRU/RNN), an rnnkit driver (Recurrence, Fold, "
+        f"Bidirectional, Sequence) or a cell with state_size"
+    )
+
+
+def part_plan(layer: nn.Module, x: Tensor, lengths: Tensor | None,
+              mask: Tensor | None = None) -> Plan:
+    """The plan of a layer inside a wrapper (``Bidirectional``, ``Sequence``): its own plan,
+    or, for a user's module that has none, a plan saying it runs its own forward."""
+    if callable(getattr(layer, "execution_plan", None)) or isinstance(layer, nn.RNNBase) or (
+            hasattr(layer, "state_size")):
+        return make_plan(layer, x, lengths, mask)
+    return Plan(module_line(layer), "", "opaque", "",
+                summary="path: the module's own forward (it has no rnnkit execution plan)")
+
+
 def explain(layer: nn.Module, x: Tensor, lengths: Tensor | None = None,
             mask: Tensor | None = None) -> str:
-    """Say which path ``layer(x, lengths=lengths)`` takes, and why, per layer and direction.
+    """Say which path ``layer(x, lengths=lengths, mask=mask)`` takes, and why, per layer and
+    direction.
 
     ``mask`` is Keras' bool ``(B, T)`` (as the layers take it): one that marks a prefix of
-    each row is explained as the ``lengths`` it becomes; one with gaps takes the loop path.
+    each row is explained as the ``lengths`` it becomes; one with gaps takes the loop path
+    (:data:`MASK_REASON`).
 
-    ``layer`` is a drop-in module (``rnnkit.LSTM/GRU/RNN`` or a ``torch.nn`` one), a
-    recurrence driver with a ``cell`` (``rnnkit.layers.Recurrence``) or a single cell. ``x`` is
-    what the layer would receive (honouring ``batch_first``; a PackedSequence is accepted). The
-    answer is computed by the same functions the forward pass uses, so it cannot drift from
-    what runs. Nothing is computed on ``x`` beyond its shape and ``lengths``.
+    ``layer`` is a drop-in module (``rnnkit.LSTM/GRU/RNN`` or a ``torch.nn`` one), an rnnkit
+    driver (``Recurrence``, ``Fold``, ``Bidirectional``, ``Sequence``) or a single cell
+    (explained as ``run_recurrence(cell, x)``, time-major). ``x`` is what the layer would
+    receive (honouring ``batch_first``; a PackedSequence is accepted). The text prints the
+    plan the forward pass builds and executes (:mod:`rnnkit.engine.plan`), after the same
+    input checks: a call that would fail raises the same error here. Nothing is computed on
+    ``x`` beyond its shape and ``lengths``.
 
     Example::
 
@@ -366,122 +584,4 @@ def explain(layer: nn.Module, x: Tensor, lengths: Tensor | None = None,
         path: fused for all 1 layer(s) x 1 direction(s)
           why: configuration equals torch.nn.GRU; torch._VF.gru -> ATen native C++ loop (...)
     """
-    from rnnkit.engine import fused
-
-    batch_first = bool(getattr(layer, "batch_first", False))
-    gaps = None
-    if mask is not None:
-        from rnnkit.engine.loop import mask_to_lengths
-
-        if lengths is not None:
-            raise ValueError("explain: pass either lengths= or mask=, not both")
-        probe, _, _ = _describe_input(x, None, batch_first)
-        mask = mask[None, :] if isinstance(mask, Tensor) and mask.dim() == 1 else mask
-        lengths, gaps = mask_to_lengths(mask, probe.size(1), probe.size(0), probe.device)
-    inputs, lengths, input_line = _describe_input(x, lengths, batch_first)
-    if gaps is not None:
-        input_line = (input_line.split("; ")[0] + "; a mask with gaps (not a non-empty "
-                      "prefix of every row): masked steps keep the state")
-    elif mask is not None:
-        input_line += "; from a mask that marks a prefix of each row (run as lengths)"
-    lines = [_module_line(layer), input_line]
-    if gaps is not None:
-        return _explain_gaps(layer, lines, inputs)
-    precision_mode = fused.current_precision(layer if fused.module_kind(layer) else None)
-    if fused.module_kind(layer) is not None:
-        layers, directions = layer.num_layers, 2 if layer.bidirectional else 1
-        try:
-            use, reason = fused_decision(layer, inputs)
-        except ValueError as error:
-            lines.append(f"path: error: {error}")
-            return "\n".join(lines)
-        if use:
-            lines.append(f"path: fused for all {layers} layer(s) x {directions} direction(s)")
-            lines.append(f"  why: {reason}")
-            if precision_mode == "bf16":
-                lines.append("  precision: bf16 (inputs, state and weights cast to bfloat16; "
-                             "outputs cast back)")
-            if lengths is not None and not bool((lengths == inputs.size(0)).all()):
-                calls = len(fused.segments(lengths.tolist()))
-                scope = ("per segment for the whole stack" if directions == 1
-                         else "per layer and direction")
-                text = (f"  lengths: batch sorted once by length; {calls} kernel call(s) "
-                        f"{scope} (one per distinct length), no per-step Python")
-                if directions == 2:
-                    text += "; reverse direction by a gather within each length"
-                lines.append(text)
-            return "\n".join(lines)
-        lines.append(f"path: layer by layer (fused path not used: {reason})")
-        if precision_mode == "bf16":
-            lines.append("  precision: bf16 requested, but only the fused path honours it; "
-                         "these cells run in their parameters' dtype")
-        engine = getattr(layer, "engine", "auto")
-        engine = "auto" if engine == "fused" else engine
-        cells = module_cells(layer)
-        if not cells:
-            lines.append(f"  {type(layer).__name__} exposes no per-layer cells to inspect")
-        for label, cell in cells:
-            lines.append(_cell_line(label, cell, inputs, engine))
-        return "\n".join(lines)
-    wrapped = [(label, getattr(layer, attr, None)) for label, attr in (
-        ("forward layer", "forward_layer"), ("backward layer", "backward_layer"),
-        ("wrapped layer", "layer"))]
-    wrapped = [(label, sub) for label, sub in wrapped if isinstance(sub, nn.Module)]
-    if wrapped:  # Bidirectional / Sequence-style wrappers: explain what they run
-        for label, sub in wrapped:
-            inner = explain(sub, x, lengths).splitlines()
-            lines.append(f"  {label}: {inner[0]}")
-            lines.extend(f"    {line}" for line in inner[2:])
-        return "\n".join(lines)
-    cell = getattr(layer, "cell", None)
-    if isinstance(cell, nn.Module):
-        engine = getattr(layer, "engine", "auto")
-        label = "backward" if getattr(layer, "go_backwards", False) else "forward"
-        lines.append(_cell_line(label, cell, inputs, engine))
-    else:
-        lines.append(_cell_line("cell", layer, inputs, "auto"))
-    return "\n".join(lines)
-
-
-def _cell_line(label: str, cell: nn.Module, inputs: Tensor | None, engine: str) -> str:
-    name = type(cell).__name__
-    inner = getattr(cell, "cell", None)
-    if isinstance(inner, nn.Module):
-        name += f"({type(inner).__name__})"
-    try:
-        path, reason = choose_path(cell, inputs, engine)
-    except (ValueError, RuntimeError) as error:
-        return f"  {label}: {name} -> error: {error}"
-    if path == "loop":
-        reason += "; eager Python loop over time (one cell call per step)"
-    return f"  {label}: {name} -> {path} ({reason})"
-
-
-def _explain_gaps(layer: nn.Module, lines: list[str], inputs: Tensor) -> str:
-    """explain() under a mask with gaps: every cell runs on the loop path."""
-    from rnnkit.engine import fused
-
-    if fused.module_kind(layer) is not None:
-        cells = module_cells(layer)
-        lines.append(f"path: layer by layer (fused path not used: {MASK_REASON})")
-        if not cells:
-            lines.append(f"  {type(layer).__name__} exposes no per-layer cells to inspect")
-        lines.extend(f"  {label}: {type(cell).__name__} -> loop ({MASK_REASON})"
-                     for label, cell in cells)
-        return "\n".join(lines)
-    cell = getattr(layer, "cell", None)
-    if isinstance(cell, nn.Module):
-        label = "backward" if getattr(layer, "go_backwards", False) else "forward"
-        lines.append(f"  {label}: {type(cell).__name__} -> loop ({MASK_REASON})")
-        return "\n".join(lines)
-    wrapped = [(label, getattr(layer, attr, None)) for label, attr in (
-        ("forward layer", "forward_layer"), ("backward layer", "backward_layer"),
-        ("wrapped layer", "layer"))]
-    wrapped = [(label, sub) for label, sub in wrapped if isinstance(sub, nn.Module)]
-    for label, sub in wrapped:
-        inner = _explain_gaps(sub, [_module_line(sub), ""], inputs).splitlines()
-        lines.append(f"  {label}: {inner[0]}")
-        lines.extend(f"    {line}" for line in inner[2:])
-    if not wrapped:
-        lines.append(f"  cell: {type(layer).__name__} -> loop ({MASK_REASON})")
-    return "\n".join(lines)
+    return str(make_plan(layer, x, lengths, mask))

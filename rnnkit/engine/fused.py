@@ -106,10 +106,8 @@ def precision(value: str) -> Iterator[None]:
 
 
 def current_precision(module: nn.Module | None = None) -> str:
-    """The precision in force: the module's own ``precision`` attribute, else the context."""
-    own = getattr(module, "precision", None) if module is not None else None
-    if own is not None:
-        return _check_precision(own)
+    """The precision in force (set by :func:`precision`; ``module`` is accepted for callers
+    that ask about one module, and does not change the answer)."""
     return _precision.get()
 
 
@@ -118,21 +116,11 @@ def current_precision(module: nn.Module | None = None) -> str:
 # Sequence features a drop-in may carry on top of torch.nn that change the recurrence itself,
 # with the value that means "off". (``dropout_input`` is not here: the drop-ins apply it to the
 # inputs before calling the engine, so the recurrence is still torch's; ``stateful`` only
-# supplies the initial state.)
+# supplies the initial state.) ``recurrent_dropout`` is off in eval mode.
 _MODULE_FEATURES: dict[str, tuple[object, str]] = {
     "recurrent_dropout": (0.0, "recurrent_dropout (variational dropout on h)"),
     "zoneout": (0.0, "zoneout"),
     "residual": (False, "residual connections between layers"),
-}
-
-# Cell options and the value that equals torch.nn's cell (used when a module reports its
-# options with defaults filled in rather than only the non-default ones).
-_TORCH_CELL_DEFAULTS: dict[str, object] = {
-    "peepholes": False,
-    "layer_norm": False,
-    "coupled_gates": False,
-    "cell_clip": None,
-    "reset_after": True,
 }
 
 
@@ -142,13 +130,6 @@ def _is_off(value: object, off: object) -> bool:
         return True
     if isinstance(value, (tuple, list)):
         return all(_is_off(v, off) for v in value)
-    if isinstance(off, bool):
-        return bool(value) == off
-    if isinstance(off, float):
-        try:
-            return float(value) == off  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return False
     return value == off
 
 
@@ -171,35 +152,20 @@ def ineligibility(module: nn.Module) -> str | None:
         )
     for name, (off, description) in _MODULE_FEATURES.items():
         value = getattr(module, name, None)
+        if name == "recurrent_dropout" and not module.training:
+            continue  # dropout is off in eval mode: the recurrence is torch's
         if not _is_off(value, off):
             return f"{description} is active ({name}={value!r})"
-    options = getattr(module, "cell_options", None) or {}
-    for name, value in options.items():
-        if name in _MODULE_FEATURES and _is_off(value, _MODULE_FEATURES[name][0]):
-            continue
-        if name in _TORCH_CELL_DEFAULTS and _is_off(value, _TORCH_CELL_DEFAULTS[name]):
-            continue
+    # the drop-ins list only the cell options that differ from torch.nn's cell
+    for name, value in (getattr(module, "cell_options", None) or {}).items():
         return f"cell option {name}={value!r} has no torch.nn equivalent"
-    if getattr(module, "_flat_weights", None) is None and not hasattr(module, "weight_ih_l0"):
-        return f"{type(module).__name__} exposes no _flat_weights in torch.nn order"
     return None
 
 
 def flat_weights(module: nn.Module) -> list[Tensor]:
-    """The module's weights in ``torch.nn.RNNBase._flat_weights`` order."""
-    weights = getattr(module, "_flat_weights", None)
-    if weights is not None:
-        return list(weights)
-    names = []
-    suffixes = [""] + (["_reverse"] if module.bidirectional else [])
-    for layer in range(module.num_layers):
-        for suffix in suffixes:
-            names += [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
-            if module.bias:
-                names += [f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
-            if getattr(module, "proj_size", 0) > 0:
-                names += [f"weight_hr_l{layer}{suffix}"]
-    return [getattr(module, name) for name in names]
+    """The module's weights in ``torch.nn.RNNBase._flat_weights`` order (``torch.nn`` modules
+    and the rnnkit drop-ins both expose them as ``_flat_weights``)."""
+    return list(module._flat_weights)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.config import Configurable
+from rnnkit.engine import dispatch
+from rnnkit.engine.plan import Plan
 from rnnkit.layers.masking import (
     from_time_major,
     map_state,
@@ -233,6 +235,24 @@ class Bidirectional(Configurable, nn.Module):
         if self.merge_mode == "ave":
             return (out_f + out_b) / 2
         return out_f, out_b
+
+    def execution_plan(self, inputs: Tensor | PackedSequence,
+                       lengths: Tensor | Sequence[int] | None = None,
+                       mask: Tensor | None = None) -> Plan:
+        """The plans of both directions' layers for ``self(inputs, lengths=lengths,
+        mask=mask)`` (what ``explain`` prints), after the same input checks as the call."""
+        padded, lengths, info, gaps = normalise_with_mask(
+            "Bidirectional", inputs, self.batch_first, lengths, mask)
+        plan = Plan(dispatch.module_line(self),
+                    dispatch.describe_input(padded, lengths, info is not None, gaps),
+                    "wrapper", "")
+        for label, layer in (("forward layer", self.forward_layer),
+                             ("backward layer", self.backward_layer)):
+            layer_inputs = padded.transpose(0, 1) if getattr(layer, "batch_first", False) else (
+                padded)
+            plan.parts.append((label, dispatch.part_plan(
+                layer, layer_inputs, lengths, None if gaps is None else gaps.T)))
+        return dispatch.mask_plan_input(plan, mask, gaps)
 
     def forward(
         self,

@@ -28,7 +28,7 @@ from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.engine.loop import first_step
-from rnnkit.errors import ShapeError
+from rnnkit.engine.plan import Plan
 from rnnkit.layers.dropout import reset_dropout_masks
 from rnnkit.layers.masking import (
     carry_last_valid,
@@ -44,7 +44,6 @@ from rnnkit.layers.masking import (
 from rnnkit.layers.state import CellWrapper, check_state, state_sizes, zero_state
 from rnnkit.layers.stateful import Stateful, StateStore
 
-ENGINES = ("auto", "compiled", "loop")
 OUTPUT_ORDERS = ("time", "processing")
 
 
@@ -66,9 +65,13 @@ def _nest(flat: list[Any], like: Any) -> Any:
 
     return build(like)
 
+class FullStateCell(CellWrapper):
+    """Outputs the whole state (all tensors concatenated) instead of the cell's output: what
+    ``Recurrence(return_full_state=True)`` runs."""
 
-class _FullStateCell(CellWrapper):
-    """Outputs the whole state (all tensors concatenated) instead of the cell's output."""
+    #: the compiled kernels return the output sequence and the final state only
+    compiled_refusal = ("return_full_state=True needs every step's state, and the compiled "
+                        "kernels return only each step's output")
 
     @property
     def output_size(self) -> int:
@@ -140,9 +143,10 @@ class Recurrence(Configurable, Stateful, nn.Module):
         super().__init__()
         if not isinstance(cell, nn.Module) or not callable(cell):
             raise TypeError(f"cell must be an nn.Module, got {type(cell).__name__}")
-        if engine not in ENGINES:
-            raise ValueError(f"{type(self).__name__}: engine must be one of {ENGINES}, "
-                             f"got {engine!r}")
+        try:
+            dispatch.check_cell_engine(engine, cell)
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: {error}") from None
         if output_order not in OUTPUT_ORDERS:
             raise ValueError(f"{type(self).__name__}: output_order must be one of "
                              f"{OUTPUT_ORDERS}, got {output_order!r}")
@@ -209,13 +213,30 @@ class Recurrence(Configurable, Stateful, nn.Module):
             state = map_state(lambda t: torch.full_like(t, self._constant), state)
         return state
 
-    def _check_input_size(self, inputs: Tensor) -> None:
-        expected = getattr(self.cell, "input_size", None)
-        if isinstance(expected, int) and inputs.shape[-1] != expected:
-            raise ShapeError(
-                f"{type(self).__name__}: the cell expects {expected} input features, got input "
-                f"with {inputs.shape[-1]} (shape {tuple(inputs.shape)})"
-            )
+    def step_cell(self) -> nn.Module:
+        """The cell this recurrence runs at each step (with ``return_full_state``, the
+        wrapper that outputs the whole state)."""
+        return FullStateCell(self.cell) if self.return_full_state else self.cell
+
+    def _plan(self, inputs: Tensor, lengths: Tensor | None, describe: bool,
+              mask: Tensor | None = None) -> Plan:
+        dispatch.check_cell_input(self.cell, inputs, type(self).__name__)
+        label = "backward" if self.go_backwards else "forward"
+        run = dispatch.plan_cell(self.step_cell(), inputs, self.engine, label, mask=mask)
+        if not describe:
+            return Plan("", "", "cells", "", runs=[run])
+        return Plan(dispatch.module_line(self), dispatch.describe_input(inputs, lengths,
+                                                                        mask=mask),
+                    "cells", "", runs=[run])
+
+    def execution_plan(self, inputs: Tensor | PackedSequence,
+                       lengths: Tensor | Sequence[int] | None = None,
+                       mask: Tensor | None = None) -> Plan:
+        """The plan ``self(inputs, lengths=lengths, mask=mask)`` executes (what ``explain``
+        prints), after the same input checks as the call."""
+        padded, lengths, _, _, gaps = self._normalise(inputs, lengths, mask)
+        plan = self._plan(padded, lengths, describe=True, mask=gaps)
+        return dispatch.mask_plan_input(plan, mask, gaps)
 
     @property
     def processing_order(self) -> bool:
@@ -231,7 +252,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
         ``mask`` is time-major ``(T, B)`` (a mask with gaps); outputs are at their original
         time positions whatever ``output_order``.
         """
-        self._check_input_size(inputs)
+        plan = self._plan(inputs, lengths, describe=False, mask=mask)
         batch_size = inputs.shape[1]
         name = type(self).__name__
         if state is not None:
@@ -245,12 +266,8 @@ class Recurrence(Configurable, Stateful, nn.Module):
         else:
             state = self.initial(batch_size, inputs)
         reset_dropout_masks(self.cell)
-        cell = _FullStateCell(self.cell) if self.return_full_state else self.cell
-        extra = {} if mask is None else {"mask": mask}
-        outputs, final = dispatch.run_recurrence(
-            cell, inputs, state, lengths=lengths, reverse=self.go_backwards, engine=self.engine,
-            **extra,
-        )
+        outputs, final = dispatch.run_cell(plan.runs[0], inputs, state, lengths,
+                                           reverse=self.go_backwards, mask=mask)
         if not self.zero_output_for_mask:
             valid = valid_steps(inputs.shape[0], batch_size, lengths, mask, inputs.device)
             if valid is not None:

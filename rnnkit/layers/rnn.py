@@ -48,6 +48,7 @@ from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.engine.lengths import unbatched_lengths
+from rnnkit.engine.plan import Plan
 from rnnkit.errors import DeviceError, DTypeError, ShapeError
 from rnnkit.layers.dropout import (
     RecurrentDropoutCell,
@@ -65,7 +66,6 @@ from rnnkit.layers.masking import (
 )
 from rnnkit.layers.stateful import Stateful, StateStore
 
-ENGINES = ("auto", "fused", "compiled", "loop")
 _TORCH_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 HiddenState = Tensor | tuple[Tensor, Tensor]
@@ -190,8 +190,10 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
                 f"num_layers={num_layers}",
                 stacklevel=3,
             )
-        if engine not in ENGINES:
-            raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
+        try:
+            dispatch.check_engine(engine)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
         if go_backwards and bidirectional:
             raise ValueError(
                 f"{name}: go_backwards=True reads the sequence backwards only; a "
@@ -233,24 +235,12 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         self.go_backwards = bool(go_backwards)
         self.zero_output_for_mask = bool(zero_output_for_mask)
 
-        options = dict(cell_options or {})
-        if self.recurrent_dropout:
-            options["recurrent_dropout"] = self.recurrent_dropout
-        rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,)
-        if any(p > 0 for p in rates):
-            options["zoneout"] = self.zoneout
-        if self.residual:
-            options["residual"] = True
-        # Options that change the per-step computation: a non-empty dict means torch's fused
-        # kernels cannot run this module.
-        self.cell_options: dict[str, Any] = options
+        # Options of the cells that change the per-step computation (a non-empty dict means
+        # torch's fused kernels cannot run this module); the sequence features
+        # (recurrent_dropout, zoneout, residual) are attributes of the module, not cell options.
+        self.cell_options: dict[str, Any] = dict(cell_options or {})
         # Options that only change how parameters start (the forward is still torch's).
         self.init_options: dict[str, Any] = dict(init_options or {})
-        if engine == "fused" and self.cell_options:
-            raise ValueError(
-                f"{name}: engine='fused' runs torch.nn's kernels and cannot run these rnnkit "
-                f"options: {sorted(self.cell_options)}; use engine='auto'"
-            )
 
         num_directions = 2 if bidirectional else 1
         real_hidden = proj_size if proj_size > 0 else hidden_size
@@ -292,6 +282,10 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         self.reset_parameters()
         # torch.nn.RNNBase's weak references to the weights (its pickling and _apply use them).
         self._init_flat_weights()
+        if engine == "fused":  # refused now rather than at the first call, in the same words
+            refusal = dispatch.fused_refusal(self)
+            if refusal is not None:
+                raise ValueError(refusal)
 
     # ----------------------------------------------------------------- construction
     def _make_cell(self, input_size: int, kwargs: dict[str, Any], device, dtype) -> nn.Module:
@@ -366,6 +360,12 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             text += f", bidirectional={self.bidirectional}"
         for key, value in {**self.cell_options, **self.init_options}.items():
             text += f", {key}={value!r}"
+        if self.recurrent_dropout:
+            text += f", recurrent_dropout={self.recurrent_dropout}"
+        if self._zoneout_active():
+            text += f", zoneout={self.zoneout!r}"
+        if self.residual:
+            text += ", residual=True"
         if self.stateful:
             text += ", stateful=True"
         if self.dropout_input:
@@ -465,6 +465,65 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             with ``go_backwards``) and the final states ``(L*D, B, H_out)`` (LSTM also
             ``c_n (L*D, B, H)``).
         """
+        inputs, hx, lengths, gaps, pack_info, unbatched = self._prepare(input, hx, lengths, mask)
+        batch_size = inputs.shape[1]  # lengths were validated by to_time_major
+        if hx is not None:
+            hx = self._check_hx(hx, batch_size, inputs)
+        elif self.stateful:
+            hx, carried = self._state_store.get(
+                batch_size, lambda: self._initial_hx(batch_size, inputs))
+            if carried:
+                hx = self._check_hx(hx, batch_size, inputs, self._state_store.describe())
+        else:
+            hx = self._initial_hx(batch_size, inputs)
+
+        if self.training and self.dropout_input > 0:
+            # Variational: one mask per sequence, shared by every time step.
+            drop = variational_mask((batch_size, self.input_size), self.dropout_input, inputs)
+            inputs = inputs * drop  # (T, B, H_in)
+
+        if self.go_backwards:
+            # Keras: the padded sequence reversed. Within lengths that is each sequence
+            # reversed in place (its padding, masked in Keras, keeps the state anyway).
+            inputs = reverse_padded(inputs, lengths) if gaps is None else inputs.flip(0)
+            gaps = None if gaps is None else gaps.flip(0)
+
+        plan = dispatch.plan_module(self, inputs, lengths, describe=False, mask=gaps)
+        if plan.path == "fused":
+            outputs, h_n = dispatch.run_fused(plan, self, inputs, hx, lengths)
+        else:
+            outputs, h_n = self._forward_layers(plan, inputs, hx, lengths, gaps)
+        if self.go_backwards and gaps is None and lengths is not None:
+            # In processing order: the padding (processed first in Keras) comes first.
+            outputs = reverse_padded(outputs, lengths).flip(0)
+        if not self.zero_output_for_mask:
+            outputs = self._carry(outputs, lengths, gaps)
+
+        if self.stateful:
+            self._state_store.put(h_n)
+        output = from_time_major(outputs, self.batch_first and not unbatched, lengths, pack_info)
+        if unbatched:
+            output = output.squeeze(1)  # (T, D*H_out)
+            h_n = tuple(t.squeeze(1) for t in h_n) if isinstance(h_n, tuple) else h_n.squeeze(1)
+        return output, h_n
+
+    def execution_plan(self, input: Tensor | PackedSequence,
+                       lengths: Tensor | list[int] | None = None,
+                       mask: Tensor | None = None) -> Plan:
+        """The plan ``self(input, lengths=lengths, mask=mask)`` executes (what ``explain``
+        prints), after the same input checks as the call."""
+        inputs, _, lengths, gaps, pack_info, _ = self._prepare(input, None, lengths, mask)
+        if gaps is not None and self.go_backwards:
+            gaps = gaps.flip(0)
+        plan = dispatch.plan_module(self, inputs, lengths, packed=pack_info is not None,
+                                    mask=gaps)
+        return dispatch.mask_plan_input(plan, mask, gaps)
+
+    def _prepare(self, input: Any, hx: Any, lengths: Any, mask: Any = None) -> tuple[
+            Tensor, Any, Tensor | None, Tensor | None, Any, bool]:
+        """Check a call's input and return it time-major: ``(inputs (T, B, H_in), hx,
+        lengths, gaps (T, B) or None, pack_info, unbatched)``; ``mask`` becomes ``lengths``
+        when it marks a prefix of each row, else ``gaps``."""
         name = type(self).__name__
         unbatched = False
         if isinstance(input, Tensor):
@@ -516,52 +575,7 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
                 f"{name}: input.size(-1) must be equal to input_size. Expected "
                 f"{self.input_size}, got {inputs.shape[-1]}"
             )
-        batch_size = inputs.shape[1]  # lengths were validated by to_time_major
-
-        if hx is not None:
-            hx = self._check_hx(hx, batch_size, inputs)
-        elif self.stateful:
-            hx, carried = self._state_store.get(
-                batch_size, lambda: self._initial_hx(batch_size, inputs))
-            if carried:
-                hx = self._check_hx(hx, batch_size, inputs, self._state_store.describe())
-        else:
-            hx = self._initial_hx(batch_size, inputs)
-
-        if self.training and self.dropout_input > 0:
-            # Variational: one mask per sequence, shared by every time step.
-            mask = variational_mask((batch_size, self.input_size), self.dropout_input, inputs)
-            inputs = inputs * mask  # (T, B, H_in)
-
-        if self.go_backwards:
-            # Keras: the padded sequence reversed. Within lengths that is each sequence
-            # reversed in place (its padding, masked in Keras, keeps the state anyway).
-            inputs = reverse_padded(inputs, lengths) if gaps is None else inputs.flip(0)
-            gaps = None if gaps is None else gaps.flip(0)
-
-        result = None
-        if gaps is not None:
-            if self.engine == "fused":
-                raise ValueError(f"{name}: engine='fused' cannot run a mask with gaps; "
-                                 f"{dispatch.MASK_REASON}")
-        elif self.engine in ("auto", "fused") and not self.cell_options:
-            result = dispatch.fused_forward(self, inputs, hx, lengths)
-        if result is None:
-            result = self._forward_layers(inputs, hx, lengths, gaps)
-        outputs, h_n = result
-        if self.go_backwards and gaps is None and lengths is not None:
-            # In processing order: the padding (processed first in Keras) comes first.
-            outputs = reverse_padded(outputs, lengths).flip(0)
-        if not self.zero_output_for_mask:
-            outputs = self._carry(outputs, lengths, gaps)
-
-        if self.stateful:
-            self._state_store.put(h_n)
-        output = from_time_major(outputs, self.batch_first and not unbatched, lengths, pack_info)
-        if unbatched:
-            output = output.squeeze(1)  # (T, D*H_out)
-            h_n = tuple(t.squeeze(1) for t in h_n) if isinstance(h_n, tuple) else h_n.squeeze(1)
-        return output, h_n
+        return inputs, hx, lengths, gaps, pack_info, unbatched
 
     def _check_input_dtype(self, inputs: Tensor) -> None:
         """The input must have the weights' dtype (torch.nn's check, with its phrase; under
@@ -606,14 +620,13 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
                           carry_last_valid(backward, valid, reverse=True)], dim=-1)
 
     def _forward_layers(
-        self, inputs: Tensor, hx: HiddenState, lengths: Tensor | None,
+        self, plan: Plan, inputs: Tensor, hx: HiddenState, lengths: Tensor | None,
         mask: Tensor | None = None,
     ) -> tuple[Tensor, HiddenState]:
-        """Layer by layer, direction by direction, through ``dispatch.run_recurrence``.
+        """Layer by layer, direction by direction: each of the plan's cell runs.
 
         ``mask`` (T, B) is a mask with gaps (exclusive with ``lengths``)."""
         num_directions = 2 if self.bidirectional else 1
-        engine = "auto" if self.engine == "fused" else self.engine
         is_lstm = self.mode == "LSTM"
         h0, c0 = hx if is_lstm else (hx, None)
         finals_h: list[Tensor] = []
@@ -626,16 +639,10 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             outputs = []
             for direction in range(num_directions):
                 index = layer * num_directions + direction
-                cell = self._wrap(self._bound_cell(index))
                 state = (h0[index], c0[index]) if is_lstm else h0[index]  # (B, H_out)
-                out, final = dispatch.run_recurrence(
-                    cell,
-                    layer_input,
-                    state,
-                    lengths=lengths,
-                    reverse=direction == 1,
-                    engine=engine,
-                    **({} if mask is None else {"mask": mask}),
+                out, final = dispatch.run_cell(
+                    plan.runs[index], layer_input, state, lengths, reverse=direction == 1,
+                    mask=mask,
                 )
                 outputs.append(out)  # (T, B, H_out)
                 if is_lstm:
@@ -653,15 +660,26 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             return layer_input, (h_n, torch.stack(finals_c))
         return layer_input, h_n
 
-    def _wrap(self, cell: nn.Module) -> nn.Module:
-        """The cell with this module's recurrent dropout and zoneout around it."""
-        if self.recurrent_dropout > 0 and self.training:
-            cell = RecurrentDropoutCell(cell, self.recurrent_dropout)
+    def _zoneout_active(self) -> bool:
         rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,)
-        if any(p > 0 for p in rates):
-            cell = ZoneoutCell(cell, self.zoneout)
-            cell.train(self.training)
-        return cell
+        return any(p > 0 for p in rates)
+
+    def step_cells(self) -> list[tuple[str, nn.Module]]:
+        """``(label, cell)`` per layer and direction, in ``torch.nn``'s order: the cells the
+        layer-by-layer path runs, bound to this module's parameters, with the recurrent
+        dropout (training only) and zoneout of the current mode around them."""
+        directions = 2 if self.bidirectional else 1
+        cells = []
+        for index in range(len(self._cells)):
+            layer, direction = divmod(index, directions)
+            cell = self._bound_cell(index)
+            if self.recurrent_dropout > 0 and self.training:
+                cell = RecurrentDropoutCell(cell, self.recurrent_dropout)
+            if self._zoneout_active():
+                cell = ZoneoutCell(cell, self.zoneout)
+                cell.train(self.training)
+            cells.append((f"layer {layer}" + (" reverse" if direction else ""), cell))
+        return cells
 
 
 def _reject_proj_size(options: dict[str, Any]) -> None:

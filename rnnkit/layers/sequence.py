@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.config import Configurable
+from rnnkit.engine import dispatch
+from rnnkit.engine.plan import Plan
 from rnnkit.layers.bidirectional import (
     Bidirectional,
     normalise_with_mask,
@@ -148,6 +150,22 @@ class Sequence(Configurable, nn.Module):
         else:
             result = last
         return (result, final) if self.return_state else result
+
+    def execution_plan(self, inputs: Tensor | PackedSequence,
+                       lengths: Tensor | SequenceABC[int] | None = None,
+                       mask: Tensor | None = None) -> Plan:
+        """The wrapped layer's plan for ``self(inputs, lengths=lengths, mask=mask)`` (what
+        ``explain`` prints), after the same input checks as the call."""
+        padded, lengths, info, gaps = normalise_with_mask(
+            "Sequence", inputs, self.batch_first, lengths, mask)
+        plan = Plan(dispatch.module_line(self),
+                    dispatch.describe_input(padded, lengths, info is not None, gaps),
+                    "wrapper", "")
+        layer_inputs = padded.transpose(0, 1) if getattr(self.layer, "batch_first", False) else (
+            padded)
+        plan.parts.append(("wrapped layer", dispatch.part_plan(
+            self.layer, layer_inputs, lengths, None if gaps is None else gaps.T)))
+        return dispatch.mask_plan_input(plan, mask, gaps)
 
     def _last(self, outputs: Tensor, pick, backwards: bool) -> Tensor:
         if getattr(self.layer, "bidirectional", False) is True:

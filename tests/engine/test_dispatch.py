@@ -260,11 +260,14 @@ def test_explain_wrappers(fake_compiled):
 def test_explain_errors():
     module = rnnkit.LSTM(3, 4, peepholes=True)
     module.engine = "fused"
-    assert "path: error: engine='fused' cannot run this LSTM" in explain(module,
-                                                                          torch.randn(4, 1, 3))
-    with pytest.raises(ValueError, match=r"explain: x must be \(T, B, H_in\) or \(T, H_in\)"):
+    # explain raises what the call raises (issue 16)
+    for call in (lambda: explain(module, torch.randn(4, 1, 3)), lambda: module(
+            torch.randn(4, 1, 3))):
+        with pytest.raises(ValueError, match="engine='fused' cannot run this LSTM"):
+            call()
+    with pytest.raises(ValueError, match=r"LSTM: expected input to be 2-D \(unbatched\) or 3-D"):
         explain(module, torch.randn(4))
-    with pytest.raises(TypeError, match="explain: x must be a Tensor or a PackedSequence"):
+    with pytest.raises(TypeError, match="LSTM input must be a Tensor or a PackedSequence"):
         explain(module, [1, 2])
     with pytest.raises(ValueError, match="longer than the sequence"):
         explain(module, torch.randn(4, 1, 3), torch.tensor([5]))

@@ -172,7 +172,7 @@ def test_recurrence_errors():
         Recurrence(nn.Linear(3, 3))(torch.randn(4, 2, 3))
     with pytest.raises(TypeError, match="initial_state must be None, a number"):
         Recurrence(LSTMCell(3, 4), initial_state="zeros")
-    with pytest.raises(ValueError, match="engine must be one of"):
+    with pytest.raises(ValueError, match="engine='fused' applies to whole drop-in modules"):
         Recurrence(LSTMCell(3, 4), engine="fused")
     with pytest.raises(ValueError, match=r"lengths\[1\] = 9 is longer"):
         Fold(LSTMCell(3, 4))(torch.randn(4, 2, 3), lengths=[1, 9])
