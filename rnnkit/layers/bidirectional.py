@@ -36,6 +36,7 @@ from rnnkit.layers.masking import (
     to_time_major,
 )
 from rnnkit.layers.recurrence import Recurrence
+from rnnkit.layers.state import DriverOutput
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -191,7 +192,7 @@ class Bidirectional(Configurable, nn.Module):
             outputs = map_state(lambda t: t.transpose(0, 1), outputs)
         return outputs, final
 
-    def run(
+    def _run(
         self, inputs: Tensor, state: Any, lengths: Tensor | None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Any, Any]:
         """Time-major core: ``(out_forward, out_backward (T, B, H_out), final_f, final_b)``.
@@ -260,7 +261,28 @@ class Bidirectional(Configurable, nn.Module):
         state: Any = None,
         lengths: Tensor | Sequence[int] | None = None,
         mask: Tensor | None = None,
-    ) -> tuple[Any, tuple[Any, Any]]:
+    ) -> DriverOutput:
+        out_f, out_b, final, lengths, info = self._directions(inputs, state, lengths, mask)
+        merged = map_state(lambda t: from_time_major(t, self.batch_first, lengths, info),
+                           self.merge(out_f, out_b))
+        return DriverOutput(merged, final)
+
+    def forward_directions(
+        self,
+        inputs: Tensor | PackedSequence,
+        state: Any = None,
+        lengths: Tensor | Sequence[int] | None = None,
+        mask: Tensor | None = None,
+    ) -> DriverOutput:
+        """The call without the merge: ``((out_forward, out_backward), (state_forward,
+        state_backward))``, each output in the layer's layout (what ``merge_mode=None``
+        returns)."""
+        out_f, out_b, final, lengths, info = self._directions(inputs, state, lengths, mask)
+        out_f, out_b = (map_state(lambda t: from_time_major(t, self.batch_first, lengths, info),
+                                  out) for out in (out_f, out_b))
+        return DriverOutput((out_f, out_b), final)
+
+    def _directions(self, inputs: Any, state: Any, lengths: Any, mask: Any) -> tuple[Any, ...]:
         if state is not None and (not isinstance(state, (tuple, list)) or len(state) != 2):
             raise ValueError(
                 "Bidirectional: state must be None or a pair (state_forward, state_backward)"
@@ -268,10 +290,8 @@ class Bidirectional(Configurable, nn.Module):
         padded, lengths, info, gaps = normalise_with_mask(
             "Bidirectional", inputs, self.batch_first, lengths, mask
         )
-        out_f, out_b, final_f, final_b = self.run(padded, state, lengths, gaps)
-        merged = self.merge(out_f, out_b)
-        merged = map_state(lambda t: from_time_major(t, self.batch_first, lengths, info), merged)
-        return merged, (final_f, final_b)
+        out_f, out_b, final_f, final_b = self._run(padded, state, lengths, gaps)
+        return out_f, out_b, (final_f, final_b), lengths, info
 
 
 def normalise_with_mask(

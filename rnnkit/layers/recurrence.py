@@ -41,7 +41,13 @@ from rnnkit.layers.masking import (
     to_time_major,
     valid_steps,
 )
-from rnnkit.layers.state import CellWrapper, check_state, state_sizes, zero_state
+from rnnkit.layers.state import (
+    CellWrapper,
+    DriverOutput,
+    check_state,
+    state_sizes,
+    zero_state,
+)
 from rnnkit.layers.stateful import Stateful, StateStore
 
 OUTPUT_ORDERS = ("time", "processing")
@@ -344,7 +350,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
         outputs = map_state(convert, outputs)
         if unbatched:
             final = map_state(lambda t: t.squeeze(0), final)
-        return outputs, final
+        return DriverOutput(outputs, final)
 
 
 def _check_initial_state(owner: str, cell: nn.Module, fixed: State) -> None:
@@ -418,15 +424,25 @@ class Fold(Recurrence):
         if unbatched:
             last = map_state(lambda t: t.squeeze(0), last)
             final = map_state(lambda t: t.squeeze(0), final)
-        return last, final
+        return DriverOutput(last, final)
 
 
 class Unfolded(NamedTuple):
-    """What :class:`UnfoldFrom` returns."""
+    """What :class:`UnfoldFrom` returns: the drivers' ``(output, state)`` and ``lengths``."""
 
-    outputs: Tensor  # (T, B, H_in) or (B, T, H_in): each step's fed-back value, zero-padded
-    final_state: State  # each sequence's state at its own last generated step
+    output: Tensor  # (T, B, H_in) or (B, T, H_in): each step's fed-back value, zero-padded
+    state: State  # each sequence's state at its own last generated step
     lengths: Tensor  # (B,) int64: generated steps per sequence (the stopping step included)
+
+    @property
+    def outputs(self) -> Tensor:
+        """Former name of :attr:`output`."""
+        return self.output
+
+    @property
+    def final_state(self) -> State:
+        """Former name of :attr:`state`."""
+        return self.state
 
 
 class UnfoldFrom(Configurable, nn.Module):

@@ -43,6 +43,7 @@ from rnnkit.layers.masking import (
     map_state,
 )
 from rnnkit.layers.recurrence import Recurrence
+from rnnkit.layers.state import DriverOutput
 
 
 class Sequence(Configurable, nn.Module):
@@ -122,16 +123,19 @@ class Sequence(Configurable, nn.Module):
             return last if found is None else torch.where(found[:, None], last, 0.0)
 
         layer = self.layer
+        layer_batch_first = bool(getattr(layer, "batch_first", False))
+        call_inputs = padded.transpose(0, 1) if layer_batch_first else padded
         if isinstance(layer, Bidirectional):
-            out_f, out_b, final_f, final_b = layer.run(padded, state, lengths, gaps)
-            final = (final_f, final_b)
+            # unmerged, so that each direction's own last step can be taken
+            (out_f, out_b), final = layer.forward_directions(
+                call_inputs, state, lengths=lengths, mask=None if gaps is None else gaps.T)
+            if layer_batch_first:
+                out_f, out_b = out_f.transpose(0, 1), out_b.transpose(0, 1)  # (T, B, H_out)
             if self.return_sequences:
                 outputs = layer.merge(out_f, out_b)
             else:
                 last = layer.merge(pick(out_f, False), pick(out_b, True))
         else:
-            layer_batch_first = bool(getattr(layer, "batch_first", False))
-            call_inputs = padded.transpose(0, 1) if layer_batch_first else padded
             if gaps is None:
                 outputs, final = layer(call_inputs, state, lengths=lengths)
             else:
@@ -149,7 +153,7 @@ class Sequence(Configurable, nn.Module):
             )
         else:
             result = last
-        return (result, final) if self.return_state else result
+        return DriverOutput(result, final) if self.return_state else result
 
     def execution_plan(self, inputs: Tensor | PackedSequence,
                        lengths: Tensor | SequenceABC[int] | None = None,

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from torch import Tensor, nn
 
 from rnnkit.cells.base import State
 from rnnkit.config import Configurable
 from rnnkit.errors import DeviceError, DTypeError, ShapeError
+
+
+class DriverOutput(NamedTuple):
+    """What every rnnkit driver returns (``Recurrence``, ``Fold``, ``Bidirectional``,
+    ``Sequence(return_state=True)``; ``UnfoldFrom`` adds ``lengths``): see docs/design.md."""
+
+    output: Any  # every step's output (Fold: each sequence's last), in the layer's layout
+    state: Any  # the final state: each sequence's state at its own last processed step
 
 
 def state_sizes(cell: nn.Module) -> tuple[int, ...] | int:

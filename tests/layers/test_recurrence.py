@@ -195,3 +195,20 @@ def test_fold_and_sequence_accept_packed_sequences():
     outputs = Sequence(Recurrence(cell), return_sequences=True)(packed)
     assert isinstance(outputs, PackedSequence)
     torch.testing.assert_close(outputs.data, torch_lstm_for(cell)(packed)[0].data)
+
+
+def test_every_driver_returns_output_and_state():
+    """docs/design.md: one return convention, DriverOutput(output, state)."""
+    from rnnkit.cells import GRUCell
+    from rnnkit.layers import Bidirectional, Sequence
+    from rnnkit.layers.state import DriverOutput
+
+    x = torch.randn(5, 2, 3)
+    for layer in (Recurrence(LSTMCell(3, 4)), Fold(LSTMCell(3, 4)),
+                  Bidirectional(LSTMCell(3, 4)),
+                  Sequence(LSTMCell(3, 4), return_state=True)):
+        result = layer(x)
+        assert isinstance(result, DriverOutput), type(layer).__name__
+        assert result.state is result[1]
+    unfolded = UnfoldFrom(GRUCell(3, 3), max_length=4)(torch.randn(2, 3))
+    assert unfolded.output is unfolded.outputs and unfolded.state is unfolded.final_state
