@@ -80,7 +80,7 @@ def _compiled_serves(cell: nn.Module, inputs: Tensor | None) -> tuple[bool, str,
     """(serves, reason, toolchain_missing) for running ``cell`` on the compiled kernels."""
     refusal = getattr(cell, "compiled_refusal", None)
     if refusal:  # a cell wrapper whose contract the kernels cannot keep says why
-        return False, f"compiled kernels cannot run {type(cell).__name__}: {refusal}", False
+        return False, str(refusal), False
     compiled, why = _compiled()
     if compiled is None:
         return False, f"compiled kernels unavailable: {why}", True

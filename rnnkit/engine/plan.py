@@ -38,7 +38,7 @@ class CellRun:
     declined: str | None = None  # why the planned path declined at run time
 
     def describe(self) -> str:
-        name = type(self.cell).__name__
+        name = getattr(self.cell, "plan_name", None) or type(self.cell).__name__
         inner = getattr(self.cell, "cell", None)
         if isinstance(inner, nn.Module):
             name += f"({type(inner).__name__})"

@@ -71,10 +71,12 @@ def _nest(flat: list[Any], like: Any) -> Any:
 
     return build(like)
 
-class FullStateCell(CellWrapper):
+class _FullStateCell(CellWrapper):
     """Outputs the whole state (all tensors concatenated) instead of the cell's output: what
     ``Recurrence(return_full_state=True)`` runs."""
 
+    #: how plans and explain name it (the class is private)
+    plan_name = "return_full_state"
     #: the compiled kernels return the output sequence and the final state only
     compiled_refusal = ("return_full_state=True needs every step's state, and the compiled "
                         "kernels return only each step's output")
@@ -222,7 +224,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
     def step_cell(self) -> nn.Module:
         """The cell this recurrence runs at each step (with ``return_full_state``, the
         wrapper that outputs the whole state)."""
-        return FullStateCell(self.cell) if self.return_full_state else self.cell
+        return _FullStateCell(self.cell) if self.return_full_state else self.cell
 
     def _plan(self, inputs: Tensor, lengths: Tensor | None, describe: bool,
               mask: Tensor | None = None) -> Plan:
