@@ -14,13 +14,13 @@ Paths, fastest first:
 
 from __future__ import annotations
 
-import warnings
 from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from rnnkit._caller import warn
 from rnnkit.cells.base import State
 from rnnkit.engine.lengths import check_lengths, check_steps
 from rnnkit.engine.plan import CellRun, PathDeclined, Plan
@@ -143,11 +143,10 @@ def _notice_fallback(reason: str) -> None:
     if _fallback_notice_given:
         return
     _fallback_notice_given = True
-    warnings.warn(
+    warn(
         f"rnnkit: {reason}; custom cells run on the eager Python loop instead (correct, "
         f"slower). This notice is shown once per process.",
         EngineFallbackWarning,
-        stacklevel=3,
     )
 
 

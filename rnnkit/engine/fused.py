@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 
@@ -52,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 
+from rnnkit._caller import warn
 from rnnkit.engine.lengths import check_lengths, check_steps
 
 HiddenState = Tensor | tuple[Tensor, Tensor]
@@ -451,12 +451,11 @@ def _notice_emulated_bf16() -> None:
     if _bf16_notice_given or _cpu_has_bf16():
         return
     _bf16_notice_given = True
-    warnings.warn(
+    warn(
         "rnnkit: precision='bf16' on a CPU without AVX512-bf16/AMX: PyTorch emulates bfloat16 "
         "here, which is usually slower than float32 (see docs/benchmarks.md). This notice is "
         "shown once per process.",
         RuntimeWarning,
-        stacklevel=4,
     )
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnkit._caller import warn
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
@@ -184,11 +184,10 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         if proj_size and mode != "LSTM":
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if dropout > 0 and num_layers == 1:
-            warnings.warn(
+            warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
                 f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-                f"num_layers={num_layers}",
-                stacklevel=3,
+                f"num_layers={num_layers}"
             )
         try:
             dispatch.check_engine(engine)

@@ -284,3 +284,14 @@ def test_engine_doc_examples_run():
         result = doctest.testfile(str(doc), module_relative=False,
                                   optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
+
+
+def test_warnings_point_at_the_callers_line(no_compiler):
+    """Warnings are attributed to the user's line, whatever path inside rnnkit led there."""
+    cell, x, h = gru_inputs()
+    layer = rnnkit.Recurrence(cell)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(x)  # through Module.__call__, Recurrence and the engine
+        rnnkit.LSTM(3, 4, dropout=0.5)  # through the drop-in constructors
+    assert [w.filename for w in caught] == [__file__, __file__], [str(w.message) for w in caught]
