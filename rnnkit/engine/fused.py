@@ -52,7 +52,12 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 
 from rnnkit._caller import warn
-from rnnkit.engine.lengths import check_lengths, check_steps
+from rnnkit.engine.lengths import (
+    check_lengths,
+    check_steps,
+    reverse_index,
+    reverse_within_lengths,
+)
 
 HiddenState = Tensor | tuple[Tensor, Tensor]
 
@@ -237,21 +242,6 @@ def segments(sorted_lengths: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
-def reverse_index(lengths: Tensor, steps: int) -> Tensor:
-    """Index (T, B) that reverses each sequence within its own length; padding stays put.
-
-    ``index[t, b] = lengths[b] - 1 - t`` for ``t < lengths[b]``, else ``t``. It is its own
-    inverse, so the same gather maps outputs back to the original time positions.
-    """
-    t = torch.arange(steps, device=lengths.device).unsqueeze(1)  # (T, 1)
-    flipped = lengths.unsqueeze(0) - 1 - t  # (T, B)
-    return torch.where(flipped >= 0, flipped, t.expand_as(flipped))
-
-
-def _gather_time(x: Tensor, index: Tensor) -> Tensor:
-    return x.gather(0, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (T, B, F)
-
-
 def _run_segmented(
     kind: str,
     inputs: Tensor,
@@ -326,9 +316,9 @@ def _forward_lengths(
                 row = layer * directions + d
                 w = weights[row * per:(row + 1) * per]
                 s0 = tuple(s[row:row + 1] for s in state)
-                src = layer_input if d == 0 else _gather_time(layer_input, rev)
+                src = layer_input if d == 0 else reverse_within_lengths(layer_input, rev)
                 out, fin = _run_segmented(kind, src, s0, w, bias, 1, 0.0, train, plan)
-                outs.append(out if d == 0 else _gather_time(out, rev))
+                outs.append(out if d == 0 else reverse_within_lengths(out, rev))
                 for i, f in enumerate(fin):
                     finals[i].append(f)
             layer_input = torch.cat(outs, dim=-1)  # (T, B, D*H_out)

@@ -24,7 +24,14 @@ from torch import Tensor
 
 from rnnkit.errors import DeviceError, ShapeError
 
-__all__ = ["check_lengths", "check_steps", "unbatched_lengths"]
+__all__ = [
+    "check_lengths",
+    "check_steps",
+    "last_steps",
+    "reverse_index",
+    "reverse_within_lengths",
+    "unbatched_lengths",
+]
 
 
 def check_steps(steps: int, name: str = "input") -> None:
@@ -111,6 +118,34 @@ def check_lengths(
                 f"lengths[{index}] = {high} is longer than the sequence (T = {max_time} steps)"
             )
     return lengths.to(device=device, dtype=torch.int64)
+
+
+def reverse_index(lengths: Tensor, steps: int) -> Tensor:
+    """Index (T, B) that reverses each sequence within its own length; padding stays put.
+
+    ``index[t, b] = lengths[b] - 1 - t`` for ``t < lengths[b]``, else ``t``. It is its own
+    inverse, so the same gather maps outputs back to the original time positions.
+    """
+    t = torch.arange(steps, device=lengths.device).unsqueeze(1)  # (T, 1)
+    flipped = lengths.unsqueeze(0) - 1 - t  # (T, B)
+    return torch.where(flipped >= 0, flipped, t.expand_as(flipped))
+
+
+def reverse_within_lengths(x: Tensor, index: Tensor) -> Tensor:
+    """Time-major ``x (T, B, ...)`` gathered along time by a :func:`reverse_index`."""
+    index = index.to(x.device).view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, index)  # (T, B, ...)
+
+
+def last_steps(lengths: Tensor | None, steps: int, batch_size: int,
+               device: torch.device | str | None = None, backwards: bool = False) -> Tensor:
+    """``(B,)`` int64: the step each sequence processes last, ``lengths - 1`` (``T - 1``
+    without lengths), or step 0 for a direction that reads backwards."""
+    if backwards:
+        return torch.zeros(batch_size, dtype=torch.int64, device=device)
+    if lengths is None:
+        return torch.full((batch_size,), steps - 1, dtype=torch.int64, device=device)
+    return lengths.to(device=device, dtype=torch.int64) - 1
 
 
 def unbatched_lengths(lengths: object, name: str = "input") -> Tensor:

@@ -17,7 +17,13 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.engine.lengths import check_lengths, check_steps
+from rnnkit.engine.lengths import (
+    check_lengths,
+    check_steps,
+    last_steps,
+    reverse_index,
+    reverse_within_lengths,
+)
 from rnnkit.engine.loop import map_state, mask_to_lengths
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "mask_to_lengths",
     "from_time_major",
     "gather_steps",
+    "last_steps",
     "lengths_to_mask",
     "map_state",
     "reverse_padded",
@@ -129,12 +136,8 @@ def reverse_padded(inputs: Tensor, lengths: Tensor | None) -> Tensor:
     """
     if lengths is None:
         return inputs.flip(0)
-    time_steps = inputs.shape[0]
-    lengths = lengths.to(inputs.device)
-    steps = torch.arange(time_steps, device=inputs.device)[:, None]  # (T, 1)
-    source = torch.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)  # (T, B)
-    index = source.view(*source.shape, *([1] * (inputs.dim() - 2))).expand_as(inputs)
-    return inputs.gather(0, index)  # (T, B, ...)
+    return reverse_within_lengths(inputs, reverse_index(lengths.to(inputs.device),
+                                                        inputs.shape[0]))  # (T, B, ...)
 
 
 def gather_steps(outputs: Tensor, steps: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from rnnkit.layers.masking import (
     check_lengths,
     from_time_major,
     gather_steps,
+    last_steps,
     last_valid_steps,
     map_state,
     mask_to_lengths,
@@ -410,16 +411,12 @@ class Fold(Recurrence):
         padded, lengths, _, unbatched, outputs, final, gaps = self._call(
             inputs, state, lengths, mask
         )
-        batch_size, time_steps = padded.shape[1], padded.shape[0]
         found = None
         if gaps is not None:
             steps, found = last_valid_steps(gaps, reverse=self.go_backwards)
-        elif self.go_backwards:
-            steps = torch.zeros(batch_size, dtype=torch.int64, device=padded.device)
-        elif lengths is None:
-            steps = torch.full((batch_size,), time_steps - 1, device=padded.device)
         else:
-            steps = lengths - 1
+            steps = last_steps(lengths, padded.shape[0], padded.shape[1], padded.device,
+                               backwards=self.go_backwards)  # (B,)
         last = map_state(lambda sequence: gather_steps(sequence, steps), outputs)  # (B, H_out)
         if found is not None:
             last = map_state(lambda t: torch.where(found[:, None], t, 0.0), last)

@@ -39,6 +39,7 @@ from rnnkit.layers.bidirectional import (
 from rnnkit.layers.masking import (
     from_time_major,
     gather_steps,
+    last_steps,
     last_valid_steps,
     map_state,
 )
@@ -104,21 +105,18 @@ class Sequence(Configurable, nn.Module):
         padded, lengths, info, gaps = normalise_with_mask(
             "Sequence", inputs, self.batch_first, lengths, mask
         )
-        batch_size, time_steps = padded.shape[1], padded.shape[0]
+        time_steps, batch_size = padded.shape[:2]
         found_last = found_first = None
         if gaps is not None:
-            last_steps, found_last = last_valid_steps(gaps)
+            final_steps, found_last = last_valid_steps(gaps)
             first_steps, found_first = last_valid_steps(gaps, reverse=True)
         else:
-            last_steps = (
-                lengths - 1
-                if lengths is not None
-                else torch.full((batch_size,), time_steps - 1, device=padded.device)
-            )
-            first_steps = torch.zeros_like(last_steps)
+            final_steps = last_steps(lengths, time_steps, batch_size, padded.device)  # (B,)
+            first_steps = last_steps(lengths, time_steps, batch_size, padded.device,
+                                     backwards=True)
 
         def pick(outputs: Tensor, backwards: bool) -> Tensor:
-            steps, found = (first_steps, found_first) if backwards else (last_steps, found_last)
+            steps, found = (first_steps, found_first) if backwards else (final_steps, found_last)
             last = gather_steps(outputs, steps)  # (B, H)
             return last if found is None else torch.where(found[:, None], last, 0.0)
 

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit.engine import dispatch, fused
+from rnnkit.engine.lengths import reverse_index, reverse_within_lengths
 
 # torch says once that oneDNN has no projection LSTM and it uses its own kernel: expected
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
@@ -178,10 +179,10 @@ def test_dropout_between_layers_with_lengths():
 def test_segments_and_reverse_index():
     assert fused.segments([7, 5, 5, 2]) == [(0, 2, 4), (2, 5, 3), (5, 7, 1)]
     assert fused.segments([3, 3]) == [(0, 3, 2)]
-    index = fused.reverse_index(torch.tensor([3, 1]), 4)
+    index = reverse_index(torch.tensor([3, 1]), 4)
     assert index.T.tolist() == [[2, 1, 0, 3], [0, 1, 2, 3]]
     x = torch.arange(8.0).reshape(4, 2, 1)
-    twice = fused._gather_time(fused._gather_time(x, index), index)
+    twice = reverse_within_lengths(reverse_within_lengths(x, index), index)
     assert torch.equal(twice, x)
 
 
