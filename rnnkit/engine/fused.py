@@ -46,6 +46,7 @@ import contextlib
 import contextvars
 import weakref
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -202,25 +203,28 @@ def _from_tuple(module: nn.Module, parts: Sequence[Tensor]) -> HiddenState:
     return (parts[0], parts[1]) if module_kind(module) == "LSTM" else parts[0]
 
 
-def _call_kernel(
-    kind: str,
-    inputs: Tensor,
-    state: tuple[Tensor, ...],
-    weights: list[Tensor],
-    bias: bool,
-    num_layers: int,
-    dropout: float,
-    train: bool,
-    bidirectional: bool,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
+class _Kernel(NamedTuple):
+    """The arguments of one torch kernel call besides the input and the state."""
+
+    kind: str
+    weights: list[Tensor]
+    bias: bool
+    num_layers: int
+    dropout: float
+    train: bool
+    bidirectional: bool
+
+
+def _call_kernel(kernel: _Kernel, inputs: Tensor,
+                 state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
     """One call of torch's fused kernel, time-major: inputs (T, B, H_in)."""
-    fn = getattr(_VF, KERNELS[kind])
-    if kind == "LSTM":
-        out, h, c = fn(inputs, state, weights, bias, num_layers, dropout, train, bidirectional,
-                       False)
+    fn = getattr(_VF, KERNELS[kernel.kind])
+    args = (kernel.weights, kernel.bias, kernel.num_layers, kernel.dropout, kernel.train,
+            kernel.bidirectional, False)
+    if kernel.kind == "LSTM":
+        out, h, c = fn(inputs, state, *args)
         return out, (h, c)
-    out, h = fn(inputs, state[0], weights, bias, num_layers, dropout, train, bidirectional,
-                False)
+    out, h = fn(inputs, state[0], *args)
     return out, (h,)
 
 
@@ -243,15 +247,7 @@ def segments(sorted_lengths: list[int]) -> list[tuple[int, int, int]]:
 
 
 def _run_segmented(
-    kind: str,
-    inputs: Tensor,
-    state: tuple[Tensor, ...],
-    weights: list[Tensor],
-    bias: bool,
-    num_layers: int,
-    dropout: float,
-    train: bool,
-    plan: list[tuple[int, int, int]],
+    kernel: _Kernel, inputs: Tensor, state: tuple[Tensor, ...], plan: list[tuple[int, int, int]]
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Forward-direction recurrence over a length-sorted batch, one kernel call per segment.
 
@@ -266,8 +262,7 @@ def _run_segmented(
             # sequences [active, current) ended at `start`: their state is final
             finished.append(tuple(s[:, active:] for s in state))
             state = tuple(s[:, :active] for s in state)
-        out, state = _call_kernel(kind, inputs[start:stop, :active], state, weights, bias,
-                                  num_layers, dropout, train, False)  # (stop-start, n, H_out)
+        out, state = _call_kernel(kernel, inputs[start:stop, :active], state)  # (S, n, H_out)
         pieces.append(F.pad(out, (0, 0, 0, batch - active)) if active < batch else out)
     finished.append(state)
     output = torch.cat(pieces, dim=0)  # (max_len, B, H_out)
@@ -287,9 +282,9 @@ def _forward_lengths(
     lengths: Tensor,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     steps, batch = inputs.shape[:2]
-    bias, layers = module.bias, module.num_layers
-    directions = _directions(module)
+    layers, directions = module.num_layers, _directions(module)
     dropout, train = float(module.dropout), module.training
+    kernel = _Kernel(kind, weights, module.bias, layers, dropout, train, False)
     order = torch.argsort(lengths, descending=True, stable=True)
     sorted_lengths = lengths.index_select(0, order)
     order_dev = order.to(inputs.device)
@@ -303,8 +298,7 @@ def _forward_lengths(
     if directions == 1:
         # a unidirectional stack can run all its layers per segment: layer l at step t only
         # needs layer l-1 at step t
-        output, final = _run_segmented(kind, x, state, weights, bias, layers, dropout, train,
-                                       plan)
+        output, final = _run_segmented(kernel, x, state, plan)
     else:
         per = len(weights) // (layers * directions)
         rev = reverse_index(sorted_lengths.to(inputs.device), steps)  # (T, B)
@@ -317,7 +311,8 @@ def _forward_lengths(
                 w = weights[row * per:(row + 1) * per]
                 s0 = tuple(s[row:row + 1] for s in state)
                 src = layer_input if d == 0 else reverse_within_lengths(layer_input, rev)
-                out, fin = _run_segmented(kind, src, s0, w, bias, 1, 0.0, train, plan)
+                one = kernel._replace(weights=w, num_layers=1, dropout=0.0)
+                out, fin = _run_segmented(one, src, s0, plan)
                 outs.append(out if d == 0 else reverse_within_lengths(out, rev))
                 for i, f in enumerate(fin):
                     finals[i].append(f)
@@ -401,9 +396,9 @@ def forward(
         lengths = check_lengths(lengths, batch, steps, inputs.device)
         full = bool((lengths == steps).all())
     if full:
-        output, final = _call_kernel(kind, inputs, state, weights, module.bias,
-                                     module.num_layers, float(module.dropout), module.training,
-                                     module.bidirectional)
+        kernel = _Kernel(kind, weights, module.bias, module.num_layers, float(module.dropout),
+                         module.training, module.bidirectional)
+        output, final = _call_kernel(kernel, inputs, state)
     else:
         output, final = _forward_lengths(module, kind, inputs, state, weights, lengths)
     if output.dtype != out_dtype:

@@ -267,13 +267,8 @@ class Bidirectional(Configurable, nn.Module):
                            self.merge(out_f, out_b))
         return DriverOutput(merged, final)
 
-    def forward_directions(
-        self,
-        inputs: Tensor | PackedSequence,
-        state: Any = None,
-        lengths: Tensor | Sequence[int] | None = None,
-        mask: Tensor | None = None,
-    ) -> DriverOutput:
+    def forward_directions(self, inputs: Any, state: Any = None, lengths: Any = None,
+                           mask: Any = None) -> DriverOutput:
         """The call without the merge: ``((out_forward, out_backward), (state_forward,
         state_backward))``, each output in the layer's layout (what ``merge_mode=None``
         returns)."""

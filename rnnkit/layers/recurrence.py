@@ -337,10 +337,17 @@ class Recurrence(Configurable, Stateful, nn.Module):
         state: State | None = None,
         lengths: Tensor | Sequence[int] | None = None,
         mask: Tensor | None = None,
-    ) -> tuple[Any, State]:
-        padded, lengths, info, unbatched, outputs, final, _ = self._call(
+    ) -> DriverOutput:
+        padded, lengths, info, unbatched, outputs, final, gaps = self._call(
             inputs, state, lengths, mask
         )
+        if unbatched:
+            final = map_state(lambda t: t.squeeze(0), final)
+        return DriverOutput(self._output(outputs, padded, lengths, info, unbatched, gaps), final)
+
+    def _output(self, outputs: Any, padded: Tensor, lengths: Tensor | None, info: Any,
+                unbatched: bool, gaps: Tensor | None = None) -> Any:
+        """What the call returns as ``output``: every step, in the caller's layout."""
         batch_first = self.batch_first and not unbatched
         reverse_time = self.processing_order
 
@@ -350,10 +357,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
             converted = from_time_major(sequence, batch_first, lengths, info)
             return converted.squeeze(1) if unbatched else converted
 
-        outputs = map_state(convert, outputs)
-        if unbatched:
-            final = map_state(lambda t: t.squeeze(0), final)
-        return DriverOutput(outputs, final)
+        return map_state(convert, outputs)
 
 
 def _check_initial_state(owner: str, cell: nn.Module, fixed: State) -> None:
@@ -401,16 +405,10 @@ class Fold(Recurrence):
         (torch.Size([2, 4]), True)
     """
 
-    def forward(
-        self,
-        inputs: Tensor | PackedSequence,
-        state: State | None = None,
-        lengths: Tensor | Sequence[int] | None = None,
-        mask: Tensor | None = None,
-    ) -> tuple[Any, State]:
-        padded, lengths, _, unbatched, outputs, final, gaps = self._call(
-            inputs, state, lengths, mask
-        )
+    def _output(self, outputs: Any, padded: Tensor, lengths: Tensor | None, info: Any,
+                unbatched: bool, gaps: Tensor | None = None) -> Any:
+        """Each sequence's output at its own last processed step, ``(B, H_out)``; under a
+        mask with gaps ``gaps`` (T, B) its last valid step, zeros for a sequence with none."""
         found = None
         if gaps is not None:
             steps, found = last_valid_steps(gaps, reverse=self.go_backwards)
@@ -420,10 +418,7 @@ class Fold(Recurrence):
         last = map_state(lambda sequence: gather_steps(sequence, steps), outputs)  # (B, H_out)
         if found is not None:
             last = map_state(lambda t: torch.where(found[:, None], t, 0.0), last)
-        if unbatched:
-            last = map_state(lambda t: t.squeeze(0), last)
-            final = map_state(lambda t: t.squeeze(0), final)
-        return DriverOutput(last, final)
+        return map_state(lambda t: t.squeeze(0), last) if unbatched else last
 
 
 class Unfolded(NamedTuple):
@@ -432,16 +427,6 @@ class Unfolded(NamedTuple):
     output: Tensor  # (T, B, H_in) or (B, T, H_in): each step's fed-back value, zero-padded
     state: State  # each sequence's state at its own last generated step
     lengths: Tensor  # (B,) int64: generated steps per sequence (the stopping step included)
-
-    @property
-    def outputs(self) -> Tensor:
-        """Former name of :attr:`output`."""
-        return self.output
-
-    @property
-    def final_state(self) -> State:
-        """Former name of :attr:`state`."""
-        return self.state
 
 
 class UnfoldFrom(Configurable, nn.Module):

@@ -211,4 +211,4 @@ def test_every_driver_returns_output_and_state():
         assert isinstance(result, DriverOutput), type(layer).__name__
         assert result.state is result[1]
     unfolded = UnfoldFrom(GRUCell(3, 3), max_length=4)(torch.randn(2, 3))
-    assert unfolded.output is unfolded.outputs and unfolded.state is unfolded.final_state
+    assert unfolded.output is unfolded[0] and unfolded.state is unfolded[1]
