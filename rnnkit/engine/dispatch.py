@@ -121,6 +121,17 @@ def check_cell_engine(engine: object, cell: nn.Module) -> str:
     return engine
 
 
+#: Why ``engine="auto"`` never picks the compiled kernels while tracing or exporting.
+TRACING_REASON = ("tracing or exporting (torch.jit.trace / torch.onnx.export): a compiled "
+                  "kernel call would be recorded as a constant, so the traced graph runs "
+                  "torch's fused kernels or the eager loop")
+
+
+def tracing() -> bool:
+    """Whether a ``torch.jit.trace`` or ``torch.onnx.export`` is recording this call."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
 def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
             mask: Tensor | None = None) -> tuple[str, str, bool]:
     engine = check_cell_engine(engine, cell)
@@ -130,6 +141,8 @@ def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
         if engine == "compiled":
             raise RuntimeError(f"engine='compiled' cannot run this recurrence: {MASK_REASON}")
         return "loop", MASK_REASON, False
+    if engine == "auto" and tracing():
+        return "loop", TRACING_REASON, False
     serves, reason, toolchain_missing = _compiled_serves(cell, inputs)
     if engine == "compiled":
         if not serves:
@@ -290,7 +303,8 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     kind = fused.module_kind(module)
     device = inputs.device if inputs is not None else _module_device(module)
     mode = "training" if _needs_grad(module, inputs) else "inference"
-    if (engine == "auto" and device.type == "cpu"
+    traced = engine == "auto" and tracing()
+    if (engine == "auto" and not traced and device.type == "cpu"
             and mode in PREFER_COMPILED_ON_CPU.get(kind, ())
             and fused.current_precision(module) == "fp32"):
         cells = module_cells(module)
@@ -306,6 +320,8 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     kernel = fused.describe_kernel(module, device, dtype)
     why = ("engine='fused' requested" if engine == "fused"
            else f"configuration equals torch.nn.{_torch_name(module)}")
+    if traced:
+        why = f"{TRACING_REASON}; {why}"
     return True, f"{why}; {kernel}"
 
 

@@ -238,3 +238,31 @@ def test_explain_a_cell_checks_like_run_recurrence():
         explain(GRUCell(3, 4), torch.randn(5, 2, 7))
     with pytest.raises(ValueError, match=r"the sequence is empty \(T = 0"):
         explain(GRUCell(3, 4), torch.randn(0, 2, 3))
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+def test_jit_trace_records_the_computation_not_a_constant():
+    # The default plan runs GRU on CPU through the compiled kernels, whose call a trace would
+    # record as a constant; while tracing the plan takes torch's fused kernels instead.
+    torch.manual_seed(0)
+    gru = rnnkit.GRU(3, 5)
+    with torch.no_grad():
+        traced = torch.jit.trace(gru, torch.randn(4, 2, 3))
+        x = torch.randn(4, 2, 3)
+        out, h = gru(x)
+        traced_out, traced_h = traced(x)
+    torch.testing.assert_close(traced_out, out)
+    torch.testing.assert_close(traced_h, h)
+
+
+def test_tracing_plans_fused_for_torch_modules_and_the_loop_otherwise(monkeypatch):
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    x = torch.randn(4, 2, 3)
+    text = rnnkit.explain(rnnkit.GRU(3, 5), x)
+    assert "path: fused" in text and "tracing or exporting" in text
+    text = rnnkit.explain(rnnkit.GRU(3, 5, zoneout=0.1), x)
+    assert "-> loop (tracing or exporting" in text and "-> compiled" not in text
+    text = rnnkit.explain(rnnkit.layers.Recurrence(GRUCell(3, 5)), x)
+    assert "-> loop (tracing or exporting" in text
