@@ -31,9 +31,8 @@ from rnnkit.engine.plan import Plan
 from rnnkit.layers.masking import (
     from_time_major,
     map_state,
-    mask_to_lengths,
+    normalise_with_mask,
     reverse_padded,
-    to_time_major,
 )
 from rnnkit.layers.recurrence import Recurrence
 from rnnkit.layers.state import DriverOutput
@@ -288,21 +287,3 @@ class Bidirectional(Configurable, nn.Module):
         out_f, out_b, final_f, final_b = self._run(padded, state, lengths, gaps)
         return out_f, out_b, (final_f, final_b), lengths, info
 
-
-def normalise_with_mask(
-    owner: str, inputs: Tensor | PackedSequence, batch_first: bool, lengths: Any, mask: Any
-) -> tuple[Tensor, Tensor | None, Any, Tensor | None]:
-    """``to_time_major`` plus Keras' ``mask (B, T)``: ``(padded, lengths, pack_info, gaps)``
-    where a prefix mask has become ``lengths`` and a mask with gaps comes back time-major."""
-    if mask is not None:
-        if lengths is not None:
-            raise ValueError(f"{owner}: pass either lengths= or mask=, not both")
-        if isinstance(inputs, PackedSequence):
-            raise ValueError(f"{owner}: mask= cannot be combined with a PackedSequence "
-                             "(the packed sequence already carries its lengths)")
-    padded, lengths, info = to_time_major(inputs, batch_first, lengths, name=f"{owner} input")
-    gaps = None
-    if mask is not None:
-        lengths, gaps = mask_to_lengths(mask, padded.shape[1], padded.shape[0], padded.device,
-                                        name=f"{owner} mask")
-    return padded, lengths, info, gaps

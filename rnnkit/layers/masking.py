@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -207,3 +208,22 @@ def from_time_major(
     return PackedSequence(
         packed.data, packed.batch_sizes, sorted_indices, pack_info.unsorted_indices
     )
+
+
+def normalise_with_mask(
+    owner: str, inputs: Tensor | PackedSequence, batch_first: bool, lengths: Any, mask: Any
+) -> tuple[Tensor, Tensor | None, Any, Tensor | None]:
+    """``to_time_major`` plus Keras' ``mask (B, T)``: ``(padded, lengths, pack_info, gaps)``
+    where a prefix mask has become ``lengths`` and a mask with gaps comes back time-major."""
+    if mask is not None:
+        if lengths is not None:
+            raise ValueError(f"{owner}: pass either lengths= or mask=, not both")
+        if isinstance(inputs, PackedSequence):
+            raise ValueError(f"{owner}: mask= cannot be combined with a PackedSequence "
+                             "(the packed sequence already carries its lengths)")
+    padded, lengths, info = to_time_major(inputs, batch_first, lengths, name=f"{owner} input")
+    gaps = None
+    if mask is not None:
+        lengths, gaps = mask_to_lengths(mask, padded.shape[1], padded.shape[0], padded.device,
+                                        name=f"{owner} mask")
+    return padded, lengths, info, gaps

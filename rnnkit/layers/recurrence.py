@@ -38,8 +38,7 @@ from rnnkit.layers.masking import (
     last_steps,
     last_valid_steps,
     map_state,
-    mask_to_lengths,
-    to_time_major,
+    normalise_with_mask,
     valid_steps,
 )
 from rnnkit.layers.state import (
@@ -301,17 +300,8 @@ class Recurrence(Configurable, Stateful, nn.Module):
             if isinstance(mask, Tensor) and mask.dim() == 1:
                 mask = mask[None, :]  # (1, T)
         batch_first = self.batch_first and not unbatched
-        if mask is not None:
-            if lengths is not None:
-                raise ValueError(f"{name}: pass either lengths= or mask=, not both")
-            if isinstance(inputs, PackedSequence):
-                raise ValueError(f"{name}: mask= cannot be combined with a PackedSequence "
-                                 "(the packed sequence already carries its lengths)")
-        padded, lengths, info = to_time_major(inputs, batch_first, lengths, name=f"{name} input")
-        gaps = None
-        if mask is not None:
-            lengths, gaps = mask_to_lengths(mask, padded.shape[1], padded.shape[0],
-                                            padded.device, name=f"{name} mask")
+        padded, lengths, info, gaps = normalise_with_mask(name, inputs, batch_first, lengths,
+                                                          mask)
         return padded, lengths, info, unbatched, gaps
 
     def _call(

@@ -32,7 +32,6 @@ from rnnkit.engine import dispatch
 from rnnkit.engine.plan import Plan
 from rnnkit.layers.bidirectional import (
     Bidirectional,
-    normalise_with_mask,
     reads_backwards,
     reset_layer_states,
 )
@@ -42,6 +41,7 @@ from rnnkit.layers.masking import (
     last_steps,
     last_valid_steps,
     map_state,
+    normalise_with_mask,
 )
 from rnnkit.layers.recurrence import Recurrence
 from rnnkit.layers.state import DriverOutput

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from rnnkit.cells.base import State
 from rnnkit.engine.compiled import _build
+from rnnkit.engine.compiled._differentiable import _is_wrapped
 from rnnkit.engine.compiled._functions import (
     ElmanRecurrence,
     GRUOptions,
@@ -129,17 +130,6 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
     if base is elman_cls:
         return True, f"ElmanCell ({cell.nonlinearity})"
     return True, _describe_lstm(cell)
-
-
-try:  # functorch's wrappers (vmap's BatchedTensor, grad's GradTrackingTensor, ...) and the
-    # legacy batched tensors of torch.autograd.grad(..., is_grads_batched=True)
-    from torch._C._functorch import is_functorch_wrapped_tensor, is_legacy_batchedtensor
-
-    def _is_wrapped(tensor: Tensor) -> bool:
-        return is_functorch_wrapped_tensor(tensor) or is_legacy_batchedtensor(tensor)
-except ImportError:  # a torch without functorch: nothing can be wrapped
-    def _is_wrapped(tensor: Tensor) -> bool:
-        return False
 
 
 def _state_tensors(state) -> list:
