@@ -44,4 +44,15 @@ class DeviceError(ValueError, RuntimeError):
     """
 
 
-__all__ = ["DTypeError", "DeviceError", "ShapeError"]
+class UsageError(ValueError):
+    """Bad input from the person running a command or workflow: a missing file or column, a
+    non-numeric value (row and column named), too few rows, a gappy date column, a directory
+    that is not a run directory, a bad configuration key (with the closest valid name).
+
+    The ``rnnkit`` command prints its message as one line and exits with status 2 (no
+    traceback); anything else that escapes a command is a bug and keeps its traceback.
+    ``ValueError``, so code that calls the workflows from Python catches it as usual.
+    """
+
+
+__all__ = ["DTypeError", "DeviceError", "ShapeError", "UsageError"]
