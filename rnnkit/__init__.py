@@ -49,3 +49,7 @@ from rnnkit.data import (  # noqa: E402, F401
     StreamDefs,
     write_ctf,
 )
+
+# --- checkpoints: rnnkit.save / rnnkit.load for finished models (rnnkit.training.checkpoint) ---
+# isort: split
+from rnnkit.training.checkpoint import load, save  # noqa: E402, F401
