@@ -53,3 +53,8 @@ from rnnkit.data import (  # noqa: E402, F401
 # --- checkpoints: rnnkit.save / rnnkit.load for finished models (rnnkit.training.checkpoint) ---
 # isort: split
 from rnnkit.training.checkpoint import load, save  # noqa: E402, F401
+
+# --- training ---
+# isort: split
+from rnnkit import training  # noqa: E402, F401
+from rnnkit.training import Trainer  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""rnnkit.training."""
+"""rnnkit.training: the trainer, its losses, metrics, callbacks and checkpoints."""
 
 # --- checkpoints (rnnkit/training/checkpoint.py) ---
 from rnnkit.training.checkpoint import (  # noqa: E402, F401
@@ -12,3 +12,9 @@ from rnnkit.training.checkpoint import (  # noqa: E402, F401
     restore_rng_state,
     save_checkpoint,
 )
+
+# --- trainer (rnnkit/training/{trainer,batches,losses,tbptt}.py) ---
+# isort: split
+from rnnkit.training.batches import Batch, SourceBatches  # noqa: E402, F401
+from rnnkit.training.losses import resolve_loss  # noqa: E402, F401
+from rnnkit.training.trainer import History, NonFiniteError, Trainer  # noqa: E402, F401
