@@ -40,6 +40,7 @@ from rnnkit.layers import (
     UnfoldFrom,
     ZoneoutCell,
 )
+from rnnkit.models.forecaster import Forecaster
 
 T, B, I, H = 4, 3, 3, 4
 
@@ -123,6 +124,14 @@ CASES = {
     ),
     "gru_layer": lambda: GRU(I, H, num_layers=2, dropout=np.float32(0.5)),
     "gru_layer_options": lambda: GRU(I, H, reset_after=False, layer_norm=True, engine="compiled"),
+    # task models (adapted: their fitted scalers are buffers, loaded with the weights)
+    "forecaster_recursive": lambda: Forecaster(
+        8, 3, period=4, seasonal_difference=True, log=True, hidden_size=H, seed=0
+    ).adapt(np.arange(10.0, 30.0)),
+    "forecaster_direct_ensemble": lambda: Forecaster(
+        6, 2, strategy="direct", difference=True, scaler="minmax", cell="gru", ensemble=2,
+        hidden_size=H, dtype=torch.float64,
+    ).adapt(np.arange(10.0, 30.0)),
 }
 
 ABSTRACT = {"RecurrentCell", "CellWrapper", "RNNBase"}
@@ -134,6 +143,8 @@ def call(module: nn.Module) -> object:
     if hasattr(module, "reset_states"):  # stateful: every call starts afresh
         module.reset_states()
     dtype = next(module.parameters()).dtype
+    if isinstance(module, Forecaster):  # (B, look_back) positive values in, (B, horizon) out
+        return module(10 + torch.rand(B, module.look_back, generator=generator, dtype=dtype))
     if isinstance(module, UnfoldFrom):
         return module(torch.randn(B, I, generator=generator, dtype=dtype))
     if hasattr(module, "state_size"):  # a cell or a cell wrapper: one step
