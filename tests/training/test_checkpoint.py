@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -517,3 +518,14 @@ def test_unpickling_error_class_is_what_torch_raises():
     buffer.seek(0)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(buffer, weights_only=True)
+
+
+def test_docs_section_runs_and_prints_what_it_says(capsys):
+    """docs/training.md "Checkpoints and resume": each example prints its "prints" block."""
+    text = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text.split("## Checkpoints and resume", 1)[1].split("\n## ", 1)[0]
+    examples = re.findall(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", section, flags=re.S)
+    assert len(examples) == 3
+    for index, (code, expected) in enumerate(examples):
+        exec(compile(code, f"docs/training.md checkpoint example {index}", "exec"), {})  # noqa: S102
+        assert capsys.readouterr().out == expected, f"example {index}"
