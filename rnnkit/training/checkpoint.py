@@ -22,7 +22,7 @@ pruned (``keep_last``) once the new one is in place. Leftover temporary director
 run are ignored when loading and removed by the next save.
 
 Loading (:func:`load_checkpoint`) takes a checkpoint directory or a root: from a root it picks the
-newest complete checkpoint, checks every file against the manifest, and falls back to the previous
+newest complete ``step-*`` checkpoint (even where :func:`save` also put a model in the root), checks every file against the manifest, and falls back to the previous
 good one with a warning naming both when the newest is truncated or corrupt. Weights load into the
 given model, or into a model rebuilt from ``config.json`` through
 :func:`rnnkit.config.deserialize` (only registered classes are built; nothing is unpickled). A
@@ -464,10 +464,14 @@ def _owner_alive(name: str) -> bool:
     return True
 
 
-def _clean_leftovers(root: Path) -> None:
-    """Remove the temporary and trash directories a killed run left behind."""
+def _clean_leftovers(root: Path, only: str | None = None) -> None:
+    """Remove the temporary and trash directories a killed run left behind (those whose names
+    start with ``only`` when given)."""
     for entry in root.iterdir():
-        if entry.name.startswith(_TRASH_PREFIX) or (
+        if only is not None:
+            if entry.name.startswith(only) and not _owner_alive(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(_TRASH_PREFIX) or (
             entry.name.startswith(_TEMP_PREFIX) and not _owner_alive(entry.name)
         ):
             shutil.rmtree(entry, ignore_errors=True)
@@ -516,8 +520,10 @@ def _problem(directory: Path, *, checksums: bool) -> str | None:
         if manifest.get("format") != FORMAT or not isinstance(files, dict) or not files:
             raise ValueError("not an rnnkit checkpoint manifest")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        return f"{MANIFEST_FILE} is unreadable ({error})"
+        return f"{MANIFEST_FILE} is unreadable ({_one_line(error)})"
     for name, expected in files.items():
+        if not isinstance(expected, dict) or Path(name).name != name or name == MANIFEST_FILE:
+            return f"{MANIFEST_FILE} is malformed (entry {name!r})"
         path = directory / name
         try:
             size = path.stat().st_size
@@ -561,19 +567,10 @@ def load_checkpoint(
     naming it and the one loaded instead. ``trainer.pt`` is read with ``weights_only=True``:
     a file that holds other objects is refused. Returns a :class:`Checkpoint`.
     """
-    path = Path(path_or_root)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"load_checkpoint: {path} does not exist")
-    if not path.is_dir():
-        raise CheckpointNotFoundError(
-            f"load_checkpoint: {path} is a file; pass the checkpoint directory (or its root)"
-        )
-    if (path / MANIFEST_FILE).exists() or _STEP_NAME.match(path.name):
-        problem = _problem(path, checksums=True)
-        if problem is not None:
-            raise CheckpointError(f"load_checkpoint: {path} is not a usable checkpoint: {problem}")
-        return _load_one(path, model, map_location)
+    path = _existing_dir(path_or_root, "load_checkpoint")
     candidates = _step_dirs(path)
+    if _STEP_NAME.match(path.name) or ((path / MANIFEST_FILE).exists() and not candidates):
+        return _load_named(path, model, map_location, "load_checkpoint")
     if not candidates:
         leftovers = [entry.name for entry in path.iterdir() if entry.name.startswith(_TEMP_PREFIX)]
         detail = (
@@ -592,7 +589,7 @@ def load_checkpoint(
             try:
                 loaded = _load_one(candidate, model, map_location)
             except _CorruptFile as error:
-                problem = str(error)
+                problem = _one_line(error)
             else:
                 for bad, why in skipped:
                     _caller.warn(
@@ -610,17 +607,44 @@ class _CorruptFile(Exception):
     """A file that matches its manifest but still cannot be parsed (written corrupt)."""
 
 
+def _one_line(error: BaseException | str) -> str:
+    return " ".join(str(error).split())
+
+
+def _existing_dir(path_or_root: str | os.PathLike[str], owner: str) -> Path:
+    path = Path(path_or_root)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{owner}: {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointNotFoundError(
+            f"{owner}: {path} is a file; pass the checkpoint directory (or its root)"
+        )
+    return path
+
+
+def _load_named(directory: Path, model: nn.Module | None, map_location: Any, owner: str
+                ) -> Checkpoint:
+    """Load exactly ``directory``: a problem is an error, there is nothing to fall back to."""
+    problem = _problem(directory, checksums=True)
+    if problem is None:
+        try:
+            return _load_one(directory, model, map_location)
+        except _CorruptFile as error:
+            problem = _one_line(error)
+    raise CheckpointError(f"{owner}: {directory} is not a usable checkpoint: {problem}")
+
+
 def _load_one(directory: Path, model: nn.Module | None, map_location: Any) -> Checkpoint:
     try:
         config = _read_json(directory / CONFIG_FILE)
     except (OSError, ValueError) as error:
-        raise _CorruptFile(f"{CONFIG_FILE} is unreadable ({error})") from None
+        raise _CorruptFile(f"{CONFIG_FILE} is unreadable ({_one_line(error)})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise _CorruptFile(f"{CONFIG_FILE} is not an rnnkit checkpoint config")
     try:
         tensors = _read_model_file(directory / MODEL_FILE)
     except (SafetensorError, OSError, ValueError) as error:
-        raise _CorruptFile(f"{MODEL_FILE} is unreadable ({error})") from None
+        raise _CorruptFile(f"{MODEL_FILE} is unreadable ({_one_line(error)})") from None
     trainer_state = None
     if (directory / TRAINER_FILE).exists():
         trainer_state = _read_trainer_state(directory / TRAINER_FILE, map_location)
@@ -666,13 +690,15 @@ def _read_trainer_state(path: Path, map_location: Any) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # torch's message is a page of advice; the line that names the object is the one to keep
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" (it needs {found.group(1)})" if found else ""
         raise CheckpointError(
             f"load_checkpoint: refusing {path}: it holds objects other than tensors and plain "
-            f"containers, and checkpoints load with weights_only=True ({first_line})"
+            f"containers{what}, and checkpoints load with weights_only=True"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise _CorruptFile(f"{TRAINER_FILE} is unreadable ({error})") from None
+        raise _CorruptFile(f"{TRAINER_FILE} is unreadable ({_one_line(error)})") from None
     if not isinstance(state, dict):
         raise _CorruptFile(f"{TRAINER_FILE} holds a {type(state).__name__}, not a dict")
     return state
@@ -691,7 +717,8 @@ def _rebuild(config: dict[str, Any], directory: Path) -> nn.Module:
         model = deserialize(serialized)
     except (TypeError, ValueError) as error:
         raise CheckpointError(
-            f"load_checkpoint: cannot rebuild the model of {directory} from {CONFIG_FILE}: {error}"
+            f"load_checkpoint: cannot rebuild the model of {directory} from {CONFIG_FILE}: "
+            f"{_one_line(error)}"
         ) from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(
@@ -756,6 +783,7 @@ def save(
         )
     if not directory.exists():
         directory.parent.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(directory.parent, only=f"{_TEMP_PREFIX}{directory.name}-")
         temp = _new_temp_dir(directory.parent, directory.name)
         try:
             _write_config(temp / CONFIG_FILE, config)
@@ -790,6 +818,9 @@ def load(directory: str | os.PathLike[str], map_location: str | torch.device = "
     """The model saved by :func:`save` in ``directory``, or the one of the newest complete
     ``step-*`` checkpoint when ``directory`` is a run directory without a saved model; rebuilt
     from ``config.json`` and returned in eval mode (``.train()`` to fine-tune)."""
+    directory = _existing_dir(directory, "rnnkit.load")
+    if (directory / MANIFEST_FILE).exists():  # a saved model wins over the run's step-* ones
+        return _load_named(directory, None, map_location, "rnnkit.load").model.eval()
     return load_checkpoint(directory, map_location=map_location).model.eval()
 
 

@@ -385,6 +385,15 @@ def test_manifest_checksums_are_sha256_of_each_file(tmp_path):
         }
 
 
+def matching_manifest(path: Path) -> None:
+    """Rewrite path's manifest.json to match its files as they are now (hashlib, not rnnkit)."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name in manifest["files"]:
+        data = (path / name).read_bytes()
+        manifest["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
 _UNPICKLED = []
 
 
@@ -404,15 +413,11 @@ def test_trainer_state_with_a_pickled_object_is_refused(tmp_path):
     path = save_checkpoint(tmp_path, model=rnnkit.GRU(2, 3), trainer_state={}, step=1)
     trainer_file = path / "trainer.pt"
     torch.save({"payload": Payload()}, trainer_file)
-    # a consistent manifest: the file is intact, only its content is not allowed
-    manifest = json.loads((path / "manifest.json").read_text())
-    data = trainer_file.read_bytes()
-    manifest["files"]["trainer.pt"] = {"size": len(data),
-                                       "sha256": hashlib.sha256(data).hexdigest()}
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    matching_manifest(path)  # the file is intact, only its content is not allowed
     with pytest.raises(CheckpointError, match="weights_only=True") as error:
         load_checkpoint(tmp_path)
     assert "refusing" in str(error.value) and "\n" not in str(error.value)
+    assert "it needs tests.training.test_checkpoint._record_unpickling" in str(error.value)
     assert _UNPICKLED == []
     with open(trainer_file, "rb") as handle:  # the oracle: plain pickle would have run it
         torch.load(handle, weights_only=False)
@@ -502,6 +507,9 @@ def test_rnnkit_load_of_a_run_directory(tmp_path):
     assert_same_state(rnnkit.load(run_dir), models[1])  # the newest step-* checkpoint
     rnnkit.save(models[2], run_dir)  # into the existing run directory
     assert_same_state(rnnkit.load(run_dir), models[2])  # the saved model wins
+    resumed = load_checkpoint(run_dir)  # resuming still finds the newest step-* checkpoint
+    assert resumed.step == 2 and resumed.trainer_state == {}
+    assert_same_state(resumed.model, models[1])
     rnnkit.save(models[0], run_dir)  # saved again: replaced
     assert_same_state(rnnkit.load(run_dir), models[0])
     assert (run_dir / "log.csv").read_text() == "epoch,loss\n"
@@ -529,3 +537,51 @@ def test_docs_section_runs_and_prints_what_it_says(capsys):
     for index, (code, expected) in enumerate(examples):
         exec(compile(code, f"docs/training.md checkpoint example {index}", "exec"), {})  # noqa: S102
         assert capsys.readouterr().out == expected, f"example {index}"
+
+
+def test_a_file_that_matches_its_manifest_but_does_not_parse(tmp_path):
+    """Written corrupt (the checksum is of the bad bytes): a named directory raises, a root
+    falls back; the messages are one line."""
+    _two_checkpoints(tmp_path)
+    newest = tmp_path / "step-000000002"
+    (newest / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    matching_manifest(newest)
+    with pytest.raises(CheckpointError, match="model.safetensors is unreadable") as error:
+        load_checkpoint(newest)
+    assert "\n" not in str(error.value)
+    with pytest.warns(RuntimeWarning, match="model.safetensors is unreadable"):
+        assert load_checkpoint(tmp_path).step == 1
+    (newest / "config.json").write_text("{not json")
+    matching_manifest(newest)
+    with pytest.raises(CheckpointError, match="config.json is unreadable"):
+        load_checkpoint(newest)
+
+
+def test_wrapped_models_dtypes_and_empty_models(tmp_path):
+    model = nn.Module()
+    model.register_buffer("in_float16", torch.randn(3, dtype=torch.float16))
+    model.register_buffer("in_bfloat16", torch.randn(2, 2, dtype=torch.bfloat16))
+    model.register_buffer("counts", torch.tensor([1, 2**40], dtype=torch.int64))
+    model.register_buffer("flags", torch.tensor([True, False]))
+    model.register_buffer("empty", torch.zeros(0, 3))
+    wrapped = nn.DataParallel(model)  # saved as the module inside: no "module." prefix
+    save_checkpoint(tmp_path, model=wrapped, trainer_state={"p": nn.Parameter(torch.ones(2))},
+                    step=1)
+    target = nn.Module()
+    for name, value in model.state_dict().items():
+        target.register_buffer(name, torch.zeros_like(value))
+    loaded = load_checkpoint(tmp_path, model=nn.DataParallel(target))
+    assert_same_state(target, model)
+    assert torch.equal(loaded.trainer_state["p"], torch.ones(2))
+
+    save_checkpoint(tmp_path / "empty", model=nn.Identity(), trainer_state={}, step=0)
+    assert load_checkpoint(tmp_path / "empty", model=nn.Identity()).step == 0
+
+
+def test_rnnkit_save_cleans_its_own_leftover(tmp_path):
+    leftover = tmp_path / ".tmp-final-somehost-999999-deadbeef"
+    leftover.mkdir()
+    unrelated = tmp_path / ".tmp-other-somehost-999999-deadbeef"
+    unrelated.mkdir()
+    rnnkit.save(rnnkit.GRU(2, 3), tmp_path / "final")
+    assert sorted(os.listdir(tmp_path)) == [".tmp-other-somehost-999999-deadbeef", "final"]
