@@ -585,3 +585,19 @@ def test_rnnkit_save_cleans_its_own_leftover(tmp_path):
     unrelated.mkdir()
     rnnkit.save(rnnkit.GRU(2, 3), tmp_path / "final")
     assert sorted(os.listdir(tmp_path)) == [".tmp-other-somehost-999999-deadbeef", "final"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_and_rng_states(tmp_path):
+    model = randomised(rnnkit.GRU(3, 4)).cuda()
+    rng = capture_rng_state()
+    assert len(rng["cuda"]) == torch.cuda.device_count()
+    save_checkpoint(tmp_path, model=model, trainer_state={"rng": rng}, step=1)
+    expected = torch.rand(3, device="cuda")
+    loaded = load_checkpoint(tmp_path, map_location="cuda")
+    assert next(loaded.model.parameters()).device.type == "cuda"
+    assert_same_state(loaded.model, model)
+    restore_rng_state(loaded.trainer_state["rng"])
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+    into = load_checkpoint(tmp_path, model=rnnkit.GRU(3, 4)).model  # CUDA weights into a CPU model
+    assert_same_state(into, model.cpu())
