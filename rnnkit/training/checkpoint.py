@@ -21,13 +21,13 @@ none, never a half-written one under a ``step-*`` name, and the previous checkpo
 pruned (``keep_last``) once the new one is in place. Leftover temporary directories of a killed
 run are ignored when loading and removed by the next save.
 
-Loading (:func:`load_checkpoint`) takes a checkpoint directory or a root: from a root it picks the
-newest complete ``step-*`` checkpoint (even where :func:`save` also put a model in the root), checks every file against the manifest, and falls back to the previous
-good one with a warning naming both when the newest is truncated or corrupt. Weights load into the
-given model, or into a model rebuilt from ``config.json`` through
-:func:`rnnkit.config.deserialize` (only registered classes are built; nothing is unpickled). A
-model whose parameters do not match raises :class:`CheckpointMismatchError` naming the first
-differing parameter and both shapes.
+Loading (:func:`load_checkpoint`) takes a checkpoint directory or a root: from a root it picks
+the newest complete ``step-*`` checkpoint (even where :func:`save` also put a model in the
+root), checks every file against the manifest, and falls back to the previous good one with a
+warning naming both when the newest is truncated or corrupt. Weights load into the given model,
+or into a model rebuilt from ``config.json`` through :func:`rnnkit.config.deserialize` (only
+registered classes are built; nothing is unpickled). A model whose parameters do not match
+raises :class:`CheckpointMismatchError` naming the first differing parameter and both shapes.
 
 Tied and non-contiguous tensors (safetensors refuses tensors that share memory): a tensor that
 is exactly another tensor of the ``state_dict`` (a tied weight) is written once and recorded as
