@@ -12,7 +12,8 @@ Data forms (:func:`make_feed`):
   ``rnnkit.data.PadCollate(batch_first=True)`` gives; ``(x, y, lengths)`` is recognised too),
   dicts (``{"x", "y", "lengths"}``, or padded dicts ``{"x", "x_lengths", "y"}``), or
   :class:`Batch` objects. A ``RandomSampler`` (``shuffle=True``) draws its order from a
-  generator the trainer seeds per pass (``seed + pass``); samplers with ``set_epoch``
+  generator the trainer seeds per pass (``seed + pass``; so do other samplers with a
+  ``generator``); samplers with ``set_epoch``
   (``DistributedSampler``, ``BucketBatchSampler``) get the pass number. So a pass's order is
   known in advance and a resumed run skips the consumed batches by index, without loading them.
 * a ``torch.utils.data.Dataset``: wrapped in a ``DataLoader`` of ``batch_size`` (padded with
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
 from rnnkit.data.batching import PadCollate
@@ -382,21 +383,26 @@ class LoaderFeed(Feed):
 
     def _index_batches(self, pass_index: int) -> list[Any]:
         loader = self.loader
-        sampler = loader.sampler
-        for obj in (sampler, loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None)):
-            if obj is not None and hasattr(obj, "set_epoch"):
+        samplers = [s for s in (loader.sampler, loader.batch_sampler,
+                                getattr(loader.batch_sampler, "sampler", None)) if s is not None]
+        for obj in samplers:
+            if hasattr(obj, "set_epoch"):
                 obj.set_epoch(pass_index)
-        saved = None
-        if isinstance(sampler, RandomSampler):
-            saved = sampler.generator
-            sampler.generator = _pass_generator(self.seed, pass_index)
+        # a sampler that draws from a generator (RandomSampler, SubsetRandomSampler,
+        # WeightedRandomSampler) draws from this pass's: the order is the seed's, and never
+        # takes a number from torch's global generator
+        swapped = []
+        for obj in samplers:
+            if isinstance(getattr(obj, "generator", False), (torch.Generator, type(None))):
+                swapped.append((obj, obj.generator))
+                obj.generator = _pass_generator(self.seed, pass_index)
         try:
             if loader.batch_sampler is not None:
                 return [list(b) for b in loader.batch_sampler]
-            return list(sampler)
+            return list(loader.sampler)
         finally:
-            if isinstance(sampler, RandomSampler):
-                sampler.generator = saved
+            for obj, generator in swapped:
+                obj.generator = generator
 
     def _pass(self, pass_index: int, skip: int) -> Iterator[Batch]:
         loader = self.loader

@@ -33,9 +33,11 @@ import contextlib
 import importlib
 import inspect
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -242,6 +244,12 @@ class Trainer:
         self.stop_training = False
         self.epochs = 0
         self._seeded = False
+        self._samples_seen = 0
+        self._run_start_epoch = 0
+        self._acc: dict[str, Any] | None = None
+        self._phase = "batches"
+        self._fit_callbacks: list[Any] = []
+        self._batch_in_epoch = 0
 
     # ------------------------------------------------------------------ construction helpers
     def _make_optimizer(self, optimizer: Any, lr: float) -> torch.optim.Optimizer:
@@ -404,7 +412,11 @@ class Trainer:
         validation: Any = None,
         epochs: int = 10,
         epoch_size: int | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        keep_last: int | None = 3,
         *,
+        checkpoint_every: int | None = None,
         batch_size: int | None = None,
         shuffle: bool = True,
         verbose: bool | None = None,
@@ -415,10 +427,22 @@ class Trainer:
             train: any data form of :func:`rnnkit.training.batches.make_feed`.
             validation: evaluated after every epoch (``val_loss``, ``val_<metric>``).
             epochs: epochs to train in this call (a second ``fit`` goes on from where the
-                first stopped; epoch numbers continue).
+                first stopped; epoch numbers continue). A resumed run counts the epochs its
+                checkpoint had done: the same ``epochs`` ends where the first run would have.
             epoch_size: samples per epoch (CNTK's meaning: sequences for tensors and
                 DataLoaders, time steps for a ``MinibatchSource``); None: one pass over
                 the data. An epoch may end inside a pass; the next goes on from there.
+            checkpoint_dir: write a checkpoint (:mod:`rnnkit.training.checkpoint`) there at
+                the end of every epoch and every ``checkpoint_every`` updates; callbacks see
+                it as ``trainer.run_dir``.
+            resume: continue from the newest complete checkpoint in ``checkpoint_dir`` (start
+                fresh when it holds none): the model, optimizer, scheduler, callbacks, metric
+                accumulators, every random state, the epoch, the step and the position in the
+                data come back, so the run ends with the weights an uninterrupted run would
+                have, bit for bit (CPU, same thread count), even from the middle of an epoch.
+            keep_last: how many checkpoints to keep (None: all).
+            checkpoint_every: also checkpoint after the batch that completes every N-th
+                update.
             batch_size: for tensors and datasets (default 32); samples per minibatch for a
                 bare ``MinibatchSource``.
             shuffle: shuffle tensors and datasets (a DataLoader keeps its own sampler).
@@ -429,28 +453,64 @@ class Trainer:
         if epoch_size is not None and (isinstance(epoch_size, bool) or
                                        not isinstance(epoch_size, int) or epoch_size < 1):
             raise ValueError(f"epoch_size must be a positive int (samples), got {epoch_size!r}")
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not
+                                             isinstance(checkpoint_every, int) or
+                                             checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be a positive int (updates), got "
+                             f"{checkpoint_every!r}")
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir (where the checkpoints are)")
         feed = make_feed(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
         val_feed = (None if validation is None else
                     make_feed(validation, batch_size=batch_size, shuffle=False, seed=self.seed))
         self._check_stateful(feed)
-        self.epochs = self.epoch + epochs  # this call trains `epochs` more (Keras)
-        self.stop_training = False
-        if not self._seeded:
-            _seed_everything(self.seed)
-            self._seeded = True
+        self.run_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self._keep_last = keep_last
+        self._checkpoint_every = checkpoint_every
+        self._feed = feed
+        self._carrier = StateCarrier() if (feed.stateful or self.tbptt) else None
+        self._phase = "batches"
         callbacks = self._progress_callbacks(self.verbose if verbose is None else verbose)
         self._fit_callbacks = callbacks
-        carrier = StateCarrier() if (feed.stateful or self.tbptt) else None
+        saved = None
+        if resume:
+            from rnnkit.training.checkpoint import list_checkpoints, load_checkpoint
+
+            if list_checkpoints(self.run_dir):
+                # the weights load here; a model that does not match raises the checkpoint
+                # module's CheckpointMismatchError naming the first differing parameter
+                saved = load_checkpoint(self.run_dir, model=self.model,
+                                        map_location=self.device).trainer_state
+                self._load_trainer_state(saved, feed, epochs)
+        if saved is None:
+            self._run_start_epoch = self.epoch
+            self.epochs = self.epoch + epochs
+            self._acc = None
+            if not self._seeded:
+                _seed_everything(self.seed)
+        self._seeded = True
+        self.stop_training = False
         for cb in callbacks:
             cb.on_fit_start(self)
+        if saved is not None:
+            # after on_fit_start, which may reset a callback (Keras' EarlyStopping does)
+            self._load_callbacks(saved["callbacks"], callbacks)
+            from rnnkit.training.checkpoint import restore_rng_state
+
+            restore_rng_state(saved["rng"])
         while self.epoch < self.epochs and not self.stop_training and not feed.exhausted:
-            logs = self._run_epoch(feed, val_feed, epoch_size, carrier, callbacks)
+            logs = self._run_epoch(feed, val_feed, epoch_size, callbacks)
             if logs is None:  # the data ran out before the epoch began
                 break
             self.history.append(self.epoch, logs)
+            self._phase = "epoch_end"
             for cb in callbacks:
                 cb.on_epoch_end(self, self.epoch, logs)
+            self._phase = "batches"
             self.epoch += 1
+            self._acc = None
+            if self.run_dir is not None:
+                self.save_checkpoint()
         for cb in callbacks:
             cb.on_fit_end(self, self.history)
         return self.history
@@ -463,44 +523,54 @@ class Trainer:
                             "give it forward(x, lengths=None, state=None) -> (output, state)")
 
     def _run_epoch(self, feed: Feed, val_feed: Feed | None, epoch_size: int | None,
-                   carrier: StateCarrier | None, callbacks: list[Any]) -> dict[str, Any] | None:
+                   callbacks: list[Any]) -> dict[str, Any] | None:
         self.model.train()
-        for cb in callbacks:
-            cb.on_epoch_start(self, self.epoch)
-        if self.metrics is not None:
-            self.metrics.reset()
-        loss_sum, loss_count, samples, seconds = 0.0, 0, 0, 0.0
-        self._batch_in_epoch = 0
+        carrier = self._carrier
+        if self._acc is None:  # a new epoch (a resumed one goes on with its accumulators)
+            for cb in callbacks:
+                cb.on_epoch_start(self, self.epoch)
+            if self.metrics is not None:
+                self.metrics.reset()
+            self._acc = {"loss_sum": 0.0, "loss_count": 0, "samples": 0, "batches": 0,
+                         "seconds": 0.0}
+        acc = self._acc
         started = time.perf_counter()
         while not self.stop_training:
+            if epoch_size is not None and acc["samples"] >= epoch_size:
+                break
             batch = feed.next_batch()
             if batch is None:
-                if feed.exhausted or epoch_size is None:
-                    break
                 if carrier is not None:
                     carrier.reset()  # a new pass starts new sequences
+                if feed.exhausted or epoch_size is None:
+                    break
                 continue
-            self._batch_in_epoch += 1
+            acc["batches"] += 1
+            self._batch_in_epoch = acc["batches"]
+            steps_before = self.global_step
             batch_sum, batch_count = self._train_batch(batch, carrier)
-            loss_sum += batch_sum
-            loss_count += batch_count
-            samples += int(batch.num_samples)
-            self._samples_seen = getattr(self, "_samples_seen", 0) + int(batch.num_samples)
+            acc["loss_sum"] += batch_sum
+            acc["loss_count"] += batch_count
+            acc["samples"] += int(batch.num_samples)
+            self._samples_seen += int(batch.num_samples)
             batch_logs = {"epoch": self.epoch, "step": self.global_step,
-                          "batch": self._batch_in_epoch, "batch_size": batch.size,
+                          "batch": acc["batches"], "batch_size": batch.size,
                           "samples_seen": self._samples_seen,
                           "loss": batch_sum / max(batch_count, 1), "lr": self.lr}
             for cb in callbacks:
                 cb.on_batch_end(self, batch_logs)
-            if epoch_size is not None and samples >= epoch_size:
-                break
-        if feed.exhausted and self._batch_in_epoch == 0:
+            every = self._checkpoint_every
+            if (self.run_dir is not None and every is not None and
+                    self.global_step // every > steps_before // every):
+                acc["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                self.save_checkpoint()
+        if feed.exhausted and acc["batches"] == 0:
             return None
-        if carrier is not None and epoch_size is None:
-            carrier.reset()
-        seconds = time.perf_counter() - started
+        seconds = acc["seconds"] + time.perf_counter() - started
         logs: dict[str, Any] = {"epoch": self.epoch,
-                                "loss": loss_sum / loss_count if loss_count else math.nan}
+                                "loss": (acc["loss_sum"] / acc["loss_count"]
+                                         if acc["loss_count"] else math.nan)}
         if self.metrics is not None:
             logs.update(self.metrics.compute())
         if val_feed is not None:
@@ -510,8 +580,86 @@ class Trainer:
             self._step_scheduler(logs)
         logs["lr"] = self.lr
         logs["seconds"] = seconds
-        logs["samples_per_s"] = samples / seconds if seconds > 0 else math.inf
+        logs["samples_per_s"] = acc["samples"] / seconds if seconds > 0 else math.inf
         return logs
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of everything a resume needs to ``run_dir`` now; returns its path.
+
+        Called by ``fit`` at the end of every epoch and every ``checkpoint_every`` updates;
+        callbacks may call it too (from ``on_epoch_end`` it counts the epoch as done).
+        """
+        if self.run_dir is None:
+            raise ValueError("save_checkpoint needs a run directory: fit(..., "
+                             "checkpoint_dir=...)")
+        from rnnkit.training.checkpoint import save_checkpoint
+
+        if not self.is_main_process:
+            return self.run_dir
+        return save_checkpoint(self.run_dir, model=self.model,
+                               trainer_state=self._trainer_state(), step=self.global_step,
+                               keep_last=self._keep_last)
+
+    def _trainer_state(self) -> dict[str, Any]:
+        from rnnkit.training.checkpoint import capture_rng_state
+
+        epoch_done = self._phase == "epoch_end"
+        acc = None if (epoch_done or self._acc is None) else dict(self._acc)
+        feed = self._feed
+        return {
+            "format": "rnnkit.Trainer", "version": 1,
+            "epoch": self.epoch + (1 if epoch_done else 0),
+            "global_step": self.global_step,
+            "run_start_epoch": self._run_start_epoch,
+            "samples_seen": self._samples_seen,
+            "epoch_accumulators": acc,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None
+                          for cb in self._fit_callbacks],
+            "metrics": None if self.metrics is None else self.metrics.state_dict(),
+            "rng": capture_rng_state(),
+            "data": {"kind": feed.describe(), "batches_per_pass": feed.num_batches(),
+                     "position": feed.state_dict()},
+            "carried_state": None if self._carrier is None else self._carrier.state_dict(),
+            "history": self.history.state_dict(),
+        }
+
+    def _load_trainer_state(self, state: Mapping[str, Any], feed: Feed, epochs: int) -> None:
+        if not isinstance(state, Mapping) or state.get("format") != "rnnkit.Trainer":
+            raise ValueError(f"the checkpoint in {self.run_dir} was not written by "
+                             "rnnkit.Trainer (no trainer state to resume from)")
+        data = state["data"]
+        if data["kind"] != feed.describe() or data["batches_per_pass"] != feed.num_batches():
+            raise ValueError(
+                f"the checkpoint in {self.run_dir} was trained on {data['kind']} with "
+                f"{data['batches_per_pass']} batches per pass; this run's data is "
+                f"{feed.describe()} with {feed.num_batches()}: resume with the same data")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.metrics is not None and state["metrics"] is not None:
+            self.metrics.load_state_dict(state["metrics"])
+        feed.load_state_dict(data["position"])
+        if self._carrier is not None and state["carried_state"] is not None:
+            self._carrier.load_state_dict(state["carried_state"], self.device)
+        self.history.load_state_dict(state["history"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self._run_start_epoch = int(state["run_start_epoch"])
+        self.epochs = self._run_start_epoch + epochs
+        self._samples_seen = int(state["samples_seen"])
+        acc = state["epoch_accumulators"]
+        self._acc = None if acc is None else dict(acc)
+
+    def _load_callbacks(self, states: list[Any], callbacks: list[Any]) -> None:
+        if len(states) != len(callbacks):
+            raise ValueError(f"the checkpoint holds the state of {len(states)} callbacks, this "
+                             f"run has {len(callbacks)}: resume with the same callbacks")
+        for cb, cb_state in zip(callbacks, states, strict=True):
+            if cb_state is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(cb_state)
 
     # ------------------------------------------------------------------ evaluate / predict
     def _eval_batches(self, feed: Feed) -> Iterable[tuple[Batch, Tensor]]:
