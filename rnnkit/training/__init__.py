@@ -18,3 +18,7 @@ from rnnkit.training.checkpoint import (  # noqa: E402, F401
 from rnnkit.training.batches import Batch, SourceBatches  # noqa: E402, F401
 from rnnkit.training.losses import resolve_loss  # noqa: E402, F401
 from rnnkit.training.trainer import History, NonFiniteError, Trainer  # noqa: E402, F401
+
+# --- metrics (rnnkit/training/metrics.py) ---
+# isort: split
+from rnnkit.training.metrics import METRIC_NAMES, Metrics  # noqa: E402, F401
