@@ -23,7 +23,8 @@ Shapes (batch-major, as the trainer's contract; ``C`` classes, ``D`` values per 
   ``(B, T, C)`` with per-step target ``(B, T)`` (masked); output ``(B, T, C)`` with a
   per-sample target ``(B,)`` scores the last valid step of each row (from ``mask``). A target
   of the output's shape holds class probabilities (one-hot) and counts as its arg-max. One
-  score column (``C == 1``) is a binary logit: class 1 when it is positive.
+  score column (``C == 1``) is a binary logit: class 1 when it is positive. Target ids of
+  ``-100`` (``IGNORE_INDEX``, torch's ``ignore_index``) never count, like padding.
 * regression metrics: output and target of one shape (``(B, D)``, ``(B, T)``, ``(B, T, D)``;
   a trailing 1 on either side is squeezed); ``mask (B, T)`` drops padded steps; output
   ``(B, T, D)`` with target ``(B, D)`` scores the last valid step.
@@ -44,23 +45,30 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
-from torchmetrics import classification, regression
-from torchmetrics.utilities.data import dim_zero_sum
 
 from rnnkit.errors import ShapeError
 
-__all__ = ["METRIC_NAMES", "Metric", "Metrics"]
+if TYPE_CHECKING:
+    import torchmetrics
 
-#: A user-supplied accumulator: any ``torchmetrics.Metric`` (fed the counted elements only).
-Metric = torchmetrics.Metric
+__all__ = ["IGNORE_INDEX", "METRIC_NAMES", "Metrics"]
+
+
+def __getattr__(name: str) -> Any:
+    # torchmetrics takes seconds to import (scipy.signal); only code that uses it pays
+    if name == "Metric":
+        #: A user-supplied accumulator: any ``torchmetrics.Metric`` (fed counted elements only).
+        import torchmetrics
+        return torchmetrics.Metric
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # name -> (kind, canonical name); kind decides how output and target are read
 _NAMES: dict[str, tuple[str, str]] = {
@@ -80,8 +88,11 @@ _NAMES: dict[str, tuple[str, str]] = {
 METRIC_NAMES: tuple[str, ...] = tuple(sorted(_NAMES))
 
 # losses whose outputs are class scores / values; a metric of the other kind is a mistake
-_CLASS_LOSSES = {"cross_entropy", "sequence_cross_entropy"}
-_REGRESSION_LOSSES = {"mse"}
+_CLASS_LOSSES = {"cross_entropy", "sequence_cross_entropy", "binary_cross_entropy"}
+_REGRESSION_LOSSES = {"mse", "mae", "huber"}
+
+#: a target class id that never counts (torch's ``ignore_index``; rnnkit's sparse padding)
+IGNORE_INDEX = -100
 
 _STATE_VERSION = 1
 
@@ -92,36 +103,51 @@ def _unknown_name(name: object) -> ValueError:
     return ValueError(f"unknown metric {name!r}{hint}; valid names: {', '.join(METRIC_NAMES)}")
 
 
+def _is_torchmetric(value: Any) -> bool:
+    import torchmetrics
+
+    return isinstance(value, torchmetrics.Metric)
+
+
 def _snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-class _CrossEntropySum(torchmetrics.Metric):
-    """Summed cross-entropy (nats, float64) and token count: perplexity and bits/char.
+@functools.cache
+def _cross_entropy_sum() -> type:
+    """The perplexity/bits-per-character accumulator class (built on first use)."""
+    import torchmetrics
 
-    torchmetrics' ``text.Perplexity`` keeps the same two sums but in the input's precision and
-    only for ``(B, T, V)``; this one takes the already-masked ``(N, C)`` scores.
-    """
+    class _CrossEntropySum(torchmetrics.Metric):
+        """Summed cross-entropy (nats, float64) and token count: perplexity and bits/char.
 
-    full_state_update = False
+        torchmetrics' ``text.Perplexity`` keeps the same two sums but in the input's precision
+        and only for ``(B, T, V)``; this one takes the already-masked ``(N, C)`` scores.
+        """
 
-    def __init__(self, what: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.what = what
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        full_state_update = False
 
-    def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
-        ce = F.cross_entropy(scores.double(), target, reduction="sum")
-        self.total += ce.to(self.total.device)
-        self.count += target.numel()
+        def __init__(self, what: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.what = what
+            self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def compute(self) -> torch.Tensor:
-        mean = self.total / self.count
-        return torch.exp(mean) if self.what == "perplexity" else mean / math.log(2.0)
+        def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
+            ce = F.cross_entropy(scores.double(), target, reduction="sum")
+            self.total += ce.to(self.total.device)
+            self.count += target.numel()
+
+        def compute(self) -> torch.Tensor:
+            mean = self.total / self.count
+            return torch.exp(mean) if self.what == "perplexity" else mean / math.log(2.0)
+
+    return _CrossEntropySum
 
 
 def _make(canonical: str, num_classes: int) -> torchmetrics.Metric:
+    from torchmetrics import classification, regression
+
     # sync_on_compute=False: Metrics.sync reduces explicitly, so compute() never blocks on the
     # other ranks (only rank 0 reports) and never reduces twice
     opts: dict[str, Any] = {"sync_on_compute": False}
@@ -141,7 +167,7 @@ def _make(canonical: str, num_classes: int) -> torchmetrics.Metric:
         return regression.MeanAbsoluteError(**opts)
     if canonical == "mape":
         return regression.MeanAbsolutePercentageError(**opts)
-    return _CrossEntropySum(canonical, **opts)
+    return _cross_entropy_sum()(canonical, **opts)
 
 
 def _last_valid(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -176,13 +202,13 @@ class Metrics:
 
     def __init__(self, names: Sequence[str | torchmetrics.Metric] | None = None,
                  loss_name: str | None = None) -> None:
-        if isinstance(names, (str, torchmetrics.Metric)):
+        if isinstance(names, str) or (names is not None and not isinstance(names, Sequence)):
             names = [names]
         self.loss_name = loss_name
         self._specs: list[tuple[str, str, str]] = []        # (reported name, kind, canonical)
         self._custom: dict[str, torchmetrics.Metric] = {}
         for entry in names or ():
-            if isinstance(entry, torchmetrics.Metric):
+            if not isinstance(entry, str) and _is_torchmetric(entry):
                 name = str(getattr(entry, "name", None) or _snake_case(type(entry).__name__))
                 kind = "class" if hasattr(entry, "num_classes") else "regression"
                 entry.sync_on_compute = False
@@ -254,16 +280,20 @@ class Metrics:
         target = target.long()
         if output.dim() == target.dim() + 1 and output.shape[:-1] == target.shape:
             if mask is not None and mask.shape == target.shape:
-                return output[mask], target[mask]                  # (N, C), (N,)
-            return output.reshape(-1, output.shape[-1]), target.reshape(-1)
-        if output.dim() == 3 and target.dim() == 1 and output.shape[0] == target.shape[0]:
+                scores, ids = output[mask], target[mask]                 # (N, C), (N,)
+            else:
+                scores, ids = output.reshape(-1, output.shape[-1]), target.reshape(-1)
+        elif output.dim() == 3 and target.dim() == 1 and output.shape[0] == target.shape[0]:
             if mask is not None:
-                keep = mask.any(dim=1)
-                return _last_valid(output, mask), target[keep]
-            return output[:, -1], target
-        raise ShapeError(f"classification metrics cannot read output {tuple(output.shape)} "
-                         f"with target {tuple(target.shape)}: expected (B, C) with (B,), "
-                         f"(B, T, C) with (B, T) or (B,)")
+                scores, ids = _last_valid(output, mask), target[mask.any(dim=1)]
+            else:
+                scores, ids = output[:, -1], target
+        else:
+            raise ShapeError(f"classification metrics cannot read output {tuple(output.shape)} "
+                             f"with target {tuple(target.shape)}: expected (B, C) with (B,), "
+                             f"(B, T, C) with (B, T) or (B,)")
+        keep = ids != IGNORE_INDEX
+        return scores[keep], ids[keep]
 
     @staticmethod
     def _value_view(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
@@ -368,6 +398,8 @@ class Metrics:
             metric = self._metrics.get(name)
             if metric is None:
                 continue
+            from torchmetrics.utilities.data import dim_zero_sum
+
             for state, value in metric.metric_state.items():
                 if metric._reductions[state] is not dim_zero_sum or not isinstance(
                         value, torch.Tensor):

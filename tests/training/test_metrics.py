@@ -94,6 +94,16 @@ def test_per_step_padding_never_counts():
     assert sum(map(sum, metrics.compute()["confusion_matrix"])) == sum(lengths)
 
 
+def test_ignore_index_targets_never_count():
+    scores = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])     # (1, 3, 2)
+    target = torch.tensor([[0, -100, 1]])                              # the middle one ignored
+    metrics = Metrics(["accuracy", "perplexity"])
+    metrics.update(scores, target)
+    nll = -np_log_softmax(np.array([[2.0, 0.0], [2.0, 0.0]]))[[0, 1], [0, 1]]
+    assert metrics.compute()["accuracy"] == 0.5
+    assert metrics.compute()["perplexity"] == pytest.approx(np.exp(nll.mean()), rel=1e-9)
+
+
 def test_sequence_output_with_per_sample_target_scores_the_last_valid_step():
     g = torch.Generator().manual_seed(2)
     lengths = [4, 1, 2]
