@@ -13,6 +13,21 @@ from rnnkit.training.checkpoint import (  # noqa: E402, F401
     save_checkpoint,
 )
 
+# --- callbacks and progress (owner: callbacks) ---
+# isort: split
+from rnnkit.training.callbacks import (  # noqa: E402, F401
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    NaNGuard,
+    NonFiniteLossError,
+    PlotCurves,
+    TensorBoard,
+)
+from rnnkit.training.progress import ProgressBar, ProgressPrinter  # noqa: E402, F401
+
 # --- trainer (rnnkit/training/{trainer,batches,losses,tbptt}.py) ---
 # isort: split
 from rnnkit.training.batches import Batch, SourceBatches  # noqa: E402, F401
