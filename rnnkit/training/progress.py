@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from rnnkit.training.callbacks import Callback, _is_main
 
-__all__ = ["ProgressBar", "ProgressPrinter"]
+__all__ = ["ProgressBar", "ProgressPrinter", "TestConfig"]
 
 # keys of the minibatch logs that are bookkeeping, not a metric
 _BATCH_KEYS = {"epoch", "step", "batch", "batch_size", "samples_seen", "loss", "lr"}
@@ -163,9 +163,11 @@ class ProgressPrinter(Callback):
     ``Learning rate per minibatch: <lr>`` is printed when the learning rate is first seen and
     whenever it changes, as CNTK's learners do.
 
-    The metric is the minibatch log value named ``metric`` (or, by default, the first metric
-    the trainer reports per minibatch); without one the metric columns stay blank, as in
-    CNTK. ``metric_is_pct`` multiplies it by 100 in the ``%`` lines. ``log_to_file`` appends
+    The metric is ``metric`` (default: the trainer's first metric; CNTK's criterion returns
+    one): a per-minibatch log value when the logs carry it, else the trainer's running epoch
+    value (``trainer.metrics.compute()``) read at each printed row, whose sum since the epoch
+    began is that average times the samples seen; without one the metric columns stay blank,
+    as in CNTK. ``metric_is_pct`` multiplies it by 100 in the ``%`` lines. ``log_to_file`` appends
     the lines to a file instead of stdout. Only the main process prints.
     """
 
@@ -183,9 +185,7 @@ class ProgressPrinter(Callback):
         self.metric = metric
         self.metric_is_pct = metric_is_pct
         self.file = file
-        # set by rnnkit.training.cntk.train: reads-and-resets the criterion's metric for the
-        # minibatch just trained, as CNTK's criterion returns (loss, metric) together
-        self.metric_fn: Callable[[], float | None] | None = None
+        self._source: tuple[str, bool] | None = None
         self._reset_epoch()
         self.epochs_done = 0
         self.last_lr: float | None = None
@@ -214,15 +214,23 @@ class ProgressPrinter(Callback):
             return ((update + 1) & update) == 0
         return update % self.freq == 0 or update <= self.first
 
-    def _batch_metric(self, logs: Mapping[str, Any]) -> float | None:
-        if self.metric_fn is not None:
-            return self.metric_fn()
+    def _metric_name(self, trainer: Any, logs: Mapping[str, Any]) -> tuple[str, bool] | None:
+        """Which metric the table shows, and whether it is a per-minibatch log value (True)
+        or the trainer's running epoch value (False)."""
+        names = list(getattr(getattr(trainer, "metrics", None), "names", None) or [])
         if self.metric is not None:
-            value = logs.get(self.metric)
-            return None if value is None else float(value)
+            if isinstance(logs.get(self.metric), (int, float)):
+                return self.metric, True
+            if self.metric in names:
+                return self.metric, False
+            raise ValueError(f"ProgressPrinter(metric={self.metric!r}): no such metric; the "
+                             f"trainer reports {names or 'none'}")
         for key, value in logs.items():
             if key not in _BATCH_KEYS and isinstance(value, (int, float)):
-                return float(value)
+                return key, True
+        for name in names:
+            if name != "confusion_matrix":
+                return name, False
         return None
 
     def on_fit_start(self, trainer: Any) -> None:
@@ -240,9 +248,11 @@ class ProgressPrinter(Callback):
 
     def on_batch_end(self, trainer: Any, logs: Mapping[str, Any]) -> None:
         samples = int(logs["batch_size"])
-        metric = self._batch_metric(logs)
         if samples == 0:
             return
+        if self._source is None:
+            self._source = self._metric_name(trainer, logs) or ("", True)
+        name, per_batch = self._source
         main = _is_main(trainer)
         lr = logs.get("lr")
         if lr is not None and float(lr) != self.last_lr:
@@ -252,17 +262,27 @@ class ProgressPrinter(Callback):
         self.samples[1] += samples
         self.updates[1] += 1
         self.loss[1] += float(logs["loss"]) * samples
-        if metric is not None:
+        if name and per_batch and logs.get(name) is not None:
             if self.metric_sum is None:
                 self.metric_sum = [0.0, 0.0]
-            self.metric_sum[1] += metric * samples
+            self.metric_sum[1] += float(logs[name]) * samples
         if self._should_write(self.updates[1]):
+            if name and not per_batch:
+                self._read_running(trainer, name)
             if main:
                 self.log(self.update_line())
             self.samples[0], self.updates[0] = self.samples[1], self.updates[1]
             self.loss[0] = self.loss[1]
             if self.metric_sum is not None:
                 self.metric_sum[0] = self.metric_sum[1]
+
+    def _read_running(self, trainer: Any, name: str) -> None:
+        """The trainer's metrics are epoch-running averages: sum = average * samples so far."""
+        value = trainer.metrics.compute().get(name)
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            if self.metric_sum is None:
+                self.metric_sum = [0.0, 0.0]
+            self.metric_sum[1] = float(value) * self.samples[1]
 
     def update_line(self) -> str:
         """The line for the current window (``ProgressPrinter.___write_progress_update``)."""
@@ -301,6 +321,11 @@ class ProgressPrinter(Callback):
 
     def on_epoch_end(self, trainer: Any, epoch: int, logs: Mapping[str, Any]) -> None:
         self.epochs_done = epoch + 1
+        if self._source is not None and self._source[0] and not self._source[1] \
+                and isinstance(logs.get(self._source[0]), (int, float)):
+            if self.metric_sum is None:
+                self.metric_sum = [0.0, 0.0]
+            self.metric_sum[1] = float(logs[self._source[0]]) * self.samples[1]
         seconds = logs.get("seconds")
         if seconds is None or not math.isfinite(float(seconds)):
             seconds = time.perf_counter() - self._epoch_start
@@ -324,3 +349,70 @@ class ProgressPrinter(Callback):
         self.epochs_done = int(state["epochs_done"])
         self.last_lr = state["last_lr"]
         self._header_done = bool(state["header_done"])
+
+
+class TestConfig(Callback):
+    """Evaluate a test set after training and print CNTK's ``Finished Evaluation`` line.
+
+    CNTK's ``cntk.train.TestConfig(minibatch_source, minibatch_size, model_inputs_to_streams)``:
+    after the last epoch the trainer's model is evaluated on ``source`` (any data form the
+    trainer takes; a ``MinibatchSource`` is read in minibatches of ``minibatch_size`` samples
+    with ``input_map``, which :func:`rnnkit.training.cntk.train` fills in from the training
+    call when left out) and one line is printed::
+
+        Finished Evaluation [1]: Minibatch[1-4]: metric = 12.34% * 480;
+
+    (the number of test summaries so far, the minibatches read, the metric averaged over the
+    samples, and the samples). The metric is ``metric`` or the trainer's first metric, else the
+    loss. ``metric_is_pct=False`` prints it as a plain number. Every value the evaluation
+    returned is kept in :attr:`results` (``{"loss": ..., "<metric>": ...}``).
+    """
+
+    __test__ = False   # not a pytest test class, whatever its name
+
+    def __init__(self, source: Any, minibatch_size: int | None = None,
+                 input_map: Mapping[str, Any] | None = None, metric: str | None = None,
+                 metric_is_pct: bool = True, file: TextIO | None = None) -> None:
+        self.source = source
+        self.minibatch_size = minibatch_size
+        self.input_map = input_map
+        self.metric = metric
+        self.metric_is_pct = metric_is_pct
+        self.file = file
+        self.results: dict[str, Any] = {}
+        self.summaries = 0
+
+    def _feed(self, trainer: Any) -> Any:
+        from rnnkit.data import MinibatchSource
+        from rnnkit.training.batches import SourceBatches, make_feed
+
+        data = self.source
+        if isinstance(data, MinibatchSource):
+            if self.minibatch_size is None:
+                raise ValueError("TestConfig on a MinibatchSource needs minibatch_size= "
+                                 "(samples per minibatch, as CNTK)")
+            data = SourceBatches(data, self.minibatch_size, self.input_map)
+        return make_feed(data, batch_size=self.minibatch_size, shuffle=False,
+                         seed=getattr(trainer, "seed", 0))
+
+    def on_fit_end(self, trainer: Any, history: Any) -> None:
+        feed = self._feed(trainer)
+        minibatches, samples = 0, 0
+        while (batch := feed.next_batch()) is not None:
+            minibatches += 1
+            samples += int(batch.size)
+        feed.restart()
+        self.results = dict(trainer.evaluate(feed))
+        self.summaries += 1
+        names = [n for n in getattr(getattr(trainer, "metrics", None), "names", None) or []
+                 if n != "confusion_matrix"]
+        key = self.metric or (names[0] if names else "loss")
+        if key not in self.results:
+            raise ValueError(f"TestConfig(metric={key!r}): the evaluation reports "
+                             f"{', '.join(self.results)}")
+        value = float(self.results[key])
+        shown = f"{value * 100:0.2f}%" if self.metric_is_pct else f"{value:0.6f}"
+        if _is_main(trainer):
+            print(f"Finished Evaluation [{self.summaries}]: Minibatch[1-{minibatches}]: "
+                  f"metric = {shown} * {samples};",
+                  file=self.file if self.file is not None else sys.stdout, flush=True)
