@@ -221,11 +221,10 @@ class EarlyStopping(Callback):
         return value - self.min_delta > reference
 
     def on_fit_start(self, trainer: Any) -> None:
-        # A resumed run restored its counters through load_state_dict before fit starts;
-        # a fresh fit (Keras' on_train_begin) starts from zero.
+        # A fresh fit starts from zero (Keras' on_train_begin); a resumed run's counters come
+        # back through load_state_dict, before or after this hook.
         if not getattr(self, "_restored", False):
             self._reset()
-        self._restored = False
 
     def _snapshot(self, trainer: Any) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -251,6 +250,7 @@ class EarlyStopping(Callback):
             trainer.stop_training = True
 
     def on_fit_end(self, trainer: Any, history: Any) -> None:
+        self._restored = False     # a later fit starts afresh, as Keras' on_train_begin
         if self.stopped_epoch > 0 and self.verbose > 0 and _is_main(trainer):
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:

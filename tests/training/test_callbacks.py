@@ -162,6 +162,15 @@ def test_early_stopping_resumes_exactly():
     assert resumed.stopped_epoch == whole.stopped_epoch == 5
     assert stub.model.w.item() == stub_whole.model.w.item() == 3.0
     assert trained_whole == 6
+    # loaded after on_fit_start (what rnnkit.Trainer does) works the same
+    late = EarlyStopping(monitor="loss", patience=2)
+    late.on_fit_start(stub)
+    late.load_state_dict(first.state_dict())
+    assert late.wait == first.wait and late.best == first.best
+    # and the next fit starts afresh
+    late.on_fit_end(stub, None)
+    late.on_fit_start(stub)
+    assert late.wait == 0 and late.best is None
 
 
 def test_early_stopping_in_a_training_loop():
