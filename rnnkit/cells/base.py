@@ -31,6 +31,8 @@ def check_size(name: str, value: int, minimum: int = 1, owner: str | None = None
     """Validate an integer size argument (any integral type, NumPy's included; not a bool)
     and return it as an ``int``; ``owner`` (the cell's name) prefixes the error."""
     where = f"{owner}: {name}" if owner else name
+    if isinstance(value, torch.SymInt):  # a dynamic size while torch.export records a graph
+        return value  # type: ignore[return-value]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
         raise TypeError(f"{where} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:

@@ -24,6 +24,7 @@ from rnnkit._caller import warn
 from rnnkit.cells.base import State
 from rnnkit.engine.lengths import check_lengths, check_steps
 from rnnkit.engine.plan import CellRun, PathDeclined, Plan
+from rnnkit.engine.scan import exporting
 from rnnkit.errors import ShapeError
 
 #: Every value the ``engine`` argument accepts.
@@ -127,6 +128,13 @@ TRACING_REASON = ("tracing or exporting (torch.jit.trace / torch.onnx.export): a
                   "torch's fused kernels or the eager loop")
 
 
+#: Why every path is the loop, run as one scan, while ``torch.export`` records a graph.
+EXPORT_REASON = ("exporting with torch.export (torch.onnx.export(dynamo=True), "
+                 "rnnkit.export.export_onnx): each cell runs as one scan over time "
+                 "(rnnkit.engine.scan), an ONNX Scan in the graph, so batch size, sequence "
+                 "length and lengths stay dynamic")
+
+
 def tracing() -> bool:
     """Whether a ``torch.jit.trace`` or ``torch.onnx.export`` is recording this call."""
     return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
@@ -135,6 +143,8 @@ def tracing() -> bool:
 def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
             mask: Tensor | None = None) -> tuple[str, str, bool]:
     engine = check_cell_engine(engine, cell)
+    if exporting():  # whatever the engine asked: compiled kernels cannot be recorded
+        return "loop", EXPORT_REASON, False
     if engine == "loop":
         return "loop", "engine='loop' requested", False
     if mask is not None:
@@ -293,6 +303,8 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     from rnnkit.engine import fused
 
     engine = check_engine(getattr(module, "engine", "auto"))
+    if exporting():  # the fused kernels' lengths handling reads the lengths' values
+        return False, EXPORT_REASON
     if engine in ("loop", "compiled"):
         return False, f"engine={engine!r} requested"
     reason = fused.ineligibility(module)

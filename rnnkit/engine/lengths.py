@@ -103,7 +103,9 @@ def check_lengths(
                 f"lengths are on device {lengths.device} but the input is on {device}; "
                 f"put lengths on {where}"
             )
-    if lengths.numel() > 0:
+    if lengths.numel() > 0 and not torch.compiler.is_exporting():
+        # (while torch.export records a graph the values are symbolic: an exported graph
+        # takes lengths as an input, checked by rnnkit.export on the example only)
         low = int(lengths.min())
         if low < 1:
             index = int(torch.argmin(lengths))

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from rnnkit.cells.base import State
 from rnnkit.engine.lengths import check_lengths, check_steps
+from rnnkit.engine.scan import exporting, run_scan
 
 __all__ = ["check_lengths", "map_state", "run_recurrence"]
 
@@ -205,6 +206,14 @@ def run_recurrence(
         raise ValueError(f"run_recurrence: inputs must be (T, B, H_in), got {shape}")
     time_steps, batch_size = inputs.shape[0], inputs.shape[1]
     check_steps(time_steps, "run_recurrence")
+    if exporting():  # torch.export: the same loop as one scan (any T, lengths as an input)
+        if mask is not None and lengths is not None:
+            raise ValueError("run_recurrence: pass lengths or mask, not both")
+        if lengths is not None:
+            lengths = check_lengths(lengths, batch_size, time_steps, inputs.device)
+        if mask is not None:
+            mask = check_mask(mask, time_steps, batch_size, inputs.device)
+        return run_scan(cell, inputs, state, lengths, reverse, mask)
     steps = inputs.unbind(0)  # T x (B, H_in)
     outputs: list[Tensor | None] = [None] * time_steps
 
