@@ -230,3 +230,12 @@ def test_bad_use_is_named(build, call, error, message):
     with pytest.raises(error, match=message):
         model = build()
         call(model)
+
+
+@pytest.mark.parametrize("name", ["rnnkit.models.forecaster", "rnnkit.models.baselines"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
