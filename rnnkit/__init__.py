@@ -50,6 +50,16 @@ from rnnkit.data import (  # noqa: E402, F401
     write_ctf,
 )
 
+# --- models (task models: rnnkit.models) ---
+# isort: split
+from rnnkit import models  # noqa: E402, F401
+from rnnkit.models import (  # noqa: E402, F401
+    LanguageModel,
+    SequenceClassifier,
+    SequenceRegressor,
+    SequenceTagger,
+)
+
 # --- checkpoints: rnnkit.save / rnnkit.load for finished models (rnnkit.training.checkpoint) ---
 # isort: split
 from rnnkit.training.checkpoint import load, save  # noqa: E402, F401

@@ -132,6 +132,24 @@ CASES = {
         6, 2, strategy="direct", difference=True, scaler="minmax", cell="gru", ensemble=2,
         hidden_size=H, dtype=torch.float64,
     ).adapt(np.arange(10.0, 30.0)),
+    # task models (rnnkit.models; inputs batch-first)
+    "backbone_cells": lambda: rnnkit.models.Backbone(
+        I, H, cell="indrnn", num_layers=2, bidirectional=True, dropout=0.1,
+        cell_options={"recurrent_max_abs": 2.0},
+    ),
+    "backbone_instance": lambda: rnnkit.models.Backbone(I, cell=UGRNNCell(I, H), num_layers=2),
+    "sequence_classifier": lambda: rnnkit.models.SequenceClassifier(
+        I, 3, hidden_size=H, cell="gru", bidirectional=True, pooling="max",
+        class_names=["a", "b", "c"],
+    ),
+    "sequence_regressor": lambda: rnnkit.models.SequenceRegressor(I, 2, hidden_size=H,
+                                                                  cell="min_lstm"),
+    "sequence_tagger": lambda: rnnkit.models.SequenceTagger(I, 2, hidden_size=H,
+                                                            tag_names=["x", "y"]),
+    "language_model": lambda: rnnkit.models.LanguageModel(
+        vocabulary=rnnkit.data.Vocabulary.build("abcd"), hidden_size=H, num_layers=2,
+        tie_weights=True, cell_options={"layer_norm": True},
+    ),
 }
 
 ABSTRACT = {"RecurrentCell", "CellWrapper", "RNNBase"}
@@ -145,6 +163,8 @@ def call(module: nn.Module) -> object:
     dtype = next(module.parameters()).dtype
     if isinstance(module, Forecaster):  # (B, look_back) positive values in, (B, horizon) out
         return module(10 + torch.rand(B, module.look_back, generator=generator, dtype=dtype))
+    if isinstance(module, rnnkit.models.LanguageModel):  # token ids (B, T)
+        return module(torch.randint(0, module.vocab_size, (B, T), generator=generator))
     if isinstance(module, UnfoldFrom):
         return module(torch.randn(B, I, generator=generator, dtype=dtype))
     if hasattr(module, "state_size"):  # a cell or a cell wrapper: one step

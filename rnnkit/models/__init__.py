@@ -1,4 +1,18 @@
-"""rnnkit.models."""
+"""rnnkit.models: task models built on any rnnkit cell (see docs/models.md)."""
+
+# --- models (owner: models) ---
+# isort: split
+from rnnkit.models.backbone import CELL_NAMES, Backbone  # noqa: E402, F401
+from rnnkit.models.classifier import SequenceClassifier  # noqa: E402, F401
+from rnnkit.models.language_model import (  # noqa: E402, F401
+    LanguageModel,
+    bits_per_character,
+    next_token_distribution,
+    perplexity,
+)
+from rnnkit.models.regressor import SequenceRegressor  # noqa: E402, F401
+from rnnkit.models.tagger import SequenceTagger  # noqa: E402, F401
 
 # --- forecaster (owner: forecaster) ---
+# isort: split
 from rnnkit.models.forecaster import Forecaster  # noqa: E402, F401
