@@ -22,11 +22,11 @@ a cell instance    that cell (layer 1), copies of its config   Recurrence / Bidi
 ``recurrent_dropout``, ``zoneout``, ``engine`` ...) or to each cell's constructor
 (``recurrent_max_abs``, ``groups``, ``forget_bias`` ...).
 
-**State.** Batch-major whatever the path, so that a trainer carrying it between TBPTT
-windows finds the batch in dimension 0 of every tensor: for the drop-ins ``h (B, L*D, H_out)``
-(LSTM: ``(h, c)``), torch's ``h_n`` with its first two dimensions swapped; for cell stacks a
-tuple with one entry per layer, each that layer's state (a ``(forward, backward)`` pair when
-bidirectional) made of ``(B, S)`` tensors.
+**State.** What the layers themselves return, so that a trainer carrying it between TBPTT
+windows finds the batch axis as it does for torch's RNNs: for the drop-ins torch's ``h_n
+(L*D, B, H_out)`` (LSTM: ``(h_n, c_n)``); for cell stacks a tuple with one entry per layer,
+each that layer's state (a ``(forward, backward)`` pair when bidirectional) made of ``(B, S)``
+tensors.
 
 Symbols: ``B`` batch, ``T`` time steps, ``F`` input features, ``H`` hidden size, ``L`` layers,
 ``D`` directions (2 when bidirectional), ``H_out`` the cell's output size.
@@ -141,8 +141,8 @@ class Backbone(Configurable, nn.Module):
         cell_options: keyword arguments for the drop-in or for each cell (see module docs).
 
     Call: ``outputs, state = backbone(x, lengths=None, state=None)`` with ``x (B, T, F)``;
-    ``outputs (B, T, D*H_out)`` is zero at padded steps and ``state`` is batch-major (module
-    docs), each sequence's state at its own last step.
+    ``outputs (B, T, D*H_out)`` is zero at padded steps and ``state`` (module docs) is each
+    sequence's state at its own last step.
 
     Example:
         >>> import torch
@@ -252,9 +252,8 @@ class Backbone(Configurable, nn.Module):
                 ) -> DriverOutput:
         """``x (B, T, F)`` -> ``DriverOutput(outputs (B, T, D*H_out), state)``."""
         if self.drop_in is not None:
-            hx = None if state is None else _swap_batch(state, "to_torch")
-            outputs, h_n = self.drop_in(x, hx, lengths=lengths)  # (B, T, D*H_out)
-            return DriverOutput(outputs, _swap_batch(h_n, "from_torch"))
+            outputs, h_n = self.drop_in(x, state, lengths=lengths)  # (B, T, D*H_out)
+            return DriverOutput(outputs, h_n)
         if state is not None and (not isinstance(state, (tuple, list))
                                   or len(state) != self.num_layers):
             raise ValueError(
@@ -292,11 +291,3 @@ def _map(fn, tree: Any) -> Any:
     if isinstance(tree, (tuple, list)):
         return tuple(_map(fn, part) for part in tree)
     return fn(tree)
-
-
-def _swap_batch(state: Any, direction: str) -> Any:
-    """torch's ``(L*D, B, H)`` state <-> rnnkit models' batch-major ``(B, L*D, H)``."""
-    if direction == "to_torch" and not isinstance(state, (Tensor, tuple, list)):
-        raise TypeError(f"Backbone: state must be a tensor or a tuple of tensors, got "
-                        f"{type(state).__name__}")
-    return _map(lambda t: t.transpose(0, 1).contiguous(), state)

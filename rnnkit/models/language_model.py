@@ -121,8 +121,9 @@ class LanguageModel(Configurable, nn.Module):
             its own bias.
 
     Call: ``logits, state = model(ids, lengths=None, state=None)`` with ``ids (B, T)`` int64;
-    ``logits (B, T, V)`` predict the token after each step; ``state`` (batch-major, see
-    :mod:`rnnkit.models.backbone`) continues the text in the next call (truncated BPTT).
+    ``logits (B, T, V)`` predict the token after each step; ``state`` (torch's ``(h_n, c_n)``
+    for an LSTM, see :mod:`rnnkit.models.backbone`) continues the text in the next call
+    (truncated BPTT).
 
     Example:
         >>> import torch

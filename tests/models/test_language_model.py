@@ -50,7 +50,7 @@ def test_forward_equals_embedding_lstm_linear_and_state_carries(tie_weights):
     logits, (h, c) = model(ids)
     out, (h_n, c_n) = lstm(embedding(ids))
     torch.testing.assert_close(logits, decoder(out), atol=ATOL, rtol=0)
-    torch.testing.assert_close(h, h_n.transpose(0, 1), atol=ATOL, rtol=0)  # batch-major
+    torch.testing.assert_close(h, h_n, atol=ATOL, rtol=0)  # torch's (L, B, H)
     first, state = model(ids[:, :4])
     second, _ = model(ids[:, 4:], state=state)
     torch.testing.assert_close(torch.cat([first, second], 1), logits, atol=ATOL, rtol=0)
@@ -65,7 +65,7 @@ def test_lengths_pick_each_sequences_final_state():
     logits, state = model(ids, lengths=lengths)
     alone, alone_state = model(ids[1:, :3])
     torch.testing.assert_close(logits[1, :3], alone[0], atol=ATOL, rtol=0)
-    torch.testing.assert_close(state[1], alone_state[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(state[:, 1], alone_state[:, 0], atol=ATOL, rtol=0)
 
 
 def test_greedy_generation_equals_argmax_by_hand():
