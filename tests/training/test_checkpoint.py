@@ -601,3 +601,27 @@ def test_cuda_model_and_rng_states(tmp_path):
     assert torch.equal(torch.rand(3, device="cuda"), expected)
     into = load_checkpoint(tmp_path, model=rnnkit.GRU(3, 4)).model  # CUDA weights into a CPU model
     assert_same_state(into, model.cpu())
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "trainer.pt",
+                                  "manifest.json"])
+def test_any_file_truncated_or_flipped_falls_back(tmp_path, name):
+    """Each file of the newest checkpoint, cut at random lengths or with a random byte flipped:
+    always the previous checkpoint loads, with a warning, never a wrong or partial model."""
+    chooser = random.Random(name)
+    old, _ = _two_checkpoints(tmp_path)
+    target = tmp_path / "step-000000002" / name
+    original = target.read_bytes()
+    damaged = [original[:cut] for cut in (0, 1, *chooser.sample(range(2, len(original)), 3))]
+    for _ in range(3):
+        flipped = bytearray(original)
+        flipped[chooser.randrange(len(original))] ^= 1 << chooser.randrange(8)
+        damaged.append(bytes(flipped))
+    for data in damaged:
+        target.write_bytes(data)
+        with pytest.warns(RuntimeWarning, match="step-000000002 is unusable"):
+            loaded = load_checkpoint(tmp_path)
+        assert loaded.step == 1 and loaded.trainer_state == {"step": 1}
+        assert_same_state(loaded.model, old)
+    target.write_bytes(original)
+    assert load_checkpoint(tmp_path).step == 2
