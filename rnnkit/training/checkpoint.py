@@ -103,6 +103,8 @@ MANIFEST_FILE = "manifest.json"
 _STEP_NAME = re.compile(r"^step-(\d{9,})$")
 _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+# a step's previous copy, moved aside while a new copy of the same step takes its name
+_ASIDE_NAME = re.compile(r"^\.trash-(step-(\d{9,}))-[0-9a-f]{8}$")
 _ALIASES_KEY = "rnnkit.aliases"
 _ORDER_KEY = "rnnkit.order"
 
@@ -173,8 +175,8 @@ def save_checkpoint(
             deleted after the new one is in place. ``None`` keeps all.
         extra: JSON-serialisable data stored in ``config.json`` (e.g. the run's settings).
 
-    Saving a step that already exists replaces it (the new copy is complete before the old one
-    is removed).
+    Saving a step that already exists replaces it: the new copy is complete before the old one
+    is moved aside, and a crash in between the two renames leaves the old copy loadable.
     """
     root = Path(root)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
@@ -471,20 +473,39 @@ def _clean_leftovers(root: Path, only: str | None = None) -> None:
         if only is not None:
             if entry.name.startswith(only) and not _owner_alive(entry.name):
                 shutil.rmtree(entry, ignore_errors=True)
-        elif entry.name.startswith(_TRASH_PREFIX) or (
-            entry.name.startswith(_TEMP_PREFIX) and not _owner_alive(entry.name)
-        ):
+        elif entry.name.startswith(_TRASH_PREFIX):
+            aside = _ASIDE_NAME.match(entry.name)
+            step_dir = root / aside.group(1) if aside else None
+            if (step_dir is not None and not step_dir.exists()
+                    and _problem(entry, checksums=False) is None):
+                # killed between moving the old copy aside and renaming the new one in: the
+                # old copy is the complete one, it gets its name back
+                os.rename(entry, step_dir)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(_TEMP_PREFIX) and not _owner_alive(entry.name):
             shutil.rmtree(entry, ignore_errors=True)
 
 
 def _step_dirs(root: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``step-*`` directory, newest first (complete or not)."""
-    found = []
+    """``(step, path)`` of every ``step-*`` directory, newest first (complete or not); a copy
+    moved aside (``.trash-step-*``) stands in for its step while that step has no directory."""
+    found: dict[str, tuple[int, Path]] = {}
+    aside: list[tuple[str, int, Path]] = []
     for entry in root.iterdir():
+        if not entry.is_dir():
+            continue
         match = _STEP_NAME.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
-    return sorted(found, key=lambda item: item[0], reverse=True)
+        if match:
+            found[entry.name] = (int(match.group(1)), entry)
+            continue
+        match = _ASIDE_NAME.match(entry.name)
+        if match:
+            aside.append((match.group(1), int(match.group(2)), entry))
+    for name, step, entry in aside:
+        if name not in found and _problem(entry, checksums=False) is None:
+            found[name] = (step, entry)
+    return sorted(found.values(), key=lambda item: item[0], reverse=True)
 
 
 def _prune(root: Path, *, keep_last: int, newest: Path) -> None:

@@ -231,7 +231,7 @@ def test_crash_after_tensors_are_written_keeps_previous_checkpoint(tmp_path, mon
     assert_same_state(loaded.model, first)
 
 
-def test_crash_while_replacing_the_same_step_keeps_a_complete_copy(tmp_path, monkeypatch):
+def test_crash_while_replacing_the_same_step_keeps_the_old_copy_loadable(tmp_path, monkeypatch):
     model = randomised(rnnkit.GRU(2, 3))
     save_checkpoint(tmp_path, model=model, trainer_state={"version": 1}, step=5)
     real_rename = os.rename
@@ -247,10 +247,17 @@ def test_crash_while_replacing_the_same_step_keeps_a_complete_copy(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, model=model, trainer_state={"version": 2}, step=5)
     monkeypatch.setattr(ckpt.os, "rename", real_rename)
-    # step-5 was moved aside as trash; the next save cleans up and writes a complete one
-    save_checkpoint(tmp_path, model=model, trainer_state={"version": 3}, step=5)
-    assert sorted(os.listdir(tmp_path)) == ["step-000000005"]
-    assert load_checkpoint(tmp_path).trainer_state == {"version": 3}
+    # the old step-5 is aside and the new one not in place: the old one still loads
+    assert "step-000000005" not in os.listdir(tmp_path)
+    assert load_checkpoint(tmp_path).trainer_state == {"version": 1}
+    assert len(list_checkpoints(tmp_path)) == 1
+    # the next save (another step) gives it its name back and removes the temporary dir
+    save_checkpoint(tmp_path, model=model, trainer_state={"version": 3}, step=6)
+    assert sorted(os.listdir(tmp_path)) == ["step-000000005", "step-000000006"]
+    assert load_checkpoint(tmp_path / "step-000000005").trainer_state == {"version": 1}
+    save_checkpoint(tmp_path, model=model, trainer_state={"version": 4}, step=6, keep_last=1)
+    assert sorted(os.listdir(tmp_path)) == ["step-000000006"]
+    assert load_checkpoint(tmp_path).trainer_state == {"version": 4}
 
 
 def test_leftover_temp_dirs_are_ignored_and_cleaned(tmp_path):
@@ -266,7 +273,9 @@ def test_leftover_temp_dirs_are_ignored_and_cleaned(tmp_path):
 
 
 # One interpreter (importing torch takes seconds on a busy machine) forks a saving loop per run
-# and SIGKILLs it at a random moment once two checkpoints exist; the test then loads each run.
+# and SIGKILLs it at a random moment once checkpoints exist; the test then loads each run. Even
+# runs save step after step (keep_last=2), odd runs save the same step over and over
+# (keep_last=1: the old copy is the only one while the new one replaces it).
 _KILLED_SAVING_LOOPS = textwrap.dedent("""
     import os, random, signal, sys, time, torch, rnnkit
     from rnnkit.training.checkpoint import list_checkpoints, save_checkpoint
@@ -275,20 +284,22 @@ _KILLED_SAVING_LOOPS = textwrap.dedent("""
     model = rnnkit.LSTM(64, 64, num_layers=2)  # about 270 kB of weights per checkpoint
     for run in range(runs):
         root = os.path.join(base, f"run{run}")
+        same_step = run % 2 == 1
         pid = os.fork()
         if pid == 0:  # the saving loop, until killed
-            step = 0
+            version = 0
             while True:
-                step += 1
+                version += 1
                 with torch.no_grad():
                     for parameter in model.parameters():
-                        parameter.fill_(float(step))
-                save_checkpoint(root, model=model, trainer_state={"step": step}, step=step,
-                                keep_last=2)
+                        parameter.fill_(float(version))
+                save_checkpoint(root, model=model, trainer_state={"version": version},
+                                step=7 if same_step else version,
+                                keep_last=1 if same_step else 2)
         deadline = time.monotonic() + 60
-        while len(list_checkpoints(root)) < 2 and time.monotonic() < deadline:
+        while not list_checkpoints(root) and time.monotonic() < deadline:
             time.sleep(0.002)
-        time.sleep(chooser.uniform(0.0, 0.25))  # inside a later save, or between saves
+        time.sleep(chooser.uniform(0.05, 0.3))  # inside a later save, or between saves
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 """)
@@ -298,7 +309,7 @@ _KILLED_SAVING_LOOPS = textwrap.dedent("""
 def test_sigkill_while_saving_leaves_a_loadable_newest_checkpoint(tmp_path):
     script = tmp_path / "killed_saving_loops.py"
     script.write_text(_KILLED_SAVING_LOOPS)
-    runs = 4
+    runs = 6
     subprocess.run(
         [sys.executable, str(script), str(tmp_path), str(runs), "1234"], cwd=REPO, check=True,
         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300,
@@ -306,11 +317,11 @@ def test_sigkill_while_saving_leaves_a_loadable_newest_checkpoint(tmp_path):
     for run in range(runs):
         root = tmp_path / f"run{run}"
         loaded = load_checkpoint(root)
-        step = loaded.trainer_state["step"]
-        assert loaded.step == step >= 2
-        assert all(torch.equal(value, torch.full_like(value, float(step)))
+        version = loaded.trainer_state["version"]
+        assert loaded.step == (7 if run % 2 else version)
+        assert all(torch.equal(value, torch.full_like(value, float(version)))
                    for value in loaded.model.state_dict().values())
-        save_checkpoint(root, model=loaded.model, trainer_state={}, step=step + 1, keep_last=2)
+        save_checkpoint(root, model=loaded.model, trainer_state={}, step=100, keep_last=2)
         assert not [name for name in os.listdir(root) if name.startswith(".")]  # cleaned
 
 
