@@ -163,7 +163,8 @@ def save_checkpoint(
 
     Args:
         root: the run's checkpoint directory (created when missing).
-        model: the model whose ``state_dict`` is saved (unwrap DDP first); its class and
+        model: the model whose ``state_dict`` is saved (a DDP or DataParallel wrapper is
+            unwrapped: the names have no ``module.`` prefix); its class and
             constructor arguments go to ``config.json`` when it is ``Configurable``.
         trainer_state: everything else needed to resume, as tensors and plain Python values
             (dict, list, tuple, str, int, float, bool, None, torch.dtype/device/Size): an
