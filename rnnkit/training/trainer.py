@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.training.batches import Batch, Feed, make_feed
+from rnnkit.training.distributed import DistributedContext
 from rnnkit.training.losses import Loss, resolve_loss
 from rnnkit.training.tbptt import StateCarrier, split_time
 
@@ -196,12 +197,17 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        if device is not None:
-            model.to(device)
         param = next(model.parameters(), None)
         if param is None:
             raise ValueError(f"{type(model).__name__} has no parameters to train")
+        # under torchrun: this process's rank, its device (cuda:LOCAL_RANK), the process group
+        self.distributed = DistributedContext.from_env(
+            device=device if device is not None else param.device)
+        if device is not None or self.distributed.enabled:
+            device = self.distributed.device
+            model.to(device)
         self.device = torch.device(device) if device is not None else param.device
+        self._ddp_model: nn.Module | None = None  # DistributedDataParallel(model) once fitting
         self.input_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
                                 None)
         self.loss = resolve_loss(loss, label_smoothing)
@@ -239,7 +245,7 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.run_dir = None
-        self.is_main_process = True
+        self.is_main_process = self.distributed.is_main
         self.history = History()
         self.stop_training = False
         self.epochs = 0
@@ -313,8 +319,11 @@ class Trainer:
             kwargs["lengths"] = batch.lengths
         if use_state and state is not None:
             kwargs["state"] = state
+        # training steps go through DDP (gradients averaged over ranks), evaluation does not
+        model = self._ddp_model if self._ddp_model is not None and torch.is_grad_enabled() \
+            else self.model
         with self._autocast():
-            out = self.model(*batch.inputs, **kwargs)
+            out = model(*batch.inputs, **kwargs)
         new_state = None
         if isinstance(out, (tuple, list)):
             if not out:
@@ -464,6 +473,9 @@ class Trainer:
         val_feed = (None if validation is None else
                     make_feed(validation, batch_size=batch_size, shuffle=False, seed=self.seed))
         self._check_stateful(feed)
+        feed = self.distributed.shard_feed(feed)  # this rank's share (no-op in one process)
+        if self.distributed.enabled and self._ddp_model is None:
+            self._ddp_model = self.distributed.wrap_model(self.model)
         self.run_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self._keep_last = keep_last
         self._checkpoint_every = checkpoint_every
@@ -482,6 +494,11 @@ class Trainer:
                 saved = load_checkpoint(self.run_dir, model=self.model,
                                         map_location=self.device).trainer_state
                 self._load_trainer_state(saved, feed, epochs)
+                if not self.distributed.is_main and self._acc is not None:
+                    # rank 0's running loss and metrics came back on every rank: count once
+                    self._acc.update(loss_sum=0.0, loss_count=0)
+                    if self.metrics is not None:
+                        self.metrics.reset()
         if saved is None:
             self._run_start_epoch = self.epoch
             self.epochs = self.epoch + epochs
@@ -506,6 +523,7 @@ class Trainer:
             self._phase = "epoch_end"
             for cb in callbacks:
                 cb.on_epoch_end(self, self.epoch, logs)
+            self.stop_training = self.distributed.any(self.stop_training)  # all ranks stop
             self._phase = "batches"
             self.epoch += 1
             self._acc = None
@@ -551,14 +569,19 @@ class Trainer:
             batch_sum, batch_count = self._train_batch(batch, carrier)
             acc["loss_sum"] += batch_sum
             acc["loss_count"] += batch_count
-            acc["samples"] += int(batch.num_samples)
-            self._samples_seen += int(batch.num_samples)
+            batch_samples = int(batch.num_samples)
+            if self.distributed.enabled:  # every rank's samples: epoch_size counts them all
+                batch_samples = int(self.distributed.all_reduce(torch.tensor([batch_samples]))[0])
+            acc["samples"] += batch_samples
+            self._samples_seen += batch_samples
             batch_logs = {"epoch": self.epoch, "step": self.global_step,
                           "batch": acc["batches"], "batch_size": batch.size,
                           "samples_seen": self._samples_seen,
                           "loss": batch_sum / max(batch_count, 1), "lr": self.lr}
             for cb in callbacks:
                 cb.on_batch_end(self, batch_logs)
+            if self.distributed.enabled:  # a callback that stops one rank stops them all
+                self.stop_training = self.distributed.any(self.stop_training)
             every = self._checkpoint_every
             if (self.run_dir is not None and every is not None and
                     self.global_step // every > steps_before // every):
@@ -568,9 +591,14 @@ class Trainer:
         if feed.exhausted and acc["batches"] == 0:
             return None
         seconds = acc["seconds"] + time.perf_counter() - started
+        loss_sum, loss_count = acc["loss_sum"], acc["loss_count"]
+        if self.distributed.enabled:  # report the epoch over every rank's share
+            totals = torch.tensor([loss_sum, loss_count], dtype=torch.float64)
+            loss_sum, loss_count = self.distributed.all_reduce(totals).tolist()
+            if self.metrics is not None:
+                self.metrics.sync(self.distributed.all_reduce)
         logs: dict[str, Any] = {"epoch": self.epoch,
-                                "loss": (acc["loss_sum"] / acc["loss_count"]
-                                         if acc["loss_count"] else math.nan)}
+                                "loss": loss_sum / loss_count if loss_count else math.nan}
         if self.metrics is not None:
             logs.update(self.metrics.compute())
         if val_feed is not None:
