@@ -166,11 +166,12 @@ class Trainer:
         device: where to train; default: where the model's parameters are.
         check_finite: raise :class:`NonFiniteError` naming epoch and batch on a NaN/Inf input,
             target, loss or gradient norm, before the update is applied.
-        verbose: show progress (a ``ProgressBar`` from :mod:`rnnkit.training.callbacks`) unless
+        verbose: show progress (a ``ProgressBar`` from :mod:`rnnkit.training.progress`) unless
             a progress callback is already given.
 
     Attributes (for callbacks): ``model``, ``optimizer``, ``scheduler``, ``epoch`` (0-based),
-    ``global_step`` (updates done), ``run_dir`` (``fit``'s ``checkpoint_dir`` or None),
+    ``epochs`` (the epoch this ``fit`` ends at), ``steps_per_epoch`` (batches per epoch when
+    known), ``global_step`` (updates done), ``run_dir`` (``fit``'s ``checkpoint_dir`` or None),
     ``is_main_process``, ``history``, ``stop_training`` (set True to stop after this batch).
     """
 
@@ -256,6 +257,11 @@ class Trainer:
         self._phase = "batches"
         self._fit_callbacks: list[Any] = []
         self._batch_in_epoch = 0
+        self._feed: Feed | None = None
+        self._carrier: StateCarrier | None = None
+        self.steps_per_epoch: int | None = None  # batches per epoch, when known
+        self._keep_last: int | None = 3
+        self._checkpoint_every: int | None = None
 
     # ------------------------------------------------------------------ construction helpers
     def _make_optimizer(self, optimizer: Any, lr: float) -> torch.optim.Optimizer:
@@ -288,19 +294,29 @@ class Trainer:
         return Metrics(self.metric_names, loss_name=self.loss.name)
 
     def _progress_callbacks(self, verbose: bool) -> list[Any]:
-        """The user's callbacks, plus a ProgressBar when verbose and none shows progress."""
+        """The user's callbacks, plus a ProgressBar (rnnkit.training.progress) when verbose
+        and no callback shows progress already."""
         cbs = list(self.callbacks)
         if not verbose:
             return cbs
         try:
-            module = importlib.import_module("rnnkit.training.callbacks")
+            progress = importlib.import_module("rnnkit.training.progress")
         except ImportError:
             return cbs
-        bar = getattr(module, "ProgressBar", None)
-        shown = tuple(c for c in (bar, getattr(module, "ProgressPrinter", None)) if c)
+        bar = getattr(progress, "ProgressBar", None)
+        shown = tuple(c for c in (bar, getattr(progress, "ProgressPrinter", None)) if c)
         if bar is None or any(isinstance(c, shown) for c in cbs):
             return cbs
         return [*cbs, bar()]
+
+    def _callback_saves(self, callbacks: list[Any]) -> bool:
+        """A ModelCheckpoint callback decides when to save (fit's epoch saves stand down)."""
+        try:
+            module = importlib.import_module("rnnkit.training.callbacks")
+        except ImportError:
+            return False
+        kind = getattr(module, "ModelCheckpoint", None)
+        return kind is not None and any(isinstance(c, kind) for c in callbacks)
 
     # ------------------------------------------------------------------ one forward
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -442,8 +458,8 @@ class Trainer:
                 DataLoaders, time steps for a ``MinibatchSource``); None: one pass over
                 the data. An epoch may end inside a pass; the next goes on from there.
             checkpoint_dir: write a checkpoint (:mod:`rnnkit.training.checkpoint`) there at
-                the end of every epoch and every ``checkpoint_every`` updates; callbacks see
-                it as ``trainer.run_dir``.
+                the end of every epoch (unless a ``ModelCheckpoint`` callback decides when) and
+                every ``checkpoint_every`` updates; callbacks see it as ``trainer.run_dir``.
             resume: continue from the newest complete checkpoint in ``checkpoint_dir`` (start
                 fresh when it holds none): the model, optimizer, scheduler, callbacks, metric
                 accumulators, every random state, the epoch, the step and the position in the
@@ -480,6 +496,7 @@ class Trainer:
         self._keep_last = keep_last
         self._checkpoint_every = checkpoint_every
         self._feed = feed
+        self.steps_per_epoch = feed.num_batches() if epoch_size is None else None
         self._carrier = StateCarrier() if (feed.stateful or self.tbptt) else None
         self._phase = "batches"
         callbacks = self._progress_callbacks(self.verbose if verbose is None else verbose)
@@ -527,7 +544,7 @@ class Trainer:
             self._phase = "batches"
             self.epoch += 1
             self._acc = None
-            if self.run_dir is not None:
+            if self.run_dir is not None and not self._callback_saves(callbacks):
                 self.save_checkpoint()
         for cb in callbacks:
             cb.on_fit_end(self, self.history)
@@ -618,9 +635,9 @@ class Trainer:
         Called by ``fit`` at the end of every epoch and every ``checkpoint_every`` updates;
         callbacks may call it too (from ``on_epoch_end`` it counts the epoch as done).
         """
-        if self.run_dir is None:
-            raise ValueError("save_checkpoint needs a run directory: fit(..., "
-                             "checkpoint_dir=...)")
+        if self.run_dir is None or self._feed is None:
+            raise ValueError("save_checkpoint needs a run directory: call it during "
+                             "fit(..., checkpoint_dir=...)")
         from rnnkit.training.checkpoint import save_checkpoint
 
         if not self.is_main_process:

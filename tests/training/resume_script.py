@@ -2,8 +2,9 @@
 
 Run as a script: ``python resume_script.py FORM RUN_DIR OUT DATA_DIR`` trains with
 ``checkpoint_dir=RUN_DIR, resume=True``, prints ``step N`` after every batch (so the test can
-kill it at a chosen moment) and writes the final weights to OUT. Imported, :func:`train` runs
-the same training in-process, without checkpoints: the uninterrupted reference.
+kill it at a chosen moment) and writes the final weights and the per-epoch losses to OUT.
+Imported, :func:`train` runs the same training in-process, without checkpoints: the
+uninterrupted reference.
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def main(form: str, run_dir: str, out: str, data_dir: str) -> None:
         mid = state["epoch_accumulators"] is not None
         print(f"resume epoch {state['epoch']} step {state['global_step']} "
               f"{'mid-epoch' if mid else 'epoch-start'}", flush=True)
-    model, _ = train(form, Path(data_dir), Path(run_dir), announce=True)
-    torch.save(model.state_dict(), out)
+    model, trainer = train(form, Path(data_dir), Path(run_dir), announce=True)
+    torch.save({"weights": model.state_dict(), "loss": trainer.history.history["loss"]}, out)
     print("done", flush=True)
 
 

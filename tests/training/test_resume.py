@@ -85,7 +85,8 @@ def test_killed_runs_resume_to_bit_identical_weights(tmp_path):
         logs[form].append(("final", 0, [ln for ln in out.splitlines()
                                          if ln.startswith("resume")]))
     for form in plans:
-        weights = torch.load(tmp_path / f"{form}.pt", weights_only=True)
+        saved = torch.load(tmp_path / f"{form}.pt", weights_only=True)
+        weights = saved["weights"]
         reference, trainer = resume_script.train(form, tmp_path)  # uninterrupted, in-process
         assert trainer.epoch == resume_script.EPOCHS[form]
         resumed = [r for *_, rs in logs[form] for r in rs]
@@ -93,6 +94,8 @@ def test_killed_runs_resume_to_bit_identical_weights(tmp_path):
         assert resumed and logs[form][-1][2], logs[form]
         for name, value in reference.state_dict().items():
             assert torch.equal(weights[name], value), f"{form}: {name} differs; {logs[form]}"
+        # the epoch losses too: the accumulators of an epoch resumed mid-way came back exactly
+        assert saved["loss"] == trainer.history.history["loss"], logs[form]
     mid = [r for form in logs for *_, rs in logs[form] for r in rs if "mid-epoch" in r]
     assert mid, f"no run resumed from the middle of an epoch: {logs}"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,5 +285,43 @@ def test_optimizer_instances_and_factories():
     assert isinstance(Trainer(model, optimizer="rmsprop").optimizer, torch.optim.RMSprop)
 
 
+def test_docs_trainer_section_runs_and_prints_what_it_says(capsys):
+    """docs/training.md "Trainer": each example prints its "prints" block."""
+    text = (Path(__file__).parents[2] / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text.split("\n## Trainer\n", 1)[1].split("\n## ", 1)[0]
+    examples = re.findall(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", section,
+                          flags=re.S)
+    assert len(examples) == 3
+    for index, (code, expected) in enumerate(examples):
+        exec(compile(code, f"docs/training.md trainer example {index}", "exec"), {})  # noqa: S102
+        assert capsys.readouterr().out == expected, f"example {index}"
+
+
 def test_doctests():
     assert_doctests_pass("rnnkit.training.trainer")
+
+
+def test_epoch_size_counts_samples_across_passes():
+    x, y = sine_windows(n=10)
+    seen = []
+
+    class Spy:
+        def on_fit_start(self, trainer):
+            pass
+
+        def on_epoch_start(self, trainer, epoch):
+            pass
+
+        def on_batch_end(self, trainer, logs):
+            seen.append((logs["epoch"], logs["batch_size"]))
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            pass
+
+        def on_fit_end(self, trainer, history):
+            pass
+
+    trainer = Trainer(Regressor("gru", hidden=4), callbacks=[Spy()], verbose=False)
+    trainer.fit((x, y), epochs=3, epoch_size=6, batch_size=4, shuffle=False)
+    # pass 0 gives 4, 4, 2; pass 1 goes on inside epoch 1
+    assert seen == [(0, 4), (0, 4), (1, 2), (1, 4), (2, 4), (2, 2)]
