@@ -528,7 +528,7 @@ class Trainer:
             cb.on_fit_start(self)
         if saved is not None:
             # after on_fit_start, which may reset a callback (Keras' EarlyStopping does)
-            self._load_callbacks(saved["callbacks"], callbacks)
+            self._load_callbacks(saved["callbacks"], self.callbacks)
             from rnnkit.training.checkpoint import restore_rng_state
 
             restore_rng_state(saved["rng"])
@@ -661,8 +661,10 @@ class Trainer:
             "epoch_accumulators": acc,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None
-                          for cb in self._fit_callbacks],
+            # the user's callbacks (the default progress bar keeps nothing)
+            "callbacks": [{"type": type(cb).__name__,
+                           "state": cb.state_dict() if hasattr(cb, "state_dict") else None}
+                          for cb in self.callbacks],
             "metrics": None if self.metrics is None else self.metrics.state_dict(),
             "rng": capture_rng_state(),
             "data": {"kind": feed.describe(), "batches_per_pass": feed.num_batches(),
@@ -699,12 +701,14 @@ class Trainer:
         self._acc = None if acc is None else dict(acc)
 
     def _load_callbacks(self, states: list[Any], callbacks: list[Any]) -> None:
-        if len(states) != len(callbacks):
-            raise ValueError(f"the checkpoint holds the state of {len(states)} callbacks, this "
-                             f"run has {len(callbacks)}: resume with the same callbacks")
-        for cb, cb_state in zip(callbacks, states, strict=True):
-            if cb_state is not None and hasattr(cb, "load_state_dict"):
-                cb.load_state_dict(cb_state)
+        saved = [entry["type"] for entry in states]
+        given = [type(cb).__name__ for cb in callbacks]
+        if saved != given:
+            raise ValueError(f"the checkpoint in {self.run_dir} was written with the callbacks "
+                             f"{saved}, this run has {given}: resume with the same callbacks")
+        for cb, entry in zip(callbacks, states, strict=True):
+            if entry["state"] is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(entry["state"])
 
     # ------------------------------------------------------------------ evaluate / predict
     def _eval_batches(self, feed: Feed) -> Iterable[tuple[Batch, Tensor]]:

@@ -2,7 +2,7 @@
 
 Run as a script: ``python resume_script.py FORM RUN_DIR OUT DATA_DIR`` trains with
 ``checkpoint_dir=RUN_DIR, resume=True``, prints ``step N`` after every batch (so the test can
-kill it at a chosen moment) and writes the final weights and the per-epoch losses to OUT.
+kill it at a chosen moment) and writes the final weights and the per-epoch logs to OUT.
 Imported, :func:`train` runs the same training in-process, without checkpoints: the
 uninterrupted reference.
 """
@@ -90,6 +90,7 @@ def train(form: str, data_dir: Path, run_dir: Path | None = None, announce: bool
     torch.manual_seed(0)
     model = Net()
     trainer = Trainer(model, loss="cross_entropy", lr=2e-2, seed=3, verbose=False,
+                      metrics=["accuracy", "f1"],
                       scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, gamma=0.5),
                       callbacks=[Announce()] if announce else [])
     trainer.fit(make_data(form, data_dir), epochs=EPOCHS[form], checkpoint_dir=run_dir,
@@ -108,7 +109,7 @@ def main(form: str, run_dir: str, out: str, data_dir: str) -> None:
         print(f"resume epoch {state['epoch']} step {state['global_step']} "
               f"{'mid-epoch' if mid else 'epoch-start'}", flush=True)
     model, trainer = train(form, Path(data_dir), Path(run_dir), announce=True)
-    torch.save({"weights": model.state_dict(), "loss": trainer.history.history["loss"]}, out)
+    torch.save({"weights": model.state_dict(), "history": trainer.history.history}, out)
     print("done", flush=True)
 
 

@@ -301,6 +301,35 @@ def test_doctests():
     assert_doctests_pass("rnnkit.training.trainer")
 
 
+def test_metrics_see_what_the_loss_sees_and_never_padding():
+    pytest.importorskip("torchmetrics")
+    g = torch.Generator().manual_seed(7)
+    lengths = [5, 2, 4, 3]
+    seqs = [(torch.randn(n, 1, generator=g), torch.randint(0, 3, (n,), generator=g))
+            for n in lengths]
+    torch.manual_seed(0)
+    model = Regressor("gru", hidden=4, outputs=3, per_step=True)
+    loader = DataLoader(seqs, batch_size=3, collate_fn=PadCollate(batch_first=True,
+                                                                  target_padding_value=0))
+    trainer = Trainer(model, loss="sequence_cross_entropy", metrics=["accuracy"],
+                      verbose=False)
+    result = trainer.evaluate(loader)
+    with torch.no_grad():  # oracle: each tagged sequence alone
+        hits = sum(int((model(x[None])[0].argmax(-1) == y).sum()) for x, y in seqs)
+    assert result["accuracy"] == pytest.approx(hits / sum(lengths))
+    history = trainer.fit(loader, validation=loader, epochs=2)
+    assert len(history.history["accuracy"]) == 2 and len(history.history["val_accuracy"]) == 2
+    # per-sample labels on sequence outputs: the last valid step, as the loss
+    classifier = Regressor("gru", hidden=4, outputs=3)
+    labelled = [(x, y[-1]) for x, y in seqs]
+    loader = DataLoader(labelled, batch_size=3, collate_fn=PadCollate(batch_first=True))
+    result = Trainer(classifier, loss="cross_entropy", metrics=["accuracy"],
+                     verbose=False).evaluate(loader)
+    with torch.no_grad():
+        hits = sum(int(classifier(x[None])[0].argmax(-1) == y) for x, y in labelled)
+    assert result["accuracy"] == pytest.approx(hits / len(labelled))
+
+
 def test_epoch_size_counts_samples_across_passes():
     x, y = sine_windows(n=10)
     seen = []
@@ -325,3 +354,50 @@ def test_epoch_size_counts_samples_across_passes():
     trainer.fit((x, y), epochs=3, epoch_size=6, batch_size=4, shuffle=False)
     # pass 0 gives 4, 4, 2; pass 1 goes on inside epoch 1
     assert seen == [(0, 4), (0, 4), (1, 2), (1, 4), (2, 4), (2, 2)]
+
+
+def test_the_default_progress_bar_prints_a_line_per_epoch(capsys):
+    x, y = sine_windows(n=8)
+    Trainer(Regressor("gru", hidden=4)).fit((x, y), epochs=2, batch_size=4)
+    out = capsys.readouterr().out  # not a terminal: plain lines
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out and "loss: " in out
+
+
+class Crash(rnnkit.training.Callback):
+    """Raises at a given update: a crash inside fit, after the checkpoints before it."""
+
+    def __init__(self, at=None):
+        self.at = at
+
+    def on_batch_end(self, trainer, logs):
+        if logs["step"] == self.at:
+            raise KeyboardInterrupt("crash")
+
+
+def test_early_stopping_resumes_with_its_counters(tmp_path):
+    x, y = sine_windows(n=16)
+
+    def run(crash_at=None, resume=False):
+        torch.manual_seed(0)
+        stop = rnnkit.training.EarlyStopping(monitor="loss", patience=1, min_delta=10.0)
+        trainer = Trainer(Regressor("gru", hidden=4), callbacks=[stop, Crash(crash_at)],
+                          verbose=False)
+        trainer.fit((x, y), epochs=6, batch_size=4, checkpoint_dir=tmp_path / "run",
+                    checkpoint_every=1, resume=resume)
+        return trainer
+
+    # no epoch beats the first by min_delta: patience 1 stops after epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        run(crash_at=6)  # in epoch 1 (4 updates per epoch)
+    resumed = run(resume=True)
+    assert resumed.history.epochs == [0, 1] and resumed.global_step == 8
+    assert resumed.callbacks[0].stopped_epoch == 1
+
+
+def test_a_model_checkpoint_callback_decides_when_to_save(tmp_path):
+    x, y = sine_windows(n=16)
+    saver = rnnkit.training.ModelCheckpoint(every_n_steps=3, every_epoch=False)
+    Trainer(Regressor("gru", hidden=4), callbacks=[saver], verbose=False).fit(
+        (x, y), epochs=2, batch_size=4, checkpoint_dir=tmp_path, keep_last=None)
+    steps = sorted(int(p.name.split("-")[1]) for p in rnnkit.training.list_checkpoints(tmp_path))
+    assert steps == [3, 6]  # not the epoch ends (4, 8)
