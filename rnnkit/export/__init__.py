@@ -7,6 +7,7 @@ runs (``pip install 'rnnkit[onnx]'``).
 from rnnkit.export.onnx import (
     UNSUPPORTED,
     CellSupport,
+    ExampleInputs,
     ExportCheckError,
     ExportError,
     Unsupported,
@@ -20,6 +21,7 @@ from rnnkit.export.onnx import (
 __all__ = [
     "UNSUPPORTED",
     "CellSupport",
+    "ExampleInputs",
     "ExportCheckError",
     "ExportError",
     "Unsupported",

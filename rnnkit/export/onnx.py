@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ from rnnkit.layers.recurrence import UnfoldFrom
 
 __all__ = [
     "CellSupport",
+    "ExampleInputs",
     "UNSUPPORTED",
     "Unsupported",
     "ExportCheckError",
@@ -475,9 +476,15 @@ def export_onnx(
                     warnings.simplefilter("ignore")  # the exporter's internal notices
                     run(wrapper, args, temp, input_names, output_names, dynamic, opset)
             except Exception as error:
+                summary = _summary(error)
+                hint = ""
+                if "DataDependent" in summary:
+                    hint = (" (the model reads a tensor's value in Python, bool(t), t.item(), "
+                            "torch.equal, which a graph cannot record; docs/export.md, 'What "
+                            "cannot be exported')")
                 raise ExportError(
                     f"torch.onnx ({exporter} exporter) could not export "
-                    f"{type(model).__name__} on inputs {_shapes(args)}: {_summary(error)}"
+                    f"{type(model).__name__} on inputs {_shapes(args)}: {summary}{hint}"
                 ) from error
             if check:
                 second, second_lengths = _second_inputs(inputs, lengths, dims, dynamic_batch,
@@ -563,16 +570,42 @@ def _accepts_lengths(model: nn.Module) -> bool:
         return False
 
 
-def example_inputs_for(model: nn.Module, batch_size: int = 2,
-                       steps: int = 5) -> tuple[tuple[Tensor, ...], Tensor | None]:
-    """Example inputs built from a model's configuration: ``((x,), lengths)``.
+class ExampleInputs(NamedTuple):
+    """What :func:`example_inputs_for` builds: the positional inputs, the lengths (or None)
+    and whether the number of steps may vary (False for a fixed window such as a
+    forecaster's ``look_back``)."""
 
-    Token ids ``(B, T)`` when the model embeds tokens (``vocab_size`` or its first
-    ``nn.Embedding``), else features ``(B, T, F)`` with ``F`` its ``input_size`` (its own or
-    its first layer's); ``lengths`` when its ``forward`` takes them (one full-length and one
-    shorter sequence), else None. A model whose ``batch_first`` is False gets ``(T, B, ...)``.
+    inputs: tuple[Tensor, ...]
+    lengths: Tensor | None
+    dynamic_time: bool
+
+
+def example_inputs_for(model: nn.Module, batch_size: int = 2, steps: int = 5) -> ExampleInputs:
+    """Example inputs built from a model's configuration.
+
+    * a fixed window (a ``look_back`` attribute, the ``Forecaster``): ``x (B, look_back)``
+      of positive values, plus ``covariates (B, look_back + horizon, covariate_width)`` when
+      the model has covariates; the number of steps stays fixed;
+    * token ids ``(B, T)`` when the model embeds tokens (``vocab_size`` or its first
+      ``nn.Embedding``);
+    * else features ``(B, T, F)`` with ``F`` its ``input_size`` (its own or its first
+      layer's); ``(T, B, F)`` for a model whose ``batch_first`` is False.
+
+    Lengths (one full-length and shorter sequences) when the model's ``forward`` takes
+    ``lengths`` and the number of steps may vary.
     """
     generator = torch.Generator().manual_seed(0)
+    parameter = next(model.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    window = getattr(model, "look_back", None)
+    if isinstance(window, int):
+        x = 1.0 + torch.rand(batch_size, window, generator=generator, dtype=dtype)
+        width = getattr(model, "covariate_width", 0)
+        if isinstance(width, int) and width > 0:
+            need = window + int(getattr(model, "horizon", 0))
+            covariates = torch.randn(batch_size, need, width, generator=generator, dtype=dtype)
+            return ExampleInputs((x, covariates), None, False)
+        return ExampleInputs((x,), None, False)
     vocab = getattr(model, "vocab_size", None)
     if not isinstance(vocab, int):
         embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
@@ -580,8 +613,6 @@ def example_inputs_for(model: nn.Module, batch_size: int = 2,
     dims = _layout(model, None)
     shape = [0, 0]
     shape[dims[0]], shape[dims[1]] = batch_size, steps
-    parameter = next(model.parameters(), None)
-    dtype = parameter.dtype if parameter is not None else torch.float32
     if isinstance(vocab, int):
         x = torch.randint(0, vocab, shape, generator=generator)
     else:
@@ -592,15 +623,15 @@ def example_inputs_for(model: nn.Module, batch_size: int = 2,
         if size is None:
             raise ExportError(
                 f"cannot tell the input of {type(model).__name__} from its configuration (no "
-                f"vocab_size, nn.Embedding or input_size); call rnnkit.export.export_onnx "
-                f"with example inputs"
+                f"look_back, vocab_size, nn.Embedding or input_size); call "
+                f"rnnkit.export.export_onnx with example inputs"
             )
         x = torch.randn(*shape, size, generator=generator, dtype=dtype)
     lengths = None
     if _accepts_lengths(model):
         lengths = torch.full((batch_size,), steps, dtype=torch.int64)
         lengths[1:] = max(1, steps - 2)
-    return (x,), lengths
+    return ExampleInputs((x,), lengths, True)
 
 
 def export_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str], *,
@@ -611,5 +642,6 @@ def export_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str], 
     from rnnkit.training.checkpoint import load
 
     model = load(run_dir)
-    inputs, lengths = example_inputs_for(model)
-    return export_onnx(model, output, inputs, lengths=lengths, opset=opset, atol=atol)
+    example = example_inputs_for(model)
+    return export_onnx(model, output, example.inputs, lengths=example.lengths,
+                       dynamic_time=example.dynamic_time, opset=opset, atol=atol)

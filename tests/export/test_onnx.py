@@ -20,6 +20,7 @@ from rnnkit.export import (
     ExportCheckError,
     ExportError,
     UnsupportedExportError,
+    example_inputs_for,
     export_onnx,
     export_run,
     exportable_cells,
@@ -263,3 +264,35 @@ def test_bad_calls_are_named_before_exporting(tmp_path, call, error, match):
     with pytest.raises(error, match=match):
         call(tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+class _Tagger(torch.nn.Module):
+    """Token ids in, one label per step out (no vocab_size attribute: found from its
+    nn.Embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, 3)
+        self.gru = rnnkit.GRU(3, 4, batch_first=True)
+
+    def forward(self, ids, lengths=None):
+        return self.gru(self.embed(ids), lengths=lengths)[0]
+
+
+def test_example_inputs_come_from_the_configuration():
+    ids = example_inputs_for(_Tagger())
+    assert ids.inputs[0].dtype == torch.int64 and tuple(ids.inputs[0].shape) == (2, 5)
+    assert int(ids.inputs[0].max()) < 11 and ids.lengths.tolist() == [5, 3]
+    assert ids.dynamic_time
+
+    time_major = example_inputs_for(rnnkit.LSTM(3, 4))  # batch_first=False: (T, B, F)
+    assert tuple(time_major.inputs[0].shape) == (5, 2, 3) and time_major.lengths is not None
+
+    from rnnkit.models.forecaster import Forecaster
+
+    window = example_inputs_for(Forecaster(look_back=24, horizon=3, period=12, seed=0))
+    assert tuple(window.inputs[0].shape) == (2, 24) and bool((window.inputs[0] > 0).all())
+    assert window.lengths is None and not window.dynamic_time
+
+    with pytest.raises(ExportError, match="cannot tell the input of Identity"):
+        example_inputs_for(torch.nn.Identity())
