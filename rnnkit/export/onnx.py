@@ -511,16 +511,21 @@ def export_onnx(
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence torch.onnx's registry notices (missing torchvision ops) during an export."""
+    """Silence the exporter's logs during an export: torch.onnx's registry notices (missing
+    torchvision ops) and torch.export's graph dumps when it cannot record a model (the
+    ExportError raised then says why in one line)."""
     import logging
 
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in (
+        "torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _compare(session: Any, input_names: list[str], output_names: list[str],

@@ -116,7 +116,7 @@ class InputEncoder(nn.Module):
                 )
             if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
                 raise DTypeError(f"{owner}: token ids must be integers (int64), got {x.dtype}")
-            if x.numel():
+            if x.numel() and not torch.compiler.is_exporting():  # values unknown to export
                 low, high = int(x.min()), int(x.max())
                 if low < 0 or high >= self.vocab_size:  # type: ignore[operator]
                     bad = low if low < 0 else high

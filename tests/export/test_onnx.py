@@ -108,6 +108,27 @@ def test_two_layer_gru_exports_as_scans_not_compiled_kernels_and_matches_torch_n
     np.testing.assert_allclose(got["state"], h_n.numpy(), atol=1e-5)
 
 
+def test_token_classifier_from_a_run_directory_matches_each_sequence_run_alone(tmp_path):
+    # the task models (rnnkit.models) through `rnnkit export RUN_DIR`: token ids (B, T) in,
+    # logits (B, C) out, lengths as an input; PyTorch on each sequence alone, unpadded, is
+    # the oracle for the padded batch of another size and length
+    from rnnkit.models import SequenceClassifier
+
+    torch.manual_seed(0)
+    model = SequenceClassifier(vocab_size=11, num_classes=3, hidden_size=5, cell="lstm")
+    rnnkit.save(model, tmp_path / "run")
+    path = export_run(tmp_path / "run", tmp_path / "classifier.onnx")
+
+    lengths = [1, 8, 4]
+    ids = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(4))
+    got = run_onnx(path, input=ids, lengths=torch.tensor(lengths))["output"]  # (B, C)
+    model.eval()
+    with torch.no_grad():
+        for row, length in enumerate(lengths):
+            alone = model(ids[row:row + 1, :length])  # (1, C)
+            np.testing.assert_allclose(got[row], alone[0].numpy(), atol=1e-5)
+
+
 class _EveryCell(torch.nn.Module):
     """Every exportable row of the table, alternately over Recurrence (forward, then
     backward) and Fold, plus the RNN drop-in (ReLU); one export for all of them, since each
