@@ -136,6 +136,125 @@ def bench(rows: str | None, size: str, reps: int | None, threads: int, out: Path
         sys.exit(code)
 
 
+_SET_HELP = ("override a configuration key, SECTION.KEY=VALUE (a TOML value: 0.001, true, "
+             "[0.8, 0.2], \"text\"; bare words are strings); repeatable")
+
+
+@cli.command(short_help="Train the model a TOML configuration describes.")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=_SET_HELP)
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="the run directory (default: runs/<config name>)")
+@click.option("--resume", is_flag=True,
+              help="continue a killed run from the newest checkpoint in the run directory")
+def train(config: Path, overrides: tuple[str, ...], output: Path | None, resume: bool) -> None:
+    """Train the model that CONFIG (a TOML file with [model], [data] and [trainer]) describes.
+
+    The run directory gets the checkpoints (step-*/), history.csv, the loss curves (PNG), the
+    final model (config.json + model.safetensors, with the configuration) and metrics.json
+    (the test split's metrics, when there is one). See docs/cli.md for every key.
+
+    \b
+    Example:
+      rnnkit train examples/configs/mnist1d_classifier.toml --set trainer.epochs=3 \
+          --set model.hidden_size=32 --output runs/mnist1d
+      rnnkit train examples/configs/mnist1d_classifier.toml --output runs/mnist1d --resume
+    """
+    from rnnkit.workflows.config import load_config
+    from rnnkit.workflows.train import train_run
+
+    run_config = load_config(config, overrides)
+    directory = output if output is not None else Path("runs") / config.stem
+    train_run(run_config, directory, resume=resume, echo=click.echo)
+
+
+@cli.command(short_help="Loss and metrics of a trained run on data.")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+def evaluate(run_dir: Path, data: Path | None) -> None:
+    """Loss and metrics of the model in RUN_DIR on DATA (a file in the format the run was
+    trained on; left out: the run's own test split).
+
+    \b
+    Example:
+      rnnkit evaluate runs/ctf examples/configs/data/sine_test.ctf
+      rnnkit evaluate runs/mnist1d
+    """
+    from rnnkit.workflows.train import evaluate_run
+
+    metrics = evaluate_run(run_dir, None if data is None else str(data))
+    for name, value in metrics.items():
+        if isinstance(value, (int, float)):
+            click.echo(f"{name:<20} {value:.6g}")
+        else:
+            click.echo(f"{name:<20} {value}")
+
+
+@cli.command(short_help="Write a trained run's predictions on data to a CSV.")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              default="predictions.csv", show_default=True, help="the CSV to write")
+def predict(run_dir: Path, data: Path | None, output: Path) -> None:
+    """Predict with the model in RUN_DIR on DATA (read as the run read its training file;
+    left out: the run's own test split) and write one CSV row per sample: the class and each
+    class's probability (classifier), the predicted values (regressor), one row per step
+    (tagger).
+
+    \b
+    Example:
+      rnnkit predict runs/ctf examples/configs/data/sine_test.ctf -o predictions.csv
+    """
+    from rnnkit.workflows.train import predict_run
+
+    written = predict_run(run_dir, None if data is None else str(data), output)
+    click.echo(f"wrote {written}")
+
+
+@cli.command(short_help="Generate text with a trained language model.")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", required=True, help="the text to continue")
+@click.option("--length", "-n", type=click.IntRange(min=0), default=500, show_default=True,
+              help="tokens (characters or words) to add")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="below 1: safer text; 0: always the most likely token")
+@click.option("--top-k", type=click.IntRange(min=1), help="sample from the k likeliest tokens")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="sample from the smallest set of tokens holding this probability")
+@click.option("--seed", type=int, help="the same seed gives the same text")
+def generate(run_dir: Path, prompt: str, length: int, temperature: float, top_k: int | None,
+             top_p: float | None, seed: int | None) -> None:
+    """Continue PROMPT with the language model in RUN_DIR and print the text.
+
+    \b
+    Example:
+      rnnkit generate runs/shakespeare --prompt "ROMEO:" --length 500 --temperature 0.8 \
+          --seed 1
+    """
+    from rnnkit.workflows.train import generate_text
+
+    click.echo(generate_text(run_dir, prompt, length, temperature=temperature, top_k=top_k,
+                             top_p=top_p, seed=seed))
+
+
+@cli.command(short_help="Which kernel each layer of a configured model runs, and why.")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=_SET_HELP)
+def explain(config: Path, overrides: tuple[str, ...]) -> None:
+    """Build the model CONFIG describes, run one training batch through it, and print which
+    path (fused torch kernels, rnnkit's compiled kernels, the Python loop) each recurrent
+    layer takes and why (rnnkit.engine.explain).
+
+    \b
+    Example:
+      rnnkit explain examples/configs/mnist1d_classifier.toml --set model.cell=lstm
+    """
+    from rnnkit.workflows.config import load_config
+    from rnnkit.workflows.train import explain_config
+
+    click.echo(explain_config(load_config(config, overrides)))
+
+
 def _benchmarks() -> Any:
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "run.py").is_file():

@@ -202,11 +202,21 @@ def _section_dict(section: Any) -> dict[str, Any]:
             and (f.metadata["formats"] is None or fmt in f.metadata["formats"])}
 
 
+# what Keras, CNTK and PyTorch users call some keys
+SYNONYMS = {"learning_rate": "lr", "max_epochs": "epochs", "num_epochs": "epochs",
+            "minibatch_size": "batch_size", "units": "hidden_size", "layers": "num_layers",
+            "rnn_type": "cell", "cell_type": "cell", "metric": "metrics",
+            "gradient_clipping": "clip_grad_norm", "clipnorm": "clip_grad_norm",
+            "patience": "early_stopping", "file": "path", "train": "path"}
+
+
 def closest(name: str, valid: Any) -> str:
     """``"; did you mean 'x'?"`` for the valid name closest to ``name``, else the list of
     valid names."""
     valid = sorted(valid)
-    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    synonym = SYNONYMS.get(name)
+    match = [synonym] if synonym in valid else difflib.get_close_matches(name, valid, n=1,
+                                                                         cutoff=0.6)
     if match:
         return f"; did you mean {match[0]!r}?"
     return f"; valid: {', '.join(valid)}"
@@ -243,7 +253,7 @@ def _check_value(where: str, value: Any, meta: dict[str, Any], base: Path | None
         if not isinstance(value, str):
             raise wrong
         if kind == "path" and base is not None:
-            value = str(base / os.path.expanduser(value))
+            value = os.path.normpath(base / os.path.expanduser(value))
     elif kind == "str-list":
         if isinstance(value, str):
             value = [value]
@@ -308,7 +318,7 @@ def parse_config(raw: dict[str, Any], *, overrides: list[str] | tuple[str, ...] 
             for key, value in table.items():
                 spec = _fields(SECTIONS[name]).get(key)
                 if spec is not None and spec.metadata["kind"] == "path" and isinstance(value, str):
-                    table[key] = str(base_path / os.path.expanduser(value))
+                    table[key] = os.path.normpath(base_path / os.path.expanduser(value))
     apply_overrides(raw, overrides)
     for name in ("model", "data"):
         if name not in raw:
