@@ -245,3 +245,29 @@ def test_every_example_config_runs_a_few_steps(tmp_path):
         result = run(*args)
         assert result.exit_code == 0, (config.stem, result.output)
         assert (tmp_path / config.stem / "model.safetensors").is_file(), config.stem
+
+
+def test_trainer_section_covers_every_trainer_and_fit_option():
+    """Every argument of rnnkit.Trainer and its fit is a [trainer] key, except the objects a
+    TOML file cannot hold (the model, callbacks) and what the run itself decides."""
+    import inspect
+
+    import rnnkit
+    from rnnkit.workflows.config import TrainerConfig
+
+    keys = set(TrainerConfig.__dataclass_fields__)
+    decided_by_the_run = {"self", "model", "callbacks", "verbose", "train", "validation",
+                          "checkpoint_dir", "resume", "batch_size", "shuffle"}
+    for function in (rnnkit.Trainer.__init__, rnnkit.Trainer.fit):
+        for name in inspect.signature(function).parameters:
+            assert name in keys or name in decided_by_the_run, f"[trainer] lacks {name}"
+
+
+def test_a_scheduler_by_name(ctf_config, tmp_path):
+    result = run("train", ctf_config, "-o", tmp_path / "run", "--set",
+                 "trainer.scheduler={ name = 'StepLR', step_size = 1, gamma = 0.5 }")
+    assert result.exit_code == 0, result.output
+    lrs = [float(row["lr"]) for row in csv.DictReader((tmp_path / "run" / "history.csv").open())]
+    assert lrs[1] == pytest.approx(lrs[0] / 2) and lrs[0] in (0.02, 0.01)  # halved per epoch
+    assert_usage_error(run("train", ctf_config, "--set", "trainer.scheduler.name=StepLr"),
+                       "did you mean 'StepLR'?")

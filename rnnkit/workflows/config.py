@@ -164,7 +164,15 @@ class TrainerConfig:
     label_smoothing: float = option(0.0, kind="float", doc="cross-entropy label smoothing")
     clip_grad_norm: float | None = option(kind="float", doc="clip the gradient norm to this")
     tbptt: int | None = option(kind="int", doc="truncated BPTT: steps per update")
+    scheduler: dict = option({}, kind="table",
+                             doc="{ name = 'StepLR', step_size = 5, gamma = 0.5 }: a "
+                                 "torch.optim.lr_scheduler class and its arguments")
+    scheduler_interval: str = option("epoch", kind="str", choices=("epoch", "step"),
+                                     doc="step the scheduler per epoch or per update")
     precision: str = option("fp32", kind="str", choices=("fp32", "bf16"), doc="fp32 or bf16")
+    device: str | None = option(kind="str", doc="cpu, cuda, cuda:1, ... (default: cpu)")
+    check_finite: bool = option(True, kind="bool",
+                                doc="stop with a message at a NaN/Inf input, loss or gradient")
     seed: int = option(0, kind="int", doc="seed of every random number generator")
     epochs: int = option(10, kind="int", doc="passes over the training data")
     epoch_size: int | None = option(kind="int",

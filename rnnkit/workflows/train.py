@@ -335,12 +335,40 @@ def make_trainer(config: RunConfig, model: nn.Module, callbacks: list[Any] | Non
         return Trainer(model, loss=spec.loss or DEFAULT_LOSSES[kind], optimizer=spec.optimizer,
                        lr=spec.lr, metrics=(spec.metrics if spec.metrics is not None
                                             else DEFAULT_METRICS[kind]),
-                       clip_grad_norm=spec.clip_grad_norm, callbacks=callbacks or [],
-                       tbptt=spec.tbptt, precision=spec.precision, seed=spec.seed,
-                       label_smoothing=spec.label_smoothing,
-                       verbose=spec.progress == "bar")
+                       clip_grad_norm=spec.clip_grad_norm, scheduler=_scheduler(spec.scheduler),
+                       callbacks=callbacks or [], tbptt=spec.tbptt, precision=spec.precision,
+                       seed=spec.seed, label_smoothing=spec.label_smoothing,
+                       scheduler_interval=spec.scheduler_interval, device=spec.device,
+                       check_finite=spec.check_finite, verbose=spec.progress == "bar")
     except (TypeError, ValueError, KeyError) as e:
         raise UsageError(f"[trainer]: {' '.join(str(e).split())}") from None
+
+
+def _scheduler(spec: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """``{ name = "StepLR", step_size = 5 }`` -> ``optimizer -> StepLR(optimizer, step_size=5)``."""
+    if not spec:
+        return None
+    options = dict(spec)
+    name = options.pop("name", None)
+    schedulers = {n for n, v in vars(torch.optim.lr_scheduler).items()
+                  if isinstance(v, type) and issubclass(v, torch.optim.lr_scheduler.LRScheduler)
+                  and not n.startswith("_") and n != "LRScheduler"}
+    schedulers.add("ReduceLROnPlateau")
+    if not isinstance(name, str):
+        raise UsageError("trainer.scheduler needs name, a torch.optim.lr_scheduler class such "
+                         "as 'StepLR'")
+    if name not in schedulers:
+        raise UsageError(f"trainer.scheduler.name {name!r} is not a torch.optim.lr_scheduler "
+                         f"class{closest(name, schedulers)}")
+    cls = getattr(torch.optim.lr_scheduler, name)
+
+    def build(optimizer: Any) -> Any:
+        try:
+            return cls(optimizer, **options)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"trainer.scheduler ({name}): {e}") from None
+
+    return build
 
 
 def _write_json(path: Path, value: Any) -> None:
