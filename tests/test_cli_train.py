@@ -271,3 +271,25 @@ def test_a_scheduler_by_name(ctf_config, tmp_path):
     assert lrs[1] == pytest.approx(lrs[0] / 2) and lrs[0] in (0.02, 0.01)  # halved per epoch
     assert_usage_error(run("train", ctf_config, "--set", "trainer.scheduler.name=StepLr"),
                        "did you mean 'StepLR'?")
+
+
+def test_train_on_idx_files(tmp_path):
+    """MNIST-style IDX files (images read row by row) through format = "idx"."""
+    from rnnkit.data import write_idx
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 40), ("t10k", 12)):
+        labels = rng.integers(0, 3, count).astype(np.uint8)
+        images = (rng.integers(0, 60, (count, 28, 28)) + 60 * labels[:, None, None]).astype(
+            np.uint8)  # the class sets the brightness
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    config = tmp_path / "idx.toml"
+    config.write_text('[model]\ntype = "classifier"\nhidden_size = 8\n'
+                      '[data]\nformat = "idx"\npath = "."\nbatch_size = 8\n'
+                      '[trainer]\nepochs = 1\nprogress = "none"\n')
+    result = run("train", config, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output  # the test split (t10k files) was evaluated
+    assert_usage_error(run("train", config, "-o", tmp_path / "other", "--set",
+                           f"data.path={tmp_path / 'empty'}"), "empty")
