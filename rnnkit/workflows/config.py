@@ -180,6 +180,9 @@ class TrainerConfig:
     early_stopping: dict = option({}, kind="table",
                                   doc="{monitor, patience, min_delta}: stop when it stalls")
     keep_last: int = option(3, kind="int", doc="checkpoints kept in the run directory")
+    checkpoint_every: int | None = option(kind="int",
+                                          doc="also checkpoint every N updates (default: "
+                                              "at the end of each epoch only)")
     progress: str = option("bar", kind="str", choices=("bar", "cntk", "none"),
                            doc="a progress bar, CNTK's ProgressPrinter table, or nothing")
 
@@ -432,7 +435,8 @@ def _check_consistency(config: RunConfig) -> None:
     if sum(data.splits) > 1 + 1e-9:
         raise UsageError(f"data.splits sum to {sum(data.splits):g} > 1")
     for name in ("batch_size", "epochs", "num_layers", "hidden_size", "keep_last", "look_back",
-                 "horizon", "seq_len", "num_samples", "limit", "epoch_size", "tbptt"):
+                 "horizon", "seq_len", "num_samples", "limit", "epoch_size", "tbptt",
+                 "checkpoint_every"):
         for section in (model, data, trainer):
             value = getattr(section, name, None)
             if isinstance(value, int) and value < 1:

@@ -305,8 +305,8 @@ def _callbacks(config: RunConfig) -> list[Any]:
     from rnnkit.training import callbacks
 
     trainer = config.trainer
-    chosen: list[Any] = [callbacks.CSVLogger(), callbacks.PlotCurves(),
-                         callbacks.Checkpoint(keep_last=trainer.keep_last)]
+    # the trainer checkpoints into the run directory itself (every epoch, keep_last)
+    chosen: list[Any] = [callbacks.CSVLogger(), callbacks.PlotCurves()]
     if trainer.early_stopping:
         allowed = {"monitor", "patience", "min_delta", "mode", "restore_best_weights"}
         for key in trainer.early_stopping:
@@ -409,7 +409,10 @@ def train_run(config: RunConfig, directory: str | os.PathLike, *, resume: bool =
     with _file_errors(config):
         history = trainer.fit(data.train, data.validation, epochs=config.trainer.epochs,
                               epoch_size=config.trainer.epoch_size,
-                              checkpoint_dir=directory, resume=resume, **data.fit_options)
+                              checkpoint_dir=directory, resume=resume,
+                              keep_last=config.trainer.keep_last,
+                              checkpoint_every=config.trainer.checkpoint_every,
+                              **data.fit_options)
     rnnkit.save(model, directory, extra={RUN_KEY: config.to_dict()})
     run = Run(directory=directory, model=model, history=dict(history.history))
     if data.test is not None:
