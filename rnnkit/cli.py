@@ -9,10 +9,7 @@ else that escapes a command is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +51,6 @@ class _Group(click.Group):
             click.echo(f"Error: {_one_line(str(e))}", err=True)
             sys.exit(USAGE_EXIT_CODE)
         sys.exit(code if isinstance(code, int) else 0)
-
-
-@contextlib.contextmanager
-def reading(what: str | os.PathLike) -> Iterator[None]:
-    """Turn the errors the data readers raise about a user's file (a missing file, a
-    malformed line, a non-numeric value) into :class:`UsageError`: at this boundary they are
-    the user's input, not a bug."""
-    from rnnkit.data import CTFFormatError, IDXFormatError
-
-    try:
-        yield
-    except UsageError:
-        raise
-    except FileNotFoundError as e:
-        raise UsageError(f"{e.filename or what}: no such file") from None
-    except (CTFFormatError, IDXFormatError, ValueError, IsADirectoryError,
-            NotADirectoryError, UnicodeDecodeError) as e:
-        message = str(e)
-        if str(what) not in message:
-            message = f"{what}: {message}"
-        raise UsageError(message) from None
 
 
 @click.group(name="rnnkit", cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
