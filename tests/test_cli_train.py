@@ -293,3 +293,32 @@ def test_train_on_idx_files(tmp_path):
     assert "accuracy" in result.output  # the test split (t10k files) was evaluated
     assert_usage_error(run("train", config, "-o", tmp_path / "other", "--set",
                            f"data.path={tmp_path / 'empty'}"), "empty")
+
+
+def test_a_tagger_on_ctf_labels_each_step(tmp_path):
+    """A label per step (a sparse CTF stream): the tagger learns the sign of the first
+    feature, and predict writes one row per real step (none for the padding)."""
+    rng = np.random.default_rng(0)
+    sequences = []
+    for _ in range(60):
+        x = rng.standard_normal((int(rng.integers(3, 9)), 2))
+        sequences.append({"x": x, "tag": [int(v > 0) for v in x[:, 0]]})
+    write_ctf(tmp_path / "tags.ctf", sequences, sparse={"tag": 2})
+    config = tmp_path / "tagger.toml"
+    config.write_text('[model]\ntype = "tagger"\nhidden_size = 8\n'
+                      '[data]\nformat = "ctf"\npath = "tags.ctf"\ntest = "tags.ctf"\n'
+                      'batch_size = 50\nstreams.x = { field = "x", shape = 2 }\n'
+                      'streams.tag = { field = "tag", shape = 2, is_sparse = true }\n'
+                      'input_map = { input = "x", target = "tag" }\n'
+                      '[trainer]\nlr = 0.05\nepochs = 3\nprogress = "none"\n')
+    result = run("train", config, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    assert metrics["accuracy"] > 0.8  # chance is 0.5
+    out = tmp_path / "tags.csv"
+    assert run("predict", tmp_path / "run", tmp_path / "tags.ctf", "-o", out).exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == sum(len(s["x"]) for s in sequences)
+    right = sum(int(r["prediction"]) == sequences[int(r["sample"])]["tag"][int(r["step"])]
+                for r in rows)
+    assert right / len(rows) > 0.8

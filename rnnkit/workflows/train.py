@@ -174,9 +174,10 @@ def _text_splits(config: RunConfig, vocabulary: Any = None) -> RunData:
                    fit_options={"batch_size": data.batch_size, "shuffle": data.shuffle})
 
 
-def _ctf_source(config: RunConfig, path: str, training: bool) -> Any:
-    from rnnkit.data import CTFDeserializer, MinibatchSource, StreamDef, StreamDefs
-    from rnnkit.training import SourceBatches
+def _ctf_definitions(config: RunConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """``[data] streams`` as ``StreamDef`` objects, and the input map (``input0``, ...,
+    ``target``) checked against them."""
+    from rnnkit.data import StreamDef
 
     data = config.data
     definitions = {}
@@ -202,6 +203,15 @@ def _ctf_source(config: RunConfig, path: str, training: bool) -> Any:
         if not isinstance(name, str) or name not in names:
             raise UsageError(f"data.input_map: {name!r} is not a stream"
                              f"{closest(str(name), names)}")
+    return definitions, input_map
+
+
+def _ctf_source(config: RunConfig, path: str, training: bool) -> Any:
+    from rnnkit.data import CTFDeserializer, MinibatchSource, StreamDefs
+    from rnnkit.training import SourceBatches
+
+    data = config.data
+    definitions, input_map = _ctf_definitions(config)
     source = _read_user_file(path, lambda: MinibatchSource(
         CTFDeserializer(path, StreamDefs(**definitions)), randomize=training and data.shuffle,
         randomization_seed=config.trainer.seed,
@@ -558,9 +568,10 @@ def predict_run(directory: str | os.PathLike, path: str | None,
                 for i, (k, row) in enumerate(zip(probs.argmax(-1).tolist(), probs, strict=True))]
     elif config.model.type == "tagger":
         tags = outputs.argmax(-1)  # (N, T)
+        steps = _sequence_lengths(config, path, tags.shape)
         header = ["sample", "step", "prediction"]
         rows = [[i, t, int(tags[i, t])] for i in range(tags.shape[0])
-                for t in range(tags.shape[1])]
+                for t in range(int(steps[i]))]
     else:
         flat = outputs.reshape(outputs.shape[0], -1)
         names = getattr(model, "output_names", None) or [f"output_{j}"
@@ -576,6 +587,20 @@ def predict_run(directory: str | os.PathLike, path: str | None,
         writer.writerows(rows)
     os.replace(temp, output)
     return output
+
+
+def _sequence_lengths(config: RunConfig, path: str | None, shape: torch.Size) -> list[int]:
+    """Each predicted sequence's own number of steps (the outputs are padded to the longest):
+    from the file for CTF data, else every sequence has all ``T`` steps."""
+    if config.data.format != "ctf":
+        return [shape[1]] * shape[0]
+    from rnnkit.data import StreamDefs, read_ctf
+
+    definitions, input_map = _ctf_definitions(config)
+    first = input_map["input0"]
+    file = path or config.data.test
+    sequences = _read_user_file(file, lambda: read_ctf(file, StreamDefs(**definitions)))
+    return [len(sequence[first]) for sequence in sequences]
 
 
 def generate_text(directory: str | os.PathLike, prompt: str, length: int,
