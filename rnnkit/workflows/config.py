@@ -135,8 +135,10 @@ class DataConfig:
                            doc="input columns besides the target (default: none)")
     date_column: str = option("auto", kind="str", formats=("csv",),
                               doc="the date column ('auto': the first that parses as dates)")
-    look_back: int = option(12, kind="int", formats=("csv",), doc="input steps per window")
-    horizon: int = option(1, kind="int", formats=("csv",), doc="steps predicted per window")
+    look_back: int | None = option(kind="int", formats=("csv",),
+                                   doc="input steps (default: two seasonal periods)")
+    horizon: int | None = option(kind="int", formats=("csv",),
+                                 doc="steps forecast (default: one seasonal period)")
     scaler: str = option("standard", kind="str", formats=("csv",),
                          doc="minmax, standard, log, or a chain such as log+minmax")
     fill: str | None = option(kind="str", formats=("csv",),

@@ -455,25 +455,56 @@ def _eval_options(data: RunData) -> dict[str, Any]:
 
 
 def _train_forecaster(config: RunConfig, directory: Path, echo: Any) -> Run:
-    from rnnkit.workflows.forecast import ForecastInputError, forecast_csv
+    """``model.type = "forecaster"``: rnnkit forecast's workflow (its own training loop, held-out
+    tail and baselines) with the configuration's values."""
+    import inspect
+
+    from rnnkit.workflows.forecast import forecast_csv, forecast_series
 
     data, model, trainer = config.data, config.model, config.trainer
     if data.format != "csv":
         raise UsageError(f"model.type 'forecaster' reads format 'csv', not {data.format!r}")
-    try:
-        result = forecast_csv(
-            data.path, target=data.target[0], exogenous=data.columns,
-            date_column=None if data.date_column == "auto" else data.date_column,
-            fill=data.fill, output=directory, epochs=trainer.epochs, lr=trainer.lr,
-            batch_size=data.batch_size, seed=trainer.seed, cell=model.cell,
-            hidden_size=model.hidden_size, num_layers=model.num_layers,
-            echo=echo, **model.options)
-    except ForecastInputError as e:
-        raise UsageError(str(e)) from None
+    if directory.exists() and any(directory.iterdir()):
+        raise UsageError(f"{directory} is not empty; --output another folder")
+    options = dict(model.options)
+    # the Forecaster's own arguments that the workflow sets from the data: the step between
+    # the dates (freq) comes from the CSV's date column
+    options.pop("freq", None)
+    horizon = options.pop("horizon", data.horizon)
+    look_back = options.pop("look_back", data.look_back)
+    settings = {"epochs": trainer.epochs, "lr": trainer.lr, "batch_size": data.batch_size,
+                "seed": trainer.seed, "cell": model.cell, "hidden_size": model.hidden_size,
+                "num_layers": model.num_layers}
+    if trainer.early_stopping.get("patience") is not None:
+        settings["patience"] = trainer.early_stopping["patience"]
+    if look_back is not None:
+        settings["look_back"] = look_back
+    accepted = set(inspect.signature(forecast_series).parameters) - {
+        "series", "horizon", "output", "source", "date_column", "echo"}
+    for key in options:
+        if key not in accepted:
+            raise UsageError(f"model.options: the forecaster workflow takes no {key!r}"
+                             f"{closest(key, accepted)}")
+    settings.update(options)
+    result = forecast_csv(
+        data.path, target=data.target[0], exogenous=data.columns, horizon=horizon,
+        date_column=None if data.date_column == "auto" else data.date_column,
+        fill=parse_fill(data.fill), output=directory, echo=echo, **settings)
     if echo is not None:
         echo(result.table())
+        echo(f"saved the model to {directory}")
     return Run(directory=directory, model=result.model,
                test_metrics=result.metrics.get("rnnkit"))
+
+
+def parse_fill(fill: str | None, what: str = "data.fill") -> str | float | None:
+    """``"ffill"``, ``"interpolate"``, a number (as text) or None, for the forecast's ``fill``."""
+    if fill is None or fill in ("ffill", "interpolate"):
+        return fill
+    try:
+        return float(fill)
+    except ValueError:
+        raise UsageError(f"{what} {fill!r}: expected ffill, interpolate or a number") from None
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
