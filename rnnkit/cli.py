@@ -112,6 +112,45 @@ def bench(rows: str | None, size: str, reps: int | None, threads: int, out: Path
         sys.exit(code)
 
 
+@cli.command(short_help="Export a trained run to ONNX, checked against PyTorch.")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "format_", type=click.Choice(["onnx"]), default="onnx",
+              show_default=True, help="the file format")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="the file to write (default: RUN_DIR/model.onnx)")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-4,
+              show_default=True, help="the largest difference from PyTorch the check accepts")
+def export(run_dir: Path, format_: str, output: Path | None, atol: float) -> None:
+    """Export the model in RUN_DIR to ONNX with a dynamic batch size and sequence length.
+    The file is declared written only after onnxruntime reproduced the PyTorch output on two
+    inputs of different shapes; a cell torch.onnx cannot express is named with the reason.
+    Needs the onnx extra (pip install rnnkit[onnx]).
+
+    \b
+    Example:
+      rnnkit export runs/ctf --format onnx -o ctf.onnx
+    """
+    from rnnkit.workflows.train import is_run_dir
+
+    if not run_dir.exists():
+        raise UsageError(f"{run_dir}: no such run directory")
+    if not is_run_dir(run_dir):
+        raise UsageError(f"{run_dir} is not a run directory (no config.json and "
+                         "model.safetensors; rnnkit train and rnnkit forecast write them)")
+    try:
+        from rnnkit.export import UnsupportedExportError, export_run
+    except ImportError as e:  # pragma: no cover - the onnx extra is missing
+        raise click.ClickException(str(e)) from None
+    target = output if output is not None else run_dir / "model.onnx"
+    try:
+        written = export_run(run_dir, target, atol=atol)
+    except UnsupportedExportError as e:
+        raise UsageError(" ".join(str(e).split())) from None
+    except ImportError as e:  # onnx / onnxruntime missing: the message names the extra
+        raise click.ClickException(" ".join(str(e).split())) from None
+    click.echo(f"wrote {written} (onnxruntime matches PyTorch within {atol:g})")
+
+
 _SET_HELP = ("override a configuration key, SECTION.KEY=VALUE (a TOML value: 0.001, true, "
              "[0.8, 0.2], \"text\"; bare words are strings); repeatable")
 
