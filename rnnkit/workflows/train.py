@@ -565,9 +565,15 @@ def _data_like_run(config: RunConfig, path: str | None, model: nn.Module) -> tup
 def evaluate_run(directory: str | os.PathLike, path: str | None = None) -> dict[str, Any]:
     """Loss and metrics of the run's model on ``path`` (or its own test split)."""
     model, config = load_run(directory)
-    if config is None:
-        raise UsageError(f"{directory} was written by rnnkit forecast; its metrics.csv holds "
-                         "the held-out evaluation")
+    if config is None:  # rnnkit forecast's run: its held-out metrics, computed when it ran
+        if path is not None:
+            raise UsageError(f"{directory} holds a forecaster; rnnkit forecast evaluates one on "
+                             "the held-out tail of its CSV (leave out DATA to see them)")
+        extra = json.loads((Path(directory) / "config.json").read_text()).get("extra") or {}
+        metrics = (extra.get("metrics") or {}).get("rnnkit")
+        if metrics is None:
+            raise UsageError(f"{directory} holds no metrics (config.json has no 'metrics')")
+        return metrics
     data, info = _data_like_run(config, path, model)
     trainer = make_trainer(config, model)
     with _file_errors(config):
@@ -579,9 +585,14 @@ def predict_run(directory: str | os.PathLike, path: str | None,
     """Write the run's predictions on ``path`` to the CSV ``output``: per sample the class
     (name when the model has names) and each class's probability, or the regressed values."""
     model, config = load_run(directory)
-    if config is None:
-        raise UsageError(f"{directory} was written by rnnkit forecast; its forecast.csv holds "
-                         "the forecast")
+    if config is None:  # a forecaster written by rnnkit forecast: forecast past DATA's end
+        from rnnkit.workflows.forecast import predict_csv
+
+        if path is None:
+            raise UsageError(f"{directory} holds a forecaster: give DATA, a CSV whose last "
+                             "rows it forecasts from")
+        predict_csv(directory, path, output)
+        return Path(output)
     if config.model.type == "language_model":
         raise UsageError("a language model generates text: use rnnkit generate RUN_DIR "
                          "--prompt ...")
