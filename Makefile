@@ -19,7 +19,7 @@ $(STAMP): $(CORE)
 	touch $(STAMP)
 
 demo: $(CORE)
-	$(PY) examples/demo.py
+	$(VENV)/bin/rnnkit demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check rnnkit tests benchmarks examples
