@@ -37,6 +37,8 @@ def commands() -> list[tuple[str, list[str]]]:
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "rnnkit").mkdir()  # the shipped airline.csv at its place in the repository
+    (tmp_path / "rnnkit" / "data").symlink_to(ROOT / "rnnkit" / "data")
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
