@@ -10,6 +10,7 @@ The MinibatchSource form reads CTF_FILE (written by :func:`write_ctf`) in miniba
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import rnnkit
 from rnnkit.data import CTFDeserializer, MinibatchSource, StreamDef, StreamDefs
-from rnnkit.training import SourceBatches
+from rnnkit.training import SourceBatches, list_checkpoints
 
 torch.set_num_threads(1)
 
@@ -90,8 +91,49 @@ def main(out: Path, batch: int, epochs: int, ctf: Path) -> None:
                              "backend": ctx.backend, "ddp": type(trainer._ddp_model).__name__,
                              "main_processes": mains}
             torch.save(model.state_dict(), out / f"{form}.pt")
+    resumed = resume_mid_epoch(out, x, y, batch, epochs)
+    if resumed is not None:
+        results["resumed"] = resumed
     if results:
         (out / "results.json").write_text(json.dumps(results))
+
+
+def resume_mid_epoch(out: Path, x: torch.Tensor, y: torch.Tensor, batch: int, epochs: int
+                     ) -> dict | None:
+    """Train with a checkpoint after every update, drop the newest checkpoints as if the job
+    had died in the middle of the last epoch, and resume from there in a new Trainer."""
+    run_dir = out / "run"
+
+    forwards: list[int] = []
+
+    def trainer() -> rnnkit.Trainer:
+        model = make_model()
+        model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+        return rnnkit.Trainer(model, loss="mse", optimizer="sgd", lr=0.5, metrics=["mae"],
+                              seed=3, verbose=False)
+
+    first = trainer()
+    first.fit((x, y), epochs=epochs, batch_size=batch, shuffle=False, checkpoint_dir=run_dir,
+              keep_last=None, checkpoint_every=1)
+    ctx = first.distributed
+    updates_per_epoch = first.global_step // epochs
+    crash_step = first.global_step - updates_per_epoch // 2
+    if ctx.is_main:
+        for path in list_checkpoints(run_dir):
+            if int(path.name.split("-")[1]) > crash_step:
+                shutil.rmtree(path)
+    ctx.barrier()  # the other ranks read the run directory once rank 0 has trimmed it
+    forwards.clear()
+    second = trainer()
+    second.fit((x, y), epochs=epochs, batch_size=batch, shuffle=False, checkpoint_dir=run_dir,
+               resume=True, keep_last=None, checkpoint_every=1)
+    ctx.barrier()
+    if not ctx.is_main:
+        return None
+    shutil.rmtree(run_dir)
+    torch.save(second.model.state_dict(), out / "resumed.pt")
+    return {"history": second.history.history, "crash_step": crash_step,
+            "steps": second.global_step, "updates_after_resume": len(forwards)}
 
 
 if __name__ == "__main__":

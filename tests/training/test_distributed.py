@@ -222,9 +222,20 @@ def test_torchrun_two_ranks_equal_one_process_on_the_combined_batch(tmp_path):
         # the reported epoch loss and metric cover both ranks' samples
         for key in ("loss", "mae"):
             assert got["history"][key] == pytest.approx(history[key], abs=1e-5), (form, key)
-    # only rank 0 wrote: one results file and the two weight files
-    assert sorted(p.name for p in out.iterdir()) == ["loader.pt", "results.json", "source.pt",
-                                                     "tensors.pt"]
+    # resumed from a checkpoint in the middle of the last epoch: the weights of the run
+    # that was not interrupted (the interrupted epoch's reported loss covers rank 0's batches
+    # before the interruption, so only the epochs before it are compared)
+    resumed = results["resumed"]
+    assert resumed["steps"] == 12 and resumed["crash_step"] == 10   # 4 updates per epoch
+    assert resumed["updates_after_resume"] == 2                     # it went on, not afresh
+    weights, history = single_process_on_the_combined_batch("tensors", 2 * per_rank, epochs, 3)
+    trained = torch.load(out / "resumed.pt", weights_only=True)
+    for name, value in weights.items():
+        torch.testing.assert_close(trained[name], value, atol=1e-5, rtol=0, msg=name)
+    assert resumed["history"]["loss"][:-1] == pytest.approx(history["loss"][:-1], abs=1e-5)
+    # only rank 0 wrote: one results file and the weight files
+    assert sorted(p.name for p in out.iterdir()) == ["loader.pt", "results.json", "resumed.pt",
+                                                     "source.pt", "tensors.pt"]
 
 
 def test_docs_section_examples_run(capsys):
