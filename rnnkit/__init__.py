@@ -60,6 +60,9 @@ from rnnkit.models import (  # noqa: E402, F401
     SequenceTagger,
 )
 
+# isort: split
+from rnnkit.models import Forecaster  # noqa: E402, F401  (owner: forecaster)
+
 # --- checkpoints: rnnkit.save / rnnkit.load for finished models (rnnkit.training.checkpoint) ---
 # isort: split
 from rnnkit.training.checkpoint import load, save  # noqa: E402, F401

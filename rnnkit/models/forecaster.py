@@ -62,6 +62,7 @@ from rnnkit.data.timeseries import (
     _natural_step,
     calendar_features,
 )
+from rnnkit.models.backbone import Backbone
 
 __all__ = ["Forecaster", "default_settings", "future_dates", "seasonal_period"]
 
@@ -150,16 +151,12 @@ def default_settings(dates: Any = None, n: int | None = None, horizon: int | Non
 
 
 # ----------------------------------------------------------------------------- the model
-def _make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-              options: dict[str, Any]) -> nn.Module:
-    """The recurrent backbone, batch-major."""
-    import rnnkit
-
-    layers = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN, "elman": rnnkit.RNN}
-    if cell not in layers:
-        raise ValueError(f"Forecaster: unknown cell {cell!r}; choose from {', '.join(layers)}")
-    return layers[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
-                        dropout=dropout if num_layers > 1 else 0.0, **options)
+def _member_cell(cell: str | nn.Module, index: int) -> str | nn.Module:
+    """Member ``index``'s cell: a name as is; an instance for member 0, fresh copies of its
+    config (drawn under that member's seed) for the others."""
+    if isinstance(cell, str) or index == 0:
+        return cell
+    return type(cell).from_config(cell.get_config())
 
 
 class Forecaster(Configurable, nn.Module):
@@ -179,9 +176,12 @@ class Forecaster(Configurable, nn.Module):
             see :func:`rnnkit.data.timeseries.calendar_features`.
         calendar_encoding: ``"cyclic"``, ``"onehot"`` or ``"integer"``.
         freq: the step between dates (``"1M"``, ``"1D"``), for :meth:`forecast_dates`.
-        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
-        hidden_size, num_layers, dropout: of the recurrent network.
-        cell_options: more keyword arguments for the recurrent layer.
+        cell: any name of :data:`rnnkit.models.backbone.CELL_NAMES` (``"lstm"``, ``"gru"``,
+            ``"elman"``, ``"indrnn"``, ...) or a cell instance with ``input_size = 1 + E + C``
+            (copied for the other ensemble members).
+        hidden_size, num_layers, dropout: of the recurrent network
+            (:class:`~rnnkit.models.backbone.Backbone`).
+        cell_options: more keyword arguments for the cell or drop-in layer.
         ensemble: ``K`` networks whose forecasts are averaged.
         seed: member ``i`` is initialised under ``torch.manual_seed(seed + i)``.
         dtype: parameter dtype.
@@ -207,7 +207,7 @@ class Forecaster(Configurable, nn.Module):
         calendar: Sequence[str] | None = None,
         calendar_encoding: str = "cyclic",
         freq: str | None = None,
-        cell: str = "lstm",
+        cell: str | nn.Module = "lstm",
         hidden_size: int = 32,
         num_layers: int = 1,
         dropout: float = 0.0,
@@ -256,18 +256,19 @@ class Forecaster(Configurable, nn.Module):
         dtype = dtype_from_name(dtype, "Forecaster: dtype") if dtype is not None else None
         factory = {"dtype": dtype} if dtype is not None else {}
         width = self.num_exogenous + self.num_calendar  # C_total
-        head_in = hidden_size + (self.horizon * width if strategy == "direct" else 0)
         head_out = self.horizon if strategy == "direct" else 1
         members = []
         for i in range(self.ensemble_size):
             with torch.random.fork_rng(devices=[], enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(int(seed) + i)
-                member = nn.ModuleDict({
-                    "rnn": _make_rnn(cell, 1 + width, hidden_size, num_layers, dropout,
-                                     dict(cell_options or {})),
-                    "head": nn.Linear(head_in, head_out),
-                })
+                rnn = Backbone(1 + width, hidden_size=None if isinstance(cell, nn.Module)
+                               else hidden_size, cell=_member_cell(cell, i),
+                               num_layers=num_layers, dropout=dropout,
+                               cell_options=cell_options)
+                head_in = rnn.output_size + (self.horizon * width if strategy == "direct"
+                                             else 0)
+                member = nn.ModuleDict({"rnn": rnn, "head": nn.Linear(head_in, head_out)})
                 if dtype is not None:
                     member.to(dtype)
             members.append(member)
@@ -469,7 +470,7 @@ class Forecaster(Configurable, nn.Module):
                 feed = step.unsqueeze(1)  # (B, 1, 1)
                 if c is not None:
                     feed = torch.cat([feed, c[:, L + h:L + h + 1]], dim=-1)  # (B, 1, 1+C)
-                out, state = member["rnn"](feed, state)
+                out, state = member["rnn"](feed, state=state)
                 step = member["head"](out[:, -1])
                 steps.append(step)
             outs.append(torch.cat(steps, dim=1))  # (B, H)

@@ -98,7 +98,7 @@ def test_recursive_feeds_its_prediction_back():
     out, state = member["rnn"](z.unsqueeze(-1))
     steps = [member["head"](out[:, -1])]
     for _ in range(3):
-        out, state = member["rnn"](steps[-1].unsqueeze(1), state)
+        out, state = member["rnn"](steps[-1].unsqueeze(1), state=state)
         steps.append(member["head"](out[:, -1]))
     # undo the scaling and the seasonal difference by hand: y[t] = y[t - 12] + change
     change = (torch.cat(steps, 1) * model.target_scale + model.target_loc)[0].detach().numpy()
@@ -239,3 +239,32 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("cell", ["gru", "indrnn", "min_gru"])
+def test_any_backbone_cell(cell):
+    y = _series(60)
+    model = Forecaster(24, 3, strategy="recursive", period=12, seasonal_difference=True,
+                       cell=cell, hidden_size=4, seed=0).adapt(y[:48])
+    assert model(torch.as_tensor(y[None, 24:48])).shape == (1, 3)
+    blob = json.loads(json.dumps(serialize(model)))
+    twin = deserialize(blob)
+    twin.load_state_dict(model.state_dict())
+    x = torch.as_tensor(y[None, 20:44])
+    torch.testing.assert_close(twin(x), model(x))
+
+
+def test_a_cell_instance_is_copied_for_each_member():
+    from rnnkit.cells import IndRNNCell
+
+    y = _series(60)
+    cell = IndRNNCell(1, 5)
+    model = Forecaster(24, 2, period=12, seasonal_difference=True, cell=cell, ensemble=2,
+                       seed=0).adapt(y[:48])
+    first, second = (m["rnn"] for m in model.members)
+    assert any(p is q for p in first.parameters() for q in cell.parameters())
+    assert not any(p is q for p in first.parameters() for q in second.parameters())
+    twin = deserialize(json.loads(json.dumps(serialize(model))))
+    twin.load_state_dict(model.state_dict())
+    x = torch.as_tensor(y[None, 20:44])
+    torch.testing.assert_close(twin(x), model(x))
