@@ -720,6 +720,9 @@ class PlotCurves(Callback):
 
 # --- the defaults the trainer adds --------------------------------------------------------------
 
+_HOOKS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
+
+
 def default_callbacks(callbacks: Iterable[Callback] | None, *, run_dir: Any = None,
                       progress: bool = True) -> list[Callback]:
     """The user's callbacks plus what is always on: a :class:`CSVLogger` when there is a run
@@ -727,13 +730,15 @@ def default_callbacks(callbacks: Iterable[Callback] | None, *, run_dir: Any = No
     ``progress=False``): :class:`~rnnkit.training.progress.ProgressBar`.
 
     A ``ProgressPrinter`` counts as a progress display, so a CNTK-style script prints only its
-    table.
+    table. Objects that are not :class:`Callback` subclasses but have all five hooks are
+    accepted (duck typing).
     """
     result = list(callbacks or [])
     for cb in result:
-        if not isinstance(cb, Callback):
+        if not isinstance(cb, Callback) and not all(hasattr(cb, hook) for hook in _HOOKS):
             raise TypeError(f"callbacks: {type(cb).__name__} is not an "
-                            "rnnkit.training.Callback")
+                            "rnnkit.training.Callback (nor has all of its hooks: "
+                            f"{', '.join(_HOOKS)})")
     if run_dir is not None and not any(isinstance(cb, CSVLogger) for cb in result):
         result.append(CSVLogger())
     if progress and not any(isinstance(cb, (ProgressBar, ProgressPrinter)) for cb in result):

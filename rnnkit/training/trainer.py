@@ -294,20 +294,11 @@ class Trainer:
         return Metrics(self.metric_names, loss_name=self.loss.name)
 
     def _progress_callbacks(self, verbose: bool) -> list[Any]:
-        """The user's callbacks, plus a ProgressBar (rnnkit.training.progress) when verbose
-        and no callback shows progress already."""
-        cbs = list(self.callbacks)
-        if not verbose:
-            return cbs
-        try:
-            progress = importlib.import_module("rnnkit.training.progress")
-        except ImportError:
-            return cbs
-        bar = getattr(progress, "ProgressBar", None)
-        shown = tuple(c for c in (bar, getattr(progress, "ProgressPrinter", None)) if c)
-        if bar is None or any(isinstance(c, shown) for c in cbs):
-            return cbs
-        return [*cbs, bar()]
+        """The user's callbacks plus the defaults: a CSVLogger when there is a run directory, a
+        ProgressBar when verbose and none shows progress (``callbacks.default_callbacks``)."""
+        from rnnkit.training.callbacks import default_callbacks
+
+        return default_callbacks(self.callbacks, run_dir=self.run_dir, progress=verbose)
 
     def _callback_saves(self, callbacks: list[Any]) -> bool:
         """A ModelCheckpoint callback decides when to save (fit's epoch saves stand down)."""

@@ -425,6 +425,16 @@ def test_default_callbacks(tmp_path):
     with pytest.raises(TypeError, match="int is not an rnnkit.training.Callback"):
         default_callbacks([3])
 
+    class Duck:       # all five hooks, no base class: accepted
+        def on_fit_start(self, trainer): ...
+        def on_epoch_start(self, trainer, epoch): ...
+        def on_batch_end(self, trainer, logs): ...
+        def on_epoch_end(self, trainer, epoch, logs): ...
+        def on_fit_end(self, trainer, history): ...
+
+    duck = Duck()
+    assert default_callbacks([duck], progress=False) == [duck]
+
 
 def test_callback_states_are_weights_only_safe(tmp_path):
     callbacks = [EarlyStopping(monitor="loss", restore_best_weights=True), CSVLogger(),
