@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.engine.autocast import outside_autocast
 from rnnkit.engine.plan import Plan
 from rnnkit.layers.masking import (
     from_time_major,
@@ -254,6 +255,7 @@ class Bidirectional(Configurable, nn.Module):
                 layer, layer_inputs, lengths, None if gaps is None else gaps.T)))
         return dispatch.mask_plan_input(plan, mask, gaps)
 
+    @outside_autocast
     def forward(
         self,
         inputs: Tensor | PackedSequence,
@@ -266,6 +268,7 @@ class Bidirectional(Configurable, nn.Module):
                            self.merge(out_f, out_b))
         return DriverOutput(merged, final)
 
+    @outside_autocast
     def forward_directions(self, inputs: Any, state: Any = None, lengths: Any = None,
                            mask: Any = None) -> DriverOutput:
         """The call without the merge: ``((out_forward, out_backward), (state_forward,

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit.cells.base import State
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.engine.autocast import outside_autocast
 from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.engine.loop import first_step
 from rnnkit.engine.plan import Plan
@@ -321,6 +322,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
         outputs, final = self.run(padded, state, lengths, gaps)
         return padded, lengths, info, unbatched, outputs, final, gaps
 
+    @outside_autocast
     def forward(
         self,
         inputs: Tensor | PackedSequence,
@@ -471,6 +473,7 @@ class UnfoldFrom(Configurable, nn.Module):
         self.max_length = max_length
         self.batch_first = bool(batch_first)
 
+    @outside_autocast
     def forward(
         self,
         start: Tensor,

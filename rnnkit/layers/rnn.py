@@ -47,6 +47,7 @@ from rnnkit._caller import warn
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.engine.autocast import outside_autocast
 from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.engine.plan import Plan
 from rnnkit.errors import DeviceError, DTypeError, ShapeError
@@ -437,6 +438,7 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         return (hx[0], hx[1]) if self.mode == "LSTM" else hx
 
     # ----------------------------------------------------------------- forward
+    @outside_autocast
     def forward(
         self,
         input: Tensor | PackedSequence,

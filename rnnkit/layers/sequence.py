@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
+from rnnkit.engine.autocast import outside_autocast
 from rnnkit.engine.plan import Plan
 from rnnkit.layers.bidirectional import (
     Bidirectional,
@@ -95,6 +96,7 @@ class Sequence(Configurable, nn.Module):
         the sequences where ``mask`` (B,) is True."""
         reset_layer_states("Sequence", [self.layer], mask)
 
+    @outside_autocast
     def forward(
         self,
         inputs: Tensor | PackedSequence,

@@ -612,9 +612,9 @@ class Trainer:
         if val_feed is not None:
             for key, value in self._evaluate_feed(val_feed).items():
                 logs[f"val_{key}"] = value
+        logs["lr"] = self.lr  # the rate this epoch trained with (Keras logs it before stepping)
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self._step_scheduler(logs)
-        logs["lr"] = self.lr
         logs["seconds"] = seconds
         logs["samples_per_s"] = acc["samples"] / seconds if seconds > 0 else math.inf
         return logs

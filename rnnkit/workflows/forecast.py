@@ -152,7 +152,7 @@ def train_forecaster(model: Forecaster, values: np.ndarray, covariates: np.ndarr
             predicted = _origin_forecast(model, values, covariates, train_end)[:len(actual)]
             score = baselines.rmse(actual, predicted)
         else:
-            score = float(loss)
+            score = float(loss.detach())
         if not np.isfinite(score):
             raise FloatingPointError(f"training diverged at epoch {epoch} (validation RMSE "
                                      f"{score}); try a smaller learning rate")
@@ -161,7 +161,7 @@ def train_forecaster(model: Forecaster, values: np.ndarray, covariates: np.ndarr
         elif epoch - best_epoch >= patience:
             break
         if log is not None and (epoch == 1 or epoch % 50 == 0):
-            log(f"epoch {epoch:4d}  loss {float(loss):.4f}  validation RMSE {score:.3f}")
+            log(f"epoch {epoch:4d}  loss {float(loss.detach()):.4f}  validation RMSE {score:.3f}")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
