@@ -410,7 +410,8 @@ class Forecaster(Configurable, nn.Module):
     # ------------------------------------------------------------------ checks
     def _check(self, x: Tensor, covariates: Tensor | None, length: int, what: str
                ) -> tuple[Tensor, Tensor | None]:
-        if not bool(self.fitted):
+        # torch.export cannot branch on a buffer's value; an exported model was fitted
+        if not torch.compiler.is_exporting() and not bool(self.fitted):
             raise RuntimeError("Forecaster: the scalers are not fitted; call "
                                "model.adapt(training_values) first (forecast_csv does)")
         if not isinstance(x, Tensor):

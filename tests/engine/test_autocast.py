@@ -1,16 +1,15 @@
 """Recurrences under torch.autocast run in float32 outside the autocast region (engine/autocast.py).
 
 Oracle: torch.nn with copied weights, run in float32 without autocast on the same input (a bfloat16
-input, as an upstream autocast op makes, is widened to float32 first). On CPUs without AVX512-bf16/AMX, torch.nn.LSTM itself fails under
-CPU bf16 autocast, which is why rnnkit does not hand the recurrence to autocast.
+input, as an upstream autocast op makes, is widened to float32 first). On CPUs without
+AVX512-bf16/AMX, torch.nn.LSTM itself fails under CPU bf16 autocast, which is why rnnkit does not
+hand the recurrence to autocast.
 """
 
 import pytest
 import torch
 
 import rnnkit
-
-
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])

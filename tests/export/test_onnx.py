@@ -317,3 +317,22 @@ def test_example_inputs_come_from_the_configuration():
 
     with pytest.raises(ExportError, match="cannot tell the input of Identity"):
         example_inputs_for(torch.nn.Identity())
+
+
+def test_a_fitted_forecaster_exports_and_matches_onnxruntime(tmp_path):
+    # Forecaster._check reads its `fitted` buffer, which torch.export cannot branch on.
+    from rnnkit.models.forecaster import Forecaster
+
+    model = Forecaster(look_back=24, horizon=3, period=12, seed=0)
+    t = np.arange(120, dtype=np.float64)
+    model.adapt(100 + t + 10 * np.sin(2 * np.pi * t / 12)).eval()
+    example = example_inputs_for(model)
+    path = export_onnx(model, tmp_path / "forecaster.onnx", example.inputs,
+                       lengths=example.lengths, dynamic_time=example.dynamic_time)
+    windows = torch.linspace(100, 140, 5 * 24).reshape(5, 24).double()  # a new batch size
+    session = ort.InferenceSession(str(path))
+    name = session.get_inputs()[0].name
+    got = session.run(None, {name: windows.to(example.inputs[0].dtype).numpy()})[0]
+    with torch.no_grad():
+        expected = model(windows.to(example.inputs[0].dtype))
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-5)
