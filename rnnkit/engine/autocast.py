@@ -35,6 +35,8 @@ def _enabled(device_type: str) -> bool:
         if device_type == "cpu":
             return bool(torch.is_autocast_cpu_enabled())
         return bool(torch.is_autocast_enabled())
+    except RuntimeError:  # a device type autocast does not know ("meta"): never autocast
+        return False
 
 
 def _first_tensor(values: Any) -> Tensor | None:
