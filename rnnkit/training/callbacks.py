@@ -42,13 +42,14 @@ import csv
 import io
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rnnkit._files import atomic_write_bytes
 
 __all__ = [
     "CSVLogger",
@@ -99,22 +100,6 @@ class Callback:
 
 def _is_main(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_main_process", True))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --- the direction of a monitored quantity -----------------------------------------------------
@@ -581,7 +566,7 @@ class CSVLogger(Callback):
         writer.writeheader()
         writer.writerows(rows)
         writer.writerow(row)
-        _atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+        atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 # --- TensorBoard --------------------------------------------------------------------------------
@@ -685,7 +670,7 @@ class PlotCurves(Callback):
         self.records = [r for r in self.records if r["epoch"] < epoch + 1] + [record]
         path = self.path(trainer)
         if path is not None and _is_main(trainer):
-            _atomic_write_bytes(path, self.render())
+            atomic_write_bytes(path, self.render())
 
     def render(self) -> bytes:
         """The PNG bytes of the current curves."""

@@ -39,7 +39,6 @@ import difflib
 import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnkit._files import atomic_write
 from rnnkit.data.timeseries import TimeSeries, make_windows
 from rnnkit.errors import UsageError
 from rnnkit.models import baselines
@@ -344,22 +344,6 @@ def forecast_series(series: TimeSeries, horizon: int | None = None,
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _csv_rows(rows: list[list[Any]]) -> Callable[[Any], None]:
     def write(f: Any) -> None:
         writer = csv.writer(f)
@@ -388,7 +372,7 @@ def _write_outputs(result: ForecastResult, series: TimeSeries, target_name: str,
         if result.spread is not None:
             row += [float(result.spread[0, i]), float(result.spread[1, i])]
         rows.append(row)
-    files["forecast"] = _atomic_write(out / "forecast.csv", _csv_rows(rows))
+    files["forecast"] = atomic_write(out / "forecast.csv", _csv_rows(rows))
 
     n = len(series)
     tail = ([str(d) for d in series.dates[n - H:]] if series.dates is not None
@@ -397,15 +381,15 @@ def _write_outputs(result: ForecastResult, series: TimeSeries, target_name: str,
     rows = [[key, *methods]]
     for i in range(H):
         rows.append([tail[i], *(float(result.holdout[m][i]) for m in methods)])
-    files["holdout"] = _atomic_write(out / "holdout.csv", _csv_rows(rows))
+    files["holdout"] = atomic_write(out / "holdout.csv", _csv_rows(rows))
 
     names = ("rmse", "mae", "mape", "smape", "mase")
     rows = [["method", *names]]
     for method, values in sorted(result.metrics.items(), key=lambda kv: kv[1]["rmse"]):
         rows.append([method, *(float(values[k]) for k in names)])
-    files["metrics"] = _atomic_write(out / "metrics.csv", _csv_rows(rows))
+    files["metrics"] = atomic_write(out / "metrics.csv", _csv_rows(rows))
 
-    files["plot"] = _atomic_write(out / "forecast.png", _plot(result, series, target_name),
+    files["plot"] = atomic_write(out / "forecast.png", _plot(result, series, target_name),
                                   binary=True)
     rnnkit.save(result.model, out, extra={
         "task": "forecast", "target": target_name, "exogenous": list(series.columns[1:]),
@@ -507,5 +491,5 @@ def predict_csv(run_dir: str | os.PathLike, path: str | os.PathLike,
         for i in range(H):
             rows.append([labels[i], float(forecast[i])] + (
                 [float(spread[0, i]), float(spread[1, i])] if spread is not None else []))
-        _atomic_write(Path(output), _csv_rows(rows))
+        atomic_write(Path(output), _csv_rows(rows))
     return dates, forecast, spread

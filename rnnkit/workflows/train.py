@@ -30,7 +30,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnkit._files import atomic_write
 from rnnkit.errors import UsageError
 from rnnkit.workflows.config import RunConfig, closest, parse_config
 
@@ -382,11 +382,11 @@ def _scheduler(spec: dict[str, Any]) -> Callable[[Any], Any] | None:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    def write(f: Any) -> None:
         json.dump(value, f, indent=2, default=float)
         f.write("\n")
-    os.replace(temp, path)
+
+    atomic_write(path, write)
 
 
 def train_run(config: RunConfig, directory: str | os.PathLike, *, resume: bool = False,
@@ -620,15 +620,12 @@ def predict_run(directory: str | os.PathLike, path: str | None,
                                                          for j in range(flat.shape[1])]
         header = ["sample", *names]
         rows = [[i, *(f"{v:.7g}" for v in row.tolist())] for i, row in enumerate(flat)]
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    with os.fdopen(fd, "w", newline="") as f:
+    def write(f: Any) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(temp, output)
-    return output
+
+    return atomic_write(output, write)
 
 
 def _sequence_lengths(config: RunConfig, path: str | None, shape: torch.Size) -> list[int]:
