@@ -9,8 +9,10 @@ descriptor for the LSTM forward propagation primitive"). So every rnnkit recurre
 autocast disabled, its floating inputs and states cast to its parameters' dtype (float32 for a
 float32 model), and the layers around it (embeddings, heads, attention) stay under autocast.
 This is also what keeps a long recurrence numerically stable: the state is never rounded to
-bfloat16 between steps. For bfloat16 recurrence kernels on CPUs that have them, use
-:func:`rnnkit.engine.precision` explicitly.
+bfloat16 between steps. The price: on CPUs with AMX or AVX512-bf16, torch's own LSTM/GRU under
+autocast run about 4x faster than in float32 (``shared/notes/cpu.md``, machine B), and these
+layers do not take that speed from autocast; for bfloat16 recurrence kernels on such CPUs use
+:func:`rnnkit.engine.precision` explicitly (the fused path; compiled bf16 kernels are issue 15).
 """
 
 from __future__ import annotations
