@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import re
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +74,19 @@ def assert_step_matches_torch_cell(cell: nn.Module, ref: nn.Module, x: Tensor, h
     theirs = torch.autograd.grad((h2 * w).sum(), [x, h, *ref.parameters()])
     for a, b in zip(mine, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The bodies of the ```python fenced blocks of a markdown text, in order."""
+    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+def doc_python_blocks(name: str) -> list[str]:
+    """The python blocks of ``docs/<name>``, the examples the docs promise will run."""
+    return python_blocks((DOCS / name).read_text(encoding="utf-8"))
 
 
 def assert_doctests_pass(module_name: str) -> None:

@@ -13,12 +13,13 @@ import torch
 from click.testing import CliRunner
 
 from rnnkit.cli import cli
+from tests.helpers import python_blocks
 from tests.test_cli import ROOT
 
 DOC = ROOT / "docs" / "cli.md"
 TEXT = DOC.read_text()
 CONSOLE = re.findall(r"```console\n(.*?)```", TEXT, flags=re.S)
-PYTHON = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
+PYTHON = python_blocks(TEXT)
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

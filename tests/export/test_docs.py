@@ -1,17 +1,15 @@
 """docs/export.md runs as written, and its tables are rnnkit.export's tables."""
 
 import doctest
-import re
 import warnings
-from pathlib import Path
 
 import pytest
 
 from rnnkit.export import UNSUPPORTED, exportable_cells
+from tests.helpers import DOCS, python_blocks
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "export.md"
-TEXT = DOC.read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
+TEXT = (DOCS / "export.md").read_text()
+BLOCKS = python_blocks(TEXT)
 
 
 def table_rows(heading: str) -> list[list[str]]:

@@ -1,15 +1,12 @@
 """The examples in docs/models.md and the docstrings of rnnkit.models run as written."""
 
-import doctest
-import importlib
-import re
 import warnings
-from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+from tests.helpers import assert_doctests_pass, doc_python_blocks
+
+BLOCKS = doc_python_blocks("models.md")
 MODULES = [
     "rnnkit.models.backbone",
     "rnnkit.models.classifier",
@@ -32,9 +29,6 @@ def test_docs_example_runs(index, capsys):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    module = importlib.import_module(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
-    assert result.attempted > 0
+        assert_doctests_pass(name)

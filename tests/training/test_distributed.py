@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rnnkit.data import BucketBatchSampler
 from rnnkit.training.distributed import DistributedContext, ShardedBatchSampler, unwrap_model
-from tests.helpers import assert_doctests_pass
+from tests.helpers import assert_doctests_pass, python_blocks
 from tests.training import ddp_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,7 +242,7 @@ def test_docs_section_examples_run(capsys):
     written (in one process, where every distributed step is a no-op)."""
     text = (REPO / "docs" / "training.md").read_text()
     section = text.split("## Data parallel (torchrun)", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = python_blocks(section)
     assert len(blocks) == 2
     for index, block in enumerate(blocks):
         exec(compile(block, f"docs/training.md data parallel block {index}", "exec"), {})

@@ -3,12 +3,12 @@
 import os
 import re
 import warnings
-from pathlib import Path
 
 import torch
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+from tests.helpers import doc_python_blocks
+
+BLOCKS = doc_python_blocks("training.md")
 
 
 def test_docs_have_examples():
