@@ -60,6 +60,19 @@ def check_names(owner: str, what: str, names: Any, count: int | None) -> list[st
     return names
 
 
+def count_and_names(owner: str, what: str, count: Any, names_what: str, names: Any
+                    ) -> tuple[int, list[str] | None]:
+    """How many outputs (``what``: classes, tags, values) and their names; the count comes from
+    the names when it is not given."""
+    if count is None:
+        if names is None:
+            raise ValueError(f"{owner}: give {what} or {names_what}")
+        count = len(names)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"{owner}: {what} must be a positive int, got {count!r}")
+    return count, check_names(owner, names_what, names, count)
+
+
 def parameter_dtype(module: nn.Module) -> torch.dtype:
     first = next(module.parameters(), None)
     return first.dtype if first is not None else torch.get_default_dtype()

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.config import Configurable
-from rnnkit.models._common import SequenceModelBase, check_names, check_pooling, pool
+from rnnkit.models._common import SequenceModelBase, check_pooling, count_and_names, pool
 
 __all__ = ["SequenceClassifier"]
 
@@ -65,20 +65,14 @@ class SequenceClassifier(Configurable, SequenceModelBase):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if num_classes is None:
-            if class_names is None:
-                raise ValueError(f"{owner}: give num_classes or class_names")
-            num_classes = len(class_names)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"{owner}: num_classes must be a positive int, got {num_classes!r}")
-        self.class_names = check_names(owner, "class_names", class_names, num_classes)
-        self.num_classes = num_classes
+        self.num_classes, self.class_names = count_and_names(
+            owner, "num_classes", num_classes, "class_names", class_names)
         self.pooling = check_pooling(owner, pooling)
         self._build(input_size=input_size, hidden_size=hidden_size, cell=cell,
                     num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
                     cell_options=cell_options, vocab_size=vocab_size,
                     embedding_dim=embedding_dim, vocabulary=vocabulary)
-        self.head = nn.Linear(self.backbone.output_size, num_classes)
+        self.head = nn.Linear(self.backbone.output_size, self.num_classes)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``x (B, T, F)`` (or ids ``(B, T)``) -> class logits ``(B, C)``."""

@@ -11,7 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from rnnkit.config import Configurable
-from rnnkit.models._common import SequenceModelBase, check_names, check_pooling, pool
+from rnnkit.models._common import SequenceModelBase, check_pooling, count_and_names, pool
 
 __all__ = ["SequenceRegressor"]
 
@@ -54,16 +54,14 @@ class SequenceRegressor(Configurable, SequenceModelBase):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
-            raise ValueError(f"{owner}: output_size must be a positive int, got {output_size!r}")
-        self.output_size = output_size
-        self.output_names = check_names(owner, "output_names", output_names, output_size)
+        self.output_size, self.output_names = count_and_names(
+            owner, "output_size", output_size, "output_names", output_names)
         self.pooling = check_pooling(owner, pooling)
         self._build(input_size=input_size, hidden_size=hidden_size, cell=cell,
                     num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
                     cell_options=cell_options, vocab_size=vocab_size,
                     embedding_dim=embedding_dim, vocabulary=vocabulary)
-        self.head = nn.Linear(self.backbone.output_size, output_size)
+        self.head = nn.Linear(self.backbone.output_size, self.output_size)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``x (B, T, F)`` (or ids ``(B, T)``) -> ``(B, D)``."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from rnnkit.config import Configurable
 from rnnkit.layers.masking import lengths_to_mask
-from rnnkit.models._common import SequenceModelBase, check_names
+from rnnkit.models._common import SequenceModelBase, count_and_names
 
 __all__ = ["SequenceTagger"]
 
@@ -58,19 +58,13 @@ class SequenceTagger(Configurable, SequenceModelBase):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if num_tags is None:
-            if tag_names is None:
-                raise ValueError(f"{owner}: give num_tags or tag_names")
-            num_tags = len(tag_names)
-        if isinstance(num_tags, bool) or not isinstance(num_tags, int) or num_tags < 1:
-            raise ValueError(f"{owner}: num_tags must be a positive int, got {num_tags!r}")
-        self.num_tags = num_tags
-        self.tag_names = check_names(owner, "tag_names", tag_names, num_tags)
+        self.num_tags, self.tag_names = count_and_names(owner, "num_tags", num_tags,
+                                                        "tag_names", tag_names)
         self._build(input_size=input_size, hidden_size=hidden_size, cell=cell,
                     num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
                     cell_options=cell_options, vocab_size=vocab_size,
                     embedding_dim=embedding_dim, vocabulary=vocabulary)
-        self.head = nn.Linear(self.backbone.output_size, num_tags)
+        self.head = nn.Linear(self.backbone.output_size, self.num_tags)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``x (B, T, F)`` (or ids ``(B, T)``) -> tag logits ``(B, T, C)``."""
