@@ -59,7 +59,8 @@ from rnnkit.errors import ShapeError
 if TYPE_CHECKING:
     import torchmetrics
 
-__all__ = ["IGNORE_INDEX", "METRIC_NAMES", "Metrics"]
+__all__ = ["IGNORE_INDEX", "METRIC_NAMES", "SEQUENCE_METRIC_NAMES", "Metrics", "SequenceMetrics",
+           "corpus_bleu", "exact_match_counts", "token_accuracy_counts"]
 
 
 def __getattr__(name: str) -> Any:
@@ -445,3 +446,132 @@ class Metrics:
 
     def __repr__(self) -> str:
         return f"Metrics({self.names!r}, loss_name={self.loss_name!r})"
+
+
+# ----------------------------------------------------------------------------- decoded sequences
+# Exact match, token accuracy and BLEU compare *decoded* sequences with references (what a
+# seq2seq model writes, not its teacher-forced scores), so they take strings or token lists.
+
+#: the names :class:`SequenceMetrics` accepts
+SEQUENCE_METRIC_NAMES: tuple[str, ...] = ("bleu", "exact_match", "token_accuracy")
+
+Tokens = str | Sequence[Any]
+
+
+def _check_pairs(predictions: Sequence[Tokens], references: Sequence[Tokens]) -> None:
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise TypeError("predictions and references are lists of sequences (a list of str, or "
+                        "of token lists), not one str")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+
+
+def exact_match_counts(predictions: Sequence[Tokens],
+                       references: Sequence[Tokens]) -> tuple[int, int]:
+    """``(sequences equal to their reference, sequences)``."""
+    _check_pairs(predictions, references)
+    hits = sum(list(p) == list(r) for p, r in zip(predictions, references, strict=True))
+    return hits, len(references)
+
+
+def token_accuracy_counts(predictions: Sequence[Tokens],
+                          references: Sequence[Tokens]) -> tuple[int, int]:
+    """``(tokens equal to the reference's at the same position, positions)``, where a pair
+    counts ``max(len(prediction), len(reference))`` positions: a missing or extra token is
+    an error, so only an exact match scores 1 (for strings, a token is a character)."""
+    _check_pairs(predictions, references)
+    hits = total = 0
+    for p, r in zip(predictions, references, strict=True):
+        p, r = list(p), list(r)
+        hits += sum(a == b for a, b in zip(p, r, strict=False))
+        total += max(len(p), len(r))
+    return hits, total
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str], *,
+                tokenize: str = "13a") -> float:
+    """sacreBLEU's corpus BLEU (0-100, one reference per prediction), with sacreBLEU's
+    tokenizer ``tokenize`` (``"13a"`` for words, ``"char"`` for character-level tasks). Token
+    lists are joined with spaces first. Needs the seq2seq extra
+    (``pip install rnnkit[seq2seq]``)."""
+    _check_pairs(predictions, references)
+    try:
+        from sacrebleu.metrics import BLEU
+    except ImportError:  # pragma: no cover - the extra is missing
+        raise ImportError("BLEU needs sacrebleu: pip install rnnkit[seq2seq]") from None
+
+    def text(seq: Tokens) -> str:
+        return seq if isinstance(seq, str) else " ".join(str(t) for t in seq)
+
+    try:
+        bleu = BLEU(tokenize=tokenize)
+    except (KeyError, RuntimeError) as e:
+        raise ValueError(f"tokenize={tokenize!r} is not a sacrebleu tokenizer: {e}") from None
+    return float(bleu.corpus_score([text(p) for p in predictions],
+                                   [[text(r) for r in references]]).score)
+
+
+class SequenceMetrics:
+    """Exact match, token accuracy and BLEU over decoded sequences, batch by batch, with the
+    conventions of :class:`Metrics`: ``update`` per batch, ``compute`` -> ``{name: value}`` in
+    the order given (NaN before any update), ``reset``.
+
+    ``exact_match`` and ``token_accuracy`` are fractions (see :func:`token_accuracy_counts`);
+    ``bleu`` is sacreBLEU's corpus BLEU on 0-100 over every sequence seen (``tokenize``:
+    sacreBLEU's tokenizer, ``"char"`` for character-level tasks).
+
+    Example:
+        >>> metrics = SequenceMetrics(["exact_match", "token_accuracy"])
+        >>> metrics.update(["1997-05-03", "596"], ["1997-05-03", "597"])
+        >>> metrics.compute()
+        {'exact_match': 0.5, 'token_accuracy': 0.9230769230769231}
+    """
+
+    def __init__(self, names: Sequence[str] = SEQUENCE_METRIC_NAMES, *,
+                 tokenize: str = "13a") -> None:
+        if isinstance(names, str):
+            names = [names]
+        for name in names:
+            if name not in SEQUENCE_METRIC_NAMES:
+                close = difflib.get_close_matches(str(name), SEQUENCE_METRIC_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown sequence metric {name!r}{hint}; valid names: "
+                                 f"{', '.join(SEQUENCE_METRIC_NAMES)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a metric is listed twice in {list(names)}")
+        self.names = list(names)
+        self.tokenize = tokenize
+        self.reset()
+
+    def reset(self) -> None:
+        self._exact = [0, 0]
+        self._tokens = [0, 0]
+        self._predictions: list[Tokens] = []
+        self._references: list[Tokens] = []
+
+    def update(self, predictions: Sequence[Tokens], references: Sequence[Tokens]) -> None:
+        for counts, fn in ((self._exact, exact_match_counts),
+                           (self._tokens, token_accuracy_counts)):
+            hits, total = fn(predictions, references)
+            counts[0] += hits
+            counts[1] += total
+        if "bleu" in self.names:
+            self._predictions.extend(predictions)
+            self._references.extend(references)
+
+    def compute(self) -> dict[str, float]:
+        result = {}
+        for name in self.names:
+            if self._exact[1] == 0:
+                result[name] = float("nan")
+            elif name == "exact_match":
+                result[name] = self._exact[0] / self._exact[1]
+            elif name == "token_accuracy":
+                result[name] = self._tokens[0] / self._tokens[1] if self._tokens[1] else 1.0
+            else:
+                result[name] = corpus_bleu(self._predictions, self._references,
+                                           tokenize=self.tokenize)
+        return result
+
+    def __repr__(self) -> str:
+        return f"SequenceMetrics({self.names!r}, tokenize={self.tokenize!r})"
