@@ -16,3 +16,13 @@ from rnnkit.models.tagger import SequenceTagger  # noqa: E402, F401
 # --- forecaster (owner: forecaster) ---
 # isort: split
 from rnnkit.models.forecaster import Forecaster  # noqa: E402, F401
+
+# --- decoding (owner: s2s-decode) ---
+# isort: split
+from rnnkit.models.decoding import (  # noqa: E402, F401
+    Hypotheses,
+    beam_search,
+    greedy_decode,
+    sample_decode,
+    tile_batch,
+)

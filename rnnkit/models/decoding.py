@@ -360,14 +360,24 @@ def sample_decode(step_fn: StepFunction, state: Any, *, batch_size: int, bos_id:
 # --- beam search -------------------------------------------------------------------------
 
 
+#: candidates per source up to which beam search sorts them all, so that ties go to the lower
+#: beam, then the lower token; above it each beam's best are taken with ``topk`` first (its
+#: order among equal scores is unspecified) and only those are sorted.
+EXACT_TIES_UP_TO = 1 << 16
+
+
 def _select(scores: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """The ``width`` best of ``scores (B, K, V)`` per source: ``(values (B, width), flat
     indices k * V + v (B, width))``, best first, ties to the lower flat index."""
     batch, beams, vocab = scores.shape
-    per_beam = min(width, vocab)  # the best `width` never hold more than `width` of one beam
-    values, tokens = scores.topk(per_beam, dim=2)  # (B, K, k')
+    if beams * vocab <= EXACT_TIES_UP_TO or vocab <= width:
+        values, flat = torch.sort(scores.reshape(batch, -1), dim=1, descending=True,
+                                  stable=True)
+        return values[:, :width], flat[:, :width]
+    # the best `width` never hold more than `width` candidates of one beam
+    values, tokens = scores.topk(width, dim=2)  # (B, K, width)
     flat = tokens + torch.arange(beams, device=scores.device).view(1, beams, 1) * vocab
-    values, flat = values.reshape(batch, -1), flat.reshape(batch, -1)  # (B, K * k')
+    values, flat = values.reshape(batch, -1), flat.reshape(batch, -1)  # (B, K * width)
     by_index = flat.argsort(dim=1, stable=True)
     values, flat = values.gather(1, by_index), flat.gather(1, by_index)
     by_score = values.argsort(dim=1, descending=True, stable=True)[:, :width]  # (B, width)

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from rnnkit.models import decoding
 from rnnkit.models.decoding import (
     Hypotheses,
     beam_search,
@@ -417,7 +418,7 @@ def test_batched_results_equal_each_source_decoded_alone(method):
 
 
 def test_eos_at_the_first_step():
-    table = torch.tensor([[0.01, 0.97, 0.01, 0.01], [0.25] * 4, [0.1, 0.1, 0.4, 0.4],
+    table = torch.tensor([[0.012, 0.97, 0.008, 0.01], [0.25] * 4, [0.1, 0.1, 0.4, 0.4],
                           [0.4, 0.2, 0.2, 0.2]]).log()
 
     def step(tokens, state):
@@ -437,7 +438,7 @@ def test_eos_at_the_first_step():
     assert wide.tokens.tolist() == [[[EOS] * 3, [0, EOS, EOS], [3, 0, EOS]]]
     assert wide.lengths.tolist() == [[1, 2, 3]]
     torch.testing.assert_close(wide.scores, torch.tensor(
-        [[math.log(0.97), math.log(0.01 * 0.97), math.log(0.01 * 0.4 * 0.97)]]))
+        [[math.log(0.97), math.log(0.012 * 0.97), math.log(0.01 * 0.4 * 0.97)]]))
 
 
 def test_hypotheses_cut_at_max_length_end_there():
@@ -481,3 +482,33 @@ def test_a_closed_over_memory_tiled_with_tile_batch():
                             beam_width=width, max_length=4, n_best=width)
     assert torch.equal(out.tokens, reference.tokens)
     torch.testing.assert_close(out.scores, reference.scores)
+
+
+def test_ties_go_to_the_lower_beam_then_the_lower_token():
+    # every continuation equally likely: the beam keeps the lowest token ids
+    uniform = torch.zeros(5, 5).log_softmax(dim=-1)
+
+    def step(tokens, state):
+        return uniform[tokens], state, None
+
+    out = beam_search(step, None, batch_size=1, bos_id=BOS, eos_id=4, beam_width=3,
+                      max_length=2, n_best=3)
+    assert out.tokens.tolist() == [[[0, 0], [0, 1], [0, 2]]]
+    greedy = greedy_decode(step, None, batch_size=1, bos_id=BOS, eos_id=4, max_length=2)
+    beam = beam_search(step, None, batch_size=1, bos_id=BOS, eos_id=4, beam_width=1,
+                       max_length=2)
+    assert torch.equal(beam.tokens, greedy.tokens)
+
+
+def test_large_vocabularies_take_each_beams_best_first(monkeypatch):
+    # above EXACT_TIES_UP_TO candidates beam search prunes each beam with topk before
+    # sorting: the same hypotheses as the full sort when no scores tie
+    decoder = TinyDecoder(vocab=7, seed=12)
+    state = decoder.initial_state(2, [3, 2], seed=6)
+    kwargs = dict(batch_size=2, bos_id=BOS, eos_id=EOS, beam_width=3, max_length=5,
+                  length_penalty=0.5, coverage_penalty=0.2, n_best=3)
+    full = beam_search(decoder, state, **kwargs)
+    monkeypatch.setattr(decoding, "EXACT_TIES_UP_TO", 0)
+    pruned = beam_search(decoder, state, **kwargs)
+    assert torch.equal(full.tokens, pruned.tokens)
+    torch.testing.assert_close(full.scores, pruned.scores)
