@@ -19,6 +19,7 @@ from rnnkit.training.callbacks import (  # noqa: E402, F401
     Callback,
     CSVLogger,
     EarlyStopping,
+    GradientFlowRecorder,
     LearningRateScheduler,
     ModelCheckpoint,
     NaNGuard,

@@ -56,6 +56,7 @@ __all__ = [
     "Callback",
     "ModelCheckpoint",
     "EarlyStopping",
+    "GradientFlowRecorder",
     "LearningRateScheduler",
     "NaNGuard",
     "NonFiniteLossError",
@@ -733,3 +734,111 @@ def default_callbacks(callbacks: Iterable[Callback] | None, *, run_dir: Any = No
 
 # The progress displays live in progress.py; the trainer and Keras users look for them here.
 from rnnkit.training.progress import ProgressBar, ProgressPrinter  # noqa: E402, F401
+
+# --- gradient flow (owner: diagnostics) ---------------------------------------------------------
+
+class GradientFlowRecorder(Callback):
+    r"""Record :math:`\lVert \partial L / \partial h_t \rVert` on a fixed probe batch every
+    ``every_n_steps`` updates (and once before the first), with
+    :func:`rnnkit.diagnostics.gradient_flow`.
+
+    Args:
+        batch: the probe, ``(inputs, target)``, ``(inputs, target, lengths)`` or a dict (see
+            ``gradient_flow``), on the model's device.
+        every_n_steps: record after every ``N``-th update (``logs["step"] % N == 0``).
+        loss: ``loss(output, target) -> scalar``; default the trainer's own loss.
+        filename: a CSV (``step, layer, loss, t1 .. tT``), rewritten atomically after each
+            record; relative to ``run_dir`` unless absolute; None (or no run directory with a
+            relative name): kept in memory only.
+        at_start: also record before the first update (step 0).
+
+    The probe runs in eval mode (no dropout) with the random number generators' state saved
+    and restored, and leaves the parameters' gradients alone, so recording never changes the
+    training run. ``records`` is a list of ``(step, GradientFlow)``; ``history`` the same as
+    plain values (it travels in checkpoints).
+
+    Example:
+        >>> import torch, rnnkit
+        >>> x, y = torch.randn(64, 20, 1), torch.randn(64, 1)
+        >>> recorder = GradientFlowRecorder((x[:8], y[:8]), every_n_steps=2, filename=None)
+        >>> trainer = rnnkit.Trainer(rnnkit.SequenceRegressor(1, 1, hidden_size=4), lr=1e-2,
+        ...                          callbacks=[recorder], verbose=False)
+        >>> _ = trainer.fit((x, y), epochs=1, batch_size=16)
+        >>> [step for step, _ in recorder.records], recorder.records[-1][1]["layer 1"].shape
+        ([0, 2, 4], torch.Size([20]))
+    """
+
+    def __init__(self, batch: Any, every_n_steps: int = 100, loss: Callable | None = None,
+                 filename: str | os.PathLike | None = "gradient_flow.csv",
+                 at_start: bool = True) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) \
+                or every_n_steps < 1:
+            raise ValueError(f"GradientFlowRecorder: every_n_steps must be an int >= 1, got "
+                             f"{every_n_steps!r}")
+        self.batch = batch
+        self.every_n_steps = every_n_steps
+        self.loss = loss
+        self.filename = None if filename is None else Path(filename)
+        self.at_start = at_start
+        self.records: list[tuple[int, Any]] = []
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return [{"step": step, **flow.to_dict()} for step, flow in self.records]
+
+    def path(self, trainer: Any) -> Path | None:
+        if self.filename is None or self.filename.is_absolute():
+            return self.filename
+        run_dir = getattr(trainer, "run_dir", None)
+        return None if run_dir is None else Path(run_dir) / self.filename
+
+    def record(self, trainer: Any, step: int) -> None:
+        from rnnkit.diagnostics import gradient_flow
+
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                flow = gradient_flow(model, self.batch, loss=self.loss or trainer.loss)
+        finally:
+            model.train(was_training)
+        self.records = [r for r in self.records if r[0] < step] + [(step, flow)]
+        path = self.path(trainer)
+        if path is not None and _is_main(trainer):
+            atomic_write_bytes(path, self.to_csv().encode("utf-8"))
+
+    def to_csv(self) -> str:
+        """``step,layer,loss,t1,...,tT``: one row per record and layer (NaN left empty)."""
+        steps = max((flow.steps for _, flow in self.records), default=0)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["step", "layer", "loss", *(f"t{t}" for t in range(1, steps + 1))])
+        for step, flow in self.records:
+            for label, norms in flow.items():
+                writer.writerow([step, label, repr(flow.loss),
+                                 *("" if math.isnan(v) else repr(v) for v in norms.tolist())])
+        return buffer.getvalue()
+
+    def on_fit_start(self, trainer: Any) -> None:
+        step = int(getattr(trainer, "global_step", 0))
+        if self.at_start and step == 0 and not self.records:
+            self.record(trainer, 0)
+
+    def on_batch_end(self, trainer: Any, logs: Mapping[str, Any]) -> None:
+        step = int(logs["step"])
+        if step % self.every_n_steps == 0:
+            self.record(trainer, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": [(step, flow.to_dict()) for step, flow in self.records]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from rnnkit.diagnostics import GradientFlow
+
+        self.records = [
+            (int(step), GradientFlow({k: torch.tensor([math.nan if v is None else v
+                                                       for v in values], dtype=torch.float64)
+                                      for k, values in flow["norms"].items()},
+                                     float(flow["loss"])))
+            for step, flow in state["records"]]
