@@ -32,3 +32,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# issue 13: run every reproduction example (hours on 2 cores) and rebuild docs/RESULTS.md;
+# `$(PY) examples/reproduce.py --render-only` rebuilds the page alone (owner: diagnostics)
+.PHONY: reproduce
+reproduce: $(STAMP)
+	nice -n 10 $(PY) examples/reproduce.py

@@ -71,3 +71,7 @@ from rnnkit.training.checkpoint import load, save  # noqa: E402, F401
 # isort: split
 from rnnkit import training  # noqa: E402, F401
 from rnnkit.training import Trainer  # noqa: E402, F401
+
+# --- diagnostics: gradient_flow, plot_gradient_flow (owner: diagnostics) ---
+# isort: split
+from rnnkit import diagnostics  # noqa: E402, F401
