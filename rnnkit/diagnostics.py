@@ -127,7 +127,8 @@ class _Recorder:
                 got = (tuple(inputs.shape) if isinstance(inputs, Tensor)
                        else type(inputs).__name__)
                 raise ValueError(
-                    f"gradient_flow: {type(module).__name__} was called with {got}; only batched (B, T, F) / (T, B, F) tensors are supported (no "
+                    f"gradient_flow: {type(module).__name__} was called with {got}; only "
+                    "batched (B, T, F) / (T, B, F) tensors are supported (no "
                     "PackedSequence: pass padded inputs and lengths=)")
             batch_first = bool(getattr(module, "batch_first", False))
             time_steps = inputs.shape[1] if batch_first else inputs.shape[0]
