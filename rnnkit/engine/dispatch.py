@@ -6,6 +6,8 @@ Paths, fastest first:
                 torch's fused kernels (:mod:`rnnkit.engine.fused`); only for modules.
 ``"compiled"``  rnnkit's C++ kernels (:mod:`rnnkit.engine.compiled`) run a cell's whole
                 sequence, forward and BPTT, with no Python per step.
+``"scan"``      cells whose recurrence is linear in the state (minGRU, minLSTM) run their
+                parallel scan over the whole sequence (:mod:`rnnkit.engine.parallel`).
 ``"loop"``      the eager Python loop (:mod:`rnnkit.engine.loop`): always works, any cell,
                 any device.
 ``"auto"``      the fastest path that can serve the call; falling back to the loop because no
@@ -28,7 +30,7 @@ from rnnkit.engine.scan import exporting
 from rnnkit.errors import ShapeError
 
 #: Every value the ``engine`` argument accepts.
-ENGINES = ("auto", "fused", "compiled", "loop")
+ENGINES = ("auto", "fused", "compiled", "scan", "loop")
 
 #: torch.nn modes that ``engine="auto"`` sends to rnnkit's compiled kernels instead of torch's
 #: fused kernel on CPU, and in which mode ("training": gradients enabled and required,
@@ -117,7 +119,8 @@ def check_cell_engine(engine: object, cell: nn.Module) -> str:
         raise ValueError(
             f"engine='fused' applies to whole drop-in modules (rnnkit.LSTM, rnnkit.GRU, "
             f"rnnkit.RNN) whose configuration equals torch.nn's, not to a single cell "
-            f"({type(cell).__name__}); use engine='auto', 'compiled' or 'loop' for cells"
+            f"({type(cell).__name__}); use engine='auto', 'compiled', 'scan' or 'loop' for "
+            f"cells"
         )
     return engine
 
@@ -148,17 +151,37 @@ def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
     if engine == "loop":
         return "loop", "engine='loop' requested", False
     if mask is not None:
-        if engine == "compiled":
-            raise RuntimeError(f"engine='compiled' cannot run this recurrence: {MASK_REASON}")
+        if engine in ("compiled", "scan"):
+            raise RuntimeError(f"engine={engine!r} cannot run this recurrence: {MASK_REASON}")
         return "loop", MASK_REASON, False
     if engine == "auto" and tracing():
         return "loop", TRACING_REASON, False
+    if engine == "scan":
+        scans, why = _scan_serves(cell)
+        if not scans:
+            raise RuntimeError(f"engine='scan' cannot run this recurrence: {why}")
+        return "scan", "engine='scan' requested", False
     serves, reason, toolchain_missing = _compiled_serves(cell, inputs)
+    if engine == "auto" and not serves:
+        scans, why = _scan_serves(cell)
+        if scans:
+            return "scan", why, False
+        from rnnkit.engine import parallel
+
+        if parallel.has_scan(cell):  # the scan's refusal is the one that matters here
+            return "loop", why, False
     if engine == "compiled":
         if not serves:
             raise RuntimeError(f"engine='compiled' cannot run this recurrence: {reason}")
         return "compiled", "engine='compiled' requested", False
     return ("compiled", reason, False) if serves else ("loop", reason, toolchain_missing)
+
+
+def _scan_serves(cell: nn.Module) -> tuple[bool, str]:
+    """(serves, reason) for running ``cell`` by its parallel scan (``"scan"``)."""
+    from rnnkit.engine import parallel
+
+    return parallel.supports(cell)
 
 
 def _notice_fallback(reason: str) -> None:
@@ -221,6 +244,11 @@ def run_cell(
         else:
             run.ran = "compiled"
             return result
+    elif run.path == "scan":
+        from rnnkit.engine import parallel
+
+        run.ran = "scan"
+        return parallel.run_recurrence(run.cell, inputs, state, lengths=lengths, reverse=reverse)
     elif run.toolchain_missing:
         _notice_fallback(run.reason)
     run.ran = "loop"
@@ -305,7 +333,7 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     engine = check_engine(getattr(module, "engine", "auto"))
     if exporting():  # the fused kernels' lengths handling reads the lengths' values
         return False, EXPORT_REASON
-    if engine in ("loop", "compiled"):
+    if engine in ("loop", "compiled", "scan"):
         return False, f"engine={engine!r} requested"
     reason = fused.ineligibility(module)
     if reason is not None:

@@ -7,7 +7,7 @@ decline at run time with :class:`PathDeclined` (say, compiled kernels under a fu
 transform); under ``engine="auto"`` the loop then runs and the plan records the reason.
 
 * :class:`CellRun`: one cell over time (a layer and direction of a drop-in, or a
-  ``Recurrence``'s cell) on ``"compiled"`` or ``"loop"``;
+  ``Recurrence``'s cell) on ``"compiled"``, ``"scan"`` or ``"loop"``;
 * :class:`Plan`: a whole module: ``"fused"`` (torch's kernels for the whole stack) or
   ``"cells"`` (one :class:`CellRun` per layer and direction).
 """
@@ -30,7 +30,7 @@ class CellRun:
 
     label: str  # "layer 0", "layer 1 reverse", "forward", "backward", "cell"
     cell: nn.Module
-    path: str  # "compiled" | "loop"
+    path: str  # "compiled" | "scan" | "loop"
     reason: str
     engine: str  # what the caller asked for: "auto" | "compiled" | "loop"
     toolchain_missing: bool = False  # the loop runs because no compiler is available

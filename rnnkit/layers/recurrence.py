@@ -109,7 +109,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
             zeros is where it starts), shared by all sequences of a batch.
         batch_first: inputs and outputs are ``(B, T, ...)``.
         stateful: carry the final state into the next call (see :meth:`reset_states`).
-        engine: ``"auto"``, ``"compiled"`` or ``"loop"``; passed to
+        engine: ``"auto"``, ``"compiled"``, ``"scan"`` or ``"loop"``; passed to
             :func:`rnnkit.engine.dispatch.run_recurrence`.
         zero_output_for_mask: outputs at padded or masked steps are zero (True, rnnkit's and
             torch's convention) or repeat the last valid output processed before them

@@ -12,7 +12,8 @@ they take rnnkit's cell options and sequence features (all keyword-only):
 * ``stateful=True`` with :meth:`reset_states`;
 * ``recurrent_dropout`` (variational), ``dropout_input`` (variational, on the module input),
   ``zoneout``, ``residual`` connections between stacked layers, ``learnable_initial_state``;
-* ``engine="auto" | "fused" | "compiled" | "loop"`` (see :mod:`rnnkit.engine.dispatch`);
+* ``engine="auto" | "fused" | "compiled" | "scan" | "loop"`` (see
+  :mod:`rnnkit.engine.dispatch`);
 * Keras' semantics: ``mask=`` (B, T) in :meth:`forward` (gaps allowed: a masked step keeps
   the state), ``zero_output_for_mask=False`` (a masked step repeats the last valid output),
   ``go_backwards=True`` (read the padded sequence reversed, outputs in processing order).

@@ -1,8 +1,9 @@
 """The execution plan: what explain prints is what runs, and forcing that path changes nothing.
 
-The sweep instruments the three path runners (fused.forward, compiled.run_recurrence,
-loop.run_recurrence) to record every call, independently of the plan's own bookkeeping, and
-compares the calls with the paths the plan (the object explain prints) names.
+The sweep instruments the path runners (fused.forward, compiled.run_recurrence,
+parallel.run_recurrence, loop.run_recurrence) to record every call, independently of the
+plan's own bookkeeping, and compares the calls with the paths the plan (the object explain
+prints) names.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 from torch import nn
 
 import rnnkit
-from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
-from rnnkit.engine import compiled, dispatch, explain, fused, loop
+from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, MinGRUCell, MinLSTMCell
+from rnnkit.engine import compiled, dispatch, explain, fused, loop, parallel
 from rnnkit.engine.plan import PathDeclined
 
 HAVE_COMPILED = compiled.available()[0]
@@ -59,7 +60,8 @@ def _drop_ins():
 def _drivers():
     cells = {"LSTMCell": lambda: LSTMCell(3, 4), "GRUCell": lambda: GRUCell(3, 4),
              "ElmanCell": lambda: ElmanCell(3, 4), "LSTMCell(peepholes)":
-             lambda: LSTMCell(3, 4, peepholes=True), "UserCell": lambda: UserCell(3, 4)}
+             lambda: LSTMCell(3, 4, peepholes=True), "UserCell": lambda: UserCell(3, 4),
+             "MinGRUCell": lambda: MinGRUCell(3, 4), "MinLSTMCell": lambda: MinLSTMCell(3, 4)}
     cases = []
     for (cell_name, make_cell), (driver, kwargs) in itertools.product(cells.items(), [
             ("Recurrence", {}), ("Recurrence", {"go_backwards": True}),
@@ -95,6 +97,7 @@ def recorded(monkeypatch):
     record(fused, "forward", "fused")
     record(compiled, "run_recurrence", "compiled")
     record(loop, "run_recurrence", "loop")
+    record(parallel, "run_recurrence", "scan")
     return calls
 
 
@@ -126,7 +129,7 @@ def test_explain_names_the_path_that_runs(name, make, lengths, mode, recorded):
         plan = dispatch.make_plan(layer, x, lengths)
         assert str(plan) == explain(layer, x, lengths)
     planned = plan.paths()
-    assert planned and set(planned) <= {"fused", "compiled", "loop"}
+    assert planned and set(planned) <= {"fused", "compiled", "scan", "loop"}
     if not HAVE_COMPILED:
         assert "compiled" not in planned
     expected = _run(layer, x, lengths, mode)

@@ -1,0 +1,177 @@
+"""The "scan" path: minGRU/minLSTM in the drivers run their parallel scan, equal to the loop.
+
+Oracles: the eager loop over the cell's own step (``engine="loop"``), the NumPy equations of
+the paper (tests/cells/test_minimal.py) and finite differences (gradcheck).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.cells import GRUCell, MinGRUCell, MinLSTMCell
+from rnnkit.engine import dispatch, explain, parallel
+from rnnkit.layers import Fold, Recurrence, UnfoldFrom
+from tests.cells.test_minimal import numpy_min_gru, numpy_min_lstm
+
+CELLS = [MinGRUCell, MinLSTMCell]
+LENGTHS = [None, [7, 3, 1, 7]]
+
+
+def _pair(cell_class, dtype, reverse, fold=False, **kwargs):
+    torch.manual_seed(0)
+    cell = cell_class(5, 6, **kwargs).to(dtype)
+    driver = Fold if fold else Recurrence
+    return driver(cell, go_backwards=reverse), driver(cell, go_backwards=reverse, engine="loop")
+
+
+def _grads(layer, x, lengths):
+    out, h = layer(x, lengths=lengths)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).view_as(out)
+    loss = (out * weights).sum() + (h * h).sum()
+    return out, h, torch.autograd.grad(loss, [x, *layer.parameters()])
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["Recurrence", "Fold"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", LENGTHS, ids=["full", "ragged"])
+@pytest.mark.parametrize("cell_class", CELLS)
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)],
+                         ids=["f64", "f32"])
+def test_scan_equals_the_loop(cell_class, lengths, reverse, fold, dtype, tol):
+    scan, loop = _pair(cell_class, dtype, reverse, fold)
+    x = torch.randn(7, 4, 5, dtype=dtype, requires_grad=True)
+    assert dispatch.make_plan(scan, x, lengths).paths() == ["scan"]
+    ours = _grads(scan, x, lengths)
+    theirs = _grads(loop, x, lengths)
+    ours_flat = [ours[0], ours[1], *ours[2]]
+    theirs_flat = [theirs[0], theirs[1], *theirs[2]]
+    for a, b in zip(ours_flat, theirs_flat, strict=True):
+        scale = max(float(b.detach().abs().max()), 1.0)  # "1e-5 of scale"
+        torch.testing.assert_close(a, b, rtol=0, atol=tol * scale)
+    if lengths is not None and not fold:
+        out = ours[0]
+        assert bool((out[3:, 1] == 0).all()) and bool((out[1:, 2] == 0).all())
+
+
+@pytest.mark.parametrize("cell_class", CELLS)
+def test_scan_matches_the_papers_equations(cell_class):
+    """Independent of rnnkit's step: the NumPy minGRU/minLSTM over each sequence alone."""
+    torch.manual_seed(1)
+    cell = cell_class(3, 4).double()
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    lengths = [6, 2, 4]
+    with torch.no_grad():
+        out, h = Recurrence(cell, engine="scan")(x, lengths=lengths)
+    reference = numpy_min_gru if cell_class is MinGRUCell else numpy_min_lstm
+    w, b = cell.weight_ih.detach().numpy(), cell.bias_ih.detach().numpy()
+    for row, length in enumerate(lengths):
+        expected = reference(x[:length, row : row + 1].numpy(), np.zeros((1, 4)), w, b)
+        np.testing.assert_allclose(out[:length, row].numpy(), expected[:, 0], atol=1e-12)
+        np.testing.assert_allclose(h[row].numpy(), expected[-1, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell_class", CELLS)
+def test_gradcheck(cell_class, reverse):
+    torch.manual_seed(2)
+    cell = cell_class(2, 3).double()
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+
+    def run(x, h0, weight, bias):
+        with torch.nn.utils.stateless._reparametrize_module(
+                cell, {"weight_ih": weight, "bias_ih": bias}):
+            out, h = parallel.run_recurrence(cell, x, h0, lengths=lengths, reverse=reverse)
+        return out, h
+
+    assert torch.autograd.gradcheck(run, (x, h0, cell.weight_ih, cell.bias_ih))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 3, 2), (4, 1, 2), (3, 2, 1)],
+                         ids=["T1-B1-H1", "T1", "B1", "H1"])
+@pytest.mark.parametrize("cell_class", CELLS)
+def test_edge_sizes(cell_class, shape):
+    steps, batch, hidden = shape
+    torch.manual_seed(3)
+    cell = cell_class(2, hidden).double()
+    x = torch.randn(steps, batch, 2, dtype=torch.float64, requires_grad=True)
+    lengths = [max(1, steps - i) for i in range(batch)]
+    for reverse in (False, True):
+        scan = Recurrence(cell, go_backwards=reverse, engine="scan")
+        loop = Recurrence(cell, go_backwards=reverse, engine="loop")
+        ours, theirs = _grads(scan, x, lengths), _grads(loop, x, lengths)
+        for a, b in zip([ours[0], ours[1], *ours[2]], [theirs[0], theirs[1], *theirs[2]],
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_padding_garbage_does_not_reach_the_gradients():
+    torch.manual_seed(4)
+    cell = MinLSTMCell(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x[3:, 1] = float("nan")
+    x.requires_grad_(True)
+    out, h = Recurrence(cell, engine="scan")(x, lengths=[5, 3])
+    (grad,) = torch.autograd.grad(out.sum() + h.sum(), [x])
+    assert torch.isfinite(out).all() and torch.isfinite(h).all()
+    assert torch.isfinite(grad[:3]).all() and bool((grad[3:, 1] == 0).all())
+
+
+def test_auto_plans_the_scan_and_explain_says_why():
+    layer = Recurrence(MinGRUCell(3, 4))
+    text = explain(layer, torch.randn(6, 2, 3))
+    assert "MinGRUCell -> scan" in text and "parallel scan" in text
+
+
+def test_drop_in_style_bidirectional_and_sequence_use_the_scan():
+    torch.manual_seed(5)
+    layer = rnnkit.layers.Bidirectional(Recurrence(MinLSTMCell(3, 4)))
+    x = torch.randn(6, 2, 3)
+    assert dispatch.make_plan(layer, x).paths() == ["scan", "scan"]
+
+
+class ChangedStep(MinGRUCell):
+    """A subclass whose step is no longer what the scan computes."""
+
+    def forward(self, x, state=None):
+        out, h = super().forward(x, state)
+        return out * 0.5, h * 0.5
+
+
+def test_the_loop_runs_where_the_scan_cannot_serve():
+    x = torch.randn(6, 2, 3)
+    assert "overrides forward()" in explain(Recurrence(ChangedStep(3, 4)), x)
+    assert dispatch.make_plan(Recurrence(ChangedStep(3, 4)), x).paths() == ["loop"]
+    hooked = MinGRUCell(3, 4)
+    hooked.register_forward_hook(lambda *args: None)
+    assert "forward hooks" in explain(Recurrence(hooked), x)
+    mask = torch.tensor([[True, False, True, True, True, True]] * 2)  # a gap: the loop
+    assert dispatch.make_plan(Recurrence(MinGRUCell(3, 4)), x, mask=mask).paths() == ["loop"]
+    # return_full_state wraps the cell (every step's state): the loop
+    full = Recurrence(MinGRUCell(3, 4), return_full_state=True)
+    assert dispatch.make_plan(full, x).paths() == ["loop"]
+
+
+def test_forcing_the_scan_where_it_cannot_serve_is_an_error():
+    x, h = torch.randn(6, 2, 3), torch.zeros(2, 4)
+    with pytest.raises(RuntimeError, match="engine='scan' cannot run this recurrence: GRUCell "
+                                           "has no parallel scan"):
+        dispatch.run_recurrence(GRUCell(3, 4), x, h, engine="scan")
+    with pytest.raises(RuntimeError, match="engine='scan' cannot run this recurrence: a mask"):
+        dispatch.run_recurrence(MinGRUCell(3, 4), x, h, engine="scan",
+                                mask=torch.tensor([[True, False]] * 6))
+
+
+def test_stepping_one_input_at_a_time_runs_the_cells_forward():
+    """UnfoldFrom feeds each output back in: a per-step dependence the scan cannot honour."""
+    torch.manual_seed(6)
+    cell = MinGRUCell(4, 4)
+    calls = []
+    cell.register_forward_pre_hook(lambda *args: calls.append(1))
+    out, _, _ = UnfoldFrom(cell, head=nn.Tanh(), max_length=5)(torch.zeros(2, 4))
+    assert len(calls) == 5 and out.shape == (5, 2, 4)
