@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORE := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean kernels
 
 $(CORE): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ demo: $(CORE)
 lint: $(STAMP)
 	$(PY) -m ruff check rnnkit tests benchmarks examples
 
-test: $(STAMP) lint
+# rnnkit's C++ kernels, built here rather than inside the first recurrence that needs them
+# (minutes, once per CPU capability and source version, cached in ~/.cache/rnnkit/extensions;
+# a second when cached). The demo runs torch's fused LSTM, so only the test set-up builds them.
+kernels: $(STAMP)
+	$(PY) -m rnnkit.engine.compiled build
+
+test: $(STAMP) lint kernels
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -16,6 +16,7 @@ Paths, fastest first:
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -140,7 +141,10 @@ EXPORT_REASON = ("exporting with torch.export (torch.onnx.export(dynamo=True), "
 
 def tracing() -> bool:
     """Whether a ``torch.jit.trace`` or ``torch.onnx.export`` is recording this call."""
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+    # torch.onnx takes half a second to import: a process that never imported it is not
+    # exporting with it
+    onnx = sys.modules.get("torch.onnx")
+    return bool(torch.jit.is_tracing() or (onnx is not None and onnx.is_in_onnx_export()))
 
 
 def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,

@@ -14,6 +14,7 @@ Cache directory: ``$RNNKIT_EXTENSIONS_DIR`` or ``~/.cache/rnnkit/extensions``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -135,31 +136,78 @@ def _stage_sources(build_dir: Path) -> Path:
     return staged
 
 
-def _build(capability: str) -> ModuleType:
-    from torch.utils import cpp_extension
+def build_dir(capability: str) -> Path:
+    """The cache entry for ``capability`` on this torch, Python and source text."""
+    key = _key(_COMMON_FLAGS + _CAPABILITY_FLAGS[capability])
+    return cache_root() / f"{torch.__version__}-{capability.lower()}-{key}"
 
+
+def _announce_build(capability: str, directory: Path) -> None:
+    """One line on stderr while an on-demand build runs (it takes minutes)."""
+    print(f"rnnkit: building the compiled kernels for this CPU ({capability}) into "
+          f"{directory}: once, a few minutes (set-up does it ahead: python -m "
+          f"rnnkit.engine.compiled build)", file=sys.stderr, flush=True)
+
+
+def _import_built(name: str, directory: Path) -> ModuleType | None:
+    """The extension already built in ``directory``, imported without asking ninja.
+
+    The directory's key covers everything that changes the binary (sources, flags, torch,
+    Python), so a finished ``.so`` there is the right one: importing it directly takes
+    milliseconds where ``cpp_extension.load`` spends about a second starting ninja to
+    confirm it. A build in progress (its ``lock`` file) or a library that does not import
+    (a build killed while linking) goes the slow way, which waits for or redoes the build.
+    """
+    library = directory / f"{name}.so"
+    if not library.exists() or (directory / "lock").exists():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        if spec is None or spec.loader is None:
+            return None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:
+        return None
+    module.rnnkit_build_dir = str(directory)
+    return module
+
+
+def _build(capability: str, announce: bool = False) -> ModuleType:
     flags = _COMMON_FLAGS + _CAPABILITY_FLAGS[capability]
-    key = _key(flags)
-    build_dir = cache_root() / f"{torch.__version__}-{capability.lower()}-{key}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_lock(build_dir)
-    sources = _stage_sources(build_dir)
+    directory = build_dir(capability)
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_lock(directory)
+    name = f"rnnkit_compiled_{capability.lower()}"
+    built = _import_built(name, directory)
+    if built is not None:
+        return built
+    if announce and not (directory / f"{name}.so").exists():
+        _announce_build(capability, directory)
+    from torch.utils import cpp_extension  # a second to import: only when building
+
+    sources = _stage_sources(directory)
     # cpp_extension.load serialises concurrent builds of one directory with a file lock,
     # so several pytest workers or processes may call this at once.
-    return cpp_extension.load(
+    module = cpp_extension.load(
         # The name stays fixed so that a rebuild after a source change recompiles only the
         # changed files when a previous build directory is reused; the key is in the path.
-        name=f"rnnkit_compiled_{capability.lower()}",
+        name=name,
         sources=[str(sources / name) for name in _SOURCES],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
+        build_directory=str(directory),
         verbose=False,
     )
+    module.rnnkit_build_dir = str(directory)
+    return module
 
 
-def load() -> tuple[ModuleType | None, str | None]:
-    """Return ``(module, None)`` or ``(None, reason)``; builds at most once per process."""
+def load(announce: bool = True) -> tuple[ModuleType | None, str | None]:
+    """Return ``(module, None)`` or ``(None, reason)``; builds at most once per process.
+
+    A build that is not in the cache yet says so on stderr while it runs (``announce``;
+    ``python -m rnnkit.engine.compiled build`` prints its own line instead)."""
     global _module, _error
     with _lock:
         if _module is not None or _error is not None:
@@ -177,7 +225,7 @@ def load() -> tuple[ModuleType | None, str | None]:
         failures = []
         for capability in capabilities():
             try:
-                _module = _build(capability)
+                _module = _build(capability, announce and not failures)
                 _module.rnnkit_capability = capability
                 return _module, None
             except Exception as exc:  # a failed build must not break the caller
