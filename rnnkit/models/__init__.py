@@ -20,6 +20,7 @@ from rnnkit.models.forecaster import Forecaster  # noqa: E402, F401
 # --- decoding (owner: s2s-decode) ---
 # isort: split
 from rnnkit.models.decoding import (  # noqa: E402, F401
+    BeamSearchDecoder,
     Hypotheses,
     beam_search,
     greedy_decode,

@@ -43,6 +43,7 @@ from rnnkit.errors import ShapeError
 from rnnkit.models.language_model import next_token_distribution
 
 __all__ = [
+    "BeamSearchDecoder",
     "Hypotheses",
     "StepFunction",
     "beam_search",
@@ -158,12 +159,13 @@ class _StepChecker:
     """Calls ``step_fn`` and checks what comes back, naming the shape got and expected."""
 
     def __init__(self, step_fn: StepFunction, rows: int, bos_id: int, eos_id: int,
-                 owner: str) -> None:
+                 owner: str, names: tuple[str, str] = ("bos_id", "eos_id")) -> None:
         if not callable(step_fn):
             raise TypeError(f"{owner}: step_fn must be callable (tokens, state) -> "
                             f"(log_probs, state, attention), got {type(step_fn).__name__}")
         self.step_fn, self.rows, self.owner = step_fn, rows, owner
         self.bos_id, self.eos_id = bos_id, eos_id
+        self.names = names
         self.vocab: int | None = None
         self.source: int | None = None
 
@@ -173,8 +175,9 @@ class _StepChecker:
             out = self.step_fn(tokens, state)
         except IndexError as error:
             if step == 0:
+                bos = self.names[0]
                 raise ValueError(f"{owner}: step_fn failed on its first call, which reads "
-                                 f"bos_id={self.bos_id}: {error} (is bos_id inside the decoder's "
+                                 f"{bos}={self.bos_id}: {error} (is {bos} inside the decoder's "
                                  f"vocabulary?)") from error
             raise
         if not isinstance(out, tuple) or len(out) != 3:
@@ -197,7 +200,7 @@ class _StepChecker:
                             f"expected floating-point log-probabilities")
         if self.vocab is None:
             self.vocab = int(log_probs.shape[1])
-            for name, token in (("bos_id", self.bos_id), ("eos_id", self.eos_id)):
+            for name, token in zip(self.names, (self.bos_id, self.eos_id), strict=True):
                 if token >= self.vocab:
                     raise ValueError(f"{owner}: {name}={token} is outside the decoder's "
                                      f"vocabulary of {self.vocab} tokens (log_probs width)")
@@ -458,11 +461,14 @@ def _beam_step(beam: _Beam, step_log_probs: Tensor, attention: Tensor | None, *,
 
 def _beam_search_tiled(step_fn: StepFunction, state: Any, *, batch_size: int, bos_id: int,
                        eos_id: int, beam_width: int, max_length: int, alpha: float,
-                       beta: float, n_best: int, device: torch.device, owner: str) -> Hypotheses:
-    """Beam search over a state already laid out as ``B * K`` rows (row ``b * K + k``)."""
+                       beta: float, n_best: int, device: torch.device, owner: str,
+                       names: tuple[str, str, str] = ("bos_id", "eos_id", "coverage_penalty"),
+                       ) -> Hypotheses:
+    """Beam search over a state already laid out as ``B * K`` rows (row ``b * K + k``);
+    ``names`` are the caller's names for BOS, EOS and the coverage penalty, for errors."""
     B, K = batch_size, beam_width
     N = B * K
-    call = _StepChecker(step_fn, N, bos_id, eos_id, owner)
+    call = _StepChecker(step_fn, N, bos_id, eos_id, owner, names[:2])
     tokens = torch.full((N,), bos_id, dtype=torch.long, device=device)  # (N,)
     dtype = torch.get_default_dtype()
     # beams 1.. start impossible, so the first step expands one copy of each source (as TF1)
@@ -482,7 +488,7 @@ def _beam_search_tiled(step_fn: StepFunction, state: Any, *, batch_size: int, bo
             break
         log_probs, state, attention = call(tokens, state, step)  # (N, V), ..., (N, S)
         if beta != 0 and attention is None:
-            raise ValueError(f"{owner}: coverage_penalty={beta} needs a step function that "
+            raise ValueError(f"{owner}: {names[2]}={beta} needs a step function that "
                              f"returns attention; it returned None")
         chosen = _beam_step(beam, log_probs.detach().view(B, K, -1),
                             None if attention is None else attention.detach().view(B, K, -1),
@@ -578,3 +584,153 @@ def beam_search(step_fn: StepFunction, state: Any, *, batch_size: int, bos_id: i
                               bos_id=bos_id, eos_id=eos_id, beam_width=beam_width,
                               max_length=max_length, alpha=alpha, beta=beta, n_best=n_best,
                               device=device, owner=owner)
+
+
+# --- TensorFlow 1's interface ------------------------------------------------------------
+
+
+def _alignments_of(cell: Any, state: Any) -> Tensor | None:
+    """The attention an attentional cell keeps in its state, found as TF1's
+    ``get_attention_probs`` finds ``AttentionWrapperState.alignments``: a state with an
+    ``alignments`` field, or a tuple state whose cell names its parts (``state_names``, as
+    :class:`rnnkit.layers.AttentionWrapper`); several attentional states (a tuple of them)
+    are averaged. None for a cell without attention."""
+    alignments = getattr(state, "alignments", None)
+    if isinstance(alignments, Tensor):
+        return alignments
+    names = getattr(cell, "state_names", None)
+    if isinstance(state, tuple) and names is not None and "alignments" in names:
+        found = state[list(names).index("alignments")]
+        if isinstance(found, Tensor):
+            return found
+    if isinstance(state, tuple):
+        inner = [getattr(part, "alignments", None) for part in state]
+        inner = [part for part in inner if isinstance(part, Tensor)]
+        if inner:
+            return torch.stack(inner, dim=0).mean(dim=0)
+    return None
+
+
+class BeamSearchDecoder:
+    """``tf.contrib.seq2seq.BeamSearchDecoder``'s arguments, over :func:`beam_search`.
+
+    Args:
+        cell: a recurrent cell called ``cell(inputs (N, E), state) -> (outputs, state)``
+            (rnnkit's cells, :class:`rnnkit.layers.AttentionWrapper`, a user's cell), or a
+            ``torch.nn`` ``LSTMCell`` / ``GRUCell`` / ``RNNCell``.
+        embedding: a callable from ids ``(N,)`` to ``(N, E)`` (``torch.nn.Embedding``), or the
+            embedding matrix ``(V, E)`` (TF1's ``params`` of ``embedding_lookup``).
+        start_tokens: ``(B,)`` the first token of each source (they may differ).
+        end_token: the token that ends a hypothesis.
+        initial_state: the cell's state with ``B * beam_width`` rows tiled with
+            :func:`tile_batch`, as TF1 requires (a state with ``B`` rows is tiled here).
+        beam_width: ``K``.
+        output_layer: maps the cell's outputs to logits (``torch.nn.Linear``); None when the
+            outputs are the logits.
+        length_penalty_weight: GNMT's ``alpha``. coverage_penalty_weight: GNMT's ``beta``;
+            the attention comes from the cell's state (an ``alignments`` field or the
+            ``alignments`` part of an :class:`~rnnkit.layers.AttentionWrapper` state).
+
+    Call ``decoder.decode(maximum_iterations)`` (TF1: ``dynamic_decode(decoder,
+    maximum_iterations=...)``) for :class:`Hypotheses` with all ``K`` beams best first: TF1's
+    ``predicted_ids[:, :, k]`` is ``tokens[:, k]`` and its ``final_sequence_lengths`` are
+    ``lengths``.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> cell, out = torch.nn.GRUCell(4, 8), torch.nn.Linear(8, 5)
+        >>> decoder = BeamSearchDecoder(cell, torch.randn(5, 4), start_tokens=torch.zeros(2,
+        ...     dtype=torch.long), end_token=1, initial_state=torch.zeros(2 * 3, 8),
+        ...     beam_width=3, output_layer=out, length_penalty_weight=0.6)
+        >>> decoder.decode(maximum_iterations=6).tokens.shape[:2]
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, cell: Any, embedding: Any, start_tokens: Any, end_token: int,
+                 initial_state: Any, beam_width: int, output_layer: Any = None,
+                 length_penalty_weight: float = 0.0, coverage_penalty_weight: float = 0.0) -> None:
+        owner = "BeamSearchDecoder"
+        if not callable(cell):
+            raise TypeError(f"{owner}: cell must be callable (inputs, state) -> (outputs, "
+                            f"state), got {type(cell).__name__}")
+        if output_layer is not None and not callable(output_layer):
+            raise TypeError(f"{owner}: output_layer must be callable (a torch.nn.Linear), got "
+                            f"{type(output_layer).__name__}")
+        if isinstance(embedding, Tensor):
+            if embedding.dim() != 2:
+                raise ShapeError(f"{owner}: an embedding matrix must be (V, E), got shape "
+                                 f"{tuple(embedding.shape)}")
+            matrix = embedding
+            self._embed: Callable[[Tensor], Tensor] = (
+                lambda ids: torch.nn.functional.embedding(ids, matrix))
+        elif callable(embedding):
+            self._embed = embedding
+        else:
+            raise TypeError(f"{owner}: embedding must be a callable or a (V, E) matrix, got "
+                            f"{type(embedding).__name__}")
+        start = torch.as_tensor(start_tokens)
+        if start.dim() != 1 or start.numel() == 0 or start.is_floating_point():
+            raise ValueError(f"{owner}: start_tokens must be a vector of token ids (B,), got "
+                             f"shape {tuple(start.shape)} of {start.dtype}")
+        if isinstance(end_token, Tensor) and end_token.numel() == 1:
+            end_token = int(end_token)
+        self.batch_size = int(start.shape[0])
+        _check_int(end_token, "end_token", owner, 0)
+        _check_int(beam_width, "beam_width", owner, 1)
+        self.alpha = _check_float(length_penalty_weight, "length_penalty_weight", owner)
+        self.beta = _check_float(coverage_penalty_weight, "coverage_penalty_weight", owner)
+        if int(start.min()) < 0:
+            raise ValueError(f"{owner}: start_tokens must be ids >= 0, got {start.tolist()}")
+        self.cell, self.output_layer = cell, output_layer
+        self.end_token, self.beam_width = end_token, beam_width
+        rows = self.batch_size * beam_width
+        leaves = _leaves(initial_state)
+        if leaves and all(leaf.dim() > 0 and leaf.shape[0] == self.batch_size for leaf in leaves):
+            initial_state = tile_batch(initial_state, beam_width)
+        _check_rows(initial_state, rows, owner, "initial_state (tile it to batch_size * "
+                    "beam_width rows with tile_batch): its")
+        self.initial_state = initial_state
+        self.start_tokens = start.to(torch.long)
+
+    def _cell_step(self, inputs: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if isinstance(self.cell, torch.nn.LSTMCell):
+            h, c = self.cell(inputs, state)
+            return h, (h, c)
+        if isinstance(self.cell, torch.nn.RNNCellBase):  # GRUCell, RNNCell
+            h = self.cell(inputs, state)
+            return h, h
+        return self.cell(inputs, state)
+
+    @torch.no_grad()
+    def decode(self, maximum_iterations: int, n_best: int | None = None) -> Hypotheses:
+        """Run the search for at most ``maximum_iterations`` steps; ``n_best`` hypotheses per
+        source (default: all ``beam_width``), best first."""
+        owner = "BeamSearchDecoder.decode"
+        if maximum_iterations is None:
+            raise ValueError(f"{owner}: maximum_iterations is needed (TF1 decodes until every "
+                             f"beam ends, which may never happen)")
+        _check_int(maximum_iterations, "maximum_iterations", owner, 1)
+        n_best = self.beam_width if n_best is None else n_best
+        _check_beam_arguments(owner, self.batch_size, int(self.start_tokens.max()),
+                              self.end_token, self.beam_width, maximum_iterations, self.alpha,
+                              self.beta, n_best)
+        device = _device_of(self.initial_state, None)
+        first = self.start_tokens.to(device).repeat_interleave(self.beam_width)  # (N,)
+        calls = [0]
+
+        def step(tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor | None]:
+            if calls[0] == 0:
+                tokens = first  # each source's own start token
+            calls[0] += 1
+            outputs, state = self._cell_step(self._embed(tokens), state)
+            logits = outputs if self.output_layer is None else self.output_layer(outputs)
+            return logits.log_softmax(dim=-1), state, _alignments_of(self.cell, state)
+
+        return _beam_search_tiled(step, self.initial_state, batch_size=self.batch_size,
+                                  bos_id=int(self.start_tokens.max()), eos_id=self.end_token,
+                                  beam_width=self.beam_width, max_length=maximum_iterations,
+                                  alpha=self.alpha, beta=self.beta, n_best=n_best,
+                                  device=device, owner=owner,
+                                  names=("start_tokens", "end_token", "coverage_penalty_weight"))
+
+    __call__ = decode
