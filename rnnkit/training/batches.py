@@ -340,11 +340,15 @@ class TensorFeed(Feed):
             idx = order[start: start + self.batch_size]
             lengths = None if self.lengths is None else self.lengths[idx]
             inputs = tuple(x[idx] for x in self.inputs)
-            if lengths is not None:  # trim to the batch's longest sequence
+            # Trim to the batch's longest sequence, only with one input: the lengths are input
+            # 0's, and a second input (an encoder-decoder's target_in) may have a time axis of
+            # its own even when its padded length happens to be the same.
+            trim = lengths is not None and len(inputs) == 1
+            if trim:
                 inputs = tuple(x[:, : int(lengths.max())] if x.dim() >= 2 else x
                                for x in inputs)
             target = None if self.target is None else self.target[idx]
-            if target is not None and lengths is not None and target.dim() >= 2 and \
+            if trim and target is not None and target.dim() >= 2 and \
                     target.shape[1] == self.inputs[0].shape[1]:
                 target = target[:, : int(lengths.max())]
             yield Batch(inputs, target, lengths, None, int(idx.numel()))

@@ -3,7 +3,11 @@
 The trainer knows nothing about which model it trains (minGPT's rule): it calls
 ``model(*batch.inputs)`` (plus ``lengths=`` for padded batches and ``state=`` when it carries a
 recurrent state) and takes the first element when the model returns a tuple such as
-``(output, state)``. Data forms and the :class:`~rnnkit.training.batches.Batch` they become are
+``(output, state)``. The ``lengths`` of a padded batch are its first input's; they mask the
+loss at the output's steps when the output has as many steps as that input, unless the model
+says its output does not follow them (a class attribute ``lengths_mask_output = False``, e.g.
+an encoder-decoder, whose output follows the target and whose targets mark their own padding
+with -100). Data forms and the :class:`~rnnkit.training.batches.Batch` they become are
 in :mod:`rnnkit.training.batches`; losses in :mod:`rnnkit.training.losses`.
 
 Symbols: ``B`` batch, ``T`` time steps, ``F`` input features, ``C`` classes, ``k`` the
@@ -346,6 +350,8 @@ class Trainer:
     def _mask_for(self, batch: Batch, output: Tensor) -> Tensor | None:
         if batch.lengths is None or output.dim() < 2:
             return None
+        if not getattr(self.model, "lengths_mask_output", True):
+            return None  # the lengths describe an input the output's steps do not follow
         steps = batch.inputs[0].shape[1]
         if output.shape[1] != steps:
             return None
