@@ -3,6 +3,11 @@
 See ``docs/layers.md`` for a guided tour.
 """
 
+from rnnkit.layers.attention import (
+    AttentionWrapper,
+    BahdanauAttention,
+    LuongAttention,
+)
 from rnnkit.layers.bidirectional import Bidirectional
 from rnnkit.layers.dropout import RecurrentDropoutCell, ZoneoutCell, variational_mask
 from rnnkit.layers.masking import (
@@ -16,6 +21,9 @@ from rnnkit.layers.rnn import GRU, LSTM, RNN, RNNBase
 from rnnkit.layers.sequence import Sequence
 
 __all__ = [
+    "AttentionWrapper",
+    "BahdanauAttention",
+    "LuongAttention",
     "GRU",
     "LSTM",
     "RNN",
