@@ -32,6 +32,10 @@ from rnnkit.layers import (  # noqa: E402, F401
     UnfoldFrom,
 )
 
+# --- attention (owner: s2s-model) ---
+# isort: split
+from rnnkit.layers import AttentionWrapper, BahdanauAttention, LuongAttention  # noqa: E402, F401
+
 # --- engine ---
 # isort: split
 from rnnkit import engine  # noqa: E402, F401
@@ -62,6 +66,10 @@ from rnnkit.models import (  # noqa: E402, F401
 
 # isort: split
 from rnnkit.models import Forecaster  # noqa: E402, F401  (owner: forecaster)
+
+# --- seq2seq (owner: s2s-model) ---
+# isort: split
+from rnnkit.models import Seq2Seq  # noqa: E402, F401
 
 # --- checkpoints: rnnkit.save / rnnkit.load for finished models (rnnkit.training.checkpoint) ---
 # isort: split

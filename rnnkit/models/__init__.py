@@ -27,3 +27,7 @@ from rnnkit.models.decoding import (  # noqa: E402, F401
     sample_decode,
     tile_batch,
 )
+
+# --- seq2seq (owner: s2s-model) ---
+# isort: split
+from rnnkit.models.seq2seq import Decoder, Encoded, Encoder, Seq2Seq  # noqa: E402, F401
