@@ -422,6 +422,74 @@ class Seq2Seq(Configurable, nn.Module):
         logits, state, alignments = self.decoder(tokens, state)
         return F.log_softmax(logits.float(), dim=-1).to(logits.dtype), state, alignments
 
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def decode(self, source: Tensor, lengths: Tensor | None = None, *, method: str = "greedy",
+               max_length: int | None = None, beam_width: int | None = None,
+               length_penalty: float | None = None, coverage_penalty: float | None = None,
+               n_best: int | None = None, temperature: float | None = None,
+               top_k: int | None = None, top_p: float | None = None,
+               seed: int | None = None) -> Any:
+        """Generate targets for ``source (B, S)`` with :mod:`rnnkit.models.decoding`.
+
+        Args:
+            source, lengths: as :meth:`forward` (lengths: None means all ``S`` steps).
+            method: ``"greedy"``, ``"sample"`` or ``"beam"``.
+            max_length: the most tokens per output, EOS included (default ``2 * S + 10``).
+            beam_width, length_penalty (GNMT alpha), coverage_penalty (GNMT beta), n_best:
+                beam search only (defaults 5, 0.0, 0.0, 1).
+            temperature, top_k, top_p, seed: sampling only (defaults 1.0, None, None, None).
+
+        Returns:
+            :class:`~rnnkit.models.decoding.Hypotheses`: ``tokens (B, n_best, L)`` without BOS,
+            padded with EOS; ``lengths``, ``scores (B, n_best)``; ``attention (B, n_best, L,
+            S)`` (None without attention). Dropout is off while decoding.
+        """
+        from rnnkit.models import decoding
+
+        owner = f"{type(self).__name__}.decode"
+        methods = {"greedy": (), "sample": ("temperature", "top_k", "top_p", "seed"),
+                   "beam": ("beam_width", "length_penalty", "coverage_penalty", "n_best")}
+        if method not in methods:
+            raise ValueError(f"{owner}: method must be one of {', '.join(methods)}, got "
+                             f"{method!r}")
+        given = {"beam_width": beam_width, "length_penalty": length_penalty,
+                 "coverage_penalty": coverage_penalty, "n_best": n_best,
+                 "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+        foreign = [name for name, value in given.items()
+                   if value is not None and name not in methods[method]]
+        if foreign:
+            raise ValueError(f"{owner}: {', '.join(foreign)} do not apply to method="
+                             f"{method!r}")
+        source = _check_ids(owner, "source", source, self.source_vocab_size)
+        if max_length is None:
+            max_length = 2 * source.shape[1] + 10
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"{owner}: max_length must be an int >= 1, got {max_length!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            encoded = self.encode(source, lengths)
+            state = self.initial_decoder_state(encoded)
+
+            def step(tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor | None]:
+                return self.decoder_step(tokens, state)
+
+            common = dict(batch_size=source.shape[0], bos_id=self.bos_id, eos_id=self.eos_id,
+                          max_length=max_length)
+            if method == "greedy":
+                return decoding.greedy_decode(step, state, **common)
+            if method == "sample":
+                return decoding.sample_decode(
+                    step, state, **common, temperature=1.0 if temperature is None
+                    else temperature, top_k=top_k, top_p=top_p, seed=seed)
+            return decoding.beam_search(
+                step, state, **common, beam_width=5 if beam_width is None else beam_width,
+                length_penalty=length_penalty or 0.0, coverage_penalty=coverage_penalty or 0.0,
+                n_best=1 if n_best is None else n_best)
+        finally:
+            self.train(was_training)
+
     # ------------------------------------------------------------------ training
     def forward(self, source: Tensor, target_in: Tensor, lengths: Tensor | None = None
                 ) -> Tensor:
