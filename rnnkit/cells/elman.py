@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
+from rnnkit.cells._compiled import CompiledAdapter, projection, sum_bias
 from rnnkit.cells.base import (
     RecurrentCell,
     check_choice,
@@ -18,6 +19,38 @@ from rnnkit.cells.base import (
 )
 
 _NONLINEARITIES = ("tanh", "relu")
+
+
+class ElmanAdapter(CompiledAdapter):
+    """The Elman cell on the compiled template (``csrc/elman.cpp``): both biases fold into
+    the hoisted projection ``xp = W_ih x + b_ih + b_hh``; one GEMM ``W_hh h`` per step."""
+
+    family = "elman"
+
+    def describe(self) -> str:
+        return f"ElmanCell ({self.cell.nonlinearity})"
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        cell = self.cell
+        H = cell.hidden_size
+        bias = (H,) if cell.bias_ih is not None else None
+        return {"weight_ih": (H, cell.input_size), "weight_hh": (H, H), "bias_ih": bias,
+                "bias_hh": (H,) if cell.bias_hh is not None else None}
+
+    def project(self, inputs: Tensor) -> Tensor:
+        cell = self.cell
+        return projection(inputs, cell.weight_ih, sum_bias(cell.bias_ih, cell.bias_hh))
+
+    def kernel_tensors(self) -> dict[str, Tensor | None]:
+        return {"weight_hh": self.cell.weight_hh}
+
+    def flags(self) -> dict[str, bool]:
+        return {"relu": self.cell.nonlinearity == "relu"}
+
+    def step(self, xp: Tensor, state: Tensor, tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        pre = xp + state @ tensors["weight_hh"].t()  # (B, H)
+        h = torch.relu(pre) if self.cell.nonlinearity == "relu" else torch.tanh(pre)
+        return h, h
 _INITS = ("default", "irnn")
 
 
@@ -65,6 +98,8 @@ class ElmanCell(RecurrentCell):
         >>> out.shape, torch.equal(out, h)
         (torch.Size([2, 5]), True)
     """
+
+    compiled_adapter = ElmanAdapter
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
+from rnnkit.cells._compiled import CompiledAdapter, projection
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
@@ -16,6 +17,38 @@ from rnnkit.cells.base import (
     factory_kwargs,
     optional_parameter,
 )
+
+
+class UGRNNAdapter(CompiledAdapter):
+    """UGRNN on the compiled template (``csrc/ugrnn.cpp``): ``xp = W_ih x + b`` hoisted, one
+    GEMM ``W_hh h`` (2H columns) per step, ``forget_bias`` added in the kernel's gate pass."""
+
+    family = "ugrnn"
+
+    def describe(self) -> str:
+        return f"UGRNNCell (forget_bias={self.cell.forget_bias})"
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        cell = self.cell
+        H = cell.hidden_size
+        return {"weight_ih": (2 * H, cell.input_size), "weight_hh": (2 * H, H),
+                "bias_ih": (2 * H,) if cell.bias_ih is not None else None}
+
+    def project(self, inputs: Tensor) -> Tensor:
+        return projection(inputs, self.cell.weight_ih, self.cell.bias_ih)  # (T, B, 2H)
+
+    def kernel_tensors(self) -> dict[str, Tensor | None]:
+        return {"weight_hh": self.cell.weight_hh}
+
+    def numbers(self) -> dict[str, float]:
+        return {"forget_bias": float(self.cell.forget_bias)}
+
+    def step(self, xp: Tensor, state: Tensor, tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        pre = xp + state @ tensors["weight_hh"].t()  # (B, 2H)
+        g_pre, c_pre = pre.chunk(2, 1)
+        gate = torch.sigmoid(g_pre + self.cell.forget_bias)
+        h = gate * state + (1.0 - gate) * torch.tanh(c_pre)  # (B, H)
+        return h, h
 
 
 class UGRNNCell(RecurrentCell):
@@ -70,6 +103,7 @@ class UGRNNCell(RecurrentCell):
     """
 
     renamed_parameters = {"bias": "bias_ih"}  # older state_dicts name it "bias"
+    compiled_adapter = UGRNNAdapter
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from torch import nn
 from rnnkit.cells.elman import ElmanCell
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.lstm import LSTMCell
+from rnnkit.cells.ugrnn import UGRNNCell
 from rnnkit.engine import compiled
 from rnnkit.engine.compiled import _build
 
@@ -66,11 +67,17 @@ ELMAN_OPTIONS = {
     "relu": {"nonlinearity": "relu"},
     "tanh_nobias": {"bias": False},
 }
+UGRNN_OPTIONS = {
+    "plain": {},
+    "nobias": {"bias": False},
+    "forget_bias_0": {"forget_bias": 0.0},
+}
+CELLS = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell, "ugrnn": UGRNNCell}
 
 
 def make_cell(family: str, options: dict, dtype: torch.dtype, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cls = CELLS[family]
     cell = cls(I, H, dtype=dtype, **options)
     with torch.no_grad():
         # Make layer norms and biases non-trivial so their gradients are exercised.
@@ -145,6 +152,7 @@ CASES = (
     [("lstm", k, v) for k, v in LSTM_OPTIONS.items()]
     + [("gru", k, v) for k, v in GRU_OPTIONS.items()]
     + [("elman", k, v) for k, v in ELMAN_OPTIONS.items()]
+    + [("ugrnn", k, v) for k, v in UGRNN_OPTIONS.items()]
 )
 CASE_IDS = [f"{f}-{n}" for f, n, _ in CASES]
 LENGTHS = {"full": None, "ragged": torch.tensor([5, 2, 4]), "with_zero": torch.tensor([3, 0, 5])}
@@ -223,11 +231,12 @@ def test_float32_matches_float64_cell_loop(family, name, options, reverse):
         ("gru", {"reset_after": False, "layer_norm": True}),
         ("gru", {"reset_after": True, "layer_norm": True}),
         ("elman", {"nonlinearity": "tanh"}),
+        ("ugrnn", {"forget_bias": 0.5}),
     ],
 )
 def test_gradcheck(family, options):
     torch.manual_seed(0)
-    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cls = CELLS[family]
     cell = cls(3, 4, dtype=torch.float64, **options)
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
     state = [s.requires_grad_() for s in as_tuple(random_state(cell, 2, torch.float64))]
@@ -258,7 +267,8 @@ def test_gradcheck(family, options):
 
 @pytest.mark.parametrize(
     ("family", "options"),
-    [("lstm", LSTM_OPTIONS["everything"]), ("gru", {"reset_after": False}), ("elman", {})],
+    [("lstm", LSTM_OPTIONS["everything"]), ("gru", {"reset_after": False}), ("elman", {}),
+     ("ugrnn", {})],
 )
 def test_inference_path_equals_training_path(family, options):
     cell = make_cell(family, options, torch.float64)
@@ -395,6 +405,7 @@ MEDIUM = [
     ("gru", {"reset_after": True}),
     ("gru", {"reset_after": False}),
     ("elman", {}),
+    ("ugrnn", {}),
 ]
 
 
@@ -420,7 +431,7 @@ def test_threaded_and_fallback_gemm_paths(family, options, blas, packing, two_th
     torch.manual_seed(0)
     # MKL packs float32 only (no cblas_dgemm_pack in torch's build): test packing in float32.
     dtype, tol = (torch.float32, 1e-4) if packing else (torch.float64, 1e-9)
-    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cls = CELLS[family]
     cell = cls(8, 180, dtype=dtype, **options)
     x = torch.randn(3, 24, 8, dtype=dtype, requires_grad=True)
     state = random_state(cell, 24, dtype)
@@ -472,7 +483,8 @@ def test_parameters_that_are_strided_views():
 
 @pytest.mark.parametrize(
     ("family", "kernel"),
-    [("lstm", "lstm_forward"), ("gru", "gru_forward"), ("elman", "elman_forward")],
+    [("lstm", "lstm_forward"), ("gru", "gru_forward"), ("elman", "forward"),
+     ("ugrnn", "forward")],
 )
 def test_no_grad_calls_save_nothing(family, kernel, monkeypatch):
     # needs_input_grad ignores no_grad/inference_mode: the kernels must be told, or an
@@ -482,7 +494,8 @@ def test_no_grad_calls_save_nothing(family, kernel, monkeypatch):
     seen = []
 
     def spy(*args):
-        seen.append(args[-1])  # the `training` flag
+        # the `training` flag: last positional argument, or by name on the template
+        seen.append(args[3]["training"] if kernel == "forward" else args[-1])
         return original(*args)
 
     monkeypatch.setattr(ext, kernel, spy)
@@ -511,11 +524,12 @@ TINY_CASES = [
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize(
-    ("family", "name", "options", "hidden"), TINY_CASES, ids=[c[1] for c in TINY_CASES]
+    ("family", "name", "options", "hidden"), TINY_CASES,
+    ids=[f"{c[0]}-{c[1]}" for c in TINY_CASES]
 )
 def test_hidden_size_one_matches_cell_loop(family, name, options, hidden, reverse):
     torch.manual_seed(0)
-    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cls = CELLS[family]
     cell = cls(3, hidden, dtype=torch.float64, **options)
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
     state = random_state(cell, 2, torch.float64)
@@ -554,7 +568,7 @@ def test_drop_ins_at_hidden_size_one_match_torch_nn(kind, hidden):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["lstm", "gru", "elman"])
+@pytest.mark.parametrize("family", ["lstm", "gru", "elman", "ugrnn"])
 def test_transposed_and_expanded_state_gradients(family):
     # The gradient of the final state may arrive with any strides (here transposed, and
     # expanded from a broadcast); the kernels read it row by row.
@@ -587,8 +601,9 @@ def test_gemm_leading_dimension_rules_are_checked():
     # The kernels' own entry refuses a weight whose rows overlap before it gets that far.
     w = torch.randn(6, 4).as_strided((2, 2), (1, 1))
     with pytest.raises(RuntimeError, match="weight_hh must be contiguous"):
-        ext.elman_forward(torch.randn(2, 1, 2), torch.zeros(1, 2), w,
-                          torch.empty(0, dtype=torch.long), False, False, False)
+        ext.forward("elman", {"xp": torch.randn(2, 1, 2), "state": torch.zeros(1, 2),
+                              "weight_hh": w}, {},
+                    {"relu": False, "reverse": False, "training": False})
 
 
 # ---- second-order gradients (issue 9 item 4.1) -----------------------------------------
@@ -645,6 +660,7 @@ GRADGRAD = [
     ("gru", {"reset_after": False, "layer_norm": True}),
     ("elman", {}),
     ("elman", {"nonlinearity": "relu"}),
+    ("ugrnn", {}),
 ]
 
 
@@ -653,7 +669,7 @@ GRADGRAD = [
 def test_gradgradcheck(family, options):
     # Tiny float64 sizes: gradgradcheck differentiates the backward numerically.
     torch.manual_seed(0)
-    cls = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}[family]
+    cls = CELLS[family]
     cell = cls(2, 2, dtype=torch.float64, **options)
     names = [n for n, _ in cell.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in cell.parameters()]

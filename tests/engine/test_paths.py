@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import rnnkit
-from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
+from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, UGRNNCell
 from rnnkit.engine import compiled
 from rnnkit.layers.recurrence import Recurrence
 
@@ -152,6 +152,8 @@ CELLS = [
     (GRUCell, {"reset_after": False, "layer_norm": True, "bias": False}),
     (ElmanCell, {}),
     (ElmanCell, {"nonlinearity": "relu", "bias": False}),
+    (UGRNNCell, {}),
+    (UGRNNCell, {"bias": False, "forget_bias": -0.5}),
 ]
 
 

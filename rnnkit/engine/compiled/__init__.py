@@ -36,16 +36,19 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.cells._compiled import CompiledAdapter
+from rnnkit.cells._compiled import projection as _projection
+from rnnkit.cells._compiled import sum_bias as _sum_bias
 from rnnkit.cells.base import State
 from rnnkit.engine.compiled import _build
 from rnnkit.engine.compiled._differentiable import _is_wrapped
 from rnnkit.engine.compiled._functions import (
-    ElmanRecurrence,
+    CellRecurrence,
     GRUOptions,
     GRURecurrence,
+    KernelCall,
     LSTMOptions,
     LSTMRecurrence,
 )
@@ -73,11 +76,38 @@ def available() -> tuple[bool, str]:
 def _cell_classes():
     # Imported lazily: rnnkit.cells imports nothing from the engine, and a user cell that
     # merely shares a name must not match.
-    from rnnkit.cells.elman import ElmanCell
     from rnnkit.cells.gru import GRUCell
     from rnnkit.cells.lstm import LSTMCell
 
-    return ElmanCell, GRUCell, LSTMCell
+    return GRUCell, LSTMCell
+
+
+def _adapter_class(cell: nn.Module) -> tuple[type | None, type[CompiledAdapter] | None]:
+    """The class that declares ``compiled_adapter`` (nearest in the MRO) and the adapter."""
+    for klass in type(cell).__mro__:
+        adapter = klass.__dict__.get("compiled_adapter")
+        if adapter is not None:
+            return klass, adapter
+    return None, None
+
+
+def _covered() -> str:
+    import rnnkit.cells as cells
+
+    names = {"LSTMCell", "GRUCell"}
+    for name in dir(cells):
+        value = getattr(cells, name)
+        if isinstance(value, type) and value.__dict__.get("compiled_adapter") is not None:
+            names.add(name)
+    return ", ".join(sorted(names))
+
+
+def _reference_parameter(cell: nn.Module) -> Tensor | None:
+    """The parameter whose dtype and device every other tensor must match."""
+    weight = getattr(cell, "weight_hh", None)
+    if isinstance(weight, Tensor):
+        return weight
+    return next(iter(cell.parameters()), None)
 
 
 def _describe_lstm(cell) -> str:
@@ -98,19 +128,19 @@ def _describe_lstm(cell) -> str:
 def supports(cell: nn.Module) -> tuple[bool, str]:
     """Whether :func:`run_recurrence` can run ``cell``, and why (not).
 
-    Covered: ``ElmanCell`` (tanh, relu), ``GRUCell`` (reset_after True/False, with or
-    without layer norm), ``LSTMCell`` with any combination of peepholes, coupled gates, projection,
-    cell clip and layer norm; float32/float64 parameters on the CPU. Subclasses that
-    override ``forward`` and cells with forward hooks are not covered (their per-step code
-    would be skipped).
+    Covered: every cell class that declares a ``compiled_adapter`` (``ElmanCell``,
+    ``UGRNNCell``, ...; see ``rnnkit/cells/_compiled.py``), ``GRUCell`` (reset_after
+    True/False, with or without layer norm), ``LSTMCell`` with any combination of peepholes,
+    coupled gates, projection, cell clip and layer norm; float32/float64 parameters on the
+    CPU. Subclasses that override ``forward`` and cells with forward hooks are not covered
+    (their per-step code would be skipped).
     """
-    elman_cls, gru_cls, lstm_cls = _cell_classes()
+    gru_cls, lstm_cls = _cell_classes()
     kind = type(cell)
-    base = next((c for c in (lstm_cls, gru_cls, elman_cls) if isinstance(cell, c)), None)
+    owner, adapter_cls = _adapter_class(cell)
+    base = owner or next((c for c in (lstm_cls, gru_cls) if isinstance(cell, c)), None)
     if base is None:
-        return False, (
-            f"{kind.__name__} has no compiled kernel (covered: LSTMCell, GRUCell, ElmanCell)"
-        )
+        return False, f"{kind.__name__} has no compiled kernel (covered: {_covered()})"
     if kind.forward is not base.forward:
         return False, f"{kind.__name__} overrides {base.__name__}.forward"
     if cell._forward_hooks or cell._forward_pre_hooks:
@@ -124,11 +154,15 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
         return False, f"parameters mix dtypes {sorted(str(d) for d in dtypes)}"
     if dtypes and next(iter(dtypes)) not in _DTYPES:
         return False, f"dtype {next(iter(dtypes))} not supported (float32, float64)"
+    if adapter_cls is not None:
+        adapter = adapter_cls(cell)
+        refusal = adapter.refusal()
+        if refusal:
+            return False, refusal
+        return True, adapter.describe()
     if base is gru_cls:
         norm = ", layer norm" if cell.layer_norm else ""
         return True, f"GRUCell (reset_after={cell.reset_after}{norm})"
-    if base is elman_cls:
-        return True, f"ElmanCell ({cell.nonlinearity})"
     return True, _describe_lstm(cell)
 
 
@@ -167,7 +201,10 @@ def _opt(t: Tensor | None, reference: Tensor) -> Tensor:
 def _expected_parameters(cell) -> dict[str, tuple[int, ...] | None]:
     """Every parameter the kernels read, by name, with the shape the cell's sizes give it
     (None: must be absent). The kernels trust these shapes when they take raw pointers."""
-    elman_cls, gru_cls, lstm_cls = _cell_classes()
+    _, adapter_cls = _adapter_class(cell)
+    if adapter_cls is not None:
+        return adapter_cls(cell).parameter_shapes()
+    gru_cls, lstm_cls = _cell_classes()
     H, I = cell.hidden_size, cell.input_size
     optional = {}
     if isinstance(cell, lstm_cls):
@@ -180,16 +217,12 @@ def _expected_parameters(cell) -> dict[str, tuple[int, ...] | None]:
         shapes["weight_ci"] = None if cell.coupled_gates else peep
         shapes["weight_cf"] = shapes["weight_co"] = peep
         norms = {"ln_ih": GH, "ln_hh": GH, "ln_c": H}
-    elif isinstance(cell, gru_cls):
+    else:
         shapes = {"weight_ih": (3 * H, I), "weight_hh": (3 * H, H)}
         optional = {"bias_ih": (3 * H,), "bias_hh": (3 * H,)}
         norms = {"ln_ih": 3 * H, "ln_hh": 3 * H if cell.reset_after else 2 * H}
         if not cell.reset_after:
             norms["ln_hn"] = H
-    else:
-        shapes = {"weight_ih": (H, I), "weight_hh": (H, H)}
-        optional = {"bias_ih": (H,), "bias_hh": (H,)}
-        norms = {}
     if getattr(cell, "layer_norm", False):
         for norm, size in norms.items():
             optional[f"{norm}.weight"] = optional[f"{norm}.bias"] = (size,)
@@ -207,7 +240,8 @@ def _parameter(cell, name: str):
 def _check_parameters(cell) -> None:
     """Shape, dtype, device and layout of every parameter against the cell's sizes."""
     name = type(cell).__name__
-    dtype = cell.weight_hh.dtype if isinstance(cell.weight_hh, Tensor) else None
+    reference = _reference_parameter(cell)
+    dtype = reference.dtype if reference is not None else None
     if getattr(cell, "layer_norm", False):
         for norm in ("ln_ih", "ln_hh", "ln_c", "ln_hn"):
             module = getattr(cell, norm, None)
@@ -238,7 +272,7 @@ def _check_parameters(cell) -> None:
         if value.dtype != dtype:
             raise ValueError(
                 f"compiled.run_recurrence: {name}.{pname} has dtype {value.dtype}, expected "
-                f"{dtype} (as weight_hh)"
+                f"{dtype} (as the cell's other parameters)"
             )
         if tuple(value.shape) != shape:
             raise ValueError(
@@ -259,8 +293,8 @@ def _check(cell, inputs: Tensor, lengths: Tensor | None) -> Tensor | None:
             f"compiled.run_recurrence: {name} expects {cell.input_size} input features, "
             f"got inputs of shape {tuple(inputs.shape)}"
         )
-    weight = cell.weight_hh
-    if inputs.dtype != weight.dtype or inputs.device != weight.device:
+    weight = _reference_parameter(cell)
+    if weight is not None and (inputs.dtype != weight.dtype or inputs.device != weight.device):
         raise TypeError(
             f"compiled.run_recurrence: inputs are {inputs.dtype} on {inputs.device} but "
             f"{name}'s parameters are {weight.dtype} on {weight.device}"
@@ -284,25 +318,6 @@ def _check(cell, inputs: Tensor, lengths: Tensor | None) -> Tensor | None:
     return lengths
 
 
-def _projection(x: Tensor, weight: Tensor, bias: Tensor | None, norm) -> Tensor:
-    """Hoisted input projection for all T steps: ``W x + b`` or ``LN(W x) + b``."""
-    T, B, _ = x.shape
-    flat = x.reshape(T * B, x.shape[2])  # (T*B, H_in)
-    if norm is None:
-        out = F.linear(flat, weight, bias)  # (T*B, G*H), one GEMM (addmm) for all steps
-    else:
-        out = F.layer_norm(
-            F.linear(flat, weight), (weight.shape[0],), norm.weight, norm.bias, norm.eps
-        )
-        if bias is not None:
-            out = out + bias
-    return out.view(T, B, weight.shape[0])  # (T, B, G*H)
-
-
-def _sum_bias(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    if a is None:
-        return b
-    return a if b is None else a + b
 
 
 def run_recurrence(
@@ -351,24 +366,50 @@ def run_recurrence(
         state = cell.initial_state(B, device=inputs.device, dtype=inputs.dtype)
     reverse = bool(reverse)
     lengths_arg = _empty(inputs).long() if lengths is None else lengths
-    elman_cls, gru_cls, lstm_cls = _cell_classes()
+    _, adapter_cls = _adapter_class(cell)
+    if adapter_cls is not None:
+        return _run_adapter(ext, adapter_cls(cell), inputs, state, lengths_arg, reverse)
+    gru_cls, lstm_cls = _cell_classes()
     if isinstance(cell, lstm_cls):
         return _run_lstm(ext, cell, inputs, state, lengths_arg, reverse)
-    if isinstance(cell, gru_cls):
-        return _run_gru(ext, cell, inputs, state, lengths_arg, reverse)
-    h0 = _state_tensor(cell, state, B)
-    xp = _projection(inputs, cell.weight_ih, _sum_bias(cell.bias_ih, cell.bias_hh), None)
-    out, h_n = ElmanRecurrence.apply(
-        ext,
-        cell.nonlinearity == "relu",
-        reverse,
-        torch.is_grad_enabled(),
-        lengths_arg,
-        xp,
-        h0,
-        _opt(cell.weight_hh, xp),
+    return _run_gru(ext, cell, inputs, state, lengths_arg, reverse)
+
+
+def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: Tensor,
+                 reverse: bool):
+    """A family on the step-loop template: the adapter says what, the template runs it."""
+    cell = adapter.cell
+    B = inputs.shape[1]
+    parts = adapter.state_parts()
+    if len(parts) == 1:
+        given = [state]
+    elif isinstance(state, (tuple, list)) and len(state) == len(parts):
+        given = list(state)
+    else:
+        names = ", ".join(name for name, _ in parts)
+        raise TypeError(
+            f"compiled.run_recurrence: {type(cell).__name__} state must be a tuple of "
+            f"{len(parts)} tensors ({names}), got {type(state).__name__}"
+        )
+    tensors = [_state_tensor(cell, t, B, width, what)
+               for t, (what, width) in zip(given, parts, strict=True)]
+    state0 = tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)  # (B, SW)
+    xp = adapter.project(inputs)  # (T, B, X)
+    named = {k: _opt(v, xp) for k, v in adapter.kernel_tensors().items() if v is not None}
+    call = KernelCall(
+        family=adapter.family,
+        names=tuple(named),
+        flags=tuple(adapter.flags().items()),
+        numbers=tuple(adapter.numbers().items()),
+        reverse=reverse,
+        output_size=cell.output_size,
+        step=adapter.step,
+        grad=torch.is_grad_enabled(),
     )
-    return out, h_n
+    out, final = CellRecurrence.apply(ext, call, lengths, xp, state0, *named.values())
+    if len(parts) == 1:
+        return out, final
+    return out, tuple(final.split([width for _, width in parts], dim=1))
 
 
 def _state_tensor(cell, state, batch: int, size: int | None = None, what: str = "state"):
@@ -379,22 +420,23 @@ def _state_tensor(cell, state, batch: int, size: int | None = None, what: str = 
             f"compiled.run_recurrence: {type(cell).__name__} {what} must be ({batch}, {size}), "
             f"got {shape}"
         )
-    if state.device != cell.weight_hh.device:
+    reference = _reference_parameter(cell)
+    if state.device != reference.device:
         where = ("the meta device (a tensor without values)" if state.device.type == "meta"
                  else str(state.device))
         raise ValueError(
             f"compiled.run_recurrence: {type(cell).__name__} {what} is on {where}, but the "
-            f"parameters are on {cell.weight_hh.device}; move the {what} there"
+            f"parameters are on {reference.device}; move the {what} there"
         )
     if state.layout != torch.strided:
         raise ValueError(
             f"compiled.run_recurrence: {type(cell).__name__} {what} must be a dense (strided) "
             f"tensor, got layout {state.layout}"
         )
-    if state.dtype != cell.weight_hh.dtype:
+    if state.dtype != reference.dtype:
         raise TypeError(
             f"compiled.run_recurrence: {what} dtype {state.dtype} does not match the "
-            f"parameters' {cell.weight_hh.dtype}"
+            f"parameters' {reference.dtype}"
         )
     return state.contiguous()
 

@@ -26,9 +26,11 @@ from types import ModuleType
 
 import torch
 
-_SOURCES = ("lstm.cpp", "gru.cpp", "elman.cpp", "bindings.cpp")
-_HEADERS = ("common.h",)
 _CSRC = Path(__file__).with_name("csrc")
+# Every C++ file in csrc/: a cell family's kernel registers itself with the step-loop
+# template (RNNKIT_REGISTER_FAMILY), so adding one needs no edit here or in bindings.cpp.
+_SOURCES = tuple(sorted(p.name for p in _CSRC.glob("*.cpp")))
+_HEADERS = tuple(sorted(p.name for p in _CSRC.glob("*.h")))
 
 # Flag sets tried in order; the first that builds wins. CPU_CAPABILITY names the inline
 # namespace of ATen's vector classes: a name of our own keeps our instantiations apart

@@ -7,8 +7,9 @@ penalties, meta-learning, ``gradgradcheck``) or receives vmapped gradients
 :mod:`._functions` hand over to these functions: they recompute the same recurrence from the
 same inputs (the hoisted projection ``xp``, the initial state and the recurrent parameters)
 with differentiable torch ops, and autograd differentiates that recomputation, to any order.
-Same equations as the kernels (see the headers of ``csrc/lstm.cpp``, ``csrc/gru.cpp``,
-``csrc/elman.cpp``), same lengths and reverse rules; slower (a Python loop over the steps),
+Same equations as the kernels (see the headers of ``csrc/lstm.cpp``, ``csrc/gru.cpp``; the
+families on the step-loop template bring their own torch-op step, ``CompiledAdapter.step``
+in their cell file), same lengths and reverse rules; slower (a Python loop over the steps),
 which only double backward pays.
 
 Symbols: T time steps, B batch, H hidden size, H_out output size, G gates.
@@ -154,18 +155,19 @@ def gru(o, lengths: Tensor, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh, ln_hh_w,
     return plan.outputs(outs, h0), h
 
 
-def elman(relu: bool, reverse: bool, lengths: Tensor, xp: Tensor, h0: Tensor,
-          w_hh: Tensor) -> tuple[Tensor, Tensor]:
-    """csrc/elman.cpp: h' = act(xp + W_hh h)."""
+def steps(call, lengths: Tensor, xp: Tensor, state: Tensor,
+          tensors) -> tuple[Tensor, Tensor]:
+    """Any family on the step-loop template, step by step through its adapter's torch-op
+    ``call.step`` (a ``KernelCall``): ``(outputs (T, B, out), final state (B, SW))``."""
     T, B, _ = xp.shape
-    plan = _Steps(lengths, T, B, reverse, xp.device)
-    act: Callable[[Tensor], Tensor] = torch.relu if relu else torch.tanh
-    h, outs = h0, []
+    plan = _Steps(lengths, T, B, call.reverse, xp.device)
+    named = dict(zip(call.names, tensors, strict=True))
+    h, outs = state, []
     for s in range(plan.S):
-        h_new = act(plan.inputs(xp, s) + h @ w_hh.t())
-        outs.append(h_new)
-        h = plan.carry(s, h_new, h)
-    return plan.outputs(outs, h0), h
+        out, new = call.step(plan.inputs(xp, s), h, named)
+        outs.append(out)
+        h = plan.carry(s, new, h)
+    return plan.outputs(outs, state[:, : call.output_size]), h
 
 
 try:  # functorch's wrappers (vmap's BatchedTensor, grad's GradTrackingTensor, ...) and the

@@ -16,6 +16,7 @@ the caller built, one (T, B, G*H) projection kept alive until backward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -224,32 +225,62 @@ class GRURecurrence(torch.autograd.Function):
         return (None,) * 3 + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(grads))
 
 
-class ElmanRecurrence(torch.autograd.Function):
-    """Inputs: module, relu, reverse, grad (as LSTMOptions.grad), lengths, xp, h0, w_hh."""
+@dataclass(frozen=True)
+class KernelCall:
+    """Everything about one call of a family on the step-loop template but its tensors.
+
+    ``names`` are the kernel's names of the recurrent tensors passed after the state, in
+    order; ``flags`` and ``numbers`` its options by name (the C++ side refuses unknown
+    names, so no two options can be swapped by position). ``step`` is the adapter's torch-op
+    step, used only for gradients of gradients.
+    """
+
+    family: str
+    names: tuple[str, ...]
+    flags: tuple[tuple[str, bool], ...]
+    numbers: tuple[tuple[str, float], ...]
+    reverse: bool
+    output_size: int
+    step: Callable[[Tensor, Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
+    grad: bool = True  # as LSTMOptions.grad
+
+
+class CellRecurrence(torch.autograd.Function):
+    """Any family on the template. Inputs: ext, call, lengths, xp (T, B, X), state
+    (B, SW), then the tensors named by ``call.names``; outputs (out, final state)."""
 
     @staticmethod
-    def forward(ctx, ext, relu: bool, reverse: bool, grad: bool, lengths, xp, h0, w_hh):
-        training = grad and any(ctx.needs_input_grad)
-        result = ext.elman_forward(xp, h0, w_hh, lengths, relu, reverse, training)
-        out, h_n = result[:2]
+    def forward(ctx, ext, call: KernelCall, lengths, xp, state, *tensors):
+        training = call.grad and any(ctx.needs_input_grad)
+        named = dict(zip(call.names, tensors, strict=True))
+        named.update(xp=xp, state=state, lengths=lengths)
+        flags = dict(call.flags, reverse=call.reverse, training=training)
+        out, final, states, saved = ext.forward(call.family, named, dict(call.numbers), flags)
         if training:
-            ctx.ext, ctx.relu, ctx.reverse, ctx.T = ext, relu, reverse, xp.shape[0]
-            ctx.save_for_backward(lengths, xp, h0, w_hh, result[2])
+            ctx.ext, ctx.call, ctx.T = ext, call, xp.shape[0]
+            ctx.save_for_backward(lengths, xp, state, *tensors, states, saved)
         ctx.set_materialize_grads(False)
-        return out, h_n
+        return out, final
 
     @staticmethod
-    def backward(ctx, d_out, d_h):
-        lengths, xp, h0, w_hh, hs = ctx.saved_tensors
-        if _differentiable.needed(d_out, d_h):  # create_graph=True, or vmapped grads
+    def backward(ctx, d_out, d_state):
+        call = ctx.call
+        lengths, xp, state, *rest = ctx.saved_tensors
+        tensors, (states, saved) = rest[:-2], rest[-2:]
+        inputs = [xp, state, *tensors]
+        if _differentiable.needed(d_out, d_state):  # create_graph=True, or vmapped grads
             grads = _differentiable.gradients(
-                ctx, 5, lambda: _differentiable.elman(ctx.relu, ctx.reverse, lengths, xp, h0,
-                                                      w_hh),
-                [xp, h0, w_hh], (d_out, d_h))
-            return (None,) * 5 + tuple(grads)
-        d_out, d_h = _present(d_out, hs), _present(d_h, hs)
-        dxp, dh0, dw_hh = ctx.ext.elman_backward(
-            d_out, d_h, hs, w_hh, lengths, ctx.T, ctx.relu, ctx.reverse
-        )
-        values = (dxp, dh0, dw_hh)
-        return (None,) * 5 + tuple(_grad(ctx, 5 + i, v) for i, v in enumerate(values))
+                ctx, 3, lambda: _differentiable.steps(call, lengths, xp, state, tensors),
+                inputs, (d_out, d_state))
+            return (None,) * 3 + tuple(grads)
+        named = dict(zip(call.names, tensors, strict=True))
+        named.update(lengths=lengths, states=states, saved=saved)
+        if d_out is not None:
+            named["grad_out"] = d_out
+        if d_state is not None:
+            named["grad_state"] = d_state
+        numbers = dict(call.numbers, steps=float(ctx.T))
+        flags = dict(call.flags, reverse=call.reverse)
+        grads = ctx.ext.backward(call.family, named, numbers, flags)
+        values = [grads["xp"], grads["state"]] + [grads.get(name) for name in call.names]
+        return (None,) * 3 + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(values))

@@ -1,8 +1,9 @@
 // Python bindings of rnnkit's compiled recurrences (see rnnkit/engine/compiled/__init__.py).
 #include <torch/extension.h>
 
-#include "common.h"
+#include "step_loop.h"
 
+#include <set>
 #include <vector>
 
 namespace rnnkit {
@@ -23,10 +24,54 @@ std::vector<Tensor> gru_forward(const Tensor&, const Tensor&, const Tensor&, con
 std::vector<Tensor> gru_backward(const Tensor&, const Tensor&, const std::vector<Tensor>&,
                                  const Tensor&, bool, const Tensor&, const Tensor&,
                                  const Tensor&, int64_t, bool, bool, bool);
-std::vector<Tensor> elman_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                  bool, bool, bool);
-std::vector<Tensor> elman_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                   const Tensor&, int64_t, bool, bool);
+
+// The names every family's call may carry besides its own (step_loop.h).
+static const ArgNames kCommonNames{
+    {"xp", "state", "lengths", "states", "saved", "grad_out", "grad_state"},
+    {"steps"},
+    {"reverse", "training"}};
+
+static const FamilyEntry& family_entry(const std::string& family) {
+  auto it = families().find(family);
+  if (it == families().end()) {
+    std::string known;
+    for (const auto& kv : families()) known += (known.empty() ? "" : ", ") + kv.first;
+    TORCH_CHECK(false, "rnnkit: no compiled family '", family, "' (built: ", known, ")");
+  }
+  return it->second;
+}
+
+// Every name must be one the family or the template knows: a misspelt or misplaced option is
+// an error, never a silently ignored (or swapped) argument.
+template <typename Map>
+static void check_names(const std::string& kernel, const char* what, const Map& given,
+                        const std::vector<std::string>& own,
+                        const std::vector<std::string>& common) {
+  std::set<std::string> known(own.begin(), own.end());
+  known.insert(common.begin(), common.end());
+  for (const auto& kv : given) {
+    if (known.count(kv.first)) continue;
+    std::string list;
+    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    TORCH_CHECK(false, kernel, ": unknown ", what, " '", kv.first, "' (known: ", list, ")");
+  }
+}
+
+static KernelArgs make_args(const std::string& family, const char* direction,
+                            std::map<std::string, Tensor> tensors,
+                            std::map<std::string, double> numbers,
+                            std::map<std::string, bool> flags) {
+  const FamilyEntry& entry = family_entry(family);
+  KernelArgs a;
+  a.kernel = "rnnkit " + family + " " + direction;
+  check_names(a.kernel, "tensor", tensors, entry.names.tensors, kCommonNames.tensors);
+  check_names(a.kernel, "number", numbers, entry.names.numbers, kCommonNames.numbers);
+  check_names(a.kernel, "flag", flags, entry.names.flags, kCommonNames.flags);
+  a.tensors = std::move(tensors);
+  a.numbers = std::move(numbers);
+  a.flags = std::move(flags);
+  return a;
+}
 }  // namespace rnnkit
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -35,8 +80,35 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward", &rnnkit::lstm_backward);
   m.def("gru_forward", &rnnkit::gru_forward);
   m.def("gru_backward", &rnnkit::gru_backward);
-  m.def("elman_forward", &rnnkit::elman_forward);
-  m.def("elman_backward", &rnnkit::elman_backward);
+  m.def("forward",
+        [](const std::string& family, std::map<std::string, at::Tensor> tensors,
+           std::map<std::string, double> numbers, std::map<std::string, bool> flags) {
+          const auto a = rnnkit::make_args(family, "forward", std::move(tensors),
+                                           std::move(numbers), std::move(flags));
+          return rnnkit::family_entry(family).forward(a);
+        },
+        "A family's whole forward on the step-loop template: tensors, numbers and flags by "
+        "name; returns [out, final state, states, saved].");
+  m.def("backward",
+        [](const std::string& family, std::map<std::string, at::Tensor> tensors,
+           std::map<std::string, double> numbers, std::map<std::string, bool> flags) {
+          const auto a = rnnkit::make_args(family, "backward", std::move(tensors),
+                                           std::move(numbers), std::move(flags));
+          return rnnkit::family_entry(family).backward(a);
+        },
+        "A family's BPTT on the step-loop template; returns the gradients by name.");
+  m.def("families", []() {
+    std::map<std::string, std::vector<std::vector<std::string>>> out;
+    for (const auto& kv : rnnkit::families()) {
+      out[kv.first] = {kv.second.names.tensors, kv.second.names.numbers, kv.second.names.flags};
+    }
+    return out;
+  }, "Registered families and their own tensor, number and flag names.");
+  m.def("set_pointwise_grain", [](int64_t elems) {
+    TORCH_CHECK(elems >= 1, "set_pointwise_grain: need >= 1 values per thread chunk");
+    return rnnkit::pointwise_parallel_elems().exchange(elems);
+  }, "Values per chunk below which a step's pointwise pass stays on one thread; returns the "
+     "previous value (measurements and tests).");
   m.def("set_blas_gemm", [](bool on) { rnnkit::use_blas().store(on); },
         "Use the BLAS Fortran gemm for per-step products (default) or ATen's mm (tests).");
   m.def("set_packing", [](bool on) { rnnkit::use_packing().store(on); },
