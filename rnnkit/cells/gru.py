@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
+from rnnkit.cells._compiled import CompiledAdapter, projection
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
@@ -16,6 +18,93 @@ from rnnkit.cells.base import (
     layer_norm_params,
     optional_parameter,
 )
+
+
+class GRUAdapter(CompiledAdapter):
+    """The GRU on the compiled template (``csrc/gru.cpp``): ``xp = N_ih(W_ih x) + b_ih``
+    hoisted; ``b_hh`` stays in the loop (``r`` multiplies ``W_hn h + b_hn``). reset_after:
+    one GEMM ``W_hh h`` per step; reset before: ``W_h[rz] h``, then ``W_hn (r * h)``."""
+
+    family = "gru"
+
+    def describe(self) -> str:
+        norm = ", layer norm" if self.cell.layer_norm else ""
+        return f"GRUCell (reset_after={self.cell.reset_after}{norm})"
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        cell = self.cell
+        H = cell.hidden_size
+        shapes: dict[str, tuple[int, ...] | None] = {
+            "weight_ih": (3 * H, cell.input_size), "weight_hh": (3 * H, H),
+            "bias_ih": (3 * H,) if cell.bias_ih is not None else None,
+            "bias_hh": (3 * H,) if cell.bias_hh is not None else None}
+        if cell.layer_norm:
+            norms = {"ln_ih": 3 * H, "ln_hh": 3 * H if cell.reset_after else 2 * H}
+            if not cell.reset_after:
+                norms["ln_hn"] = H
+            for norm, size in norms.items():
+                for leaf in ("weight", "bias"):
+                    present = getattr(getattr(cell, norm), leaf) is not None
+                    shapes[f"{norm}.{leaf}"] = (size,) if present else None
+        return shapes
+
+    def project(self, inputs: Tensor) -> Tensor:
+        cell = self.cell
+        return projection(inputs, cell.weight_ih, cell.bias_ih, cell.ln_ih)  # (T, B, 3H)
+
+    def kernel_tensors(self) -> dict[str, Tensor | None]:
+        cell = self.cell
+        tensors = {"weight_hh": cell.weight_hh, "bias_hh": cell.bias_hh}
+        for norm in ("ln_hh", "ln_hn"):
+            module = getattr(cell, norm)
+            if module is not None:
+                tensors[f"{norm}.weight"] = module.weight
+                tensors[f"{norm}.bias"] = module.bias
+        return tensors
+
+    def flags(self) -> dict[str, bool]:
+        return {"reset_after": self.cell.reset_after, "layer_norm": self.cell.layer_norm}
+
+    def numbers(self) -> dict[str, float]:
+        cell = self.cell
+        if not cell.layer_norm:
+            return {}
+        numbers = {"eps_hh": float(cell.ln_hh.eps)}
+        if not cell.reset_after:
+            numbers["eps_hn"] = float(cell.ln_hn.eps)
+        return numbers
+
+    def step(self, xp: Tensor, state: Tensor, tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        cell, h, H = self.cell, state, self.cell.hidden_size
+        w_hh, b_hh = tensors["weight_hh"], tensors.get("bias_hh")
+
+        def norm(v: Tensor, name: str) -> Tensor:
+            if not cell.layer_norm:
+                return v
+            module = getattr(cell, name)
+            return F.layer_norm(v, (v.shape[-1],), tensors.get(f"{name}.weight"),
+                                tensors.get(f"{name}.bias"), module.eps)
+
+        x_r, x_z, x_n = xp.split(H, dim=1)
+        if cell.reset_after:
+            a = norm(h @ w_hh.t(), "ln_hh")  # (B, 3H)
+            if b_hh is not None:
+                a = a + b_hh
+            a_r, a_z, a_n = a.split(H, dim=1)
+            r, z = torch.sigmoid(x_r + a_r), torch.sigmoid(x_z + a_z)
+            n = torch.tanh(x_n + r * a_n)
+        else:
+            a = norm(h @ w_hh[: 2 * H].t(), "ln_hh")  # (B, 2H)
+            if b_hh is not None:
+                a = a + b_hh[: 2 * H]
+            a_r, a_z = a.split(H, dim=1)
+            r, z = torch.sigmoid(x_r + a_r), torch.sigmoid(x_z + a_z)
+            a_n = norm((r * h) @ w_hh[2 * H:].t(), "ln_hn")  # (B, H)
+            if b_hh is not None:
+                a_n = a_n + b_hh[2 * H:]
+            n = torch.tanh(x_n + a_n)
+        h_new = n + z * (h - n)
+        return h_new, h_new
 
 
 class GRUCell(RecurrentCell):
@@ -78,6 +167,8 @@ class GRUCell(RecurrentCell):
         >>> out.shape
         torch.Size([2, 5])
     """
+
+    compiled_adapter = GRUAdapter
 
     def __init__(
         self,

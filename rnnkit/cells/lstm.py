@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
+from rnnkit.cells._compiled import CompiledAdapter, projection, sum_bias
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
@@ -31,6 +33,115 @@ def init_forget_bias(cell: RecurrentCell, rows: slice) -> None:
     with torch.no_grad():
         cell.bias_ih[..., rows].fill_(cell.forget_bias)
         cell.bias_hh[..., rows].zero_()
+
+
+class LSTMAdapter(CompiledAdapter):
+    """The LSTM family on the compiled template (``csrc/lstm.cpp``): both biases fold into
+    the hoisted ``xp = LN_ih(W_ih x) + b_ih + b_hh`` (they come after the norms); one GEMM
+    ``W_hh h`` per step, and ``W_hr m`` with a projection. The kernel carries
+    ``[h | c]``."""
+
+    family = "lstm"
+
+    def describe(self) -> str:
+        cell = self.cell
+        options = []
+        if cell.peepholes:
+            options.append("peepholes")
+        if cell.coupled_gates:
+            options.append("coupled gates")
+        if cell.proj_size:
+            options.append(f"proj_size={cell.proj_size}")
+        if cell.cell_clip is not None:
+            options.append(f"cell_clip={cell.cell_clip}")
+        if cell.layer_norm:
+            options.append("layer norm")
+        return "LSTMCell" + (" with " + ", ".join(options) if options else "")
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        cell = self.cell
+        H = cell.hidden_size
+        GH = cell.num_gates * H
+        shapes: dict[str, tuple[int, ...] | None] = {
+            "weight_ih": (GH, cell.input_size), "weight_hh": (GH, cell.output_size),
+            "bias_ih": (GH,) if cell.bias_ih is not None else None,
+            "bias_hh": (GH,) if cell.bias_hh is not None else None,
+            "weight_hr": (cell.proj_size, H) if cell.proj_size else None}
+        peep = (H,) if cell.peepholes else None
+        shapes["weight_ci"] = None if cell.coupled_gates else peep
+        shapes["weight_cf"] = shapes["weight_co"] = peep
+        if cell.layer_norm:
+            for norm, size in {"ln_ih": GH, "ln_hh": GH, "ln_c": H}.items():
+                shapes[f"{norm}.weight"] = shapes[f"{norm}.bias"] = (size,)
+        return shapes
+
+    def state_parts(self) -> tuple[tuple[str, int], ...]:
+        return (("state h", self.cell.output_size), ("state c", self.cell.hidden_size))
+
+    def project(self, inputs: Tensor) -> Tensor:
+        cell = self.cell
+        norm = cell.ln_ih if cell.layer_norm else None
+        return projection(inputs, cell.weight_ih, sum_bias(cell.bias_ih, cell.bias_hh), norm)
+
+    def kernel_tensors(self) -> dict[str, Tensor | None]:
+        cell = self.cell
+        tensors = {"weight_hh": cell.weight_hh, "weight_hr": cell.weight_hr,
+                   "weight_ci": cell.weight_ci, "weight_cf": cell.weight_cf,
+                   "weight_co": cell.weight_co}
+        if cell.layer_norm:
+            for norm in ("ln_hh", "ln_c"):
+                module = getattr(cell, norm)
+                tensors[f"{norm}.weight"] = module.weight
+                tensors[f"{norm}.bias"] = module.bias
+        return tensors
+
+    def flags(self) -> dict[str, bool]:
+        cell = self.cell
+        return {"coupled_gates": cell.coupled_gates, "peepholes": cell.peepholes,
+                "layer_norm": cell.layer_norm}
+
+    def numbers(self) -> dict[str, float]:
+        cell = self.cell
+        numbers = {"cell_clip": float(cell.cell_clip) if cell.cell_clip is not None else -1.0}
+        if cell.layer_norm:
+            numbers.update(eps_hh=float(cell.ln_hh.eps), eps_c=float(cell.ln_c.eps))
+        return numbers
+
+    def step(self, xp: Tensor, state: Tensor, tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        cell = self.cell
+        P, H = cell.output_size, cell.hidden_size
+        h, c = state[:, :P], state[:, P:]
+
+        def norm(v: Tensor, name: str) -> Tensor:
+            module = getattr(cell, name)
+            return F.layer_norm(v, (v.shape[-1],), tensors[f"{name}.weight"],
+                                tensors[f"{name}.bias"], module.eps)
+
+        a = h @ tensors["weight_hh"].t()  # (B, G*H)
+        if cell.layer_norm:
+            a = norm(a, "ln_hh")
+        gates = (xp + a).split(H, dim=1)
+        if cell.coupled_gates:
+            a_f, a_g, a_o = gates
+        else:
+            a_i, a_f, a_g, a_o = gates
+        if cell.peepholes:
+            a_f = a_f + tensors["weight_cf"] * c
+        f = torch.sigmoid(a_f)
+        if cell.coupled_gates:
+            i = 1 - f
+        else:
+            i = torch.sigmoid(a_i + tensors["weight_ci"] * c if cell.peepholes else a_i)
+        c_new = f * c + i * torch.tanh(a_g)
+        if cell.layer_norm:
+            c_new = norm(c_new, "ln_c")
+        if cell.cell_clip is not None and cell.cell_clip > 0:
+            c_new = c_new.clamp(-cell.cell_clip, cell.cell_clip)
+        gate_o = torch.sigmoid(a_o + tensors["weight_co"] * c_new if cell.peepholes else a_o)
+        h_new = gate_o * torch.tanh(c_new)
+        if cell.proj_size:
+            h_new = h_new @ tensors["weight_hr"].t()  # (B, P)
+        return h_new, torch.cat([h_new, c_new], 1)
 
 
 class LSTMCell(RecurrentCell):
@@ -112,6 +223,8 @@ class LSTMCell(RecurrentCell):
         >>> out.shape, c.shape, cell.state_size, cell.output_size
         (torch.Size([2, 4]), torch.Size([2, 8]), (4, 8), 4)
     """
+
+    compiled_adapter = LSTMAdapter
 
     def __init__(
         self,

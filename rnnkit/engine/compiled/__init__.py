@@ -39,19 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.cells._compiled import CompiledAdapter
-from rnnkit.cells._compiled import projection as _projection
-from rnnkit.cells._compiled import sum_bias as _sum_bias
 from rnnkit.cells.base import State
 from rnnkit.engine.compiled import _build
 from rnnkit.engine.compiled._differentiable import _is_wrapped
-from rnnkit.engine.compiled._functions import (
-    CellRecurrence,
-    GRUOptions,
-    GRURecurrence,
-    KernelCall,
-    LSTMOptions,
-    LSTMRecurrence,
-)
+from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall
 
 __all__ = ["DEVICES", "available", "fallback_reason", "supports", "run_recurrence"]
 
@@ -73,15 +64,6 @@ def available() -> tuple[bool, str]:
     return True, f"rnnkit C++ kernels ({module.rnnkit_capability})"
 
 
-def _cell_classes():
-    # Imported lazily: rnnkit.cells imports nothing from the engine, and a user cell that
-    # merely shares a name must not match.
-    from rnnkit.cells.gru import GRUCell
-    from rnnkit.cells.lstm import LSTMCell
-
-    return GRUCell, LSTMCell
-
-
 def _adapter_class(cell: nn.Module) -> tuple[type | None, type[CompiledAdapter] | None]:
     """The class that declares ``compiled_adapter`` (nearest in the MRO) and the adapter."""
     for klass in type(cell).__mro__:
@@ -94,7 +76,7 @@ def _adapter_class(cell: nn.Module) -> tuple[type | None, type[CompiledAdapter] 
 def _covered() -> str:
     import rnnkit.cells as cells
 
-    names = {"LSTMCell", "GRUCell"}
+    names = set()
     for name in dir(cells):
         value = getattr(cells, name)
         if isinstance(value, type) and value.__dict__.get("compiled_adapter") is not None:
@@ -110,35 +92,18 @@ def _reference_parameter(cell: nn.Module) -> Tensor | None:
     return next(iter(cell.parameters()), None)
 
 
-def _describe_lstm(cell) -> str:
-    options = []
-    if cell.peepholes:
-        options.append("peepholes")
-    if cell.coupled_gates:
-        options.append("coupled gates")
-    if cell.proj_size:
-        options.append(f"proj_size={cell.proj_size}")
-    if cell.cell_clip is not None:
-        options.append(f"cell_clip={cell.cell_clip}")
-    if cell.layer_norm:
-        options.append("layer norm")
-    return "LSTMCell" + (" with " + ", ".join(options) if options else "")
-
-
 def supports(cell: nn.Module) -> tuple[bool, str]:
     """Whether :func:`run_recurrence` can run ``cell``, and why (not).
 
-    Covered: every cell class that declares a ``compiled_adapter`` (``ElmanCell``,
-    ``UGRNNCell``, ...; see ``rnnkit/cells/_compiled.py``), ``GRUCell`` (reset_after
-    True/False, with or without layer norm), ``LSTMCell`` with any combination of peepholes,
-    coupled gates, projection, cell clip and layer norm; float32/float64 parameters on the
-    CPU. Subclasses that override ``forward`` and cells with forward hooks are not covered
-    (their per-step code would be skipped).
+    Covered: every cell class that declares a ``compiled_adapter`` (see
+    ``rnnkit/cells/_compiled.py``): ``LSTMCell`` with any combination of peepholes, coupled
+    gates, projection, cell clip and layer norm, ``GRUCell`` (reset_after True/False, with or
+    without layer norm), ``ElmanCell`` (tanh, relu), ``UGRNNCell``; float32/float64
+    parameters on the CPU. Subclasses that override ``forward`` and cells with forward hooks
+    are not covered (their per-step code would be skipped).
     """
-    gru_cls, lstm_cls = _cell_classes()
     kind = type(cell)
-    owner, adapter_cls = _adapter_class(cell)
-    base = owner or next((c for c in (lstm_cls, gru_cls) if isinstance(cell, c)), None)
+    base, adapter_cls = _adapter_class(cell)
     if base is None:
         return False, f"{kind.__name__} has no compiled kernel (covered: {_covered()})"
     if kind.forward is not base.forward:
@@ -154,16 +119,11 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
         return False, f"parameters mix dtypes {sorted(str(d) for d in dtypes)}"
     if dtypes and next(iter(dtypes)) not in _DTYPES:
         return False, f"dtype {next(iter(dtypes))} not supported (float32, float64)"
-    if adapter_cls is not None:
-        adapter = adapter_cls(cell)
-        refusal = adapter.refusal()
-        if refusal:
-            return False, refusal
-        return True, adapter.describe()
-    if base is gru_cls:
-        norm = ", layer norm" if cell.layer_norm else ""
-        return True, f"GRUCell (reset_after={cell.reset_after}{norm})"
-    return True, _describe_lstm(cell)
+    adapter = adapter_cls(cell)
+    refusal = adapter.refusal()
+    if refusal:
+        return False, refusal
+    return True, adapter.describe()
 
 
 def _state_tensors(state) -> list:
@@ -200,35 +160,9 @@ def _opt(t: Tensor | None, reference: Tensor) -> Tensor:
 
 def _expected_parameters(cell) -> dict[str, tuple[int, ...] | None]:
     """Every parameter the kernels read, by name, with the shape the cell's sizes give it
-    (None: must be absent). The kernels trust these shapes when they take raw pointers."""
-    _, adapter_cls = _adapter_class(cell)
-    if adapter_cls is not None:
-        return adapter_cls(cell).parameter_shapes()
-    gru_cls, lstm_cls = _cell_classes()
-    H, I = cell.hidden_size, cell.input_size
-    optional = {}
-    if isinstance(cell, lstm_cls):
-        GH = cell.num_gates * H
-        out = cell.output_size
-        shapes = {"weight_ih": (GH, I), "weight_hh": (GH, out)}
-        optional = {"bias_ih": (GH,), "bias_hh": (GH,)}
-        shapes["weight_hr"] = (cell.proj_size, H) if cell.proj_size else None
-        peep = (H,) if cell.peepholes else None
-        shapes["weight_ci"] = None if cell.coupled_gates else peep
-        shapes["weight_cf"] = shapes["weight_co"] = peep
-        norms = {"ln_ih": GH, "ln_hh": GH, "ln_c": H}
-    else:
-        shapes = {"weight_ih": (3 * H, I), "weight_hh": (3 * H, H)}
-        optional = {"bias_ih": (3 * H,), "bias_hh": (3 * H,)}
-        norms = {"ln_ih": 3 * H, "ln_hh": 3 * H if cell.reset_after else 2 * H}
-        if not cell.reset_after:
-            norms["ln_hn"] = H
-    if getattr(cell, "layer_norm", False):
-        for norm, size in norms.items():
-            optional[f"{norm}.weight"] = optional[f"{norm}.bias"] = (size,)
-    for name, shape in optional.items():
-        shapes[name] = shape if _parameter(cell, name) is not None else None
-    return shapes
+    (None: must be absent), as the cell's adapter declares them. The kernels trust these
+    shapes when they take raw pointers."""
+    return _adapter_class(cell)[1](cell).parameter_shapes()
 
 
 def _parameter(cell, name: str):
@@ -366,13 +300,7 @@ def run_recurrence(
         state = cell.initial_state(B, device=inputs.device, dtype=inputs.dtype)
     reverse = bool(reverse)
     lengths_arg = _empty(inputs).long() if lengths is None else lengths
-    _, adapter_cls = _adapter_class(cell)
-    if adapter_cls is not None:
-        return _run_adapter(ext, adapter_cls(cell), inputs, state, lengths_arg, reverse)
-    gru_cls, lstm_cls = _cell_classes()
-    if isinstance(cell, lstm_cls):
-        return _run_lstm(ext, cell, inputs, state, lengths_arg, reverse)
-    return _run_gru(ext, cell, inputs, state, lengths_arg, reverse)
+    return _run_adapter(ext, _adapter_class(cell)[1](cell), inputs, state, lengths_arg, reverse)
 
 
 def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: Tensor,
@@ -386,10 +314,11 @@ def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: 
     elif isinstance(state, (tuple, list)) and len(state) == len(parts):
         given = list(state)
     else:
-        names = ", ".join(name for name, _ in parts)
+        names = ", ".join(name.removeprefix("state ") for name, _ in parts)
+        kind = "a pair" if len(parts) == 2 else f"a tuple of {len(parts)} tensors"
         raise TypeError(
-            f"compiled.run_recurrence: {type(cell).__name__} state must be a tuple of "
-            f"{len(parts)} tensors ({names}), got {type(state).__name__}"
+            f"compiled.run_recurrence: {type(cell).__name__} state must be {kind} ({names}), "
+            f"got {type(state).__name__}"
         )
     tensors = [_state_tensor(cell, t, B, width, what)
                for t, (what, width) in zip(given, parts, strict=True)]
@@ -439,79 +368,3 @@ def _state_tensor(cell, state, batch: int, size: int | None = None, what: str = 
             f"parameters' {reference.dtype}"
         )
     return state.contiguous()
-
-
-def _run_lstm(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
-    if not isinstance(state, (tuple, list)) or len(state) != 2:
-        raise TypeError(
-            f"compiled.run_recurrence: LSTMCell state must be a pair (h, c), got "
-            f"{type(state).__name__}"
-        )
-    B = inputs.shape[1]
-    h0 = _state_tensor(cell, state[0], B, cell.output_size, "state h")
-    c0 = _state_tensor(cell, state[1], B, cell.hidden_size, "state c")
-    ln = cell.layer_norm
-    # Both biases come after the norms, so they fold into the hoisted projection.
-    bias = _sum_bias(cell.bias_ih, cell.bias_hh)
-    xp = _projection(inputs, cell.weight_ih, bias, cell.ln_ih if ln else None)  # (T, B, G*H)
-    options = LSTMOptions(
-        coupled=cell.coupled_gates,
-        peepholes=cell.peepholes,
-        ln_hh=ln,
-        ln_c=ln,
-        clip=float(cell.cell_clip) if cell.cell_clip is not None else -1.0,
-        eps_hh=float(cell.ln_hh.eps) if ln else 0.0,
-        eps_c=float(cell.ln_c.eps) if ln else 0.0,
-        reverse=reverse,
-        grad=torch.is_grad_enabled(),
-    )
-    e = _empty(inputs)
-    out, h_n, c_n = LSTMRecurrence.apply(
-        ext,
-        options,
-        lengths,
-        xp,
-        h0,
-        c0,
-        _opt(cell.weight_hh, e),
-        _opt(cell.weight_hr, e),
-        _opt(cell.weight_ci, e),
-        _opt(cell.weight_cf, e),
-        _opt(cell.weight_co, e),
-        _opt(cell.ln_hh.weight if ln else None, e),
-        _opt(cell.ln_hh.bias if ln else None, e),
-        _opt(cell.ln_c.weight if ln else None, e),
-        _opt(cell.ln_c.bias if ln else None, e),
-    )
-    return out, (h_n, c_n)
-
-
-def _run_gru(ext, cell, inputs: Tensor, state, lengths: Tensor, reverse: bool):
-    h0 = _state_tensor(cell, state, inputs.shape[1])
-    ln = cell.layer_norm
-    xp = _projection(inputs, cell.weight_ih, cell.bias_ih, cell.ln_ih)  # (T, B, 3H)
-    options = GRUOptions(
-        reset_after=cell.reset_after,
-        layer_norm=ln,
-        eps_hh=float(cell.ln_hh.eps) if ln else 0.0,
-        eps_hn=float(cell.ln_hn.eps) if ln and not cell.reset_after else 0.0,
-        reverse=reverse,
-        grad=torch.is_grad_enabled(),
-    )
-    e = _empty(inputs)
-    ln_hh = cell.ln_hh if ln else None
-    ln_hn = cell.ln_hn if ln and not cell.reset_after else None
-    out, h_n = GRURecurrence.apply(
-        ext,
-        options,
-        lengths,
-        xp,
-        h0,
-        _opt(cell.weight_hh, e),
-        _opt(cell.bias_hh, e),
-        _opt(ln_hh.weight if ln_hh is not None else None, e),
-        _opt(ln_hh.bias if ln_hh is not None else None, e),
-        _opt(ln_hn.weight if ln_hn is not None else None, e),
-        _opt(ln_hn.bias if ln_hn is not None else None, e),
-    )
-    return out, h_n

@@ -1,10 +1,12 @@
-"""``torch.autograd.Function`` wrappers around the C++ recurrences.
+"""The one ``torch.autograd.Function`` around the C++ step-loop template, for every family.
 
-Each wrapper covers only the recurrent part: it takes the hoisted input projection
-``xp`` (T, B, G*H), the initial state and the recurrent parameters, and returns
-``(outputs, final state)``. The input projection itself (``W_ih x + b``, and ``LN_ih`` for
-layer-normalised cells) is computed by ordinary torch ops over all time steps at once, so
-autograd produces its gradients (dW_ih = dxp^T x, one GEMM) without extra code here.
+It covers only the recurrent part: it takes the hoisted input projection ``xp`` (T, B, X),
+the initial state (B, SW) and the recurrent tensors by their kernel names, and returns
+``(outputs, final state)``; the Python-to-C++ call (``ext.forward`` / ``ext.backward``,
+tensors, numbers and flags by name) is written here once. The input projection itself
+(``W_ih x + b``, and ``LN_ih`` for layer-normalised cells) is computed by the cell's adapter
+in ordinary torch ops over all time steps at once, so autograd produces its gradients
+(dW_ih = dxp^T x, one GEMM) without extra code here.
 
 The C++ backward is first order only and reads raw memory. A backward run with
 ``create_graph=True`` (grad mode on inside ``backward``), or given vmapped gradients, hands
@@ -25,204 +27,8 @@ from torch import Tensor
 from rnnkit.engine.compiled import _differentiable
 
 
-@dataclass(frozen=True)
-class LSTMOptions:
-    coupled: bool
-    peepholes: bool
-    ln_hh: bool
-    ln_c: bool
-    clip: float  # <= 0: no clip
-    eps_hh: float
-    eps_c: float
-    reverse: bool
-    # torch.is_grad_enabled() at the call: needs_input_grad ignores no_grad/inference_mode,
-    # and without it an eval-mode call would save every gate for a backward never run.
-    grad: bool = True
-
-
 def _grad(ctx, index: int, value: Tensor | None) -> Tensor | None:
     return value if ctx.needs_input_grad[index] else None
-
-
-def _present(t: Tensor | None, reference: Tensor) -> Tensor:
-    # Unused outputs get no gradient (materialize_grads is off); C++ reads an empty tensor
-    # as "zero" without allocating one.
-    return reference.new_empty(0) if t is None else t
-
-
-class LSTMRecurrence(torch.autograd.Function):
-    """Inputs: module, options, lengths, xp, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co,
-    ln_hh_w, ln_hh_b, ln_c_w, ln_c_b (None where an option is off)."""
-
-    @staticmethod
-    def forward(
-        ctx,
-        ext,
-        o: LSTMOptions,
-        lengths,
-        xp,
-        h0,
-        c0,
-        w_hh,
-        w_hr,
-        w_ci,
-        w_cf,
-        w_co,
-        ln_hh_w,
-        ln_hh_b,
-        ln_c_w,
-        ln_c_b,
-    ):
-        training = o.grad and any(ctx.needs_input_grad)
-        result = ext.lstm_forward(
-            xp,
-            h0,
-            c0,
-            w_hh,
-            w_hr,
-            w_ci,
-            w_cf,
-            w_co,
-            ln_hh_w,
-            ln_hh_b,
-            ln_c_w,
-            ln_c_b,
-            lengths,
-            o.coupled,
-            o.peepholes,
-            o.ln_hh,
-            o.ln_c,
-            o.clip,
-            o.eps_hh,
-            o.eps_c,
-            o.reverse,
-            training,
-        )
-        out, h_n, c_n = result[:3]
-        if training:
-            ctx.ext, ctx.o, ctx.T = ext, o, xp.shape[0]
-            ctx.n_saved = len(result) - 3
-            ctx.save_for_backward(
-                lengths, xp, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w,
-                ln_c_b, *result[3:]
-            )
-        ctx.set_materialize_grads(False)
-        return out, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, d_out, d_h, d_c):
-        lengths, *inputs = ctx.saved_tensors[:13]
-        o = ctx.o
-        if _differentiable.needed(d_out, d_h, d_c):  # create_graph=True, or vmapped grads
-            grads = _differentiable.gradients(
-                ctx, 3, lambda: _differentiable.lstm(o, lengths, *inputs), inputs,
-                (d_out, d_h, d_c))
-            return (None, None, None, *grads)
-        _, _, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, _, ln_c_w, _ = inputs
-        saved = ctx.saved_tensors[13:]
-        saved = [_present(t, c0) for t in saved]
-        d_out, d_h, d_c = (_present(t, c0) for t in (d_out, d_h, d_c))
-        grads = ctx.ext.lstm_backward(
-            d_out,
-            d_h,
-            d_c,
-            saved,
-            c0,
-            w_hh,
-            w_hr,
-            w_ci,
-            w_cf,
-            w_co,
-            ln_hh_w,
-            ln_c_w,
-            lengths,
-            ctx.T,
-            o.coupled,
-            o.peepholes,
-            o.ln_hh,
-            o.ln_c,
-            o.clip,
-            o.reverse,
-        )
-        dxp, dh0, dc0, dw_hh, dw_hr, dci, dcf, dco, dlnhw, dlnhb, dlncw, dlncb = grads
-        values = (dxp, dh0, dc0, dw_hh, dw_hr, dci, dcf, dco, dlnhw, dlnhb, dlncw, dlncb)
-        return (None, None, None) + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(values))
-
-
-@dataclass(frozen=True)
-class GRUOptions:
-    reset_after: bool
-    layer_norm: bool
-    eps_hh: float
-    eps_hn: float
-    reverse: bool
-    grad: bool = True  # as LSTMOptions.grad
-
-
-class GRURecurrence(torch.autograd.Function):
-    """Inputs: module, options, lengths, xp, h0, w_hh, b_hh, ln_hh_w, ln_hh_b, ln_hn_w,
-    ln_hn_b (empty tensors where absent)."""
-
-    @staticmethod
-    def forward(
-        ctx, ext, o: GRUOptions, lengths, xp, h0, w_hh, b_hh, ln_hh_w, ln_hh_b, ln_hn_w, ln_hn_b
-    ):
-        training = o.grad and any(ctx.needs_input_grad)
-        result = ext.gru_forward(
-            xp,
-            h0,
-            w_hh,
-            b_hh,
-            ln_hh_w,
-            ln_hh_b,
-            ln_hn_w,
-            ln_hn_b,
-            lengths,
-            o.reset_after,
-            o.layer_norm,
-            o.eps_hh,
-            o.eps_hn,
-            o.reverse,
-            training,
-        )
-        out, h_n = result[:2]
-        if training:
-            ctx.ext, ctx.o, ctx.T = ext, o, xp.shape[0]
-            ctx.has_bias = b_hh.numel() > 0
-            ctx.save_for_backward(
-                lengths, xp, h0, w_hh, b_hh, ln_hh_w, ln_hh_b, ln_hn_w, ln_hn_b, *result[2:]
-            )
-        ctx.set_materialize_grads(False)
-        return out, h_n
-
-    @staticmethod
-    def backward(ctx, d_out, d_h):
-        lengths, *inputs = ctx.saved_tensors[:9]
-        if _differentiable.needed(d_out, d_h):  # create_graph=True, or vmapped grads
-            grads = _differentiable.gradients(
-                ctx, 3, lambda: _differentiable.gru(ctx.o, lengths, *inputs), inputs,
-                (d_out, d_h))
-            return (None, None, None, *grads)
-        _, _, w_hh, _, ln_hh_w, _, ln_hn_w, _ = inputs
-        saved = ctx.saved_tensors[9:]
-        saved = [_present(t, w_hh) for t in saved]
-        d_out, d_h = _present(d_out, w_hh), _present(d_h, w_hh)
-        o = ctx.o
-        grads = ctx.ext.gru_backward(
-            d_out,
-            d_h,
-            saved,
-            w_hh,
-            ctx.has_bias,
-            ln_hh_w,
-            ln_hn_w,
-            lengths,
-            ctx.T,
-            o.reset_after,
-            o.layer_norm,
-            o.reverse,
-        )
-        return (None,) * 3 + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(grads))
 
 
 @dataclass(frozen=True)
@@ -242,7 +48,9 @@ class KernelCall:
     reverse: bool
     output_size: int
     step: Callable[[Tensor, Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
-    grad: bool = True  # as LSTMOptions.grad
+    # torch.is_grad_enabled() at the call: needs_input_grad ignores no_grad/inference_mode,
+    # and without it an eval-mode call would save every gate for a backward never run.
+    grad: bool = True
 
 
 class CellRecurrence(torch.autograd.Function):

@@ -8,23 +8,6 @@
 
 namespace rnnkit {
 using at::Tensor;
-std::vector<Tensor> lstm_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, bool, bool, bool, bool, double, double, double,
-                                 bool, bool);
-std::vector<Tensor> lstm_backward(const Tensor&, const Tensor&, const Tensor&,
-                                  const std::vector<Tensor>&, const Tensor&, const Tensor&,
-                                  const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                  const Tensor&, const Tensor&, const Tensor&, int64_t, bool,
-                                  bool, bool, bool, double, bool);
-std::vector<Tensor> gru_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, bool, bool, double, double, bool, bool);
-std::vector<Tensor> gru_backward(const Tensor&, const Tensor&, const std::vector<Tensor>&,
-                                 const Tensor&, bool, const Tensor&, const Tensor&,
-                                 const Tensor&, int64_t, bool, bool, bool);
-
 // The names every family's call may carry besides its own (step_loop.h).
 static const ArgNames kCommonNames{
     {"xp", "state", "lengths", "states", "saved", "grad_out", "grad_state"},
@@ -76,10 +59,6 @@ static KernelArgs make_args(const std::string& family, const char* direction,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnkit compiled recurrences: whole-sequence forward and BPTT in C++";
-  m.def("lstm_forward", &rnnkit::lstm_forward);
-  m.def("lstm_backward", &rnnkit::lstm_backward);
-  m.def("gru_forward", &rnnkit::gru_forward);
-  m.def("gru_backward", &rnnkit::gru_backward);
   m.def("forward",
         [](const std::string& family, std::map<std::string, at::Tensor> tensors,
            std::map<std::string, double> numbers, std::map<std::string, bool> flags) {
