@@ -1,0 +1,271 @@
+"""Fashion-MNIST read row by row: the seed's Keras SimpleRNN in Keras 3, plain PyTorch and
+rnnkit, side by side on the same machine in the same run (issue 13, row 2).
+
+The model is the seed's (``../shared/seeds/001_*.txt``, "RNN in Keras for MNIST"): each
+28x28 image is 28 steps of 28 pixels, ``SimpleRNN(16, activation="relu")``, ``Dense(10)``,
+softmax, categorical cross-entropy, RMSprop lr 0.01 (Keras: rho 0.9, epsilon 1e-7), batch
+100, 20 epochs, shuffled each epoch. Targets: rnnkit's test accuracy within 1 point of Keras
+(mean over seeds), its training >= 20x faster than Keras and >= 3x faster than plain PyTorch::
+
+    python examples/fashion_mnist_keras.py                         # 3 seeds x 20 epochs
+    python examples/fashion_mnist_keras.py --seeds 0 --epochs 5
+    python examples/fashion_mnist_keras.py --results docs/results/fashion_mnist_keras.json
+    python examples/fashion_mnist_keras.py --tiny                  # seconds (CI)
+
+Data: the Debian package ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``
+puts the four IDX files in /usr/share/datasets/fashion-mnist), or ``--data DIR`` /
+``$RNNKIT_FASHION_MNIST`` pointing at the same files from
+https://github.com/zalandoresearch/fashion-mnist. Keras: ``pip install 'rnnkit[reproduce]'``
+(Keras 3; this example runs it on its torch backend, so it needs no TensorFlow).
+
+All three forms start from Keras's initialisation (glorot-uniform input and output weights,
+orthogonal recurrent weights, zero biases) so accuracy compares the frameworks, not the
+initialisers. Training time is the time inside ``fit`` / the epoch loops (wall and process
+CPU time: on a shared box the CPU-time ratio is the steadier one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import _results
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.data.idx import IDXSequenceDataset
+
+DATA_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+HOW_TO_GET = ("Fashion-MNIST not found. Install the Debian package (sudo apt-get install "
+              "dataset-fashion-mnist: /usr/share/datasets/fashion-mnist), or download the four "
+              "IDX files from https://github.com/zalandoresearch/fashion-mnist and pass --data "
+              "DIR (or set RNNKIT_FASHION_MNIST).")
+HIDDEN, CLASSES, BATCH, LR, RHO, EPSILON = 16, 10, 100, 0.01, 0.9, 1e-7
+
+
+def find_data(path: str | None) -> Path | None:
+    """The folder holding the IDX files: ``--data``, ``$RNNKIT_FASHION_MNIST`` or Debian's."""
+    if path is not None:
+        candidates = [Path(path)]
+    elif os.environ.get("RNNKIT_FASHION_MNIST"):
+        candidates = [Path(os.environ["RNNKIT_FASHION_MNIST"])]
+    else:
+        candidates = list(DATA_DIRS)
+    for folder in candidates:
+        try:
+            rnnkit.data.idx.find_idx_pair(folder, "train")
+            rnnkit.data.idx.find_idx_pair(folder, "test")
+            return folder
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return None
+
+
+def keras_init(rnn_input: torch.Tensor, rnn_recurrent: torch.Tensor, biases: list[torch.Tensor],
+               head: torch.Tensor) -> None:
+    """Keras's SimpleRNN/Dense initialisers on torch-layout weights ``(out, in)``."""
+    with torch.no_grad():
+        nn.init.xavier_uniform_(rnn_input)      # glorot_uniform
+        nn.init.orthogonal_(rnn_recurrent)      # orthogonal
+        nn.init.xavier_uniform_(head)
+        for bias in biases:
+            bias.zero_()
+
+
+class RowReader(nn.Module):
+    """``rnn`` (an ``nn.RNN`` or ``rnnkit.RNN``, relu, 28 -> 16) over the rows, then a
+    linear layer on its last state: logits ``(B, 10)`` (the softmax is in the loss)."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(HIDDEN, CLASSES)
+        keras_init(rnn.weight_ih_l0, rnn.weight_hh_l0, [rnn.bias_ih_l0, rnn.bias_hh_l0,
+                                                        self.head.bias], self.head.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.rnn(x)                     # (1, B, 16)
+        return self.head(h_n[0])                 # (B, 10)
+
+
+def train_torch(model: RowReader, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
+                time_major: bool) -> None:
+    """The hand-written loop: shuffle, minibatches of 100, cross-entropy, RMSprop."""
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=LR, alpha=RHO, eps=EPSILON,
+                                    foreach=True)
+    generator = torch.Generator().manual_seed(seed)
+    steps = len(x) // BATCH
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)[: steps * BATCH]
+        xs = x[order].view(steps, BATCH, 28, 28)      # (S, B, T, F): one gather per epoch
+        if time_major:
+            xs = xs.transpose(1, 2).contiguous()      # (S, T, B, F)
+        ys = y[order].view(steps, BATCH)
+        for step in range(steps):
+            loss = nn.functional.cross_entropy(model(xs[step]), ys[step])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+@torch.no_grad()
+def accuracy(model: RowReader, x: torch.Tensor, y: torch.Tensor, time_major: bool) -> float:
+    model.eval()
+    logits = model(x.transpose(0, 1) if time_major else x)
+    model.train()
+    return float((logits.argmax(-1) == y).float().mean())
+
+
+def run_torch(kind: str, data: dict, seed: int, epochs: int) -> dict:
+    """``kind`` "pytorch" (``nn.RNN``, batch-first as users write it) or "rnnkit"
+    (``rnnkit.RNN``: its compiled Elman kernel, fed time-major)."""
+    torch.manual_seed(seed)
+    if kind == "pytorch":
+        rnn, time_major = nn.RNN(28, HIDDEN, nonlinearity="relu", batch_first=True), False
+    else:
+        rnn, time_major = rnnkit.RNN(28, HIDDEN, nonlinearity="relu"), True
+    model = RowReader(rnn)
+    warm_up = RowReader(type(rnn)(28, HIDDEN, nonlinearity="relu"))  # loads kernels, untimed
+    warm_up(torch.zeros(28, 2, 28)).sum().backward()
+    wall, cpu = time.perf_counter(), time.process_time()
+    train_torch(model, data["x"], data["y"], epochs, seed, time_major)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"accuracy": accuracy(model, data["x_test"], data["y_test"], time_major),
+            "train_s": wall, "train_cpu_s": cpu}
+
+
+def run_keras(data: dict, seed: int, epochs: int) -> dict:
+    """The seed's script in Keras 3 on its torch backend."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError:
+        raise SystemExit("fashion_mnist_keras: Keras 3 is not installed: "
+                         "pip install 'rnnkit[reproduce]'") from None
+    if keras.backend.backend() != "torch":
+        raise SystemExit(f"fashion_mnist_keras: Keras runs on {keras.backend.backend()!r}; "
+                         "set KERAS_BACKEND=torch before anything imports keras")
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((28, 28)),
+        keras.layers.SimpleRNN(HIDDEN, activation="relu"),
+        keras.layers.Dense(CLASSES),
+        keras.layers.Activation("softmax"),
+    ])
+    model.compile(loss="categorical_crossentropy",
+                  optimizer=keras.optimizers.RMSprop(learning_rate=LR, rho=RHO,
+                                                     epsilon=EPSILON),
+                  metrics=["accuracy"])
+    x, x_test = data["x"].numpy(), data["x_test"].numpy()
+    y = keras.utils.to_categorical(data["y"].numpy(), CLASSES)
+    y_test = keras.utils.to_categorical(data["y_test"].numpy(), CLASSES)
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    _, test_accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    return {"accuracy": float(test_accuracy), "train_s": wall, "train_cpu_s": cpu,
+            "keras": keras.__version__}
+
+
+def load(folder: Path, train_size: int | None, test_size: int | None) -> dict:
+    train = IDXSequenceDataset.from_dir(folder, "train")     # pixels / 255, (N, 28, 28)
+    test = IDXSequenceDataset.from_dir(folder, "test")
+    return {"x": train.x[:train_size].contiguous(), "y": train.y[:train_size].contiguous(),
+            "x_test": test.x[:test_size].contiguous(), "y_test": test.y[:test_size].contiguous()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--forms", nargs="+", default=["keras", "pytorch", "rnnkit"],
+                        choices=["keras", "pytorch", "rnnkit"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for all three forms (1 on a busy shared box)")
+    _results.add_arguments(parser)
+    args = parser.parse_args(argv)
+    folder = find_data(args.data)
+    if folder is None:
+        print(HOW_TO_GET, file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    train_size = test_size = None
+    if args.tiny:   # 2,000 training images, 1 epoch, 1 seed: seconds
+        train_size, test_size, args.epochs, args.seeds = 2000, 1000, 1, args.seeds[:1]
+    data = load(folder, train_size, test_size)
+    started = time.perf_counter()
+    runs: dict[str, list[dict]] = {form: [] for form in args.forms}
+    for seed in args.seeds:          # the forms alternate, so a change of load hits them all
+        for form in args.forms:
+            result = (run_keras(data, seed, args.epochs) if form == "keras"
+                      else run_torch(form, data, seed, args.epochs))
+            result["seed"] = seed
+            runs[form].append(result)
+            print(f"seed {seed} {form:8s} test accuracy {result['accuracy']:.4f}, "
+                  f"{result['train_s'] / args.epochs:.2f} s/epoch wall, "
+                  f"{result['train_cpu_s'] / args.epochs:.2f} s/epoch CPU", flush=True)
+    summary = {}
+    for form, results in runs.items():
+        summary[form] = {
+            "accuracy_mean": statistics.fmean(r["accuracy"] for r in results),
+            "s_per_epoch": statistics.fmean(r["train_s"] for r in results) / args.epochs,
+            "cpu_s_per_epoch": statistics.fmean(r["train_cpu_s"] for r in results) / args.epochs,
+            "runs": results,
+        }
+    for form, s in summary.items():
+        print(f"{form:8s} mean test accuracy {s['accuracy_mean']:.4f}, "
+              f"{s['s_per_epoch']:.2f} s/epoch wall, {s['cpu_s_per_epoch']:.2f} s/epoch CPU")
+    details: dict = {"forms": summary, "epochs": args.epochs, "threads": args.threads,
+                     "train_images": len(data["x"]), "test_images": len(data["x_test"])}
+    ours, met = "not run", None
+    if "rnnkit" in summary:
+        mine = summary["rnnkit"]
+        ours = f"{100 * mine['accuracy_mean']:.2f}%"
+        checks = []
+        for peer in ("keras", "pytorch"):
+            if peer in summary:
+                details[f"speedup_vs_{peer}_wall"] = summary[peer]["s_per_epoch"] / mine[
+                    "s_per_epoch"]
+                details[f"speedup_vs_{peer}_cpu"] = summary[peer]["cpu_s_per_epoch"] / mine[
+                    "cpu_s_per_epoch"]
+                ours += (f", {details[f'speedup_vs_{peer}_cpu']:.1f}x {peer} "
+                         f"({details[f'speedup_vs_{peer}_wall']:.1f}x wall)")
+        if "keras" in summary:
+            gap = 100 * abs(mine["accuracy_mean"] - summary["keras"]["accuracy_mean"])
+            details["accuracy_gap_points_vs_keras"] = gap
+            ours += f", Keras {100 * summary['keras']['accuracy_mean']:.2f}%"
+            checks += [gap <= 1.0, details["speedup_vs_keras_cpu"] >= 20]
+        if "pytorch" in summary:
+            ours += f", PyTorch {100 * summary['pytorch']['accuracy_mean']:.2f}%"
+            checks.append(details["speedup_vs_pytorch_cpu"] >= 3)
+        met = all(checks) if len(checks) == 3 and not args.tiny else None
+        for key in ("speedup_vs_keras_cpu", "speedup_vs_pytorch_cpu"):
+            if key in details:
+                print(f"rnnkit {key.replace('_', ' ')}: {details[key]:.1f}x")
+    if args.results:
+        keras_version = next((r.get("keras") for r in runs.get("keras", [])), None)
+        _results.write_results(
+            args.results, row=2, task="Fashion-MNIST, rows as steps (the seed's Keras model)",
+            metric="test accuracy (mean of seeds); training speed-up (CPU time)",
+            ours=ours,
+            anchor=f"the same script in Keras {keras_version or '3'} (torch backend) and plain "
+                   "PyTorch (nn.RNN + Linear), same machine, same run",
+            target="accuracy within 1 point of Keras; >= 20x faster than Keras, >= 3x than "
+                   "plain PyTorch",
+            met=met,
+            settings=(f"SimpleRNN(16, relu) + Dense(10), RMSprop lr 0.01 rho 0.9 eps 1e-7, batch "
+                      f"100, {args.epochs} epochs, {len(data['x'])} training images, "
+                      f"{args.threads} thread(s)" + (" (tiny)" if args.tiny else "")),
+            seeds=list(args.seeds), wall_s=round(time.perf_counter() - started, 1),
+            details=details)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
