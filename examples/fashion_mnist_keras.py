@@ -27,6 +27,7 @@ CPU time: on a shared box the CPU-time ratio is the steadier one).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -142,11 +143,8 @@ def run_torch(kind: str, data: dict, seed: int, epochs: int) -> dict:
 def run_keras(data: dict, seed: int, epochs: int) -> dict:
     """The seed's script in Keras 3 on its torch backend."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    try:
-        import keras
-    except ImportError:
-        raise SystemExit("fashion_mnist_keras: Keras 3 is not installed: "
-                         "pip install 'rnnkit[reproduce]'") from None
+    import keras
+
     if keras.backend.backend() != "torch":
         raise SystemExit(f"fashion_mnist_keras: Keras runs on {keras.backend.backend()!r}; "
                          "set KERAS_BACKEND=torch before anything imports keras")
@@ -193,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = find_data(args.data)
     if folder is None:
         print(HOW_TO_GET, file=sys.stderr)
+        return 2
+    if "keras" in args.forms and importlib.util.find_spec("keras") is None:
+        print("fashion_mnist_keras: Keras 3 is not installed: pip install 'rnnkit[reproduce]' "
+              "(or leave it out: --forms pytorch rnnkit)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     train_size = test_size = None
