@@ -38,6 +38,7 @@ are appended to the report.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,14 @@ from benchmarks import harness
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+#: GEMM columns per kind, in multiples of H: (input projection, recurrent projection). The
+#: cells of issue 15 (rows 10-16) are named as in rnnkit.cells; "TwoGate" is
+#: benchmarks/user_cell.py; GroupedLSTM is groups=2 (block-diagonal: 4H/2 columns of H/2).
+PROJECTIONS = {
+    "LSTM": (4, 4), "GRU": (3, 3), "RNN": (1, 1),
+    "UGRNN": (2, 2), "IndRNN": (1, 0), "GroupedLSTM": (2, 2), "NAS": (8, 8),
+    "MinGRU": (2, 0), "MinLSTM": (3, 0), "TwoGate": (2, 2),
+}
 LENGTH_POOL = 8  # distinct length draws cycled through by every configuration of a row
 
 
@@ -107,11 +116,13 @@ class Setup:
             return float(self.workload.batch * self.workload.steps)
         return sum(float(n.sum()) for n in self.lengths) / len(self.lengths)
 
-    def flops(self) -> float:
-        """Matrix-product FLOPs of one call (training: forward + backward = 3x forward)."""
+    def flops(self, kind: str | None = None) -> float:
+        """Matrix-product FLOPs of one call of ``kind`` (default the row's) on this workload
+        (training: forward + backward = 3x forward)."""
         w = self.workload
-        gates = GATES[w.kind] * w.hidden
-        forward = 2.0 * self.useful_steps() * (w.input_size * gates + w.hidden * gates)
+        into_input, into_hidden = PROJECTIONS[kind or w.kind]
+        forward = 2.0 * self.useful_steps() * w.hidden * (
+            w.input_size * into_input + w.hidden * into_hidden)
         return 3.0 * forward if w.training else forward
 
 
@@ -120,11 +131,16 @@ Builder = Callable[[Setup], tuple[Callable[[], object], nn.Module | None]]
 
 @dataclass(frozen=True)
 class Config:
-    """A way to run a row's workload: ``build(setup)`` returns (step, module or None)."""
+    """A way to run a row's workload: ``build(setup)`` returns (step, module or None).
+
+    ``kind`` names what it computes (a key of ``PROJECTIONS``) when that differs from the
+    row's workload, e.g. the ``nn.LSTM`` baseline of a UGRNN row: its efficiency is then
+    counted with its own GEMM FLOPs."""
 
     label: str
     build: Builder
     precision: str = "fp32"
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,8 @@ class Row:
     workload: Workload
     candidate: Config
     baselines: tuple[tuple[Config, Target], ...]
+    #: time every configuration alone and beside a CPU-bound neighbour process (row 16)
+    neighbour: bool = False
 
 
 # ----------------------------------------------------------------------------- steps
@@ -249,7 +267,104 @@ def _rnnkit(kind: str, precision: str = "fp32", **options: object) -> Config:
 
 
 def _torch(kind: str) -> Config:
-    return Config(f"torch.nn.{kind}", torch_module(kind))
+    return Config(f"torch.nn.{kind}", torch_module(kind), kind=kind)
+
+
+def rnnkit_recurrence(make_cell: Callable[[int, int], nn.Module], engine: str = "auto",
+                      go_backwards: bool = False) -> Builder:
+    """``rnnkit.Recurrence(make_cell(H_in, H))``: a cell through the generic driver."""
+    def build(setup: Setup):
+        import rnnkit
+
+        w = setup.workload
+        torch.manual_seed(0)
+        module = rnnkit.Recurrence(make_cell(w.input_size, w.hidden), engine=engine,
+                                   go_backwards=go_backwards)
+
+        def call(x: torch.Tensor, k: int) -> torch.Tensor:
+            return module(x, lengths=_lengths(setup, k))[0]
+
+        return _step(module, setup, call), module
+
+    return build
+
+
+def _cell(name: str, **options: object) -> Callable[[int, int], nn.Module]:
+    def make(input_size: int, hidden: int) -> nn.Module:
+        if name == "TwoGateCell":
+            from benchmarks.user_cell import TwoGateCell
+
+            return TwoGateCell(input_size, hidden)
+        import rnnkit.cells
+
+        return getattr(rnnkit.cells, name)(input_size, hidden, **options)
+
+    return make
+
+
+def _recurrence(cell: str, engine: str = "auto", **options: object) -> Config:
+    extra = "".join(f", {k}={v!r}" for k, v in options.items())
+    forced = f", engine={engine!r}" if engine != "auto" else ""
+    return Config(f"Recurrence({cell}({extra.lstrip(', ')}){forced})",
+                  rnnkit_recurrence(_cell(cell, **options), engine))
+
+
+#: Issue 15's cells (rows 10-15): row id, title, the kind (PROJECTIONS), the cell's class
+#: name and options, the target as a ratio to nn.LSTM (None: report only).
+CELL_ROWS = (
+    ("10", "UGRNN", "UGRNN", "UGRNNCell", {}, 0.7),
+    ("11", "IndRNN", "IndRNN", "IndRNNCell", {}, 0.5),
+    ("12", "GroupedLSTM(groups=2)", "GroupedLSTM", "GroupedLSTMCell", {"groups": 2}, 0.9),
+    ("13", "NAS", "NAS", "NASCell", {}, 2.2),
+    ("14a", "MinGRU", "MinGRU", "MinGRUCell", {}, 0.3),
+    ("14b", "MinLSTM", "MinLSTM", "MinLSTMCell", {}, 0.3),
+    ("15", "user-written cell, two LSTM-like gates (benchmarks/user_cell.py)", "TwoGate",
+     "TwoGateCell", {}, 1.0),
+)
+CELL_SHAPE = (32, 256, 128)  # B, H (= H_in), T: issue 15's training step
+
+
+def _cell_rows() -> tuple[Row, ...]:
+    batch, hidden, steps = CELL_SHAPE
+    rows = []
+    for row_id, title, kind, cell, options, limit in CELL_ROWS:
+        baselines: list[tuple[Config, Target]] = [
+            (_torch("LSTM"), Target(limit, f"<= {limit}x nn.LSTM"))]
+        # the eager loop of the same cell, interleaved: what the new path gains over it (the
+        # issue's second target for the user-written cell: >= 2x faster than its own loop)
+        baselines.append((replace(_recurrence(cell, engine="loop", **options), kind=kind),
+                          Target(0.5, ">= 2x faster than its loop") if row_id == "15"
+                          else REPORT))
+        rows.append(Row(row_id, f"{title} training", Workload(kind, batch, hidden, steps, True),
+                        replace(_recurrence(cell, **options), kind=kind), tuple(baselines)))
+    return tuple(rows)
+
+
+#: Row 16: each compiled kernel's training step beside a CPU-bound neighbour process
+#: (issue 15, "steady under load"): slowdown (with / without the neighbour) next to
+#: nn.LSTM's, both interleaved in the same run.
+LOAD_ROWS = (
+    ("16a", "LSTM", "LSTMCell", {}),
+    ("16b", "LayerNorm-LSTM", "LSTMCell", {"layer_norm": True}),
+    ("16c", "GRU", "GRUCell", {}),
+    ("16d", "Elman tanh", "ElmanCell", {}),
+    ("16e", "UGRNN", "UGRNNCell", {}),
+    ("16f", "IndRNN", "IndRNNCell", {}),
+    ("16g", "GroupedLSTM(groups=2)", "GroupedLSTMCell", {"groups": 2}),
+    ("16h", "NAS", "NASCell", {}),
+)
+LOAD_KINDS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "ElmanCell": "RNN", "UGRNNCell": "UGRNN",
+              "IndRNNCell": "IndRNN", "GroupedLSTMCell": "GroupedLSTM", "NASCell": "NAS"}
+
+
+def _load_rows() -> tuple[Row, ...]:
+    batch, hidden, steps = CELL_SHAPE
+    return tuple(
+        Row(row_id, f"{title} training beside a CPU-bound neighbour",
+            Workload(LOAD_KINDS[cell], batch, hidden, steps, True),
+            replace(_recurrence(cell, **options), kind=LOAD_KINDS[cell]),
+            ((_torch("LSTM"), REPORT),), neighbour=True)
+        for row_id, title, cell, options in LOAD_ROWS)
 
 
 ROWS: tuple[Row, ...] = (
@@ -283,7 +398,7 @@ ROWS: tuple[Row, ...] = (
     Row("9b", "GRU inference, bf16", Workload("GRU", 64, 1024, 64, False),
         _rnnkit("GRU", precision="bf16"),
         ((Config("torch.nn.LSTM (float32)", torch_module("LSTM")), Target(0.5, ">= 2x faster")),)),
-)
+) + _cell_rows() + _load_rows()
 
 SIZES = {
     "full": lambda w: w,
@@ -317,6 +432,10 @@ def _path_of(module: nn.Module | None, setup: Setup, precision: str) -> str:
         text = rnnkit.engine.explain(module, setup.inputs, _lengths(setup, 0))
     lines = text.splitlines()[2:]
     head = lines[0].removeprefix("path: ") if lines else ""
+    if head.strip().startswith("forward: ") and "-> " in head:  # a driver (Recurrence): one
+        # cell, "forward: Cell -> path (why)"; the path's name and, on the loop, why
+        path = head.split("-> ", 1)[1].split(";")[0]
+        return path + ")" * (path.count("(") - path.count(")"))
     if head.startswith("fused"):
         why = next((ln.strip() for ln in lines if ln.strip().startswith("why:")), "")
         return "fused: " + why.split("; ", 1)[-1]
@@ -351,6 +470,21 @@ def profile_config(config: Config, setup: Setup, steps: int = 2, rows: int = 12)
     return f"{config.label}, {steps} steps:\n{table}"
 
 
+class Neighbour:
+    """A CPU-bound process beside the benchmark (a pure-Python busy loop, one thread), for the
+    "steady under load" rows: ``with Neighbour(): ...``. It inherits this process's niceness."""
+
+    def __enter__(self) -> Neighbour:
+        import subprocess
+
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
             profile_unmet: bool = False) -> dict[str, object]:
     workload = SIZES[size](row.workload)
@@ -358,7 +492,8 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
     w = workload
     # the fastest GEMM found: every variant, on the row's own (T*B, H_in+H, G*H) product and
     # on a square product with the row's FLOP count; the fastest by GFLOP/s is interleaved
-    row_shape = (w.batch * w.steps, w.input_size + w.hidden, GATES[w.kind] * w.hidden)
+    # (the cells of issue 15 use the LSTM's product: they are compared with nn.LSTM)
+    row_shape = (w.batch * w.steps, w.input_size + w.hidden, GATES.get(w.kind, 4) * w.hidden)
     gemm_name, gemm_shape, gemm_step, _ = harness.fastest_gemm_over(
         [row_shape, harness.cube_with_flops(setup.flops())], reps=3 if reps > 3 else 1)
     configs = [row.candidate] + [config for config, _ in row.baselines]
@@ -368,20 +503,35 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
     steps["gemm"] = gemm_step
     log(f"row {row.id}: {row.title} ({workload.describe()}), {reps} reps ...")
     timings = harness.interleave(steps, reps=reps, warmup=warmup)
+    loaded = None
+    if row.neighbour:
+        log(f"row {row.id}: again beside a CPU-bound neighbour process ...")
+        with Neighbour():
+            loaded = harness.interleave(steps, reps=reps, warmup=warmup)
     gemm_seconds = timings["gemm"].median
-    gemm_scale = setup.flops() / harness.gemm_flops(*gemm_shape)
-    equivalent = gemm_seconds * gemm_scale  # one GEMM with the row's FLOP count
+
+    def equivalent(config: Config) -> float:
+        """Seconds one GEMM with the configuration's FLOP count takes."""
+        return gemm_seconds * setup.flops(config.kind) / harness.gemm_flops(*gemm_shape)
 
     def summary(config: Config) -> dict[str, object]:
         t = timings[config.label]
-        return {
+        result = {
             "label": config.label,
             "median_s": t.median,
             "seconds": t.seconds,
             "error": t.error,
-            "efficiency": equivalent / t.median if t.seconds else None,
+            "flops": setup.flops(config.kind),
+            "efficiency": equivalent(config) / t.median if t.seconds else None,
             "path": _path_of(modules[config.label], setup, config.precision),
         }
+        if loaded is not None:
+            busy = loaded[config.label]
+            result.update(loaded_s=busy.median, loaded_seconds=busy.seconds,
+                          loaded_error=busy.error,
+                          slowdown=busy.median / t.median if t.seconds and busy.seconds
+                          else float("nan"))
+        return result
 
     result: dict[str, object] = {
         "id": row.id,
@@ -390,10 +540,11 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
         "flops": setup.flops(),
         "gemm": {"variant": gemm_name, "shape": gemm_shape, "median_s": gemm_seconds,
                  "gflops": harness.gemm_flops(*gemm_shape) / gemm_seconds / 1e9,
-                 "equivalent_s": equivalent},
+                 "equivalent_s": equivalent(row.candidate)},
         "candidate": summary(row.candidate),
         "baselines": [],
         "notes": [],
+        "neighbour": row.neighbour,
     }
     cand = timings[row.candidate.label].median
     for config, target in row.baselines:
@@ -401,6 +552,9 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
         ratio = cand / base["median_s"] if base["seconds"] else float("nan")
         base.update(ratio=ratio, target=target.text, met=target.met(ratio))
         result["baselines"].append(base)
+        if (config.kind or w.kind) != (row.candidate.kind or w.kind) and not row.neighbour:
+            share = setup.flops(row.candidate.kind) / setup.flops(config.kind)
+            result["notes"].append(f"GEMM FLOPs {share:.3g}x {config.label}'s")
     if row.candidate.precision == "bf16":
         result["notes"].append(bf16_error(row, setup))
     unmet = [b for b in result["baselines"] if b["met"] is False]
@@ -411,6 +565,54 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
         baseline = next(c for c, _ in row.baselines if c.label == worst["label"])
         result["profile_baseline"] = profile_config(baseline, setup)
     return result
+
+
+def _dates_note(results: list[dict[str, object]]) -> list[str]:
+    """A header line when rows come from runs on several dates or machine states
+    (``--merge``, ``--note``)."""
+    runs: dict[tuple[str, str, object], list[str]] = {}
+    for r in results:
+        key = (str(r.get("date", "?")), str(r.get("machine_note", "")), r.get("reps"))
+        runs.setdefault(key, []).append(str(r["id"]))
+    if len(runs) <= 1 and not any(note for _, note, _ in runs):
+        return []
+    parts = []
+    for (date, note, reps), ids in runs.items():
+        reps_text = f", {reps} reps" if reps else ""
+        parts.append(f"rows {', '.join(ids)}: {date}{reps_text}" + (f" ({note})" if note else ""))
+    return ["- rows by run: " + "; ".join(parts)]
+
+
+def _load_table(results: list[dict[str, object]]) -> list[str]:
+    """Row 16's own table: each configuration alone and beside the neighbour process."""
+    rows = [r for r in results if r.get("neighbour") and not r.get("crashed")]
+    if not rows:
+        return []
+    lines = [
+        "## Steady under load (row 16)", "",
+        "Each training step timed alone (interleaved with nn.LSTM), then again with a "
+        "CPU-bound neighbour process (a one-thread Python busy loop) running beside the "
+        "benchmark; slowdown = with / without the neighbour. \"alone\" means without *our* "
+        "neighbour: the machine may carry other load (see the header).", "",
+        "| # | workload | rnnkit (path) | alone ms | beside neighbour ms | slowdown "
+        "| nn.LSTM alone ms | nn.LSTM beside ms | nn.LSTM slowdown | ratio to nn.LSTM "
+        "alone / beside |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        cand, base = r["candidate"], r["baselines"][0]
+        path = f"{cand['label']} ({cand['path']})" if cand["path"] else cand["label"]
+        ratio_busy = (cand["loaded_s"] / base["loaded_s"]
+                      if cand.get("loaded_s") and base.get("loaded_s") else float("nan"))
+        lines.append("| " + " | ".join(harness.markdown_cell(c) for c in (
+            r["id"], f"{r['title']}, {r['workload']}", path,
+            harness.fmt_ms(cand["median_s"]), harness.fmt_ms(cand.get("loaded_s", float("nan"))),
+            f"{cand.get('slowdown', float('nan')):.2f}",
+            harness.fmt_ms(base["median_s"]), harness.fmt_ms(base.get("loaded_s", float("nan"))),
+            f"{base.get('slowdown', float('nan')):.2f}",
+            f"{base['ratio']:.2f} / {ratio_busy:.2f}",
+        )) + " |")
+    return lines + [""]
 
 
 def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: str,
@@ -428,12 +630,15 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
         "addmm / F.linear on the row's own product and on a square one, timed in the same "
         "interleaving) / the configuration's time",
         "- produced by `python -m benchmarks.run`; raw timings in benchmarks.json",
+        *_dates_note(results),
         "",
         "| # | workload | rnnkit (path) | baseline | rnnkit ms | baseline ms | ratio | target "
         "| met | efficiency rnnkit / baseline | notes |",
         "|---|---|---|---|---:|---:|---:|---|---|---|---|",
     ]
     for r in results:
+        if r.get("neighbour") and not r.get("crashed"):
+            continue  # their own table below
         if r.get("crashed"):
             lines.append(f"| {r['id']} | {r['title']}, {r['workload']} | - | - | - | - | - | - "
                          f"| **no** | - | {harness.markdown_cell(r['crashed'])} |")
@@ -458,6 +663,7 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
     lines += ["", "GEMM reference per row: " + "; ".join(
         f"{r['id']}: {r['gemm']['variant']} {tuple(r['gemm']['shape'])} "
         f"{r['gemm']['gflops']:.1f} GFLOP/s" for r in results if "gemm" in r), ""]
+    lines += _load_table(results)
     profiled = [r for r in results if r.get("profile")]
     if profiled:
         lines += ["## Profiles of the rows whose target was not met", "",
@@ -505,14 +711,33 @@ def run_row_isolated(row: Row, size: str, reps: int, warmup: int, threads: int,
             "crashed": f"benchmark process {why}"}
 
 
+def merge_results(old: dict[str, object], fresh: list[dict[str, object]]
+                  ) -> list[dict[str, object]]:
+    """The rows of an earlier report (its JSON) that ``fresh`` does not re-run, plus
+    ``fresh``, in the order of ``ROWS``; old rows keep their own date."""
+    rerun = {r["id"] for r in fresh}
+    kept = []
+    for row in old.get("rows", []):
+        if row.get("id") in rerun:
+            continue
+        row = dict(row)
+        row.setdefault("date", old.get("environment", {}).get("date", "?"))
+        row.setdefault("reps", old.get("reps"))
+        kept.append(row)
+    order = {row.id: index for index, row in enumerate(ROWS)}
+    return sorted(kept + fresh, key=lambda r: order.get(r["id"], len(order)))
+
+
 def select_rows(spec: str | None) -> list[Row]:
     """Rows named in ``spec`` ("1,3,9" — "9" selects 9a and 9b); all when None."""
     if not spec:
         return list(ROWS)
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    chosen = [row for row in ROWS if any(row.id == w or row.id.rstrip("abc") == w
-                                         for w in wanted)]
-    unknown = [w for w in wanted if not any(r.id == w or r.id.rstrip("abc") == w for r in ROWS)]
+    def matches(row: Row, wanted_id: str) -> bool:
+        return row.id == wanted_id or row.id.rstrip("abcdefghijklmnopqrstuvwxyz") == wanted_id
+
+    chosen = [row for row in ROWS if any(matches(row, w) for w in wanted)]
+    unknown = [w for w in wanted if not any(matches(r, w) for r in ROWS)]
     if unknown:
         raise SystemExit(f"unknown row(s) {', '.join(unknown)}; rows are "
                          f"{', '.join(r.id for r in ROWS)}")
@@ -535,6 +760,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Markdown report (JSON beside it); default {DEFAULT_OUT} for "
                              f"full runs")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of the existing report (the JSON beside --out) that "
+                             "this run does not re-run; each row keeps its date and load note")
+    parser.add_argument("--note", default="",
+                        help="a note on the machine's state for this run's rows (e.g. 'box "
+                             "shared with other jobs, run under nice -n 10')")
     parser.add_argument("--profile", choices=("auto", "yes", "no"), default="auto",
                         help="profile rows whose target is not met (auto: on full runs)")
     parser.add_argument("--no-isolate", action="store_true",
@@ -567,9 +798,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results.append(run_row_isolated(row, size, reps, args.warmup, args.threads,
                                             profile))
+    for result in results:
+        result["date"] = env["date"]
+        result["reps"] = reps
+        if args.note:
+            result["machine_note"] = args.note
+    out = args.out if args.out is not None else (DEFAULT_OUT if size == "full" else None)
+    if args.merge and out is not None and out.with_suffix(".json").exists():
+        results = merge_results(json.loads(out.with_suffix(".json").read_text()), results)
     text = to_markdown(results, env, size, reps)
     print(text)
-    out = args.out if args.out is not None else (DEFAULT_OUT if size == "full" else None)
     if out is not None and not args.no_write:
         harness.write_atomic(out, text)
         harness.write_atomic(out.with_suffix(".json"), harness.dumps(

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from rnnkit.cells._compiled import CompiledAdapter
 from rnnkit.cells.base import State
-from rnnkit.engine.compiled import _build
+from rnnkit.engine.compiled import _build, _cells
 from rnnkit.engine.compiled._differentiable import _is_wrapped
 from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall
 
@@ -70,7 +70,7 @@ def _adapter_class(cell: nn.Module) -> tuple[type | None, type[CompiledAdapter] 
         adapter = klass.__dict__.get("compiled_adapter")
         if adapter is not None:
             return klass, adapter
-    return None, None
+    return _cells.adapter_class(cell)  # the exotic cells' own kernels (IndRNN, GLSTM, NAS)
 
 
 def _covered() -> str:
@@ -81,6 +81,7 @@ def _covered() -> str:
         value = getattr(cells, name)
         if isinstance(value, type) and value.__dict__.get("compiled_adapter") is not None:
             names.add(name)
+    names.update(klass.__name__ for klass in _cells.cell_classes())
     return ", ".join(sorted(names))
 
 
@@ -300,7 +301,10 @@ def run_recurrence(
         state = cell.initial_state(B, device=inputs.device, dtype=inputs.dtype)
     reverse = bool(reverse)
     lengths_arg = _empty(inputs).long() if lengths is None else lengths
-    return _run_adapter(ext, _adapter_class(cell)[1](cell), inputs, state, lengths_arg, reverse)
+    adapter = _adapter_class(cell)[1](cell)
+    if isinstance(adapter, _cells.OwnKernelAdapter):  # a kernel of its own, not the template
+        return adapter.run(ext, inputs, state, lengths_arg, reverse, _state_tensor)
+    return _run_adapter(ext, adapter, inputs, state, lengths_arg, reverse)
 
 
 def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: Tensor,
