@@ -567,6 +567,25 @@ def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
     return result
 
 
+def _cells_note(results: list[dict[str, object]]) -> list[str]:
+    """What rows 10-15 (issue 15's cells) measure, under the main table."""
+    ids = {r["id"] for r in results}
+    if not ids & {row_id for row_id, *_ in CELL_ROWS}:
+        return []
+    return [
+        "Rows 10-15 (issue 15): each cell through `rnnkit.Recurrence` (the generic driver, "
+        "`engine='auto'`, the path in brackets), training step (forward + `sum().backward()`) "
+        "at B=32, H_in=H=256, T=128, against `nn.LSTM` of the same shape and against the same "
+        "cell on the eager loop (`engine='loop'`), all interleaved in one process. Each "
+        "configuration's efficiency counts its own GEMM FLOPs (the notes give them as a "
+        "fraction of nn.LSTM's): UGRNN 1/2, IndRNN 1/4 (input projection only), "
+        "GroupedLSTM(groups=2) 1/2 (block-diagonal input and recurrent weights; issue 15's "
+        "table says 3/4), NAS 2, MinGRU 1/4, MinLSTM 3/8, the user-written cell "
+        "(`benchmarks/user_cell.py`: forget gate and candidate, h = tanh(c)) 1/2.",
+        "",
+    ]
+
+
 def _dates_note(results: list[dict[str, object]]) -> list[str]:
     """A header line when rows come from runs on several dates or machine states
     (``--merge``, ``--note``)."""
@@ -663,6 +682,7 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
     lines += ["", "GEMM reference per row: " + "; ".join(
         f"{r['id']}: {r['gemm']['variant']} {tuple(r['gemm']['shape'])} "
         f"{r['gemm']['gflops']:.1f} GFLOP/s" for r in results if "gemm" in r), ""]
+    lines += _cells_note(results)
     lines += _load_table(results)
     profiled = [r for r in results if r.get("profile")]
     if profiled:
