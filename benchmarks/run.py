@@ -578,7 +578,8 @@ def _cells_note(results: list[dict[str, object]]) -> list[str]:
         "at B=32, H_in=H=256, T=128, against `nn.LSTM` of the same shape and against the same "
         "cell on the eager loop (`engine='loop'`), all interleaved in one process. Each "
         "configuration's efficiency counts its own GEMM FLOPs (the notes give them as a "
-        "fraction of nn.LSTM's): UGRNN 1/2, IndRNN 1/4 (input projection only), "
+        "fraction of nn.LSTM's): UGRNN 1/2, IndRNN 1/8 (input projection only; issue 15's table "
+        "says 1/4), "
         "GroupedLSTM(groups=2) 1/2 (block-diagonal input and recurrent weights; issue 15's "
         "table says 3/4), NAS 2, MinGRU 1/4, MinLSTM 3/8, the user-written cell "
         "(`benchmarks/user_cell.py`: forget gate and candidate, h = tanh(c)) 1/2.",
