@@ -139,11 +139,11 @@ def tile_batch(state: Any, multiplier: int) -> Any:
 
 
 def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
-    """GNMT's ``((5 + lengths) / 6) ** alpha`` (1 where ``alpha == 0``), as TensorFlow 1's
-    ``_length_penalty``; scores are ``log P / length_penalty``."""
+    """GNMT's ``((5 + lengths) / 6) ** alpha`` (1 where ``alpha == 0``) in float64, as
+    TensorFlow 1's ``_length_penalty``; scores are ``log P / length_penalty``."""
     if alpha == 0:
-        return torch.ones_like(lengths, dtype=torch.get_default_dtype())
-    return ((5.0 + lengths.to(torch.get_default_dtype())) / 6.0) ** alpha
+        return torch.ones_like(lengths, dtype=torch.float64)
+    return ((5.0 + lengths.to(torch.float64)) / 6.0) ** alpha
 
 
 def coverage_penalty(accumulated_attention: Tensor) -> Tensor:
@@ -206,6 +206,16 @@ class _StepChecker:
                                      f"vocabulary of {self.vocab} tokens (log_probs width)")
         if torch.isnan(log_probs).any():
             raise ValueError(f"{owner}: step_fn returned NaN log-probabilities at step {step}")
+        log_probs = log_probs.detach().to(torch.promote_types(log_probs.dtype, torch.float32))
+        # logits instead of log-probabilities would rank and score silently wrong
+        total = log_probs.logsumexp(dim=1)  # (N,)
+        tolerance = 5e-2 if out[0].element_size() < 4 else 1e-2
+        off = (total.abs() > tolerance) | ~torch.isfinite(total)
+        if off.any():
+            row = int(off.nonzero()[0, 0])
+            raise ValueError(f"{owner}: step_fn must return log-probabilities (log_softmax of "
+                             f"the logits): row {row} at step {step} has logsumexp "
+                             f"{float(total[row]):.4g}, not 0")
         if attention is not None:
             expected = f"({rows}, {self.source if self.source is not None else 'S'})"
             if not isinstance(attention, Tensor):
@@ -259,7 +269,6 @@ def _token_by_token(step_fn: StepFunction, state: Any, *, batch_size: int, bos_i
         if step > 0 and bool(finished.all()):
             break
         log_probs, state, attention = call(tokens, state, step)  # (B, V), ..., (B, S)
-        log_probs = log_probs.detach()
         picked = choose(log_probs)  # (B,)
         picked = torch.where(finished, torch.full_like(picked, eos_id), picked)
         gained = log_probs.gather(1, picked.unsqueeze(1)).squeeze(1)  # (B,)
@@ -470,7 +479,7 @@ def _beam_search_tiled(step_fn: StepFunction, state: Any, *, batch_size: int, bo
     N = B * K
     call = _StepChecker(step_fn, N, bos_id, eos_id, owner, names[:2])
     tokens = torch.full((N,), bos_id, dtype=torch.long, device=device)  # (N,)
-    dtype = torch.get_default_dtype()
+    dtype = torch.float32
     # beams 1.. start impossible, so the first step expands one copy of each source (as TF1)
     log_prob = torch.full((B, K), -math.inf, dtype=dtype, device=device)  # (B, K)
     log_prob[:, 0] = 0.0
@@ -487,6 +496,8 @@ def _beam_search_tiled(step_fn: StepFunction, state: Any, *, batch_size: int, bo
         if step > 0 and bool(beam.finished.all()):
             break
         log_probs, state, attention = call(tokens, state, step)  # (N, V), ..., (N, S)
+        if step == 0:  # scores in the step's precision, at least float32
+            beam = beam._replace(log_prob=beam.log_prob.to(log_probs.dtype))
         if beta != 0 and attention is None:
             raise ValueError(f"{owner}: {names[2]}={beta} needs a step function that "
                              f"returns attention; it returned None")

@@ -512,3 +512,21 @@ def test_large_vocabularies_take_each_beams_best_first(monkeypatch):
     pruned = beam_search(decoder, state, **kwargs)
     assert torch.equal(full.tokens, pruned.tokens)
     torch.testing.assert_close(full.scores, pruned.scores)
+
+
+@pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64),
+                                             (torch.bfloat16, torch.float32)])
+def test_scores_keep_the_steps_precision_at_least_float32(dtype, expected):
+    _, table = markov_chain(4, seed=5)
+
+    def step(tokens, state):
+        return table.to(dtype)[tokens], state, None
+
+    kwargs = dict(batch_size=2, bos_id=BOS, eos_id=EOS, max_length=3)
+    beam = beam_search(step, None, beam_width=40, n_best=40, length_penalty=0.6, **kwargs)
+    greedy = greedy_decode(step, None, **kwargs)
+    assert beam.scores.dtype == expected and greedy.scores.dtype == expected
+    if dtype == torch.float64:
+        found = brute_force(step, None, max_length=3, alpha=0.6)
+        for sequence, score in hypotheses_of(beam, 0):
+            assert score == pytest.approx(found[sequence][0], abs=1e-12)

@@ -181,3 +181,13 @@ def test_sampling_arguments():
                     generator=torch.Generator(), seed=1, **kwargs)
     raises_one_line(TypeError, r"generator must be a torch.Generator", sample_decode, chain,
                     None, generator=3, **kwargs)
+
+
+@pytest.mark.parametrize("method", DECODERS)
+def test_logits_instead_of_log_probabilities(method):
+    def logits(tokens, state):
+        return TABLE[tokens] + 2.0, state, None
+
+    raises_one_line(ValueError, r"step_fn must return log-probabilities \(log_softmax of the "
+                    r"logits\): row 0 at step 0 has logsumexp 2, not 0", DECODERS[method],
+                    logits, None, batch_size=2, bos_id=BOS, eos_id=EOS, max_length=3)

@@ -116,7 +116,7 @@ def test_length_penalty_is_gnmt():
     for alpha in (0.2, 0.6, 1.0):
         expected = [(5 + n) ** alpha / 6**alpha for n in lengths.tolist()]
         torch.testing.assert_close(length_penalty(lengths, alpha),
-                                   torch.tensor(expected, dtype=torch.float32))
+                                   torch.tensor(expected, dtype=torch.float64))
     assert length_penalty(lengths, 0.0).tolist() == [1.0] * 4
 
 
