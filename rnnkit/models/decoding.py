@@ -48,6 +48,7 @@ __all__ = [
     "StepFunction",
     "beam_search",
     "coverage_penalty",
+    "gather_tree",
     "greedy_decode",
     "length_penalty",
     "sample_decode",
@@ -372,28 +373,24 @@ def sample_decode(step_fn: StepFunction, state: Any, *, batch_size: int, bos_id:
 # --- beam search -------------------------------------------------------------------------
 
 
-#: candidates per source up to which beam search sorts them all, so that ties go to the lower
-#: beam, then the lower token; above it each beam's best are taken with ``topk`` first (its
-#: order among equal scores is unspecified) and only those are sorted.
-EXACT_TIES_UP_TO = 1 << 16
-
-
 def _select(scores: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """The ``width`` best of ``scores (B, K, V)`` per source: ``(values (B, width), flat
-    indices k * V + v (B, width))``, best first, ties to the lower flat index."""
-    batch, beams, vocab = scores.shape
-    if beams * vocab <= EXACT_TIES_UP_TO or vocab <= width:
-        values, flat = torch.sort(scores.reshape(batch, -1), dim=1, descending=True,
-                                  stable=True)
-        return values[:, :width], flat[:, :width]
-    # the best `width` never hold more than `width` candidates of one beam
-    values, tokens = scores.topk(width, dim=2)  # (B, K, width)
-    flat = tokens + torch.arange(beams, device=scores.device).view(1, beams, 1) * vocab
-    values, flat = values.reshape(batch, -1), flat.reshape(batch, -1)  # (B, K * width)
-    by_index = flat.argsort(dim=1, stable=True)
-    values, flat = values.gather(1, by_index), flat.gather(1, by_index)
-    by_score = values.argsort(dim=1, descending=True, stable=True)[:, :width]  # (B, width)
-    return values.gather(1, by_score), flat.gather(1, by_score)
+    indices k * V + v (B, width))``, best first, ties to the lower flat index (the lower
+    beam, then the lower token), as a stable sort of all ``K * V`` candidates."""
+    batch = scores.shape[0]
+    flat_scores = scores.reshape(batch, -1)  # (B, K * V)
+    if flat_scores.shape[1] > width:
+        # topk is much cheaper than sorting everything, but its order among equal scores is
+        # unspecified: use it when no tie straddles the cut, then order the survivors
+        values, flat = flat_scores.topk(width + 1, dim=1)  # (B, width + 1)
+        if not bool((values[:, width - 1] == values[:, width]).any()):
+            values, flat = values[:, :width], flat[:, :width]
+            by_index = flat.argsort(dim=1)
+            values, flat = values.gather(1, by_index), flat.gather(1, by_index)
+            by_score = values.argsort(dim=1, descending=True, stable=True)
+            return values.gather(1, by_score), flat.gather(1, by_score)
+    values, flat = torch.sort(flat_scores, dim=1, descending=True, stable=True)
+    return values[:, :width], flat[:, :width]
 
 
 class _Beam(NamedTuple):
@@ -489,8 +486,11 @@ def _beam_search_tiled(step_fn: StepFunction, state: Any, *, batch_size: int, bo
     beam = _Beam(log_prob=log_prob, finished=finished, lengths=zeros, content=zeros,
                  accumulated=None)
     scores = log_prob.clone()  # (B, K)
-    history = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, t)
-    attention_history: Tensor | None = None  # (B, K, t, S)
+    # per step: each survivor's token, the beam it extends and its attention; the sequences
+    # are read back from the last step (TF1's gather_tree) rather than copied every step
+    step_tokens: list[Tensor] = []  # (B, K) each
+    parents: list[Tensor] = []  # (B, K) each
+    step_attentions: list[Tensor] = []  # (B, K, S) each
     rows_base = (torch.arange(B, device=device) * K).view(B, 1)  # (B, 1)
     for step in range(max_length):
         if step > 0 and bool(beam.finished.all()):
@@ -505,31 +505,55 @@ def _beam_search_tiled(step_fn: StepFunction, state: Any, *, batch_size: int, bo
                             None if attention is None else attention.detach().view(B, K, -1),
                             eos_id=eos_id, alpha=alpha, beta=beta)
         beam, scores, parent = chosen.beam, chosen.scores, chosen.parent
-        history = torch.cat([history.gather(1, parent.unsqueeze(2).expand(-1, -1, step)),
-                             chosen.token.unsqueeze(2)], dim=2)  # (B, K, t + 1)
+        step_tokens.append(chosen.token)
+        parents.append(parent)
         if chosen.attention is not None:
-            S = chosen.attention.shape[2]
-            previous = (attention_history if attention_history is not None
-                        else chosen.attention.new_zeros(B, K, 0, S))
-            previous = previous.gather(1, parent.view(B, K, 1, 1).expand(-1, -1, step, S))
-            attention_history = torch.cat([previous, chosen.attention.unsqueeze(2)], dim=2)
+            step_attentions.append(chosen.attention)
         rows = (rows_base + parent).view(N)  # (N,)
         _check_rows(state, N, owner, "step_fn returned a state whose")
         state = _map_state(lambda tensor, _path, rows=rows: tensor.index_select(0, rows), state)
         tokens = chosen.token.view(N)
     # the beam is sorted best first; impossible hypotheses are reported empty
-    tokens_out = history[:, :n_best]  # (B, n_best, L)
+    tokens_out = gather_tree(torch.stack(step_tokens), torch.stack(parents))[:, :n_best]
     lengths_out = beam.lengths[:, :n_best]
     scores_out = scores[:, :n_best]
     impossible = torch.isneginf(scores_out)  # (B, n_best)
-    tokens_out = tokens_out.masked_fill(impossible.unsqueeze(2), eos_id)
+    tokens_out = tokens_out.masked_fill(impossible.unsqueeze(2), eos_id)  # (B, n_best, L)
     lengths_out = lengths_out.masked_fill(impossible, 0)
     attention_out = None
-    if attention_history is not None:
-        attention_out = attention_history[:, :n_best].masked_fill(
-            impossible.view(B, n_best, 1, 1), 0.0)
+    if step_attentions:
+        attention_out = gather_tree(torch.stack(step_attentions), torch.stack(parents))
+        attention_out = attention_out[:, :n_best].masked_fill(
+            impossible.view(B, n_best, 1, 1), 0.0)  # (B, n_best, L, S)
     return Hypotheses(tokens=tokens_out, lengths=lengths_out, scores=scores_out,
                       attention=attention_out)
+
+
+def gather_tree(values: Tensor, parents: Tensor) -> Tensor:
+    """Each final beam's sequence, read back through the parent pointers of a beam search:
+    ``values (L, B, K, ...)`` chosen at each step (tokens, attention), ``parents (L, B, K)``
+    the beam of step ``t - 1`` that beam ``k`` of step ``t`` extends; returns ``(B, K, L,
+    ...)`` (TF1's ``gather_tree`` without its length and end-token masking, which
+    :func:`beam_search` does through EOS).
+
+    Example:
+        >>> tokens = torch.tensor([[[1, 2]], [[3, 4]]])      # (L=2, B=1, K=2)
+        >>> parents = torch.tensor([[[0, 0]], [[1, 0]]])     # step 1: beam 0 extends beam 1
+        >>> gather_tree(tokens, parents).tolist()
+        [[[2, 3], [1, 4]]]
+    """
+    if values.dim() < 3 or parents.shape != values.shape[:3]:
+        raise ShapeError(f"gather_tree: values (L, B, K, ...) and parents (L, B, K) must agree, "
+                         f"got {tuple(values.shape)} and {tuple(parents.shape)}")
+    steps, batch, beams = parents.shape
+    extra = values.shape[3:]
+    beam = torch.arange(beams, device=parents.device).expand(batch, beams)  # (B, K)
+    out = []
+    for step in range(steps - 1, -1, -1):
+        index = beam.view(batch, beams, *([1] * len(extra))).expand(batch, beams, *extra)
+        out.append(values[step].gather(1, index))  # (B, K, ...)
+        beam = parents[step].gather(1, beam)
+    return torch.stack(out[::-1], dim=2)  # (B, K, L, ...)
 
 
 def _check_beam_arguments(owner: str, batch_size: Any, bos_id: Any, eos_id: Any,

@@ -500,18 +500,22 @@ def test_ties_go_to_the_lower_beam_then_the_lower_token():
     assert torch.equal(beam.tokens, greedy.tokens)
 
 
-def test_large_vocabularies_take_each_beams_best_first(monkeypatch):
-    # above EXACT_TIES_UP_TO candidates beam search prunes each beam with topk before
-    # sorting: the same hypotheses as the full sort when no scores tie
-    decoder = TinyDecoder(vocab=7, seed=12)
-    state = decoder.initial_state(2, [3, 2], seed=6)
-    kwargs = dict(batch_size=2, bos_id=BOS, eos_id=EOS, beam_width=3, max_length=5,
-                  length_penalty=0.5, coverage_penalty=0.2, n_best=3)
-    full = beam_search(decoder, state, **kwargs)
-    monkeypatch.setattr(decoding, "EXACT_TIES_UP_TO", 0)
-    pruned = beam_search(decoder, state, **kwargs)
-    assert torch.equal(full.tokens, pruned.tokens)
-    torch.testing.assert_close(full.scores, pruned.scores)
+@pytest.mark.parametrize("ties", [False, True])
+def test_selection_is_a_stable_sort_of_all_candidates(ties):
+    # beam search's pick of the best `width` candidates (topk when no tie straddles the
+    # cut, a full sort otherwise) against Python's sorted(): score descending, index ascending
+    generator = torch.Generator().manual_seed(int(ties))
+    for width in (1, 3, 7):
+        scores = torch.randn(4, 3, 5, generator=generator)
+        if ties:
+            scores = (scores * 2).round() / 2  # few distinct values
+            scores[0, 1:] = -math.inf
+        values, flat = decoding._select(scores, width)
+        for b in range(4):
+            row = scores[b].flatten().tolist()
+            expected = sorted(range(len(row)), key=lambda i: (-row[i], i))[:width]
+            assert flat[b].tolist() == expected
+            assert values[b].tolist() == [row[i] for i in expected]
 
 
 @pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64),

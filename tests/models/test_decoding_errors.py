@@ -191,3 +191,11 @@ def test_logits_instead_of_log_probabilities(method):
     raises_one_line(ValueError, r"step_fn must return log-probabilities \(log_softmax of the "
                     r"logits\): row 0 at step 0 has logsumexp 2, not 0", DECODERS[method],
                     logits, None, batch_size=2, bos_id=BOS, eos_id=EOS, max_length=3)
+
+
+def test_gather_tree_shapes_must_agree():
+    from rnnkit.models.decoding import gather_tree
+
+    raises_one_line(ShapeError, r"values \(L, B, K, \.\.\.\) and parents \(L, B, K\) must agree, "
+                    r"got \(3, 2, 4\) and \(3, 2, 5\)", gather_tree, torch.zeros(3, 2, 4),
+                    torch.zeros(3, 2, 5, dtype=torch.long))

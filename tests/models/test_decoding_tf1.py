@@ -19,9 +19,27 @@ from rnnkit.models.decoding import (
     _mask_probs,
     beam_search,
     coverage_penalty,
+    gather_tree,
     length_penalty,
     tile_batch,
 )
+
+
+@pytest.mark.parametrize("depth_ndims", [0, 1, 2])
+def test_gather_tree(depth_ndims):
+    # TestGatherTree.test_gather_tree (max_time 3, batch 2, beam 3, no end token reached);
+    # deeper values stacked as TF1's _tile_in_depth (tensor and tensor + 1) for the depth
+    # cases of test_gather_tree_from_array
+    predicted_ids = torch.tensor([[[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+                                  [[2, 3, 4], [5, 6, 7], [8, 9, 10]]]).transpose(0, 1)
+    parent_ids = torch.tensor([[[0, 0, 0], [0, 1, 1], [2, 1, 2]],
+                               [[0, 0, 0], [1, 2, 0], [2, 1, 1]]]).transpose(0, 1)
+    expected = torch.tensor([[[2, 2, 2], [6, 5, 6], [7, 8, 9]],
+                             [[2, 4, 4], [7, 6, 6], [8, 9, 10]]]).transpose(1, 2)  # (B, K, T)
+    for _ in range(depth_ndims):
+        predicted_ids = torch.stack([predicted_ids, predicted_ids + 1], dim=-1)
+        expected = torch.stack([expected, expected + 1], dim=-1)
+    assert torch.equal(gather_tree(predicted_ids, parent_ids), expected)
 
 
 def test_eos_masking():
