@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, MultiCell
 from rnnkit.config import Configurable
+from rnnkit.engine.autocast import outside_autocast
 from rnnkit.engine.lengths import check_lengths
 from rnnkit.errors import DTypeError, ShapeError
 from rnnkit.layers.attention import AttentionWrapper, BahdanauAttention, LuongAttention
@@ -305,8 +306,13 @@ class Decoder(Configurable, nn.Module):
         return self.cell.initial_state(batch, memory=encoded.memory,
                                        memory_mask=encoded.memory_mask, cell_state=cell_state)
 
+    @outside_autocast
     def forward(self, tokens: Tensor, state: tuple) -> tuple[Tensor, tuple, Tensor | None]:
-        """``tokens (N,)`` -> ``(logits (N, V), state, alignments (N, S) | None)``."""
+        """``tokens (N,)`` -> ``(logits (N, V), state, alignments (N, S) | None)``.
+
+        Under ``torch.autocast`` the step runs in the parameters' dtype, autocast off, as every
+        rnnkit recurrence does (:mod:`rnnkit.engine.autocast`): the state is never rounded to
+        bfloat16 between steps."""
         embedded = self.drop(self.embedding(tokens))  # (N, E)
         if self.attention is None:
             cell_state, context = state

@@ -59,3 +59,20 @@ def test_trainer_loss_equals_the_models_own_masked_loss_with_label_smoothing():
     with torch.no_grad():
         expected = model.loss(model(source, target_in, lengths=lengths), target_out)
     assert abs(result["loss"] - float(expected)) < 1e-6
+
+
+def test_bf16_autocast_training_runs_the_decoder_steps_in_float32():
+    torch.manual_seed(2)
+    source, target_in, target_out = _reversal(8, seed=2)
+    model = Seq2Seq(9, 9, embedding_dim=4, hidden_size=6, attention="luong_general")
+    trainer = rnnkit.Trainer(model, loss="sequence_cross_entropy", precision="bf16",
+                             verbose=False)
+    history = trainer.fit(((source, target_in), target_out, torch.full((8,), 5)), epochs=1,
+                          batch_size=8)
+    assert torch.isfinite(torch.tensor(history.history["loss"])).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(source, target_in)
+    with torch.no_grad():
+        plain = model(source, target_in)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, plain, rtol=0.05, atol=0.05)
