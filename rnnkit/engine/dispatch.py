@@ -8,6 +8,9 @@ Paths, fastest first:
                 sequence, forward and BPTT, with no Python per step.
 ``"scan"``      cells whose recurrence is linear in the state (minGRU, minLSTM) run their
                 parallel scan over the whole sequence (:mod:`rnnkit.engine.parallel`).
+``"inductor"``  opt-in: any cell's step traced once, its input projection hoisted out of the
+                loop, the rest compiled by ``torch.compile`` (:mod:`rnnkit.engine.inductor`);
+                where it cannot serve, the loop runs and the plan says why.
 ``"loop"``      the eager Python loop (:mod:`rnnkit.engine.loop`): always works, any cell,
                 any device.
 ``"auto"``      the fastest path that can serve the call; falling back to the loop because no
@@ -31,7 +34,7 @@ from rnnkit.engine.scan import exporting
 from rnnkit.errors import ShapeError
 
 #: Every value the ``engine`` argument accepts.
-ENGINES = ("auto", "fused", "compiled", "scan", "loop")
+ENGINES = ("auto", "fused", "compiled", "scan", "inductor", "loop")
 
 #: torch.nn modes that ``engine="auto"`` sends to rnnkit's compiled kernels instead of torch's
 #: fused kernel on CPU, and in which mode ("training": gradients enabled and required,
@@ -120,8 +123,8 @@ def check_cell_engine(engine: object, cell: nn.Module) -> str:
         raise ValueError(
             f"engine='fused' applies to whole drop-in modules (rnnkit.LSTM, rnnkit.GRU, "
             f"rnnkit.RNN) whose configuration equals torch.nn's, not to a single cell "
-            f"({type(cell).__name__}); use engine='auto', 'compiled', 'scan' or 'loop' for "
-            f"cells"
+            f"({type(cell).__name__}); use engine='auto', 'compiled', 'scan', 'inductor' or "
+            f"'loop' for cells"
         )
     return engine
 
@@ -154,6 +157,8 @@ def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
         return "loop", EXPORT_REASON, False
     if engine == "loop":
         return "loop", "engine='loop' requested", False
+    if engine == "inductor":
+        return _choose_inductor(cell, inputs, mask)
     if mask is not None:
         if engine in ("compiled", "scan"):
             raise RuntimeError(f"engine={engine!r} cannot run this recurrence: {MASK_REASON}")
@@ -178,7 +183,43 @@ def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
         if not serves:
             raise RuntimeError(f"engine='compiled' cannot run this recurrence: {reason}")
         return "compiled", "engine='compiled' requested", False
+    if not serves and not type(cell).__module__.startswith("rnnkit."):
+        reason += "; engine='inductor' compiles a user's cell (docs/engine.md)"
     return ("compiled", reason, False) if serves else ("loop", reason, toolchain_missing)
+
+
+def _choose_inductor(cell: nn.Module, inputs: Tensor | None,
+                     mask: Tensor | None) -> tuple[str, str, bool]:
+    """``engine="inductor"``: the traced and compiled step, or the loop and why not."""
+    from rnnkit.engine import inductor
+
+    refused = "engine='inductor' cannot serve {}: {}; the eager loop runs"
+    name = type(cell).__name__
+    if mask is not None:
+        return "loop", refused.format(name, MASK_REASON), False
+    if tracing():
+        return "loop", refused.format(name, TRACING_REASON), False
+    if inputs is None:
+        return "loop", refused.format(name, "no input to trace the step with"), False
+    try:
+        summary = inductor.plan(cell, inputs)
+    except inductor.TraceRefused as why:
+        reason = refused.format(name, why)
+        _notice_inductor_refusal(reason)
+        return "loop", reason, False
+    return "inductor", summary, False
+
+
+_inductor_refusals: set[str] = set()
+
+
+def _notice_inductor_refusal(reason: str) -> None:
+    """Say once per reason that an ``engine='inductor'`` request runs on the loop."""
+    if reason in _inductor_refusals:
+        return
+    _inductor_refusals.add(reason)
+    warn(f"rnnkit: {reason} (correct, slower). This notice is shown once per reason.",
+         EngineFallbackWarning)
 
 
 def _scan_serves(cell: nn.Module) -> tuple[bool, str]:
@@ -247,6 +288,20 @@ def run_cell(
             run.declined = str(declined)
         else:
             run.ran = "compiled"
+            return result
+    elif run.path == "inductor":
+        from rnnkit.engine import inductor
+
+        try:
+            result = inductor.run_recurrence(run.cell, inputs, state, lengths=lengths,
+                                             reverse=reverse)
+        except PathDeclined as declined:
+            run.declined = str(declined)
+            _notice_inductor_refusal(f"engine='inductor' cannot serve "
+                                     f"{type(run.cell).__name__}: {declined}; the eager "
+                                     f"loop runs")
+        else:
+            run.ran = "inductor"
             return result
     elif run.path == "scan":
         from rnnkit.engine import parallel
@@ -337,7 +392,7 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     engine = check_engine(getattr(module, "engine", "auto"))
     if exporting():  # the fused kernels' lengths handling reads the lengths' values
         return False, EXPORT_REASON
-    if engine in ("loop", "compiled", "scan"):
+    if engine in ("loop", "compiled", "scan", "inductor"):
         return False, f"engine={engine!r} requested"
     reason = fused.ineligibility(module)
     if reason is not None:

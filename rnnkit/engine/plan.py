@@ -30,9 +30,9 @@ class CellRun:
 
     label: str  # "layer 0", "layer 1 reverse", "forward", "backward", "cell"
     cell: nn.Module
-    path: str  # "compiled" | "scan" | "loop"
+    path: str  # "compiled" | "scan" | "inductor" | "loop"
     reason: str
-    engine: str  # what the caller asked for: "auto" | "compiled" | "loop"
+    engine: str  # what the caller asked for: "auto" | "compiled" | "scan" | "inductor" | "loop"
     toolchain_missing: bool = False  # the loop runs because no compiler is available
     ran: str | None = None  # the path that executed, set by dispatch.run_cell
     declined: str | None = None  # why the planned path declined at run time
@@ -47,7 +47,8 @@ class CellRun:
             reason += "; eager Python loop over time (one cell call per step)"
         text = f"  {self.label}: {name} -> {self.path} ({reason})"
         if self.declined:
-            text += f"; at run time the compiled path declined ({self.declined}): ran the loop"
+            text += (f"; at run time the {self.path} path declined ({self.declined}): ran the "
+                     f"loop")
         return text
 
 

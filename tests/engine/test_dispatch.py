@@ -52,7 +52,7 @@ def gru_inputs():
 def test_unknown_engine_lists_valid_ones():
     cell, x, h = gru_inputs()
     with pytest.raises(ValueError, match="unknown engine 'fast'; valid engines are 'auto', "
-                                         "'fused', 'compiled', 'scan', 'loop'"):
+                                         "'fused', 'compiled', 'scan', 'inductor', 'loop'"):
         dispatch.run_recurrence(cell, x, h, engine="fast")
 
 

@@ -1,0 +1,254 @@
+"""The "inductor" path: a user's cell traced, its input projection hoisted, its step compiled.
+
+Oracles: the eager loop over the cell's own forward (``engine="loop"``) and finite
+differences (gradcheck). Most tests run the traced graphs uncompiled (``inductor.COMPILE =
+False``): they test the tracing, the hoisting and the lengths logic without a compile each;
+one test compiles for real.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.cells import LSTMCell
+from rnnkit.engine import EngineFallbackWarning, dispatch, explain, inductor
+from rnnkit.layers import Fold, Recurrence
+
+
+class TwoGates(nn.Module):
+    """The docs' example: a user's cell with two LSTM-like gates (docs/engine.md)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.state_size = self.output_size = hidden_size
+        self.ih = nn.Linear(input_size, 2 * hidden_size)
+        self.hh = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
+
+    def forward(self, x, h):
+        keep, candidate = (self.ih(x) + self.hh(h)).chunk(2, dim=1)
+        keep = torch.sigmoid(keep)
+        h = keep * h + (1 - keep) * torch.tanh(candidate)
+        return h, h
+
+
+class PairState(nn.Module):
+    """A cell with a tuple state (h, c) and an input-only layer norm to hoist."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.state_size = (hidden_size, hidden_size)
+        self.output_size = hidden_size
+        self.ih = nn.Linear(input_size, 2 * hidden_size)
+        self.norm = nn.LayerNorm(2 * hidden_size)
+        self.hh = nn.Linear(hidden_size, 2 * hidden_size)
+
+    def forward(self, x, state):
+        h, c = state
+        gates = torch.relu(self.norm(self.ih(x))) + self.hh(h)
+        i, g = gates.chunk(2, dim=1)
+        c = torch.sigmoid(i) * c + torch.tanh(g)
+        h = torch.tanh(c) * 0.5
+        return h * 2, (h, c)
+
+
+@pytest.fixture
+def uncompiled(monkeypatch):
+    monkeypatch.setattr(inductor, "COMPILE", False)
+
+
+def _grads(layer, x, lengths):
+    out, state = layer(x, lengths=lengths)
+    leaves = [state] if isinstance(state, torch.Tensor) else list(state)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).view_as(out)
+    loss = (out * weights).sum() + sum((s * s).sum() for s in leaves)
+    grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+    return [out, *leaves, *grads]
+
+
+def _assert_equal(ours, theirs, tol):
+    for a, b in zip(ours, theirs, strict=True):
+        scale = max(float(b.detach().abs().max()), 1.0)
+        torch.testing.assert_close(a, b, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["Recurrence", "Fold"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [None, [6, 2, 4]], ids=["full", "ragged"])
+@pytest.mark.parametrize("make", [TwoGates, PairState,
+                                  lambda i, h: LSTMCell(i, h, layer_norm=True)],
+                         ids=["TwoGates", "PairState", "LSTMCell-ln"])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)],
+                         ids=["f64", "f32"])
+def test_traced_step_equals_the_loop(uncompiled, make, lengths, reverse, fold, dtype, tol):
+    torch.manual_seed(0)
+    cell = make(3, 4).to(dtype)
+    driver = Fold if fold else Recurrence
+    ours = driver(cell, go_backwards=reverse, engine="inductor")
+    theirs = driver(cell, go_backwards=reverse, engine="loop")
+    x = torch.randn(6, 3, 3, dtype=dtype)
+    if lengths:
+        x[5, 1] = float("nan")  # padding garbage must not leak into outputs or gradients
+    x.requires_grad_(True)
+    plan = dispatch.make_plan(ours, x, lengths)
+    assert plan.paths() == ["inductor"], str(plan)
+    _assert_equal(_grads(ours, x, lengths), _grads(theirs, x, lengths), tol)
+
+
+def test_the_input_projection_is_hoisted(uncompiled):
+    text = explain(Recurrence(TwoGates(3, 4), engine="inductor"), torch.randn(5, 2, 3))
+    assert "TwoGates -> inductor" in text and "the input projection: addmm" in text
+    assert "(1 GEMM(s) per step)" in text  # only the recurrent one is left in the loop
+    text = explain(Recurrence(PairState(3, 4), engine="inductor"), torch.randn(5, 2, 3))
+    assert "the input projection: addmm" in text
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck(uncompiled, reverse):
+    torch.manual_seed(1)
+    cell = PairState(2, 3).double()
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 1, 3])
+
+    def run(x, h0, c0):
+        out, (h, c) = inductor.run_recurrence(cell, x, (h0, c0), lengths=lengths,
+                                              reverse=reverse)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(run, (x, h0, c0))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 3, 2), (4, 1, 2), (3, 2, 1)],
+                         ids=["T1-B1-H1", "T1", "B1", "H1"])
+def test_edge_sizes(uncompiled, shape):
+    steps, batch, hidden = shape
+    torch.manual_seed(2)
+    cell = TwoGates(2, hidden).double()
+    x = torch.randn(steps, batch, 2, dtype=torch.float64, requires_grad=True)
+    lengths = [max(1, steps - i) for i in range(batch)]
+    for reverse in (False, True):
+        ours = Recurrence(cell, go_backwards=reverse, engine="inductor")
+        theirs = Recurrence(cell, go_backwards=reverse, engine="loop")
+        _assert_equal(_grads(ours, x, lengths), _grads(theirs, x, lengths), 1e-10)
+
+
+class ReadsValues(TwoGates):
+    def forward(self, x, h):
+        if h.abs().sum() > 1:  # data-dependent Python control flow
+            h = h * 0.5
+        return super().forward(x, h)
+
+
+class Drops(TwoGates):
+    def forward(self, x, h):
+        return super().forward(nn.functional.dropout(x, 0.5, self.training), h)
+
+
+class CountsSteps(TwoGates):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.register_buffer("steps", torch.zeros(()))
+
+    def forward(self, x, h):
+        self.steps += 1  # writes into a buffer at every step
+        return super().forward(x, h)
+
+
+class PythonCounter(TwoGates):
+    """Decides something at run time that a trace bakes in: the check catches it."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.calls = 0
+
+    def forward(self, x, h):
+        self.calls += 1
+        out, h = super().forward(x, h)
+        return out * self.calls, h
+
+
+@pytest.mark.parametrize(("cell", "reason"), [
+    (ReadsValues(3, 4), "Python control flow or a value read from a tensor"),
+    (Drops(3, 4), "draws random numbers"),
+    (CountsSteps(3, 4), "writes into its input, state, a parameter or a buffer"),
+])
+def test_what_the_trace_cannot_serve_runs_on_the_loop_and_says_why(uncompiled, cell, reason):
+    x = torch.randn(5, 2, 3)
+    layer = Recurrence(cell, engine="inductor")
+    with pytest.warns(EngineFallbackWarning, match=reason):
+        text = explain(layer, x)
+    assert f"{type(cell).__name__} -> loop (engine='inductor' cannot serve" in text
+    assert reason in text
+    torch.manual_seed(3)
+    ours = layer(x)[0]
+    torch.manual_seed(3)
+    if isinstance(cell, CountsSteps):
+        cell.steps.zero_()
+    theirs = Recurrence(cell, engine="loop")(x)[0]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_dropout_in_eval_mode_is_traced(uncompiled):
+    cell = Drops(3, 4).eval()
+    assert dispatch.make_plan(Recurrence(cell, engine="inductor"),
+                              torch.randn(5, 2, 3)).paths() == ["inductor"]
+
+
+def test_a_trace_that_differs_from_the_forward_is_declined(uncompiled):
+    cell = PythonCounter(3, 4)
+    x = torch.randn(5, 2, 3)
+    layer = Recurrence(cell, engine="inductor")
+    plan = dispatch.make_plan(layer, x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, _ = dispatch.run_cell(plan.runs[0], x, torch.zeros(2, 4))
+    assert plan.runs[0].ran == "loop"
+    assert "differs from PythonCounter.forward" in plan.runs[0].declined
+    assert "inductor path declined" in str(plan)
+    assert any("differs from PythonCounter.forward" in str(w.message) for w in caught)
+    assert out.shape == (5, 2, 4)
+
+
+def test_a_mask_with_gaps_runs_on_the_loop(uncompiled):
+    mask = torch.tensor([[True, False, True, True]] * 2)
+    plan = dispatch.make_plan(Recurrence(TwoGates(3, 4), engine="inductor"),
+                              torch.randn(4, 2, 3), mask=mask)
+    assert plan.paths() == ["loop"] and "a mask with gaps" in str(plan)
+
+
+def test_drop_ins_run_each_layer_traced(uncompiled):
+    torch.manual_seed(4)
+    ours = rnnkit.GRU(3, 4, num_layers=2, bidirectional=True, engine="inductor").double()
+    reference = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True).double()
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    assert dispatch.make_plan(ours, x).paths() == ["inductor"] * 4
+    out, h = ours(x)
+    expected, expected_h = reference(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h, expected_h, rtol=0, atol=1e-12)
+
+
+def test_compiled_for_real_equals_the_loop():
+    """One real torch.compile (Inductor, CPU): values and gradients within float32 rounding."""
+    torch.manual_seed(5)
+    cell = TwoGates(3, 4)
+    ours = Recurrence(cell, engine="inductor")
+    x = torch.randn(5, 3, 3, requires_grad=True)
+    plan = dispatch.make_plan(ours, x, [5, 2, 4])
+    if plan.paths() != ["inductor"]:
+        pytest.skip(str(plan))
+    got = _grads(ours, x, [5, 2, 4])
+    run = dispatch.plan_cell(cell, x, "inductor")
+    dispatch.run_cell(run, x, torch.zeros(3, 4), torch.tensor([5, 2, 4]))
+    if run.ran != "inductor":
+        pytest.skip(f"torch.compile cannot serve here: {run.declined}")
+    _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, [5, 2, 4]), 1e-5)
