@@ -92,8 +92,10 @@ def precision(value: str) -> Iterator[None]:
     With ``"bf16"`` the input, initial state and weights are cast to bfloat16 before the fused
     kernel and the outputs are cast back to the input's dtype. This is meant for inference: on
     CPUs with AVX512-bf16 or AMX the kernels run at bf16 speed; on other CPUs PyTorch emulates
-    bf16 and it is usually *slower* than float32 (see ``docs/benchmarks.md``). Only the fused
-    path honours it; cells on the loop/compiled paths run in their parameters' dtype.
+    bf16 and it is usually *slower* than float32 (see ``docs/benchmarks.md``). The fused path
+    and ``Recurrence``/``Fold`` honour it (they cast the cell's weights too); a drop-in's
+    layer-by-layer path runs in its parameters' dtype. ``precision="bf16"`` as a module's
+    constructor argument has the same effect on that module without the block.
 
     Example::
 
@@ -111,10 +113,28 @@ def precision(value: str) -> Iterator[None]:
         _precision.reset(token)
 
 
+def check_precision(owner: str, value: object) -> str:
+    """Validate a module's ``precision=`` constructor argument ("fp32"/"float32" or
+    "bf16"/"bfloat16") and return its short name; the error names ``owner``."""
+    try:
+        return _check_precision(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(f"{owner}: precision must be 'fp32' or 'bf16' (or 'float32', "
+                         f"'bfloat16'), got {value!r}") from None
+
+
 def current_precision(module: nn.Module | None = None) -> str:
-    """The precision in force (set by :func:`precision`; ``module`` is accepted for callers
-    that ask about one module, and does not change the answer)."""
+    """The precision in force for ``module``: its own ``precision="bf16"`` constructor
+    argument, else the one :func:`precision` sets (default "fp32")."""
+    own = getattr(module, "precision", None) if module is not None else None
+    if own == "bf16":
+        return "bf16"
     return _precision.get()
+
+
+def notice_emulated_bf16() -> None:
+    """Say once per process, on a CPU without AVX512-bf16/AMX, that bf16 is emulated."""
+    _notice_emulated_bf16()
 
 
 # ----------------------------------------------------------------------------- eligibility

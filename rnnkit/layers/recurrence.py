@@ -16,7 +16,8 @@ size, ``S`` its state size(s).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -25,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.cells.base import State
 from rnnkit.config import Configurable
-from rnnkit.engine import dispatch
+from rnnkit.engine import dispatch, fused
 from rnnkit.engine.autocast import outside_autocast
 from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.engine.loop import first_step
@@ -118,6 +119,13 @@ class Recurrence(Configurable, Stateful, nn.Module):
             ``"processing"`` (Keras' ``go_backwards``: the whole padded sequence reversed
             and outputs returned in the order they were computed, ``outputs[0]`` being the
             last time step's). Only differs from ``"time"`` with ``go_backwards``.
+        precision: ``"fp32"`` or ``"bf16"``: every call runs as inside
+            ``rnnkit.engine.precision("bf16")``, which ``Recurrence`` honours too: the input,
+            the state and the cell's floating parameters and buffers are cast to bfloat16
+            for the call (differentiably: gradients reach the float32 parameters), the cell
+            runs on whichever path serves bf16, and the outputs and final state are cast
+            back to the input's dtype. On CPUs without AVX512-bf16/AMX PyTorch emulates
+            bf16 (slower than float32), and rnnkit says so once.
 
     Call: ``outputs, final_state = layer(inputs, state=None, lengths=None, mask=None)`` with
     ``inputs`` ``(T, B, H_in)`` (or ``(B, T, H_in)``, an unbatched ``(T, H_in)``, or a
@@ -148,6 +156,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
         engine: str = "auto",
         zero_output_for_mask: bool = True,
         output_order: str = "time",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         if not isinstance(cell, nn.Module) or not callable(cell):
@@ -160,6 +169,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
             raise ValueError(f"{type(self).__name__}: output_order must be one of "
                              f"{OUTPUT_ORDERS}, got {output_order!r}")
         self.cell = cell
+        self.precision = fused.check_precision(type(self).__name__, precision)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.output_order = output_order
         self.go_backwards = bool(go_backwards)
@@ -244,8 +254,44 @@ class Recurrence(Configurable, Stateful, nn.Module):
         """The plan ``self(inputs, lengths=lengths, mask=mask)`` executes (what ``explain``
         prints), after the same input checks as the call."""
         padded, lengths, _, _, gaps = self._normalise(inputs, lengths, mask)
-        plan = self._plan(padded, lengths, describe=True, mask=gaps)
+        if self._in_bf16(padded):
+            with self._bf16_cell():
+                plan = self._plan(padded.to(torch.bfloat16), lengths, describe=True, mask=gaps)
+            plan.input_line = dispatch.describe_input(padded, lengths, mask=gaps)
+            plan.notes.append("  precision: bf16 (inputs, state and the cell's weights cast "
+                              "to bfloat16; outputs and state cast back)")
+        else:
+            plan = self._plan(padded, lengths, describe=True, mask=gaps)
         return dispatch.mask_plan_input(plan, mask, gaps)
+
+    def _in_bf16(self, inputs: Tensor) -> bool:
+        """Whether this call runs in bfloat16 (``precision="bf16"`` or the context)."""
+        return (fused.current_precision(self) == "bf16" and inputs.is_floating_point()
+                and inputs.dtype != torch.bfloat16)
+
+    @contextlib.contextmanager
+    def _bf16_cell(self) -> Iterator[None]:
+        """The cell's floating parameters and buffers as bfloat16 casts (autograd flows
+        through the casts to the originals) for the duration of a call."""
+        from torch.nn.utils.stateless import _reparametrize_module  # what functional_call uses
+
+        casts = {name: t.to(torch.bfloat16) if t.is_floating_point() else t
+                 for name, t in [*self.cell.named_parameters(), *self.cell.named_buffers()]}
+        with _reparametrize_module(self.cell, casts):
+            yield
+
+    def _run_bf16(self, inputs: Tensor, state: State | None, lengths: Tensor | None,
+                  mask: Tensor | None) -> tuple[Any, State]:
+        """:meth:`run` in bfloat16, results cast back to the input's dtype."""
+        if inputs.device.type == "cpu":
+            fused.notice_emulated_bf16()
+        dtype = inputs.dtype
+        if state is not None:
+            state = map_state(lambda t: t.to(torch.bfloat16), state)
+        with self._bf16_cell():
+            outputs, final = self._run(inputs.to(torch.bfloat16), state, lengths, mask)
+        back = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+        return map_state(back, outputs), map_state(back, final)
 
     @property
     def processing_order(self) -> bool:
@@ -261,6 +307,14 @@ class Recurrence(Configurable, Stateful, nn.Module):
         ``mask`` is time-major ``(T, B)`` (a mask with gaps); outputs are at their original
         time positions whatever ``output_order``.
         """
+        if self._in_bf16(inputs):
+            return self._run_bf16(inputs, state, lengths, mask)
+        return self._run(inputs, state, lengths, mask)
+
+    def _run(
+        self, inputs: Tensor, state: State | None, lengths: Tensor | None,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor | tuple[Tensor, ...], State]:
         plan = self._plan(inputs, lengths, describe=False, mask=mask)
         batch_size = inputs.shape[1]
         name = type(self).__name__

@@ -12,8 +12,10 @@ they take rnnkit's cell options and sequence features (all keyword-only):
 * ``stateful=True`` with :meth:`reset_states`;
 * ``recurrent_dropout`` (variational), ``dropout_input`` (variational, on the module input),
   ``zoneout``, ``residual`` connections between stacked layers, ``learnable_initial_state``;
-* ``engine="auto" | "fused" | "compiled" | "scan" | "loop"`` (see
+* ``engine="auto" | "fused" | "compiled" | "scan" | "inductor" | "loop"`` (see
   :mod:`rnnkit.engine.dispatch`);
+* ``precision="bf16"``: every call as inside ``rnnkit.engine.precision("bf16")`` (the fused
+  path casts the input, state and weights to bfloat16 and the results back);
 * Keras' semantics: ``mask=`` (B, T) in :meth:`forward` (gaps allowed: a masked step keeps
   the state), ``zero_output_for_mask=False`` (a masked step repeats the last valid output),
   ``go_backwards=True`` (read the padded sequence reversed, outputs in processing order).
@@ -167,6 +169,7 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         engine: str = "auto",
         go_backwards: bool = False,
         zero_output_for_mask: bool = True,
+        precision: str = "fp32",
     ) -> None:
         # nn.Module's constructor, not torch.nn.RNNBase's: the parameters are registered
         # below under torch's names (plus rnnkit's extras), from rnnkit's cells.
@@ -205,6 +208,9 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
                 f"{name}: residual=True adds connections between stacked layers and needs "
                 f"num_layers >= 2, got num_layers={num_layers}"
             )
+        from rnnkit.engine import fused
+
+        self.precision = fused.check_precision(name, precision)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -379,6 +385,8 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             text += ", zero_output_for_mask=False"
         if self.engine != "auto":
             text += f", engine={self.engine!r}"
+        if self.precision != "fp32":
+            text += f", precision={self.precision!r}"
         return text
 
     # ----------------------------------------------------------------- state
