@@ -59,9 +59,10 @@ class TracedCell:
     """One signature's traced, split (and, once called, compiled) step."""
 
     hoisted: fx.GraphModule | None  # (params..., x) -> per-step tensors; None: nothing hoisted
-    step: fx.GraphModule  # (params..., x, hoisted..., state leaves...) -> (out, state leaves)
+    step: fx.GraphModule  # (the used ones of params..., x, hoisted..., state leaves...)
+    #                       -> (out, state leaves...)
     state_spec: Any
-    step_uses_x: bool
+    used: list[int]  # which of (params..., x, hoisted..., state...) the step graph reads
     summary: str
     compiled: Callable[..., Any] | None = None
     failure: str | None = None  # why compiling failed (then the loop runs)
@@ -199,8 +200,16 @@ def _split(cell: nn.Module, gm: fx.GraphModule, count: int, n_state: int,
     step = fx.GraphModule(gm, graph)
     step.graph.eliminate_dead_code()
     step.recompile()
-    step_uses_x = any(n.op == "placeholder" and n.name == x_node.name and n.users
-                      for n in step.graph.nodes)
+    # Inputs the recurrent part never reads (the hoisted projection's weights, often x) are
+    # dropped from its signature: each input costs a guard and AOTAutograd bookkeeping at
+    # every step.
+    used = []
+    for index, node in enumerate(n for n in step.graph.nodes if n.op == "placeholder"):
+        if node.users:
+            used.append(index)
+        else:
+            step.graph.erase_node(node)
+    step.recompile()
 
     ops = [n for n in gm.graph.nodes if n.op == "call_function"]
     gemms = sorted({_op_name(n) for n in hoist if _op_name(n) in _GEMMS})
@@ -214,7 +223,7 @@ def _split(cell: nn.Module, gm: fx.GraphModule, count: int, n_state: int,
         moved = "no op depends on x alone, nothing hoisted"
     summary = (f"step traced; {moved}; the recurrent part ({step_gemms} GEMM(s) per step) "
                f"compiled by torch.compile (Inductor)")
-    return TracedCell(hoisted, step, spec, step_uses_x, summary)
+    return TracedCell(hoisted, step, spec, used, summary)
 
 
 def traced(cell: nn.Module, x: Tensor, state: State) -> TracedCell:
@@ -291,7 +300,8 @@ def _check(cell: nn.Module, entry: TracedCell, values: list[Tensor],
         for t in range(min(2, inputs.shape[0])):
             start = tree_unflatten(leaves, entry.state_spec)
             expected_out, expected_state = cell(inputs[t], start)
-            got = entry.step(*values, inputs[t], *per_step[t], *leaves)
+            arguments = [*values, inputs[t], *per_step[t], *leaves]
+            got = entry.step(*[arguments[i] for i in entry.used])
             for want, have in zip([expected_out, *tree_flatten(expected_state)[0]], got,
                                   strict=True):
                 tolerance = 1e-10 if want.dtype == torch.float64 else 1e-5
@@ -325,13 +335,15 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
         _check(cell, entry, values, per_step, inputs, state)
         entry.checked = True
     step = _compile(entry)
+    used = entry.used
     leaves = tree_flatten(state)[0]
     steps = inputs.shape[0]
     xs = inputs.unbind(0)  # T x (B, H_in)
     outputs: list[Tensor | None] = [None] * steps
 
     def call(t: int, leaves: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        result = step(*values, xs[t], *per_step[t], *leaves)
+        arguments = [*values, xs[t], *per_step[t], *leaves]
+        result = step(*[arguments[i] for i in used])
         return result[0], list(result[1:])
 
     try:
