@@ -63,6 +63,7 @@ class TracedCell:
     #                       -> (out, state leaves...)
     state_spec: Any
     used: list[int]  # which of (params..., x, hoisted..., state...) the step graph reads
+    positions: list[int]  # (out, state leaves...)[k] is the step graph's result[positions[k]]
     summary: str
     compiled: Callable[..., Any] | None = None
     failure: str | None = None  # why compiling failed (then the loop runs)
@@ -194,7 +195,13 @@ def _split(cell: nn.Module, gm: fx.GraphModule, count: int, n_state: int,
         if node.op in ("placeholder",) or node in hoist_set:
             continue
         if node.op == "output":
-            graph.output(fx.node.map_arg(node.args[0], lambda n: env[n]))
+            # A cell that returns the same tensor as output and state (``return h, h``)
+            # gets it once: outputs aliasing each other cost AOTAutograd a regeneration
+            # of the alias at every step.
+            results = [env[n] for n in node.args[0]]
+            unique = list(dict.fromkeys(results))
+            graph.output(tuple(unique))
+            positions = [unique.index(r) for r in results]
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
     step = fx.GraphModule(gm, graph)
@@ -223,7 +230,7 @@ def _split(cell: nn.Module, gm: fx.GraphModule, count: int, n_state: int,
         moved = "no op depends on x alone, nothing hoisted"
     summary = (f"step traced; {moved}; the recurrent part ({step_gemms} GEMM(s) per step) "
                f"compiled by torch.compile (Inductor)")
-    return TracedCell(hoisted, step, spec, used, summary)
+    return TracedCell(hoisted, step, spec, used, positions, summary)
 
 
 def traced(cell: nn.Module, x: Tensor, state: State) -> TracedCell:
@@ -301,7 +308,8 @@ def _check(cell: nn.Module, entry: TracedCell, values: list[Tensor],
             start = tree_unflatten(leaves, entry.state_spec)
             expected_out, expected_state = cell(inputs[t], start)
             arguments = [*values, inputs[t], *per_step[t], *leaves]
-            got = entry.step(*[arguments[i] for i in entry.used])
+            unique = entry.step(*[arguments[i] for i in entry.used])
+            got = [unique[k] for k in entry.positions]
             for want, have in zip([expected_out, *tree_flatten(expected_state)[0]], got,
                                   strict=True):
                 tolerance = 1e-10 if want.dtype == torch.float64 else 1e-5
@@ -335,7 +343,7 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
         _check(cell, entry, values, per_step, inputs, state)
         entry.checked = True
     step = _compile(entry)
-    used = entry.used
+    used, positions = entry.used, entry.positions
     leaves = tree_flatten(state)[0]
     steps = inputs.shape[0]
     xs = inputs.unbind(0)  # T x (B, H_in)
@@ -343,8 +351,8 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
 
     def call(t: int, leaves: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         arguments = [*values, xs[t], *per_step[t], *leaves]
-        result = step(*[arguments[i] for i in used])
-        return result[0], list(result[1:])
+        unique = step(*[arguments[i] for i in used])
+        return unique[positions[0]], [unique[k] for k in positions[1:]]
 
     try:
         if lengths is None:
