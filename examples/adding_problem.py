@@ -30,22 +30,22 @@ from pathlib import Path
 import torch
 
 import rnnkit
-from rnnkit.diagnostics import plot_gradient_flow
+from rnnkit.diagnostics import GradientFlow, plot_gradient_flow
 from rnnkit.training import Callback, GradientFlowRecorder
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _results import add_arguments, machine, write_results  # noqa: E402
+from _results import add_arguments, load_results, machine, write_results  # noqa: E402
 
 BASELINE_MSE = 1 / 6          # predicting the mean sum, 1: Var(U1 + U2) = 2/12
 SOLVED = 0.01
 NAMES = {"elman": "tanh-RNN", "irnn": "IRNN", "lstm": "LSTM", "gru": "GRU"}
 # per cell: learning rate and the most updates it may take at T=200 (halved at T=100)
-SETTINGS = {"lstm": (2e-3, 3000), "gru": (2e-3, 3000), "irnn": (3e-4, 6000),
-            "elman": (2e-3, 1500)}
-FULL = {"lengths": [200, 100], "hidden": 64, "batch": 50, "train": 20000, "test": 1000,
-        "eval_every": 100, "stop_below": 0.003}
+SETTINGS = {"lstm": (5e-3, 1500), "gru": (5e-3, 1500), "irnn": (1e-3, 2000),
+            "elman": (5e-3, 600)}
+FULL = {"lengths": [200, 100], "hidden": 32, "batch": 32, "train": 20000, "test": 1000,
+        "validation": 500, "eval_every": 50, "stop_below": 0.003}
 TINY = {"lengths": [12], "hidden": 8, "batch": 16, "train": 128, "test": 32,
-        "eval_every": 2, "stop_below": 0.003, "max_steps": 4}
+        "validation": 32, "eval_every": 2, "stop_below": 0.003, "max_steps": 4}
 
 
 def adding_data(count: int, steps: int, generator: torch.Generator
@@ -104,7 +104,8 @@ def train_one(cell: str, steps: int, config: dict, seed: int, probe, data) -> di
     return {
         "test_mse": round(test_mse, 6), "solved": test_mse < SOLVED,
         "steps_to_solve": watch.solved_at, "steps_trained": trainer.global_step,
-        "lr": lr, "wall_s": round(wall, 1), "validation_curve": watch.curve,
+        "hidden": config["hidden"], "batch": config["batch"], "lr": lr,
+        "wall_s": round(wall, 1), "validation_curve": watch.curve,
         # how much of the last step's gradient reaches the first step
         "gradient_ratio_h1_over_hT": {
             "init": _ratio(first["layer 1"]), "trained": _ratio(last["layer 1"])},
@@ -114,6 +115,21 @@ def train_one(cell: str, steps: int, config: dict, seed: int, probe, data) -> di
 
 def _ratio(norms: torch.Tensor) -> float:
     return float(norms[0] / norms[-1]) if float(norms[-1]) > 0 else math.nan
+
+
+def draw(models: dict[str, dict], steps: int, figure: str, host: str) -> None:
+    """The gradient-flow figure from the results' recorded flows (every model run so far)."""
+    panels = {"at initialisation": {}, "after training": {}}
+    for name, row in models.items():
+        for key, panel in (("init", "at initialisation"), ("trained", "after training")):
+            norms = torch.tensor([math.nan if v is None else v
+                                  for v in row["gradient_flow"][key]], dtype=torch.float64)
+            panels[panel][name] = GradientFlow({"layer 1": norms}, math.nan)
+    plot_gradient_flow(panels, figure, layers="last",
+                       title=f"adding problem, T={steps}: "
+                             r"$\|\partial L/\partial h_t\|$ on 50 test sequences",
+                       note=f"rnnkit, {host}")
+    print(f"figure: {figure}")
 
 
 def save(args, config: dict, results: dict, lengths: list[int], figure: str | None,
@@ -134,7 +150,7 @@ def save(args, config: dict, results: dict, lengths: list[int], figure: str | No
         target="LSTM, GRU and IRNN test MSE < 0.01 at T=200; tanh-RNN shown failing",
         met=None if args.tiny else met,
         settings=(f"SequenceRegressor hidden {config['hidden']}, Adam (lr per cell: "
-                  + ", ".join(f"{NAMES[c]} {SETTINGS[c][0]:g}" for c in args.cells)
+                  + ", ".join(f"{NAMES[c]} {SETTINGS[c][0]:g}" for c in NAMES)
                   + f"), clip 1.0, batch {config['batch']}, {config['train']} training "
                   f"sequences, stop at validation MSE < {config['stop_below']}"
                   + (" (--tiny)" if args.tiny else "")),
@@ -146,14 +162,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--cells", nargs="+", default=list(NAMES), choices=list(NAMES))
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="cap every model's updates (default: per cell, see SETTINGS)")
     parser.add_argument("--lengths", nargs="+", type=int, default=None,
                         help="sequence lengths T (default 100 200)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other models' results already in --results")
     parser.add_argument("--figure", default=None,
                         help="the gradient-flow PNG (default docs/figures/gradient_flow.png "
                              "for a full run; next to --results with --tiny)")
     args = parser.parse_args(argv)
     config = dict(TINY if args.tiny else FULL)
+    if args.max_steps:
+        config["max_steps"] = args.max_steps
     lengths = args.lengths or config["lengths"]
     figure = args.figure or (
         str(Path(args.results).with_suffix(".png")) if args.tiny and args.results
@@ -161,23 +183,24 @@ def main(argv: list[str] | None = None) -> dict:
     host = machine()
     start = time.perf_counter()
     results: dict[str, dict[str, dict]] = {}
-    flows = {"at initialisation": {}, "after training": {}}
+    if args.update and args.results and Path(args.results).exists():
+        # add to (or redo part of) an earlier run: its other models are kept
+        results = load_results(args.results)["details"]["results"]
     print(f"adding problem: baseline MSE {BASELINE_MSE:.4f}, solved below {SOLVED}; {host}")
     print(f"{'T':>4} {'model':<9} {'test MSE':>9} {'solved at':>10} {'updates':>8} "
           f"{'|dL/dh1|/|dL/dhT| init -> trained':>36} {'wall s':>7}")
     for steps in lengths:
         generator = torch.Generator().manual_seed(args.seed + steps)
         data = (adding_data(config["train"], steps, generator),
-                adding_data(config["test"], steps, generator),
+                adding_data(config["validation"], steps, generator),
                 adding_data(config["test"], steps, generator))
         probe = (data[2][0][:50], data[2][1][:50])
-        results[f"T={steps}"] = {}
+        results.setdefault(f"T={steps}", {})
         for cell in args.cells:
             row = train_one(cell, steps, config, args.seed, probe, data)
             init, trained = row.pop("flows")
-            if steps == max(lengths):
-                flows["at initialisation"][NAMES[cell]] = init
-                flows["after training"][NAMES[cell]] = trained
+            row["gradient_flow"] = {"init": init.to_dict()["norms"]["layer 1"],
+                                    "trained": trained.to_dict()["norms"]["layer 1"]}
             results[f"T={steps}"][NAMES[cell]] = row
             ratio = row["gradient_ratio_h1_over_hT"]
             save(args, config, results, lengths, figure, host, time.perf_counter() - start)
@@ -186,11 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{ratio['init']:>17.2e} -> {ratio['trained']:<16.2e} {row['wall_s']:>7}",
                   flush=True)
         if figure and steps == max(lengths):
-            plot_gradient_flow(flows, figure, layers="last",
-                               title=f"adding problem, T={steps}: "
-                                     r"$\|\partial L/\partial h_t\|$ on 50 test sequences",
-                               note=f"rnnkit, {host}")
-            print(f"figure: {figure}")
+            draw(results[f"T={steps}"], steps, figure, host)
     save(args, config, results, lengths, figure, host, time.perf_counter() - start)
     return results
 
