@@ -1,4 +1,4 @@
-"""CNTK's sequence-regression tutorial, line for line on rnnkit.
+"""CNTK's sequence-regression tutorial, line for line on rnnkit (issue 13, row 7).
 
 The CNTK script (../shared/seeds/000_*) reads CTF files through a ``MinibatchSource``, builds
 ``Sequential([Fold(LSTM(15)), Dense(1)])`` with ``initial_state=0.1``, trains with
@@ -8,13 +8,23 @@ sine wave; the target is the value after each window), so the script runs anywhe
 seconds:
 
     python examples/cntk_style_training.py [--epochs 10] [--workdir DIR]
+    python examples/cntk_style_training.py --results docs/results/cntk_style_training.json
+
+The last step is the tutorial's "validate the model": ``model(test_samples) * NORMALIZE``
+on a few test windows (the series here is already in its units, so ``NORMALIZE = 1``).
+``--tiny`` trains one short epoch (CI).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import re
+import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -25,9 +35,16 @@ from rnnkit.data import INFINITELY_REPEAT, CTFDeserializer, MinibatchSource, Str
 from rnnkit.training import ProgressPrinter, TestConfig
 from rnnkit.training.cntk import adam, train
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import add_arguments, machine, write_results  # noqa: E402
+
 BATCH_SIZE = 14 * 10   # samples (time steps) per minibatch, as in the CNTK script
 EPOCH_SIZE = 2000      # samples per epoch
 EPOCHS = 10
+NORMALIZE = 1.0        # the tutorial scales its series to ~1 and multiplies back at the end
+# the tutorial's ProgressPrinter(0) table: its two header lines and the per-epoch lines
+HEADER = (" average      since    average      since      examples",
+          "    loss       last     metric       last              ")
 
 
 def write_data(folder: str, seed: int = 0) -> tuple[str, str]:
@@ -73,7 +90,9 @@ class Model(nn.Module):
         return self.dense(last)                          # (B, 1)
 
 
-def main(epochs: int = EPOCHS, workdir: str | None = None) -> dict:
+def main(epochs: int = EPOCHS, workdir: str | None = None,
+         epoch_size: int = EPOCH_SIZE) -> tuple[dict, Model, str]:
+    """Train as the tutorial does; ``(TestConfig's results, the model, the test file)``."""
     torch.manual_seed(0)
     folder = workdir or tempfile.mkdtemp(prefix="rnnkit-cntk-")
     train_file, test_file = write_data(folder)
@@ -86,15 +105,75 @@ def main(epochs: int = EPOCHS, workdir: str | None = None) -> dict:
     test_config = TestConfig(test_datasource, metric_is_pct=False)
     input_map = {"features": train_datasource.streams.features,
                  "target": train_datasource.streams.target}
-    train(model, "squared_error", train_datasource, epoch_size=EPOCH_SIZE, learner=learner,
+    train(model, "squared_error", train_datasource, epoch_size=epoch_size, learner=learner,
           input_map=input_map, callbacks=[progress_writer, test_config],
           minibatch_size=BATCH_SIZE, max_epochs=epochs, metric="squared_error")
-    return test_config.results
+    return test_config.results, model, test_file
+
+
+def validate(model: Model, test_file: str, count: int = 5) -> None:
+    """The tutorial's last step: predictions for a few test sequences, in the data's units."""
+    streams = StreamDefs(features=StreamDef(field="features", shape=1),
+                         target=StreamDef(field="target", shape=1))
+    samples = rnnkit.data.read_ctf(test_file, streams)[:count]
+    model.eval()
+    with torch.no_grad():
+        for sample in samples:
+            features = torch.as_tensor(sample["features"], dtype=torch.float32)[None]
+            prediction = float(model(features)[0, 0]) * NORMALIZE
+            print(f"  {len(sample['features']):>2} steps -> predicted {prediction:+.4f}, "
+                  f"target {float(sample['target'].ravel()[0]) * NORMALIZE:+.4f}")
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the terminal and keeps a copy (to check the printed table)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    add_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
-    main(args.epochs, args.workdir)
+    epochs = args.epochs or (1 if args.tiny else EPOCHS)
+    start = time.perf_counter()
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        results, model, test_file = main(epochs, args.workdir,
+                                         epoch_size=500 if args.tiny else EPOCH_SIZE)
+        print("model(test_samples) * NORMALIZE:")
+        validate(model, test_file)
+    wall = time.perf_counter() - start
+    printed = tee.copy.getvalue().splitlines()
+    losses = [float(m.group(1)) for line in printed
+              if (m := re.match(r"Finished Epoch\[\d+ of \d+\]: loss = (\S+) \*", line))]
+    same_table = (tuple(printed[:2]) == HEADER and len(losses) == epochs
+                  and any(line.startswith("Finished Evaluation") for line in printed))
+    test_mse = float(results.get("squared_error", results.get("loss", float("nan"))))
+    if args.results:
+        write_results(
+            args.results, row=7, task="CNTK tutorial workflow: CTF -> MinibatchSource -> "
+                                      "Fold(LSTM(15)) -> Dense(1)",
+            metric="TestConfig squared error on the test CTF",
+            ours=round(test_mse, 5),
+            anchor="the tutorial's printed table: average/since last loss and metric, "
+                   "examples; 'Learning rate per minibatch'; Finished Epoch/Evaluation lines",
+            target="runs unchanged in spirit from a CTF file the example writes; prints the "
+                   "same table columns",
+            met=None if args.tiny else bool(same_table and losses[-1] < losses[0]),
+            settings=f"adam lr 0.005 momentum 0.9, minibatch {BATCH_SIZE} samples, epoch "
+                     f"{500 if args.tiny else EPOCH_SIZE} samples, {epochs} epochs, "
+                     "initial_state 0.1" + (" (--tiny)" if args.tiny else ""),
+            seeds=[0], wall_s=round(wall, 1), machine=machine(),
+            details={"same_table_columns": same_table, "epoch_losses": losses,
+                     "table_header": list(printed[:2])})

@@ -216,3 +216,14 @@ def test_plot_gradient_flow_writes_panels(tmp_path):
     with pytest.raises(TypeError, match="not a GradientFlow"):
         plot_gradient_flow({"a": {"b": 1.0}}, tmp_path / "bad.png")
     assert isinstance(flows["gru"], GradientFlow) and not math.isnan(flows["gru"].loss)
+
+
+def test_docs_examples_run(capsys):
+    from tests.helpers import doc_python_blocks
+
+    namespace: dict = {}
+    for i, block in enumerate(doc_python_blocks("diagnostics.md")):
+        exec(compile(block, f"docs/diagnostics.md block {i}", "exec"), namespace)  # noqa: S102
+    out = capsys.readouterr().out
+    assert "['layer 1', 'layer 1 reverse', 'layer 2', 'layer 2 reverse']" in out
+    assert "[0, 2, 4]" in out
