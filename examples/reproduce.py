@@ -85,10 +85,10 @@ def _wall(seconds: float) -> str:
 MET = {True: "yes", False: "**no**", None: "—"}
 
 
-def render(results_dir: Path = RESULTS_DIR, output: Path | None = OUTPUT,
-           examples: list[str] | None = None) -> str:
+def render(results_dir: Path = RESULTS_DIR, output: Path | None = OUTPUT) -> str:
     """The RESULTS.md text from every ``results_dir/*.json`` (validated; an invalid file is
-    an error naming it); written atomically to ``output`` unless None."""
+    an error naming it); written atomically to ``output`` unless None. The page depends on
+    the JSON files alone, so it can be checked for staleness."""
     records = []
     for path in sorted(Path(results_dir).glob("*.json")):
         record = load_results(path)
@@ -126,11 +126,6 @@ def render(results_dir: Path = RESULTS_DIR, output: Path | None = OUTPUT,
                 extras.append(f"```\n{text}\n```" if key == "sample" else text)
         if extras:
             lines += ["", f"## Row {row}: {r['task']}", "", *extras]
-    if examples is not None:
-        missing = sorted(set(examples) - {name for _, name, _ in records})
-        if missing:
-            lines += ["", "Not run yet (no results file): "
-                      + ", ".join(f"`examples/{m}.py`" for m in missing) + "."]
     text = "\n".join(lines) + "\n"
     if output is not None:
         atomic_write(output, lambda f: f.write(text))
@@ -163,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             elif status != 0:
                 failed.append(name)
             print(f"== {name}: exit {status} after {_wall(took)}", flush=True)
-    render(args.results_dir, args.output, examples)
+    render(args.results_dir, args.output)
     print(f"wrote {args.output}")
+    missing = sorted(set(examples) - {p.stem for p in args.results_dir.glob("*.json")})
+    if missing:
+        print(f"no results yet: {', '.join(missing)}")
     if skipped:
         print(f"skipped (data set missing): {', '.join(skipped)}")
     if failed:

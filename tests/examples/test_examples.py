@@ -78,8 +78,7 @@ def test_render_sorts_by_row_and_shows_every_field(tmp_path):
         4, ours="LSTM 0.003, tanh-RNN 0.17", met=False,
         details={"figure": "docs/figures/flow.png", "note": "What limits it: the budget."})))
     (results / "a_first.json").write_text(json.dumps(_sample(1, met=None, wall_s=4000.0)))
-    text = reproduce.render(results, tmp_path / "docs" / "RESULTS.md",
-                            examples=["a_first", "b_second", "c_later"])
+    text = reproduce.render(results, tmp_path / "docs" / "RESULTS.md")
     assert (tmp_path / "docs" / "RESULTS.md").read_text() == text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0].startswith("| # | task | ours |")
@@ -90,7 +89,6 @@ def test_render_sorts_by_row_and_shows_every_field(tmp_path):
     assert "| 1.2 min |" in rows[2]
     assert "![b_second](figures/flow.png)" in text        # relative to docs/RESULTS.md
     assert "What limits it: the budget." in text
-    assert "Not run yet (no results file): `examples/c_later.py`." in text
 
 
 def test_render_names_a_bad_file(tmp_path):
@@ -120,6 +118,6 @@ def test_committed_results_render():
     # the committed docs/results/*.json are valid and docs/RESULTS.md is up to date
     if not list((ROOT / "docs" / "results").glob("*.json")):
         pytest.skip("no committed results yet")
-    text = reproduce.render(ROOT / "docs" / "results", None, reproduce.discover())
+    text = reproduce.render(ROOT / "docs" / "results", None)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == text, (
         "docs/RESULTS.md is stale: run python examples/reproduce.py --render-only")
