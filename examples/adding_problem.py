@@ -132,16 +132,42 @@ def draw(models: dict[str, dict], steps: int, figure: str, host: str) -> None:
     print(f"figure: {figure}")
 
 
-def save(args, config: dict, results: dict, lengths: list[int], figure: str | None,
-         host: str, wall: float) -> None:
-    """Write the results JSON (after every model, so a long run keeps what it has)."""
-    if not args.results:
-        return
-    longest = results.get(f"T={max(lengths)}", {})
+def summary(results: dict) -> tuple[list[int], str, bool, str]:
+    """``(lengths run, ours, met, closing note)`` from the per-model results."""
+    lengths = sorted(int(key[2:]) for key, models in results.items() if models)
+    longest = results.get(f"T={max(lengths)}", {}) if lengths else {}
     gated = [n for n in ("LSTM", "GRU", "IRNN") if n in longest]
     tanh_fails = "tanh-RNN" in longest and longest["tanh-RNN"]["test_mse"] > 0.05
     met = len(gated) == 3 and all(longest[n]["solved"] for n in gated) and tanh_fails
-    ours = ", ".join(f"{n} {r['test_mse']:.4f}" for n, r in longest.items()) or "not run yet"
+    ours = ", ".join(
+        f"{n} {r['test_mse']:.4f}" + (f" (solved in {r['steps_to_solve']} updates)"
+                                      if r["steps_to_solve"] else "")
+        for n, r in longest.items()) or "not run yet"
+    notes = []
+    for key, models in results.items():
+        for name, r in models.items():
+            ratio = r["gradient_ratio_h1_over_hT"]
+            if r["solved"]:
+                notes.append(f"{key} {name}: test MSE {r['test_mse']:.4f}, validation MSE "
+                             f"below 0.01 after {r['steps_to_solve']} updates.")
+            else:
+                notes.append(
+                    f"{key} {name}: test MSE {r['test_mse']:.4f} after {r['steps_trained']} "
+                    f"updates (its budget on this shared box), not solved; "
+                    f"|dL/dh_1| / |dL/dh_T| = {ratio['init']:.1e} at initialisation and "
+                    f"{ratio['trained']:.1e} after training.")
+    note = " ".join(notes)
+    return lengths, ours, met, note
+
+
+def save(args, config: dict, results: dict, figure: str | None, host: str,
+         wall: float) -> None:
+    """Write the results JSON (after every model, so a long run keeps what it has)."""
+    if not args.results:
+        return
+    lengths, ours, met, note = summary(results)
+    if not lengths:
+        return
     write_results(
         args.results, row=4, task=f"adding problem, T = {', '.join(map(str, lengths))}",
         metric=f"test MSE at T={max(lengths)} (baseline 1/6 = 0.167)",
@@ -152,16 +178,20 @@ def save(args, config: dict, results: dict, lengths: list[int], figure: str | No
         settings=(f"SequenceRegressor hidden {config['hidden']}, Adam (lr per cell: "
                   + ", ".join(f"{NAMES[c]} {SETTINGS[c][0]:g}" for c in NAMES)
                   + f"), clip 1.0, batch {config['batch']}, {config['train']} training "
-                  f"sequences, stop at validation MSE < {config['stop_below']}"
+                  f"sequences, validation every {config['eval_every']} updates, stop at "
+                  f"validation MSE < {config['stop_below']}"
                   + (" (--tiny)" if args.tiny else "")),
         seeds=[args.seed], wall_s=round(wall, 1), machine=host,
-        details={"results": results, "figure": figure, "baseline_mse": BASELINE_MSE})
+        details={"results": results, "figure": figure, "baseline_mse": BASELINE_MSE,
+                 "note": note})
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--cells", nargs="+", default=list(NAMES), choices=list(NAMES))
+    parser.add_argument("--cells", nargs="*", default=list(NAMES), choices=list(NAMES),
+                        help="the models to train (none with --update: rewrite the results "
+                             "file and the figure from what it holds)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="cap every model's updates (default: per cell, see SETTINGS)")
     parser.add_argument("--lengths", nargs="+", type=int, default=None,
@@ -183,9 +213,14 @@ def main(argv: list[str] | None = None) -> dict:
     host = machine()
     start = time.perf_counter()
     results: dict[str, dict[str, dict]] = {}
+    earlier_wall = 0.0
     if args.update and args.results and Path(args.results).exists():
         # add to (or redo part of) an earlier run: its other models are kept
-        results = load_results(args.results)["details"]["results"]
+        earlier = load_results(args.results)
+        results, earlier_wall = earlier["details"]["results"], float(earlier["wall_s"])
+        host = earlier["machine"] if not args.cells else host
+    if not args.cells:
+        lengths = [max(summary(results)[0] or lengths)]
     print(f"adding problem: baseline MSE {BASELINE_MSE:.4f}, solved below {SOLVED}; {host}")
     print(f"{'T':>4} {'model':<9} {'test MSE':>9} {'solved at':>10} {'updates':>8} "
           f"{'|dL/dh1|/|dL/dhT| init -> trained':>36} {'wall s':>7}")
@@ -203,14 +238,16 @@ def main(argv: list[str] | None = None) -> dict:
                                     "trained": trained.to_dict()["norms"]["layer 1"]}
             results[f"T={steps}"][NAMES[cell]] = row
             ratio = row["gradient_ratio_h1_over_hT"]
-            save(args, config, results, lengths, figure, host, time.perf_counter() - start)
+            save(args, config, results, figure, host,
+                 earlier_wall + time.perf_counter() - start)
             print(f"{steps:>4} {NAMES[cell]:<9} {row['test_mse']:>9.4f} "
                   f"{str(row['steps_to_solve'] or '-'):>10} {row['steps_trained']:>8} "
                   f"{ratio['init']:>17.2e} -> {ratio['trained']:<16.2e} {row['wall_s']:>7}",
                   flush=True)
-        if figure and steps == max(lengths):
-            draw(results[f"T={steps}"], steps, figure, host)
-    save(args, config, results, lengths, figure, host, time.perf_counter() - start)
+    done = summary(results)[0]
+    if figure and done:        # the longest sequences run so far, every model they have
+        draw(results[f"T={max(done)}"], max(done), figure, host)
+    save(args, config, results, figure, host, earlier_wall + time.perf_counter() - start)
     return results
 
 
