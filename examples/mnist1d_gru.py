@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for name in args.models:
         seeds = args.best_seeds if name == "best" and args.best_seeds else args.seeds
-        runs = [run(name, data, seed, args.steps) for seed in (seeds[:1] if args.tiny
-                                                                else seeds)]
-        for r in runs:
+        runs = []
+        for seed in seeds[:1] if args.tiny else seeds:
+            r = run(name, data, seed, args.steps)
+            runs.append(r)
             print(f"{name} seed {r['seed']}: test accuracy {r['test_accuracy']:.4f} "
                   f"({r['parameters']:,} parameters, {r['updates']} updates, "
                   f"{r['train_seconds']:.0f} s)", flush=True)
