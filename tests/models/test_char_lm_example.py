@@ -47,7 +47,8 @@ def test_example_beats_the_bigram_baseline_and_generates(tmp_path):
     assert figures is not None, result.stdout
     lstm, lstm_bpc, bigram, bigram_bpc = map(float, figures.groups())
     assert lstm < bigram - 0.1 and lstm_bpc < bigram_bpc
-    assert re.search(r"trained 150 updates in \d+ s wall, \d+ s CPU \(.+, 1 threads\)", result.stdout)
+    assert re.search(r"trained 150 updates in \d+ s wall, \d+ s CPU \(.+, 1 threads\)",
+                     result.stdout)
     assert "--- 'ROMEO:' at temperature 0.8:\nROMEO:" in result.stdout
     model = rnnkit.load(tmp_path / "model")
     text = model.generate("KING:\n", 40, seed=1)
