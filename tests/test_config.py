@@ -40,7 +40,9 @@ from rnnkit.layers import (
     UnfoldFrom,
     ZoneoutCell,
 )
+from rnnkit.layers.attention import AttentionWrapper, BahdanauAttention, LuongAttention
 from rnnkit.models.forecaster import Forecaster
+from rnnkit.models.seq2seq import Decoder, Encoded, Encoder, Seq2Seq
 
 T, B, I, H = 4, 3, 3, 4
 
@@ -150,14 +152,53 @@ CASES = {
         vocabulary=rnnkit.data.Vocabulary.build("abcd"), hidden_size=H, num_layers=2,
         tie_weights=True, cell_options={"layer_norm": True},
     ),
+    # attention and seq2seq (called by call_seq2seq below)
+    "bahdanau": lambda: BahdanauAttention(H, I, 5, normalize=True),
+    "luong_concat": lambda: LuongAttention(H, I, score="concat"),
+    "attention_wrapper": lambda: AttentionWrapper(
+        GRUCell(I + 2, H), LuongAttention(H, I, score="general"), attention_layer_size=2,
+        attention_activation="tanh", alignment_history=True,
+    ),
+    "encoder": lambda: Encoder(7, embedding_dim=3, hidden_size=H, cell="gru", num_layers=2),
+    "decoder": lambda: Decoder(6, H, embedding_dim=3, hidden_size=H, attention="luong_concat"),
+    "seq2seq": lambda: Seq2Seq(7, 6, embedding_dim=3, hidden_size=H, attention="bahdanau",
+                               teacher_forcing_ratio=0.5, label_smoothing=0.1),
+    "seq2seq_no_attention": lambda: Seq2Seq(7, 6, embedding_dim=3, hidden_size=H, cell="gru",
+                                            attention=None, bidirectional_encoder=False),
 }
 
-ABSTRACT = {"RecurrentCell", "CellWrapper", "RNNBase"}
+ABSTRACT = {"RecurrentCell", "CellWrapper", "RNNBase", "AttentionMechanism"}
+
+
+def call_seq2seq(module: nn.Module, generator: torch.Generator) -> object | None:
+    """One forward of an attention or seq2seq module; None for any other module."""
+    memory = torch.randn(B, T, I, generator=generator)  # (B, S, M)
+    lengths = torch.tensor([T, 2, 1])
+    source = torch.randint(3, 7, (B, T), generator=generator)  # (B, S)
+    if isinstance(module, (BahdanauAttention, LuongAttention)):
+        keys = module.prepare(memory)
+        return module(torch.randn(B, H, generator=generator), keys, memory_mask=source > 3)
+    if isinstance(module, AttentionWrapper):
+        state = module.initial_state(B, memory=memory, memory_lengths=lengths)
+        return module(torch.randn(B, module.input_size, generator=generator), state)
+    if isinstance(module, Encoder):
+        return tuple(module(source, lengths))
+    if isinstance(module, Decoder):
+        encoded = Encoded(memory=torch.randn(B, T, H, generator=generator),
+                          memory_mask=torch.arange(T) < lengths[:, None], lengths=lengths,
+                          summary=torch.randn(B, H, generator=generator))
+        return module(torch.randint(0, 6, (B,), generator=generator), module.initial_state(encoded))
+    if isinstance(module, Seq2Seq):
+        return module(source, torch.randint(0, 6, (B, 5), generator=generator), lengths)
+    return None
 
 
 def call(module: nn.Module) -> object:
     """One forward of ``module`` on a fixed input of the shape it expects."""
     generator = torch.Generator().manual_seed(0)
+    result = call_seq2seq(module, generator)
+    if result is not None:
+        return result
     if hasattr(module, "reset_states"):  # stateful: every call starts afresh
         module.reset_states()
     dtype = next(module.parameters()).dtype
@@ -176,6 +217,8 @@ def call(module: nn.Module) -> object:
 def flatten(result: object) -> list[Tensor]:
     if isinstance(result, Tensor):
         return [result]
+    if result is None:
+        return []
     return [t for part in result for t in flatten(part)]
 
 
