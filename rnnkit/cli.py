@@ -322,6 +322,45 @@ def generate(run_dir: Path, prompt: str, length: int, temperature: float, top_k:
                              top_p=top_p, seed=seed))
 
 
+@cli.command(short_help="Decode an input with a trained seq2seq run (beam search, heat map).")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("text")
+@click.option("--beam-width", "-k", type=int,
+              help="hypotheses kept per step; 1 is greedy (default: the run's [decode])")
+@click.option("--n-best", "-n", type=int, default=1, show_default=True,
+              help="print this many hypotheses, best first (at most the beam width)")
+@click.option("--max-length", type=int,
+              help="most characters decoded (default: the run's [decode], else the task's "
+                   "longest target + 1)")
+@click.option("--length-penalty", type=float, help="GNMT length penalty alpha (beam search)")
+@click.option("--attention-png", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the best hypothesis' attention as a heat map (source on x, "
+                   "output on y)")
+def translate(run_dir: Path, text: str, beam_width: int | None, n_best: int,
+              max_length: int | None, length_penalty: float | None,
+              attention_png: Path | None) -> None:
+    """Decode TEXT with the seq2seq model in RUN_DIR (trained by rnnkit train with
+    [model] type = "seq2seq") and print each hypothesis with its score (the sum of the
+    log-probabilities, with the length penalty under beam search). A character outside the
+    run's source vocabulary is an error naming it (unless the run's data.unknown = "map").
+
+    \b
+    Example:
+      rnnkit translate runs/dates "Saturday, May 3, 1997"
+      rnnkit translate runs/dates "3 may 97" --beam-width 5 --n-best 3 --attention-png may.png
+    """
+    from rnnkit.workflows.seq2seq import translate as translate_text
+
+    result = translate_text(run_dir, text, beam_width=beam_width, n_best=n_best,
+                            max_length=max_length, length_penalty=length_penalty,
+                            attention_png=attention_png)
+    width = max((len(t) for t in result.texts), default=0)
+    for output, score in zip(result.texts, result.scores, strict=True):
+        click.echo(f"{output:<{width}}  score {score:.4f}")
+    if attention_png is not None:
+        click.echo(f"wrote {attention_png}")
+
+
 @cli.command(short_help="Which kernel each layer of a configured model runs, and why.")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=_SET_HELP)

@@ -125,7 +125,7 @@ def test_set_names_the_closest_key(overrides, message):
     ({"model": {"type": "clasifier"}, "data": {"format": "mnist1d"}},
      r"model.type = 'clasifier' is not one of .*; did you mean 'classifier'\?"),
     ({"model": {"type": "classifier"}, "data": {"format": "mnist"}},
-     r"data.format = 'mnist' is not one of csv, ctf, idx, mnist1d, text; did you mean "
+     r"data.format = 'mnist' is not one of csv, ctf, idx, mnist1d, seq2seq, text; did you mean "
      r"'mnist1d'\?"),
     ({"model": {"hidden_size": 3}, "data": {"format": "mnist1d"}}, r"\[model\] needs type"),
     ({"model": {"type": "classifier"}}, r"needs a \[data\] section"),

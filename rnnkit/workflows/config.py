@@ -10,7 +10,7 @@ A run configuration is one TOML file (read with ``tomllib``, ``tomli`` on Python
     cell_options = { layer_norm = true }
 
     [data]
-    format = "mnist1d"           # csv | ctf | idx | mnist1d | text
+    format = "mnist1d"           # csv | ctf | idx | mnist1d | seq2seq | text
     batch_size = 64
 
     [trainer]
@@ -62,6 +62,7 @@ __all__ = [
     "DATA_FORMATS",
     "MODEL_TYPES",
     "DataConfig",
+    "DecodeConfig",
     "ModelConfig",
     "RunConfig",
     "TrainerConfig",
@@ -72,8 +73,10 @@ __all__ = [
     "parse_override",
 ]
 
-MODEL_TYPES = ("classifier", "regressor", "tagger", "language_model", "forecaster", "module")
-DATA_FORMATS = ("csv", "ctf", "idx", "mnist1d", "text")
+MODEL_TYPES = ("classifier", "regressor", "tagger", "language_model", "forecaster", "module",
+               "seq2seq")
+DATA_FORMATS = ("csv", "ctf", "idx", "mnist1d", "seq2seq", "text")
+ATTENTION_TYPES = ("bahdanau", "luong", "luong_general", "luong_concat", "none")
 
 
 def option(default: Any = None, *, kind: str, doc: str, choices: tuple[str, ...] | None = None,
@@ -105,6 +108,9 @@ class ModelConfig:
                            doc="other keyword arguments of the task model's constructor")
     class_name: str | None = option(kind="str",
                                     doc="type = 'module': the registered class to build")
+    attention: str | None = option(kind="str", choices=ATTENTION_TYPES,
+                                   doc="type = 'seq2seq': the decoder's attention (default "
+                                       "bahdanau; none: the context-vector baseline)")
 
 
 @dataclass
@@ -148,9 +154,25 @@ class DataConfig:
                         doc="tokens are characters or words")
     seq_len: int = option(100, kind="int", formats=("text",), doc="tokens per training window")
     # mnist1d (generated locally)
-    num_samples: int = option(5000, kind="int", formats=("mnist1d",),
-                              doc="samples generated (train and test together)")
-    seed: int = option(42, kind="int", formats=("mnist1d",), doc="the generator's seed")
+    num_samples: int = option(5000, kind="int", formats=("mnist1d", "seq2seq"),
+                              doc="samples generated (mnist1d: train and test together; "
+                                  "seq2seq: training pairs)")
+    seed: int = option(42, kind="int", formats=("mnist1d", "seq2seq"),
+                       doc="the generator's seed")
+    # seq2seq (toy tasks generated locally: rnnkit.data.seq2seq_tasks)
+    task: str | None = option(kind="str", choices=("dates", "addition", "reversal"),
+                              formats=("seq2seq",), doc="dates, addition or reversal")
+    num_validation: int = option(500, kind="int", formats=("seq2seq",),
+                                 doc="held-out validation pairs")
+    num_test: int = option(1000, kind="int", formats=("seq2seq",), doc="held-out test pairs")
+    unknown: str = option("error", kind="str", choices=("error", "map"), formats=("seq2seq",),
+                          doc="a source character outside the vocabulary: an error, or <unk>")
+    max_digits: int = option(3, kind="int", formats=("seq2seq",),
+                             doc="addition: digits per operand")
+    min_length: int = option(3, kind="int", formats=("seq2seq",),
+                             doc="reversal: shortest sequence")
+    max_length: int = option(12, kind="int", formats=("seq2seq",),
+                             doc="reversal: longest sequence")
 
 
 @dataclass
@@ -190,6 +212,20 @@ class TrainerConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """``[decode]``: how a seq2seq run decodes (evaluate, predict, translate)."""
+
+    beam_width: int = option(1, kind="int", doc="hypotheses kept per step (1: greedy)")
+    max_length: int | None = option(kind="int",
+                                    doc="most tokens decoded (default: the task's longest "
+                                        "target + 1)")
+    length_penalty: float = option(0.0, kind="float",
+                                   doc="GNMT length penalty alpha (beam search)")
+    coverage_penalty: float = option(0.0, kind="float",
+                                     doc="GNMT coverage penalty beta (beam search)")
+
+
+@dataclass
 class RunConfig:
     """A whole run configuration: :class:`ModelConfig`, :class:`DataConfig`,
     :class:`TrainerConfig`, and the file it came from (``None`` for a dict)."""
@@ -198,6 +234,7 @@ class RunConfig:
     data: DataConfig
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     source: str | None = None
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (TOML/JSON types only) that :func:`parse_config` reads back."""
@@ -205,7 +242,7 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig,
-                             "trainer": TrainerConfig}
+                             "trainer": TrainerConfig, "decode": DecodeConfig}
 
 
 def _section_dict(section: Any) -> dict[str, Any]:
@@ -425,6 +462,15 @@ def _check_consistency(config: RunConfig) -> None:
         for key in ("input", "target"):
             if key not in data.input_map:
                 raise UsageError(f"data.input_map needs {key} (a stream name)")
+    if data.format == "seq2seq" and data.task is None:
+        raise UsageError("[data] format 'seq2seq' needs task: dates, addition or reversal")
+    if (model.type == "seq2seq") != (data.format == "seq2seq"):
+        raise UsageError("[model] type 'seq2seq' reads [data] format 'seq2seq' (and only it "
+                         f"does), not type {model.type!r} with format {data.format!r}")
+    if model.type != "seq2seq" and model.attention is not None:
+        raise UsageError(f"model.attention applies to type 'seq2seq', not {model.type!r}")
+    if model.type != "seq2seq" and config.decode != DecodeConfig():
+        raise UsageError(f"[decode] applies to model.type 'seq2seq', not {model.type!r}")
     if model.type == "module" and not model.class_name:
         raise UsageError("[model] type 'module' needs class_name (a registered class)")
     if model.type != "module" and model.class_name:
@@ -438,13 +484,19 @@ def _check_consistency(config: RunConfig) -> None:
         raise UsageError(f"data.splits sum to {sum(data.splits):g} > 1")
     for name in ("batch_size", "epochs", "num_layers", "hidden_size", "keep_last", "look_back",
                  "horizon", "seq_len", "num_samples", "limit", "epoch_size", "tbptt",
-                 "checkpoint_every"):
-        for section in (model, data, trainer):
+                 "checkpoint_every", "max_digits", "min_length", "max_length", "beam_width"):
+        for section in (model, data, trainer, config.decode):
             value = getattr(section, name, None)
             if isinstance(value, int) and value < 1:
                 section_name = {ModelConfig: "model", DataConfig: "data",
-                                TrainerConfig: "trainer"}[type(section)]
+                                TrainerConfig: "trainer", DecodeConfig: "decode"}[type(section)]
                 raise UsageError(f"{section_name}.{name} must be at least 1, got {value}")
+    for name in ("num_validation", "num_test"):
+        if getattr(data, name) < 0:
+            raise UsageError(f"data.{name} must be at least 0, got {getattr(data, name)}")
+    if data.format == "seq2seq" and data.min_length > data.max_length:
+        raise UsageError(f"data.min_length ({data.min_length}) exceeds data.max_length "
+                         f"({data.max_length})")
     if not 0 <= model.dropout < 1:
         raise UsageError(f"model.dropout must be in [0, 1), got {model.dropout}")
     if trainer.lr <= 0:

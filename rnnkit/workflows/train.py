@@ -59,10 +59,10 @@ __all__ = [
 
 DEFAULT_LOSSES = {"classifier": "cross_entropy", "regressor": "mse",
                   "tagger": "sequence_cross_entropy", "language_model": "sequence_cross_entropy",
-                  "module": "mse"}
+                  "module": "mse", "seq2seq": "sequence_cross_entropy"}
 DEFAULT_METRICS = {"classifier": ["accuracy"], "regressor": ["rmse", "mae"],
                    "tagger": ["accuracy"], "language_model": ["perplexity", "bits_per_character"],
-                   "module": []}
+                   "module": [], "seq2seq": ["accuracy"]}
 RUN_KEY = "run"  # the configuration's key in config.json's "extra"
 
 
@@ -260,6 +260,10 @@ def build_data(config: RunConfig, vocabulary: Any = None) -> RunData:
         return _text_splits(config, vocabulary)
     if data.format == "ctf":
         return _ctf_splits(config)
+    if data.format == "seq2seq":
+        from rnnkit.workflows.seq2seq import build_seq2seq_data
+
+        return build_seq2seq_data(config, vocabulary)
     raise UsageError(f"data.format {data.format!r} trains model.type 'forecaster' only "
                      f"(through rnnkit forecast's workflow), not {config.model.type!r}")
 
@@ -270,6 +274,10 @@ def build_model(config: RunConfig, data: RunData) -> nn.Module:
     from rnnkit import models
 
     spec = config.model
+    if spec.type == "seq2seq":
+        from rnnkit.workflows.seq2seq import build_seq2seq_model
+
+        return build_seq2seq_model(config, data)
     backbone = {"cell": spec.cell, "hidden_size": spec.hidden_size,
                 "num_layers": spec.num_layers, "dropout": spec.dropout,
                 "cell_options": dict(spec.cell_options) or None}
@@ -427,6 +435,11 @@ def train_run(config: RunConfig, directory: str | os.PathLike, *, resume: bool =
     run = Run(directory=directory, model=model, history=dict(history.history))
     if data.test is not None:
         run.test_metrics = trainer.evaluate(data.test, **_eval_options(data))
+    if config.model.type == "seq2seq":  # the vocabularies, and the decoded test metrics
+        from rnnkit.workflows.seq2seq import finish_seq2seq_run
+
+        run.test_metrics = finish_seq2seq_run(config, directory, model, data, run.test_metrics)
+    if run.test_metrics is not None:
         _write_json(directory / "metrics.json", {"test": run.test_metrics})
         if echo is not None:
             echo("test: " + format_metrics(run.test_metrics))
@@ -574,6 +587,10 @@ def evaluate_run(directory: str | os.PathLike, path: str | None = None) -> dict[
         if metrics is None:
             raise UsageError(f"{directory} holds no metrics (config.json has no 'metrics')")
         return metrics
+    if config.model.type == "seq2seq":
+        from rnnkit.workflows.seq2seq import evaluate_seq2seq
+
+        return evaluate_seq2seq(directory, path)
     data, info = _data_like_run(config, path, model)
     trainer = make_trainer(config, model)
     with _file_errors(config):
@@ -596,6 +613,10 @@ def predict_run(directory: str | os.PathLike, path: str | None,
     if config.model.type == "language_model":
         raise UsageError("a language model generates text: use rnnkit generate RUN_DIR "
                          "--prompt ...")
+    if config.model.type == "seq2seq":
+        from rnnkit.workflows.seq2seq import predict_seq2seq
+
+        return predict_seq2seq(directory, path, output)
     data, info = _data_like_run(config, path, model)
     trainer = make_trainer(config, model)
     with _file_errors(config):
