@@ -354,8 +354,9 @@ def translate(run_dir: Path, text: str, beam_width: int | None, n_best: int,
     result = translate_text(run_dir, text, beam_width=beam_width, n_best=n_best,
                             max_length=max_length, length_penalty=length_penalty,
                             attention_png=attention_png)
-    width = max((len(t) for t in result.texts), default=0)
-    for output, score in zip(result.texts, result.scores, strict=True):
+    shown = [text or "(empty)" for text in result.texts]  # an immediate <eos>
+    width = max((len(t) for t in shown), default=0)
+    for output, score in zip(shown, result.scores, strict=True):
         click.echo(f"{output:<{width}}  score {score:.4f}")
     if attention_png is not None:
         click.echo(f"wrote {attention_png}")
