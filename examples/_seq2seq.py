@@ -86,16 +86,17 @@ def train_one(task: Any, splits: Any, attention: str | None, *, hidden: int, emb
 
 def run(task_name: str, *, num_train: int, num_test: int, hidden: int, embedding: int,
         batch_size: int, epochs: int, lr: float, seed: int = 0, beam_width: int = 1,
-        attentions: tuple[str | None, ...] = ("bahdanau", None), threads: int = 2,
+        attentions: tuple[str | None, ...] = ("bahdanau", None), threads: int | None = None,
         log: Any = print, **task_options: Any) -> dict[str, Any]:
     """Train with each attention setting on the same data and budget."""
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     task = make_task(task_name, **task_options)
     splits = make_splits(task, num_train=num_train, num_test=num_test, seed=seed)
     log(f"{task_name}: {num_train} training pairs, {num_test} held-out test pairs (no "
         f"sample shared), e.g. {splits.train[0][0]!r} -> {splits.train[0][1]!r}; GRU "
         f"encoder (bidirectional) and decoder, hidden {hidden}, batch {batch_size}, "
-        f"{epochs} epochs, {threads} threads, load {os.getloadavg()[0]:.1f}")
+        f"{epochs} epochs, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
     return {"models": [train_one(task, splits, attention, hidden=hidden, embedding=embedding,
                                  batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
                                  beam_width=beam_width, log=log)

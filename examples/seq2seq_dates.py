@@ -32,8 +32,8 @@ TINY = dict(num_train=256, num_test=64, hidden=16, embedding=8, batch_size=64, e
 def main(argv: list[str] | None = None) -> int:
     parser = _results.add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads (1 on a busy shared machine)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: torch's; 1 on a busy shared machine)")
     args = parser.parse_args(argv)
     settings = TINY if args.tiny else SETTINGS
     start = time.perf_counter()
