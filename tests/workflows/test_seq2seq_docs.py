@@ -5,7 +5,7 @@ import pytest
 
 from tests.helpers import DOCS, assert_doctests_pass, python_blocks
 
-SECTIONS = ("Toy tasks", "From the command line", "Results: dates and addition")
+SECTIONS = ("Toy tasks", "From the command line")
 
 
 def task_sections() -> str:
