@@ -8,8 +8,8 @@ same seed gives the same data on every machine, with no download:
   1997"``, lower- and upper-case variants, ...) -> ISO 8601 ``"1997-05-03"``. Dates lie in
   1950-01-01 .. 2049-12-31, so a two-digit year is unambiguous (50-99 -> 19xx, 00-49 -> 20xx);
   numeric day/month formats put the day first (``03/05/97`` is the 3rd of May).
-* ``"addition"``: ``"535+61"`` -> ``"596"``; each operand has 1 to ``max_digits`` digits (the
-  number of digits drawn first, then the digits, as Keras' ``addition_rnn`` example draws them).
+* ``"addition"``: ``"535+61"`` -> ``"596"``; each operand is uniform over ``0 ..
+  10**max_digits - 1`` (Keras' ``addition_rnn`` draws the number of digits first: see ``draw``).
 * ``"reversal"``: ``"abcde"`` -> ``"edcba"`` over lower-case letters, ``min_length`` to
   ``max_length`` characters.
 
@@ -213,11 +213,11 @@ def _date_task() -> Seq2SeqTask:
 def _addition_task(max_digits: int) -> Seq2SeqTask:
     max_digits = int_arg("max_digits", max_digits)
 
-    def number(rng: random.Random) -> int:
-        return int("".join(rng.choice(string.digits) for _ in range(rng.randint(1, max_digits))))
-
     def draw(rng: random.Random) -> tuple[Any, str, str]:
-        a, b = number(rng), number(rng)
+        # uniform over the operand pairs: drawing the number of digits first (Keras'
+        # addition_rnn) makes the 100 one-digit pairs a ninth of the stream, so a held-out
+        # split of distinct pairs would take nearly all of them away from training
+        a, b = rng.randrange(10 ** max_digits), rng.randrange(10 ** max_digits)
         return (a, b), f"{a}+{b}", str(a + b)
 
     return Seq2SeqTask("addition", draw, string.digits + "+", string.digits,
