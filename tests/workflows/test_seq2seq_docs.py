@@ -5,7 +5,7 @@ import pytest
 
 from tests.helpers import DOCS, assert_doctests_pass, python_blocks
 
-SECTIONS = ("Toy tasks", "From the command line")
+SECTIONS = ("Toy tasks", "From the command line", "Results: dates and addition")
 
 
 def task_sections() -> str:
