@@ -47,6 +47,8 @@ from rnnkit.layers.state import (
     CellWrapper,
     DriverOutput,
     check_state,
+    nest_like,
+    state_leaves,
     state_sizes,
     zero_state,
 )
@@ -54,24 +56,6 @@ from rnnkit.layers.stateful import Stateful, StateStore
 
 OUTPUT_ORDERS = ("time", "processing")
 
-
-def _leaves(tree: Any) -> list[Any]:
-    """The leaves of a nested tuple (state sizes or state tensors), depth first."""
-    if isinstance(tree, (tuple, list)):
-        return [leaf for part in tree for leaf in _leaves(part)]
-    return [tree]
-
-
-def _nest(flat: list[Any], like: Any) -> Any:
-    """Rebuild ``like``'s nesting (an int or nested tuple of ints) from its leaves ``flat``."""
-    leaves = iter(flat)
-
-    def build(node: Any) -> Any:
-        if isinstance(node, (tuple, list)):
-            return tuple(build(part) for part in node)
-        return next(leaves)
-
-    return build(like)
 
 class _FullStateCell(CellWrapper):
     """Outputs the whole state (all tensors concatenated) instead of the cell's output: what
@@ -85,11 +69,11 @@ class _FullStateCell(CellWrapper):
 
     @property
     def output_size(self) -> int:
-        return sum(_leaves(state_sizes(self.cell)))
+        return sum(state_leaves(state_sizes(self.cell)))
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         _, new_state = self.cell(x, state)
-        return torch.cat(_leaves(new_state), dim=-1), new_state  # (B, sum(S))
+        return torch.cat(state_leaves(new_state), dim=-1), new_state  # (B, sum(S))
 
 
 class Recurrence(Configurable, Stateful, nn.Module):
@@ -194,18 +178,18 @@ class Recurrence(Configurable, Stateful, nn.Module):
         # state_dict saves it.
         self._fixed_count = 0
         if fixed is not None and not self.learnable_initial_state:
-            parts = _leaves(fixed)
+            parts = state_leaves(fixed)
             self._fixed_count = len(parts)
             for index, part in enumerate(parts):
                 self.register_buffer(f"fixed_initial_state_{index}", part.detach().clone())
         if self.learnable_initial_state:
-            sizes = _leaves(state_sizes(cell))  # nested for a MultiCell: one per tensor
+            sizes = state_leaves(state_sizes(cell))  # nested for a MultiCell: one per tensor
             start = self._constant or 0.0
             params = []
             for index, s in enumerate(sizes):
                 value = torch.full((s,), start)
                 if fixed is not None:
-                    part = _leaves(fixed)[index]
+                    part = state_leaves(fixed)[index]
                     if part.dim() != 1:
                         raise ValueError(
                             f"{type(self).__name__}: learnable_initial_state=True starts from "
@@ -221,12 +205,12 @@ class Recurrence(Configurable, Stateful, nn.Module):
         """The state a sequence starts from when none is passed."""
         if self.learnable_initial_state:
             parts = [p.to(like.dtype)[None, :].expand(batch_size, -1) for p in self.initial_states]
-            return _nest(parts, state_sizes(self.cell))
+            return nest_like(parts, state_sizes(self.cell))
         if self._fixed_count:
             parts = [getattr(self, f"fixed_initial_state_{i}") for i in range(self._fixed_count)]
             parts = [t.to(device=like.device, dtype=like.dtype) for t in parts]
             parts = [t.expand(batch_size, -1) if t.dim() == 1 else t for t in parts]
-            return _nest(parts, state_sizes(self.cell))
+            return nest_like(parts, state_sizes(self.cell))
         state = zero_state(self.cell, batch_size, like.device, like.dtype)
         if self._constant:
             state = map_state(lambda t: torch.full_like(t, self._constant), state)
@@ -340,7 +324,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
         if self.return_full_state:
             size = state_sizes(self.cell)
             if isinstance(size, tuple):  # each (T, B, S_i), nested as the state is
-                outputs = _nest(list(outputs.split(_leaves(size), dim=-1)), size)
+                outputs = nest_like(list(outputs.split(state_leaves(size), dim=-1)), size)
         return outputs, final
 
     def _normalise(

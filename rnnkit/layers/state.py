@@ -20,6 +20,25 @@ class DriverOutput(NamedTuple):
     state: Any  # the final state: each sequence's state at its own last processed step
 
 
+def state_leaves(tree: Any) -> list[Any]:
+    """The leaves of a nested tuple (state sizes or state tensors), depth first."""
+    if isinstance(tree, (tuple, list)):
+        return [leaf for part in tree for leaf in state_leaves(part)]
+    return [tree]
+
+
+def nest_like(flat: list[Any], like: Any) -> Any:
+    """Rebuild ``like``'s nesting (an int or nested tuple of ints) from its leaves ``flat``."""
+    leaves = iter(flat)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, (tuple, list)):
+            return tuple(build(part) for part in node)
+        return next(leaves)
+
+    return build(like)
+
+
 def state_sizes(cell: nn.Module) -> tuple[int, ...] | int:
     """The cell's ``state_size`` with a readable error when it has none."""
     size = getattr(cell, "state_size", None)

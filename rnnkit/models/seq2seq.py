@@ -41,7 +41,7 @@ from rnnkit.engine.autocast import outside_autocast
 from rnnkit.engine.lengths import check_lengths
 from rnnkit.errors import DTypeError, ShapeError
 from rnnkit.layers.attention import AttentionWrapper, BahdanauAttention, LuongAttention
-from rnnkit.layers.state import zero_state
+from rnnkit.layers.state import nest_like, state_leaves, zero_state
 from rnnkit.models._common import pool
 from rnnkit.models.backbone import _CELLS, Backbone, _cell_like, resolve_cell_name
 
@@ -111,23 +111,6 @@ def _sizes(state: Any) -> Any:
     if isinstance(state, (tuple, list)):
         return tuple(_sizes(part) for part in state)
     return int(state.shape[-1])
-
-
-def _leaves(tree: Any) -> list[Any]:
-    if isinstance(tree, (tuple, list)):
-        return [leaf for part in tree for leaf in _leaves(part)]
-    return [tree]
-
-
-def _nest(flat: list[Any], like: Any) -> Any:
-    leaves = iter(flat)
-
-    def build(node: Any) -> Any:
-        if isinstance(node, (tuple, list)):
-            return tuple(build(part) for part in node)
-        return next(leaves)
-
-    return build(like)
 
 
 def _step_cell(owner: str, cell: str | nn.Module, input_size: int, hidden_size: int,
@@ -290,7 +273,7 @@ class Decoder(Configurable, nn.Module):
             out_features = self.attention_size
         # the cells' state layout as nested sizes, e.g. (H, H) for an LSTM
         self._state_sizes = _sizes(zero_state(stack, 1))
-        state_features = sum(_leaves(self._state_sizes))
+        state_features = sum(state_leaves(self._state_sizes))
         self.bridge = nn.Linear(self.memory_size, state_features)
         self.output = nn.Linear(out_features, self.vocab_size)
 
@@ -298,8 +281,8 @@ class Decoder(Configurable, nn.Module):
         """The first decoder state: :math:`\\tanh(W_b c + b_b)` for the cells, plus the
         memory (attention) or the context vector (baseline)."""
         bridged = torch.tanh(self.bridge(encoded.summary))  # (B, sum of state sizes)
-        sizes = _leaves(self._state_sizes)
-        cell_state = _nest(list(bridged.split(sizes, dim=-1)), self._state_sizes)
+        sizes = state_leaves(self._state_sizes)
+        cell_state = nest_like(list(bridged.split(sizes, dim=-1)), self._state_sizes)
         if self.attention is None:
             return (cell_state, encoded.summary)
         batch = encoded.memory.shape[0]
