@@ -23,13 +23,13 @@ import gzip
 import math
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from rnnkit._files import atomic_write_bytes
 from rnnkit.data.labeled import LabeledSequences, _as_numpy, _class_indices
 
 __all__ = [
@@ -121,15 +121,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, body)
 
 
 def find_idx_pair(root: str | os.PathLike, split: str = "train") -> tuple[str, str]:

@@ -19,13 +19,13 @@ import json
 import numbers
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
+from rnnkit._files import atomic_write_bytes
 from rnnkit.data._checks import int_arg
 
 __all__ = [
@@ -181,15 +181,8 @@ class Vocabulary:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"cannot save the vocabulary to {path}: the folder {folder} "
                                     "does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        data = json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+        atomic_write_bytes(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
