@@ -22,7 +22,7 @@ import _results
 import _seq2seq
 
 SETTINGS = dict(num_train=48000, num_test=2000, hidden=128, embedding=32, batch_size=128,
-                epochs=6, lr=4e-3)
+                epochs=12, lr=4e-3)
 TINY = dict(num_train=256, num_test=64, hidden=16, embedding=8, batch_size=64, epochs=1,
             lr=3e-3)
 
