@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -89,10 +90,29 @@ def doc_python_blocks(name: str) -> list[str]:
     return python_blocks((DOCS / name).read_text(encoding="utf-8"))
 
 
+def doc_sections(name: str, *titles: str) -> str:
+    """The ``## `` sections of ``docs/<name>`` whose titles start with one of ``titles`` (a
+    doc several modules share gives each module's runner its own sections)."""
+    parts = (DOCS / name).read_text(encoding="utf-8").split("\n## ")
+    return "\n".join("## " + part for part in parts[1:] if part.startswith(titles))
+
+
+def run_doc_block(block: str, where: str, namespace: dict | None = None) -> dict:
+    """Run one python block of a doc as a reader would paste it (warnings silenced: a doc
+    example is judged by what it prints and raises), in ``namespace`` (a fresh one if None)."""
+    namespace = {} if namespace is None else namespace
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(block, where, "exec"), namespace)  # noqa: S102
+    return namespace
+
+
 def assert_doctests_pass(module_name: str) -> None:
     """The module's docstring examples run and print what they say (at least one example)."""
     module = importlib.import_module(module_name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -3,19 +3,9 @@ as written."""
 
 import pytest
 
-from tests.helpers import DOCS, assert_doctests_pass, python_blocks
+from tests.helpers import assert_doctests_pass, doc_sections, python_blocks, run_doc_block
 
-HEADING = "## Decoding: greedy, sampling and beam search"
-
-
-def decoding_section() -> str:
-    text = (DOCS / "seq2seq.md").read_text(encoding="utf-8")
-    start = text.index(HEADING)
-    end = text.find("\n## ", start + len(HEADING))
-    return text[start:] if end < 0 else text[start:end]
-
-
-BLOCKS = python_blocks(decoding_section())
+BLOCKS = python_blocks(doc_sections("seq2seq.md", "Decoding: greedy, sampling and beam search"))
 
 
 def test_section_has_examples():
@@ -24,7 +14,7 @@ def test_section_has_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_section_example_runs(index, capsys):
-    exec(compile(BLOCKS[index], f"docs/seq2seq.md decoding block {index}", "exec"), {})
+    run_doc_block(BLOCKS[index], f"docs/seq2seq.md decoding block {index}")
 
 
 def test_docstring_examples():

@@ -1,10 +1,8 @@
 """The examples in docs/models.md and the docstrings of rnnkit.models run as written."""
 
-import warnings
-
 import pytest
 
-from tests.helpers import assert_doctests_pass, doc_python_blocks
+from tests.helpers import assert_doctests_pass, doc_python_blocks, run_doc_block
 
 BLOCKS = doc_python_blocks("models.md")
 MODULES = [
@@ -22,13 +20,9 @@ def test_docs_have_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_docs_example_runs(index, capsys):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exec(compile(BLOCKS[index], f"docs/models.md block {index}", "exec"), {})
+    run_doc_block(BLOCKS[index], f"docs/models.md block {index}")
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert_doctests_pass(name)
+    assert_doctests_pass(name)
