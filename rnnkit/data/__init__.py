@@ -7,6 +7,7 @@
 * :mod:`~rnnkit.data.idx` - IDX files (MNIST, Fashion-MNIST) as sequences of rows.
 * :mod:`~rnnkit.data.batching` - padding collate and length-bucketing sampler.
 * :mod:`~rnnkit.data.labeled` - ``LabeledSequences``, what every dataset of samples returns.
+* :mod:`~rnnkit.data.digit_strings` - strings of real MNIST digits side by side (recognition).
 
 Layout: rnnkit's layers default to time-major ``(T, B, ...)`` like torch, and so does every
 helper here that takes ``batch_first`` (``pad_sequences``, ``PadCollate``/``pad_collate``,
