@@ -71,6 +71,10 @@ from rnnkit.models import Forecaster  # noqa: E402, F401  (owner: forecaster)
 # isort: split
 from rnnkit.models import Seq2Seq  # noqa: E402, F401
 
+# --- image to sequence (owner: img2seq) ---
+# isort: split
+from rnnkit.models import ImageToSequence  # noqa: E402, F401
+
 # --- checkpoints: rnnkit.save / rnnkit.load for finished models (rnnkit.training.checkpoint) ---
 # isort: split
 from rnnkit.training.checkpoint import load, save  # noqa: E402, F401

@@ -31,3 +31,11 @@ from rnnkit.models.decoding import (  # noqa: E402, F401
 # --- seq2seq (owner: s2s-model) ---
 # isort: split
 from rnnkit.models.seq2seq import Decoder, Encoded, Encoder, Seq2Seq  # noqa: E402, F401
+
+# --- image to sequence (owner: img2seq) ---
+# isort: split
+from rnnkit.models.image_to_sequence import (  # noqa: E402, F401
+    ImageEncoded,
+    ImageEncoder,
+    ImageToSequence,
+)
