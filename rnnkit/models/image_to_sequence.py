@@ -204,15 +204,16 @@ class ImageEncoder(Configurable, nn.Module):
         dtype = self.convolutions[0].weight.dtype
         x = x.to(dtype)
         # padded columns are zeroed before every convolution: what it sees past an image's
-        # edge is then what its zero padding shows when the image is alone
+        # edge is then what its zero padding shows when the image is alone. After a pool the
+        # mask goes on the pooled grid only: a pool window that reads a padded column lands
+        # in a pooled column past the image's (floored) width, which the mask zeroes.
         x = x * column_mask(widths, x.shape[-1]).to(dtype)
         for conv, (pool_h, pool_w) in zip(self.convolutions, self.pools, strict=True):
             x = F.relu(conv(x))  # (B, C_i, H_i, W_i)
-            x = x * column_mask(widths, x.shape[-1]).to(dtype)
             if pool_h > 1 or pool_w > 1:
                 x = F.max_pool2d(x, (pool_h, pool_w))  # floor: no partial window
                 widths = torch.div(widths, pool_w, rounding_mode="floor")
-                x = x * column_mask(widths, x.shape[-1]).to(dtype)
+            x = x * column_mask(widths, x.shape[-1]).to(dtype)
         batch, features, grid_height, grid_width = x.shape  # (B, C', H', W')
         rows = x.permute(0, 2, 3, 1)  # (B, H', W', C')
         if self.row_encoder is not None:
