@@ -5,7 +5,9 @@ __version__ = "0.1.0"
 # Each section is owned by one subpackage; add its exports once its module imports cleanly.
 # --- cells ---
 from rnnkit.cells import (  # noqa: E402, F401
+    BidirectionalGridLSTMCell,
     ElmanCell,
+    GridLSTMCell,
     GroupedLSTMCell,
     GRUCell,
     IndRNNCell,

@@ -2,6 +2,7 @@
 
 from rnnkit.cells.base import RecurrentCell, State
 from rnnkit.cells.elman import ElmanCell
+from rnnkit.cells.grid_lstm import BidirectionalGridLSTMCell, GridLSTMCell
 from rnnkit.cells.grouped_lstm import GroupedLSTMCell
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.indrnn import IndRNNCell
@@ -24,4 +25,6 @@ __all__ = [
     "MinGRUCell",
     "MinLSTMCell",
     "MultiCell",
+    "GridLSTMCell",
+    "BidirectionalGridLSTMCell",
 ]
