@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from rnnkit.cells import (
+    BidirectionalGridLSTMCell,
     ElmanCell,
+    GridLSTMCell,
     GroupedLSTMCell,
     GRUCell,
     IndRNNCell,
@@ -39,11 +41,15 @@ CELLS: dict[str, Callable[..., torch.nn.Module]] = {
     "IndRNNCell": lambda **kw: IndRNNCell(I, H, **kw),
     "MinGRUCell": lambda **kw: MinGRUCell(I, H, **kw),
     "MinLSTMCell": lambda **kw: MinLSTMCell(I, H, **kw),
+    "GridLSTMCell": lambda **kw: GridLSTMCell(4, H, feature_size=2, **kw),
+    "BidirectionalGridLSTMCell": lambda **kw: BidirectionalGridLSTMCell(4, H, feature_size=2,
+                                                                        **kw),
 }
 CLASSES = {
     "ElmanCell": ElmanCell, "LSTMCell": LSTMCell, "GRUCell": GRUCell, "UGRNNCell": UGRNNCell,
     "NASCell": NASCell, "GroupedLSTMCell": GroupedLSTMCell, "IndRNNCell": IndRNNCell,
     "MinGRUCell": MinGRUCell, "MinLSTMCell": MinLSTMCell,
+    "GridLSTMCell": GridLSTMCell, "BidirectionalGridLSTMCell": BidirectionalGridLSTMCell,
 }
 
 # (id, call, exception type, regex the message must match)
