@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from numbers import Integral
 
 import numpy as np
@@ -198,7 +198,14 @@ class GridLSTMCell(RecurrentCell):
     variable initializer on the concatenated ``(F_s + 2H, G*H)`` matrix, and on each
     ``(H,)`` peephole). TF1 added ``forget_bias`` in every step; here it starts the forget
     bias (so a TF1 cell with bias ``b`` equals this one with bias ``b + forget_bias`` on the
-    forget rows); with coupled gates there is no forget gate and it has no effect.
+    forget rows); with coupled gates (no forget gate) or without ``bias`` it has no effect.
+    :meth:`load_tf_variables` copies a TF1 cell's variables (``W_f_0``, ``B_f_0``, ...) in.
+
+    With one window (``feature_size == input_size``) the frequency LSTM starts from zeros, so
+    the time LSTM is an :class:`~rnnkit.cells.LSTMCell` (``weight_ih[0, 1]``,
+    ``weight_hh_time[0, 1]``, ``bias_ih[0, 1]``, peepholes ``weight_c*[0, 1, 1]``) once the
+    one frequency connection left, the peepholes from :math:`c^F` (``weight_c*[0, 1, 0]``),
+    is zero; the output's first H columns and the state are then the LSTM's.
 
     State (TF1's ``state_is_tuple`` mapped to rnnkit's ``(h, c)``): ``h`` ``(B, K*H)``
     holds :math:`m^{T,k}` window after window (block by block), ``c`` ``(B, K*H)`` the
@@ -433,6 +440,95 @@ class GridLSTMCell(RecurrentCell):
         h, c = self.prepare_call(x, state)
         output, h_new, c_new = self._direction(self.windows(x), h, c, "")
         return output, (h_new, c_new)
+
+    # --- TF1's variables ------------------------------------------------------------------
+
+    def tf_variable_names(self) -> tuple[str, ...]:
+        """The names of TF1's variables for this configuration, as
+        :meth:`load_tf_variables` expects them (without the enclosing variable scope)."""
+        names = []
+        lstms = ("f",) if self.share_time_frequency_weights else ("f", "t")
+        gates = "IO" if self.coupled_gates else "FIO"
+        for prefix in ("",) if self.directions == 1 else ("fwd/", "bwd/"):
+            for r in range(len(self.blocks)):
+                for lstm in lstms:
+                    names += [f"{prefix}W_{lstm}_{r}", f"{prefix}B_{lstm}_{r}"]
+                if self.peepholes:
+                    for lstm in ("freq",) if self.share_time_frequency_weights \
+                            else ("freq", "time"):
+                        for gate in gates:
+                            names += [f"{prefix}W_{gate}_diag_{lstm}{source}_{r}"
+                                      for source in "ft"]
+        return tuple(names)
+
+    def load_tf_variables(
+        self, variables: Mapping[str, object], forget_bias: float | None = None
+    ) -> None:
+        """Copy the variables of a TF1 ``GridLSTMCell``/``BidirectionalGridLSTMCell`` (NumPy
+        arrays or tensors, e.g. read from a checkpoint) into this cell.
+
+        Keys are TF1's variable names (:meth:`tf_variable_names`: ``W_f_0``, ``B_f_0``,
+        ``W_t_0``, ..., ``W_I_diag_freqf_0``, ...; ``fwd/``/``bwd/`` before them for the
+        bidirectional cell); a key may carry its enclosing scope (``rnn/grid_lstm_cell/W_f_0``)
+        and other variables are ignored. TF1's ``W`` is ``(F_s + 2H, G*H)`` over
+        ``[x; m_time; m_freq]`` with gates in the order i, j, f, o (coupled: i, j, o); TF1
+        added ``forget_bias`` (default: this cell's) to the forget gate in every step, which
+        is folded into ``bias_ih`` here. The cell must have the TF1 cell's configuration and
+        ``bias=True`` (TF1's cells always have biases).
+        """
+        owner = f"{type(self).__name__}.load_tf_variables"
+        if not self.bias:
+            raise ValueError(f"{owner}: TF1's cell has biases; build this cell with bias=True")
+        forget_bias = self.forget_bias if forget_bias is None else check_real(
+            owner, "forget_bias", forget_bias)
+        H, G, F_s = self.hidden_size, self.num_gates, self.feature_size
+        found: dict[str, Tensor] = {}
+        for name in self.tf_variable_names():
+            keys = [key for key in variables if key == name or key.endswith("/" + name)]
+            if len(keys) != 1:
+                problem = "is missing" if not keys else f"matches several keys {keys}"
+                raise KeyError(f"{owner}: TF1 variable {name!r} {problem}; expected "
+                               f"{list(self.tf_variable_names())}")
+            value = torch.as_tensor(np.asarray(variables[keys[0]]))
+            if "diag" in name:
+                shape: tuple[int, ...] = (H,)
+            elif name.split("/")[-1].startswith("W_"):
+                shape = (F_s + 2 * H, G * H)
+            else:
+                shape = (G * H,)
+            if tuple(value.shape) != shape:
+                raise ShapeError(f"{owner}: TF1 variable {keys[0]!r} has shape "
+                                 f"{tuple(value.shape)}, expected {shape}")
+            found[name] = value
+        order = [0, 1, 2] if self.coupled_gates else [0, 2, 1, 3]  # TF1's i,j,f,o -> i,f,g,o
+        rows = torch.cat([torch.arange(g * H, (g + 1) * H) for g in order])
+        with torch.no_grad():
+            for suffix, prefix in zip(self._suffixes(), ("",) if self.directions == 1
+                                      else ("fwd/", "bwd/"), strict=True):
+                params = {name: getattr(self, name + suffix) for name in (
+                    "weight_ih", "weight_hh_time", "weight_hh_freq", "bias_ih",
+                    "weight_ci", "weight_cf", "weight_co")}
+                for r in range(len(self.blocks)):
+                    for s in range(params["weight_ih"].shape[1]):
+                        lstm = "ft"[s]
+                        weight = found[f"{prefix}W_{lstm}_{r}"].t()[rows]  # (G*H, F_s + 2H)
+                        params["weight_ih"][r, s] = weight[:, :F_s]
+                        params["weight_hh_time"][r, s] = weight[:, F_s:F_s + H]
+                        params["weight_hh_freq"][r, s] = weight[:, F_s + H:]
+                        bias = found[f"{prefix}B_{lstm}_{r}"][rows].clone()
+                        if self.forget_rows is not None:
+                            bias[self.forget_rows] += forget_bias
+                        params["bias_ih"][r, s] = bias
+                        if not self.peepholes:
+                            continue
+                        tf_lstm = ("freq", "time")[s]
+                        for gate, param in (("I", "weight_ci"), ("F", "weight_cf"),
+                                            ("O", "weight_co")):
+                            if params[param] is None:
+                                continue
+                            for source in range(2):
+                                params[param][r, s, source] = found[
+                                    f"{prefix}W_{gate}_diag_{tf_lstm}{'ft'[source]}_{r}"]
 
     # --- TF1's state tuple ----------------------------------------------------------------
 

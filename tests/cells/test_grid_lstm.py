@@ -251,9 +251,16 @@ def tf_compute(cell, variables, freq_inputs, c_time_prev, m_time_prev):
     return m_out, state_out
 
 
-def tf_numpy_grid(cell, x, tf_state_parts):
+def tf_blocks(variables: dict[str, np.ndarray], prefix: str, blocks: int) -> list[dict]:
+    """TF1's variables by name (``fwd/W_f_0``, ...) as :func:`tf_variables`' per-block dicts."""
+    return [{key[len(prefix):-len(f"_{r}")]: value for key, value in variables.items()
+             if key.startswith(prefix) and key.endswith(f"_{r}")} for r in range(blocks)]
+
+
+def tf_numpy_grid(cell, x, tf_state_parts, variables=None):
     """TF1's ``GridLSTMCell.call`` / ``BidirectionalGridLSTMCell.call`` on TF1's state tuple:
-    ``(output, concatenated new state tuple)``."""
+    ``(output, concatenated new state tuple)``; TF1's ``variables`` by name, or the cell's
+    parameters in TF1's layout."""
     x = x.detach().double().numpy()
     parts = [p.detach().double().numpy() for p in tf_state_parts]
     directions = [("", tf_make_features(cell, x), False)]
@@ -261,15 +268,20 @@ def tf_numpy_grid(cell, x, tf_state_parts):
         offset = cell.backward_slice_offset
         directions.append(("_reverse", tf_make_features(cell, x, offset), True))
     outputs, states, used = [], [], 0
-    for suffix, features, reverse in directions:
-        variables = tf_variables(cell, suffix)
+    for (suffix, features, reverse), prefix in zip(directions, ["", "bwd/"] if len(
+            directions) == 2 else [""], strict=True):
+        if variables is None:
+            per_block = tf_variables(cell, suffix)
+        else:
+            prefix = "fwd/" if prefix == "" and cell.directions == 2 else prefix
+            per_block = tf_blocks(variables, prefix, len(cell.blocks))
         for r, block in enumerate(features):
             block = block[::-1] if reverse else block
             count = len(block)
             c_prev = parts[used:used + 2 * count:2]
             m_prev = parts[used + 1:used + 2 * count:2]
             used += 2 * count
-            m_out, state_out = tf_compute(cell, variables[r], block, c_prev, m_prev)
+            m_out, state_out = tf_compute(cell, per_block[r], block, c_prev, m_prev)
             outputs += m_out
             states += state_out
     return np.concatenate(outputs, 1), np.concatenate(states, 1)
@@ -303,6 +315,63 @@ def test_random_weights_match_tf_transcription(options, bidirectional):
     np.testing.assert_allclose(output.detach().numpy(), expected_output, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(torch.cat(cell.to_tf_state(new_state), 1).detach().numpy(),
                                expected_state, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["grid", "bidirectional"])
+@pytest.mark.parametrize("options", [OPTIONS["peepholes"], OPTIONS["coupled_peepholes_clip"],
+                                     OPTIONS["peepholes_shared"]],
+                         ids=["peepholes", "coupled_peepholes_clip", "peepholes_shared"])
+def test_load_tf_variables(options, bidirectional):
+    """TF1's variables (drawn in TF1's layout, under a scope, beside an unrelated one) give
+    TF1's numbers; and the parameters -> TF1 layout -> parameters round trip is exact."""
+    rng = np.random.default_rng(5)
+    cls = BidirectionalGridLSTMCell if bidirectional else GridLSTMCell
+    cell = cls(5, 3, feature_size=2, **options).double()
+    names = cell.tf_variable_names()
+    H, width = 3, 2 + 2 * 3
+    variables = {name: rng.normal(size=(H,) if "diag" in name else
+                                  (width, cell.num_gates * H) if "/W_" in "/" + name
+                                  else (cell.num_gates * H,)) for name in names}
+    scoped = {f"rnn/grid/{name}": value for name, value in variables.items()}
+    cell.load_tf_variables({**scoped, "rnn/softmax/W": np.zeros(2)}, forget_bias=0.7)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    state = tuple(torch.randn(4, size, dtype=torch.float64) for size in cell.state_size)
+    output, new_state = cell(x, state)
+    cell.forget_bias = 0.7  # what the oracle adds in each step, as TF1 did
+    expected_output, expected_state = tf_numpy_grid(cell, x, cell.to_tf_state(state),
+                                                    variables)
+    np.testing.assert_allclose(output.detach().numpy(), expected_output, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(torch.cat(cell.to_tf_state(new_state), 1).detach().numpy(),
+                               expected_state, rtol=1e-12, atol=1e-12)
+    twin = randomise(cls(5, 3, feature_size=2, forget_bias=0.7, **options).double())
+    layout = {}
+    for suffix, prefix in zip(cell._suffixes(), ["fwd/", "bwd/"] if bidirectional else [""],
+                              strict=True):
+        for r, block in enumerate(tf_variables(cell, suffix)):
+            layout.update({f"{prefix}{key}_{r}": value for key, value in block.items()})
+    twin.load_tf_variables(layout)
+    for (name, param), other in zip(cell.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(other, param, rtol=1e-15, atol=1e-15, msg=name)
+
+
+def test_load_tf_variables_errors():
+    cell = GridLSTMCell(4, 2, feature_size=2)
+    good = {"W_f_0": np.zeros((6, 8)), "B_f_0": np.zeros(8), "W_t_0": np.zeros((6, 8)),
+            "B_t_0": np.zeros(8)}
+    without_w_t = {key: value for key, value in good.items() if key != "W_t_0"}
+    with pytest.raises(KeyError, match=r"TF1 variable 'W_t_0' is missing; expected \['W_f_0'"):
+        cell.load_tf_variables(without_w_t)
+    with pytest.raises(ShapeError, match=r"TF1 variable 'scope/B_t_0' has shape \(6,\), "
+                                         r"expected \(8,\)"):
+        cell.load_tf_variables({"W_f_0": good["W_f_0"], "B_f_0": good["B_f_0"],
+                                "W_t_0": good["W_t_0"], "scope/B_t_0": np.zeros(6)})
+    two_scopes = {**good, "a/B_f_0": good["B_f_0"], "b/B_f_0": good["B_f_0"]}
+    del two_scopes["B_f_0"]
+    with pytest.raises(KeyError, match=r"'B_f_0' matches several keys \['a/B_f_0', 'b/B_f_0'\]"):
+        cell.load_tf_variables(two_scopes)
+    with pytest.raises(ValueError, match=r"TF1's cell has biases; build this cell with "
+                                         r"bias=True"):
+        GridLSTMCell(4, 2, feature_size=2, bias=False).load_tf_variables(good)
 
 
 # ---------------------------------------------------------------------------------------------
