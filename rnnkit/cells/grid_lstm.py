@@ -179,18 +179,18 @@ class GridLSTMCell(RecurrentCell):
     else 4, S = 1 with ``share_time_frequency_weights`` else 2 (index 0: the frequency
     LSTM, 1: the time LSTM).
 
-    ===================  ===================  ==========================================
-    name                 shape                notes
-    ===================  ===================  ==========================================
-    ``weight_ih``        ``(R, S, G*H, F_s)``  :math:`W_{ih}`; gate rows i, f, g, o
-                                              (``torch``'s order); coupled: i, g, o
-    ``weight_hh_time``   ``(R, S, G*H, H)``    :math:`W_{ht}`, from :math:`m^{T,k}_{t-1}`
-    ``weight_hh_freq``   ``(R, S, G*H, H)``    :math:`W_{hf}`, from :math:`m^{F,k-1}_t`
-    ``bias_ih``          ``(R, S, G*H)``       with ``bias``
-    ``weight_ci``        ``(R, S, 2, H)``      peepholes to i from [c^F, c^T]
-    ``weight_cf``        ``(R, S, 2, H)``      peepholes to f; not with coupled gates
-    ``weight_co``        ``(R, S, 2, H)``      peepholes to o from the new [c^F, c^T]
-    ===================  ===================  ==========================================
+    ===================  ======================  ========================================
+    name                 shape                   notes
+    ===================  ======================  ========================================
+    ``weight_ih``        ``(R, S, G*H, F_s)``    :math:`W_{ih}`; gate rows i, f, g, o
+                                                 (``torch``'s order); coupled: i, g, o
+    ``weight_hh_time``   ``(R, S, G*H, H)``      :math:`W_{ht}`, from :math:`m^{T,k}_{t-1}`
+    ``weight_hh_freq``   ``(R, S, G*H, H)``      :math:`W_{hf}`, from :math:`m^{F,k-1}_t`
+    ``bias_ih``          ``(R, S, G*H)``         with ``bias``
+    ``weight_ci``        ``(R, S, 2, H)``        peepholes to i from [c^F, c^T]
+    ``weight_cf``        ``(R, S, 2, H)``        peepholes to f; not with coupled gates
+    ``weight_co``        ``(R, S, 2, H)``        peepholes to o from the new [c^F, c^T]
+    ===================  ======================  ========================================
 
     Initialisation (``init="default"``): weights and peepholes from
     :math:`U(-1/\sqrt{H}, 1/\sqrt{H})` (``torch.nn.LSTMCell``'s), biases 0 with the forget
