@@ -127,12 +127,11 @@ def grid_blocks(
     return tuple(blocks)
 
 
-def _peephole(weight: Tensor | None, block: int, u: Tensor, v: Tensor) -> Tensor | float:
-    """Peephole term of one gate: ``weight[block]`` ``(S, 2, H)`` on ``[u; v]`` (the frequency
-    and time cell states, ``(B, H)`` each) -> ``(B, S, H)``; 0 without peepholes."""
-    if weight is None:
-        return 0.0
-    return weight[block][:, 0] * u[:, None] + weight[block][:, 1] * v[:, None]
+def _peephole(weights: tuple[Tensor, Tensor], u: Tensor, v: Tensor) -> Tensor:
+    """Peephole term of one gate: ``weights`` ``(S, H)`` each, on the frequency and the time
+    cell state ``u``, ``v`` ``(B, H)`` -> ``(B, S, H)``."""
+    on_freq, on_time = weights
+    return torch.addcmul(on_freq * u[:, None], on_time, v[:, None])
 
 
 class GridLSTMCell(RecurrentCell):
@@ -390,49 +389,59 @@ class GridLSTMCell(RecurrentCell):
         weight_hf = getattr(self, "weight_hh_freq" + suffix)
         bias = getattr(self, "bias_ih" + suffix)
         peep_i, peep_f, peep_o = (getattr(self, f"weight_c{g}{suffix}") for g in "ifo")
-        m_time, m_freq, c_time = [], [], []
+        S, GH = weight_ih.shape[1], weight_ih.shape[2]
+        coupled = self.coupled_gates
+        # gate columns: i, f, g, o (coupled: i, g, o)
+        g_cols = slice(H, 2 * H) if coupled else slice(2 * H, 3 * H)
+        o_cols = slice(GH - H, GH)
+        m_steps, c_steps = [], []
         first = 0
         for r, block in enumerate(windows):
             count = block.shape[1]
             h_r, c_r = h[:, first:first + count], c[:, first:first + count]  # (B, K_r, H)
             first += count
             # every window's input and previous-time terms at once; only m^F is sequential
-            pre = torch.einsum("bkf,sgf->bksg", block, weight_ih[r])  # (B, K_r, S, G*H)
-            pre = pre + torch.einsum("bkh,sgh->bksg", h_r, weight_ht[r])
+            pre = torch.einsum("bkf,sgf->kbsg", block, weight_ih[r])  # (K_r, B, S, G*H)
+            pre = pre + torch.einsum("bkh,sgh->kbsg", h_r, weight_ht[r])
             if bias is not None:
                 pre = pre + bias[r]
-            m_f = c_f = None  # the frequency LSTM starts from zeros in every block
+            pre = pre.reshape(count, B, S * GH)
+            freq_weight = weight_hf[r].reshape(S * GH, H).t()  # (H, S*G*H)
+            if self.peepholes:  # (S, H) each: on [c^F, c^T]
+                on_i, on_o = (peep_i[r].unbind(1), peep_o[r].unbind(1))
+                on_f = None if coupled else peep_f[r].unbind(1)
+            m_f = c_pair = None
             for k in range(count):
-                a = pre[:, k]  # (B, S, G*H)
-                if m_f is not None:
-                    a = a + torch.einsum("bh,sgh->bsg", m_f, weight_hf[r])
-                c_prev_t = c_r[:, k]  # (B, H)
-                c_prev_f = torch.zeros_like(c_prev_t) if c_f is None else c_f
-                gates = a.split(H, dim=-1)
-                if self.coupled_gates:
-                    a_i, a_g, a_o = gates
+                # the frequency LSTM starts from zeros in every block
+                a = pre[k] if m_f is None else torch.addmm(pre[k], m_f, freq_weight)
+                a = a.view(B, S, GH)
+                c_t = c_r[:, k]  # (B, H)
+                c_f = torch.zeros_like(c_t) if c_pair is None else c_pair[:, 0]
+                c_prev = torch.stack([c_f, c_t], 1)  # (B, 2, H): [freq, time]
+                if self.peepholes:
+                    i = torch.sigmoid(a[..., :H] + _peephole(on_i, c_f, c_t))  # (B, S, H)
+                    f = 1.0 - i if coupled else torch.sigmoid(
+                        a[..., H:2 * H] + _peephole(on_f, c_f, c_t))
                 else:
-                    a_i, a_f, a_g, a_o = gates
-
-                i = torch.sigmoid(a_i + _peephole(peep_i, r, c_prev_f, c_prev_t))  # (B, S, H)
-                if self.coupled_gates:
-                    f = 1.0 - i
-                else:
-                    f = torch.sigmoid(a_f + _peephole(peep_f, r, c_prev_f, c_prev_t))
-                c_prev = torch.stack([c_prev_f, c_prev_t], 1)  # (B, 2, H): [freq, time]
-                c_new = f * c_prev + i * torch.tanh(a_g)  # S = 1 broadcasts to both LSTMs
+                    gates = torch.sigmoid(a)  # the g columns are not used
+                    i = gates[..., :H]
+                    f = 1.0 - i if coupled else gates[..., H:2 * H]
+                # S = 1 (shared weights) broadcasts to both LSTMs
+                c_pair = torch.addcmul(f * c_prev, i, torch.tanh(a[..., g_cols]))  # (B, 2, H)
                 if self.cell_clip is not None:
-                    c_new = c_new.clamp(-self.cell_clip, self.cell_clip)
-                o = torch.sigmoid(a_o + _peephole(peep_o, r, c_new[:, 0], c_new[:, 1]))
-                m_new = o * torch.tanh(c_new)  # (B, 2, H)
-                m_f, c_f = m_new[:, 0], c_new[:, 0]
-                m_freq.append(m_f)
-                m_time.append(m_new[:, 1])
-                c_time.append(c_new[:, 1])
-        m_time_all = torch.stack(m_time, 1)  # (B, K, H)
-        output = torch.stack([m_time_all, torch.stack(m_freq, 1)], 2)  # (B, K, 2, H)
-        return (output.reshape(B, -1), m_time_all.reshape(B, -1),
-                torch.stack(c_time, 1).reshape(B, -1))
+                    c_pair = c_pair.clamp(-self.cell_clip, self.cell_clip)
+                if self.peepholes:
+                    o = torch.sigmoid(a[..., o_cols]
+                                      + _peephole(on_o, c_pair[:, 0], c_pair[:, 1]))
+                else:
+                    o = gates[..., o_cols]
+                m_pair = o * torch.tanh(c_pair)  # (B, 2, H): [m^F, m^T]
+                m_f = m_pair[:, 0]
+                m_steps.append(m_pair)
+                c_steps.append(c_pair[:, 1])
+        m_all = torch.stack(m_steps, 1)  # (B, K, 2, H)
+        output = m_all.flip(2).reshape(B, -1)  # per window [m^T, m^F]
+        return output, m_all[:, :, 1].reshape(B, -1), torch.stack(c_steps, 1).reshape(B, -1)
 
     def forward(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
