@@ -280,24 +280,29 @@ def _beam_search_rows(scores: Tensor, lengths: Tensor, *, blank: int, width: int
     b, t, c = scores.shape
     k = width
     neg = torch.tensor(_NEG_INF, dtype=torch.float64)
-    # beam slots: the prefix's trie node (-1: empty slot), its masses and its labels
-    node = torch.full((b, k), -1, dtype=torch.int64)                    # (B, K)
-    node[:, 0] = 0                                                       # the empty prefix
+    # every prefix ever kept is a node of a trie (one per row): child[row, node, label] ->
+    # node, so a prefix has one id for the whole search and merging compares ids exactly
+    nodes = 1 + k * t
+    child = torch.full((b, nodes, c), -1, dtype=torch.int32)             # (B, N, C)
+    parent_of = torch.full((b, nodes), -1, dtype=torch.int64)            # (B, N)
+    label_of = torch.full((b, nodes), -1, dtype=torch.int64)             # (B, N)
+    allocated = torch.ones(b, dtype=torch.int64)                         # (B,) node 0: empty
+    # beam slots: the prefix's node (-1: an empty slot), its parent's node, its last label,
+    # its length, its masses ending in a blank / in its last label, its LM terms
+    node = torch.full((b, k), -1, dtype=torch.int64)                     # (B, K)
+    node[:, 0] = 0
+    parent = torch.full((b, k), -1, dtype=torch.int64)                   # (B, K)
+    last = torch.full((b, k), -1, dtype=torch.int64)                     # (B, K)
+    size = torch.zeros((b, k), dtype=torch.int64)                        # (B, K)
     p_blank = torch.full((b, k), _NEG_INF, dtype=torch.float64)          # (B, K)
     p_blank[:, 0] = 0.0
     p_label = torch.full((b, k), _NEG_INF, dtype=torch.float64)          # (B, K)
-    size = torch.zeros((b, k), dtype=torch.int64)                        # (B, K) prefix length
-    last = torch.full((b, k), -1, dtype=torch.int64)                     # (B, K) -1: empty
-    labels = torch.zeros((b, k, max(t, 1)), dtype=torch.int64)           # (B, K, T)
     lm_total = torch.zeros((b, k), dtype=torch.float64)                  # (B, K) log P_lm(y)
     lm_next = torch.zeros((b, k, c), dtype=torch.float64)                # (B, K, C)
+    prefixes: list[list[tuple[int, ...]]] = []                           # [row][node]
     if lm is not None:
         lm_next[:] = _query_lm(lm, [()], c, blank)[0]
-    # trie of every prefix ever kept: child[row, node, label] -> node id, so one prefix has
-    # one id for the whole search and merging is an exact id comparison
-    nodes = 1 + k * t
-    child = torch.full((b, nodes, c), -1, dtype=torch.int32)             # (B, N, C)
-    allocated = torch.ones(b, dtype=torch.int64)                         # (B,)
+        prefixes = [[()] for _ in range(b)]
     label_ids = torch.arange(c)
     row_ids = torch.arange(b)
     active_counts = (lengths[None, :] > torch.arange(t)[:, None]).sum(1).tolist()   # (T,)
@@ -306,84 +311,96 @@ def _beam_search_rows(scores: Tensor, lengths: Tensor, *, blank: int, width: int
         if n == 0:
             break
         frame = scores[:n, step]                                          # (n, C)
+        rows = row_ids[:n, None].expand(n, k)                             # (n, K)
         pb, pl, nd, ls = p_blank[:n], p_label[:n], node[:n], last[:n]
         total = torch.logaddexp(pb, pl)                                   # (n, K)
         # the prefix itself: a blank, or its last label again (merged into that label)
         stay_blank = total + frame[:, blank, None]                        # (n, K)
-        last_score = frame.gather(1, ls.clamp(min=0))                     # (n, K)
-        stay_label = torch.where(ls >= 0, pl + last_score, neg)           # (n, K)
-        # the prefix + label c: after its last label only through a blank
+        stay_label = torch.where(ls >= 0, pl + frame.gather(1, ls.clamp(min=0)), neg)
+        # the prefix + label c: after its own last label only through a blank
         same = ls[:, :, None] == label_ids                                # (n, K, C)
         ext = torch.where(same, pb[:, :, None], total[:, :, None]) + frame[:, None, :]
         ext[:, :, blank] = _NEG_INF                                       # (n, K, C)
         if prune is not None:
             tried = (frame >= prune) | (label_ids == frame.argmax(1, keepdim=True))   # (n, C)
             ext = ext.masked_fill(~tried[:, None, :], _NEG_INF)
-        # an extension that is already a kept prefix adds its mass to that prefix
-        kids = child[row_ids[:n, None], nd.clamp(min=0)].long()           # (n, K, C)
-        kids = kids.masked_fill(nd[:, :, None] < 0, -1)
-        hit = (kids[..., None] == nd[:, None, None, :]) & (kids[..., None] >= 0)   # (n,K,C,K')
-        if bool(hit.any()):
-            merged = torch.where(hit, ext[..., None], neg).flatten(1, 2).logsumexp(1)  # (n, K')
-            stay_label = torch.logaddexp(stay_label, merged)
-            ext = ext.masked_fill(hit.any(-1), _NEG_INF)
+        ext = ext.flatten(1)                                              # (n, K*C)
+        # a kept prefix whose parent is kept too takes in the parent's extension by its label
+        match = (parent[:n, :, None] == nd[:, None, :]) & (parent[:n, :, None] >= 0)  # (n,K,K)
+        has_parent = match.any(2)                                         # (n, K)
+        if bool(has_parent.any()):
+            slot = match.long().argmax(2) * c + ls.clamp(min=0)           # (n, K) into ext
+            stay_label = torch.where(has_parent, torch.logaddexp(stay_label, ext.gather(1, slot)),
+                                     stay_label)
+            ext[rows[has_parent], slot[has_parent]] = _NEG_INF
         # scores with the LM and the insertion bonus; the best K of stay + extensions
-        stay_score = torch.logaddexp(stay_blank, stay_label) + bonus * size[:n].double()   # (n, K)
-        ext_lm = lm_total[:n, :, None] + lm_next[:n]                      # (n, K, C)
-        ext_score = ext + bonus * (size[:n, :, None] + 1).double()        # (n, K, C)
+        stay_score = torch.logaddexp(stay_blank, stay_label) + bonus * size[:n].double()
+        ext_score = ext + bonus * (size[:n] + 1).double().repeat_interleave(c, dim=1)
         if lm_weight:   # (0 * a log-probability of -inf would be NaN)
+            ext_lm = (lm_total[:n, :, None] + lm_next[:n]).flatten(1)     # (n, K*C)
             stay_score = stay_score + lm_weight * lm_total[:n]
             ext_score = (ext_score + lm_weight * ext_lm).masked_fill(ext == _NEG_INF, _NEG_INF)
-        candidates = torch.cat([stay_score, ext_score.flatten(1)], dim=1)  # (n, K + K*C)
-        best, pick = candidates.topk(k, dim=1)                             # (n, K)
+        candidates = torch.cat([stay_score, ext_score], dim=1)            # (n, K + K*C)
+        best, pick = candidates.topk(k, dim=1)                            # (n, K)
+        alive = best > _NEG_INF
         is_ext = pick >= k
-        source = torch.where(is_ext, (pick - k) // c, pick)               # (n, K) beam slot
-        label = torch.where(is_ext, (pick - k) % c, -1)                    # (n, K)
-        alive = best > _NEG_INF                                            # (n, K)
-        rows = row_ids[:n, None].expand(n, k)
-        new_blank = torch.where(is_ext, neg, stay_blank.gather(1, source))
-        new_label = torch.where(is_ext, ext.flatten(1).gather(1, (pick - k).clamp(min=0)),
-                                stay_label.gather(1, source))
+        ext_pick = (pick - k).clamp(min=0)
+        source = torch.where(is_ext, ext_pick // c, pick)                 # (n, K) beam slot
+        label = torch.where(is_ext, ext_pick % c, ls.gather(1, source))   # (n, K) last label
         src_node = nd.gather(1, source)
-        new_node = torch.where(is_ext, kids.flatten(1).gather(1, (pick - k).clamp(min=0)),
-                               src_node)
-        fresh = is_ext & alive & (new_node < 0)                            # new trie nodes
+        extended = is_ext & alive
+        new_node = torch.where(extended, child[rows, src_node.clamp(min=0),
+                                               label.clamp(min=0)].long(), src_node)
+        fresh = extended & (new_node < 0)                                 # new trie nodes
         if bool(fresh.any()):
             ids = allocated[:n, None] + fresh.long().cumsum(1) - 1
             new_node = torch.where(fresh, ids, new_node)
-            child[rows[fresh], src_node[fresh], label[fresh]] = new_node[fresh].int()
+            f_rows, f_parent, f_label, f_node = (rows[fresh], src_node[fresh], label[fresh],
+                                                 new_node[fresh])
+            child[f_rows, f_parent, f_label] = f_node.int()
+            parent_of[f_rows, f_node] = f_parent
+            label_of[f_rows, f_node] = f_label
             allocated[:n] += fresh.sum(1)
-        new_node = new_node.masked_fill(~alive, -1)
-        src_size = size[:n].gather(1, source)
-        new_labels = labels[:n].gather(1, source[:, :, None].expand(-1, -1, labels.shape[2]))
-        extended = is_ext & alive
-        slots = torch.arange(k).expand(n, k)
-        new_labels[rows[extended], slots[extended], src_size[extended]] = label[extended]
-        new_lm = torch.where(is_ext, ext_lm.flatten(1).gather(1, (pick - k).clamp(min=0)),
-                             lm_total[:n].gather(1, source))
+            if lm is not None:      # nonzero order is row-major, as the ids were given
+                for r, p, lab in zip(f_rows.tolist(), f_parent.tolist(), f_label.tolist(),
+                                     strict=True):
+                    prefixes[r].append(prefixes[r][p] + (lab,))
+        new_lm = lm_total[:n].gather(1, source)
         new_next = lm_next[:n].gather(1, source[:, :, None].expand(-1, -1, c))
         if lm is not None and bool(extended.any()):
-            flat_labels = new_labels[extended].tolist()
-            flat_sizes = (src_size[extended] + 1).tolist()
-            prefixes = [tuple(seq[:m]) for seq, m in zip(flat_labels, flat_sizes, strict=True)]
-            new_next[extended] = _query_lm(lm, prefixes, c, blank)
-        p_blank[:n] = new_blank.masked_fill(~alive, _NEG_INF)
-        p_label[:n] = new_label.masked_fill(~alive, _NEG_INF)
-        node[:n] = new_node
-        size[:n] = src_size + extended.long()
-        last[:n] = torch.where(is_ext, label, last[:n].gather(1, source))
-        labels[:n] = new_labels
+            new_lm = torch.where(extended, new_lm + new_next.gather(2, label.clamp(min=0)[
+                :, :, None]).squeeze(2), new_lm)
+            asked = [prefixes[r][m] for r, m in zip(rows[extended].tolist(),
+                                                    new_node[extended].tolist(), strict=True)]
+            new_next[extended] = _query_lm(lm, asked, c, blank)
+        p_blank[:n] = torch.where(is_ext | ~alive, neg, stay_blank.gather(1, source))
+        p_label[:n] = torch.where(is_ext, ext.gather(1, ext_pick),
+                                  stay_label.gather(1, source)).masked_fill(~alive, _NEG_INF)
+        parent[:n] = torch.where(is_ext, src_node, parent[:n].gather(1, source)).masked_fill(
+            ~alive, -1)
+        node[:n] = new_node.masked_fill(~alive, -1)
+        last[:n] = label
+        size[:n] = size[:n].gather(1, source) + extended.long()
         lm_total[:n] = new_lm
         lm_next[:n] = new_next
-    # the end: acoustic score of every kept prefix, the LM's end-of-sequence term, ranking
-    acoustic = torch.logaddexp(p_blank, p_label)                           # (B, K)
+    # the end: every kept prefix spelled out from the trie, its LM end term, the ranking
+    acoustic = torch.logaddexp(p_blank, p_label)                          # (B, K)
     alive = acoustic > _NEG_INF
-    prefix_lists = [[tuple(seq[:m]) for seq, m in zip(row_labels, row_sizes, strict=True)]
-                    for row_labels, row_sizes in zip(labels.tolist(), size.tolist(),
+    longest = int(size.max()) if size.numel() else 0
+    spelled = torch.zeros((b, k, longest), dtype=torch.int64)             # (B, K, L)
+    walk = node.clamp(min=0)
+    for back in range(longest):                                           # last label first
+        position = size - 1 - back                                        # (B, K)
+        inside = position >= 0
+        spelled[inside.nonzero(as_tuple=True) + (position[inside],)] = \
+            label_of.gather(1, walk)[inside]
+        walk = torch.where(inside, parent_of.gather(1, walk), walk)
+    final_labels = [[tuple(seq[:m]) for seq, m in zip(row_labels, row_sizes, strict=True)]
+                    for row_labels, row_sizes in zip(spelled.tolist(), size.tolist(),
                                                      strict=True)]
     lm_score = lm_total.clone()
     if lm is not None:
-        flat = [p for row, keep in zip(prefix_lists, alive.tolist(), strict=True)
+        flat = [p for row, keep in zip(final_labels, alive.tolist(), strict=True)
                 for p, a in zip(row, keep, strict=True) if a]
         lm_score[alive] += _query_lm_end(lm, flat)
     final = acoustic + bonus * size.double()                              # (B, K)
@@ -394,7 +411,7 @@ def _beam_search_rows(scores: Tensor, lengths: Tensor, *, blank: int, width: int
     out: list[list[CTCHypothesis]] = []
     final_l, acoustic_l, lm_l = final.tolist(), acoustic.tolist(), lm_score.tolist()
     for row, slots in enumerate(ranked.tolist()):
-        hyps = [CTCHypothesis(prefix_lists[row][s], final_l[row][s], acoustic_l[row][s],
+        hyps = [CTCHypothesis(final_labels[row][s], final_l[row][s], acoustic_l[row][s],
                               lm_l[row][s] if lm is not None else 0.0)
                 for s in slots if final_l[row][s] > _NEG_INF]
         out.append(hyps[:n_best])
