@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
 __all__ = ["IGNORE_INDEX", "METRIC_NAMES", "SEQUENCE_METRIC_NAMES", "Metrics", "SequenceMetrics",
            "corpus_bleu", "exact_match_counts", "token_accuracy_counts"]
+__all__ += ["RECOGNITION_METRIC_NAMES", "RecognitionMetrics", "character_error_rate",
+            "edit_distance", "edit_distance_counts", "sequence_error_rate"]   # recognition
 
 
 def __getattr__(name: str) -> Any:
@@ -69,6 +71,8 @@ def __getattr__(name: str) -> Any:
         #: A user-supplied accumulator: any ``torchmetrics.Metric`` (fed counted elements only).
         import torchmetrics
         return torchmetrics.Metric
+    if name == "CTCErrorRate":
+        return _ctc_error_rate_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # name -> (kind, canonical name); kind decides how output and target are read
@@ -189,7 +193,9 @@ class Metrics:
         names: metric names (see the module docstring) or ``torchmetrics.Metric`` instances
             (reported under their ``name`` attribute or their class name in snake case). They
             receive the counted elements only: a metric with a ``num_classes`` attribute gets
-            class scores ``(N, C)`` and ids ``(N,)``, any other flat values ``(N,)``.
+            class scores ``(N, C)`` and ids ``(N,)``, any other flat values ``(N,)``; one with
+            ``takes_batch = True`` (:class:`CTCErrorRate`) gets the whole ``(output, target,
+            mask)`` to decode.
         loss_name: the trainer's loss (``"mse"``, ``"cross_entropy"``,
             ``"sequence_cross_entropy"``, or ``None`` for a callable); a classification metric
             with the ``"mse"`` loss, or a regression metric with a cross-entropy loss, is
@@ -211,7 +217,8 @@ class Metrics:
         for entry in names or ():
             if not isinstance(entry, str) and _is_torchmetric(entry):
                 name = str(getattr(entry, "name", None) or _snake_case(type(entry).__name__))
-                kind = "class" if hasattr(entry, "num_classes") else "regression"
+                kind = ("batch" if getattr(entry, "takes_batch", False)   # e.g. CTCErrorRate
+                        else "class" if hasattr(entry, "num_classes") else "regression")
                 entry.sync_on_compute = False
                 self._custom[name] = entry
                 self._specs.append((name, kind, "custom"))
@@ -358,6 +365,9 @@ class Metrics:
             metric = self._metrics[name]
             if metric.device != output.device:
                 metric.to(output.device)
+            if kind == "batch":          # whole (output, target, mask): decoded sequences
+                metric.update(output, target, mask)
+                continue
             pair = values if kind == "regression" else classes
             if pair[1].numel():
                 metric.update(*pair)
@@ -575,3 +585,214 @@ class SequenceMetrics:
 
     def __repr__(self) -> str:
         return f"SequenceMetrics({self.names!r}, tokenize={self.tokenize!r})"
+
+
+# ------------------------------------------------------------------------- recognition: CER/SER
+# A recognizer's output is judged by edit distance to the reference (Levenshtein: insertions,
+# deletions, substitutions), through the `editdistance` package. Sequences are strings or
+# sequences of hashable tokens (label ids, words).
+
+#: the names :class:`RecognitionMetrics` accepts
+RECOGNITION_METRIC_NAMES: tuple[str, ...] = ("cer", "ser")
+
+
+def _as_tokens(seq: Any) -> str | list[Any]:
+    if isinstance(seq, str):
+        return seq
+    if isinstance(seq, torch.Tensor):
+        return seq.tolist()
+    return list(seq)
+
+
+def edit_distance(prediction: Tokens, reference: Tokens) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions that turn
+    ``prediction`` into ``reference`` (strings, or sequences of ints / hashable tokens)."""
+    import editdistance
+
+    return int(editdistance.eval(_as_tokens(prediction), _as_tokens(reference)))
+
+
+def edit_distance_counts(predictions: Sequence[Tokens],
+                         references: Sequence[Tokens]) -> tuple[int, int]:
+    """``(summed edit distance, summed reference length)`` over the pairs."""
+    _check_pairs(predictions, references)
+    errors = total = 0
+    for p, r in zip(predictions, references, strict=True):
+        errors += edit_distance(p, r)
+        total += len(_as_tokens(r))
+    return errors, total
+
+
+def _rate(errors: int, total: int) -> float:
+    # no reference tokens: no error is 0, any inserted token an infinite rate (not NaN)
+    return errors / total if total else (0.0 if errors == 0 else math.inf)
+
+
+def character_error_rate(predictions: Sequence[Tokens], references: Sequence[Tokens]) -> float:
+    """CER: summed edit distance over summed reference length (a corpus rate, as torchmetrics'
+    ``CharErrorRate``; it can exceed 1 when predictions insert). Each sequence is a string or
+    a sequence of label ids.
+
+    Example:
+        >>> character_error_rate(["3147", "20"], ["3141", "205"])   # 1 + 1 errors / 7
+        0.2857142857142857
+    """
+    return _rate(*edit_distance_counts(predictions, references))
+
+
+def sequence_error_rate(predictions: Sequence[Tokens], references: Sequence[Tokens]) -> float:
+    """SER: the fraction of sequences that are not exactly their reference (``1 - exact
+    match``).
+
+    Example:
+        >>> sequence_error_rate([[3, 1, 4], [2, 0]], [[3, 1, 4], [2, 0, 5]])
+        0.5
+    """
+    hits, total = exact_match_counts([_as_tokens(p) for p in predictions],
+                                     [_as_tokens(r) for r in references])
+    return (total - hits) / total if total else math.nan
+
+
+class RecognitionMetrics:
+    """Character and sequence error rates over decoded sequences, batch by batch (the
+    conventions of :class:`SequenceMetrics`): ``update(predictions, references)``,
+    ``compute() -> {"cer": ..., "ser": ...}`` (NaN before any update), ``reset()``.
+
+    Example:
+        >>> metrics = RecognitionMetrics()
+        >>> metrics.update([[3, 1, 4], [2, 0]], [[3, 1, 4], [2, 0, 5]])
+        >>> metrics.update(["77"], ["71"])
+        >>> {k: round(v, 4) for k, v in metrics.compute().items()}
+        {'cer': 0.25, 'ser': 0.6667}
+    """
+
+    def __init__(self, names: Sequence[str] = RECOGNITION_METRIC_NAMES) -> None:
+        if isinstance(names, str):
+            names = [names]
+        for name in names:
+            if name not in RECOGNITION_METRIC_NAMES:
+                close = difflib.get_close_matches(str(name), RECOGNITION_METRIC_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown recognition metric {name!r}{hint}; valid names: "
+                                 f"{', '.join(RECOGNITION_METRIC_NAMES)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a metric is listed twice in {list(names)}")
+        self.names = list(names)
+        self.reset()
+
+    def reset(self) -> None:
+        self._edits = [0, 0]          # edit distance, reference tokens
+        self._sequences = [0, 0]      # wrong sequences, sequences
+
+    def update(self, predictions: Sequence[Tokens], references: Sequence[Tokens]) -> None:
+        errors, total = edit_distance_counts(predictions, references)
+        hits, count = exact_match_counts([_as_tokens(p) for p in predictions],
+                                         [_as_tokens(r) for r in references])
+        self._edits[0] += errors
+        self._edits[1] += total
+        self._sequences[0] += count - hits
+        self._sequences[1] += count
+
+    def compute(self) -> dict[str, float]:
+        if self._sequences[1] == 0:
+            return {name: math.nan for name in self.names}
+        values = {"cer": _rate(*self._edits), "ser": self._sequences[0] / self._sequences[1]}
+        return {name: values[name] for name in self.names}
+
+    def __repr__(self) -> str:
+        return f"RecognitionMetrics({self.names!r})"
+
+
+def _target_sequences(target: torch.Tensor | Sequence[Sequence[int]]) -> list[list[int]]:
+    """Reference label sequences from padded ids ``(B, L)`` (entries < 0 are padding)."""
+    if isinstance(target, torch.Tensor):
+        if target.dim() != 2 or target.is_floating_point():
+            raise ShapeError(f"a CTC target must be padded label ids (B, L) (padding < 0), got "
+                             f"{target.dtype} of shape {tuple(target.shape)}")
+        return [[v for v in row if v >= 0] for row in target.tolist()]
+    return [list(_as_tokens(row)) for row in target]
+
+
+@functools.cache
+def _ctc_error_rate_class() -> type:
+    """:class:`CTCErrorRate`, built on first use (torchmetrics is slow to import)."""
+    import torchmetrics
+
+    class CTCErrorRate(torchmetrics.Metric):
+        """CER or SER of a CTC recognizer's decoded output, as a trainer metric.
+
+        ``update(log_probs (B, T, C), target (B, L), mask (B, T) | None = None, *,
+        lengths (B,) | None = None)``: decodes each row's valid steps (``lengths``, else
+        ``mask.sum(1)``, else all ``T``) with best-path decoding (or ``decoder(log_probs,
+        lengths) -> list[list[int]]``, e.g. a prefix beam search) and compares with the
+        target's labels (entries < 0 are padding; a list of sequences works too).
+        ``compute()``: the rate over everything since ``reset()`` (sum-reduced states, so
+        :meth:`Metrics.sync` and checkpoints keep it exact).
+
+        The trainer's :class:`Metrics` hands it the whole batch (``takes_batch``):
+        ``Trainer(..., metrics=[CTCErrorRate("cer"), CTCErrorRate("ser")])``, reported as
+        ``cer`` and ``ser``.
+
+        Args:
+            what: ``"cer"`` (summed edit distance / reference labels) or ``"ser"``
+                (fraction of sequences not exactly right).
+            blank: the blank's class index, for best-path decoding.
+            decoder: replaces best-path decoding.
+            name: the name it is reported under (default: ``what``).
+        """
+
+        takes_batch = True
+        full_state_update = False
+        is_differentiable = False
+        higher_is_better = False
+
+        def __init__(self, what: str = "cer", *, blank: int = 0, decoder: Callable[
+                [torch.Tensor, torch.Tensor], list[list[int]]] | None = None,
+                name: str | None = None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            if what not in RECOGNITION_METRIC_NAMES:
+                raise ValueError(f"CTCErrorRate: what must be 'cer' or 'ser', got {what!r}")
+            self.what = what
+            self.blank = blank
+            self.decoder = decoder
+            self.name = name or what
+            self.add_state("errors", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+            self.add_state("total", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+        def update(self, log_probs: torch.Tensor, target: Any,
+                   mask: torch.Tensor | None = None, *,
+                   lengths: torch.Tensor | None = None) -> None:
+            from rnnkit.models.ctc_decoding import ctc_greedy_decode
+
+            if isinstance(log_probs, (tuple, list)):
+                log_probs = log_probs[0]
+            if lengths is None and mask is not None:
+                if mask.shape != log_probs.shape[:2]:
+                    raise ShapeError(f"CTCErrorRate: mask {tuple(mask.shape)} does not match "
+                                     f"the (B, T) of log_probs {tuple(log_probs.shape)}")
+                lengths = mask.sum(1)
+            references = _target_sequences(target)
+            if len(references) != log_probs.shape[0]:
+                raise ShapeError(f"CTCErrorRate: {len(references)} targets for "
+                                 f"{log_probs.shape[0]} rows of log_probs "
+                                 f"{tuple(log_probs.shape)}")
+            if self.decoder is None:
+                decoded = ctc_greedy_decode(log_probs.detach(), lengths, blank=self.blank)
+            else:
+                decoded = self.decoder(log_probs.detach(), lengths)
+            if self.what == "cer":
+                errors, total = edit_distance_counts(decoded, references)
+            else:
+                hits, total = exact_match_counts(decoded, references)
+                errors = total - hits
+            self.errors += errors
+            self.total += total
+
+        def compute(self) -> torch.Tensor:
+            errors, total = int(self.errors), int(self.total)
+            if self.what == "cer":
+                return torch.tensor(_rate(errors, total), dtype=torch.float64)
+            return torch.tensor(errors / total if total else math.nan, dtype=torch.float64)
+
+    CTCErrorRate.__module__ = __name__
+    return CTCErrorRate
