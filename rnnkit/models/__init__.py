@@ -39,3 +39,13 @@ from rnnkit.models.image_to_sequence import (  # noqa: E402, F401
     ImageEncoder,
     ImageToSequence,
 )
+
+# --- ctc decoding (owner: ctcdecode) ---
+# isort: split
+from rnnkit.models.ctc_decoding import (  # noqa: E402, F401
+    CharNGramLM,
+    CTCHypothesis,
+    LanguageModelScorer,
+    ctc_greedy_decode,
+    ctc_prefix_beam_search,
+)
