@@ -112,8 +112,9 @@ def _check_log_probs(log_probs: Any, lengths: Any, blank: Any, where: str
             if shortest < 0:
                 raise ValueError(f"{where}: lengths[{int(lengths.argmin())}] = {shortest} is "
                                  "negative")
-    if log_probs.numel() and bool(torch.isnan(log_probs).any()):
-        raise ValueError(f"{where}: log_probs holds NaN")
+    if log_probs.numel() and bool((torch.isnan(log_probs) | (log_probs == math.inf)).any()):
+        raise ValueError(f"{where}: log_probs holds NaN or +inf (log-probabilities are <= 0; "
+                         "-inf is a probability of 0)")
     return log_probs, lengths, blank
 
 

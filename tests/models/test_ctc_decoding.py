@@ -325,6 +325,8 @@ def test_clear_errors_for_bad_input():
         ctc_greedy_decode(log_probs, torch.tensor([5.0, 5.0]))
     with pytest.raises(ValueError, match="NaN"):
         ctc_prefix_beam_search(torch.full((1, 2, 3), float("nan")))
+    with pytest.raises(ValueError, match=r"NaN or \+inf"):
+        ctc_greedy_decode(torch.full((1, 2, 3), float("inf")))
     with pytest.raises(ValueError, match="beam_width must be an int >= 1"):
         ctc_prefix_beam_search(log_probs, beam_width=0)
     with pytest.raises(ValueError, match="lm_weight=0.5 without an lm"):
