@@ -38,6 +38,17 @@ from rnnkit.layers import (  # noqa: E402, F401
 # isort: split
 from rnnkit.layers import AttentionWrapper, BahdanauAttention, LuongAttention  # noqa: E402, F401
 
+# --- TF1 cell wrappers (owner: wrappers) ---
+# isort: split
+from rnnkit.layers import (  # noqa: E402, F401
+    DeviceWrapper,
+    DropoutWrapper,
+    EmbeddingWrapper,
+    InputProjectionWrapper,
+    OutputProjectionWrapper,
+    ResidualWrapper,
+)
+
 # --- engine ---
 # isort: split
 from rnnkit import engine  # noqa: E402, F401

@@ -80,6 +80,16 @@ CASES = {
     "recurrence_multi_cell": lambda: Recurrence(MultiCell([ElmanCell(I, H), MinGRUCell(H, H)])),
     "recurrent_dropout_cell": lambda: RecurrentDropoutCell(GRUCell(I, H), 0.25),
     "zoneout_cell": lambda: ZoneoutCell(LSTMCell(I, H), (0.1, 0.3)),
+    # TF1's cell wrappers (rnnkit/layers/wrappers.py)
+    "embedding_wrapper": lambda: rnnkit.EmbeddingWrapper(GRUCell(I, H), 7, I),
+    "input_projection_wrapper": lambda: rnnkit.InputProjectionWrapper(
+        LSTMCell(H, H), H, activation="tanh", input_size=I),
+    "output_projection_wrapper": lambda: rnnkit.OutputProjectionWrapper(GRUCell(I, H), 2, "relu"),
+    "residual_wrapper": lambda: rnnkit.ResidualWrapper(MultiCell([GRUCell(I, I),
+                                                                  GRUCell(I, I)])),
+    "dropout_wrapper": lambda: rnnkit.DropoutWrapper(
+        LSTMCell(I, H), 0.9, 0.8, 0.7, variational_recurrent=True, input_size=I, seed=5),
+    "device_wrapper": lambda: rnnkit.DeviceWrapper(ElmanCell(I, H), "cpu"),
     "recurrence": lambda: Recurrence(LSTMCell(I, H)),
     "recurrence_options": lambda: Recurrence(
         GRUCell(I, H), go_backwards=True, initial_state=0.25, return_full_state=True,
@@ -208,6 +218,8 @@ def call(module: nn.Module) -> object:
         return module(torch.randint(0, module.vocab_size, (B, T), generator=generator))
     if isinstance(module, UnfoldFrom):
         return module(torch.randn(B, I, generator=generator, dtype=dtype))
+    if isinstance(module, rnnkit.EmbeddingWrapper):  # one token id per sequence
+        return module(torch.randint(0, 7, (B, 1), generator=generator), module.initial_state(B))
     if hasattr(module, "state_size"):  # a cell or a cell wrapper: one step
         x = torch.randn(B, module.input_size, generator=generator, dtype=dtype)
         return module(x, module.initial_state(B, dtype=dtype))

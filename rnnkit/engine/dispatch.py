@@ -574,10 +574,23 @@ def module_line(layer: nn.Module) -> str:
     return text
 
 
+def reads_token_ids(cell: nn.Module | None) -> bool:
+    """Whether ``cell`` reads integer token ids (``rnnkit.layers.EmbeddingWrapper`` first in
+    line, possibly inside other wrappers or first in a ``MultiCell``)."""
+    while cell is not None:
+        if getattr(cell, "takes_token_ids", False) is True:
+            return True
+        stack = getattr(cell, "cells", None)
+        cell = stack[0] if stack is not None and len(stack) else getattr(cell, "cell", None)
+    return False
+
+
 def check_cell_input(cell: nn.Module, inputs: Tensor, name: str) -> None:
     """What a driver checks before running ``cell`` on time-major ``inputs`` (T, B, H_in):
-    a floating dtype and the cell's ``input_size``."""
-    if not inputs.is_floating_point():
+    a floating dtype (integer token ids for a cell that embeds them) and the cell's
+    ``input_size``."""
+    if not inputs.is_floating_point() and not (reads_token_ids(cell) and not inputs.is_complex()
+                                               and inputs.dtype != torch.bool):
         raise TypeError(f"{name}: input must be floating point, got dtype {inputs.dtype}")
     expected = getattr(cell, "input_size", None)
     if isinstance(expected, int) and inputs.shape[-1] != expected:

@@ -240,7 +240,7 @@ def run_recurrence(
             continue
         keep = valid_steps[t]  # (B, 1)
         # Zero padded inputs so garbage there (inf, nan) cannot leak through 0 * nan.
-        out, new_state = cell_step(torch.where(keep, steps[t], 0.0), state)
+        out, new_state = cell_step(torch.where(keep, steps[t], 0), state)  # ids stay ints
         state = map_state(lambda new, old, keep=keep: torch.where(keep, new, old), new_state, state)
         outputs[t] = torch.where(keep, out, 0.0)  # (B, H_out)
     if max_len < time_steps:
@@ -265,7 +265,7 @@ def _run_masked(cell: nn.Module, steps: Sequence[Tensor], state: State, mask: Te
             continue
         keep = keeps[t]  # (B, 1)
         # Zero masked inputs so garbage there (inf, nan) cannot leak through 0 * nan.
-        out, new_state = cell_step(torch.where(keep, steps[t], 0.0), state)
+        out, new_state = cell_step(torch.where(keep, steps[t], 0), state)  # ids stay ints
         state = map_state(lambda new, old, keep=keep: torch.where(keep, new, old), new_state, state)
         outputs[t] = torch.where(keep, out, 0.0)  # (B, H_out)
     return torch.stack(outputs), state  # type: ignore[arg-type]  # (T, B, H_out)

@@ -19,6 +19,14 @@ from rnnkit.layers.masking import (
 from rnnkit.layers.recurrence import Fold, Recurrence, Unfolded, UnfoldFrom
 from rnnkit.layers.rnn import GRU, LSTM, RNN, RNNBase
 from rnnkit.layers.sequence import Sequence
+from rnnkit.layers.wrappers import (
+    DeviceWrapper,
+    DropoutWrapper,
+    EmbeddingWrapper,
+    InputProjectionWrapper,
+    OutputProjectionWrapper,
+    ResidualWrapper,
+)
 
 __all__ = [
     "AttentionWrapper",
@@ -36,6 +44,12 @@ __all__ = [
     "UnfoldFrom",
     "Unfolded",
     "ZoneoutCell",
+    "DeviceWrapper",
+    "DropoutWrapper",
+    "EmbeddingWrapper",
+    "InputProjectionWrapper",
+    "OutputProjectionWrapper",
+    "ResidualWrapper",
     "check_lengths",
     "gather_steps",
     "lengths_to_mask",

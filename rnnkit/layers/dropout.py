@@ -161,10 +161,13 @@ class ZoneoutCell(CellWrapper):
 
 
 def reset_dropout_masks(module: nn.Module) -> None:
-    """Make every :class:`RecurrentDropoutCell` inside ``module`` draw a fresh mask."""
+    """Make every per-sequence dropout wrapper inside ``module`` (a
+    :class:`RecurrentDropoutCell`, a variational ``DropoutWrapper``: any module with a
+    ``reset_mask`` method) draw a fresh mask."""
     for child in module.modules():
-        if isinstance(child, RecurrentDropoutCell):
-            child.reset_mask()
+        reset = getattr(child, "reset_mask", None)
+        if callable(reset):
+            reset()
 
 
 __all__ = [

@@ -49,6 +49,7 @@ from rnnkit.layers.state import (
     check_state,
     nest_like,
     state_leaves,
+    state_like,
     state_sizes,
     zero_state,
 )
@@ -203,6 +204,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
 
     def initial(self, batch_size: int, like: Tensor) -> State:
         """The state a sequence starts from when none is passed."""
+        like = state_like(self.cell, like)
         if self.learnable_initial_state:
             parts = [p.to(like.dtype)[None, :].expand(batch_size, -1) for p in self.initial_states]
             return nest_like(parts, state_sizes(self.cell))
@@ -533,7 +535,8 @@ class UnfoldFrom(Configurable, nn.Module):
         else:
             caps = torch.full((batch_size,), max_length, dtype=torch.int64, device=start.device)
         if state is None:
-            state = zero_state(self.cell, batch_size, start.device, start.dtype)
+            like = state_like(self.cell, start)
+            state = zero_state(self.cell, batch_size, like.device, like.dtype)
         reset_dropout_masks(self.cell)
         running = torch.ones(batch_size, dtype=torch.bool, device=start.device)  # (B,)
         produced = torch.zeros(batch_size, dtype=torch.int64, device=start.device)

@@ -69,6 +69,17 @@ def zero_state(
     return torch.zeros(batch_size, size, **factory)
 
 
+def state_like(cell: nn.Module, inputs: Tensor) -> Tensor:
+    """A tensor with the device and dtype a state for ``cell`` on ``inputs`` takes: ``inputs``
+    itself, or, for integer token ids (a cell that embeds them), an empty tensor of the
+    cell's floating parameter dtype."""
+    if inputs.is_floating_point():
+        return inputs
+    dtype = next((p.dtype for p in cell.parameters() if p.is_floating_point()),
+                 torch.get_default_dtype())
+    return inputs.new_empty(0, dtype=dtype)
+
+
 class CellWrapper(Configurable, nn.Module):
     """Base of cell wrappers: forwards the cell contract's attributes to the wrapped cell."""
 
@@ -134,7 +145,7 @@ def check_state(owner: str, cell: nn.Module, state: State, batch_size: int, like
                 f"{owner}: {label} is on the {tensor.device.type} device but the input is on "
                 f"{like.device}; move the state to {like.device}"
             )
-        if tensor.dtype != like.dtype:
+        if tensor.dtype != like.dtype and like.is_floating_point():
             raise DTypeError(f"{owner}: {label} has dtype {tensor.dtype} but the input has "
                              f"{like.dtype}")
     return state

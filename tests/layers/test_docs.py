@@ -13,6 +13,7 @@ MODULES = [
     "rnnkit.layers.recurrence",
     "rnnkit.layers.rnn",
     "rnnkit.layers.sequence",
+    "rnnkit.layers.wrappers",
 ]
 
 
