@@ -49,6 +49,10 @@ from rnnkit.layers import (  # noqa: E402, F401
     ResidualWrapper,
 )
 
+# --- model summaries: Keras' model.summary() table on torchinfo (owner: wrappers) ---
+# isort: split
+from rnnkit.summaries import summary  # noqa: E402, F401
+
 # --- engine ---
 # isort: split
 from rnnkit import engine  # noqa: E402, F401

@@ -17,6 +17,7 @@ from rnnkit.data.text import Vocabulary
 from rnnkit.engine.lengths import check_lengths, check_steps
 from rnnkit.errors import DTypeError, ShapeError
 from rnnkit.layers.masking import gather_steps, lengths_to_mask
+from rnnkit.summaries import SummaryMixin
 
 POOLINGS = ("last", "mean", "max")
 
@@ -208,9 +209,18 @@ def pool(outputs: Tensor, lengths: Tensor | None, pooling: str, bidirectional: b
     return outputs.masked_fill(~valid, float("-inf")).amax(dim=1)  # (B, H_out)
 
 
-class SequenceModelBase(nn.Module):
+class SequenceModelBase(SummaryMixin, nn.Module):
     """Input encoder + :class:`~rnnkit.models.backbone.Backbone` + dropout, shared by the
     classifier, regressor and tagger; subclasses add their head."""
+
+    def example_input(self, batch_size: int = 2, steps: int = 8) -> Tensor:
+        """A batch for :meth:`summary`: random features ``(B, T, F)`` or token ids ``(B, T)``."""
+        device = next(self.parameters()).device
+        if self.encoder.embedding is not None:
+            return torch.randint(0, self.encoder.vocab_size, (batch_size, steps),  # type: ignore[arg-type]
+                                 device=device)
+        return torch.randn(batch_size, steps, self.encoder.features, device=device,
+                           dtype=parameter_dtype(self))
 
     def _build(
         self, *, input_size: int | None, hidden_size: int | None, cell: Any, num_layers: int,

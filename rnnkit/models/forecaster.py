@@ -63,6 +63,7 @@ from rnnkit.data.timeseries import (
     calendar_features,
 )
 from rnnkit.models.backbone import Backbone
+from rnnkit.summaries import SummaryMixin
 
 __all__ = ["Forecaster", "default_settings", "future_dates", "seasonal_period"]
 
@@ -159,7 +160,7 @@ def _member_cell(cell: str | nn.Module, index: int) -> str | nn.Module:
     return type(cell).from_config(cell.get_config())
 
 
-class Forecaster(Configurable, nn.Module):
+class Forecaster(Configurable, SummaryMixin, nn.Module):
     """Recurrent forecaster with scaling and differencing inside (see the module docstring).
 
     Args:
@@ -476,6 +477,16 @@ class Forecaster(Configurable, nn.Module):
                 steps.append(step)
             outs.append(torch.cat(steps, dim=1))  # (B, H)
         return self._integrate(x, torch.stack(outs))  # (K, B, H)
+
+    def example_input(self, batch_size: int = 2, steps: int | None = None) -> Any:
+        """A batch for :meth:`summary`: ``look_back`` positive values per row (``steps`` is
+        fixed by ``look_back``), and zero covariates when the model takes them."""
+        dtype, device = self.target_loc.dtype, self.target_loc.device
+        x = 10.0 + torch.rand(batch_size, self.look_back, dtype=dtype, device=device)
+        if self.covariate_width == 0:
+            return x
+        return x, torch.zeros(batch_size, self.look_back + self.horizon, self.covariate_width,
+                              dtype=dtype, device=device)
 
     def forward(self, x: Tensor, covariates: Tensor | None = None,
                 lengths: Tensor | None = None) -> Tensor:

@@ -23,6 +23,7 @@ from rnnkit.config import Configurable
 from rnnkit.data.text import Vocabulary
 from rnnkit.errors import ShapeError
 from rnnkit.models._common import InputEncoder, as_vocabulary, parameter_dtype, record_argument
+from rnnkit.summaries import SummaryMixin
 
 __all__ = [
     "LanguageModel",
@@ -105,7 +106,7 @@ def next_token_distribution(
     return scores.softmax(dim=-1)
 
 
-class LanguageModel(Configurable, nn.Module):
+class LanguageModel(Configurable, SummaryMixin, nn.Module):
     """Embedding, recurrent stack and a decoder to next-token logits.
 
     Args:
@@ -194,6 +195,11 @@ class LanguageModel(Configurable, nn.Module):
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> Any:
         """The zero state for ``batch_size`` streams (what ``state=None`` means)."""
         return self.backbone.initial_state(batch_size, device=device)
+
+    def example_input(self, batch_size: int = 2, steps: int = 8) -> Tensor:
+        """Random token ids ``(B, T)`` for :meth:`summary`."""
+        device = next(self.parameters()).device
+        return torch.randint(0, self.vocab_size, (batch_size, steps), device=device)
 
     def forward(self, ids: Tensor, lengths: Tensor | None = None, state: Any = None
                 ) -> LanguageModelOutput:

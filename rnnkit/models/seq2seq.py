@@ -44,6 +44,7 @@ from rnnkit.layers.attention import AttentionWrapper, BahdanauAttention, LuongAt
 from rnnkit.layers.state import nest_like, state_leaves, zero_state
 from rnnkit.models._common import pool
 from rnnkit.models.backbone import _CELLS, Backbone, _cell_like, resolve_cell_name
+from rnnkit.summaries import SummaryMixin
 
 __all__ = ["ATTENTIONS", "Decoder", "Encoded", "Encoder", "Seq2Seq"]
 
@@ -305,7 +306,7 @@ class Decoder(Configurable, nn.Module):
         return self.output(self.drop(output)), state, state[2]
 
 
-class Seq2Seq(Configurable, nn.Module):
+class Seq2Seq(Configurable, SummaryMixin, nn.Module):
     """Encoder-decoder with attention, trained with teacher forcing (see the module docs).
 
     Args:
@@ -480,6 +481,15 @@ class Seq2Seq(Configurable, nn.Module):
             self.train(was_training)
 
     # ------------------------------------------------------------------ training
+    def example_input(self, batch_size: int = 2, steps: int = 8) -> tuple[Tensor, Tensor]:
+        """``(source (B, S), target_in (B, T))`` random ids for :meth:`summary`; ``target_in``
+        starts with ``<bos>``."""
+        device = next(self.parameters()).device
+        source = torch.randint(0, self.source_vocab_size, (batch_size, steps), device=device)
+        target_in = torch.randint(0, self.target_vocab_size, (batch_size, steps), device=device)
+        target_in[:, 0] = self.bos_id
+        return source, target_in
+
     def forward(self, source: Tensor, target_in: Tensor, lengths: Tensor | None = None
                 ) -> Tensor:
         """``logits (B, T, V)`` for ``target_in (B, T)`` = BOS + target, teacher-forced (and
