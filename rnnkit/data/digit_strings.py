@@ -244,6 +244,15 @@ class DigitStrings(torch.utils.data.Dataset):
         return int(self.pool.images.shape[2] * self.max_digits
                    + self.max_gap * (self.max_digits + 1))
 
+    @property
+    def widths(self) -> np.ndarray:
+        """Every string's width ``W``, int64 ``(count,)``, without building the images (for
+        length bucketing: ``BucketBatchSampler(strings.widths, batch_size)``)."""
+        digit_width = int(self.pool.images.shape[2])
+        return np.array([digit_width * len(picks) + int(gaps.sum())
+                         for picks, gaps in zip(self._picks, self._gaps, strict=True)],
+                        dtype=np.int64)
+
     def __len__(self) -> int:
         return self.count
 

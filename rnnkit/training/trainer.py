@@ -7,7 +7,9 @@ recurrent state) and takes the first element when the model returns a tuple such
 loss at the output's steps when the output has as many steps as that input, unless the model
 says its output does not follow them (a class attribute ``lengths_mask_output = False``, e.g.
 an encoder-decoder, whose output follows the target and whose targets mark their own padding
-with -100). Data forms and the :class:`~rnnkit.training.batches.Batch` they become are
+with -100). A model whose output has fewer steps than its input (a front end that pools time)
+gives a method ``output_lengths(lengths) -> (B,)`` and the trainer masks the output with it.
+Data forms and the :class:`~rnnkit.training.batches.Batch` they become are
 in :mod:`rnnkit.training.batches`; losses in :mod:`rnnkit.training.losses`.
 
 Symbols: ``B`` batch, ``T`` time steps, ``F`` input features, ``C`` classes, ``k`` the
@@ -354,7 +356,13 @@ class Trainer:
             return None  # the lengths describe an input the output's steps do not follow
         steps = batch.inputs[0].shape[1]
         if output.shape[1] != steps:
-            return None
+            # a model that shortens time (a conv front end, a pyramidal encoder) says how many
+            # output steps each row keeps with output_lengths(lengths); others are not masked
+            to_output = getattr(self.model, "output_lengths", None)
+            if not callable(to_output):
+                return None
+            kept = torch.as_tensor(to_output(batch.lengths)).to("cpu", torch.int64)  # (B,)
+            return (torch.arange(output.shape[1]) < kept.unsqueeze(1)).to(output.device)
         return batch.mask(steps).to(output.device)
 
     def _check_batch(self, batch: Batch, where: str) -> None:

@@ -70,6 +70,7 @@ def test_strings_show_pool_digits_with_gaps_in_range():
         seen_lengths.add(len(found))
         seen_gaps.update(gaps)
     assert seen_lengths == {2, 3, 4, 5} and seen_gaps == {0, 1, 2, 3, 4}
+    assert strings.widths.tolist() == [strings[i]["width"] for i in range(len(strings))]
 
 
 def test_same_seed_same_strings_other_seed_other_strings():
