@@ -195,7 +195,7 @@ def test_learns_a_tiny_task_through_the_trainer():
 
     trainer = rnnkit.Trainer(model, loss=loss, lr=2e-2, verbose=False, seed=0)
     before = trainer.evaluate((x, y, lengths), batch_size=16)["loss"]
-    trainer.fit((x, y, lengths), epochs=30, batch_size=16)
+    trainer.fit((x, y, lengths), epochs=20, batch_size=16)
     seen.clear()
     after = trainer.evaluate((x, y, lengths), batch_size=16)["loss"]
     assert torch.equal(torch.cat(seen), lengths // 2)  # the mask follows output_lengths
