@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 import _results
-import editdistance
 import torch
 
 import rnnkit
@@ -37,7 +36,8 @@ from rnnkit.data.digit_strings import (
     load_mnist_digits,
     split_digit_pool,
 )
-from rnnkit.models.recognizer import SequenceRecognizer
+from rnnkit.models import CharNGramLM, SequenceRecognizer
+from rnnkit.training.metrics import character_error_rate, sequence_error_rate
 
 MISSING_DATA = 2  # examples/reproduce.py's exit status for a data set that is not installed
 BLANK = 10  # classes 0-9 are the digits themselves, 10 is the blank
@@ -59,10 +59,8 @@ def trainer_batch(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 def error_rates(decoded: list[list[int]], references: list[list[int]]) -> dict[str, float]:
     """Exact match (whole strings right) and character error rate (edit distance over the
     reference length, summed over the strings)."""
-    exact = sum(d == r for d, r in zip(decoded, references, strict=True)) / len(references)
-    edits = sum(editdistance.eval(d, r) for d, r in zip(decoded, references, strict=True))
-    return {"exact_match": round(exact, 6),
-            "cer": round(edits / sum(len(r) for r in references), 6)}
+    return {"exact_match": round(1.0 - sequence_error_rate(decoded, references), 6),
+            "cer": round(character_error_rate(decoded, references), 6)}
 
 
 def decode_all(model: SequenceRecognizer, strings: DigitStrings, **options: Any
@@ -105,16 +103,13 @@ def run(settings: dict[str, Any], seed: int, threads: int | None) -> dict[str, A
           f"final loss {history.history['loss'][-1]:.4f}", flush=True)
 
     references = [test.digits(i).tolist() for i in range(len(test))]
-    lm_class = _char_lm()
     decodings: dict[str, dict[str, Any]] = {}
     for name, options in (("greedy", {}),
                           ("beam", {"method": "beam", "beam_width": settings["beam_width"]}),
                           ("beam+lm", {"method": "beam", "beam_width": settings["beam_width"],
                                        "lm_weight": settings["lm_weight"]})):
         if name == "beam+lm":
-            if lm_class is None:
-                continue
-            options["lm"] = lm_class(11, order=3, blank=BLANK).fit(
+            options["lm"] = CharNGramLM(11, order=3, blank=BLANK).fit(
                 [train.digits(i).tolist() for i in range(len(train))])
         start = time.perf_counter()
         decoded = decode_all(model, test, **options)
@@ -133,15 +128,6 @@ def run(settings: dict[str, Any], seed: int, threads: int | None) -> dict[str, A
             "final_train_loss": round(history.history["loss"][-1], 6),
             "train_digits": int(len(train_pool.labels)), "test_digits": int(len(test_pool.labels)),
             "output_frames": "T' = W // 4 (two conv blocks, each halving time)"}
-
-
-def _char_lm() -> Any:
-    """rnnkit's character n-gram model for the beam search, if this rnnkit has it."""
-    try:
-        from rnnkit.models.ctc_decoding import CharNGramLM
-    except ImportError:
-        return None
-    return CharNGramLM
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,3 +49,11 @@ from rnnkit.models.ctc_decoding import (  # noqa: E402, F401
     ctc_greedy_decode,
     ctc_prefix_beam_search,
 )
+
+# --- recognizer (owner: ctc) ---
+# isort: split
+from rnnkit.models.recognizer import (  # noqa: E402, F401
+    RecognizerOutput,
+    SequenceRecognizer,
+    ctc_loss,
+)

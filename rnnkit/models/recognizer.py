@@ -53,6 +53,7 @@ from rnnkit.config import Configurable
 from rnnkit.errors import ShapeError
 from rnnkit.layers.masking import lengths_to_mask
 from rnnkit.models._common import InputEncoder, parameter_dtype
+from rnnkit.models.ctc_decoding import ctc_greedy_decode, ctc_prefix_beam_search
 
 __all__ = ["PAD_LOG_PROB", "RecognizerOutput", "SequenceRecognizer", "ctc_loss",
            "ctc_min_frames"]
@@ -205,17 +206,6 @@ def ctc_loss(log_probs: Tensor, targets: Any, output_lengths: Tensor | Sequence[
     if reduction == "none":
         return per_row
     return per_row.sum() if reduction == "sum" else per_row.mean()
-
-
-def _greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int) -> list[list[int]]:
-    """Best path: the top class of each valid frame, repeats merged, blanks dropped."""
-    best = log_probs.argmax(-1).cpu()  # (B, T')
-    decoded = []
-    for b in range(best.shape[0]):
-        path = best[b, :int(lengths[b])].tolist()
-        decoded.append([c for t, c in enumerate(path)
-                        if c != blank and (t == 0 or c != path[t - 1])])
-    return decoded
 
 
 class _ConvFrontEnd(nn.Module):
@@ -387,7 +377,8 @@ class SequenceRecognizer(Configurable, nn.Module):
         ``method="greedy"``: best path (the top class per frame, repeats merged, blanks
         dropped); ``"beam"``: CTC prefix beam search of ``beam_width`` with an optional
         character language model ``lm`` weighted by ``lm_weight`` (further options such as
-        ``insertion_bonus`` go to ``rnnkit.models.ctc_decoding.ctc_prefix_beam_search``).
+        ``insertion_bonus`` go to :func:`~rnnkit.models.ctc_decoding.ctc_prefix_beam_search`).
+        Both read only each row's valid output frames.
         """
         if method not in ("greedy", "beam"):
             raise ValueError(f"{type(self).__name__}.decode: method must be 'greedy' or "
@@ -402,11 +393,7 @@ class SequenceRecognizer(Configurable, nn.Module):
         finally:
             self.train(was_training)
         if method == "greedy":
-            return _greedy_decode(log_probs, out_lengths, self.blank)
-        try:
-            from rnnkit.models.ctc_decoding import ctc_prefix_beam_search
-        except ImportError:  # pragma: no cover - until the decoding module lands
-            raise NotImplementedError("beam decoding needs rnnkit.models.ctc_decoding") from None
+            return ctc_greedy_decode(log_probs, out_lengths, blank=self.blank)
         hypotheses = ctc_prefix_beam_search(log_probs, out_lengths, blank=self.blank,
                                             beam_width=beam_width, lm=lm, lm_weight=lm_weight,
                                             **beam_options)

@@ -137,6 +137,7 @@ def test_padded_batch_gives_each_row_what_it_gives_alone(cell, conv):
     assert out.log_probs.shape == (4, 40 // 2 ** len(conv), 5)
     losses = model.loss(out, targets, reduction="none")
     decoded = model.decode(x, lengths)
+    beam = model.decode(x, lengths, method="beam", beam_width=3)
     for b, n in enumerate(lengths.tolist()):
         alone = model(x[b:b + 1, :n])
         keep = int(alone.lengths[0])
@@ -150,6 +151,7 @@ def test_padded_batch_gives_each_row_what_it_gives_alone(cell, conv):
         torch.testing.assert_close(losses[b:b + 1], model.loss(alone, row, reduction="none"),
                                    atol=1e-5, rtol=1e-5)
         assert decoded[b] == model.decode(x[b:b + 1, :n])[0]
+        assert beam[b] == model.decode(x[b:b + 1, :n], method="beam", beam_width=3)[0]
 
 
 def test_greedy_decode_is_the_best_path_collapsed():
