@@ -221,8 +221,10 @@ def ctc_prefix_beam_search(
             :class:`LanguageModelScorer` wraps a trained :class:`~rnnkit.models.LanguageModel`.
         lm_weight: ``alpha``, the LM's weight in the score.
         insertion_bonus: ``beta``, added per label (counters the LM's bias to short outputs).
-        prune_log_prob: if set, a label is tried at a step only where its log-probability is
-            at least this (pyctcdecode's ``token_min_logp``); the step's best label always is.
+        prune_log_prob: if set, a class (label or blank) is used at a step only where its
+            log-probability is at least this, the step's best class always (pyctcdecode's
+            ``token_min_logp``): the search then runs as if the others had probability 0, and
+            the scores count only the paths through used classes.
 
     Returns:
         Per row, up to ``n_best`` :class:`CTCHypothesis` sorted by ``score`` (best first).
@@ -259,6 +261,10 @@ def ctc_prefix_beam_search(
     if b == 0:
         return []
     scores = log_probs.detach().to("cpu", torch.float64)                  # (B, T, C)
+    if prune_log_prob is not None:
+        best = scores.argmax(-1, keepdim=True)                            # (B, T, 1)
+        used = (scores >= prune_log_prob) | (torch.arange(c) == best)      # (B, T, C)
+        scores = scores.masked_fill(~used, _NEG_INF)
     # longest rows first: at step s the rows still running are a leading slice
     order = torch.argsort(lengths, descending=True, stable=True)
     results: list[list[CTCHypothesis]] = [[] for _ in range(b)]
@@ -268,15 +274,14 @@ def ctc_prefix_beam_search(
         rows = order[start:start + chunk]
         found = _beam_search_rows(scores[rows], lengths[rows], blank=blank, width=beam_width,
                                   n_best=n_best, lm=lm, lm_weight=float(lm_weight),
-                                  bonus=float(insertion_bonus), prune=prune_log_prob)
+                                  bonus=float(insertion_bonus))
         for row, hyps in zip(rows.tolist(), found, strict=True):
             results[row] = hyps
     return results
 
 
 def _beam_search_rows(scores: Tensor, lengths: Tensor, *, blank: int, width: int, n_best: int,
-                      lm: Any, lm_weight: float, bonus: float, prune: float | None
-                      ) -> list[list[CTCHypothesis]]:
+                      lm: Any, lm_weight: float, bonus: float) -> list[list[CTCHypothesis]]:
     """The search over rows sorted by decreasing length (``scores (B, T, C)`` float64)."""
     b, t, c = scores.shape
     k = width
@@ -322,9 +327,6 @@ def _beam_search_rows(scores: Tensor, lengths: Tensor, *, blank: int, width: int
         same = ls[:, :, None] == label_ids                                # (n, K, C)
         ext = torch.where(same, pb[:, :, None], total[:, :, None]) + frame[:, None, :]
         ext[:, :, blank] = _NEG_INF                                       # (n, K, C)
-        if prune is not None:
-            tried = (frame >= prune) | (label_ids == frame.argmax(1, keepdim=True))   # (n, C)
-            ext = ext.masked_fill(~tried[:, None, :], _NEG_INF)
         ext = ext.flatten(1)                                              # (n, K*C)
         # a kept prefix whose parent is kept too takes in the parent's extension by its label
         match = (parent[:n, :, None] == nd[:, None, :]) & (parent[:n, :, None] >= 0)  # (n,K,K)

@@ -16,6 +16,7 @@ from rnnkit.models.ctc_decoding import (
     ctc_greedy_decode,
     ctc_prefix_beam_search,
 )
+from tests.models.ctc_reference import reference_prefix_beam_search
 
 NEG_INF = float("-inf")
 
@@ -102,8 +103,12 @@ class TableLM:
 
 
 def assert_same_ranking(found, expected, n):
+    """``found`` (CTCHypothesis) == the first ``n`` of ``expected``: (score, labels, acoustic,
+    lm) tuples from brute force, or (labels, score, acoustic, lm) from the plain version."""
     assert len(found) == min(n, len(expected))
-    for hyp, (score, labels, ac, lm_score) in zip(found, expected, strict=False):
+    for hyp, row in zip(found, expected, strict=False):
+        score, labels, ac, lm_score = row if isinstance(row[0], float) else (
+            row[1], row[0], row[2], row[3])
         assert hyp.labels == labels
         assert hyp.score == pytest.approx(score, abs=1e-9)
         assert hyp.acoustic_score == pytest.approx(ac, abs=1e-9)
@@ -256,27 +261,48 @@ def test_padded_rows_decode_as_they_do_alone():
                                            0.0, pytest.approx(lm.end_log_probs([()]).item()))]
 
 
-def test_pruning_skips_unlikely_labels_but_never_the_best():
-    # label 2 never reaches 0.3; label 1 does at steps 0 and 1 only; the best labelling
-    # without pruning, (1, 2), needs label 2 at step 1
+def test_pruning_drops_unlikely_classes_from_every_path():
+    # at 0.3: step 0 keeps label 1 only, step 1 blank and 1, step 2 the blank only
     probs = torch.tensor([[[0.1, 0.8, 0.1], [0.35, 0.45, 0.2], [0.8, 0.1, 0.1]]],
                          dtype=torch.float64)
     full = ctc_prefix_beam_search(probs.log(), beam_width=8, n_best=8)[0]
     assert ctc_prefix_beam_search(probs.log(), beam_width=8, n_best=8,
                                   prune_log_prob=-1e9)[0] == full
-    assert {(1,), (1, 1), (1, 2), (2,)} <= {h.labels for h in full}
+    assert {(), (1,), (1, 1), (1, 2), (2,)} <= {h.labels for h in full}
     pruned = ctc_prefix_beam_search(probs.log(), beam_width=8, n_best=8,
                                     prune_log_prob=math.log(0.3))[0]
-    assert {h.labels for h in pruned} == {(), (1,)}
-    # () keeps its one all-blank path; (1,) loses the path that emits 1 at step 2 (0.1 < 0.3)
-    full_scores = {h.labels: math.exp(h.score) for h in full}
-    pruned_scores = {h.labels: math.exp(h.score) for h in pruned}
-    assert pruned_scores[()] == pytest.approx(full_scores[()])
-    assert pruned_scores[(1,)] == pytest.approx(full_scores[(1,)] - 0.1 * 0.35 * 0.1)
-    # the best class of a step is always tried, however unlikely
+    assert [h.labels for h in pruned] == [(1,)]
+    assert math.exp(pruned[0].acoustic_score) == pytest.approx(0.8 * 0.35 * 0.8 + 0.8 * 0.45 * 0.8)
+    # the best class of a step is always used, however unlikely
     flat = torch.tensor([[[0.3, 0.3, 0.4], [0.3, 0.3, 0.4]]], dtype=torch.float64).log()
     kept = ctc_prefix_beam_search(flat, beam_width=8, n_best=8, prune_log_prob=0.0)[0]
-    assert {h.labels for h in kept} == {(), (2,)}     # (2, 2) needs a blank between
+    assert [h.labels for h in kept] == [(2,)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruned_exhaustive_beam_equals_brute_force_without_the_pruned_classes(seed):
+    log_probs = random_log_probs((1, 5, 3), seed)
+    threshold = math.log(0.25)
+    best = log_probs.argmax(-1, keepdim=True)
+    used = (log_probs >= threshold) | (torch.arange(3) == best)
+    width = prefix_count(5, 3)
+    found = ctc_prefix_beam_search(log_probs, beam_width=width, n_best=width,
+                                   prune_log_prob=threshold)[0]
+    assert_same_ranking(found, brute_force(log_probs.masked_fill(~used, NEG_INF)[0], 0), width)
+
+
+# ------------------------------------------------------------ narrow beams: the plain version
+@pytest.mark.parametrize(("width", "with_lm"), [(1, False), (3, False), (8, False), (4, True)])
+def test_narrow_beams_equal_the_plain_dict_implementation(width, with_lm):
+    log_probs = random_log_probs((6, 25, 5), 40 + width, scale=2.0)
+    lengths = torch.tensor([25, 18, 25, 7, 1, 12])
+    lm = TableLM(5, 0, width) if with_lm else None
+    opts = {"lm": lm, "lm_weight": 0.9 if with_lm else 0.0, "insertion_bonus": 0.3}
+    found = ctc_prefix_beam_search(log_probs, lengths, beam_width=width, n_best=width, **opts)
+    for row, length in enumerate(lengths.tolist()):
+        expected = reference_prefix_beam_search(log_probs[row, :length].tolist(),
+                                                beam_width=width, **opts)
+        assert_same_ranking(found[row], expected, width)
 
 
 # ------------------------------------------------------------------------------ LM effect
