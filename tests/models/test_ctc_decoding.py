@@ -391,3 +391,30 @@ def test_empty_inputs():
     assert ctc_greedy_decode(torch.zeros(2, 0, 4)) == [[], []]
     assert ctc_prefix_beam_search(torch.zeros(2, 0, 4), n_best=2) == \
         [[CTCHypothesis((), 0.0, 0.0, 0.0)]] * 2
+
+
+# ------------------------------------------------------------------ random shapes (hypothesis)
+def test_random_small_problems_equal_brute_force():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=20, deadline=None, derandomize=True)
+    @hypothesis.given(classes=st.integers(1, 4), data=st.data())
+    def check(classes, data):
+        steps = data.draw(st.integers(0, 4 if classes < 4 else 3))   # beams of <= 40 prefixes
+        blank = data.draw(st.integers(-classes, classes - 1))
+        rows = data.draw(st.integers(1, 3))
+        lengths = data.draw(st.lists(st.integers(0, steps), min_size=rows, max_size=rows))
+        seed = data.draw(st.integers(0, 2**16))
+        log_probs = random_log_probs((rows, steps, classes), seed, scale=3.0)
+        width = prefix_count(steps, classes) if classes > 1 else 1
+        found = ctc_prefix_beam_search(log_probs, torch.tensor(lengths), blank=blank,
+                                       beam_width=width, n_best=width)
+        greedy = ctc_greedy_decode(log_probs, lengths, blank=blank)
+        for row, length in enumerate(lengths):
+            expected = brute_force(log_probs[row, :length], blank % classes)
+            assert_same_ranking(found[row], expected, width)
+            path = log_probs[row, :length].argmax(-1).tolist()
+            assert tuple(greedy[row]) == collapse(path, blank % classes)
+
+    check()
