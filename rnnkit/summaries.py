@@ -64,7 +64,8 @@ class SummaryRow:
 
 @dataclass
 class ModelSummary:
-    """What :func:`summary` returns; ``str()`` is the printed table."""
+    """What :func:`summary` returns; ``str()`` is the printed table, ``repr()`` one line
+    (so an interactive session does not show the table twice)."""
 
     model_name: str
     rows: list[SummaryRow]
@@ -81,8 +82,10 @@ class ModelSummary:
     def __str__(self) -> str:
         return _render(self)
 
-    def __repr__(self) -> str:
-        return _render(self)
+    def __repr__(self) -> str:  # short: summary() has printed the table already
+        return (f"ModelSummary(model={self.model_name!r}, rows={len(self.rows)}, "
+                f"total_params={self.total_params:,}, "
+                f"trainable_params={self.trainable_params:,})")
 
 
 class SummaryMixin:

@@ -76,6 +76,8 @@ def test_the_seeds_keras_table():
                  "Trainable params: 890", "Non-trainable params: 0"):
         assert line in text
     assert re.search(r"^0 \(Sequence\)\s+\(B=2, F=16\)\s+720$", text, re.MULTILINE)
+    assert repr(result) == ("ModelSummary(model='Sequential', rows=3, total_params=890, "
+                            "trainable_params=890)")
 
 
 def test_torch_layout_counts_two_biases():
