@@ -5,7 +5,8 @@ recurrent decoder with attention writes a token sequence, looking at the grid at
 .. code-block:: text
 
     images (B, C, H, W), widths (B,)
-      -> conv 3x3 -> ReLU -> max-pool, per block (padded columns re-zeroed after each)
+      -> conv 3x3 -> batch norm -> ReLU -> max-pool, per block (padded columns re-zeroed
+         after each; the batch statistics count only the columns inside the images)
       -> grid (B, C', H', W')                      H' = H / prod(pool heights), W' likewise
       -> [row encoder: a bidirectional RNN along each of the H' rows, Deng et al. 2017]
       -> memory (B, S = W' * H', M), column by column; memory_mask (B, S)
@@ -44,7 +45,7 @@ from rnnkit.errors import DTypeError, ShapeError
 from rnnkit.models.backbone import Backbone
 from rnnkit.models.seq2seq import ATTENTIONS, Decoder, _check_ids, _positive, _probability
 
-__all__ = ["ImageEncoded", "ImageEncoder", "ImageToSequence"]
+__all__ = ["ImageEncoded", "ImageEncoder", "ImageToSequence", "MaskedBatchNorm2d"]
 
 
 class ImageEncoded(NamedTuple):
@@ -81,18 +82,54 @@ def column_mask(widths: Tensor, width: int) -> Tensor:
     return (columns < widths.unsqueeze(1)).to(torch.float32).view(-1, 1, 1, width)
 
 
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` whose training statistics count only the columns inside each
+    image: ``forward(x (B, C, H, W), mask (B, 1, 1, W))``. With every column inside, it is
+    ``BatchNorm2d`` (output and running statistics); in evaluation it uses the running
+    statistics, so an image gives the same output in a padded batch as alone."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if mask is None or not self.training:
+            return super().forward(x)
+        mask = mask.to(x.dtype)
+        count = mask.sum() * x.shape[2]  # positions inside the images
+        if float(count) < 2:
+            raise ValueError(f"{type(self).__name__}: batch statistics need 2 or more "
+                             f"positions inside the images, got {int(count)}")
+        mean = (x * mask).sum(dim=(0, 2, 3)) / count  # (C,)
+        centred = x - mean.view(1, -1, 1, 1)
+        var = (centred.square() * mask).sum(dim=(0, 2, 3)) / count  # (C,) biased, as torch
+        if self.track_running_stats and self.running_mean is not None:
+            assert self.running_var is not None and self.num_batches_tracked is not None
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else \
+                    1.0 / float(self.num_batches_tracked)
+                unbiased = var * (count / (count - 1))
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.detach())
+        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out
+
+
 class ImageEncoder(Configurable, nn.Module):
     """A small CNN and an optional row encoder: images -> a memory to attend to.
 
     Args:
         image_height: ``H``; images of another height are an error.
         in_channels: ``C`` (1: grey images, which may also come as ``(B, H, W)``).
-        channels: output channels of each convolution block (3x3, padding 1, ReLU, max-pool).
+        channels: output channels of each convolution block (3x3, padding 1, batch norm,
+            ReLU, max-pool).
         pools: each block's max-pool, an int or ``(height, width)``; 1 keeps the size.
         row_encoder: a cell name (see :data:`rnnkit.models.CELL_NAMES`) for a bidirectional
             recurrent layer along each row of the grid (Deng et al. 2017's row encoder: each
             position learns where it lies among its neighbours), or None for the CNN alone.
         row_size: ``M`` with a row encoder (each direction ``row_size // 2``).
+        batch_norm: normalise each convolution's output over the batch before the ReLU
+            (:class:`MaskedBatchNorm2d`: statistics over the columns inside the images). A CNN
+            trained from scratch learns several times faster with it.
         dropout: on the memory, while training.
 
     Call: ``encoder(images, widths=None)`` -> :class:`ImageEncoded`.
@@ -109,7 +146,7 @@ class ImageEncoder(Configurable, nn.Module):
                  channels: Sequence[int] = (32, 64, 96),
                  pools: Sequence[int | Sequence[int]] = (2, 2, 2),
                  row_encoder: str | None = "lstm", row_size: int = 128,
-                 dropout: float = 0.0) -> None:
+                 batch_norm: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         owner = type(self).__name__
         self.image_height = _positive(owner, "image_height", image_height)
@@ -125,10 +162,15 @@ class ImageEncoder(Configurable, nn.Module):
         if self.grid_height < 1:
             raise ValueError(f"{owner}: the pools shrink the height by {self.height_factor}, "
                              f"more than image_height={image_height}")
+        self.batch_norm = bool(batch_norm)
         self.convolutions = nn.ModuleList()
+        self.norms = nn.ModuleList()
         previous = self.in_channels
         for out in channels:
-            self.convolutions.append(nn.Conv2d(previous, out, kernel_size=3, padding=1))
+            self.convolutions.append(nn.Conv2d(previous, out, kernel_size=3, padding=1,
+                                               bias=not self.batch_norm))
+            if self.batch_norm:
+                self.norms.append(MaskedBatchNorm2d(out))
             previous = out
         self.drop = nn.Dropout(_probability(owner, "dropout", dropout, top=False))
         self.row_encoder: Backbone | None = None
@@ -208,8 +250,12 @@ class ImageEncoder(Configurable, nn.Module):
         # mask goes on the pooled grid only: a pool window that reads a padded column lands
         # in a pooled column past the image's (floored) width, which the mask zeroes.
         x = x * column_mask(widths, x.shape[-1]).to(dtype)
-        for conv, (pool_h, pool_w) in zip(self.convolutions, self.pools, strict=True):
-            x = F.relu(conv(x))  # (B, C_i, H_i, W_i)
+        for index, (conv, (pool_h, pool_w)) in enumerate(zip(self.convolutions, self.pools,
+                                                              strict=True)):
+            x = conv(x)  # (B, C_i, H_i, W_i)
+            if self.batch_norm:
+                x = self.norms[index](x, column_mask(widths, x.shape[-1]).to(dtype))
+            x = F.relu(x)
             if pool_h > 1 or pool_w > 1:
                 x = F.max_pool2d(x, (pool_h, pool_w))  # floor: no partial window
                 widths = torch.div(widths, pool_w, rounding_mode="floor")
@@ -237,7 +283,7 @@ class ImageToSequence(Configurable, nn.Module):
     Args:
         vocab_size: ``V``, the output vocabulary (specials included).
         image_height: ``H``; images of another height are a clear error.
-        in_channels, channels, pools, row_encoder, row_size: the encoder
+        in_channels, channels, pools, row_encoder, row_size, batch_norm: the encoder
             (:class:`ImageEncoder`).
         embedding_dim, hidden_size, cell, decoder_layers, attention, attention_layer_size,
             input_feeding, cell_options: the decoder (:class:`rnnkit.models.Decoder`):
@@ -276,7 +322,8 @@ class ImageToSequence(Configurable, nn.Module):
                  channels: Sequence[int] = (32, 64, 96),
                  pools: Sequence[int | Sequence[int]] = (2, 2, 2),
                  row_encoder: str | None = "lstm", row_size: int = 128,
-                 embedding_dim: int = 64, hidden_size: int = 128, cell: str = "lstm",
+                 batch_norm: bool = True, embedding_dim: int = 64, hidden_size: int = 128,
+                 cell: str = "lstm",
                  decoder_layers: int = 1, attention: str = "bahdanau",
                  attention_layer_size: int | None = None, input_feeding: bool = True,
                  dropout: float = 0.0, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
@@ -305,7 +352,7 @@ class ImageToSequence(Configurable, nn.Module):
                                             top=False)
         self.encoder = ImageEncoder(image_height, in_channels=in_channels, channels=channels,
                                     pools=pools, row_encoder=row_encoder, row_size=row_size,
-                                    dropout=dropout)
+                                    batch_norm=batch_norm, dropout=dropout)
         self.decoder = Decoder(self.vocab_size, self.encoder.memory_size,
                                embedding_dim=embedding_dim, hidden_size=hidden_size, cell=cell,
                                num_layers=decoder_layers, attention=attention,

@@ -60,7 +60,7 @@ def test_a_padded_batch_gives_the_losses_of_each_image_alone(row_encoder, attent
                                             ("beam", {"beam_width": 3, "n_best": 2})])
 def test_a_padded_batch_gives_the_decodings_of_each_image_alone(method, options):
     torch.manual_seed(1)
-    model = _model(cell="gru")
+    model = _model(cell="gru").eval()  # encode() in training would move the running stats
     alone, padded, widths = _images(seed=1)
     batch = model.decode(padded, widths, method=method, max_length=6, **options)
     encoded = model.encode(padded, widths)
@@ -76,19 +76,36 @@ def test_a_padded_batch_gives_the_decodings_of_each_image_alone(method, options)
         assert torch.all(grid[i, ..., columns:] == 0)  # padding is never attended
 
 
-def test_the_memory_is_the_cnn_grid_read_column_by_column():
-    """Oracle: the convolutions written with torch.nn.functional on each image alone."""
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_the_memory_is_the_cnn_grid_read_column_by_column(batch_norm):
+    """Oracle: the convolutions written with torch.nn.functional on each image alone (batch
+    norm in evaluation: the running statistics, drawn away from their init)."""
     torch.manual_seed(2)
-    model = _model(row_encoder=None, pools=((2, 2), (3, 1)))
+    model = _model(row_encoder=None, pools=((2, 2), (3, 1)), batch_norm=batch_norm).eval()
+    for norm in model.encoder.norms:
+        with torch.no_grad():
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
     alone, padded, widths = _images(seed=2)
     encoded = model.encode(padded, widths)
     conv1, conv2 = model.encoder.convolutions
     assert (encoded.grid_height, encoded.grid_width) == (12 // 2 // 3, max(WIDTHS) // 2)
     assert encoded.lengths.tolist() == [w // 2 for w in WIDTHS]
+
+    def block(x, conv, index):
+        x = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        if batch_norm:
+            norm = model.encoder.norms[index]
+            x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                             training=False, eps=norm.eps)
+        return F.relu(x)
+
     for i, image in enumerate(alone):
         x = image.view(1, 1, 12, -1)
-        x = F.max_pool2d(F.relu(F.conv2d(x, conv1.weight, conv1.bias, padding=1)), 2)
-        x = F.max_pool2d(F.relu(F.conv2d(x, conv2.weight, conv2.bias, padding=1)), (3, 1))
+        x = F.max_pool2d(block(x, conv1, 0), 2)
+        x = F.max_pool2d(block(x, conv2, 1), (3, 1))
         grid = x[0]  # (C', H', W')
         assert grid.shape == (5, 2, WIDTHS[i] // 2)
         # position s is (row s % H', column s // H')
@@ -101,14 +118,71 @@ def test_the_memory_is_the_cnn_grid_read_column_by_column():
         torch.testing.assert_close(encoded.summary[i], expected.mean(0))
 
 
+def test_masked_batch_norm_with_every_column_inside_is_torchs_batch_norm():
+    from rnnkit.models.image_to_sequence import MaskedBatchNorm2d
+
+    torch.manual_seed(10)
+    ours, reference = MaskedBatchNorm2d(4), torch.nn.BatchNorm2d(4)
+    for _ in range(2):  # outputs, gradients and running statistics over two updates
+        x = torch.randn(3, 4, 5, 7, requires_grad=True)
+        out = ours(x, torch.ones(3, 1, 1, 7))
+        expected = reference(x)
+        torch.testing.assert_close(out, expected)
+        weights = torch.randn_like(out)
+        grad, = torch.autograd.grad((out * weights).sum(), x)
+        expected_grad, = torch.autograd.grad((expected * weights).sum(), x)
+        torch.testing.assert_close(grad, expected_grad)
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    ours.eval()
+    reference.eval()
+    x = torch.randn(2, 4, 5, 3)
+    torch.testing.assert_close(ours(x, torch.ones(2, 1, 1, 3)), reference(x))
+
+
+def test_masked_batch_norm_counts_only_the_columns_inside_the_images():
+    """Oracle: torch's BatchNorm2d on the images' inside columns laid side by side."""
+    from rnnkit.models.image_to_sequence import MaskedBatchNorm2d, column_mask
+
+    torch.manual_seed(11)
+    ours, reference = MaskedBatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    widths = torch.tensor([6, 2, 4])
+    x = torch.randn(3, 3, 5, 6) + 3.0 * (1 - column_mask(widths, 6))  # padding far off
+    out = ours(x, column_mask(widths, 6))
+    inside = torch.cat([x[i, :, :, :w] for i, w in enumerate(widths.tolist())], dim=-1)
+    expected = reference(inside.unsqueeze(0))[0]  # (C, H, sum of widths)
+    got = torch.cat([out[i, :, :, :w] for i, w in enumerate(widths.tolist())], dim=-1)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+
+
+def test_training_batch_statistics_ignore_the_padding():
+    """In training the batch norm's statistics are those of the images' inside columns, so
+    what fills the padding changes nothing."""
+    torch.manual_seed(12)
+    model = _model().train()
+    _, padded, widths = _images(seed=12)
+    target_in, _, _ = _captions()
+    other = padded.clone()
+    for i, w in enumerate(widths.tolist()):
+        other[i, :, w:] = torch.rand(12, padded.shape[-1] - w) * 5
+    torch.manual_seed(0)
+    first = model(padded, target_in, widths)
+    torch.manual_seed(0)
+    second = model(other, target_in, widths)
+    torch.testing.assert_close(first, second)
+
+
 def test_the_row_encoder_is_a_bidirectional_lstm_along_each_grid_row():
     torch.manual_seed(3)
-    model = _model(row_encoder="lstm", row_size=8)
+    model = _model(row_encoder="lstm", row_size=8).eval()
     alone, padded, widths = _images(seed=3)
     reference = torch.nn.LSTM(5, 4, batch_first=True, bidirectional=True)
     reference.load_state_dict(model.encoder.row_encoder.drop_in.state_dict())
-    plain = _model(row_encoder=None)
+    plain = _model(row_encoder=None).eval()
     plain.encoder.convolutions.load_state_dict(model.encoder.convolutions.state_dict())
+    plain.encoder.norms.load_state_dict(model.encoder.norms.state_dict())
     encoded = model.encode(padded, widths)
     for i, image in enumerate(alone):
         grid = plain.encode(image.unsqueeze(0)).memory[0]  # (W' * H', C'), column by column
@@ -165,7 +239,7 @@ def test_teacher_forcing_equals_stepping_the_decoder():
 
 def test_beam_width_one_is_greedy_decoding():
     torch.manual_seed(6)
-    model = _model()
+    model = _model().eval()
     _, padded, widths = _images(seed=6)
     greedy = model.decode(padded, widths, max_length=7)
     beam = model.decode(padded, widths, method="beam", beam_width=1, max_length=7)
@@ -231,7 +305,7 @@ def test_scheduled_sampling_feeds_the_models_own_argmax():
     _, padded, widths = _images(seed=9)
     target_in, _, _ = _captions()
     sampled = model(padded, target_in, widths)
-    model.eval()
+    # still training: the same batch gives the same batch-norm statistics
     state = model.initial_decoder_state(model.encode(padded, widths))
     tokens, expected = target_in[:, 0], []
     for _ in range(target_in.shape[1]):
