@@ -44,6 +44,7 @@ from rnnkit.config import Configurable
 from rnnkit.errors import DTypeError, ShapeError
 from rnnkit.models.backbone import Backbone
 from rnnkit.models.seq2seq import ATTENTIONS, Decoder, _check_ids, _positive, _probability
+from rnnkit.summaries import SummaryMixin
 
 __all__ = ["ImageEncoded", "ImageEncoder", "ImageToSequence", "MaskedBatchNorm2d"]
 
@@ -277,7 +278,7 @@ class ImageEncoder(Configurable, nn.Module):
         return ImageEncoded(memory, mask, widths, summary, grid_height, grid_width)
 
 
-class ImageToSequence(Configurable, nn.Module):
+class ImageToSequence(Configurable, SummaryMixin, nn.Module):
     """CNN encoder + attentional recurrent decoder, trained with teacher forcing (module docs).
 
     Args:
@@ -461,6 +462,17 @@ class ImageToSequence(Configurable, nn.Module):
             self.train(was_training)
 
     # ------------------------------------------------------------------ training
+    def example_input(self, batch_size: int = 2, steps: int = 8) -> tuple[Tensor, Tensor]:
+        """``(images (B, C, H, W), target_in (B, T))`` for :meth:`summary`: random pixels
+        ``steps`` grid columns wide, random ids after ``<bos>``."""
+        device = next(self.parameters()).device
+        width = self.encoder.width_factor * steps
+        images = torch.rand(batch_size, self.encoder.in_channels, self.image_height, width,
+                            device=device)
+        target_in = torch.randint(0, self.vocab_size, (batch_size, steps), device=device)
+        target_in[:, 0] = self.bos_id
+        return images, target_in
+
     def forward(self, images: Tensor, target_in: Tensor, widths: Tensor | None = None
                 ) -> Tensor:
         """``logits (B, T, V)`` for ``target_in (B, T)`` = BOS + caption, teacher-forced (with

@@ -367,3 +367,13 @@ def test_bad_captions_and_decoding_arguments_get_a_clear_error():
 def test_bad_configurations_get_a_clear_error(kwargs, error, message):
     with pytest.raises(error, match=message):
         _model(**kwargs)
+
+
+def test_summary_lists_the_encoder_and_decoder_with_the_parameter_count():
+    torch.manual_seed(13)
+    model = _model()
+    lines = []
+    table = model.summary(print_fn=lines.append)
+    assert table.total_params == sum(p.numel() for p in model.parameters())
+    text = "\n".join(lines)
+    assert "ImageToSequence" in text and "Conv2d" in text and "Decoder" in text
