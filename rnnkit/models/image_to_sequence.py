@@ -311,9 +311,9 @@ class ImageToSequence(Configurable, SummaryMixin, nn.Module):
         >>> target_in = torch.tensor([[1, 7, 5], [1, 9, 0]])
         >>> model(images, target_in, widths).shape
         torch.Size([2, 3, 14])
-        >>> found = model.decode(images, widths, max_length=4)
-        >>> found.tokens.shape, found.attention.shape      # (B, 1, L), (B, 1, L, S = 15 * 7)
-        (torch.Size([2, 1, 4]), torch.Size([2, 1, 4, 105]))
+        >>> found = model.decode(images, widths, max_length=4)    # tokens (B, 1, L <= 4)
+        >>> found.tokens.shape[:2], found.attention.shape[-1]     # attention (B, 1, L, S)
+        (torch.Size([2, 1]), 105)
     """
 
     #: for rnnkit.Trainer: the logits follow ``target_in``; ``target_out`` marks its own padding
