@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -72,6 +73,16 @@ class CTCHypothesis(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------- checks
+def _integer(value: Any, name: str, where: str) -> int:
+    """``value`` as an int (Python, NumPy or 0-d tensor integers; never a bool or a float)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{where}: {name} must be an int, got {value!r}") from None
+
+
 def _check_log_probs(log_probs: Any, lengths: Any, blank: Any, where: str
                      ) -> tuple[Tensor, Tensor, int]:
     """Checked ``(log_probs (B, T, C), lengths (B,) int64 on CPU, blank in [0, C))``."""
@@ -86,8 +97,7 @@ def _check_log_probs(log_probs: Any, lengths: Any, blank: Any, where: str
     b, t, c = log_probs.shape
     if c < 1:
         raise ShapeError(f"{where}: log_probs has no classes (shape {tuple(log_probs.shape)})")
-    if isinstance(blank, bool) or not isinstance(blank, int):
-        raise TypeError(f"{where}: blank must be an int class index, got {blank!r}")
+    blank = _integer(blank, "blank", where)
     if not -c <= blank < c:
         raise ValueError(f"{where}: blank={blank} is outside the {c} classes of log_probs "
                          f"(shape {tuple(log_probs.shape)}); valid: 0..{c - 1} (or -{c}..-1)")
@@ -236,8 +246,10 @@ def ctc_prefix_beam_search(
     """
     where = "ctc_prefix_beam_search"
     log_probs, lengths, blank = _check_log_probs(log_probs, lengths, blank, where)
+    beam_width, n_best = _integer(beam_width, "beam_width", where), _integer(n_best, "n_best",
+                                                                              where)
     for name, value in (("beam_width", beam_width), ("n_best", n_best)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if value < 1:
             raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
     if n_best > beam_width:
         raise ValueError(f"{where}: n_best={n_best} asks for more hypotheses than the "
@@ -474,6 +486,9 @@ class CharNGramLM:
         # the blank's index stands for "begin" in contexts and for "end" as an outcome
         self._counts: list[dict[tuple[int, ...], Counter[int]]] | None = None
         self._cache: dict[tuple[int, ...], Tensor] = {}
+        # the distributions asked for so far as rows of one matrix, so a query is one gather
+        self._row_of: dict[tuple[int, ...], int] = {}
+        self._matrix = torch.zeros((0, num_classes), dtype=torch.float64)
 
     def fit(self, sequences: Iterable[Sequence[int] | Tensor]) -> CharNGramLM:
         """Count the n-grams of ``sequences`` (label ids, no blank); replaces earlier counts."""
@@ -498,6 +513,8 @@ class CharNGramLM:
             raise ValueError("CharNGramLM.fit: no sequences to count")
         self._counts = counts
         self._cache = {}
+        self._row_of = {}
+        self._matrix = torch.zeros((0, self.num_classes), dtype=torch.float64)
         return self
 
     def _distribution(self, context: tuple[int, ...]) -> Tensor:
@@ -529,9 +546,15 @@ class CharNGramLM:
 
     def _table(self, prefixes: Sequence[Sequence[int]]) -> Tensor:
         contexts = self._contexts(prefixes)
-        if not contexts:
-            return torch.zeros((0, self.num_classes), dtype=torch.float64)
-        return torch.stack([self._distribution(ctx) for ctx in contexts])   # (N, C)
+        row_of = self._row_of
+        new = [ctx for ctx in dict.fromkeys(contexts) if ctx not in row_of]
+        if new:
+            for ctx in new:
+                row_of[ctx] = len(row_of)
+            self._matrix = torch.cat([self._matrix,
+                                      torch.stack([self._distribution(c) for c in new])])
+        rows = torch.tensor([row_of[ctx] for ctx in contexts], dtype=torch.int64)   # (N,)
+        return self._matrix[rows]                                                  # (N, C)
 
     def log_probs(self, prefixes: Sequence[Sequence[int]]) -> Tensor:
         """``(N, C)`` float64: ``log P(next label | prefix)``; the blank column is ``-inf``."""

@@ -355,6 +355,13 @@ def test_clear_errors_for_bad_input():
         ctc_greedy_decode(torch.full((1, 2, 3), float("inf")))
     with pytest.raises(ValueError, match="beam_width must be an int >= 1"):
         ctc_prefix_beam_search(log_probs, beam_width=0)
+    with pytest.raises(TypeError, match="beam_width must be an int, got 2.5"):
+        ctc_prefix_beam_search(log_probs, beam_width=2.5)
+    with pytest.raises(TypeError, match="blank must be an int, got True"):
+        ctc_greedy_decode(log_probs, blank=True)
+    # NumPy and tensor integers are integers
+    assert ctc_prefix_beam_search(log_probs, blank=np.int64(3), beam_width=torch.tensor(4)) == \
+        ctc_prefix_beam_search(log_probs, blank=3, beam_width=4)
     with pytest.raises(ValueError, match="lm_weight=0.5 without an lm"):
         ctc_prefix_beam_search(log_probs, lm_weight=0.5)
     with pytest.raises(TypeError, match="must be a Tensor"):
