@@ -175,6 +175,20 @@ CASES = {
                                teacher_forcing_ratio=0.5, label_smoothing=0.1),
     "seq2seq_no_attention": lambda: Seq2Seq(7, 6, embedding_dim=3, hidden_size=H, cell="gru",
                                             attention=None, bidirectional_encoder=False),
+    # issue 14: grid cells (input 4 = two windows of 2), recognition and captioning models
+    "grid_lstm": lambda: rnnkit.GridLSTMCell(4, H, feature_size=2, frequency_skip=2,
+                                             peepholes=True, coupled_gates=True),
+    "bidirectional_grid_lstm": lambda: rnnkit.BidirectionalGridLSTMCell(
+        4, H, feature_size=2, frequency_skip=2),
+    "sequence_recognizer": lambda: rnnkit.models.SequenceRecognizer(
+        I, 5, hidden_size=H, num_layers=1, cell="gru", blank=4),
+    "sequence_recognizer_conv": lambda: rnnkit.models.SequenceRecognizer(
+        4, 5, hidden_size=H, num_layers=1, conv_channels=(2,)),
+    "image_encoder": lambda: rnnkit.models.ImageEncoder(8, channels=(2, 3), pools=(2, 2),
+                                                        row_encoder="gru", row_size=H),
+    "image_to_sequence": lambda: rnnkit.models.ImageToSequence(
+        7, image_height=8, channels=(2,), pools=(2,), row_encoder=None, embedding_dim=3,
+        hidden_size=H, attention="luong_general", dropout=0.1),
 }
 
 ABSTRACT = {"RecurrentCell", "CellWrapper", "RNNBase", "AttentionMechanism"}
@@ -200,7 +214,21 @@ def call_seq2seq(module: nn.Module, generator: torch.Generator) -> object | None
         return module(torch.randint(0, 6, (B,), generator=generator), module.initial_state(encoded))
     if isinstance(module, Seq2Seq):
         return module(source, torch.randint(0, 6, (B, 5), generator=generator), lengths)
+    images = torch.rand(B, 8, 6, generator=generator)  # (B, H, W), widths 6, 4, 4
+    if isinstance(module, rnnkit.models.ImageEncoder):
+        encoded = module(images, torch.tensor([6, 4, 4]))
+        return [t for t in encoded if isinstance(t, Tensor)]
+    if isinstance(module, rnnkit.models.ImageToSequence):
+        return module(images, torch.randint(0, 7, (B, 5), generator=generator),
+                      torch.tensor([6, 4, 4]))
+    if isinstance(module, rnnkit.models.SequenceRecognizer):
+        return tuple(module(torch.randn(B, T, module_input_size(module), generator=generator),
+                            torch.tensor([T, 2, 2])))  # conv blocks halve time: >= 2 frames
     return None
+
+
+def module_input_size(module: nn.Module) -> int:
+    return module.get_config()["input_size"]
 
 
 def call(module: nn.Module) -> object:
