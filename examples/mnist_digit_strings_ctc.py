@@ -41,7 +41,7 @@ from rnnkit.training.metrics import character_error_rate, sequence_error_rate
 
 MISSING_DATA = 2  # examples/reproduce.py's exit status for a data set that is not installed
 BLANK = 10  # classes 0-9 are the digits themselves, 10 is the blank
-SETTINGS = dict(held_out=0.2, train_strings=48000, test_strings=2000, epochs=1, batch_size=32,
+SETTINGS = dict(held_out=0.2, train_strings=96000, test_strings=2000, epochs=1, batch_size=32,
                 conv_channels=(16, 32), hidden=96, layers=1, lr=3e-3, max_gap=8,
                 beam_width=8, lm_weight=0.3)
 TINY = dict(held_out=0.2, train_strings=96, test_strings=32, epochs=1, batch_size=16,
