@@ -54,6 +54,7 @@ from rnnkit.errors import ShapeError
 from rnnkit.layers.masking import lengths_to_mask
 from rnnkit.models._common import InputEncoder, parameter_dtype
 from rnnkit.models.ctc_decoding import ctc_greedy_decode, ctc_prefix_beam_search
+from rnnkit.summaries import SummaryMixin
 
 __all__ = ["PAD_LOG_PROB", "RecognizerOutput", "SequenceRecognizer", "ctc_loss",
            "ctc_min_frames"]
@@ -233,7 +234,7 @@ class _ConvFrontEnd(nn.Module):
         return h.permute(0, 3, 1, 2).reshape(batch, steps, channels * height), lengths
 
 
-class SequenceRecognizer(Configurable, nn.Module):
+class SequenceRecognizer(Configurable, SummaryMixin, nn.Module):
     """Frames in, per-frame class log-probabilities out, trained with CTC.
 
     Args:
@@ -304,6 +305,13 @@ class SequenceRecognizer(Configurable, nn.Module):
                                  dropout, cell_options)
         self.drop = nn.Dropout(self.backbone.dropout)
         self.head = nn.Linear(self.backbone.output_size, num_classes)
+
+    def example_input(self, batch_size: int = 2, steps: int | None = None) -> Tensor:
+        """A batch for :meth:`summary`: random frames ``(B, T, F)``; ``T`` defaults to 8
+        output frames' worth (``8 * 2**k``)."""
+        steps = 8 * self.time_reduction if steps is None else steps
+        return torch.rand(batch_size, steps, self.encoder.features,
+                          device=next(self.parameters()).device, dtype=parameter_dtype(self))
 
     @property
     def time_reduction(self) -> int:

@@ -278,3 +278,13 @@ def test_model_errors_are_clear():
 
 def test_doctests():
     assert_doctests_pass("rnnkit.models.recognizer")
+
+
+def test_summary_lists_the_front_end_encoder_and_head(capsys):
+    model = SequenceRecognizer(12, 5, hidden_size=6, num_layers=1, conv_channels=(3,))
+    table = model.summary()
+    assert table.total_params == sum(p.numel() for p in model.parameters())
+    text = str(table)
+    for row in ("frontend (_ConvFrontEnd)", "backbone (Backbone)", "head (Linear)",
+                "(2, 8, 5)"):
+        assert row in text
