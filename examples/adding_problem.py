@@ -1,4 +1,4 @@
-"""The adding problem (issue 13, row 4): gated cells remember for 200 steps, a tanh RNN does not.
+"""The adding problem (issue 13, row 4): LSTM, GRU and IRNN remember 200 steps, tanh-RNN cannot.
 
 Each input is ``T`` steps of two channels: a random number in [0, 1] and a marker that is 1 at
 exactly two steps (one in each half of the sequence) and 0 elsewhere; the target is the sum of
@@ -11,7 +11,9 @@ Every model is ``rnnkit.SequenceRegressor(2, 1, cell=...)`` trained by ``rnnkit.
 (Adam, gradient norm clipped at 1); ``GradientFlowRecorder`` records ||dL/dh_t|| on a probe
 batch, and the figure ``docs/figures/gradient_flow.png`` shows why the tanh RNN fails: its
 gradient vanishes geometrically going back from the last step, so the first marker never
-gets credit. Full run (about 40 minutes on 2 shared CPU cores):
+gets credit; chrono init (LSTM) and the identity (IRNN) keep it alive from the start. Full run
+(about 15 minutes of CPU on one thread, 30 of wall time on 2 shared cores; the IRNN takes
+most of it, the others a minute each):
 
     nice -n 10 python examples/adding_problem.py --results docs/results/adding_problem.json
 
@@ -41,7 +43,7 @@ SOLVED = 0.01
 NAMES = {"elman": "tanh-RNN", "irnn": "IRNN", "lstm": "LSTM", "gru": "GRU"}
 # Per cell, fixed before the runs recorded here and chosen on the validation set only (the test
 # set is read once, after training): Adam's learning rate, hidden size, the most updates it may
-# take at T=200 (halved at T=100), and the initialisation. LSTM: chrono init (Tallec & Ollivier
+# take at any T, and the initialisation. LSTM: chrono init (Tallec & Ollivier
 # 2018): forget-gate bias log(U(1, T - 1)), input-gate bias its negative, so each unit starts
 # out remembering for up to T steps. IRNN: identity recurrence, ReLU, small input weights (Le
 # et al. 2015) with Adam's small steps: a step changes the identity's eigenvalues, which T
@@ -61,6 +63,9 @@ TRIED = [
     "IRNN hidden 64, lr 1e-3 / 3e-4 / 1e-4: 0.162-0.164 after 3000 / 6000 / 3000 updates",
     "IRNN hidden 128, lr 1e-4: plateau to 3600 updates, 0.025-0.033 at 5500-6000 (kept, "
     "with a 15000-update budget)",
+    "budgets halved at T=100 at first: IRNN there ended at validation 0.023 (test 0.033) after "
+    "7500 updates, still falling (tanh-RNN: test 0.170 after 1000), so every T now gets the "
+    "full budget",
 ]
 FULL = {"lengths": [200, 100], "batch": 32, "train": 20000, "test": 1000,
         "validation": 500, "eval_every": 50, "stop_below": 0.003}
@@ -119,8 +124,7 @@ def train_one(cell: str, steps: int, config: dict, seed: int, probe, data) -> di
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = data
     chosen = SETTINGS[cell]
     lr, hidden = chosen["lr"], config.get("hidden") or chosen["hidden"]
-    max_updates = config.get("max_steps") or (
-        chosen["updates"] if steps >= 200 else chosen["updates"] // 2)
+    max_updates = config.get("max_steps") or chosen["updates"]
     torch.manual_seed(seed)
     model = rnnkit.SequenceRegressor(2, 1, cell=cell, hidden_size=hidden)
     if chosen["init"] == "chrono":
@@ -175,13 +179,17 @@ def summary(results: dict) -> tuple[list[int], str, bool, str]:
     """``(lengths run, ours, met, closing note)`` from the per-model results."""
     lengths = sorted(int(key[2:]) for key, models in results.items() if models)
     longest = results.get(f"T={max(lengths)}", {}) if lengths else {}
-    gated = [n for n in ("LSTM", "GRU", "IRNN") if n in longest]
     tanh_fails = "tanh-RNN" in longest and longest["tanh-RNN"]["test_mse"] > 0.05
-    met = len(gated) == 3 and all(longest[n]["solved"] for n in gated) and tanh_fails
-    ours = ", ".join(
-        f"{n} {r['test_mse']:.4f}" + (f" (solved in {r['steps_to_solve']} updates)"
-                                      if r["steps_to_solve"] else "")
-        for n, r in longest.items()) or "not run yet"
+    # every length run counts: the gated cells must solve T=100 as well as T=200
+    met = tanh_fails and all(
+        all(name in models and models[name]["solved"] for name in ("LSTM", "GRU", "IRNN"))
+        for key, models in results.items() if models)
+    ours = "; ".join(
+        f"T={steps}: " + ", ".join(
+            f"{n} {r['test_mse']:.4f}" + (f" (solved in {r['steps_to_solve']} updates)"
+                                          if r["solved"] else "")
+            for n, r in results[f"T={steps}"].items())
+        for steps in reversed(lengths)) or "not run yet"
     notes = []
     for key, models in results.items():
         for name, r in models.items():
@@ -190,6 +198,17 @@ def summary(results: dict) -> tuple[list[int], str, bool, str]:
                 notes.append(f"{key} {name}: test MSE {r['test_mse']:.4f}, validation MSE "
                              f"below 0.01 after {r['steps_to_solve']} updates "
                              f"({r['steps_trained']} trained, {r.get('cpu_s', '?')} s CPU).")
+            elif r["steps_to_solve"]:      # reached the bar on validation, ended above it
+                last = [mse for _, mse in r["validation_curve"][-20:]]
+                notes.append(
+                    f"{key} {name}: test MSE {r['test_mse']:.4f} after {r['steps_trained']} "
+                    f"updates (its whole budget, {r.get('cpu_s', '?')} s CPU), not solved: "
+                    f"validation MSE first fell below 0.01 after {r['steps_to_solve']} updates "
+                    f"but still jumps ({min(last):.4f}-{max(last):.4f} over the last "
+                    f"{len(last)} checks) at lr {r['lr']:g}, and the budget ended on a high "
+                    "one; keeping the best validation weights (rnnkit.training.EarlyStopping"
+                    "(restore_best_weights=True)) or decaying the learning rate would close "
+                    "it, not tried here because the settings were fixed before the run.")
             else:
                 notes.append(
                     f"{key} {name}: test MSE {r['test_mse']:.4f} after {r['steps_trained']} "
@@ -211,14 +230,14 @@ def save(args, config: dict, results: dict, figure: str | None, host: str,
         return
     write_results(
         args.results, row=4, task=f"adding problem, T = {', '.join(map(str, lengths))}",
-        metric=f"test MSE at T={max(lengths)} (baseline 1/6 = 0.167)",
+        metric="test MSE (baseline 1/6 = 0.167)",
         ours=ours,
         anchor="LSTM/GRU solve it, tanh-RNN fails (Le et al. 2015; Bai et al. 2018)",
-        target="LSTM, GRU and IRNN test MSE < 0.01 at T=200; tanh-RNN shown failing",
+        target="LSTM, GRU and IRNN test MSE < 0.01 at T=200 and T=100; tanh-RNN shown failing",
         met=None if args.tiny else met,
         settings=("SequenceRegressor (last step -> Linear), Adam, clip 1.0, batch "
                   f"{config['batch']}, {config['train']} training sequences; per cell lr / "
-                  "hidden / most updates at T=200 (half at T=100) / init: "
+                  "hidden / most updates / init: "
                   + "; ".join(f"{NAMES[c]} {s['lr']:g} / {config.get('hidden') or s['hidden']}"
                               f" / {s['updates']} / {s['init']}" for c, s in SETTINGS.items())
                   + f"; validation every {config['eval_every']} updates, stop at validation "
