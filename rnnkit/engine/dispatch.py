@@ -83,9 +83,18 @@ def _compiled() -> tuple[ModuleType | None, str]:
     return (compiled, "") if ok else (None, str(reason))
 
 
+def _attribute(module: nn.Module, name: str) -> Any:
+    """``getattr(module, name, None)``, without the AttributeError that ``nn.Module``'s
+    ``__getattr__`` builds (message and all) when the name is absent everywhere."""
+    if (name in module.__dict__ or hasattr(type(module), name) or name in module._parameters
+            or name in module._buffers or name in module._modules):
+        return getattr(module, name, None)
+    return None
+
+
 def _compiled_serves(cell: nn.Module, inputs: Tensor | None) -> tuple[bool, str, bool]:
     """(serves, reason, toolchain_missing) for running ``cell`` on the compiled kernels."""
-    refusal = getattr(cell, "compiled_refusal", None)
+    refusal = _attribute(cell, "compiled_refusal")
     if refusal:  # a cell wrapper whose contract the kernels cannot keep says why
         return False, str(refusal), False
     compiled, why = _compiled()
@@ -151,7 +160,10 @@ def tracing() -> bool:
 
 
 def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
-            mask: Tensor | None = None) -> tuple[str, str, bool]:
+            mask: Tensor | None = None,
+            serves_answer: tuple[bool, str, bool] | None = None) -> tuple[str, str, bool]:
+    """``(path, reason, toolchain_missing)``; ``serves_answer`` is :func:`_compiled_serves`'s
+    answer for this very call when the caller already asked it (asked here otherwise)."""
     engine = check_cell_engine(engine, cell)
     if exporting():  # whatever the engine asked: compiled kernels cannot be recorded
         return "loop", EXPORT_REASON, False
@@ -170,7 +182,9 @@ def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
         if not scans:
             raise RuntimeError(f"engine='scan' cannot run this recurrence: {why}")
         return "scan", "engine='scan' requested", False
-    serves, reason, toolchain_missing = _compiled_serves(cell, inputs)
+    if serves_answer is None:
+        serves_answer = _compiled_serves(cell, inputs)
+    serves, reason, toolchain_missing = serves_answer
     if engine == "auto" and not serves:
         scans, why = _scan_serves(cell)
         if scans:
@@ -252,6 +266,32 @@ def plan_cell(cell: nn.Module, inputs: Tensor | None, engine: str = "auto",
     engine = check_engine(engine)
     path, reason, toolchain_missing = _choose(cell, inputs, engine, mask)
     return CellRun(label, cell, path, reason, engine, toolchain_missing)
+
+
+class _CallCells:
+    """A drop-in module's cells and their compiled-kernel answers, asked once per call and
+    shared by the fused decision and the per-cell plans (``step_cells()`` binds the cells to
+    the module's current parameters; asking twice would bind and check twice)."""
+
+    def __init__(self, module: nn.Module, inputs: Tensor | None) -> None:
+        self.module, self.inputs = module, inputs
+        self._cells: list[tuple[str, nn.Module]] | None = None
+        self._serves: dict[int, tuple[bool, str, bool]] = {}
+
+    def cells(self) -> list[tuple[str, nn.Module]]:
+        if self._cells is None:
+            self._cells = module_cells(self.module)
+        return self._cells
+
+    def asked(self, cell: nn.Module) -> tuple[bool, str, bool] | None:
+        """:meth:`serves`'s answer if it was asked already this call, else None."""
+        return self._serves.get(id(cell))
+
+    def serves(self, cell: nn.Module) -> tuple[bool, str, bool]:
+        answer = self._serves.get(id(cell))
+        if answer is None:
+            answer = self._serves[id(cell)] = _compiled_serves(cell, self.inputs)
+        return answer
 
 
 def run_cell(
@@ -387,6 +427,11 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     Raises when the module forces ``engine="fused"`` and cannot be served. ``describe=False``
     skips naming the torch kernel (the forward pass does not need the text).
     """
+    return _fused_decision(module, inputs, describe, _CallCells(module, inputs))
+
+
+def _fused_decision(module: nn.Module, inputs: Tensor | None, describe: bool,
+                    call: _CallCells) -> tuple[bool, str]:
     from rnnkit.engine import fused
 
     engine = check_engine(getattr(module, "engine", "auto"))
@@ -406,8 +451,8 @@ def fused_decision(module: nn.Module, inputs: Tensor | None,
     if (engine == "auto" and not traced and device.type == "cpu"
             and mode in PREFER_COMPILED_ON_CPU.get(kind, ())
             and fused.current_precision(module) == "fp32"):
-        cells = module_cells(module)
-        if cells and all(_compiled_serves(c, inputs)[0] for _, c in cells):
+        cells = call.cells()
+        if cells and all(call.serves(c)[0] for _, c in cells):
             return False, (f"torch runs {kind} on CPU as a C++ loop of ATen ops (no oneDNN); "
                            f"rnnkit's compiled kernels are faster for {mode} "
                            f"(dispatch.PREFER_COMPILED_ON_CPU)")
@@ -429,7 +474,15 @@ def _needs_grad(module: nn.Module, inputs: Tensor | None) -> bool:
         return False
     if inputs is not None and inputs.requires_grad:
         return True
-    return any(p.requires_grad for p in module.parameters())
+    return any(p.requires_grad for p in _parameters(module))
+
+
+def _parameters(module: nn.Module):
+    """``module.parameters()``; for a module without submodules (the drop-ins, whose cells
+    are not registered) its own parameter dict, without the generator's bookkeeping."""
+    if module._modules:
+        return module.parameters()
+    return (p for p in module._parameters.values() if p is not None)
 
 
 def _torch_name(module: nn.Module) -> str:
@@ -438,7 +491,7 @@ def _torch_name(module: nn.Module) -> str:
 
 
 def _module_device(module: nn.Module) -> torch.device:
-    reference = next(module.parameters(), None)
+    reference = next(iter(_parameters(module)), None)
     return reference.device if reference is not None else torch.device("cpu")
 
 
@@ -467,7 +520,8 @@ def plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None = None
                             f"no per-layer cells (step_cells())")
         return plan
     layers, directions = module.num_layers, 2 if module.bidirectional else 1
-    use, reason = fused_decision(module, inputs, describe=describe)
+    call = _CallCells(module, inputs)
+    use, reason = _fused_decision(module, inputs, describe, call)
     precision_mode = fused.current_precision(module)
     if use:
         plan = Plan(header, input_line, "fused", reason,
@@ -482,11 +536,15 @@ def plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None = None
                           "these cells run in their parameters' dtype")
     engine = getattr(module, "engine", "auto")
     engine = "auto" if engine == "fused" else engine
-    cells = module_cells(module)
+    cells = call.cells()
     if not cells:
         raise TypeError(f"{type(module).__name__} cannot run layer by layer: it exposes no "
                         f"per-layer cells (step_cells())")
-    plan.runs = [plan_cell(cell, inputs, engine, label) for label, cell in cells]
+    plan.runs = []
+    for label, cell in cells:
+        # the kernels' answer, when the fused decision already asked it for this call
+        path, why, toolchain_missing = _choose(cell, inputs, engine, None, call.asked(cell))
+        plan.runs.append(CellRun(label, cell, path, why, engine, toolchain_missing))
     return plan
 
 

@@ -590,7 +590,8 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
     def _check_input_dtype(self, inputs: Tensor) -> None:
         """The input must have the weights' dtype (torch.nn's check, with its phrase; under
         autocast torch skips it, and so does rnnkit)."""
-        weight = next(iter(self._flat_weights), None)
+        names = self._flat_weights_names  # the first weight, as next(iter(_flat_weights))
+        weight = getattr(self, names[0], None) if names else None
         if (
             isinstance(weight, Tensor)
             and inputs.dtype != weight.dtype

@@ -35,6 +35,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import weakref
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 
@@ -93,6 +97,94 @@ def _reference_parameter(cell: nn.Module) -> Tensor | None:
     return next(iter(cell.parameters()), None)
 
 
+# ----------------------------------------------------------------------------- per-cell memo
+# What supports(), _check_parameters() and the parameters' half of fallback_reason() find
+# depends only on the cell's configuration: its classes, plain attributes (sizes, options,
+# training), hooks and parameters (which tensors, their dtype, device, shape). A
+# drop-in module calls them for every layer at every forward; the memo below keeps their
+# answers per cell under a signature of exactly those things, recomputed and compared at each
+# call (a few microseconds), so any change (a parameter replaced or moved, ``.data`` set to a
+# new dtype, an option changed, a hook added) recomputes them. Cells under
+# ``torch.nn.utils.parametrize`` (a fresh tensor per attribute read) are never memoised.
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+@dataclass(eq=False)
+class _Verified:
+    """The memoised answers for one cell configuration (``signature``)."""
+
+    cell: weakref.ref  # the cell it describes (the memo is keyed by id; ids are reused)
+    signature: tuple
+    # the parameters the signature names by id: held so that no id is reused while the
+    # entry lives (the entry is replaced, and the references dropped, at the next change)
+    held: list
+    supports: tuple[bool, str] | None = None
+    parameters_checked: bool = False
+    calls: dict = field(default_factory=dict)  # (reverse, grad) -> KernelCall
+
+
+# id(cell) -> entry; a plain dict (a WeakKeyDictionary builds a weak reference per lookup),
+# emptied of a cell's entry when the cell dies
+_memo: dict[int, _Verified] = {}
+
+
+def _forget(ref: weakref.ref, key: int) -> None:
+    entry = _memo.get(key)
+    if entry is not None and entry.cell is ref:
+        del _memo[key]
+
+
+def _plain(values: tuple) -> bool:
+    return all(type(v) in _SCALARS for v in values)
+
+
+def _signature(cell: nn.Module) -> tuple[tuple, list] | None:
+    """Everything the memoised answers depend on, or None for a cell that cannot be memoised
+    (parametrized: its attributes are recomputed at each read)."""
+    parts: list = []
+    held: list = []
+    stack = [cell]
+    while stack:
+        module = stack.pop()
+        attributes = module.__dict__
+        children = attributes["_modules"]
+        if "parametrizations" in children:
+            return None
+        parts.append(type(module))
+        parts.append(bool(attributes["_forward_hooks"] or attributes["_forward_pre_hooks"]))
+        parts.extend([(key, value) for key, value in attributes.items()
+                      if type(value) in _SCALARS or (type(value) is tuple and _plain(value))])
+        for key, param in attributes["_parameters"].items():
+            if param is None:
+                parts.append((key, None))
+            else:
+                held.append(param)
+                parts.append((key, id(param), param.dtype, param.device, param.shape))
+        parts.append(len(children))
+        for key, child in children.items():
+            parts.append(key)
+            if child is not None:
+                stack.append(child)
+    return tuple(parts), held
+
+
+def _verified(cell: nn.Module) -> _Verified | None:
+    """The memo entry for ``cell``'s current configuration (a fresh one after any change),
+    or None when the cell cannot be memoised."""
+    found = _signature(cell)
+    if found is None:
+        return None
+    signature, held = found
+    key = id(cell)
+    entry = _memo.get(key)
+    if entry is None or entry.cell() is not cell or entry.signature != signature:
+        entry = _Verified(weakref.ref(cell, functools.partial(_forget, key=key)), signature,
+                          held)
+        _memo[key] = entry
+    return entry
+
+
 def supports(cell: nn.Module) -> tuple[bool, str]:
     """Whether :func:`run_recurrence` can run ``cell``, and why (not).
 
@@ -103,6 +195,18 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
     parameters on the CPU. Subclasses that override ``forward`` and cells with forward hooks
     are not covered (their per-step code would be skipped).
     """
+    return _supports_memo(cell, _verified(cell))
+
+
+def _supports_memo(cell: nn.Module, entry: _Verified | None) -> tuple[bool, str]:
+    if entry is None:
+        return _supports(cell)
+    if entry.supports is None:
+        entry.supports = _supports(cell)
+    return entry.supports
+
+
+def _supports(cell: nn.Module) -> tuple[bool, str]:
     kind = type(cell)
     base, adapter_cls = _adapter_class(cell)
     if base is None:
@@ -141,12 +245,19 @@ def fallback_reason(cell: nn.Module, inputs: Tensor, state: State | None = None)
     without storage of their own, so a call that sees one runs on the loop instead (same
     results, differentiable under the transforms).
     """
-    tensors = [inputs, *_state_tensors(state), *cell.parameters()]
-    for t in tensors:
+    for t in (inputs, *_state_tensors(state), *_parameters(cell)):
         if isinstance(t, Tensor) and _is_wrapped(t):
             return ("a torch.func transform (vmap/grad/jacrev) is active: its wrapped tensors "
                     "have no storage for the compiled kernels, so the eager loop runs instead")
     return None
+
+
+def _parameters(cell: nn.Module):
+    """``cell.parameters()``; for a cell without submodules its own parameter dict, without
+    the generator's bookkeeping (this runs at every call)."""
+    if cell._modules:
+        return cell.parameters()
+    return [p for p in cell._parameters.values() if p is not None]
 
 
 def _empty(reference: Tensor) -> Tensor:
@@ -282,7 +393,8 @@ def run_recurrence(
         RuntimeError: the extension is unavailable (see :func:`available`).
         ValueError / TypeError: unsupported cell, bad shapes, dtypes or lengths.
     """
-    ok, why = supports(cell)
+    entry = _verified(cell)
+    ok, why = _supports_memo(cell, entry)
     if not ok:
         raise ValueError(f"compiled.run_recurrence cannot run this cell: {why}")
     if isinstance(inputs, Tensor) and fallback_reason(cell, inputs, state) is not None:
@@ -291,7 +403,10 @@ def run_recurrence(
         if state is None:
             state = cell.initial_state(inputs.shape[1], device=inputs.device, dtype=inputs.dtype)
         return loop.run_recurrence(cell, inputs, state, lengths=lengths, reverse=reverse)
-    _check_parameters(cell)
+    if entry is None or not entry.parameters_checked:
+        _check_parameters(cell)
+        if entry is not None:
+            entry.parameters_checked = True
     lengths = _check(cell, inputs, lengths)
     ext, error = _build.load()
     if ext is None:
@@ -300,15 +415,16 @@ def run_recurrence(
     if state is None:
         state = cell.initial_state(B, device=inputs.device, dtype=inputs.dtype)
     reverse = bool(reverse)
-    lengths_arg = _empty(inputs).long() if lengths is None else lengths
+    lengths_arg = (torch.empty(0, dtype=torch.int64, device=inputs.device) if lengths is None
+                   else lengths)
     adapter = _adapter_class(cell)[1](cell)
     if isinstance(adapter, _cells.OwnKernelAdapter):  # a kernel of its own, not the template
         return adapter.run(ext, inputs, state, lengths_arg, reverse, _state_tensor)
-    return _run_adapter(ext, adapter, inputs, state, lengths_arg, reverse)
+    return _run_adapter(ext, adapter, inputs, state, lengths_arg, reverse, entry)
 
 
 def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: Tensor,
-                 reverse: bool):
+                 reverse: bool, entry: _Verified | None = None):
     """A family on the step-loop template: the adapter says what, the template runs it."""
     cell = adapter.cell
     B = inputs.shape[1]
@@ -329,16 +445,23 @@ def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: 
     state0 = tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)  # (B, SW)
     xp = adapter.project(inputs)  # (T, B, X)
     named = {k: _opt(v, xp) for k, v in adapter.kernel_tensors().items() if v is not None}
-    call = KernelCall(
-        family=adapter.family,
-        names=tuple(named),
-        flags=tuple(adapter.flags().items()),
-        numbers=tuple(adapter.numbers().items()),
-        reverse=reverse,
-        output_size=cell.output_size,
-        step=adapter.step,
-        grad=torch.is_grad_enabled(),
-    )
+    grad = torch.is_grad_enabled()
+    # everything but the tensors depends on the configuration alone: built once per
+    # configuration (the memo entry), direction and grad mode
+    call = entry.calls.get((reverse, grad)) if entry is not None else None
+    if call is None or call.names != tuple(named):
+        call = KernelCall(
+            family=adapter.family,
+            names=tuple(named),
+            flags=tuple(adapter.flags().items()),
+            numbers=tuple(adapter.numbers().items()),
+            reverse=reverse,
+            output_size=cell.output_size,
+            step=adapter.step,
+            grad=grad,
+        )
+        if entry is not None:
+            entry.calls[(reverse, grad)] = call
     out, final = CellRecurrence.apply(ext, call, lengths, xp, state0, *named.values())
     if len(parts) == 1:
         return out, final
