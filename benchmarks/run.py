@@ -74,13 +74,16 @@ class Workload:
     steps: int
     training: bool
     variable_lengths: bool = False
+    features: int | None = None  # H_in when it differs from H (row 17)
 
     @property
     def input_size(self) -> int:
-        return self.hidden
+        return self.hidden if self.features is None else self.features
 
     def describe(self) -> str:
         text = f"B={self.batch}, H={self.hidden}, T={self.steps}"
+        if self.features is not None:
+            text += f", H_in={self.features}"
         if self.variable_lengths:
             text += f", lengths uniform in [{self.steps // 4}, {self.steps}]"
         return text
@@ -192,12 +195,12 @@ def _lengths(setup: Setup, k: int) -> torch.Tensor | None:
     return setup.lengths[k % len(setup.lengths)] if setup.lengths else None
 
 
-def torch_module(kind: str) -> Builder:
+def torch_module(kind: str, **options: object) -> Builder:
     def build(setup: Setup):
         w = setup.workload
         torch.manual_seed(0)
         cls = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}[kind]
-        module = cls(w.input_size, w.hidden)
+        module = cls(w.input_size, w.hidden, **options)
         return _step(module, setup, lambda x, k: module(x)[0]), module
 
     return build
@@ -266,8 +269,10 @@ def _rnnkit(kind: str, precision: str = "fp32", **options: object) -> Config:
                                                                      **options), precision)
 
 
-def _torch(kind: str) -> Config:
-    return Config(f"torch.nn.{kind}", torch_module(kind), kind=kind)
+def _torch(kind: str, **options: object) -> Config:
+    extra = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    label = f"torch.nn.{kind}" + (f"({extra})" if extra else "")
+    return Config(label, torch_module(kind, **options), kind=kind)
 
 
 def rnnkit_recurrence(make_cell: Callable[[int, int], nn.Module], engine: str = "auto",
@@ -398,7 +403,17 @@ ROWS: tuple[Row, ...] = (
     Row("9b", "GRU inference, bf16", Workload("GRU", 64, 1024, 64, False),
         _rnnkit("GRU", precision="bf16"),
         ((Config("torch.nn.LSTM (float32)", torch_module("LSTM")), Target(0.5, ">= 2x faster")),)),
-) + _cell_rows() + _load_rows()
+) + _cell_rows() + _load_rows() + (
+    # Row 17: the per-call cost of a small drop-in (issue 13 row 2's SimpleRNN(16, relu) on
+    # Fashion-MNIST rows: B=100, T=28, H_in=28), where Python around the kernel, not the
+    # kernel, sets the time (docs/engine.md, "Per-call overhead").
+    Row("17a", "Small Elman relu training (per-call cost)",
+        Workload("RNN", 100, 16, 28, True, features=28), _rnnkit("RNN", nonlinearity="relu"),
+        ((_torch("RNN", nonlinearity="relu"), Target(1 / 3, ">= 3x faster")),)),
+    Row("17b", "Small Elman relu inference (per-call cost)",
+        Workload("RNN", 100, 16, 28, False, features=28), _rnnkit("RNN", nonlinearity="relu"),
+        ((_torch("RNN", nonlinearity="relu"), REPORT),)),
+)
 
 SIZES = {
     "full": lambda w: w,
