@@ -155,6 +155,9 @@ class Row:
     baselines: tuple[tuple[Config, Target], ...]
     #: time every configuration alone and beside a CPU-bound neighbour process (row 16)
     neighbour: bool = False
+    #: torch threads for this row alone (None: the run's --threads); row 17 runs one, as
+    #: issue 13 row 2 does (tiny GEMMs: a second thread only adds barriers)
+    threads: int | None = None
 
 
 # ----------------------------------------------------------------------------- steps
@@ -409,10 +412,10 @@ ROWS: tuple[Row, ...] = (
     # kernel, sets the time (docs/engine.md, "Per-call overhead").
     Row("17a", "Small Elman relu training (per-call cost)",
         Workload("RNN", 100, 16, 28, True, features=28), _rnnkit("RNN", nonlinearity="relu"),
-        ((_torch("RNN", nonlinearity="relu"), Target(1 / 3, ">= 3x faster")),)),
+        ((_torch("RNN", nonlinearity="relu"), Target(1 / 3, ">= 3x faster")),), threads=1),
     Row("17b", "Small Elman relu inference (per-call cost)",
         Workload("RNN", 100, 16, 28, False, features=28), _rnnkit("RNN", nonlinearity="relu"),
-        ((_torch("RNN", nonlinearity="relu"), REPORT),)),
+        ((_torch("RNN", nonlinearity="relu"), REPORT),), threads=1),
 )
 
 SIZES = {
@@ -502,6 +505,21 @@ class Neighbour:
 
 def run_row(row: Row, size: str, reps: int, warmup: int, log=print,
             profile_unmet: bool = False) -> dict[str, object]:
+    if row.threads is None:
+        return _run_row(row, size, reps, warmup, log, profile_unmet)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(row.threads)
+    try:
+        result = _run_row(row, size, reps, warmup, log, profile_unmet)
+    finally:
+        torch.set_num_threads(previous)
+    result["notes"].append(f"{row.threads} thread{'s' if row.threads > 1 else ''} "
+                           f"(this row's setting)")
+    return result
+
+
+def _run_row(row: Row, size: str, reps: int, warmup: int, log,
+             profile_unmet: bool) -> dict[str, object]:
     workload = SIZES[size](row.workload)
     setup = make_setup(workload)
     w = workload
