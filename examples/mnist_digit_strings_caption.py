@@ -172,6 +172,50 @@ def ctc_row() -> dict[str, Any] | None:
         return None
 
 
+def ctc_comparison() -> tuple[str, Any]:
+    """Row 10's figures as one line, and the part of its record kept in ours."""
+    ctc = ctc_row()
+    if ctc is None:
+        return "CTC recognizer (row 10): pending (not run yet)", "pending"
+    found = ctc.get("details", {})
+    greedy = found.get("decodings", {}).get("greedy", {})
+    parts = [f"{ctc['metric']} {ctc['ours']}"]
+    if "cer" in greedy:
+        parts.append(f"word (digit) accuracy {1 - greedy['cer']:.4f}")
+    if "parameters" in found:
+        parts.append(f"{found['parameters']:,} parameters")
+    if "train_cpu_s" in found:
+        parts.append(f"trained in {found.get('train_wall_s', '?')} s wall / "
+                     f"{found['train_cpu_s']} s CPU on {found.get('threads', '?')} thread(s)")
+    kept = {key: ctc[key] for key in ("metric", "ours", "settings", "wall_s", "machine")}
+    kept["details"] = {key: found[key] for key in ("parameters", "updates", "train_wall_s",
+                                                   "train_cpu_s", "threads") if key in found}
+    kept["details"]["greedy"] = greedy
+    return "CTC recognizer (row 10, strings of the same held-out digits): " + \
+        ", ".join(parts), kept
+
+
+def note(details: dict[str, Any], ctc_text: str) -> str:
+    greedy, beam = details["greedy"], details["beam_4"]
+    return (f"ImageToSequence, {details['parameters']:,} parameters: {greedy['exact']:.2%} "
+            f"of {greedy['strings']} held-out strings captioned exactly (greedy; beam 4: "
+            f"{beam['exact']:.2%}), word accuracy {greedy['word_accuracy']:.2%}, trained in "
+            f"{details['train_wall_s']:.0f} s wall / {details['train_cpu_s']:.0f} s CPU on "
+            f"{details['threads']} thread(s). {ctc_text}.")
+
+
+def refresh_comparison(path: str) -> int:
+    """Rewrite the CTC side of a results file from row 10's current one (no training)."""
+    record = _results.load_results(path)
+    ctc_text, kept = ctc_comparison()
+    record["anchor"] = ctc_text
+    record["details"]["ctc_row_10"] = kept
+    record["details"]["note"] = note(record["details"], ctc_text)
+    _results.write_results(path, **record)
+    print(f"{path}: {ctc_text}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _results.add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seed", type=int, default=0)
@@ -181,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                                         "../shared/data/mnist-test)")
     parser.add_argument("--figure", help=f"the attention PNG (default: {FIGURE} with "
                                          "--results, none otherwise)")
+    parser.add_argument("--refresh-comparison", metavar="RESULTS_JSON",
+                        help="only rewrite the CTC comparison of a results file from row 10's "
+                             "current results (after the CTC example has been rerun)")
     args = parser.parse_args(argv)
+    if args.refresh_comparison:
+        return refresh_comparison(args.refresh_comparison)
     settings = TINY if args.tiny else SETTINGS
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,26 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     if figure:
         print(f"wrote {figure}: {captions}")
 
-    ctc = ctc_row()
-    if ctc is None:
-        ctc_text = "CTC recognizer (row 10): pending (not run yet)"
-        ctc_details: Any = "pending"
-    else:
-        ctc_text = f"CTC recognizer (row 10, same images): {ctc['metric']} {ctc['ours']}"
-        ctc_details = {key: ctc[key] for key in ("metric", "ours", "settings", "wall_s",
-                                                 "machine")}
-        ctc_details["details"] = ctc.get("details", {})
-    details = {
+    ctc_text, ctc_details = ctc_comparison()
+    details: dict[str, Any] = {
         "greedy": greedy, "beam_4": beam, "parameters": parameters, "updates": total_steps,
         "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
         "threads": torch.get_num_threads(), "loss_per_epoch": losses,
         "ctc_row_10": ctc_details,
-        "note": (f"ImageToSequence, {parameters:,} parameters: {greedy['exact']:.2%} of "
-                 f"{greedy['strings']} held-out strings captioned exactly (greedy; beam 4: "
-                 f"{beam['exact']:.2%}), word accuracy {greedy['word_accuracy']:.2%}, trained "
-                 f"in {train_wall:.0f} s wall / {train_cpu:.0f} s CPU on "
-                 f"{torch.get_num_threads()} thread(s). {ctc_text}."),
     }
+    details["note"] = note(details, ctc_text)
     if figure and not args.tiny:
         details["figure"] = os.path.relpath(figure, ROOT) if figure.is_absolute() else \
             str(figure)
