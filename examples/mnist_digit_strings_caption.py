@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mnist", help="the MNIST test IDX files (default: $RNNKIT_MNIST or "
                                         "../shared/data/mnist-test)")
     parser.add_argument("--figure", help=f"the attention PNG (default: {FIGURE} with "
-                                         "--results, none otherwise)")
+                                         "--results; beside the results with --tiny)")
     parser.add_argument("--refresh-comparison", metavar="RESULTS_JSON",
                         help="only rewrite the CTC comparison of a results file from row 10's "
                              "current results (after the CTC example has been rerun)")
@@ -280,10 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"held-out strings: greedy exact {greedy['exact']:.4f}, word accuracy "
           f"{greedy['word_accuracy']:.4f}; beam 4 exact {beam['exact']:.4f}", flush=True)
 
-    figure = Path(args.figure) if args.figure else (
-        ROOT / FIGURE if args.results and not args.tiny else None)
-    if args.tiny and figure is None:
-        figure = Path(tempfile.mkdtemp()) / "attention.png"  # drawn, so the code stays tested
+    figure = Path(args.figure) if args.figure else None
+    if figure is None and args.results:  # a tiny run draws beside its results (code tested)
+        figure = Path(args.results).with_suffix(".png") if args.tiny else ROOT / FIGURE
     captions = attention_figure(model, test, vocab, figure) if figure else []
     if figure:
         print(f"wrote {figure}: {captions}")
