@@ -41,12 +41,12 @@ from rnnkit.training.metrics import character_error_rate, sequence_error_rate
 
 MISSING_DATA = 2  # examples/reproduce.py's exit status for a data set that is not installed
 BLANK = 10  # classes 0-9 are the digits themselves, 10 is the blank
-SETTINGS = dict(held_out=0.2, train_strings=96000, test_strings=2000, epochs=1, batch_size=32,
-                conv_channels=(16, 32), hidden=96, layers=1, lr=3e-3, max_gap=8,
+SETTINGS = dict(held_out=0.2, train_strings=64000, test_strings=2000, epochs=1, batch_size=32,
+                conv_channels=(16, 32), hidden=96, layers=1, lr=3e-3, max_gap=8, jitter=2,
                 beam_width=8, lm_weight=0.3)
 TINY = dict(held_out=0.2, train_strings=96, test_strings=32, epochs=1, batch_size=16,
-            conv_channels=(4, 4), hidden=8, layers=1, lr=3e-3, max_gap=8, beam_width=4,
-            lm_weight=0.3)
+            conv_channels=(4, 4), hidden=8, layers=1, lr=3e-3, max_gap=8, jitter=2,
+            beam_width=4, lm_weight=0.3)
 
 
 def trainer_batch(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -80,8 +80,9 @@ def run(settings: dict[str, Any], seed: int, threads: int | None) -> dict[str, A
     images, labels = load_mnist_digits()
     train_pool, test_pool = split_digit_pool(images, labels, held_out=settings["held_out"],
                                              seed=seed)
+    # training digits move up or down by up to `jitter` pixels (augmentation); held-out as is
     train = DigitStrings(train_pool, count=settings["train_strings"],
-                         max_gap=settings["max_gap"], seed=seed)
+                         max_gap=settings["max_gap"], jitter=settings["jitter"], seed=seed)
     test = DigitStrings(test_pool, count=settings["test_strings"],
                         max_gap=settings["max_gap"], seed=seed + 10_000)
     sampler = BucketBatchSampler(train.widths, settings["batch_size"], seed=seed)

@@ -204,10 +204,12 @@ class DigitStrings(torch.utils.data.Dataset):
         min_digits, max_digits: the range of string lengths (inclusive).
         max_gap: the widest gap in columns (0: digits touch).
         seed: the draw's seed.
+        jitter: augmentation: each digit moves up or down by a uniform ``-jitter .. jitter``
+            pixels (rows pushed out are lost, rows let in are blank); 0 (default): none.
     """
 
     def __init__(self, pool: DigitPool | tuple[Any, Any], *, count: int, min_digits: int = 3,
-                 max_digits: int = 7, max_gap: int = 8, seed: int = 0) -> None:
+                 max_digits: int = 7, max_gap: int = 8, seed: int = 0, jitter: int = 0) -> None:
         if isinstance(pool, DigitPool):
             pool = _checked_pool(pool.images, pool.labels, pool.index)
         elif isinstance(pool, (tuple, list)) and len(pool) == 2:
@@ -232,6 +234,14 @@ class DigitStrings(torch.utils.data.Dataset):
         gaps = rng.integers(0, self.max_gap + 1, size=int((sizes + 1).sum()))
         self._picks = np.split(picks, np.cumsum(sizes)[:-1]) if self.count else []
         self._gaps = np.split(gaps, np.cumsum(sizes + 1)[:-1]) if self.count else []
+        self.jitter = int_arg("jitter", jitter, minimum=0)
+        if self.jitter >= self.pool.images.shape[1]:
+            raise ValueError(f"jitter ({jitter}) must be smaller than the digits' height "
+                             f"({self.pool.images.shape[1]})")
+        # drawn last, and only when asked for, so jitter=0 leaves every other draw as it was
+        shifts = rng.integers(-self.jitter, self.jitter + 1, size=int(sizes.sum())) \
+            if self.jitter else np.zeros(int(sizes.sum()), dtype=np.int64)
+        self._shifts = np.split(shifts, np.cumsum(sizes)[:-1]) if self.count else []
 
     @property
     def height(self) -> int:
@@ -269,14 +279,16 @@ class DigitStrings(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = self._index(i)
-        picks, gaps = self._picks[i], self._gaps[i]
+        picks, gaps, shifts = self._picks[i], self._gaps[i], self._shifts[i]
         height, digit_width = self.pool.images.shape[1:]
         width = int(digit_width * len(picks) + gaps.sum())
         image = np.zeros((height, width), dtype=np.float32)  # (H, W)
         column = 0
-        for pick, gap in zip(picks, gaps[:-1], strict=True):
+        for pick, gap, shift in zip(picks, gaps[:-1], shifts, strict=True):
             column += int(gap)
-            image[:, column:column + digit_width] = self.pool.images[pick]
+            top, bottom = max(int(shift), 0), height + min(int(shift), 0)  # rows it lands on
+            image[top:bottom, column:column + digit_width] = \
+                self.pool.images[pick][top - int(shift):bottom - int(shift)]
             column += digit_width
         image /= 255.0
         digits = self.pool.labels[picks]

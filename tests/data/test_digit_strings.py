@@ -215,3 +215,40 @@ def test_real_mnist_test_digits():
 
 def test_doctests():
     assert_doctests_pass("rnnkit.data.digit_strings")
+
+
+def test_jitter_moves_each_digit_up_or_down_within_range():
+    images, labels = fake_pool(n=30)
+    plain = DigitStrings((images, labels), count=12, seed=5)
+    moved = DigitStrings((images, labels), count=12, seed=5, jitter=2)
+    seen = set()
+    for i in range(12):
+        a, b = plain[i], moved[i]
+        assert a["text"] == b["text"] and a["width"] == b["width"]  # same draw otherwise
+        found, gaps = read_back(a["image"], images)
+        pixels = np.rint(b["image"].numpy() * 255).astype(np.int64)
+        column = 0
+        for pick, gap in zip(found, gaps, strict=False):
+            column += gap
+            block = pixels[:, column:column + 28]
+            digit = images[pick].astype(np.int64)
+            shifts = [s for s in range(-2, 3)
+                      if np.array_equal(block, np.roll(digit, s, axis=0) * _kept_rows(s))]
+            assert len(shifts) == 1, f"string {i}: a digit moved by none of -2..2"
+            seen.add(shifts[0])
+            column += 28
+    assert seen == {-2, -1, 0, 1, 2}
+    with pytest.raises(ValueError, match="jitter must be >= 0"):
+        DigitStrings((images, labels), count=2, jitter=-1)
+    with pytest.raises(ValueError, match=r"jitter \(28\) must be smaller than the digits' height"):
+        DigitStrings((images, labels), count=2, jitter=28)
+
+
+def _kept_rows(shift):
+    """(28, 1) 0/1: the rows a digit moved by ``shift`` still covers (rolled-in rows are blank)."""
+    rows = np.ones((28, 1), dtype=np.int64)
+    if shift > 0:
+        rows[:shift] = 0
+    elif shift < 0:
+        rows[shift:] = 0
+    return rows
