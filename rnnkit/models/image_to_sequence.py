@@ -43,7 +43,14 @@ from torch import Tensor, nn
 from rnnkit.config import Configurable
 from rnnkit.errors import DTypeError, ShapeError
 from rnnkit.models.backbone import Backbone
-from rnnkit.models.seq2seq import ATTENTIONS, Decoder, _check_ids, _positive, _probability
+from rnnkit.models.seq2seq import (
+    ATTENTIONS,
+    AttentionalDecoding,
+    Decoder,
+    _check_ids,
+    _positive,
+    _probability,
+)
 from rnnkit.summaries import SummaryMixin
 
 __all__ = ["ImageEncoded", "ImageEncoder", "ImageToSequence", "MaskedBatchNorm2d"]
@@ -278,7 +285,7 @@ class ImageEncoder(Configurable, nn.Module):
         return ImageEncoded(memory, mask, widths, summary, grid_height, grid_width)
 
 
-class ImageToSequence(Configurable, SummaryMixin, nn.Module):
+class ImageToSequence(AttentionalDecoding, Configurable, SummaryMixin, nn.Module):
     """CNN encoder + attentional recurrent decoder, trained with teacher forcing (module docs).
 
     Args:
@@ -370,18 +377,6 @@ class ImageToSequence(Configurable, SummaryMixin, nn.Module):
         """``images`` and their ``widths`` (None: all ``W``) -> :class:`ImageEncoded`."""
         return self.encoder(images, widths)
 
-    def initial_decoder_state(self, encoded: ImageEncoded) -> tuple:
-        """The decoder's first state: a tuple of tensors with the batch on dim 0 (it carries
-        the memory, so beam search may repeat and reorder it)."""
-        return self.decoder.initial_state(encoded)  # type: ignore[arg-type]
-
-    def decoder_step(self, tokens: Tensor, state: tuple, encoded: ImageEncoded | None = None
-                     ) -> tuple[Tensor, tuple, Tensor | None]:
-        """``tokens (N,)`` -> ``(log_probs (N, V), state, attention (N, S))``, the step
-        function of :mod:`rnnkit.models.decoding`."""
-        logits, state, alignments = self.decoder(tokens, state)
-        return F.log_softmax(logits.float(), dim=-1).to(logits.dtype), state, alignments
-
     def attention_grid(self, attention: Tensor, encoded: ImageEncoded) -> Tensor:
         """Attention over memory positions ``(..., S)`` -> ``(..., H', W')`` grid cells
         (row, column), e.g. ``decode(...).attention`` -> ``(B, n_best, L, H', W')``."""
@@ -416,48 +411,19 @@ class ImageToSequence(Configurable, SummaryMixin, nn.Module):
             (:meth:`attention_grid` turns it into ``(B, n_best, L, H', W')``; zero past each
             image's width).
         """
-        from rnnkit.models import decoding
-
         owner = f"{type(self).__name__}.decode"
-        methods = {"greedy": (), "sample": ("temperature", "top_k", "top_p", "seed"),
-                   "beam": ("beam_width", "length_penalty", "coverage_penalty", "n_best")}
-        if method not in methods:
-            raise ValueError(f"{owner}: method must be one of {', '.join(methods)}, got "
-                             f"{method!r}")
-        given = {"beam_width": beam_width, "length_penalty": length_penalty,
-                 "coverage_penalty": coverage_penalty, "n_best": n_best,
-                 "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
-        foreign = [name for name, value in given.items()
-                   if value is not None and name not in methods[method]]
-        if foreign:
-            raise ValueError(f"{owner}: {', '.join(foreign)} do not apply to method="
-                             f"{method!r}")
-        if max_length is not None and (isinstance(max_length, bool)
-                                       or not isinstance(max_length, int) or max_length < 1):
-            raise ValueError(f"{owner}: max_length must be an int >= 1, got {max_length!r}")
+        options = {"beam_width": beam_width, "length_penalty": length_penalty,
+                   "coverage_penalty": coverage_penalty, "n_best": n_best,
+                   "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+        self.check_decode_options(owner, method, max_length, options)
         was_training = self.training
         self.eval()
         try:
             encoded = self.encode(images, widths)
             if max_length is None:
                 max_length = 2 * encoded.grid_width + 10
-            state = self.initial_decoder_state(encoded)
-
-            def step(tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor | None]:
-                return self.decoder_step(tokens, state)
-
-            common = dict(batch_size=encoded.memory.shape[0], bos_id=self.bos_id,
-                          eos_id=self.eos_id, max_length=max_length)
-            if method == "greedy":
-                return decoding.greedy_decode(step, state, **common)
-            if method == "sample":
-                return decoding.sample_decode(
-                    step, state, **common, temperature=1.0 if temperature is None
-                    else temperature, top_k=top_k, top_p=top_p, seed=seed)
-            return decoding.beam_search(
-                step, state, **common, beam_width=5 if beam_width is None else beam_width,
-                length_penalty=length_penalty or 0.0, coverage_penalty=coverage_penalty or 0.0,
-                n_best=1 if n_best is None else n_best)
+            return self.decode_encoded(encoded, encoded.memory.shape[0], method=method,
+                                       max_length=max_length, **options)
         finally:
             self.train(was_training)
 
@@ -484,29 +450,4 @@ class ImageToSequence(Configurable, SummaryMixin, nn.Module):
             raise ShapeError(f"{owner}: images hold {encoded.memory.shape[0]} images but "
                              f"target_in holds {target_in.shape[0]} sequences")
         target_in = target_in.to(encoded.memory.device)
-        state = self.initial_decoder_state(encoded)
-        sampling = self.training and self.teacher_forcing_ratio < 1.0
-        tokens = target_in[:, 0]  # (B,)
-        logits = []
-        for t in range(target_in.shape[1]):
-            if t > 0:
-                tokens = target_in[:, t]
-                if sampling:
-                    gold = torch.rand(tokens.shape, device=tokens.device) < \
-                        self.teacher_forcing_ratio  # (B,)
-                    own = logits[-1].detach().argmax(dim=-1)  # (B,)
-                    tokens = torch.where(gold, tokens, own)
-            step_logits, state, _ = self.decoder(tokens, state)  # (B, V)
-            logits.append(step_logits)
-        return torch.stack(logits, dim=1)  # (B, T, V)
-
-    def loss(self, logits: Tensor, target_out: Tensor) -> Tensor:
-        """Mean cross-entropy per target token (``-100`` never counts), with
-        ``label_smoothing``."""
-        if logits.dim() != 3 or tuple(target_out.shape) != tuple(logits.shape[:2]):
-            raise ShapeError(f"{type(self).__name__}.loss: logits (B, T, V) and target_out "
-                             f"(B, T) expected, got {tuple(logits.shape)} and "
-                             f"{tuple(target_out.shape)}")
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                               target_out.reshape(-1).long(), ignore_index=-100,
-                               label_smoothing=self.label_smoothing)
+        return self.teacher_forced(encoded, target_in)  # (B, T, V)

@@ -306,7 +306,111 @@ class Decoder(Configurable, nn.Module):
         return self.output(self.drop(output)), state, state[2]
 
 
-class Seq2Seq(Configurable, SummaryMixin, nn.Module):
+class AttentionalDecoding:
+    """What a model decoding through an attentional :class:`Decoder` shares (:class:`Seq2Seq`,
+    :class:`~rnnkit.models.ImageToSequence`): the step function of
+    :mod:`rnnkit.models.decoding`, the teacher-forced pass, decoding by method and the token
+    loss. The model holds ``decoder``, ``teacher_forcing_ratio``, ``label_smoothing``,
+    ``bos_id`` and ``eos_id``; it encodes its own input (token ids, images) into the memory."""
+
+    #: decoding's options and the methods they apply to
+    DECODE_OPTIONS = {"greedy": (), "sample": ("temperature", "top_k", "top_p", "seed"),
+                      "beam": ("beam_width", "length_penalty", "coverage_penalty", "n_best")}
+
+    def initial_decoder_state(self, encoded: Any) -> tuple:
+        """The decoder's first state, a tuple of tensors with the batch on dim 0 (it carries
+        the memory, so beam search may repeat and reorder it with ``index_select``)."""
+        return self.decoder.initial_state(encoded)
+
+    def decoder_step(self, tokens: Tensor, state: tuple, encoded: Any = None
+                     ) -> tuple[Tensor, tuple, Tensor | None]:
+        """``tokens (N,)`` -> ``(log_probs (N, V), state, attention (N, S) | None)``, the step
+        function of :mod:`rnnkit.models.decoding`.
+
+        ``encoded`` is accepted for the decoding contract; the state already carries what the
+        step needs (the memory, or the context vector), so ``N`` may be ``B * beam_width``.
+        """
+        logits, state, alignments = self.decoder(tokens, state)
+        return F.log_softmax(logits.float(), dim=-1).to(logits.dtype), state, alignments
+
+    def teacher_forced(self, encoded: Any, target_in: Tensor) -> Tensor:
+        """``logits (B, T, V)`` for checked ``target_in (B, T)`` = BOS + target over the
+        ``encoded`` memory, feeding the gold token at each step (or, while training with
+        ``teacher_forcing_ratio < 1``, the model's own previous guess at that rate's
+        complement: scheduled sampling)."""
+        state = self.initial_decoder_state(encoded)
+        sampling = self.training and self.teacher_forcing_ratio < 1.0
+        tokens = target_in[:, 0]  # (B,)
+        logits = []
+        for t in range(target_in.shape[1]):
+            if t > 0:
+                tokens = target_in[:, t]
+                if sampling:
+                    gold = torch.rand(tokens.shape, device=tokens.device) < \
+                        self.teacher_forcing_ratio  # (B,)
+                    own = logits[-1].detach().argmax(dim=-1)  # (B,)
+                    tokens = torch.where(gold, tokens, own)
+            step_logits, state, _ = self.decoder(tokens, state)  # (B, V)
+            logits.append(step_logits)
+        return torch.stack(logits, dim=1)  # (B, T, V)
+
+    def check_decode_options(self, owner: str, method: str, max_length: Any,
+                             given: dict[str, Any]) -> None:
+        """Raise for an unknown ``method``, an option of another method, or a bad
+        ``max_length`` (None is the model's default)."""
+        methods = self.DECODE_OPTIONS
+        if method not in methods:
+            raise ValueError(f"{owner}: method must be one of {', '.join(methods)}, got "
+                             f"{method!r}")
+        foreign = [name for name, value in given.items()
+                   if value is not None and name not in methods[method]]
+        if foreign:
+            raise ValueError(f"{owner}: {', '.join(foreign)} do not apply to method="
+                             f"{method!r}")
+        if max_length is not None and (isinstance(max_length, bool)
+                                       or not isinstance(max_length, int) or max_length < 1):
+            raise ValueError(f"{owner}: max_length must be an int >= 1, got {max_length!r}")
+
+    def decode_encoded(self, encoded: Any, batch_size: int, *, method: str, max_length: int,
+                       beam_width: int | None = None, length_penalty: float | None = None,
+                       coverage_penalty: float | None = None, n_best: int | None = None,
+                       temperature: float | None = None, top_k: int | None = None,
+                       top_p: float | None = None, seed: int | None = None) -> Any:
+        """Run :mod:`rnnkit.models.decoding`'s ``method`` from the ``encoded`` memory (the
+        options checked by :meth:`check_decode_options`; None takes decoding's default)."""
+        from rnnkit.models import decoding
+
+        state = self.initial_decoder_state(encoded)
+
+        def step(tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor | None]:
+            return self.decoder_step(tokens, state)
+
+        common = dict(batch_size=batch_size, bos_id=self.bos_id, eos_id=self.eos_id,
+                      max_length=max_length)
+        if method == "greedy":
+            return decoding.greedy_decode(step, state, **common)
+        if method == "sample":
+            return decoding.sample_decode(
+                step, state, **common, temperature=1.0 if temperature is None
+                else temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return decoding.beam_search(
+            step, state, **common, beam_width=5 if beam_width is None else beam_width,
+            length_penalty=length_penalty or 0.0, coverage_penalty=coverage_penalty or 0.0,
+            n_best=1 if n_best is None else n_best)
+
+    def loss(self, logits: Tensor, target_out: Tensor) -> Tensor:
+        """Mean cross-entropy per target token (``-100`` never counts), with
+        ``label_smoothing``."""
+        if logits.dim() != 3 or tuple(target_out.shape) != tuple(logits.shape[:2]):
+            raise ShapeError(f"{type(self).__name__}.loss: logits (B, T, V) and target_out "
+                             f"(B, T) expected, got {tuple(logits.shape)} and "
+                             f"{tuple(target_out.shape)}")
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                               target_out.reshape(-1).long(), ignore_index=-100,
+                               label_smoothing=self.label_smoothing)
+
+
+class Seq2Seq(AttentionalDecoding, Configurable, SummaryMixin, nn.Module):
     """Encoder-decoder with attention, trained with teacher forcing (see the module docs).
 
     Args:
@@ -397,21 +501,6 @@ class Seq2Seq(Configurable, SummaryMixin, nn.Module):
         """``source (B, S)`` ids and their lengths (None: all ``S``) -> :class:`Encoded`."""
         return self.encoder(source, lengths)
 
-    def initial_decoder_state(self, encoded: Encoded) -> tuple:
-        """The decoder's first state, a tuple of tensors with the batch on dim 0 (beam search
-        may repeat and reorder it with ``index_select``)."""
-        return self.decoder.initial_state(encoded)
-
-    def decoder_step(self, tokens: Tensor, state: tuple, encoded: Encoded | None = None
-                     ) -> tuple[Tensor, tuple, Tensor | None]:
-        """``tokens (N,)`` -> ``(log_probs (N, V), state, attention (N, S) | None)``.
-
-        ``encoded`` is accepted for the decoding contract; the state already carries what the
-        step needs (the memory, or the context vector), so ``N`` may be ``B * beam_width``.
-        """
-        logits, state, alignments = self.decoder(tokens, state)
-        return F.log_softmax(logits.float(), dim=-1).to(logits.dtype), state, alignments
-
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
     def decode(self, source: Tensor, lengths: Tensor | None = None, *, method: str = "greedy",
@@ -435,48 +524,19 @@ class Seq2Seq(Configurable, SummaryMixin, nn.Module):
             padded with EOS; ``lengths``, ``scores (B, n_best)``; ``attention (B, n_best, L,
             S)`` (None without attention). Dropout is off while decoding.
         """
-        from rnnkit.models import decoding
-
         owner = f"{type(self).__name__}.decode"
-        methods = {"greedy": (), "sample": ("temperature", "top_k", "top_p", "seed"),
-                   "beam": ("beam_width", "length_penalty", "coverage_penalty", "n_best")}
-        if method not in methods:
-            raise ValueError(f"{owner}: method must be one of {', '.join(methods)}, got "
-                             f"{method!r}")
-        given = {"beam_width": beam_width, "length_penalty": length_penalty,
-                 "coverage_penalty": coverage_penalty, "n_best": n_best,
-                 "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
-        foreign = [name for name, value in given.items()
-                   if value is not None and name not in methods[method]]
-        if foreign:
-            raise ValueError(f"{owner}: {', '.join(foreign)} do not apply to method="
-                             f"{method!r}")
+        options = {"beam_width": beam_width, "length_penalty": length_penalty,
+                   "coverage_penalty": coverage_penalty, "n_best": n_best,
+                   "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+        self.check_decode_options(owner, method, max_length, options)
         source = _check_ids(owner, "source", source, self.source_vocab_size)
         if max_length is None:
             max_length = 2 * source.shape[1] + 10
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"{owner}: max_length must be an int >= 1, got {max_length!r}")
         was_training = self.training
         self.eval()
         try:
-            encoded = self.encode(source, lengths)
-            state = self.initial_decoder_state(encoded)
-
-            def step(tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor | None]:
-                return self.decoder_step(tokens, state)
-
-            common = dict(batch_size=source.shape[0], bos_id=self.bos_id, eos_id=self.eos_id,
-                          max_length=max_length)
-            if method == "greedy":
-                return decoding.greedy_decode(step, state, **common)
-            if method == "sample":
-                return decoding.sample_decode(
-                    step, state, **common, temperature=1.0 if temperature is None
-                    else temperature, top_k=top_k, top_p=top_p, seed=seed)
-            return decoding.beam_search(
-                step, state, **common, beam_width=5 if beam_width is None else beam_width,
-                length_penalty=length_penalty or 0.0, coverage_penalty=coverage_penalty or 0.0,
-                n_best=1 if n_best is None else n_best)
+            return self.decode_encoded(self.encode(source, lengths), source.shape[0],
+                                       method=method, max_length=max_length, **options)
         finally:
             self.train(was_training)
 
@@ -500,30 +560,5 @@ class Seq2Seq(Configurable, SummaryMixin, nn.Module):
         if target_in.shape[0] != source.shape[0]:
             raise ShapeError(f"{owner}: source holds {source.shape[0]} sequences but target_in "
                              f"holds {target_in.shape[0]}")
-        state = self.initial_decoder_state(encoded)
-        sampling = self.training and self.teacher_forcing_ratio < 1.0
-        tokens = target_in[:, 0]  # (B,)
-        logits = []
-        for t in range(target_in.shape[1]):
-            if t > 0:
-                tokens = target_in[:, t]
-                if sampling:
-                    gold = torch.rand(tokens.shape, device=tokens.device) < \
-                        self.teacher_forcing_ratio  # (B,)
-                    own = logits[-1].detach().argmax(dim=-1)  # (B,)
-                    tokens = torch.where(gold, tokens, own)
-            step_logits, state, _ = self.decoder(tokens, state)  # (B, V)
-            logits.append(step_logits)
-        return torch.stack(logits, dim=1)  # (B, T, V)
-
-    def loss(self, logits: Tensor, target_out: Tensor) -> Tensor:
-        """Mean cross-entropy per target token (``-100`` never counts), with
-        ``label_smoothing``."""
-        if logits.dim() != 3 or tuple(target_out.shape) != tuple(logits.shape[:2]):
-            raise ShapeError(f"{type(self).__name__}.loss: logits (B, T, V) and target_out "
-                             f"(B, T) expected, got {tuple(logits.shape)} and "
-                             f"{tuple(target_out.shape)}")
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                               target_out.reshape(-1).long(), ignore_index=-100,
-                               label_smoothing=self.label_smoothing)
+        return self.teacher_forced(encoded, target_in)  # (B, T, V)
 
