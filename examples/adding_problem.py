@@ -33,7 +33,7 @@ import torch
 
 import rnnkit
 from rnnkit.diagnostics import GradientFlow, plot_gradient_flow
-from rnnkit.training import Callback, GradientFlowRecorder
+from rnnkit.training import Callback, EarlyStopping, GradientFlowRecorder
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _results import add_arguments, load_results, machine, write_results  # noqa: E402
@@ -132,20 +132,28 @@ def train_one(cell: str, steps: int, config: dict, seed: int, probe, data) -> di
     watch = StopWhenSolved(config["stop_below"])
     recorder = GradientFlowRecorder(probe, every_n_steps=max(1, max_updates // 6),
                                     filename=None)
-    trainer = rnnkit.Trainer(model, loss="mse", optimizer="adam", lr=lr, clip_grad_norm=1.0,
-                             seed=seed, callbacks=[watch, recorder], verbose=False)
     every = config["eval_every"]
+    epochs = max(1, max_updates // every)
+    # The protocol: keep the weights of the best validation check (Keras'
+    # EarlyStopping(restore_best_weights=True) with a patience longer than the run, so it only
+    # selects and never stops), the same for every cell and length; the test set is read once,
+    # on the restored weights.
+    keep_best = EarlyStopping("val_loss", patience=epochs, restore_best_weights=True)
+    trainer = rnnkit.Trainer(model, loss="mse", optimizer="adam", lr=lr, clip_grad_norm=1.0,
+                             seed=seed, callbacks=[watch, keep_best, recorder], verbose=False)
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit((x_train, y_train), validation=(x_val, y_val),
-                epochs=max(1, max_updates // every), epoch_size=every * config["batch"],
+                epochs=epochs, epoch_size=every * config["batch"],
                 batch_size=config["batch"])
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    recorder.record(trainer, trainer.global_step)     # the trained model's flow
+    best_update, best_mse = watch.curve[keep_best.best_epoch]
+    recorder.record(trainer, trainer.global_step)     # the kept (best) model's flow
     test_mse = trainer.evaluate((x_test, y_test), batch_size=500)["loss"]
     first, last = recorder.records[0][1], recorder.records[-1][1]
     return {
         "test_mse": round(test_mse, 6), "solved": test_mse < SOLVED,
         "steps_to_solve": watch.solved_at, "steps_trained": trainer.global_step,
+        "kept_weights_of_update": best_update, "best_validation_mse": best_mse,
         "max_updates": max_updates, "hidden": hidden, "batch": config["batch"], "lr": lr,
         "init": chosen["init"], "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "validation_curve": watch.curve,
