@@ -81,6 +81,13 @@ def test_example_runs_tiny(name, tmp_path):
     if writes_results:
         record = results_format.load_results(results)
         assert record["seeds"] and record["wall_s"] > 0
+    if name == "adding_problem":      # the weights tested are those of the best validation check
+        for models in record["details"]["results"].values():
+            for row in models.values():
+                curve = row["validation_curve"]
+                best = min(mse for _, mse in curve)
+                assert row["best_validation_mse"] == best
+                assert row["kept_weights_of_update"] == next(u for u, m in curve if m == best)
 
 
 def _sample(row: int, **changes) -> dict:
