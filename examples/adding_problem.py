@@ -244,7 +244,9 @@ def summary(results: dict) -> tuple[list[int], str, bool, str]:
             "budget ended on a high point. This run keeps, for every cell and length alike, "
             "the weights of the best validation check (Keras' EarlyStopping("
             "restore_best_weights=True)); the selection sees only the validation set, the "
-            "test set is still read once, after training, and the settings are unchanged. "
+            "test set is still read once, after training, and the settings are unchanged (a run "
+            "stopped at validation MSE < 0.003 has its best check last, so keeps its last "
+            "weights and repeats the first run's numbers). "
             + FIRST_RUN[0].upper() + FIRST_RUN[1:] + ". "
             + " ".join(notes) + " Settings chosen on validation MSE (the test set is read once, "
             "after training); tried at T=200 before fixing them: " + "; ".join(TRIED) + ".")
