@@ -62,3 +62,24 @@ def test_data_writers_use_it(tmp_path):
     finally:
         os.umask(old)
     assert mode(tmp_path / "x-idx1-ubyte") == mode(tmp_path / "vocab.json") == 0o644
+
+
+def test_onnx_export_gets_the_mode_open_would_give(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import torch
+
+    import rnnkit
+    from rnnkit.export import export_onnx
+
+    old = os.umask(0o022)
+    try:
+        path = export_onnx(rnnkit.GRU(3, 4, batch_first=True), tmp_path / "m.onnx",
+                           torch.randn(2, 5, 3), dynamic_time=False)
+    finally:
+        os.umask(old)
+    assert mode(path) == 0o644
+    os.chmod(path, 0o640)  # re-exported over: the file keeps its mode
+    export_onnx(rnnkit.GRU(3, 4, batch_first=True), path, torch.randn(2, 5, 3),
+                dynamic_time=False)
+    assert mode(path) == 0o640

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import cells as C
+from rnnkit._files import file_mode
 from rnnkit.layers.recurrence import UnfoldFrom
 
 __all__ = [
@@ -469,6 +470,7 @@ def export_onnx(
         handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                         dir=path.parent)
         os.close(handle)
+        os.chmod(temp, file_mode(path))  # what open() would give it, not mkstemp's 0o600
         try:
             run = _dynamo_export if exporter == "dynamo" else _torchscript_export
             try:
