@@ -59,6 +59,8 @@ __all__ = [
     "find_mnist_dir",
     "load_mnist_digits",
     "split_digit_pool",
+    "warp_digit",
+    "warp_digits",
 ]
 
 #: the captions' words, by digit: ``[DIGIT_WORDS[d] for d in (3, 1, 4)]`` -> three one four
@@ -206,10 +208,20 @@ class DigitStrings(torch.utils.data.Dataset):
         seed: the draw's seed.
         jitter: augmentation: each digit moves up or down by a uniform ``-jitter .. jitter``
             pixels (rows pushed out are lost, rows let in are blank); 0 (default): none.
+        rotate, scale, shear, shift: augmentation, a random affine map of each digit in its
+            own ``H x D`` box about the box's centre (as torchvision's ``RandomAffine``), drawn
+            per digit: rotation by a uniform ``-rotate .. rotate`` degrees, scaling by a
+            uniform ``1 - scale .. 1 + scale``, horizontal shear by a uniform ``-shear ..
+            shear`` degrees and a horizontal move by a uniform ``-shift .. shift`` pixels
+            (a real number: sub-pixel moves too), sampled bilinearly, blank outside the
+            digit (see :func:`warp_digit`); applied before ``jitter``. All 0 (default): none,
+            and every other draw of the string is the same as without them.
     """
 
     def __init__(self, pool: DigitPool | tuple[Any, Any], *, count: int, min_digits: int = 3,
-                 max_digits: int = 7, max_gap: int = 8, seed: int = 0, jitter: int = 0) -> None:
+                 max_digits: int = 7, max_gap: int = 8, seed: int = 0, jitter: int = 0,
+                 rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0,
+                 shift: float = 0.0) -> None:
         if isinstance(pool, DigitPool):
             pool = _checked_pool(pool.images, pool.labels, pool.index)
         elif isinstance(pool, (tuple, list)) and len(pool) == 2:
@@ -242,6 +254,20 @@ class DigitStrings(torch.utils.data.Dataset):
         shifts = rng.integers(-self.jitter, self.jitter + 1, size=int(sizes.sum())) \
             if self.jitter else np.zeros(int(sizes.sum()), dtype=np.int64)
         self._shifts = np.split(shifts, np.cumsum(sizes)[:-1]) if self.count else []
+        self.rotate = _limit("rotate", rotate, below=90.0)
+        self.scale = _limit("scale", scale, below=1.0)
+        self.shear = _limit("shear", shear, below=90.0)
+        self.shift = _limit("shift", shift, below=float(self.pool.images.shape[2]))
+        # drawn after the jitter, only when asked for (the other draws stay as they were):
+        # per digit (angle, scale factor, shear angle, horizontal move)
+        self._affine: list[np.ndarray] | None = None
+        if self.rotate or self.scale or self.shear or self.shift:
+            n = int(sizes.sum())
+            params = np.stack([rng.uniform(-self.rotate, self.rotate, n),
+                               rng.uniform(1.0 - self.scale, 1.0 + self.scale, n),
+                               rng.uniform(-self.shear, self.shear, n),
+                               rng.uniform(-self.shift, self.shift, n)], axis=1)  # (n, 4)
+            self._affine = np.split(params, np.cumsum(sizes)[:-1]) if self.count else []
 
     @property
     def height(self) -> int:
@@ -284,17 +310,75 @@ class DigitStrings(torch.utils.data.Dataset):
         width = int(digit_width * len(picks) + gaps.sum())
         image = np.zeros((height, width), dtype=np.float32)  # (H, W)
         column = 0
-        for pick, gap, shift in zip(picks, gaps[:-1], shifts, strict=True):
+        warped = None if self._affine is None else warp_digits(self.pool.images[picks],
+                                                               self._affine[i])  # (L, H, D)
+        for j, (pick, gap, shift) in enumerate(zip(picks, gaps[:-1], shifts, strict=True)):
             column += int(gap)
+            digit = self.pool.images[pick] if warped is None else warped[j]
             top, bottom = max(int(shift), 0), height + min(int(shift), 0)  # rows it lands on
             image[top:bottom, column:column + digit_width] = \
-                self.pool.images[pick][top - int(shift):bottom - int(shift)]
+                digit[top - int(shift):bottom - int(shift)]
             column += digit_width
         image /= 255.0
         digits = self.pool.labels[picks]
         return {"image": torch.from_numpy(image), "width": width,
                 "digits": torch.from_numpy(digits.astype(np.int64)),
                 "text": "".join(str(int(d)) for d in digits)}
+
+
+def _limit(name: str, value: Any, *, below: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0.0 <= value < below):
+        raise ValueError(f"{name} must be a number in [0, {below:g}), got {value!r}")
+    return float(value)
+
+
+def warp_digit(digit: np.ndarray, rotate: float = 0.0, scale: float = 1.0, shear: float = 0.0,
+               shift: float = 0.0) -> np.ndarray:
+    """One digit image ``(H, D)`` mapped by an affine transform about its centre, float32.
+
+    The map takes a point ``p`` (``(x, y)``: column, row) of the digit to ``R(rotate) Sh(shear)
+    scale (p - c) + c + (shift, 0)``, ``c`` the box's centre ``((D - 1) / 2, (H - 1) / 2)``,
+    ``R`` a rotation by ``rotate`` degrees (counter-clockwise as seen, rows pointing down), ``Sh``
+    a horizontal shear ``x += tan(shear) y``. Each output pixel reads the input at the inverse
+    map's point, bilinearly interpolated, with 0 outside the digit (as
+    ``scipy.ndimage.affine_transform(..., order=1, mode="grid-constant")``). Identity
+    parameters return the digit unchanged.
+    """
+    return warp_digits(np.asarray(digit)[None],
+                       np.array([[rotate, scale, shear, shift]], dtype=np.float64))[0]
+
+
+def warp_digits(digits: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """:func:`warp_digit` for a stack: ``digits (L, H, D)``, ``params (L, 4)`` rows of
+    ``(rotate, scale, shear, shift)`` -> float32 ``(L, H, D)``, in one vectorised pass."""
+    count, height, width = digits.shape
+    theta, phi = np.deg2rad(params[:, 0]), np.deg2rad(params[:, 2])  # (L,)
+    cos, sin, tan, scale = np.cos(theta), np.sin(theta), np.tan(phi), params[:, 1]
+    # forward = scale * [[cos, sin], [-sin, cos]] @ [[1, tan], [0, 1]] (y down: counter-clockwise)
+    a, b = scale * cos, scale * (cos * tan + sin)
+    c, d = -scale * sin, scale * (cos - sin * tan)
+    det = a * d - b * c  # (L,) = scale**2, never 0 (scale > 0)
+    ys, xs = np.mgrid[0:height, 0:width]
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    px = (xs.ravel() - cx)[None, :] - params[:, 3:4]  # (L, H*D): output point - centre - move
+    py = np.broadcast_to((ys.ravel() - cy)[None, :], px.shape)
+    src_x = (d[:, None] * px - b[:, None] * py) / det[:, None] + cx  # the inverse map
+    src_y = (-c[:, None] * px + a[:, None] * py) / det[:, None] + cy
+    x0, y0 = np.floor(src_x).astype(np.int64), np.floor(src_y).astype(np.int64)
+    fx, fy = (src_x - x0).astype(np.float32), (src_y - y0).astype(np.float32)
+    # a ring of zeros around each digit: every clipped index outside it reads 0
+    padded = np.zeros((count, height + 2, width + 2), dtype=np.float32)
+    padded[:, 1:-1, 1:-1] = digits
+    flat = padded.reshape(count, -1)
+    rows = np.arange(count)[:, None]
+    out = np.zeros(px.shape, dtype=np.float32)
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        yi = np.clip(y0 + dy + 1, 0, height + 1)
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            xi = np.clip(x0 + dx + 1, 0, width + 1)
+            out += wx * wy * flat[rows, yi * (width + 2) + xi]
+    return out.reshape(count, height, width)
 
 
 def collate_digit_strings(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

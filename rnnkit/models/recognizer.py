@@ -11,12 +11,14 @@ frames, so the targets need no segmentation: ``"3147"`` for an image of four dig
 Symbols: ``B`` batch, ``T`` input frames, ``F`` features per frame, ``T'`` output frames,
 ``C`` classes (the labels plus the blank), ``L`` target length, ``k`` conv blocks.
 
-**Output lengths.** Without a front end ``T' = T``. Each of the ``k`` conv blocks (3x3
-convolution over (features, time), padding 1, ReLU, 2x2 max-pooling) halves time and features,
+**Output lengths.** Without a front end ``T' = T``. Each of the ``k`` conv blocks
+(``conv_depth`` 3x3 convolutions over (features, time), padding 1, each followed by an optional
+batch norm and ReLU, then 2x2 max-pooling) halves time and features,
 rounding down, so ``T' = T // 2**k`` and a row of ``lengths[b]`` frames keeps
 ``lengths[b] // 2**k`` output frames (:meth:`SequenceRecognizer.output_lengths`); a row must
 keep at least one. Padded frames are zeroed before every convolution, so a padded batch gives
-each row exactly what the row gives alone.
+each row exactly what the row gives alone (with ``conv_batch_norm``, in eval mode: in training
+the batch norm's statistics are the batch's valid frames, as any batch norm's).
 
 **How long a target may be.** CTC emits one label per frame at most and needs a blank between
 two equal labels in a row (``"11"`` takes 3 frames: ``1 _ 1``), so a target of length ``L``
@@ -56,8 +58,8 @@ from rnnkit.models._common import InputEncoder, parameter_dtype
 from rnnkit.models.ctc_decoding import ctc_greedy_decode, ctc_prefix_beam_search
 from rnnkit.summaries import SummaryMixin
 
-__all__ = ["PAD_LOG_PROB", "RecognizerOutput", "SequenceRecognizer", "ctc_loss",
-           "ctc_min_frames"]
+__all__ = ["PAD_LOG_PROB", "MaskedBatchNorm2d", "RecognizerOutput", "SequenceRecognizer",
+           "ctc_loss", "ctc_min_frames"]
 
 #: the log-probability of every non-blank class at a padded output frame (the blank gets 0):
 #: a greedy or beam decode over all ``T'`` frames then reads padding as blanks
@@ -209,27 +211,75 @@ def ctc_loss(log_probs: Tensor, targets: Any, output_lengths: Tensor | Sequence[
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
-class _ConvFrontEnd(nn.Module):
-    """``k`` blocks of 3x3 conv (padding 1) + ReLU + 2x2 max-pool over (features, time):
-    ``(B, T, F) -> (B, T // 2**k, channels[-1] * (F // 2**k))``; padded frames zeroed before
-    each convolution so that no row ever sees another row's padding."""
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` over ``(B, C, F, T)`` whose batch statistics count only each
+    row's valid frames: ``forward(h, valid)`` with ``valid (B, T)`` True at real frames.
 
-    def __init__(self, features: int, channels: Sequence[int]) -> None:
+    In training the per-channel mean and (biased) variance are taken over the valid ``(b, f,
+    t)`` positions alone, and the running statistics are updated from them as torch does
+    (momentum, the unbiased variance), so padding never moves the statistics and a batch
+    without padding gets exactly ``BatchNorm2d``'s output. In eval mode the running
+    statistics are used, so a row's output does not depend on the rest of the batch.
+    """
+
+    def forward(self, h: Tensor, valid: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        batch_statistics = self.training or self.running_mean is None  # as torch decides
+        if valid is None or not batch_statistics:
+            return super().forward(h)
+        weights = valid[:, None, None, :].to(h.dtype).expand(-1, 1, h.shape[2], -1)  # (B,1,F,T)
+        count = weights.sum()
+        mean = (h * weights).sum((0, 2, 3)) / count  # (C,)
+        centred = h - mean[None, :, None, None]  # (B, C, F, T)
+        var = (centred.square() * weights).sum((0, 2, 3)) / count  # (C,) biased, as torch
+        if self.training and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else \
+                    1.0 / float(self.num_batches_tracked)
+                unbiased = var * (count / (count - 1).clamp(min=1))
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+class _ConvFrontEnd(nn.Module):
+    """``k`` blocks of ``depth`` 3x3 convs (padding 1, each followed by an optional masked
+    batch norm and ReLU) + 2x2 max-pool over (features, time): ``(B, T, F) -> (B, T // 2**k,
+    channels[-1] * (F // 2**k))``; padded frames zeroed before each convolution so that no row
+    ever sees another row's padding."""
+
+    def __init__(self, features: int, channels: Sequence[int], depth: int = 1,
+                 batch_norm: bool = False) -> None:
         super().__init__()
+        self.depth = depth
         self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList() if batch_norm else None
         inputs = 1
         for width in channels:
-            self.convs.append(nn.Conv2d(inputs, width, kernel_size=3, padding=1))
-            inputs = width
+            for _ in range(depth):
+                # a conv followed by batch norm needs no bias (the norm's shift replaces it)
+                self.convs.append(nn.Conv2d(inputs, width, kernel_size=3, padding=1,
+                                            bias=not batch_norm))
+                if self.norms is not None:
+                    self.norms.append(MaskedBatchNorm2d(width))
+                inputs = width
         self.output_size = inputs * (features // 2 ** len(channels))
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         h = x.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
-        for conv in self.convs:
+        for i, conv in enumerate(self.convs):
             valid = lengths_to_mask(lengths.to(h.device), h.shape[-1], batch_first=True)
             h = h * valid[:, None, None, :].to(h.dtype)  # (B, c, F_i, T_i), padding zeroed
-            h = F.max_pool2d(torch.relu(conv(h)), 2)  # (B, c, F_i // 2, T_i // 2)
-            lengths = lengths // 2
+            h = conv(h)
+            if self.norms is not None:
+                h = self.norms[i](h, valid)
+            h = torch.relu(h)
+            if (i + 1) % self.depth == 0:  # the block's last conv: halve features and time
+                h = F.max_pool2d(h, 2)  # (B, c, F_i // 2, T_i // 2)
+                lengths = lengths // 2
         batch, channels, height, steps = h.shape
         return h.permute(0, 3, 1, 2).reshape(batch, steps, channels * height), lengths
 
@@ -251,6 +301,9 @@ class SequenceRecognizer(Configurable, SummaryMixin, nn.Module):
         conv_channels: channels of the conv front end's blocks, e.g. ``(16, 32)``; each block
             halves time and features (``T' = T // 2**k``, see the module docstring). Empty
             (default): none, ``T' = T``.
+        conv_depth: 3x3 convolutions per block before its pooling (default 1; 2 as VGG).
+        conv_batch_norm: batch norm after each convolution (:class:`MaskedBatchNorm2d`: the
+            statistics of a batch count only valid frames); default False.
         cell_options: keyword arguments for the cell (see :class:`~rnnkit.models.Backbone`).
 
     Call: ``model(x, lengths=None)`` with ``x (B, T, F)`` float -> :class:`RecognizerOutput`
@@ -273,6 +326,8 @@ class SequenceRecognizer(Configurable, SummaryMixin, nn.Module):
         dropout: float = 0.0,
         blank: int = 0,
         conv_channels: Sequence[int] = (),
+        conv_depth: int = 1,
+        conv_batch_norm: bool = False,
         cell_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -298,8 +353,14 @@ class SequenceRecognizer(Configurable, SummaryMixin, nn.Module):
             raise ValueError(f"{owner}: {len(self.conv_channels)} conv blocks halve the "
                              f"features {len(self.conv_channels)} times, which needs "
                              f"input_size >= {2 ** len(self.conv_channels)}, got {input_size}")
-        self.frontend = _ConvFrontEnd(input_size, self.conv_channels) \
-            if self.conv_channels else None
+        if isinstance(conv_depth, bool) or not isinstance(conv_depth, int) or conv_depth < 1:
+            raise ValueError(f"{owner}: conv_depth must be an int >= 1 (convolutions per "
+                             f"block), got {conv_depth!r}")
+        if not isinstance(conv_batch_norm, bool):
+            raise TypeError(f"{owner}: conv_batch_norm must be True or False, got "
+                            f"{conv_batch_norm!r}")
+        self.frontend = _ConvFrontEnd(input_size, self.conv_channels, conv_depth,
+                                      conv_batch_norm) if self.conv_channels else None
         features = self.frontend.output_size if self.frontend is not None else input_size
         self.backbone = Backbone(features, hidden_size, cell, num_layers, bidirectional,
                                  dropout, cell_options)

@@ -13,6 +13,8 @@ from rnnkit.data.digit_strings import (
     find_mnist_dir,
     load_mnist_digits,
     split_digit_pool,
+    warp_digit,
+    warp_digits,
 )
 from rnnkit.data.idx import write_idx
 from tests.helpers import assert_doctests_pass
@@ -252,3 +254,78 @@ def _kept_rows(shift):
     elif shift < 0:
         rows[shift:] = 0
     return rows
+
+
+def _scipy_affine(digit, rotate, scale, shear, shift):
+    """The same map through scipy.ndimage (the oracle): ``affine_transform`` reads the input at
+    ``matrix @ (row, col) + offset`` for each output pixel, so it takes the inverse map."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    theta, phi = np.deg2rad(rotate), np.deg2rad(shear)
+    rotation = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+    forward_xy = rotation @ np.array([[1.0, np.tan(phi)], [0.0, 1.0]]) * scale
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])  # (x, y) <-> (row, col)
+    matrix = swap @ np.linalg.inv(forward_xy) @ swap
+    centre = (np.array(digit.shape, dtype=np.float64) - 1.0) / 2.0  # (row, col)
+    offset = centre - matrix @ (centre + np.array([0.0, shift]))
+    return ndimage.affine_transform(digit.astype(np.float64), matrix, offset=offset, order=1,
+                                    mode="grid-constant", cval=0.0)
+
+
+@pytest.mark.parametrize("params", [(10.0, 1.1, 5.0, 1.5), (-7.0, 0.9, -12.0, -2.3),
+                                    (0.0, 1.0, 0.0, 3.0), (25.0, 0.75, 20.0, 0.4),
+                                    (0.0, 1.2, 0.0, 0.0)])
+def test_warp_digit_equals_scipy_affine_transform(params):
+    images, _ = fake_pool(n=3, height=28, width=24)  # not square: rows and columns differ
+    for digit in images:
+        np.testing.assert_allclose(warp_digit(digit, *params), _scipy_affine(digit, *params),
+                                   atol=1e-3)
+
+
+def test_warp_digits_is_warp_digit_per_digit_and_identity_is_exact():
+    images, _ = fake_pool(n=4)
+    params = np.array([[5.0, 1.05, -3.0, 0.5], [0.0, 1.0, 0.0, 0.0], [-9.0, 0.92, 8.0, -1.2],
+                       [0.0, 1.0, 0.0, 2.0]])
+    stacked = warp_digits(images, params)
+    for digit, row, got in zip(images, params, stacked, strict=True):
+        np.testing.assert_allclose(got, warp_digit(digit, *row), atol=1e-4)
+    assert np.array_equal(stacked[1], images[1].astype(np.float32))  # identity: unchanged
+    # a whole-pixel move: columns moved right by 2, the first two blank, the last two lost
+    assert np.allclose(stacked[3][:, 2:], images[3][:, :-2]) and not stacked[3][:, :2].any()
+
+
+def test_affine_augmentation_warps_each_digit_and_keeps_every_other_draw():
+    images, labels = fake_pool(n=30)
+    plain = DigitStrings((images, labels), count=12, seed=5, jitter=1)
+    off = DigitStrings((images, labels), count=12, seed=5, jitter=1, rotate=0.0, scale=0,
+                       shear=0.0, shift=0.0)
+    warped = DigitStrings((images, labels), count=12, seed=5, jitter=1, rotate=10.0,
+                          scale=0.1, shear=8.0, shift=2.0)
+    drawn = []
+    for i in range(12):
+        a, b, c = plain[i], off[i], warped[i]
+        assert torch.equal(a["image"], b["image"])  # options at 0: the strings as before
+        assert a["text"] == c["text"] and a["width"] == c["width"]  # same digits and gaps
+        # the same string without jitter or warps, to read its digits and gaps back
+        unmoved = DigitStrings((images, labels), count=12, seed=5)[i]
+        assert unmoved["text"] == a["text"]
+        found, gaps = read_back(unmoved["image"], images)
+        column = 0
+        for j, (pick, gap) in enumerate(zip(found, gaps, strict=False)):
+            column += gap
+            rotate, scale, shear, shift = warped._affine[i][j]
+            drawn.append((rotate, scale, shear, shift))
+            expected = _scipy_affine(images[pick], rotate, scale, shear, shift)
+            block = c["image"].numpy()[:, column:column + 28] * 255.0
+            moves = [s for s in (-1, 0, 1) if np.allclose(
+                block, np.roll(expected, s, axis=0) * _kept_rows(s), atol=1e-2)]
+            assert moves, f"string {i} digit {j}: not the drawn affine map of pool image {pick}"
+            column += 28
+    drawn = np.array(drawn)
+    limits = np.array([10.0, 0.1, 8.0, 2.0])
+    centre = np.array([0.0, 1.0, 0.0, 0.0])
+    assert (np.abs(drawn - centre) <= limits).all()
+    assert (np.abs(drawn - centre).max(axis=0) > 0.5 * limits).all()  # the ranges are used
+    for name, value in (("rotate", -1.0), ("scale", 1.0), ("shear", 90.0), ("shift", 28.0),
+                        ("rotate", True), ("shift", "2")):
+        with pytest.raises(ValueError, match=f"{name} must be a number in"):
+            DigitStrings((images, labels), count=2, **{name: value})

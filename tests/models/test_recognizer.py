@@ -121,11 +121,17 @@ def inputs(batch=4, steps=40, features=12, seed=0):
     return torch.randn(batch, steps, features, generator=g)
 
 
-@pytest.mark.parametrize("cell, conv", [("lstm", ()), ("gru", (4,)), ("indrnn", (3, 5)),
-                                        ("lstm", (4, 6))])
-def test_padded_batch_gives_each_row_what_it_gives_alone(cell, conv):
+@pytest.mark.parametrize("cell, conv, depth, norm", [
+    ("lstm", (), 1, False), ("gru", (4,), 1, False), ("indrnn", (3, 5), 1, False),
+    ("lstm", (4, 6), 1, False), ("lstm", (4, 6), 2, False), ("gru", (3, 5), 2, True),
+    ("lstm", (4,), 1, True)])
+def test_padded_batch_gives_each_row_what_it_gives_alone(cell, conv, depth, norm):
     torch.manual_seed(0)
-    model = SequenceRecognizer(12, 5, hidden_size=8, cell=cell, num_layers=2, conv_channels=conv)
+    model = SequenceRecognizer(12, 5, hidden_size=8, cell=cell, num_layers=2, conv_channels=conv,
+                               conv_depth=depth, conv_batch_norm=norm)
+    if norm:  # running statistics away from the initial 0 / 1, so that using them shows
+        model.train()
+        model(inputs(steps=40) * 3.0 + 1.0, torch.tensor([40, 31, 22, 9]))
     model.eval()
     lengths = torch.tensor([40, 23, 17, 8])
     x = inputs()
@@ -288,3 +294,51 @@ def test_summary_lists_the_front_end_encoder_and_head(capsys):
     for row in ("frontend (_ConvFrontEnd)", "backbone (Backbone)", "head (Linear)",
                 "(2, 8, 5)"):
         assert row in text
+
+
+def test_masked_batch_norm_equals_torch_batch_norm_over_the_valid_frames_only():
+    from rnnkit.models.recognizer import MaskedBatchNorm2d
+    torch.manual_seed(0)
+    ours, oracle = MaskedBatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2.0)
+        ours.bias.uniform_(-1.0, 1.0)
+    oracle.load_state_dict(ours.state_dict())
+    lengths = torch.tensor([7, 4, 2])
+    h = torch.randn(3, 3, 5, 7) * 2.0 + 0.5  # (B, C, F, T)
+    h[1, :, :, 4:] = 50.0  # padding: must not move the statistics
+    h[2, :, :, 2:] = -50.0
+    valid = torch.arange(7)[None, :] < lengths[:, None]  # (B, T)
+    for _ in range(2):  # twice: the running statistics are updated as torch's
+        out = ours(h, valid)
+        # torch's batch norm over the valid frames alone, laid side by side along time
+        joined = torch.cat([h[b:b + 1, :, :, :n] for b, n in enumerate(lengths.tolist())], dim=3)
+        expected = oracle(joined)
+        got = torch.cat([out[b:b + 1, :, :, :n] for b, n in enumerate(lengths.tolist())], dim=3)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.running_mean, oracle.running_mean)
+        torch.testing.assert_close(ours.running_var, oracle.running_var)
+    assert int(ours.num_batches_tracked) == 2
+    # without padding: BatchNorm2d itself; in eval mode: the running statistics
+    full = torch.randn(2, 3, 4, 6)
+    torch.testing.assert_close(ours(full, torch.ones(2, 6, dtype=torch.bool)), oracle(full),
+                               atol=1e-5, rtol=1e-5)
+    ours.eval()
+    oracle.eval()
+    torch.testing.assert_close(ours(h, valid), oracle(h))
+
+
+def test_front_end_options_count_their_layers_and_check_their_arguments():
+    plain = SequenceRecognizer(12, 5, hidden_size=4, num_layers=1, conv_channels=(3, 5))
+    deep = SequenceRecognizer(12, 5, hidden_size=4, num_layers=1, conv_channels=(3, 5),
+                              conv_depth=2, conv_batch_norm=True)
+    assert len(plain.frontend.convs) == 2 and plain.frontend.norms is None
+    assert [tuple(c.weight.shape) for c in deep.frontend.convs] == [
+        (3, 1, 3, 3), (3, 3, 3, 3), (5, 3, 3, 3), (5, 5, 3, 3)]
+    assert all(c.bias is None for c in deep.frontend.convs) and len(deep.frontend.norms) == 4
+    out = deep(torch.randn(2, 16, 12), torch.tensor([16, 9]))
+    assert out.lengths.tolist() == [4, 2] and out.log_probs.shape == (2, 4, 5)
+    with pytest.raises(ValueError, match="conv_depth must be an int >= 1"):
+        SequenceRecognizer(12, 5, conv_channels=(3,), conv_depth=0)
+    with pytest.raises(TypeError, match="conv_batch_norm must be True or False"):
+        SequenceRecognizer(12, 5, conv_channels=(3,), conv_batch_norm=1)
