@@ -226,11 +226,15 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         batch_statistics = self.training or self.running_mean is None  # as torch decides
         if valid is None or not batch_statistics:
             return super().forward(h)
-        weights = valid[:, None, None, :].to(h.dtype).expand(-1, 1, h.shape[2], -1)  # (B,1,F,T)
-        count = weights.sum()
-        mean = (h * weights).sum((0, 2, 3)) / count  # (C,)
-        centred = h - mean[None, :, None, None]  # (B, C, F, T)
-        var = (centred.square() * weights).sum((0, 2, 3)) / count  # (C,) biased, as torch
+        # sums over the valid frames as one contraction each (fewer passes over h than masking
+        # it); the variance from the centred sum of squares, in float64 for its cancellation
+        weights = valid.to(h.dtype)  # (B, T)
+        count = weights.sum() * h.shape[2]
+        sums = torch.einsum("bcft,bt->c", h, weights).double()  # (C,)
+        squares = torch.einsum("bcft,bt->c", h.square(), weights).double()
+        mean64 = sums / count
+        var = (squares / count - mean64.square()).clamp(min=0.0).to(h.dtype)  # (C,) biased
+        mean = mean64.to(h.dtype)
         if self.training and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -239,10 +243,11 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
                 unbiased = var * (count / (count - 1).clamp(min=1))
                 self.running_mean.lerp_(mean.detach(), momentum)
                 self.running_var.lerp_(unbiased.detach(), momentum)
-        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        scale = torch.rsqrt(var + self.eps)  # (C,)
+        shift = -mean * scale
         if self.affine:
-            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        return h * scale[None, :, None, None] + shift[None, :, None, None]  # one pass
 
 
 class _ConvFrontEnd(nn.Module):
