@@ -48,6 +48,7 @@ from rnnkit.models.seq2seq import (
     AttentionalDecoding,
     Decoder,
     _check_ids,
+    _check_special_ids,
     _positive,
     _probability,
 )
@@ -340,16 +341,7 @@ class ImageToSequence(AttentionalDecoding, Configurable, SummaryMixin, nn.Module
         super().__init__()
         owner = type(self).__name__
         self.vocab_size = _positive(owner, "vocab_size", vocab_size)
-        ids = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id}
-        for name, value in ids.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{owner}: {name} must be an int, got {value!r}")
-            if not 0 <= value < self.vocab_size:
-                raise ValueError(f"{owner}: {name}={value} is outside the vocabulary "
-                                 f"[0, {self.vocab_size})")
-        if len(set(ids.values())) != 3:
-            raise ValueError(f"{owner}: pad_id, bos_id and eos_id must differ, got "
-                             f"pad_id={pad_id}, bos_id={bos_id}, eos_id={eos_id}")
+        _check_special_ids(owner, pad_id, bos_id, eos_id, self.vocab_size)
         if attention not in ATTENTIONS:
             raise ValueError(f"{owner}: attention must be one of {', '.join(ATTENTIONS)} (the "
                              f"decoder attends to the image), got {attention!r}")

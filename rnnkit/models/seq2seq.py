@@ -108,6 +108,21 @@ def _check_ids(owner: str, what: str, ids: Any, vocab_size: int) -> Tensor:
     return ids.long()
 
 
+def _check_special_ids(owner: str, pad_id: Any, bos_id: Any, eos_id: Any, vocab_size: int,
+                       vocabulary: str = "vocabulary") -> None:
+    """``pad_id``, ``bos_id`` and ``eos_id``: ints, distinct, inside ``[0, vocab_size)``."""
+    ids = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id}
+    for name, value in ids.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{owner}: {name} must be an int, got {value!r}")
+        if not 0 <= value < vocab_size:
+            raise ValueError(f"{owner}: {name}={value} is outside the {vocabulary} "
+                             f"[0, {vocab_size})")
+    if len(set(ids.values())) != 3:
+        raise ValueError(f"{owner}: pad_id, bos_id and eos_id must differ, got "
+                         f"pad_id={pad_id}, bos_id={bos_id}, eos_id={eos_id}")
+
+
 def _sizes(state: Any) -> Any:
     if isinstance(state, (tuple, list)):
         return tuple(_sizes(part) for part in state)
@@ -463,19 +478,11 @@ class Seq2Seq(AttentionalDecoding, Configurable, SummaryMixin, nn.Module):
         owner = type(self).__name__
         self.source_vocab_size = _positive(owner, "source_vocab_size", source_vocab_size)
         self.target_vocab_size = _positive(owner, "target_vocab_size", target_vocab_size)
-        ids = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id}
-        for name, value in ids.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{owner}: {name} must be an int, got {value!r}")
-            if not 0 <= value < self.target_vocab_size:
-                raise ValueError(f"{owner}: {name}={value} is outside the target vocabulary "
-                                 f"[0, {self.target_vocab_size})")
+        _check_special_ids(owner, pad_id, bos_id, eos_id, self.target_vocab_size,
+                           "target vocabulary")
         if not 0 <= pad_id < self.source_vocab_size:
             raise ValueError(f"{owner}: pad_id={pad_id} is outside the source vocabulary "
                              f"[0, {self.source_vocab_size})")
-        if len(set(ids.values())) != 3:
-            raise ValueError(f"{owner}: pad_id, bos_id and eos_id must differ, got "
-                             f"pad_id={pad_id}, bos_id={bos_id}, eos_id={eos_id}")
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.teacher_forcing_ratio = _probability(owner, "teacher_forcing_ratio",
                                                   teacher_forcing_ratio, top=True)

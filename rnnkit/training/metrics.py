@@ -521,6 +521,22 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str], *,
                                    [[text(r) for r in references]]).score)
 
 
+def _checked_names(kind: str, names: str | Sequence[str], valid: Sequence[str]) -> list[str]:
+    """``names`` (one name or several) as a list, each one of ``valid`` and none twice; an
+    unknown name is an error suggesting the closest valid one."""
+    if isinstance(names, str):
+        names = [names]
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown {kind} metric {name!r}{hint}; valid names: "
+                             f"{', '.join(valid)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a metric is listed twice in {list(names)}")
+    return list(names)
+
+
 class SequenceMetrics:
     """Exact match, token accuracy and BLEU over decoded sequences, batch by batch, with the
     conventions of :class:`Metrics`: ``update`` per batch, ``compute`` -> ``{name: value}`` in
@@ -539,17 +555,7 @@ class SequenceMetrics:
 
     def __init__(self, names: Sequence[str] = SEQUENCE_METRIC_NAMES, *,
                  tokenize: str = "13a") -> None:
-        if isinstance(names, str):
-            names = [names]
-        for name in names:
-            if name not in SEQUENCE_METRIC_NAMES:
-                close = difflib.get_close_matches(str(name), SEQUENCE_METRIC_NAMES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown sequence metric {name!r}{hint}; valid names: "
-                                 f"{', '.join(SEQUENCE_METRIC_NAMES)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"a metric is listed twice in {list(names)}")
-        self.names = list(names)
+        self.names = _checked_names("sequence", names, SEQUENCE_METRIC_NAMES)
         self.tokenize = tokenize
         self.reset()
 
@@ -667,17 +673,7 @@ class RecognitionMetrics:
     """
 
     def __init__(self, names: Sequence[str] = RECOGNITION_METRIC_NAMES) -> None:
-        if isinstance(names, str):
-            names = [names]
-        for name in names:
-            if name not in RECOGNITION_METRIC_NAMES:
-                close = difflib.get_close_matches(str(name), RECOGNITION_METRIC_NAMES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown recognition metric {name!r}{hint}; valid names: "
-                                 f"{', '.join(RECOGNITION_METRIC_NAMES)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"a metric is listed twice in {list(names)}")
-        self.names = list(names)
+        self.names = _checked_names("recognition", names, RECOGNITION_METRIC_NAMES)
         self.reset()
 
     def reset(self) -> None:
