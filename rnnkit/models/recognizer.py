@@ -83,6 +83,15 @@ def ctc_min_frames(labels: Sequence[int] | Tensor) -> int:
     return len(labels) + repeats
 
 
+def _length_vector(where: str, name: str, value: Any, batch: int) -> Tensor:
+    """``value`` as ``(batch,)`` int64 on the CPU, or a ShapeError naming ``name``."""
+    lengths = torch.as_tensor(value).detach().to("cpu")
+    if lengths.is_floating_point() or lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ShapeError(f"{where}: {name} must be ({batch},) integers, got "
+                         f"{lengths.dtype} {tuple(lengths.shape)}")
+    return lengths.to(torch.int64)
+
+
 def _target_rows(targets: Any, target_lengths: Any, batch: int, where: str
                  ) -> tuple[Tensor, Tensor]:
     """``(targets (B, L_max) int64, target_lengths (B,) int64)`` from padded targets (any
@@ -119,12 +128,7 @@ def _target_rows(targets: Any, target_lengths: Any, batch: int, where: str
                              "padding (negative ids pad the end of a row only): "
                              f"{targets[b].tolist()}")
     else:
-        target_lengths = torch.as_tensor(target_lengths).detach().to("cpu")
-        if target_lengths.is_floating_point() or target_lengths.dim() != 1 or \
-                target_lengths.shape[0] != batch:
-            raise ShapeError(f"{where}: target_lengths must be ({batch},) integers, got "
-                             f"{target_lengths.dtype} {tuple(target_lengths.shape)}")
-        target_lengths = target_lengths.to(torch.int64)
+        target_lengths = _length_vector(where, "target_lengths", target_lengths, batch)
         if batch and (int(target_lengths.min()) < 0 or
                       int(target_lengths.max()) > targets.shape[1]):
             raise ShapeError(f"{where}: target_lengths must lie in [0, {targets.shape[1]}] "
@@ -170,12 +174,7 @@ def ctc_loss(log_probs: Tensor, targets: Any, output_lengths: Tensor | Sequence[
     targets, target_lengths = _target_rows(targets, target_lengths, batch, where)
     if output_lengths is None:
         output_lengths = torch.full((batch,), frames, dtype=torch.int64)
-    output_lengths = torch.as_tensor(output_lengths).detach().to("cpu")
-    if output_lengths.is_floating_point() or output_lengths.dim() != 1 or \
-            output_lengths.shape[0] != batch:
-        raise ShapeError(f"{where}: output_lengths must be ({batch},) integers, got "
-                         f"{output_lengths.dtype} {tuple(output_lengths.shape)}")
-    output_lengths = output_lengths.to(torch.int64)
+    output_lengths = _length_vector(where, "output_lengths", output_lengths, batch)
     if batch and (int(output_lengths.min()) < 1 or int(output_lengths.max()) > frames):
         raise ShapeError(f"{where}: output_lengths must lie in [1, T'={frames}], got "
                          f"{output_lengths.tolist()}")
