@@ -100,6 +100,20 @@ def _known_size(cell: nn.Module, name: str) -> int | None:
     return int(value) if isinstance(value, numbers.Integral) else None
 
 
+def _factory_of(cell: nn.Module) -> dict[str, Any]:
+    """``device``/``dtype`` of the cell's parameters, for a wrapper's own (empty if none)."""
+    weight = next(cell.parameters(), None)
+    return {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
+
+
+def _check_cell_reads(owner: str, cell: nn.Module, name: str, size: int) -> None:
+    """The wrapper feeds the cell ``size`` features (argument ``name``): the cell's known
+    ``input_size`` must agree."""
+    cell_input = _known_size(cell, "input_size")
+    if cell_input is not None and cell_input != size:
+        raise ValueError(f"{owner}: the cell reads {cell_input} features but {name}={size}")
+
+
 class EmbeddingWrapper(CellWrapper):
     """Embed token ids before the cell (TF1 ``tf.contrib.rnn.EmbeddingWrapper``).
 
@@ -133,12 +147,8 @@ class EmbeddingWrapper(CellWrapper):
         super().__init__(_check_cell(owner, cell))
         self.embedding_classes = _positive_int(owner, "embedding_classes", embedding_classes)
         self.embedding_size = _positive_int(owner, "embedding_size", embedding_size)
-        cell_input = _known_size(cell, "input_size")
-        if cell_input is not None and cell_input != self.embedding_size:
-            raise ValueError(f"{owner}: the cell reads {cell_input} features but "
-                             f"embedding_size={self.embedding_size}")
-        weight = next(cell.parameters(), None)
-        factory = {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
+        _check_cell_reads(owner, cell, "embedding_size", self.embedding_size)
+        factory = _factory_of(cell)
         self.embedding = nn.Parameter(torch.empty(self.embedding_classes, self.embedding_size,
                                                   **factory))
         self.reset_parameters()
@@ -209,12 +219,8 @@ class InputProjectionWrapper(CellWrapper):
         super().__init__(_check_cell(owner, cell))
         self.num_proj = _positive_int(owner, "num_proj", num_proj)
         self.activation = _activation(owner, activation)
-        cell_input = _known_size(cell, "input_size")
-        if cell_input is not None and cell_input != self.num_proj:
-            raise ValueError(f"{owner}: the cell reads {cell_input} features but "
-                             f"num_proj={self.num_proj}")
-        weight = next(cell.parameters(), None)
-        factory = {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
+        _check_cell_reads(owner, cell, "num_proj", self.num_proj)
+        factory = _factory_of(cell)
         if input_size is None:
             self.projection: nn.Module = nn.LazyLinear(self.num_proj, **factory)
         else:
@@ -280,8 +286,7 @@ class OutputProjectionWrapper(CellWrapper):
         if cell_output is None:
             raise ValueError(f"{owner}: the cell ({type(cell).__name__}) has no output_size "
                              "to project from")
-        weight = next(cell.parameters(), None)
-        factory = {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
+        factory = _factory_of(cell)
         self.projection = nn.Linear(cell_output, self.projected_size, **factory)
         self.reset_parameters()
 
