@@ -295,6 +295,7 @@ OPTIONS = {  # input_size 5, feature_size 2, frequency_skip 1 (4 windows) unless
     "blocks_skip2_nobias": {"input_size": 9, "frequency_skip": 2, "bias": False,
                             "start_freqindex_list": [0, 3], "end_freqindex_list": [4, 9]},
     "forget_bias": {"forget_bias": 0.5, "feature_size": 3},
+    "tiny": {"input_size": 1, "hidden_size": 1, "feature_size": 1},  # H = 1, one window
 }
 
 
@@ -382,9 +383,9 @@ def test_load_tf_variables_errors():
 @pytest.mark.parametrize("options", [{}, {"peepholes": True, "cell_clip": 0.5},
                                      {"coupled_gates": True, "peepholes": True}],
                          ids=["plain", "peepholes_clip", "coupled_peepholes"])
-def test_one_window_without_frequency_connections_is_an_lstm(options):
+@pytest.mark.parametrize("H, I, T, B", [(4, 3, 5, 2), (1, 1, 1, 1)], ids=["small", "tiny"])
+def test_one_window_without_frequency_connections_is_an_lstm(options, H, I, T, B):
     torch.manual_seed(1)
-    H, I, T, B = 4, 3, 5, 2
     lstm = randomise(LSTMCell(I, H, **options)).double()
     grid = GridLSTMCell(I, H, feature_size=I, **options).double()  # one block, one window
     # TF1 couples f = 1 - i, rnnkit's LSTMCell i = 1 - f: the grid's input gate is then the
