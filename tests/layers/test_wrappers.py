@@ -247,21 +247,25 @@ def bernoulli(generator, shape, keep):
     return torch.empty(shape).bernoulli_(keep, generator=generator)
 
 
+@pytest.mark.parametrize("shape", [(4, 5, 2, 6, 5, [5, 2, 4]), (1, 1, 1, 1, 1, [1])],
+                         ids=["small", "tiny"])
 @pytest.mark.parametrize("variational", [False, True])
-def test_a_wrapper_stack_equals_the_computation_by_hand(variational):
+def test_a_wrapper_stack_equals_the_computation_by_hand(variational, shape):
     """MultiCell of [Dropout(Residual(GRU)), OutputProjection(LSTM)] under an
-    InputProjection, run by Recurrence with lengths, in training mode."""
+    InputProjection, run by Recurrence with lengths, in training mode. ``shape``: projection
+    P (the GRU's size), LSTM L, output O, input F, steps, lengths (one per sequence)."""
+    P, L, O, F, steps, lengths = shape
     torch.manual_seed(0)
-    gru, lstm = GRUCell(4, 4), LSTMCell(4, 5)
+    gru, lstm = GRUCell(P, P), LSTMCell(P, L)
     stack = MultiCell([
         DropoutWrapper(ResidualWrapper(gru), input_keep_prob=0.9, output_keep_prob=0.7,
                        state_keep_prob=0.8, variational_recurrent=variational, seed=3),
-        OutputProjectionWrapper(lstm, 2, activation="tanh"),
+        OutputProjectionWrapper(lstm, O, activation="tanh"),
     ])
-    cell = InputProjectionWrapper(stack, num_proj=4, activation="relu", input_size=6)
-    steps, batch = 5, 3
-    x = torch.randn(steps, batch, 6)
-    lengths = torch.tensor([5, 2, 4])
+    cell = InputProjectionWrapper(stack, num_proj=P, activation="relu", input_size=F)
+    batch = len(lengths)
+    x = torch.randn(steps, batch, F)
+    lengths = torch.tensor(lengths)
     outputs, (h1, (h2, c2)) = Recurrence(cell).train()(x, lengths=lengths)
 
     # by hand
@@ -269,19 +273,19 @@ def test_a_wrapper_stack_equals_the_computation_by_hand(variational):
     w_in, b_in = cell.projection.weight, cell.projection.bias
     w_out, b_out = stack[1].projection.weight, stack[1].projection.bias
     generator = torch.Generator().manual_seed(3)
-    hg = torch.zeros(batch, 4)
-    hl, cl = torch.zeros(batch, 5), torch.zeros(batch, 5)
+    hg = torch.zeros(batch, P)
+    hl, cl = torch.zeros(batch, L), torch.zeros(batch, L)
     masks = None
-    want = torch.zeros(steps, batch, 2)
+    want = torch.zeros(steps, batch, O)
     with torch.no_grad():
         for t in range(steps):
             running = (t < lengths)[:, None]  # (B, 1)
             xt = torch.where(running, x[t], 0.0)
-            p = torch.relu(xt @ w_in.T + b_in)  # (B, 4)
+            p = torch.relu(xt @ w_in.T + b_in)  # (B, P)
             if masks is None or not variational:
-                m_in = bernoulli(generator, (batch, 4), 0.9)
-                m_state = bernoulli(generator, (batch, 4), 0.8)
-                m_out = bernoulli(generator, (batch, 4), 0.7)
+                m_in = bernoulli(generator, (batch, P), 0.9)
+                m_state = bernoulli(generator, (batch, P), 0.8)
+                m_out = bernoulli(generator, (batch, P), 0.7)
                 masks = (m_in, m_state, m_out)
             m_in, m_state, m_out = masks
             p = p / 0.9 * m_in
