@@ -903,7 +903,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     inner = numpy_state["state"]
     np.random.set_state((
         "MT19937",
-        inner["key"].numpy().astype(np.uint32),
+        # .cpu(): a checkpoint loaded with map_location="cuda" brings these words along
+        inner["key"].cpu().numpy().astype(np.uint32),
         int(inner["pos"]),
         int(numpy_state["has_gauss"]),
         float(numpy_state["gauss"]),
