@@ -54,11 +54,12 @@ SETTINGS = dict(held_out=0.2, validation=0.0625, train_strings=64000, val_string
                 test_strings=2000, epochs=1, batch_size=32, conv_channels=(16, 32),
                 conv_depth=2, conv_batch_norm=True, hidden=96, layers=1, dropout=0.2, lr=3e-3,
                 max_gap=8, jitter=2, rotate=8.0, scale=0.1, shear=10.0, shift=1.5,
-                beam_width=8, lm_weight=0.3)
+                beam_width=8, lm_weight=0.3, ema=0.0, ema_start=0)
 TINY = dict(held_out=0.2, validation=0.1, train_strings=96, val_strings=16, test_strings=32,
             epochs=1, batch_size=16, conv_channels=(4, 4), conv_depth=2, conv_batch_norm=True,
             hidden=8, layers=1, dropout=0.2, lr=3e-3, max_gap=8, jitter=2, rotate=8.0,
-            scale=0.1, shear=10.0, shift=1.5, beam_width=4, lm_weight=0.3)
+            scale=0.1, shear=10.0, shift=1.5, beam_width=4, lm_weight=0.3, ema=0.9,
+            ema_start=2)
 AUGMENT = ("jitter", "rotate", "scale", "shear", "shift")
 
 
@@ -86,9 +87,24 @@ def decode_all(model: SequenceRecognizer, strings: DigitStrings, **options: Any
     return decoded
 
 
-def run(settings: dict[str, Any], seed: int, threads: int | None) -> dict[str, Any]:
+class LossCurve(rnnkit.training.Callback):
+    """The training loss averaged over every ``every`` updates (to see how a run went)."""
+
+    def __init__(self, every: int = 100) -> None:
+        self.every, self.losses, self.curve = every, [], []
+
+    def on_batch_end(self, trainer: rnnkit.Trainer, logs: dict[str, Any]) -> None:
+        self.losses.append(logs["loss"])
+        if len(self.losses) == self.every:
+            self.curve.append(round(sum(self.losses) / self.every, 4))
+            self.losses = []
+
+
+def run(settings: dict[str, Any], seed: int, threads: int | None,
+        device: str = "cpu") -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
+    torch.backends.cudnn.allow_tf32 = False  # on a GPU (exploring settings): float32 as on CPU
     torch.manual_seed(seed)
     images, labels = load_mnist_digits()
     train_pool, test_pool = split_digit_pool(images, labels, held_out=settings["held_out"],
@@ -116,8 +132,14 @@ def run(settings: dict[str, Any], seed: int, threads: int | None) -> dict[str, A
     updates = len(sampler) * settings["epochs"]
     schedule = lambda optimizer: torch.optim.lr_scheduler.OneCycleLR(  # noqa: E731
         optimizer, max_lr=settings["lr"], total_steps=updates, pct_start=0.15)
+    # evaluated with an exponential moving average of the weights (ema: its decay; 0: off)
+    ema = rnnkit.training.ExponentialMovingAverage(
+        settings["ema"], start=settings["ema_start"], overwrite_at_end=False)
+    curve = LossCurve(every=max(1, updates // 20))
     trainer = rnnkit.Trainer(model, loss=model.loss, lr=settings["lr"], clip_grad_norm=5.0,
                              scheduler=schedule, scheduler_interval="step", seed=seed,
+                             callbacks=[curve, ema] if settings["ema"] else [curve],
+                             device=device,
                              verbose=False)
     load_before = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), time.process_time()
@@ -129,10 +151,15 @@ def run(settings: dict[str, Any], seed: int, threads: int | None) -> dict[str, A
     print(f"trained {updates} updates in {train_wall:.1f} s wall, {train_cpu:.1f} s CPU; "
           f"final loss {history.history['loss'][-1]:.4f}", flush=True)
 
-    val_decoded = decode_all(model, val)
-    validation = error_rates(val_decoded, [val.digits(i).tolist() for i in range(len(val))])
+    model.cpu()
+    val_references = [val.digits(i).tolist() for i in range(len(val))]
+    validation = last_weights = error_rates(decode_all(model, val), val_references)
+    if settings["ema"]:
+        ema.copy_to(model)  # from here on the model holds the averaged weights
+        validation = error_rates(decode_all(model, val), val_references)
     print(f"validation (greedy): exact match {validation['exact_match']:.4f}, CER "
-          f"{validation['cer']:.4f}", flush=True)
+          f"{validation['cer']:.4f} (last weights: {last_weights['exact_match']:.4f})",
+          flush=True)
     references = [test.digits(i).tolist() for i in range(len(test))]
     decodings: dict[str, dict[str, Any]] = {}
     for name, options in (("greedy", {}),
@@ -153,11 +180,13 @@ def run(settings: dict[str, Any], seed: int, threads: int | None) -> dict[str, A
         decodings[name] = found
         print(f"{name}: exact match {found['exact_match']:.4f}, CER {found['cer']:.4f}",
               flush=True)
-    return {"decodings": decodings, "validation": validation, "parameters": parameters,
+    return {"decodings": decodings, "validation": validation,
+            "validation_last_weights": last_weights, "parameters": parameters,
             "updates": updates,
             "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
             "threads": torch.get_num_threads(), "load_average_1m_before_1m_15m_after": load,
             "final_train_loss": round(history.history["loss"][-1], 6),
+            "loss_curve": {"every": curve.every, "mean_loss": curve.curve},
             "train_digits": int(len(train_pool.labels)), "val_digits": int(len(val_pool.labels)),
             "test_digits": int(len(test_pool.labels)),
             "output_frames": "T' = W // 4 (two conv blocks, each halving time)"}
@@ -168,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int,
                         help="torch threads (default: torch's; 1 on a busy shared machine)")
+    parser.add_argument("--device", default="cpu",
+                        help="train there (e.g. cuda, to explore settings; the target is CPU)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change one setting (a Python literal), e.g. --set hidden=128")
     args = parser.parse_args(argv)
@@ -183,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {change}: {value!r} is not a Python literal")
     start = time.perf_counter()
     try:
-        found = run(settings, args.seed, args.threads)
+        found = run(settings, args.seed, args.threads, args.device)
     except FileNotFoundError as error:
         print(f"MNIST test files missing: {error}", file=sys.stderr)
         return MISSING_DATA

@@ -27,6 +27,7 @@ from rnnkit.training.callbacks import (  # noqa: E402, F401
     PlotCurves,
     TensorBoard,
 )
+from rnnkit.training.averaging import ExponentialMovingAverage  # noqa: E402, F401
 from rnnkit.training.progress import ProgressBar, ProgressPrinter, TestConfig  # noqa: E402, F401
 
 # --- trainer (rnnkit/training/{trainer,batches,losses,tbptt}.py) ---
