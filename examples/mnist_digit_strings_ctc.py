@@ -54,12 +54,13 @@ SETTINGS = dict(held_out=0.2, validation=0.0625, train_strings=64000, val_string
                 test_strings=2000, epochs=1, batch_size=32, conv_channels=(16, 32),
                 conv_depth=2, conv_batch_norm=True, hidden=96, layers=1, dropout=0.2, lr=3e-3,
                 max_gap=8, jitter=2, rotate=8.0, scale=0.1, shear=10.0, shift=1.5,
-                beam_width=8, lm_weight=0.3, ema=0.0, ema_start=0)
+                beam_width=8, lm_weight=0.3, ema=0.0, ema_start=0,
+                weight_decay=0.0)
 TINY = dict(held_out=0.2, validation=0.1, train_strings=96, val_strings=16, test_strings=32,
             epochs=1, batch_size=16, conv_channels=(4, 4), conv_depth=2, conv_batch_norm=True,
             hidden=8, layers=1, dropout=0.2, lr=3e-3, max_gap=8, jitter=2, rotate=8.0,
             scale=0.1, shear=10.0, shift=1.5, beam_width=4, lm_weight=0.3, ema=0.9,
-            ema_start=2)
+            ema_start=2, weight_decay=0.01)
 AUGMENT = ("jitter", "rotate", "scale", "shear", "shift")
 
 
@@ -136,7 +137,11 @@ def run(settings: dict[str, Any], seed: int, threads: int | None,
     ema = rnnkit.training.ExponentialMovingAverage(
         settings["ema"], start=settings["ema_start"], overwrite_at_end=False)
     curve = LossCurve(every=max(1, updates // 20))
-    trainer = rnnkit.Trainer(model, loss=model.loss, lr=settings["lr"], clip_grad_norm=5.0,
+    # weight_decay > 0: AdamW's decoupled decay (0: plain Adam)
+    optimizer = "adam" if not settings["weight_decay"] else lambda params: torch.optim.AdamW(
+        params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    trainer = rnnkit.Trainer(model, loss=model.loss, optimizer=optimizer, lr=settings["lr"],
+                             clip_grad_norm=5.0,
                              scheduler=schedule, scheduler_interval="step", seed=seed,
                              callbacks=[curve, ema] if settings["ema"] else [curve],
                              device=device,
