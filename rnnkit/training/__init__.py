@@ -15,6 +15,7 @@ from rnnkit.training.checkpoint import (  # noqa: E402, F401
 
 # --- callbacks and progress (owner: callbacks) ---
 # isort: split
+from rnnkit.training.averaging import ExponentialMovingAverage  # noqa: E402, F401
 from rnnkit.training.callbacks import (  # noqa: E402, F401
     Callback,
     CSVLogger,
@@ -27,7 +28,6 @@ from rnnkit.training.callbacks import (  # noqa: E402, F401
     PlotCurves,
     TensorBoard,
 )
-from rnnkit.training.averaging import ExponentialMovingAverage  # noqa: E402, F401
 from rnnkit.training.progress import ProgressBar, ProgressPrinter, TestConfig  # noqa: E402, F401
 
 # --- trainer (rnnkit/training/{trainer,batches,losses,tbptt}.py) ---
