@@ -177,41 +177,10 @@ def load(folder: Path, train_size: int | None, test_size: int | None) -> dict:
             "x_test": test.x[:test_size].contiguous(), "y_test": test.y[:test_size].contiguous()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--forms", nargs="+", default=["keras", "pytorch", "rnnkit"],
-                        choices=["keras", "pytorch", "rnnkit"])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for all three forms (1 on a busy shared box)")
-    _results.add_arguments(parser)
-    args = parser.parse_args(argv)
-    folder = find_data(args.data)
-    if folder is None:
-        print(HOW_TO_GET, file=sys.stderr)
-        return 2
-    if "keras" in args.forms and importlib.util.find_spec("keras") is None:
-        print("fashion_mnist_keras: Keras 3 is not installed: pip install 'rnnkit[reproduce]' "
-              "(or leave it out: --forms pytorch rnnkit)", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    train_size = test_size = None
-    if args.tiny:   # 2,000 training images, 1 epoch, 1 seed: seconds
-        train_size, test_size, args.epochs, args.seeds = 2000, 1000, 1, args.seeds[:1]
-    data = load(folder, train_size, test_size)
-    started = time.perf_counter()
-    runs: dict[str, list[dict]] = {form: [] for form in args.forms}
-    for seed in args.seeds:          # the forms alternate, so a change of load hits them all
-        for form in args.forms:
-            result = (run_keras(data, seed, args.epochs) if form == "keras"
-                      else run_torch(form, data, seed, args.epochs))
-            result["seed"] = seed
-            runs[form].append(result)
-            print(f"seed {seed} {form:8s} test accuracy {result['accuracy']:.4f}, "
-                  f"{result['train_s'] / args.epochs:.2f} s/epoch wall, "
-                  f"{result['train_cpu_s'] / args.epochs:.2f} s/epoch CPU", flush=True)
+def report(runs: dict[str, list[dict]], args: argparse.Namespace, data: dict,
+           started: tuple[float, float, float], final: bool) -> None:
+    """Print the means so far and, with ``--results``, write them (after every seed)."""
+    seeds = [r["seed"] for r in next(iter(runs.values()))]
     summary = {}
     for form, results in runs.items():
         summary[form] = {
@@ -221,10 +190,15 @@ def main(argv: list[str] | None = None) -> int:
             "runs": results,
         }
     for form, s in summary.items():
-        print(f"{form:8s} mean test accuracy {s['accuracy_mean']:.4f}, "
+        print(f"{form:8s} mean test accuracy {s['accuracy_mean']:.4f} ({len(seeds)} seed(s)), "
               f"{s['s_per_epoch']:.2f} s/epoch wall, {s['cpu_s_per_epoch']:.2f} s/epoch CPU")
+    wall, cpu = time.perf_counter() - started[0], time.process_time() - started[1]
     details: dict = {"forms": summary, "epochs": args.epochs, "threads": args.threads,
-                     "train_images": len(data["x"]), "test_images": len(data["x_test"])}
+                     "train_images": len(data["x"]), "test_images": len(data["x_test"]),
+                     "seeds_requested": list(args.seeds), "finished": final,
+                     "process_cpu_s": round(cpu, 1),
+                     "load_at_start": round(started[2], 2),
+                     "load_at_end": round(os.getloadavg()[0], 2)}
     ours, met = "not run", None
     if "rnnkit" in summary:
         mine = summary["rnnkit"]
@@ -246,26 +220,72 @@ def main(argv: list[str] | None = None) -> int:
         if "pytorch" in summary:
             ours += f", PyTorch {100 * summary['pytorch']['accuracy_mean']:.2f}%"
             checks.append(details["speedup_vs_pytorch_cpu"] >= 3)
-        met = all(checks) if len(checks) == 3 and not args.tiny else None
+        met = all(checks) if len(checks) == 3 and final and not args.tiny else None
         for key in ("speedup_vs_keras_cpu", "speedup_vs_pytorch_cpu"):
             if key in details:
                 print(f"rnnkit {key.replace('_', ' ')}: {details[key]:.1f}x")
-    if args.results:
-        keras_version = next((r.get("keras") for r in runs.get("keras", [])), None)
-        _results.write_results(
-            args.results, row=2, task="Fashion-MNIST, rows as steps (the seed's Keras model)",
-            metric="test accuracy (mean of seeds); training speed-up (CPU time)",
-            ours=ours,
-            anchor=f"the same script in Keras {keras_version or '3'} (torch backend) and plain "
-                   "PyTorch (nn.RNN + Linear), same machine, same run",
-            target="accuracy within 1 point of Keras; >= 20x faster than Keras, >= 3x than "
-                   "plain PyTorch",
-            met=met,
-            settings=(f"SimpleRNN(16, relu) + Dense(10), RMSprop lr 0.01 rho 0.9 eps 1e-7, batch "
-                      f"100, {args.epochs} epochs, {len(data['x'])} training images, "
-                      f"{args.threads} thread(s)" + (" (tiny)" if args.tiny else "")),
-            seeds=list(args.seeds), wall_s=round(time.perf_counter() - started, 1),
-            details=details)
+    if args.note:
+        details["note"] = args.note
+    if not args.results:
+        return
+    keras_version = next((r.get("keras") for r in runs.get("keras", [])), None)
+    _results.write_results(
+        args.results, row=2, task="Fashion-MNIST, rows as steps (the seed's Keras model)",
+        metric="test accuracy (mean of seeds); training speed-up (CPU time)",
+        ours=ours,
+        anchor=f"the same script in Keras {keras_version or '3'} (torch backend) and plain "
+               "PyTorch (nn.RNN + Linear), same machine, same run",
+        target="accuracy within 1 point of Keras; >= 20x faster than Keras, >= 3x than "
+               "plain PyTorch",
+        met=met,
+        settings=(f"SimpleRNN(16, relu) + Dense(10), RMSprop lr 0.01 rho 0.9 eps 1e-7, batch "
+                  f"100, {args.epochs} epochs, {len(data['x'])} training images, "
+                  f"{args.threads} thread(s)" + (" (tiny)" if args.tiny else "")
+                  + ("" if final else f" (stopped: {len(seeds)} of {len(args.seeds)} seeds)")),
+        seeds=seeds, wall_s=round(wall, 1), details=details)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--forms", nargs="+", default=["keras", "pytorch", "rnnkit"],
+                        choices=["keras", "pytorch", "rnnkit"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for all three forms (1 on a busy shared box)")
+    parser.add_argument("--note", default="",
+                        help="a closing note kept in the results JSON (what ran, what limits it)")
+    _results.add_arguments(parser)
+    args = parser.parse_args(argv)
+    folder = find_data(args.data)
+    if folder is None:
+        print(HOW_TO_GET, file=sys.stderr)
+        return 2
+    if "keras" in args.forms and importlib.util.find_spec("keras") is None:
+        print("fashion_mnist_keras: Keras 3 is not installed: pip install 'rnnkit[reproduce]' "
+              "(or leave it out: --forms pytorch rnnkit)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    train_size = test_size = None
+    if args.tiny:   # 2,000 training images, 1 epoch, 1 seed: seconds
+        train_size, test_size, args.epochs, args.seeds = 2000, 1000, 1, args.seeds[:1]
+    data = load(folder, train_size, test_size)
+    started = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+    runs: dict[str, list[dict]] = {form: [] for form in args.forms}
+    for k, seed in enumerate(args.seeds):  # the forms alternate, so load changes hit them all
+        for form in args.forms:
+            result = (run_keras(data, seed, args.epochs) if form == "keras"
+                      else run_torch(form, data, seed, args.epochs))
+            result["seed"] = seed
+            result["load_after"] = round(os.getloadavg()[0], 2)
+            runs[form].append(result)
+            print(f"seed {seed} {form:8s} test accuracy {result['accuracy']:.4f}, "
+                  f"{result['train_s'] / args.epochs:.2f} s/epoch wall, "
+                  f"{result['train_cpu_s'] / args.epochs:.2f} s/epoch CPU "
+                  f"(load {result['load_after']:.1f})", flush=True)
+        # after every seed: a long run that is stopped keeps the seeds it finished
+        report(runs, args, data, started, final=k == len(args.seeds) - 1)
     return 0
 
 
