@@ -43,7 +43,7 @@ def test_unknown_and_missing_names_are_errors(ext):
     # Options travel by name: a misspelt or misplaced one is refused, never ignored or
     # taken for its neighbour.
     tensors, flags = _elman_args()
-    with pytest.raises(RuntimeError, match=r"unknown flag 'rlu' \(known: relu, reverse, "):
+    with pytest.raises(RuntimeError, match=r"unknown flag 'rlu' \(known: bf16, relu, reverse, "):
         ext.forward("elman", tensors, {}, {**flags, "rlu": True})
     with pytest.raises(RuntimeError, match="unknown number 'forget_bias'"):
         ext.forward("elman", tensors, {"forget_bias": 1.0}, flags)

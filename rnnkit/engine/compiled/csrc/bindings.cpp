@@ -30,7 +30,7 @@ std::vector<Tensor> nas_backward(const Tensor&, const Tensor&, const Tensor&, co
 static const ArgNames kCommonNames{
     {"xp", "state", "lengths", "states", "saved", "grad_out", "grad_state"},
     {"steps"},
-    {"reverse", "training"}};
+    {"bf16", "reverse", "training"}};
 
 static const FamilyEntry& family_entry(const std::string& family) {
   auto it = families().find(family);
@@ -131,5 +131,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                    ldb, 0.0f, C.data_ptr<float>(), ldc);
         },
         "C (M, N) = A (M, K) B (K, N) with explicit row strides (tests only).");
+  m.def("set_bf16_gemm", [](const std::string& mode) {
+    TORCH_CHECK(mode == "mkl" || mode == "emulated", "set_bf16_gemm: mode must be 'mkl' or "
+                "'emulated', got '", mode, "'");
+    TORCH_CHECK(mode == "emulated" || rnnkit::have_mkl_bf16_gemm(), "set_bf16_gemm('mkl'): "
+                "this torch does not export MKL's cblas_gemm_bf16bf16f32");
+    const std::string previous = rnnkit::bf16_gemm_name();
+    rnnkit::bf16_gemm_uses_mkl().store(mode == "mkl");
+    return previous;
+  }, "How precision='bf16' GEMMs run: 'mkl' (cblas_gemm_bf16bf16f32, AVX512-bf16/AMX) or "
+     "'emulated' (bf16-rounded operands, float32 BLAS); returns the previous mode.");
+  m.def("bf16_gemm", []() { return std::string(rnnkit::bf16_gemm_name()); },
+        "The bf16 GEMM in use: 'mkl' or 'emulated' (default: 'mkl' on a CPU with "
+        "AVX512-bf16 or AMX-bf16 when MKL's bf16 GEMM is exported, else 'emulated').");
+  m.def("cpu_has_native_bf16", &rnnkit::cpu_has_native_bf16,
+        "Whether the CPU has AVX512-BF16 or AMX-BF16 (CPUID).");
+  m.def("has_mkl_bf16_gemm", &rnnkit::have_mkl_bf16_gemm);
+  m.def("bf16_linear", &rnnkit::bf16_linear,
+        "x (M, K) W^T for W (N, K), float32 in and out, both operands rounded to bf16 (the "
+        "hoisted input projection of a precision='bf16' call).");
   m.def("has_blas_gemm", []() { return rnnkit::sgemm_ != nullptr && rnnkit::dgemm_ != nullptr; });
 }

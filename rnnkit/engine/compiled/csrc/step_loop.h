@@ -27,6 +27,7 @@
 // and registers itself with RNNKIT_REGISTER_FAMILY; bindings.cpp needs no change.
 #pragma once
 
+#include "bf16.h"
 #include "common.h"
 
 #include <map>
@@ -156,6 +157,9 @@ std::vector<Tensor> run_forward(const KernelArgs& a) {
   check_lengths_arg(kernel, lengths, B);
   Family::check(cfg, a, dt, kernel);
   const bool training = a.flag("training");
+  const bool bf16 = bf16_flag(a.flags);  // bf16 GEMM operands (bf16.h)
+  TORCH_CHECK(!bf16 || dt == at::kFloat, kernel, ": precision bf16 needs float32 tensors, got ",
+              dt);
   const Schedule sch(lengths, T, B, a.flag("reverse"));
   const int64_t S = sch.S, SW = L.SW, SV = L.saved, N = L.N, G = L.groups;
   TORCH_CHECK(G >= 1 && (N == 0 || (L.K % G == 0 && N % G == 0)), kernel,
@@ -192,10 +196,10 @@ std::vector<Tensor> run_forward(const KernelArgs& a) {
     scalar_t* sv_p = SV > 0 ? saved.data_ptr<scalar_t>() : nullptr;
     scalar_t* rec_p = rec.defined() ? rec.data_ptr<scalar_t>() : nullptr;
     scalar_t* rec2_p = rec2.defined() ? rec2.data_ptr<scalar_t>() : nullptr;
-    std::vector<RecurrentGemm<scalar_t>> gemm1;
-    for (const Tensor& w : w1t) gemm1.emplace_back(B, w);
-    const std::optional<RecurrentGemm<scalar_t>> gemm2 =
-        L.N2 > 0 ? std::optional<RecurrentGemm<scalar_t>>(std::in_place, B, w2t) : std::nullopt;
+    std::vector<StepGemm<scalar_t>> gemm1;
+    for (const Tensor& w : w1t) gemm1.emplace_back(B, w, bf16);
+    const std::optional<StepGemm<scalar_t>> gemm2 =
+        L.N2 > 0 ? std::optional<StepGemm<scalar_t>>(std::in_place, B, w2t, bf16) : std::nullopt;
     const int64_t ldr = L.rec_in_state ? SW : N;
     const int64_t Out = L.out, X = L.X, N2 = L.N2;
 
@@ -274,6 +278,8 @@ std::map<std::string, Tensor> run_backward(const KernelArgs& a) {
   const Tensor lengths = a.optional("lengths");
   check_lengths_arg(kernel, lengths, B);
   Family::check(cfg, a, dt, kernel);
+  // bf16: float32 BPTT against the forward's bf16-rounded GEMM operands (bf16.h)
+  const bool bf16 = bf16_flag(a.flags);
   const Tensor dout = a.has("grad_out") ? a.tensor("grad_out").contiguous() : Tensor();
   if (dout.defined()) check_arg(kernel, "grad of outputs", dout, {T, B, Out}, dt);
   const Tensor dfinal = a.optional("grad_state");
@@ -293,9 +299,12 @@ std::map<std::string, Tensor> run_backward(const KernelArgs& a) {
   if (N > 0) {
     const Tensor w = Family::gemm1_weight(cfg, a);
     check_arg(kernel, "recurrent weight", w, {N, Kg}, dt, false);
-    for (int64_t q = 0; q < G; ++q) w1.push_back(w.narrow(0, q * Ng, Ng).contiguous());
+    for (int64_t q = 0; q < G; ++q) {
+      w1.push_back(bf16_rounded(w.narrow(0, q * Ng, Ng), bf16).contiguous());
+    }
   }
-  const Tensor w2 = N2 > 0 ? Family::gemm2_weight(cfg, a).contiguous() : Tensor();
+  const Tensor w2 =
+      N2 > 0 ? bf16_rounded(Family::gemm2_weight(cfg, a), bf16).contiguous() : Tensor();
   if (N2 > 0) check_arg(kernel, "second recurrent weight", w2, {N2, K2}, dt);
   const Tensor states = states_in.contiguous();
 
@@ -357,7 +366,7 @@ std::map<std::string, Tensor> run_backward(const KernelArgs& a) {
   WeightGrads g;
   if (N > 0) {
     const Tensor d = drec.narrow(0, 0, S).reshape({S * B, N});
-    const Tensor h = states.narrow(0, 0, S).reshape({S * B, SW});
+    const Tensor h = bf16_rounded(states.narrow(0, 0, S).reshape({S * B, SW}), bf16);
     std::vector<Tensor> blocks;
     for (int64_t q = 0; q < G; ++q) {
       blocks.push_back(at::mm(d.narrow(1, q * Ng, Ng).t(), h.narrow(1, q * Kg, Kg)));
@@ -367,7 +376,8 @@ std::map<std::string, Tensor> run_backward(const KernelArgs& a) {
   }
   if (N2 > 0) {
     const Tensor d2 = drec2.reshape({S * B, N2});
-    g.dw2 = at::mm(d2.t(), saved.reshape({S * B, SV}).narrow(1, L.mid_off, K2));
+    const Tensor mid = saved.reshape({S * B, SV}).narrow(1, L.mid_off, K2);
+    g.dw2 = at::mm(d2.t(), bf16_rounded(mid, bf16));
     g.drec2 = d2;
   }
   if (A > 0) g.acc = acc.sum(0);
