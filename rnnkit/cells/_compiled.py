@@ -13,6 +13,8 @@ Symbols: T time steps, B batch, H_in input features, H hidden size, X the projec
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,8 +30,17 @@ class CompiledAdapter:
     #: The C++ family's registered name (``RNNKIT_REGISTER_FAMILY`` in its csrc file).
     family: str = ""
 
+    #: Whether :meth:`project` computes its GEMM with :attr:`linear`, so that a
+    #: ``precision="bf16"`` call can run it in bfloat16 (the recurrent GEMMs are the
+    #: template's, bf16 for every family). An adapter that leaves it False runs bf16 calls on
+    #: another path (the engine says which).
+    bf16: bool = False
+
     def __init__(self, cell: nn.Module) -> None:
         self.cell = cell
+        #: ``F.linear``, or for a ``precision="bf16"`` call the engine's bf16 GEMM with the
+        #: same signature: what :meth:`project` multiplies with.
+        self.linear = F.linear
 
     def refusal(self) -> str | None:
         """Why this cell's options are not covered by the kernel, or None."""
@@ -72,16 +83,17 @@ class CompiledAdapter:
         raise NotImplementedError
 
 
-def projection(x: Tensor, weight: Tensor, bias: Tensor | None, norm: nn.Module | None = None
-               ) -> Tensor:
-    """``W x + b`` (or ``LN(W x) + b``) for all T steps at once: ``(T, B, H_in) -> (T, B, X)``."""
+def projection(x: Tensor, weight: Tensor, bias: Tensor | None, norm: nn.Module | None = None,
+               linear: Callable[..., Tensor] = F.linear) -> Tensor:
+    """``W x + b`` (or ``LN(W x) + b``) for all T steps at once: ``(T, B, H_in) -> (T, B, X)``;
+    ``linear`` is the adapter's :attr:`CompiledAdapter.linear` (``F.linear`` or bf16)."""
     T, B, _ = x.shape
     flat = x.reshape(T * B, x.shape[2])  # (T*B, H_in)
     if norm is None:
-        out = F.linear(flat, weight, bias)  # (T*B, X), one GEMM (addmm) for all steps
+        out = linear(flat, weight, bias)  # (T*B, X), one GEMM (addmm) for all steps
     else:
         out = F.layer_norm(
-            F.linear(flat, weight), (weight.shape[0],), norm.weight, norm.bias, norm.eps
+            linear(flat, weight, None), (weight.shape[0],), norm.weight, norm.bias, norm.eps
         )
         if bias is not None:
             out = out + bias

@@ -26,6 +26,7 @@ class ElmanAdapter(CompiledAdapter):
     the hoisted projection ``xp = W_ih x + b_ih + b_hh``; one GEMM ``W_hh h`` per step."""
 
     family = "elman"
+    bf16 = True
 
     def describe(self) -> str:
         return f"ElmanCell ({self.cell.nonlinearity})"
@@ -39,7 +40,8 @@ class ElmanAdapter(CompiledAdapter):
 
     def project(self, inputs: Tensor) -> Tensor:
         cell = self.cell
-        return projection(inputs, cell.weight_ih, sum_bias(cell.bias_ih, cell.bias_hh))
+        return projection(inputs, cell.weight_ih, sum_bias(cell.bias_ih, cell.bias_hh),
+                          linear=self.linear)
 
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         return {"weight_hh": self.cell.weight_hh}

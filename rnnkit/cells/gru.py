@@ -26,6 +26,7 @@ class GRUAdapter(CompiledAdapter):
     one GEMM ``W_hh h`` per step; reset before: ``W_h[rz] h``, then ``W_hn (r * h)``."""
 
     family = "gru"
+    bf16 = True
 
     def describe(self) -> str:
         norm = ", layer norm" if self.cell.layer_norm else ""
@@ -50,7 +51,8 @@ class GRUAdapter(CompiledAdapter):
 
     def project(self, inputs: Tensor) -> Tensor:
         cell = self.cell
-        return projection(inputs, cell.weight_ih, cell.bias_ih, cell.ln_ih)  # (T, B, 3H)
+        # (T, B, 3H)
+        return projection(inputs, cell.weight_ih, cell.bias_ih, cell.ln_ih, self.linear)
 
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         cell = self.cell

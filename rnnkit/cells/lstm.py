@@ -42,6 +42,7 @@ class LSTMAdapter(CompiledAdapter):
     ``[h | c]``."""
 
     family = "lstm"
+    bf16 = True
 
     def describe(self) -> str:
         cell = self.cell
@@ -81,7 +82,8 @@ class LSTMAdapter(CompiledAdapter):
     def project(self, inputs: Tensor) -> Tensor:
         cell = self.cell
         norm = cell.ln_ih if cell.layer_norm else None
-        return projection(inputs, cell.weight_ih, sum_bias(cell.bias_ih, cell.bias_hh), norm)
+        return projection(inputs, cell.weight_ih, sum_bias(cell.bias_ih, cell.bias_hh), norm,
+                          self.linear)
 
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         cell = self.cell

@@ -24,6 +24,7 @@ class UGRNNAdapter(CompiledAdapter):
     GEMM ``W_hh h`` (2H columns) per step, ``forget_bias`` added in the kernel's gate pass."""
 
     family = "ugrnn"
+    bf16 = True
 
     def describe(self) -> str:
         return f"UGRNNCell (forget_bias={self.cell.forget_bias})"
@@ -35,7 +36,8 @@ class UGRNNAdapter(CompiledAdapter):
                 "bias_ih": (2 * H,) if cell.bias_ih is not None else None}
 
     def project(self, inputs: Tensor) -> Tensor:
-        return projection(inputs, self.cell.weight_ih, self.cell.bias_ih)  # (T, B, 2H)
+        return projection(inputs, self.cell.weight_ih, self.cell.bias_ih,
+                          linear=self.linear)  # (T, B, 2H)
 
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         return {"weight_hh": self.cell.weight_hh}

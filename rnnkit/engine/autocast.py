@@ -12,7 +12,8 @@ This is also what keeps a long recurrence numerically stable: the state is never
 bfloat16 between steps. The price: on CPUs with AMX or AVX512-bf16, torch's own LSTM/GRU under
 autocast run about 4x faster than in float32 (``shared/notes/cpu.md``, machine B), and these
 layers do not take that speed from autocast; for bfloat16 recurrence kernels on such CPUs use
-:func:`rnnkit.engine.precision` explicitly (the fused path; compiled bf16 kernels are issue 15).
+:func:`rnnkit.engine.precision` or a layer's ``precision="bf16"`` explicitly (torch's fused
+kernels in bf16, or the compiled kernels' bf16 GEMMs with float32 state: docs/engine.md).
 """
 
 from __future__ import annotations

@@ -256,16 +256,39 @@ def _notice_fallback(reason: str) -> None:
 
 
 def plan_cell(cell: nn.Module, inputs: Tensor | None, engine: str = "auto",
-              label: str = "cell", mask: Tensor | None = None) -> CellRun:
+              label: str = "cell", mask: Tensor | None = None,
+              precision: str = "fp32") -> CellRun:
     """The :class:`CellRun` for ``cell`` over ``inputs``: its path and why (``mask``, a
-    mask with gaps, plans the loop with :data:`MASK_REASON`).
+    mask with gaps, plans the loop with :data:`MASK_REASON`). ``precision="bf16"`` marks a
+    compiled run whose kernels take bf16 GEMMs (:func:`plan_bf16`).
 
     Raises the error a forced path that cannot serve gives (``engine="compiled"`` without
     kernels for the cell, ``engine="fused"`` on a cell).
     """
     engine = check_engine(engine)
     path, reason, toolchain_missing = _choose(cell, inputs, engine, mask)
-    return CellRun(label, cell, path, reason, engine, toolchain_missing)
+    run = CellRun(label, cell, path, reason, engine, toolchain_missing)
+    if precision == "bf16":
+        plan_bf16(run, inputs)
+    return run
+
+
+def plan_bf16(run: CellRun, inputs: Tensor | None) -> None:
+    """For a ``precision="bf16"`` call: a compiled ``run`` whose kernels have bf16 GEMMs for
+    this cell gets ``precision="bf16"`` and says what is bf16 (the input projection and the
+    recurrent GEMMs; float32 elsewhere); any other run keeps float32 and its reason says
+    why. The caller decides what a float32 run means for bf16 (``Recurrence`` casts the cell
+    to bfloat16 and plans again; a drop-in's layer runs in its parameters' dtype)."""
+    if run.path != "compiled":
+        return
+    compiled, why = _compiled()
+    if compiled is not None:
+        ok, why = compiled.supports_bf16(run.cell, inputs)
+        if ok:
+            run.precision = "bf16"
+            run.reason += f"; precision bf16: {why}"
+            return
+    run.reason += f"; no bf16 GEMMs for this cell ({why})"
 
 
 class _CallCells:
@@ -320,7 +343,7 @@ def run_cell(
             if declined_reason is not None:  # the kernels' own fallback, recorded
                 raise PathDeclined(declined_reason)
             result = compiled.run_recurrence(run.cell, inputs, state, lengths=lengths,
-                                             reverse=reverse)
+                                             reverse=reverse, precision=run.precision)
         except PathDeclined as declined:
             if run.engine == "compiled" and declined_reason is None:
                 raise RuntimeError(
@@ -531,9 +554,6 @@ def plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None = None
         return plan
     plan = Plan(header, input_line, "cells", reason,
                 summary=f"path: layer by layer (fused path not used: {reason})")
-    if describe and precision_mode == "bf16":
-        plan.notes.append("  precision: bf16 requested, but only the fused path honours it; "
-                          "these cells run in their parameters' dtype")
     engine = getattr(module, "engine", "auto")
     engine = "auto" if engine == "fused" else engine
     cells = call.cells()
@@ -545,6 +565,17 @@ def plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None = None
         # the kernels' answer, when the fused decision already asked it for this call
         path, why, toolchain_missing = _choose(cell, inputs, engine, None, call.asked(cell))
         plan.runs.append(CellRun(label, cell, path, why, engine, toolchain_missing))
+        if precision_mode == "bf16":
+            plan_bf16(plan.runs[-1], inputs)
+    if describe and precision_mode == "bf16":
+        served = sum(run.precision == "bf16" for run in plan.runs)
+        if served == len(plan.runs):
+            plan.notes.append("  precision: bf16 GEMMs on the compiled kernels for every "
+                              "layer and direction (float32 gate math, state and outputs)")
+        else:
+            plan.notes.append(f"  precision: bf16 requested; the compiled kernels run "
+                              f"{served} of {len(plan.runs)} cell(s) with bf16 GEMMs, the "
+                              f"others run in their parameters' dtype (each line says why)")
     return plan
 
 

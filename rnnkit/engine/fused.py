@@ -93,9 +93,12 @@ def precision(value: str) -> Iterator[None]:
     kernel and the outputs are cast back to the input's dtype. This is meant for inference: on
     CPUs with AVX512-bf16 or AMX the kernels run at bf16 speed; on other CPUs PyTorch emulates
     bf16 and it is usually *slower* than float32 (see ``docs/benchmarks.md``). The fused path
-    and ``Recurrence``/``Fold`` honour it (they cast the cell's weights too); a drop-in's
-    layer-by-layer path runs in its parameters' dtype. ``precision="bf16"`` as a module's
-    constructor argument has the same effect on that module without the block.
+    honours it, and so do ``Recurrence``/``Fold`` and a drop-in's layer-by-layer path: a
+    cell on rnnkit's compiled kernels runs its GEMMs in bf16 with float32 state and gate math
+    (``rnnkit.engine.compiled._bf16``); ``Recurrence`` casts any other cell to bfloat16,
+    a drop-in's layer that the kernels do not serve runs in its parameters' dtype.
+    ``precision="bf16"`` as a module's constructor argument has the same effect on that
+    module without the block.
 
     Example::
 

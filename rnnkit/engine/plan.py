@@ -36,6 +36,8 @@ class CellRun:
     toolchain_missing: bool = False  # the loop runs because no compiler is available
     ran: str | None = None  # the path that executed, set by dispatch.run_cell
     declined: str | None = None  # why the planned path declined at run time
+    # "bf16": the compiled kernels run this cell's GEMMs in bfloat16 (compiled/_bf16.py)
+    precision: str = "fp32"
 
     def describe(self) -> str:
         name = getattr(self.cell, "plan_name", None) or type(self.cell).__name__

@@ -105,12 +105,17 @@ class Recurrence(Configurable, Stateful, nn.Module):
             and outputs returned in the order they were computed, ``outputs[0]`` being the
             last time step's). Only differs from ``"time"`` with ``go_backwards``.
         precision: ``"fp32"`` or ``"bf16"``: every call runs as inside
-            ``rnnkit.engine.precision("bf16")``, which ``Recurrence`` honours too: the input,
-            the state and the cell's floating parameters and buffers are cast to bfloat16
-            for the call (differentiably: gradients reach the float32 parameters), the cell
-            runs on whichever path serves bf16, and the outputs and final state are cast
-            back to the input's dtype. On CPUs without AVX512-bf16/AMX PyTorch emulates
-            bf16 (slower than float32), and rnnkit says so once.
+            ``rnnkit.engine.precision("bf16")``, which ``Recurrence`` honours too. A float32
+            cell on the compiled kernels (LSTM, GRU, Elman, UGRNN) runs its GEMMs in bf16:
+            the input projection and the per-step recurrent products take bfloat16 operands
+            (weights rounded once per call, the state once per step) with float32
+            accumulation; gate math, carried state, outputs and gradients stay float32
+            (``docs/engine-compiled.md``, "bf16"). Any other cell is cast: the input, the
+            state and the cell's floating parameters and buffers become bfloat16 for the call
+            (differentiably: gradients reach the float32 parameters), the cell runs on
+            whichever path serves bf16, and the outputs and final state are cast back to the
+            input's dtype. On CPUs without AVX512-bf16/AMX bf16 is emulated (no faster than
+            float32), and rnnkit says so once; ``explain`` names the precision and path.
 
     Call: ``outputs, final_state = layer(inputs, state=None, lengths=None, mask=None)`` with
     ``inputs`` ``(T, B, H_in)`` (or ``(B, T, H_in)``, an unbatched ``(T, H_in)``, or a
@@ -224,10 +229,11 @@ class Recurrence(Configurable, Stateful, nn.Module):
         return _FullStateCell(self.cell) if self.return_full_state else self.cell
 
     def _plan(self, inputs: Tensor, lengths: Tensor | None, describe: bool,
-              mask: Tensor | None = None) -> Plan:
+              mask: Tensor | None = None, precision: str = "fp32") -> Plan:
         dispatch.check_cell_input(self.cell, inputs, type(self).__name__)
         label = "backward" if self.go_backwards else "forward"
-        run = dispatch.plan_cell(self.step_cell(), inputs, self.engine, label, mask=mask)
+        run = dispatch.plan_cell(self.step_cell(), inputs, self.engine, label, mask=mask,
+                                 precision=precision)
         if not describe:
             return Plan("", "", "cells", "", runs=[run])
         return Plan(dispatch.module_line(self), dispatch.describe_input(inputs, lengths,
@@ -241,11 +247,17 @@ class Recurrence(Configurable, Stateful, nn.Module):
         prints), after the same input checks as the call."""
         padded, lengths, _, _, gaps = self._normalise(inputs, lengths, mask)
         if self._in_bf16(padded):
-            with self._bf16_cell():
-                plan = self._plan(padded.to(torch.bfloat16), lengths, describe=True, mask=gaps)
-            plan.input_line = dispatch.describe_input(padded, lengths, mask=gaps)
-            plan.notes.append("  precision: bf16 (inputs, state and the cell's weights cast "
-                              "to bfloat16; outputs and state cast back)")
+            plan = self._plan(padded, lengths, describe=True, mask=gaps, precision="bf16")
+            if plan.runs[0].precision == "bf16":
+                plan.notes.append("  precision: bf16 GEMMs on the compiled kernels (inputs, "
+                                  "state, outputs and gradients stay float32)")
+            else:
+                with self._bf16_cell():
+                    plan = self._plan(padded.to(torch.bfloat16), lengths, describe=True,
+                                      mask=gaps)
+                plan.input_line = dispatch.describe_input(padded, lengths, mask=gaps)
+                plan.notes.append("  precision: bf16 (inputs, state and the cell's weights "
+                                  "cast to bfloat16; outputs and state cast back)")
         else:
             plan = self._plan(padded, lengths, describe=True, mask=gaps)
         return dispatch.mask_plan_input(plan, mask, gaps)
@@ -294,14 +306,20 @@ class Recurrence(Configurable, Stateful, nn.Module):
         time positions whatever ``output_order``.
         """
         if self._in_bf16(inputs):
+            # the compiled kernels' bf16 GEMMs on the float32 cell where they serve it,
+            # else the whole cell cast to bfloat16 on whichever path serves that
+            plan = self._plan(inputs, lengths, describe=False, mask=mask, precision="bf16")
+            if plan.runs[0].precision == "bf16":
+                return self._run(inputs, state, lengths, mask, plan)
             return self._run_bf16(inputs, state, lengths, mask)
         return self._run(inputs, state, lengths, mask)
 
     def _run(
         self, inputs: Tensor, state: State | None, lengths: Tensor | None,
-        mask: Tensor | None = None,
+        mask: Tensor | None = None, plan: Plan | None = None,
     ) -> tuple[Tensor | tuple[Tensor, ...], State]:
-        plan = self._plan(inputs, lengths, describe=False, mask=mask)
+        if plan is None:
+            plan = self._plan(inputs, lengths, describe=False, mask=mask)
         batch_size = inputs.shape[1]
         name = type(self).__name__
         if state is not None:

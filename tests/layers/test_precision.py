@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells import GRUCell, LSTMCell, MinLSTMCell
+from rnnkit.cells import GRUCell, IndRNNCell, LSTMCell, MinLSTMCell
 from rnnkit.engine import explain, fused
 
 #: bf16 keeps 8 bits of mantissa (relative rounding 2^-8 = 3.9e-3 per operation); a few
@@ -86,7 +86,12 @@ def test_explain_names_the_precision_and_the_path_bf16_takes():
     x = torch.randn(5, 2, 4)
     text = explain(rnnkit.Recurrence(LSTMCell(4, 8), precision="bf16"), x)
     assert "precision: bf16" in text and "float32 on cpu" in text
-    assert "dtype torch.bfloat16 not supported" in text  # the C++ kernels: float32/64 only
+    # the C++ kernels run the float32 cell with bf16 GEMMs (tests/engine/test_compiled_bf16.py)
+    assert "LSTMCell -> compiled" in text and "precision bf16: bf16 GEMMs" in text
+    # a cell whose kernel has no bf16 GEMMs is cast to bfloat16, which the kernels refuse
+    text = explain(rnnkit.Recurrence(IndRNNCell(4, 8), precision="bf16"), x)
+    assert "precision: bf16 (inputs, state and the cell's weights cast" in text
+    assert "dtype torch.bfloat16 not supported" in text
     text = explain(rnnkit.LSTM(4, 8, precision="bf16"), x)
     assert "precision: bf16" in text
     assert "precision='bf16'" in repr(rnnkit.GRU(4, 8, precision="bf16"))

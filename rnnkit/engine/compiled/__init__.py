@@ -44,11 +44,12 @@ from torch import Tensor, nn
 
 from rnnkit.cells._compiled import CompiledAdapter
 from rnnkit.cells.base import State
-from rnnkit.engine.compiled import _build, _cells
+from rnnkit.engine.compiled import _bf16, _build, _cells
 from rnnkit.engine.compiled._differentiable import _is_wrapped
 from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall
 
-__all__ = ["DEVICES", "available", "fallback_reason", "supports", "run_recurrence"]
+__all__ = ["DEVICES", "available", "fallback_reason", "supports", "supports_bf16",
+           "run_recurrence"]
 
 #: Device types the compiled kernels run on.
 DEVICES = ("cpu",)
@@ -121,7 +122,7 @@ class _Verified:
     held: list
     supports: tuple[bool, str] | None = None
     parameters_checked: bool = False
-    calls: dict = field(default_factory=dict)  # (reverse, grad) -> KernelCall
+    calls: dict = field(default_factory=dict)  # (reverse, grad, bf16) -> KernelCall
 
 
 # id(cell) -> entry; a plain dict (a WeakKeyDictionary builds a weak reference per lookup),
@@ -229,6 +230,33 @@ def _supports(cell: nn.Module) -> tuple[bool, str]:
     if refusal:
         return False, refusal
     return True, adapter.describe()
+
+
+def supports_bf16(cell: nn.Module, inputs: Tensor | None = None) -> tuple[bool, str]:
+    """Whether a ``precision="bf16"`` call of a supported ``cell`` runs its GEMMs in bfloat16
+    here (``_bf16``: what is bf16 and what stays float32), and why (not).
+
+    Served: the families on the step-loop template whose adapter routes the input projection
+    through the bf16 GEMM (``CompiledAdapter.bf16``: LSTM, GRU, Elman, UGRNN), float32
+    parameters and inputs. Refused (the caller then runs bf16 another way): float64 (the bf16
+    GEMMs write float32), the kernels of their own (IndRNN, GroupedLSTM, NAS).
+    """
+    name = type(cell).__name__
+    adapter = _adapter_class(cell)[1]
+    if adapter is None:
+        return False, f"{name} has no compiled kernel"
+    if not getattr(adapter, "bf16", False):
+        return False, (f"{name}'s compiled kernel has no bf16 GEMMs (covered: the step-loop "
+                       f"template's LSTM, GRU, Elman and UGRNN)")
+    reference = _reference_parameter(cell)
+    if reference is not None and reference.dtype != torch.float32:
+        return False, f"bf16 GEMMs need float32 parameters, {name}'s are {reference.dtype}"
+    if inputs is not None and inputs.dtype != torch.float32:
+        return False, f"bf16 GEMMs need float32 inputs, got {inputs.dtype}"
+    ext, error = _build.load()
+    if ext is None:
+        return False, f"compiled kernels unavailable: {error}"
+    return True, _bf16.describe(ext)
 
 
 def _state_tensors(state) -> list:
@@ -372,6 +400,7 @@ def run_recurrence(
     state: State | None,
     lengths: Tensor | None = None,
     reverse: bool = False,
+    precision: str = "fp32",
 ) -> tuple[Tensor, State]:
     """Run ``cell`` over time-major ``inputs`` with the compiled kernels.
 
@@ -383,6 +412,11 @@ def run_recurrence(
         lengths: ``(B,)`` integer lengths in ``[0, T]``, or ``None`` (all ``T``).
         reverse: read each sequence from its own last valid step back to step 0; outputs
             are written at the original time positions.
+        precision: ``"fp32"``, or ``"bf16"``: the input projection and the recurrent GEMMs
+            take bfloat16 operands with float32 accumulation; the gate math, the carried
+            state, the outputs and all gradients stay float32 (:mod:`._bf16`;
+            :func:`supports_bf16` says whether the cell can). Inputs, state and parameters
+            are float32 either way; gradients of gradients are refused in bf16.
 
     Returns:
         ``(outputs (T, B, H_out), final_state)``: outputs are zero at padded steps, the final
@@ -397,6 +431,14 @@ def run_recurrence(
     ok, why = _supports_memo(cell, entry)
     if not ok:
         raise ValueError(f"compiled.run_recurrence cannot run this cell: {why}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"compiled.run_recurrence: precision must be 'fp32' or 'bf16', got "
+                         f"{precision!r}")
+    bf16 = precision == "bf16"
+    if bf16:
+        ok, why = supports_bf16(cell, inputs if isinstance(inputs, Tensor) else None)
+        if not ok:
+            raise ValueError(f"compiled.run_recurrence cannot run this cell in bf16: {why}")
     if isinstance(inputs, Tensor) and fallback_reason(cell, inputs, state) is not None:
         from rnnkit.engine import loop
 
@@ -420,11 +462,18 @@ def run_recurrence(
     adapter = _adapter_class(cell)[1](cell)
     if isinstance(adapter, _cells.OwnKernelAdapter):  # a kernel of its own, not the template
         return adapter.run(ext, inputs, state, lengths_arg, reverse, _state_tensor)
-    return _run_adapter(ext, adapter, inputs, state, lengths_arg, reverse, entry)
+    if bf16:
+        _bf16.prepare()
+        adapter.linear = _bf16.linear(ext)
+        if _bf16.gemm(ext) == "emulated":
+            from rnnkit.engine import fused
+
+            fused.notice_emulated_bf16()
+    return _run_adapter(ext, adapter, inputs, state, lengths_arg, reverse, entry, bf16)
 
 
 def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: Tensor,
-                 reverse: bool, entry: _Verified | None = None):
+                 reverse: bool, entry: _Verified | None = None, bf16: bool = False):
     """A family on the step-loop template: the adapter says what, the template runs it."""
     cell = adapter.cell
     B = inputs.shape[1]
@@ -448,7 +497,7 @@ def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: 
     grad = torch.is_grad_enabled()
     # everything but the tensors depends on the configuration alone: built once per
     # configuration (the memo entry), direction and grad mode
-    call = entry.calls.get((reverse, grad)) if entry is not None else None
+    call = entry.calls.get((reverse, grad, bf16)) if entry is not None else None
     if call is None or call.names != tuple(named):
         call = KernelCall(
             family=adapter.family,
@@ -459,9 +508,10 @@ def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: 
             output_size=cell.output_size,
             step=adapter.step,
             grad=grad,
+            bf16=bf16,
         )
         if entry is not None:
-            entry.calls[(reverse, grad)] = call
+            entry.calls[(reverse, grad, bf16)] = call
     out, final = CellRecurrence.apply(ext, call, lengths, xp, state0, *named.values())
     if len(parts) == 1:
         return out, final

@@ -51,6 +51,8 @@ class KernelCall:
     # torch.is_grad_enabled() at the call: needs_input_grad ignores no_grad/inference_mode,
     # and without it an eval-mode call would save every gate for a backward never run.
     grad: bool = True
+    # precision="bf16": the template's GEMMs with bf16 operands, float32 elsewhere (_bf16.py)
+    bf16: bool = False
 
 
 class CellRecurrence(torch.autograd.Function):
@@ -62,7 +64,7 @@ class CellRecurrence(torch.autograd.Function):
         training = call.grad and any(ctx.needs_input_grad)
         named = dict(zip(call.names, tensors, strict=True))
         named.update(xp=xp, state=state, lengths=lengths)
-        flags = dict(call.flags, reverse=call.reverse, training=training)
+        flags = dict(call.flags, reverse=call.reverse, training=training, bf16=call.bf16)
         out, final, states, saved = ext.forward(call.family, named, dict(call.numbers), flags)
         if training:
             ctx.ext, ctx.call, ctx.T = ext, call, xp.shape[0]
@@ -77,6 +79,11 @@ class CellRecurrence(torch.autograd.Function):
         tensors, (states, saved) = rest[:-2], rest[-2:]
         inputs = [xp, state, *tensors]
         if _differentiable.needed(d_out, d_state):  # create_graph=True, or vmapped grads
+            if call.bf16:
+                raise RuntimeError(
+                    "compiled recurrence in precision='bf16': gradients of gradients "
+                    "(create_graph=True, vmapped gradients) are not available for the bf16 "
+                    "GEMMs; run this call with precision='fp32'")
             grads = _differentiable.gradients(
                 ctx, 3, lambda: _differentiable.steps(call, lengths, xp, state, tensors),
                 inputs, (d_out, d_state))
@@ -88,7 +95,7 @@ class CellRecurrence(torch.autograd.Function):
         if d_state is not None:
             named["grad_state"] = d_state
         numbers = dict(call.numbers, steps=float(ctx.T))
-        flags = dict(call.flags, reverse=call.reverse)
+        flags = dict(call.flags, reverse=call.reverse, bf16=call.bf16)
         grads = ctx.ext.backward(call.family, named, numbers, flags)
         values = [grads["xp"], grads["state"]] + [grads.get(name) for name in call.names]
         return (None,) * 3 + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(values))
