@@ -18,6 +18,10 @@ Rows (float32 unless noted, input size = hidden size, 2 threads by default):
 8c Elman tanh training (row 6's shape)                          torch.nn.RNNCell + loop
 9a LSTM inference, precision="bf16", B=64, H=1024, T=64         float32 torch.nn.LSTM
 9b GRU inference, precision="bf16", B=64, H=1024, T=64          float32 torch.nn.LSTM
+9c Peephole LSTM inference, precision="bf16" (compiled kernels'  float32 torch.nn.LSTM
+   bf16 GEMMs), B=64, H=1024, T=64
+9d GRU inference, precision="bf16", engine="compiled" (compiled  float32 torch.nn.LSTM,
+   kernels' bf16 GEMMs), B=64, H=1024, T=64                     torch.nn.GRU
 == ============================================================ ===========================
 
 Training = forward, ``output.sum().backward()``, gradients cleared each step; inference =
@@ -406,6 +410,15 @@ ROWS: tuple[Row, ...] = (
     Row("9b", "GRU inference, bf16", Workload("GRU", 64, 1024, 64, False),
         _rnnkit("GRU", precision="bf16"),
         ((Config("torch.nn.LSTM (float32)", torch_module("LSTM")), Target(0.5, ">= 2x faster")),)),
+    # Rows 9c/9d: the compiled kernels' bf16 GEMMs (docs/engine-compiled.md, "bf16"). Only a
+    # CPU with AVX512-bf16/AMX can meet the target; elsewhere the GEMMs are emulated.
+    Row("9c", "Peephole LSTM inference, bf16 GEMMs (compiled)",
+        Workload("LSTM", 64, 1024, 64, False), _rnnkit("LSTM", precision="bf16", peepholes=True),
+        ((Config("torch.nn.LSTM (float32)", torch_module("LSTM")), Target(0.5, ">= 2x faster")),)),
+    Row("9d", "GRU inference, bf16 GEMMs (compiled)", Workload("GRU", 64, 1024, 64, False),
+        _rnnkit("GRU", precision="bf16", engine="compiled"),
+        ((Config("torch.nn.LSTM (float32)", torch_module("LSTM")), Target(0.5, ">= 2x faster")),
+         (Config("torch.nn.GRU (float32)", torch_module("GRU")), REPORT))),
 ) + _cell_rows() + _load_rows() + (
     # Row 17: the per-call cost of a small drop-in (issue 13 row 2's SimpleRNN(16, relu) on
     # Fashion-MNIST rows: B=100, T=28, H_in=28), where Python around the kernel, not the
@@ -783,7 +796,7 @@ def merge_results(old: dict[str, object], fresh: list[dict[str, object]]
 
 
 def select_rows(spec: str | None) -> list[Row]:
-    """Rows named in ``spec`` ("1,3,9" — "9" selects 9a and 9b); all when None."""
+    """Rows named in ``spec`` ("1,3,9" — "9" selects 9a to 9d); all when None."""
     if not spec:
         return list(ROWS)
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
