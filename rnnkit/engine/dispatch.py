@@ -342,8 +342,9 @@ def run_cell(
         try:
             if declined_reason is not None:  # the kernels' own fallback, recorded
                 raise PathDeclined(declined_reason)
+            bf16 = {"precision": "bf16"} if run.precision == "bf16" else {}
             result = compiled.run_recurrence(run.cell, inputs, state, lengths=lengths,
-                                             reverse=reverse, precision=run.precision)
+                                             reverse=reverse, **bf16)
         except PathDeclined as declined:
             if run.engine == "compiled" and declined_reason is None:
                 raise RuntimeError(
@@ -575,7 +576,7 @@ def plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None = None
         else:
             plan.notes.append(f"  precision: bf16 requested; the compiled kernels run "
                               f"{served} of {len(plan.runs)} cell(s) with bf16 GEMMs, the "
-                              f"others run in their parameters' dtype (each line says why)")
+                              f"other cells run in their parameters' dtype")
     return plan
 
 
