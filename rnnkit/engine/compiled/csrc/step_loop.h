@@ -83,6 +83,12 @@ struct StepLayout {
   int64_t acc = 0;      // per-row backward accumulators (peepholes, norms), summed at the end
   int64_t scratch = 0;  // per-thread scratch values for the backward phases
   int64_t work = 0;     // pointwise values per row (sizes the thread split)
+  // The `groups` blocks never mix (GroupedLSTM): block q of xp, rec, each state part
+  // ([0, out) and [out, SW)) and the saved values (each cut into `groups` equal contiguous
+  // blocks) depends only on block q. The template then runs each group's whole sequence on
+  // one thread (for_groups in run_forward/run_backward): no per-step barrier, no column
+  // split. The family's phases see FwdRow/BwdRow::group and touch only that group's values.
+  bool independent_groups = false;
 };
 
 // One row of one step, forward. `rec` may be changed in place (e.g. normalised).
@@ -95,6 +101,7 @@ struct FwdRow {
   const scalar_t* prev;  // state before the step (SW)
   scalar_t* next;        // state after the step (SW)
   scalar_t* saved;       // this step's saved values (saved)
+  int64_t group = 0;     // the group to compute (StepLayout::independent_groups)
 };
 
 // One row of one step, backward.
@@ -113,6 +120,7 @@ struct BwdRow {
   const scalar_t* dmid;  // d mid (K2) = drec2 W2, read by phase 1
   scalar_t* acc;         // this row's accumulators (acc)
   scalar_t* scratch;     // per-thread scratch (scratch)
+  int64_t group = 0;     // the group to compute (StepLayout::independent_groups)
 };
 
 // Weight gradients the template computed, handed to the family's finish().
@@ -135,6 +143,26 @@ inline void for_rows(int64_t n, int64_t row_elems, const F& fn) {
     return;
   }
   at::parallel_for(0, n, grain, fn);
+}
+
+// Independent groups (StepLayout::independent_groups): fn(q0, q1) runs groups [q0, q1) through
+// every step; the groups go to the threads, one parallel region per call.
+template <typename F>
+inline void for_groups(int64_t groups, const F& fn) {
+  if (groups > 1 && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    at::parallel_for(0, groups, 1, fn);
+  } else {
+    fn(0, groups);
+  }
+}
+
+inline void check_independent_groups(const StepLayout& L, const char* kernel) {
+  const int64_t G = L.groups;
+  TORCH_CHECK(L.N > 0 && L.K == L.out && L.N2 == 0 && L.acc == 0 && !L.rec_in_state &&
+                  L.X % G == 0 && L.out % G == 0 && (L.SW - L.out) % G == 0 &&
+                  L.saved % G == 0,
+              kernel, ": independent groups need a recurrent GEMM on the output part, no "
+              "second GEMM, no accumulators, and X, out, SW - out and saved divisible by ", G);
 }
 
 // ---- The forward loop ------------------------------------------------------------------
@@ -202,6 +230,46 @@ std::vector<Tensor> run_forward(const KernelArgs& a) {
         L.N2 > 0 ? std::optional<StepGemm<scalar_t>>(std::in_place, B, w2t, bf16) : std::nullopt;
     const int64_t ldr = L.rec_in_state ? SW : N;
     const int64_t Out = L.out, X = L.X, N2 = L.N2;
+
+    if (L.independent_groups) {
+      check_independent_groups(L, kernel);
+      const int64_t og = Out / G, rg = (SW - Out) / G, svg = SV / G;
+      for_groups(G, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t cur = training ? s : (s & 1);
+            const int64_t nxt = training ? s + 1 : 1 - cur;
+            const scalar_t* prev = st_p + cur * B * SW;
+            scalar_t* next = st_p + nxt * B * SW;
+            scalar_t* sv_s = sv_p != nullptr ? sv_p + (training ? s : 0) * B * SV : nullptr;
+            const int64_t rows = sch.active_rows[s];
+            gemm1[q](prev + q * Kg, SW, scalar_t(0), rec_p + q * Ng, N, rows);
+            for_rows(rows, L.work / G, [&](int64_t b0, int64_t b1) {
+              for (int64_t b = b0; b < b1; ++b) {
+                const int64_t t = sch.time(s, b);
+                FwdRow<scalar_t> r{s, b, t, xp_p + (t * B + sch.row(b)) * X, rec_p + b * N,
+                                   nullptr, prev + b * SW, next + b * SW,
+                                   sv_s != nullptr ? sv_s + b * SV : nullptr};
+                r.group = q;
+                cell.phase1(r);
+                const scalar_t* h = next + b * SW + q * og;
+                std::copy(h, h + og, out_p + (t * B + sch.row(b)) * Out + q * og);
+              }
+            });
+            for (int64_t b = rows; b < B; ++b) {  // finished: carry this group's state
+              const scalar_t* from = prev + b * SW;
+              scalar_t* to = next + b * SW;
+              std::copy(from + q * og, from + (q + 1) * og, to + q * og);
+              std::copy(from + Out + q * rg, from + Out + (q + 1) * rg, to + Out + q * rg);
+              if (sv_s != nullptr && training) {
+                std::fill(sv_s + b * SV + q * svg, sv_s + b * SV + (q + 1) * svg, scalar_t(0));
+              }
+            }
+          }
+        }
+      });
+      return;
+    }
 
     for (int64_t s = 0; s < S; ++s) {
       const int64_t cur = training ? s : (s & 1);
@@ -323,6 +391,41 @@ std::map<std::string, Tensor> run_backward(const KernelArgs& a) {
     for (const Tensor& w : w1) gemm1.emplace_back(B, w);
     const std::optional<RecurrentGemm<scalar_t>> gemm2 =
         N2 > 0 ? std::optional<RecurrentGemm<scalar_t>>(std::in_place, B, w2) : std::nullopt;
+
+    if (L.independent_groups) {
+      check_independent_groups(L, kernel);
+      for_groups(G, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          for (int64_t s = S - 1; s >= 0; --s) {
+            const int64_t rows = sch.active_rows[s];
+            scalar_t* drec_s = drec_p + s * B * N;
+            for_rows(rows, L.work / G, [&](int64_t b0, int64_t b1) {
+              std::vector<scalar_t> scratch(L.scratch);
+              for (int64_t b = b0; b < b1; ++b) {
+                const int64_t t = sch.time(s, b), r = sch.row(b);
+                BwdRow<scalar_t> row{s, b, t,
+                                     dout_p != nullptr ? dout_p + (t * B + r) * Out : nullptr,
+                                     dst_p + b * SW,
+                                     st_p + (s * B + b) * SW,
+                                     st_p + ((s + 1) * B + b) * SW,
+                                     sv_p != nullptr ? sv_p + (s * B + b) * SV : nullptr,
+                                     dxp_p + (t * B + r) * X,
+                                     drec_s + b * N,
+                                     nullptr, nullptr, nullptr, scratch.data()};
+                row.group = q;
+                cell.phase1(row);
+              }
+            });
+            // Inactive rows: dstate passes through, nothing reaches the weight GEMMs.
+            for (int64_t b = rows; b < B; ++b) {
+              std::fill(drec_s + b * N + q * Ng, drec_s + b * N + (q + 1) * Ng, scalar_t(0));
+            }
+            gemm1[q](drec_s + q * Ng, N, scalar_t(1), dst_p + q * Kg, SW, rows);
+          }
+        }
+      });
+      return;
+    }
 
     for (int64_t s = S - 1; s >= 0; --s) {
       const int64_t rows = sch.active_rows[s];
