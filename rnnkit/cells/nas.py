@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
+from rnnkit.cells._compiled import CompiledAdapter, projection
 from rnnkit.cells.base import (
     RecurrentCell,
     check_flag,
@@ -16,6 +18,53 @@ from rnnkit.cells.base import (
     factory_kwargs,
     optional_parameter,
 )
+
+
+class NASAdapter(CompiledAdapter):
+    """NAS on the compiled template (``csrc/nas.cpp``): ``u = W_ih x`` hoisted (no bias),
+    ``v = W_hh h + b`` per step (GEMM 1, the bias added in the kernel's pass); the branches
+    keep ``u`` and ``v`` apart because branch 3 multiplies them. With ``proj_size`` the
+    projection ``h = W_hr m`` is GEMM 2. The kernel carries ``[h | c]``."""
+
+    family = "nas"
+
+    def describe(self) -> str:
+        proj = f"proj_size={self.cell.proj_size}, " if self.cell.proj_size else ""
+        return f"NASCell ({proj}input and recurrent branches kept apart)"
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        cell = self.cell
+        H = cell.hidden_size
+        return {"weight_ih": (8 * H, cell.input_size), "weight_hh": (8 * H, cell.output_size),
+                "bias_hh": (8 * H,) if cell.bias_hh is not None else None,
+                "weight_hr": (cell.proj_size, H) if cell.proj_size else None}
+
+    def state_parts(self) -> tuple[tuple[str, int], ...]:
+        return (("state h", self.cell.output_size), ("state c", self.cell.hidden_size))
+
+    def project(self, inputs: Tensor) -> Tensor:
+        return projection(inputs, self.cell.weight_ih, None)  # (T, B, 8H): u, no bias
+
+    def kernel_tensors(self) -> dict[str, Tensor | None]:
+        cell = self.cell
+        return {"weight_hh": cell.weight_hh, "bias_hh": cell.bias_hh,
+                "weight_hr": cell.weight_hr}
+
+    def step(self, xp: Tensor, state: Tensor, tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        P = self.cell.output_size
+        h, c = state[:, :P], state[:, P:]
+        u = xp.chunk(8, 1)  # 8 x (B, H)
+        v = F.linear(h, tensors["weight_hh"], tensors.get("bias_hh")).chunk(8, 1)
+        sigmoid, relu, tanh = torch.sigmoid, torch.relu, torch.tanh
+        l0, l1 = sigmoid(u[0] + v[0]), relu(u[1] + v[1])
+        l2, l3 = sigmoid(u[2] + v[2]), relu(u[3] * v[3])
+        l4, l5 = tanh(u[4] + v[4]), sigmoid(u[5] + v[5])
+        l6, l7 = tanh(u[6] + v[6]), sigmoid(u[7] + v[7])
+        c_new = tanh(tanh(l0 * l1) + c) * tanh(l2 + l3)
+        h_new = tanh(c_new * tanh(tanh(l4 * l5) + sigmoid(l6 + l7)))
+        if "weight_hr" in tensors:
+            h_new = h_new @ tensors["weight_hr"].t()  # (B, P)
+        return h_new, torch.cat([h_new, c_new], 1)
 
 
 class NASCell(RecurrentCell):
@@ -80,6 +129,7 @@ class NASCell(RecurrentCell):
     """
 
     branches = 8
+    compiled_adapter = NASAdapter
     renamed_parameters = {"bias": "bias_hh"}  # older state_dicts name it "bias"
 
     def __init__(

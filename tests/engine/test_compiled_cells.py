@@ -1,4 +1,5 @@
-"""Compiled kernels of the exotic cells (IndRNN, GroupedLSTM, NAS) against the cells' loop.
+"""Compiled kernels of the exotic cells against the cells' loop: IndRNN (its own kernel),
+GroupedLSTM and NAS (on the step-loop template: csrc/grouped_lstm.cpp, csrc/nas.cpp).
 
 Oracle: every sequence run on its own through the cell's ``forward`` in a plain Python loop
 (lengths and reverse by brute force: no sorting, no masking), compared on outputs, final
@@ -35,11 +36,12 @@ CELLS = {
     "glstm_1": (GroupedLSTMCell, {"groups": 1}),
     "glstm_2": (GroupedLSTMCell, {"groups": 2}),
     "glstm_3_nobias": (GroupedLSTMCell, {"groups": 3, "bias": False}),
+    "glstm_4": (GroupedLSTMCell, {"groups": 4}),
     "nas": (NASCell, {}),
     "nas_proj": (NASCell, {"proj_size": 4}),
     "nas_proj_nobias": (NASCell, {"proj_size": 2, "bias": False}),
 }
-T, B, I, H = 5, 4, 6, 12  # divisible by 1, 2, 3 groups; H/3 = 4 is below a vector width
+T, B, I, H = 5, 4, 12, 12  # divisible by 1-4 groups; H/3 = 4 and H/4 = 3 are below a vector
 
 
 def make_cell(name: str, dtype: torch.dtype, input_size: int = I, hidden: int = H,
@@ -170,14 +172,15 @@ EDGE_SHAPES = {  # (T, B, H_in, H): hidden 1, batch 1, T = 1, odd sizes
 
 
 @pytest.mark.parametrize("shape", list(EDGE_SHAPES))
-@pytest.mark.parametrize("name", ["indrnn_tanh_clip", "glstm_1", "glstm_3_nobias", "nas",
-                                  "nas_proj_nobias"])
+@pytest.mark.parametrize("name", ["indrnn_tanh_clip", "glstm_1", "glstm_2", "glstm_3_nobias",
+                                  "glstm_4", "nas", "nas_proj", "nas_proj_nobias"])
 def test_edge_shapes_match_cell_loop(name, shape):
     steps, batch, input_size, hidden = EDGE_SHAPES[shape]
     cls, options = CELLS[name]
     groups = options.get("groups", 1)
-    if hidden % groups or input_size % groups or options.get("proj_size", 0) >= hidden:
-        input_size, hidden = input_size * groups, max(hidden, 3) * groups
+    # every group gets the shape's sizes (hidden1: one unit per group)
+    input_size, hidden = input_size * groups, hidden * groups
+    hidden = max(hidden, options.get("proj_size", 0) + 1)  # proj_size < hidden_size
     cell = make_cell(name, torch.float64, input_size, hidden)
     torch.manual_seed(4)
     x = torch.randn(steps, batch, input_size, dtype=torch.float64)
@@ -202,7 +205,7 @@ class _Runner(nn.Module):
         return compiled.run_recurrence(self.cell, x, state, lengths=lengths, reverse=True)
 
 
-def _gradcheck_inputs(name, steps=3, batch=2, input_size=4, hidden=6):
+def _gradcheck_inputs(name, steps=3, batch=2, input_size=4, hidden=8):
     cell = make_cell(name, torch.float64, input_size, hidden)
     torch.manual_seed(5)
     x = torch.randn(steps, batch, input_size, dtype=torch.float64, requires_grad=True)
@@ -221,20 +224,20 @@ def _gradcheck_inputs(name, steps=3, batch=2, input_size=4, hidden=6):
     return run, (x, *state, *params)
 
 
-@pytest.mark.parametrize("name", ["indrnn_relu", "indrnn_tanh_clip", "glstm_2", "nas",
-                                  "nas_proj"])
+@pytest.mark.parametrize("name", ["indrnn_relu", "indrnn_tanh_clip", "glstm_1", "glstm_2",
+                                  "glstm_4", "nas", "nas_proj", "nas_proj_nobias"])
 def test_gradcheck(name):
     run, inputs = _gradcheck_inputs(name)
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["indrnn_tanh_clip", "glstm_2", "nas_proj_nobias"])
+@pytest.mark.parametrize("name", ["indrnn_tanh_clip", "glstm_2", "nas", "nas_proj_nobias"])
 def test_gradgradcheck(name):
     run, inputs = _gradcheck_inputs(name, steps=2, hidden=4)
     assert torch.autograd.gradgradcheck(run, inputs, eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["indrnn_relu", "glstm_3_nobias", "nas_proj"])
+@pytest.mark.parametrize("name", ["indrnn_relu", "glstm_3_nobias", "glstm_4", "nas", "nas_proj"])
 def test_inference_equals_training_and_saves_nothing(name):
     cell = make_cell(name, torch.float64)
     x = torch.randn(T, B, I, dtype=torch.float64)
@@ -249,7 +252,7 @@ def test_inference_equals_training_and_saves_nothing(name):
     assert float(out[3:, 1].abs().max()) == 0.0  # padded steps are exactly zero
 
 
-@pytest.mark.parametrize("name", ["indrnn_relu", "glstm_2", "nas"])
+@pytest.mark.parametrize("name", ["indrnn_relu", "glstm_2", "nas", "nas_proj"])
 def test_recurrence_runs_the_kernel_and_explain_names_it(name):
     cell = make_cell(name, torch.float32)
     layer = rnnkit.Recurrence(cell)
@@ -295,3 +298,78 @@ def test_supports_names_the_cell_and_refuses_overridden_forward():
     assert ok and "groups=2" in why
     ok, why = compiled.supports(NASCell(4, 6, proj_size=3))
     assert ok and "proj_size=3" in why
+
+
+@pytest.mark.parametrize("name", ["glstm_1", "glstm_2", "glstm_4", "nas", "nas_proj"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_bidirectional_compiled_equals_loop_engine(name, dtype):
+    """Both directions through the drivers: Bidirectional(Recurrence(cell)) with
+    engine='compiled' against the same layer with engine='loop', with lengths; outputs,
+    final states and the gradients of inputs, initial states and every parameter."""
+    cell = make_cell(name, dtype)
+    torch.manual_seed(6)
+    x = torch.randn(T, B, I, dtype=dtype)
+    lengths = torch.tensor([5, 2, 4, 1])
+    w_out = torch.randn(T, B, 2 * cell.output_size, dtype=dtype)
+    layers = [rnnkit.Bidirectional(rnnkit.Recurrence(make_cell(name, dtype), engine=engine))
+              for engine in ("compiled", "loop")]
+    layers[1].load_state_dict(layers[0].state_dict())  # the backward copy draws its own
+    results = []
+    for layer in layers:
+        xx = x.clone().requires_grad_()
+        out, finals = layer(xx, lengths=lengths)
+        leaves = torch.utils._pytree.tree_leaves(finals)
+        loss = (out * w_out).sum() + sum((f * (k + 1)).sum() for k, f in enumerate(leaves))
+        params = list(layer.parameters())
+        grads = torch.autograd.grad(loss, [xx, *params])
+        results.append((out.detach(), [f.detach() for f in leaves], grads))
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    (out_c, fin_c, g_c), (out_l, fin_l, g_l) = results
+    for label, a, b in [("outputs", out_c, out_l),
+                        *[(f"final {k}", a, b) for k, (a, b) in enumerate(zip(fin_c, fin_l,
+                                                                             strict=True))],
+                        *[(f"grad {k}", a, b) for k, (a, b) in enumerate(zip(g_c, g_l,
+                                                                            strict=True))]]:
+        scale = max(float(b.abs().max()), 1.0)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale,
+                                   msg=lambda m, label=label: f"{name} {label}: {m}")
+    text = rnnkit.engine.explain(layers[0], x, lengths=lengths)
+    assert f"{type(cell).__name__} -> compiled" in text, text
+
+
+@pytest.mark.parametrize("name", ["glstm_2", "glstm_3_nobias", "glstm_4"])
+def test_grouped_threads_equal_one_thread_bit_for_bit(name):
+    """Each group's whole sequence on its own thread (the template's independent groups):
+    with 2 threads (2, 3 or 4 groups: even and uneven splits) the results equal the
+    single-threaded run exactly, forward and backward, with lengths and reverse."""
+    cell = make_cell(name, torch.float64)
+    torch.manual_seed(7)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    state = random_state(cell, B, torch.float64)
+    lengths = torch.tensor([5, 2, 5, 3])
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, (h, c) = compiled.run_recurrence(cell, x, state, lengths=lengths, reverse=True)
+            loss = out.pow(2).sum() + h.sum() + 2 * c.sum()
+            results.append((out, h, c, *torch.autograd.grad(loss, [x, *cell.parameters()])))
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_families_run_on_the_template():
+    """GroupedLSTM and NAS are registered step-loop families (no kernels of their own);
+    IndRNN keeps its own kernel."""
+    from rnnkit.engine.compiled import _build
+
+    ext, error = _build.load()
+    assert ext is not None, error
+    families = ext.families()
+    assert families["grouped_lstm"] == [["weight_hh"], [], []]
+    assert families["nas"] == [["weight_hh", "bias_hh", "weight_hr"], [], []]
+    assert not hasattr(ext, "grouped_lstm_forward") and not hasattr(ext, "nas_forward")
+    assert hasattr(ext, "indrnn_forward")

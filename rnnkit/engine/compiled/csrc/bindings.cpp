@@ -8,24 +8,12 @@
 
 namespace rnnkit {
 using at::Tensor;
-// The exotic cells' own kernels (indrnn.cpp, grouped_lstm.cpp, nas.cpp; adapters in
-// rnnkit/engine/compiled/_cells.py), written before the step-loop template reached main.
+// IndRNN's own kernel (indrnn.cpp; adapter in rnnkit/engine/compiled/_cells.py): no
+// recurrent GEMM, so it runs time inside rows instead of the step-loop template.
 std::vector<Tensor> indrnn_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                    bool, bool, bool);
 std::vector<Tensor> indrnn_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                     const Tensor&, int64_t, bool, bool);
-std::vector<Tensor> grouped_lstm_forward(const Tensor&, const Tensor&, const Tensor&,
-                                         const Tensor&, const Tensor&, bool, bool);
-std::vector<Tensor> grouped_lstm_backward(const Tensor&, const Tensor&, const Tensor&,
-                                          const Tensor&, const Tensor&, const Tensor&,
-                                          const Tensor&, const Tensor&, const Tensor&, int64_t,
-                                          bool);
-std::vector<Tensor> nas_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, const Tensor&, const Tensor&, bool, bool);
-std::vector<Tensor> nas_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, bool);
 // The names every family's call may carry besides its own (step_loop.h).
 static const ArgNames kCommonNames{
     {"xp", "state", "lengths", "states", "saved", "grad_out", "grad_state"},
@@ -108,10 +96,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
      "previous value (measurements and tests).");
   m.def("indrnn_forward", &rnnkit::indrnn_forward);
   m.def("indrnn_backward", &rnnkit::indrnn_backward);
-  m.def("grouped_lstm_forward", &rnnkit::grouped_lstm_forward);
-  m.def("grouped_lstm_backward", &rnnkit::grouped_lstm_backward);
-  m.def("nas_forward", &rnnkit::nas_forward);
-  m.def("nas_backward", &rnnkit::nas_backward);
   m.def("set_blas_gemm", [](bool on) { rnnkit::use_blas().store(on); },
         "Use the BLAS Fortran gemm for per-step products (default) or ATen's mm (tests).");
   m.def("set_packing", [](bool on) { rnnkit::use_packing().store(on); },
