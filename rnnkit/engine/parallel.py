@@ -2,11 +2,15 @@
 
 minGRU and minLSTM (:mod:`rnnkit.cells.minimal`) compute their gates from the input alone,
 so the recurrence is :math:`h_t = a_t \\odot h_{t-1} + v_t` with :math:`a_t, v_t` known for
-every step before the first one runs. Their ``scan`` solves it for all steps at once (log
-space, ``cumsum`` and ``logcumsumexp``): a handful of whole-sequence tensor operations
-instead of ``T`` steps of Python and autograd. The drivers run that scan whenever a whole
-sequence is known up front (training, whole-sequence inference); a cell stepped one input at
-a time (:class:`~rnnkit.layers.UnfoldFrom`, a caller's own loop) runs its ``forward``.
+every step before the first one runs. The drivers run it whole whenever a whole sequence is
+known up front (training, whole-sequence inference): the gates of all ``T`` steps at once
+(one GEMM of ``T*B`` rows and a few whole-sequence pointwise operations, written as the
+cell's step writes them), then the linear recurrence by one
+autograd node whose forward and backward are one fused multiply-add per step and no
+autograd recording. On a CPU that beats the cell's own ``scan`` (log space, ``cumsum`` and
+``logcumsumexp``, built for parallel hardware: it does several times the memory traffic of
+the recurrence itself); a cell stepped one input at a time
+(:class:`~rnnkit.layers.UnfoldFrom`, a caller's own loop) runs its ``forward``.
 
 Semantics are the loop's (:mod:`rnnkit.engine.loop`), lengths and reverse included:
 
@@ -24,8 +28,11 @@ Symbols: ``T`` time steps, ``B`` batch, ``H_in`` input features, ``H`` hidden si
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit import functional as RF
+from rnnkit.cells.base import check_input_dtype
 from rnnkit.engine.lengths import reverse_index, reverse_within_lengths
 
 __all__ = ["has_scan", "run_recurrence", "supports"]
@@ -65,6 +72,146 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
                   f"one parallel scan in log space (cell.scan), no per-step Python")
 
 
+def _gates(kind: str, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(a, v, g)`` of the recurrence ``h_t = a_t h_{t-1} + v_t`` from the pre-activations
+    ``pre (T, B, G*H)``, written exactly as the cell's step writes them (so the rounding is
+    the loop's): minGRU ``a = 1 - z``, ``v = z * g``; minLSTM ``a = f / (f + i)``,
+    ``v = (i / (f + i)) * g``; ``g`` the candidate :func:`rnnkit.functional.min_rnn_g`."""
+    if kind == "gru":
+        z_pre, h_pre = pre.chunk(2, -1)  # (T, B, H) each
+        z = torch.sigmoid(z_pre)
+        g = RF.min_rnn_g(h_pre)
+        return 1.0 - z, z * g, g
+    f_pre, i_pre, h_pre = pre.chunk(3, -1)
+    forget, inp = torch.sigmoid(f_pre), torch.sigmoid(i_pre)  # (T, B, H) each
+    total = forget + inp
+    g = RF.min_rnn_g(h_pre)
+    return forget / total, (inp / total) * g, g
+
+
+def _recur(a: Tensor, v: Tensor, h0: Tensor, reverse: bool, out: Tensor) -> Tensor:
+    """``out[t] = a[t] * h + v[t]`` step by step from ``h0`` (``reverse``: from the last
+    step down), one fused multiply-add per step, no autograd."""
+    h = h0
+    order = range(v.shape[0] - 1, -1, -1) if reverse else range(v.shape[0])
+    for t in order:
+        torch.addcmul(v[t], a[t], h, out=out[t])
+        h = out[t]
+    return out
+
+
+def _recur_differentiable(a: Tensor, v: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+    """:func:`_recur` recorded by autograd (double backward)."""
+    h, hs = h0, [None] * v.shape[0]
+    for t in (range(v.shape[0] - 1, -1, -1) if reverse else range(v.shape[0])):
+        h = hs[t] = a[t] * h + v[t]
+    return torch.stack(hs)
+
+
+class _MinScan(torch.autograd.Function):
+    """All states of a minGRU/minLSTM from its pre-activations ``pre (T, B, G*H)`` (the
+    input projection of every step) and ``h0 (B, H)``: one autograd node.
+
+    Forward: the gates of all steps in a few whole-sequence operations, then the recurrence
+    ``h_t = a_t h_{t-1} + v_t``, one fused multiply-add per step (``B*H`` elements: below
+    torch's parallel grain, so no thread barrier per step). Backward: the adjoint of a linear
+    recurrence is the same recurrence run the other way, ``G_t = dh_t + a_{t+1} G_{t+1}``;
+    the gradient of the pre-activations then follows in whole-sequence operations written
+    out by hand, straight into one ``(T, B, G*H)`` buffer:
+
+    * minGRU: ``d z_pre = G (g - h_{t-1}) z (1 - z)``, ``d h_pre = G z g'``;
+    * minLSTM (``a = f/(f+i)``, ``b = i/(f+i)``): ``d f_pre = G (h_{t-1} - g) a b (1 - f)``,
+      ``d i_pre = -G (h_{t-1} - g) a b (1 - i)``, ``d h_pre = G b g'``;
+
+    with ``g' = 1`` where ``h_pre >= 0`` and ``sigma'(h_pre)`` elsewhere. Under
+    ``create_graph=True`` the backward recomputes the same values with autograd recording
+    instead, so gradients of gradients work.
+    """
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, h0: Tensor, kind: str, reverse: bool) -> Tensor:
+        a, v, g = _gates(kind, pre)
+        hs = _recur(a, v, h0, reverse, torch.empty_like(v))  # (T, B, H)
+        ctx.kind, ctx.reverse = kind, reverse
+        ctx.save_for_backward(pre, h0, hs, a, g)
+        return hs
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        pre, h0, hs, a, g = ctx.saved_tensors
+        kind, reverse = ctx.kind, ctx.reverse
+        if torch.is_grad_enabled():  # create_graph=True: recompute, recorded
+            wanted = [t for t, need in zip((pre, h0), ctx.needs_input_grad[:2], strict=True)
+                      if need]
+            a2, v2, _ = _gates(kind, pre)
+            states = _recur_differentiable(a2, v2, h0, reverse)
+            grads = iter(torch.autograd.grad(states, wanted, grad, create_graph=True))
+            return (next(grads) if ctx.needs_input_grad[0] else None,
+                    next(grads) if ctx.needs_input_grad[1] else None, None, None)
+        steps = grad.shape[0]
+        # adjoints: G_t = dh_t + a_{t+1} G_{t+1} (reverse: a_{t-1} G_{t-1}), in time order
+        adj = torch.empty_like(grad)  # (T, B, H)
+        order = range(steps) if reverse else range(steps - 1, -1, -1)
+        step = -1 if reverse else 1
+        previous = None
+        for t in order:
+            if previous is None:
+                adj[t].copy_(grad[t])
+            else:
+                torch.addcmul(grad[t], a[t + step], previous, out=adj[t])
+            previous = adj[t]
+        first = steps - 1 if reverse else 0  # the step that reads h0
+        grad_h0 = a[first] * adj[first] if ctx.needs_input_grad[1] else None
+        if not ctx.needs_input_grad[0]:
+            return None, grad_h0, None, None
+        # carry_t - g_t, with carry_t = h_{t-1} (reverse: h_{t+1}), h0 at the first step
+        delta = torch.empty_like(g)  # (T, B, H)
+        if reverse:
+            torch.sub(hs[1:], g[:-1], out=delta[:-1])
+            torch.sub(h0, g[-1], out=delta[-1])
+        else:
+            torch.sub(hs[:-1], g[1:], out=delta[1:])
+            torch.sub(h0, g[0], out=delta[0])
+        delta.mul_(adj)  # G (carry - g)
+        hidden = g.shape[-1]
+        grad_pre = torch.empty_like(pre)  # (T, B, G*H)
+        h_pre = pre[..., -hidden:]
+        slope = torch.sigmoid(h_pre)
+        slope.mul_(1.0 - slope).masked_fill_(h_pre >= 0, 1.0)  # g'(h_pre)
+        if kind == "gru":
+            z = 1.0 - a  # (T, B, H)
+            # d z_pre = -G (carry - g) z (1 - z) = -delta z a
+            torch.mul(delta, z, out=grad_pre[..., :hidden]).mul_(a).neg_()
+            torch.mul(adj, z, out=grad_pre[..., hidden:]).mul_(slope)
+            return grad_pre, grad_h0, None, None
+        forget, inp = torch.sigmoid(pre[..., :hidden]), torch.sigmoid(pre[..., hidden:-hidden])
+        b = 1.0 - a  # i / (f + i)
+        delta.mul_(a).mul_(b)  # G (carry - g) a b
+        torch.mul(delta, 1.0 - forget, out=grad_pre[..., :hidden])
+        torch.mul(delta, inp - 1.0, out=grad_pre[..., hidden:-hidden])
+        torch.mul(adj, b, out=grad_pre[..., -hidden:]).mul_(slope)
+        return grad_pre, grad_h0, None, None
+
+
+def _kind(cell: nn.Module) -> str | None:
+    step = type(cell)._step
+    return {RF.min_gru_step: "gru", RF.min_lstm_step: "lstm"}.get(step)
+
+
+def _scan(cell: nn.Module, x: Tensor, state: Tensor, reverse: bool = False) -> Tensor:
+    """All states of ``cell`` over ``x (T, B, H_in)`` from ``state``: the input projection of
+    all steps in one GEMM, then :class:`_MinScan`; a cell whose step is not minGRU's or
+    minLSTM's runs its own ``scan``."""
+    check_input_dtype(cell, x)
+    kind = _kind(cell)
+    if kind is None:
+        hs = cell.scan(x.flip(0) if reverse else x, state)
+        return hs.flip(0) if reverse else hs
+    weights = cell.weights()
+    pre = F.linear(x, weights.weight_ih, weights.bias)  # (T, B, G*H)
+    return _MinScan.apply(pre, state.to(pre.dtype), kind, reverse)
+
+
 def run_recurrence(
     cell: nn.Module,
     inputs: Tensor,
@@ -94,10 +241,8 @@ def run_recurrence(
     if lengths is not None and bool((lengths == steps).all()):
         lengths = None  # every sequence runs all T steps
     if lengths is None:
-        x = inputs.flip(0) if reverse else inputs  # (T, B, H_in)
-        hs = cell.scan(x, state)  # (T, B, H)
-        final = hs[-1]  # (B, H)
-        return (hs.flip(0) if reverse else hs), final
+        hs = _scan(cell, inputs, state, reverse)  # (T, B, H)
+        return hs, (hs[0] if reverse else hs[-1])
     lengths = lengths.to(inputs.device)
     valid = torch.arange(steps, device=inputs.device)[:, None] < lengths[None, :]  # (T, B)
     keep = valid.unsqueeze(-1)  # (T, B, 1)
@@ -105,7 +250,7 @@ def run_recurrence(
     index = reverse_index(lengths, steps) if reverse else None  # (T, B)
     if index is not None:
         x = reverse_within_lengths(x, index)  # each sequence from its own last step
-    hs = cell.scan(x, state)  # (T, B, H)
+    hs = _scan(cell, x, state)  # (T, B, H)
     last = (lengths - 1).view(1, batch, 1).expand(1, batch, hs.shape[2])  # (1, B, H)
     final = hs.gather(0, last).squeeze(0)  # (B, H): each sequence's own last step
     if index is not None:

@@ -90,6 +90,8 @@ def test_gradcheck(cell_class, reverse):
         return out, h
 
     assert torch.autograd.gradcheck(run, (x, h0, cell.weight_ih, cell.bias_ih))
+    # the hand-written backward recomputes under create_graph: gradients of gradients
+    assert torch.autograd.gradgradcheck(run, (x, h0, cell.weight_ih, cell.bias_ih))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 3, 2), (4, 1, 2), (3, 2, 1)],
@@ -175,3 +177,19 @@ def test_stepping_one_input_at_a_time_runs_the_cells_forward():
     cell.register_forward_pre_hook(lambda *args: calls.append(1))
     out, _, _ = UnfoldFrom(cell, head=nn.Tanh(), max_length=5)(torch.zeros(2, 4))
     assert len(calls) == 5 and out.shape == (5, 2, 4)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell_class", CELLS)
+def test_gradient_of_the_initial_state_alone(cell_class, reverse):
+    """Frozen weights, constant input: only h0 asks for a gradient (the backward skips the
+    gates' gradient), against the loop."""
+    torch.manual_seed(7)
+    cell = cell_class(3, 4).double().requires_grad_(False)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for engine in ("scan", "loop"):
+        out, h = Recurrence(cell, go_backwards=reverse, engine=engine)(x, h0)
+        grads.append(torch.autograd.grad((out * out).sum() + h.sum(), [h0])[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-10)
