@@ -65,7 +65,6 @@ class TracedCell:
     used: list[int]  # which of (params..., x, hoisted..., state...) the step graph reads
     positions: list[int]  # (out, state leaves...)[k] is the step graph's result[positions[k]]
     summary: str
-    compiled: Callable[..., Any] | None = None
     failure: str | None = None  # why compiling failed (then the loop runs)
     checked: bool = False
     names: list[str] = field(default_factory=list)
@@ -274,40 +273,114 @@ def plan(cell: nn.Module, inputs: Tensor) -> str:
     return traced(cell, x, example_state(cell, inputs.shape[1], inputs)).summary
 
 
-#: Compile the recurrent part (False runs the traced graphs uncompiled: the tests of the
-#: tracing, hoisting and lengths logic use it to avoid a compile per test).
+#: Compile the recurrent part (False runs the captured graphs uncompiled: the tests of the
+#: tracing, hoisting, lengths and backward logic use it to avoid a compile per test).
 COMPILE = True
 
 
-def _compile(entry: TracedCell) -> Callable[..., Any]:
+@dataclass
+class StepProgram:
+    """The recurrent step as a forward graph and (for training) a backward graph, captured
+    once by AOTAutograd and compiled by Inductor, called directly by :class:`_Sequence`."""
+
+    forward: Callable[[list[Tensor]], Any]  # boxed: inputs -> (unique outputs..., saved...)
+    backward: Callable[[list[Tensor]], Any] | None  # boxed: saved..., tangents -> grads
+    outputs: int  # how many of the forward's results are the step's (unique) outputs
+    tangents: int  # how many tangents the backward takes
+    seconds: float  # capture and compile time
+
+
+def _capture(step: fx.GraphModule, example: list[Tensor], training: bool) -> StepProgram:
+    """The step's forward and backward graphs (AOTAutograd, Inductor's decompositions and the
+    min-cut partition), each compiled by Inductor (or left as graphs when ``COMPILE`` is
+    False)."""
+    import time
+
+    from functorch.compile import aot_function, make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.compile_fx import compile_fx_inner
+    from torch._inductor.decomposition import select_decomp_table
+
+    begin = time.perf_counter()
+    graphs: dict[str, tuple[fx.GraphModule, list[Tensor]]] = {}
+
+    def keep(name: str) -> Callable[..., Any]:
+        def compiler(gm: fx.GraphModule, inputs: list[Tensor]) -> Callable[..., Any]:
+            graphs[name] = (gm, list(inputs))
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    captured = aot_function(step, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
+                            inference_compiler=keep("forward"),
+                            partition_fn=min_cut_rematerialization_partition,
+                            decompositions=select_decomp_table())
+    inputs = [t.detach().contiguous().requires_grad_(training and t.is_floating_point())
+              for t in example]
+    with torch.enable_grad() if training else torch.no_grad():
+        results = captured(*inputs)
+        results = list(results) if isinstance(results, (tuple, list)) else [results]
+        if training:
+            torch.autograd.backward([r for r in results if r.requires_grad],
+                                    [torch.ones_like(r) for r in results if r.requires_grad])
+    programs = []
+    for name in ("forward", "backward") if training else ("forward",):
+        if name not in graphs:
+            raise PathDeclined(f"AOTAutograd produced no {name} graph for the step")
+        gm, graph_inputs = graphs[name]
+        if COMPILE:
+            with torch.no_grad():
+                programs.append(compile_fx_inner(gm, graph_inputs, is_backward=name ==
+                                                 "backward"))
+        else:
+            programs.append(make_boxed_func(gm.forward))
+    tangents = 0
+    if training:
+        tangents = sum(1 for n in graphs["backward"][0].graph.nodes
+                       if n.op == "placeholder" and n.name.startswith("tangents"))
+        if tangents != len(results):
+            raise PathDeclined(f"the step's backward takes {tangents} tangents for "
+                               f"{len(results)} outputs (an output that needs no gradient)")
+    return StepProgram(programs[0], programs[1] if training else None, len(results), tangents,
+                       time.perf_counter() - begin)
+
+
+#: Captured (and compiled) steps by what they compute: the step graph's code and its input
+#: shapes, strides and dtypes. Two cells with the same step (the two directions of a
+#: bidirectional layer, the layers of a stack, a new instance of the same class) share one
+#: compile.
+_programs: dict[tuple, StepProgram] = {}
+
+
+def _program(entry: TracedCell, example: list[Tensor], training: bool) -> StepProgram:
     if entry.failure is not None:
         raise PathDeclined(entry.failure)
-    if not COMPILE:
-        return entry.step
-    if entry.compiled is None:
-        entry.compiled = torch.compile(entry.step, backend="inductor", fullgraph=True,
-                                       dynamic=False)
-    return entry.compiled
-
-
-def _hoist(entry: TracedCell, values: list[Tensor], inputs: Tensor) -> list[tuple[Tensor, ...]]:
-    """The hoisted tensors for every step: a list of ``T`` tuples."""
-    if entry.hoisted is None:
-        return [()] * inputs.shape[0]
-    in_dims = (None,) * len(values) + (0,)
-    batched = torch.vmap(entry.hoisted, in_dims=in_dims)(*values, inputs)  # each (T, ...)
-    return list(zip(*(t.unbind(0) for t in batched), strict=True))
+    key = (entry.step.code, tuple((tuple(t.shape), t.dtype, t.device) for t in example),
+           training, COMPILE)
+    program = _programs.get(key)
+    if program is None:
+        try:
+            program = _capture(entry.step, example, training)
+        except PathDeclined as declined:
+            entry.failure = str(declined)
+            raise
+        except Exception as error:
+            if not _is_compile_failure(error):
+                raise
+            entry.failure = f"torch.compile failed: {_first_line(error)}"
+            raise PathDeclined(entry.failure) from error
+        _programs[key] = program
+    return program
 
 
 def _check(cell: nn.Module, entry: TracedCell, values: list[Tensor],
-           per_step: list[tuple[Tensor, ...]], inputs: Tensor, state: State) -> None:
+           per_step: list[Tensor], inputs: Tensor, state: State) -> None:
     """The split graphs, uncompiled, against the cell's forward on the first two steps."""
     leaves = tree_flatten(state)[0]
     with torch.no_grad():
         for t in range(min(2, inputs.shape[0])):
             start = tree_unflatten(leaves, entry.state_spec)
             expected_out, expected_state = cell(inputs[t], start)
-            arguments = [*values, inputs[t], *per_step[t], *leaves]
+            arguments = [*values, inputs[t], *(p[t] for p in per_step), *leaves]
             unique = entry.step(*[arguments[i] for i in entry.used])
             got = [unique[k] for k in entry.positions]
             for want, have in zip([expected_out, *tree_flatten(expected_state)[0]], got,
@@ -320,6 +393,92 @@ def _check(cell: nn.Module, entry: TracedCell, values: list[Tensor],
                         f"the traced step differs from {type(cell).__name__}.forward at step "
                         f"{t} (the cell decides something at run time that a trace bakes in)")
             leaves = list(got[1:])
+
+
+@dataclass
+class _Schedule:
+    """Which steps run in which order, and where the lengths mask them."""
+
+    order: list[int]  # time indices in processing order
+    keeps: list[Tensor | None]  # per time index: (B, 1) bool where rows still run, or None
+    steps: int  # T (outputs past the longest sequence are zero)
+
+
+class _Sequence(torch.autograd.Function):
+    """The whole recurrence as one autograd node: the compiled forward called once per step,
+    the compiled backward once per step in reverse order, no per-step autograd graph.
+
+    Inputs (flat): the step's constant inputs (parameters, buffers), its per-step inputs
+    stacked over time ``(T, ...)`` (the hoisted projection, ``x``), the initial state leaves.
+    Outputs: ``(T, B, H_out)`` and the final state leaves.
+    """
+
+    @staticmethod
+    def forward(ctx, program: StepProgram, entry: TracedCell, schedule: _Schedule,
+                layout: tuple[int, int, int], *flat: Tensor) -> tuple[Tensor, ...]:
+        n_const, n_step, n_state = layout
+        consts, per_step = list(flat[:n_const]), flat[n_const:n_const + n_step]
+        leaves = [s.contiguous() for s in flat[n_const + n_step:]]
+        positions = entry.positions
+        saved: dict[int, list[Tensor]] = {}
+        outputs: Tensor | None = None
+        for t in schedule.order:
+            results = program.forward([*consts, *(p[t] for p in per_step), *leaves])
+            unique = results[:program.outputs]
+            out, new = unique[positions[0]], [unique[k] for k in positions[1:]]
+            keep = schedule.keeps[t]
+            if keep is not None:
+                new = [torch.where(keep, n, o) for n, o in zip(new, leaves, strict=True)]
+                out = torch.where(keep, out, 0.0)
+            if outputs is None:
+                outputs = out.new_zeros((schedule.steps, *out.shape))  # (T, B, H_out)
+            outputs[t] = out
+            if program.backward is not None:
+                saved[t] = list(results[program.outputs:])
+            leaves = [n.contiguous() for n in new]
+        ctx.program, ctx.entry, ctx.schedule, ctx.layout = program, entry, schedule, layout
+        ctx.saved_steps = saved
+        ctx.shapes = [p.shape for p in per_step]
+        return (outputs, *leaves)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_outputs: Tensor, *grad_leaves: Tensor) -> tuple[Tensor | None, ...]:
+        # gradients arrive materialised (zeros where the caller's loss does not reach)
+        program, schedule, positions = ctx.program, ctx.schedule, ctx.entry.positions
+        n_const, n_step, n_state = ctx.layout
+        saved = ctx.saved_steps
+        needs = ctx.needs_input_grad[4:]
+        d_leaves = list(grad_leaves)
+        grad_consts: list[Tensor | None] = [None] * n_const
+        grad_steps = [grad_outputs.new_zeros(shape) if needs[n_const + i] else None
+                      for i, shape in enumerate(ctx.shapes)]
+        for t in reversed(schedule.order):
+            keep = schedule.keeps[t]
+            d_out = grad_outputs[t]
+            carry: list[Tensor | None] = [None] * n_state
+            if keep is not None:  # rows past their length: the state passes through
+                d_out = torch.where(keep, d_out, 0.0)
+                carry = [torch.where(keep, 0.0, d) for d in d_leaves]
+                d_leaves = [torch.where(keep, d, 0.0) for d in d_leaves]
+            tangents: list[Tensor | None] = [None] * program.outputs
+            for index, d in zip(positions, [d_out, *d_leaves], strict=True):
+                tangents[index] = d if tangents[index] is None else tangents[index] + d
+            grads = program.backward([*saved[t], *(d.contiguous() for d in tangents)])
+            for i in range(n_const):
+                if needs[i] and grads[i] is not None:
+                    grad_consts[i] = grads[i] if grad_consts[i] is None else \
+                        grad_consts[i].add_(grads[i])
+            for i in range(n_step):
+                if grad_steps[i] is not None and grads[n_const + i] is not None:
+                    grad_steps[i][t] = grads[n_const + i]
+            state_grads = grads[n_const + n_step:]
+            d_leaves = [(g if g is not None else torch.zeros_like(d)) if c is None
+                        else (c if g is None else g + c)
+                        for g, c, d in zip(state_grads, carry, d_leaves, strict=True)]
+        return (None, None, None, None, *grad_consts, *grad_steps,
+                *[d if need else None for d, need in zip(d_leaves, needs[n_const + n_step:],
+                                                         strict=True)])
 
 
 def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
@@ -335,54 +494,55 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
     except TraceRefused as refused:
         raise PathDeclined(str(refused)) from None
     _, values = _tensors(cell)
-    if lengths is not None:  # the loop zeroes padded inputs: inf or nan there stays out
-        valid = torch.arange(inputs.shape[0], device=inputs.device)[:, None] < lengths[None, :]
-        inputs = torch.where(valid.unsqueeze(-1), inputs, 0.0)  # (T, B, H_in)
-    per_step = _hoist(entry, values, inputs)
-    if not entry.checked:
-        _check(cell, entry, values, per_step, inputs, state)
-        entry.checked = True
-    step = _compile(entry)
-    used, positions = entry.used, entry.positions
-    leaves = tree_flatten(state)[0]
     steps = inputs.shape[0]
-    xs = inputs.unbind(0)  # T x (B, H_in)
-    outputs: list[Tensor | None] = [None] * steps
-
-    def call(t: int, leaves: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        arguments = [*values, xs[t], *per_step[t], *leaves]
-        unique = step(*[arguments[i] for i in used])
-        return unique[positions[0]], [unique[k] for k in positions[1:]]
-
-    try:
-        if lengths is None:
-            order = range(steps - 1, -1, -1) if reverse else range(steps)
-            for t in order:
-                outputs[t], leaves = call(t, leaves)
-            return torch.stack(outputs), tree_unflatten(leaves, entry.state_spec)
+    if lengths is not None:  # the loop zeroes padded inputs: inf or nan there stays out
+        valid = torch.arange(steps, device=inputs.device)[:, None] < lengths[None, :]
+        inputs = torch.where(valid.unsqueeze(-1), inputs, 0.0)  # (T, B, H_in)
+    hoisted: list[Tensor] = []
+    if entry.hoisted is not None:
+        in_dims = (None,) * len(values) + (0,)
+        hoisted = list(torch.vmap(entry.hoisted, in_dims=in_dims)(*values, inputs))  # (T, ...)
+    if not entry.checked:
+        _check(cell, entry, values, hoisted, inputs, state)
+        entry.checked = True
+    leaves = tree_flatten(state)[0]
+    # the step graph's inputs, in order: constants (parameters, buffers), x, hoisted, state
+    count, n_hoisted = len(values), len(hoisted)
+    everything = [*values, inputs, *hoisted]
+    consts = [i for i in entry.used if i < count]
+    per_step = [i for i in entry.used if count <= i < count + 1 + n_hoisted]
+    states = [i - count - 1 - n_hoisted for i in entry.used if i >= count + 1 + n_hoisted]
+    if states != list(range(len(leaves))):  # the state is always read
+        raise PathDeclined("the step does not read every part of its state")
+    training = torch.is_grad_enabled() and any(
+        t.requires_grad for t in [*values, inputs, *hoisted, *leaves])
+    example = [*(everything[i] for i in consts), *(everything[i][0] for i in per_step),
+               *leaves]
+    program = _program(entry, example, training)
+    if lengths is None:
+        order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
+        keeps: list[Tensor | None] = [None] * steps
+    else:
         max_len, min_len = int(lengths.max()), int(lengths.min())
+        order = list(range(max_len - 1, -1, -1)) if reverse else list(range(max_len))
         valid = torch.arange(max_len, device=inputs.device)[:, None] < lengths[None, :]
-        keeps = valid.unsqueeze(-1).unbind(0)  # T' x (B, 1)
-        order = range(max_len - 1, -1, -1) if reverse else range(max_len)
-        for t in order:
-            out, new = call(t, leaves)
-            if t >= min_len:
-                keep = keeps[t]
-                new = [torch.where(keep, n, o) for n, o in zip(new, leaves, strict=True)]
-                out = torch.where(keep, out, 0.0)
-            outputs[t], leaves = out, new
-    except PathDeclined:
-        raise
-    except Exception as error:  # Inductor failed to compile (found at the first call)
-        if not _is_compile_failure(error):
-            raise
-        entry.failure = f"torch.compile failed: {_first_line(error)}"
-        raise PathDeclined(entry.failure) from error
-    if max_len < steps:
-        zeros = torch.zeros_like(outputs[0])
-        for t in range(max_len, steps):
-            outputs[t] = zeros
-    return torch.stack(outputs), tree_unflatten(leaves, entry.state_spec)
+        masks = valid.unsqueeze(-1).unbind(0)  # T' x (B, 1)
+        keeps = [masks[t] if min_len <= t < max_len else None for t in range(steps)]
+    schedule = _Schedule(order, keeps, steps)
+    flat = [*(everything[i] for i in consts), *(everything[i] for i in per_step), *leaves]
+    layout = (len(consts), len(per_step), len(leaves))
+    if not training:
+        with torch.no_grad():
+            results = _Sequence.forward(_NoContext(), program, entry, schedule, layout, *flat)
+    else:
+        results = _Sequence.apply(program, entry, schedule, layout, *flat)
+    return results[0], tree_unflatten(list(results[1:]), entry.state_spec)
+
+
+class _NoContext:
+    """Stands in for autograd's context when the forward runs without gradients."""
+
+    needs_input_grad: tuple[bool, ...] = ()
 
 
 def _is_compile_failure(error: Exception) -> bool:
