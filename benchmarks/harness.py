@@ -69,6 +69,23 @@ def interleave(steps: dict[str, Step], reps: int, warmup: int = 1) -> dict[str, 
     return timings
 
 
+def first_call(step: Step) -> tuple[float, float, str]:
+    """``(wall seconds, CPU seconds of this process and its finished children, error or "")``
+    of one call of ``step``: what the first call of a path that compiles on first use costs."""
+    import os
+
+    def cpu() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    start, start_cpu = time.perf_counter(), cpu()
+    try:
+        step()
+    except Exception as error:
+        return time.perf_counter() - start, cpu() - start_cpu, f"{type(error).__name__}: {error}"
+    return time.perf_counter() - start, cpu() - start_cpu, ""
+
+
 # ----------------------------------------------------------------------------- GEMM
 
 

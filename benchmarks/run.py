@@ -148,6 +148,8 @@ class Config:
     build: Builder
     precision: str = "fp32"
     kind: str | None = None
+    #: time the first call apart (trace and compile: what a user pays once per shape)
+    first_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,9 @@ CELL_ROWS = (
      "TwoGateCell", {}, 1.0),
 )
 CELL_SHAPE = (32, 256, 128)  # B, H (= H_in), T: issue 15's training step
+#: rows whose candidate forces a path: the user-written cell runs the generic fast path,
+#: which is opt-in (engine="auto" keeps a user's cell on the loop: docs/engine.md)
+CELL_ENGINES = {"15": "inductor"}
 
 
 def _cell_rows() -> tuple[Row, ...]:
@@ -347,8 +352,11 @@ def _cell_rows() -> tuple[Row, ...]:
         baselines.append((replace(_recurrence(cell, engine="loop", **options), kind=kind),
                           Target(0.5, ">= 2x faster than its loop") if row_id == "15"
                           else REPORT))
+        engine = CELL_ENGINES.get(row_id, "auto")
+        candidate = replace(_recurrence(cell, engine=engine, **options), kind=kind,
+                            first_call=engine == "inductor")
         rows.append(Row(row_id, f"{title} training", Workload(kind, batch, hidden, steps, True),
-                        replace(_recurrence(cell, **options), kind=kind), tuple(baselines)))
+                        candidate, tuple(baselines)))
     return tuple(rows)
 
 
@@ -547,6 +555,11 @@ def _run_row(row: Row, size: str, reps: int, warmup: int, log,
     for config in configs:
         steps[config.label], modules[config.label] = config.build(setup)
     steps["gemm"] = gemm_step
+    first_calls = {}
+    for config in configs:
+        if config.first_call:  # before any other call: the trace and compile happen here
+            log(f"row {row.id}: first call of {config.label} (trace, compile) ...")
+            first_calls[config.label] = harness.first_call(steps[config.label])
     log(f"row {row.id}: {row.title} ({workload.describe()}), {reps} reps ...")
     timings = harness.interleave(steps, reps=reps, warmup=warmup)
     loaded = None
@@ -592,6 +605,14 @@ def _run_row(row: Row, size: str, reps: int, warmup: int, log,
         "notes": [],
         "neighbour": row.neighbour,
     }
+    for label, (wall, cpu, error) in first_calls.items():
+        if error:
+            result["notes"].append(f"{label}: first call failed: {error}")
+            continue
+        result["notes"].append(
+            f"{label}: first call {wall:.1f} s wall, {cpu:.1f} s CPU (trace, check, compile "
+            f"forward and backward: paid once per process and shape, not in the times)")
+        result["first_call"] = {"label": label, "wall_s": wall, "cpu_s": cpu}
     cand = timings[row.candidate.label].median
     for config, target in row.baselines:
         base = summary(config)
@@ -620,8 +641,10 @@ def _cells_note(results: list[dict[str, object]]) -> list[str]:
         return []
     return [
         "Rows 10-15 (issue 15): each cell through `rnnkit.Recurrence` (the generic driver, "
-        "`engine='auto'`, the path in brackets), training step (forward + `sum().backward()`) "
-        "at B=32, H_in=H=256, T=128, against `nn.LSTM` of the same shape and against the same "
+        "`engine='auto'`, except the user-written cell of row 15: `engine='inductor'`, the "
+        "opt-in generic fast path; the path in brackets), training step (forward + "
+        "`sum().backward()`) at B=32, H_in=H=256, T=128, against `nn.LSTM` of the same shape "
+        "and against the same "
         "cell on the eager loop (`engine='loop'`), all interleaved in one process. Each "
         "configuration's efficiency counts its own GEMM FLOPs (the notes give them as a "
         "fraction of nn.LSTM's): UGRNN 1/2, IndRNN 1/8 (input projection only; issue 15's table "

@@ -9,8 +9,11 @@ import json
 import torch
 
 
-def test_cell_rows_and_neighbour_row_report(tmp_path):
+def test_cell_rows_and_neighbour_row_report(tmp_path, monkeypatch):
     from benchmarks import run
+    from rnnkit.engine import inductor
+
+    monkeypatch.setattr(inductor, "COMPILE", False)  # row 15's path, without a real compile
 
     out = tmp_path / "bench.md"
     assert run.main(["--size", "tiny", "--rows", "11,15,16f", "--reps", "1", "--warmup", "0",
@@ -27,6 +30,11 @@ def test_cell_rows_and_neighbour_row_report(tmp_path):
     assert "GEMM FLOPs 0.125x torch.nn.LSTM's" in indrnn["notes"]
     assert indrnn["candidate"]["path"].startswith(("compiled", "loop"))
     assert rows["15"]["baselines"][1]["target"] == ">= 2x faster than its loop"
+    user = rows["15"]
+    assert user["candidate"]["label"] == "Recurrence(TwoGateCell(), engine='inductor')"
+    assert user["candidate"]["path"].startswith("inductor")
+    assert user["first_call"]["wall_s"] > 0
+    assert any("first call" in note for note in user["notes"])
     load = rows["16f"]
     assert load["neighbour"] and load["candidate"]["loaded_seconds"]
     assert load["baselines"][0]["slowdown"] > 0
