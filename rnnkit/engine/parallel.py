@@ -1,4 +1,4 @@
-"""The ``"scan"`` path: cells whose recurrence is linear in the state run as a parallel scan.
+"""The ``"scan"`` path: cells whose recurrence is linear in the state run as one scan node.
 
 minGRU and minLSTM (:mod:`rnnkit.cells.minimal`) compute their gates from the input alone,
 so the recurrence is :math:`h_t = a_t \\odot h_{t-1} + v_t` with :math:`a_t, v_t` known for
@@ -68,8 +68,10 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
             return False, f"{kind.__name__} overrides {method}(), so the scan may not match it"
     if cell._forward_hooks or cell._forward_pre_hooks:
         return False, f"{kind.__name__} has forward hooks, which run once per step"
-    return True, (f"{kind.__name__}'s gates see only the input: the whole sequence runs as "
-                  f"one parallel scan in log space (cell.scan), no per-step Python")
+    return True, (f"{kind.__name__}'s gates see only the input, so its recurrence is linear "
+                  f"in the state: the gates of all steps at once (one GEMM), then the "
+                  f"recurrence as one autograd node (a fused multiply-add per step), no "
+                  f"per-step autograd")
 
 
 def _gates(kind: str, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""The "scan" path: minGRU/minLSTM in the drivers run their parallel scan, equal to the loop.
+"""The "scan" path: minGRU/minLSTM in the drivers run as one scan node, equal to the loop.
 
 Oracles: the eager loop over the cell's own step (``engine="loop"``), the NumPy equations of
 the paper (tests/cells/test_minimal.py) and finite differences (gradcheck).
@@ -127,7 +127,7 @@ def test_padding_garbage_does_not_reach_the_gradients():
 def test_auto_plans_the_scan_and_explain_says_why():
     layer = Recurrence(MinGRUCell(3, 4))
     text = explain(layer, torch.randn(6, 2, 3))
-    assert "MinGRUCell -> scan" in text and "parallel scan" in text
+    assert "MinGRUCell -> scan" in text and "linear in the state" in text
 
 
 def test_drop_in_style_bidirectional_and_sequence_use_the_scan():
