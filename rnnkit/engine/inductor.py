@@ -228,7 +228,8 @@ def _split(cell: nn.Module, gm: fx.GraphModule, count: int, n_state: int,
     else:
         moved = "no op depends on x alone, nothing hoisted"
     summary = (f"step traced; {moved}; the recurrent part ({step_gemms} GEMM(s) per step) "
-               f"compiled by torch.compile (Inductor)")
+               f"split into forward and backward (AOTAutograd), each compiled by Inductor, "
+               f"the whole sequence one autograd node")
     return TracedCell(hoisted, step, spec, used, positions, summary)
 
 
