@@ -29,6 +29,7 @@ Symbols: ``T`` time steps, ``B`` batch, ``H_in`` input features.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -274,6 +275,10 @@ def plan(cell: nn.Module, inputs: Tensor) -> str:
     return traced(cell, x, example_state(cell, inputs.shape[1], inputs)).summary
 
 
+#: Sum the weight gradients over time in one GEMM after the backward loop (:class:`Deferred`)
+#: instead of one small GEMM per step inside it.
+DEFER_WEIGHT_GRADIENTS = True
+
 #: Compile the recurrent part (False runs the captured graphs uncompiled: the tests of the
 #: tracing, hoisting, lengths and backward logic use it to avoid a compile per test).
 COMPILE = True
@@ -289,9 +294,181 @@ class StepProgram:
     outputs: int  # how many of the forward's results are the step's (unique) outputs
     tangents: int  # how many tangents the backward takes
     seconds: float  # capture and compile time
+    deferred: Deferred | None = None  # the weight gradients, summed over time after the loop
 
 
-def _capture(step: fx.GraphModule, example: list[Tensor], training: bool) -> StepProgram:
+#: ATen operators (by name) linear in their one tensor argument: a sum over time commutes
+#: with them, so they may follow the time-summed weight-gradient product.
+_LINEAR = {"permute", "view", "reshape", "_unsafe_view", "clone", "alias", "t", "transpose",
+           "squeeze", "unsqueeze", "neg", "expand", "sum"}
+
+
+@dataclass
+class Deferred:
+    """The backward's weight-gradient nodes, run once after the per-step loop.
+
+    A weight's gradient is a sum over steps of a per-step product, typically
+    ``mm(dgates_t^T, h_{t-1})``: a GEMM of ``B`` rows per step. The nodes that feed only the
+    gradients of the step's constant inputs (parameters, buffers) are cut out of the per-step
+    backward, which returns their inputs (the *frontier*) instead; after the loop those are
+    stacked over time, and a GEMM of two stacked operands becomes one GEMM over ``T*B`` rows
+    (``sum_t a_t b_t``), everything else runs batched over time (``torch.vmap``) and is summed.
+    """
+
+    graph: fx.GraphModule  # frontier... -> constant inputs' gradients (None where none)
+    static: list[bool]  # per frontier value: the same at every step (saved from parameters)
+    tags: dict[str, str]  # node name -> "plain" | "stacked" | "summed"
+
+
+def _ancestors(roots: list[Any]) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    todo = [r for r in roots if isinstance(r, fx.Node)]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        todo.extend(node.all_input_nodes)
+    return seen
+
+
+def _defer(backward: fx.GraphModule, n_const: int, static_saved: set[str]
+           ) -> tuple[fx.GraphModule, Deferred] | None:
+    """Split ``backward`` into a per-step graph (the other gradients, then the frontier) and
+    the :class:`Deferred` weight-gradient graph; None when nothing can be deferred."""
+    output = next(n for n in backward.graph.nodes if n.op == "output")
+    results = list(output.args[0])
+    const_outs, other_outs = results[:n_const], results[n_const:]
+    needed = _ancestors(other_outs)
+    wanted = _ancestors(const_outs)
+    deferred = [n for n in backward.graph.nodes if n in wanted and n not in needed
+                and n.op == "call_function"]
+    if not deferred:
+        return None
+    deferred_set = set(deferred)
+    frontier: list[fx.Node] = []
+    for node in [*deferred, *const_outs]:
+        sources = node.all_input_nodes if node in deferred_set else [node]
+        for source in sources:
+            if isinstance(source, fx.Node) and source not in deferred_set \
+                    and source not in frontier:
+                frontier.append(source)
+    tags: dict[str, str] = {}
+    for node in frontier:
+        static = node.op == "placeholder" and node.name in static_saved
+        tags[node.name] = "plain" if static else "stacked"
+    for node in deferred:
+        name = _op_name(node)
+        inputs = [tags[n.name] for n in node.all_input_nodes]
+        if node.target is operator.getitem:
+            tags[node.name] = inputs[0]
+        elif all(t == "plain" for t in inputs):
+            tags[node.name] = "plain"
+        elif name == "mm" and inputs == ["stacked", "stacked"]:
+            tags[node.name] = "summed"
+        elif "summed" in inputs:
+            scalars_only = all(not isinstance(a, fx.Node) for a in node.args[1:])
+            # one tag per operand as written (x * x reads the summed x twice: not linear)
+            operands = [tags[a.name] if isinstance(a, fx.Node) else "scalar"
+                        for a in node.args]
+            if name in _LINEAR and len(inputs) == 1:
+                tags[node.name] = "summed"
+            elif name in ("add", "sub") and "plain" not in inputs and not node.kwargs:
+                tags[node.name] = "summed"
+            elif name in ("mul", "div") and not node.kwargs and (
+                    (len(inputs) == 1 and scalars_only) or
+                    (operands.count("summed") == 1 and "stacked" not in operands and
+                     (name == "mul" or operands[0] == "summed"))):
+                tags[node.name] = "summed"  # times (or over) a plain tensor: still linear
+            else:
+                return None  # not linear in the summed value: keep it per step
+        else:
+            tags[node.name] = "stacked"
+    # the deferred graph
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in frontier:
+        env[node] = graph.placeholder(node.name)
+    for node in deferred:
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(tuple(env[n] if isinstance(n, fx.Node) else None for n in const_outs))
+    later = fx.GraphModule(backward, graph)
+    # the per-step graph: the other gradients, then the frontier
+    output.args = ((*([None] * n_const), *other_outs, *frontier),)
+    backward.graph.eliminate_dead_code()
+    backward.recompile()
+    return backward, Deferred(later, [tags[n.name] == "plain" for n in frontier], tags)
+
+
+def _run_deferred(deferred: Deferred, frontier: list[list[Tensor]], steps: int
+                  ) -> list[Tensor | None]:
+    """The constant inputs' gradients, summed over the ``steps`` steps whose frontier values
+    ``frontier[i]`` (one per step) the per-step backward returned."""
+    values: dict[str, Tensor] = {}
+    placeholders = [n for n in deferred.graph.graph.nodes if n.op == "placeholder"]
+    for node, static, per_step in zip(placeholders, deferred.static, frontier, strict=True):
+        values[node.name] = per_step[0] if static else torch.stack(per_step)  # (T, ...)
+    tags = deferred.tags
+    result: list[Tensor | None] = []
+    for node in deferred.graph.graph.nodes:
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            for out in node.args[0]:
+                if out is None:
+                    result.append(None)
+                    continue
+                value, tag = values[out.name], tags[out.name]
+                result.append(value.sum(0) if tag == "stacked" else
+                              value * steps if tag == "plain" else value)
+            break
+        inputs = node.all_input_nodes
+        tag = tags[node.name]
+        if node.target is operator.getitem:
+            values[node.name] = values[inputs[0].name][node.args[1]]
+            continue
+        if tag == "plain" or tags[inputs[0].name] == "summed" or (
+                tag == "summed" and _op_name(node) != "mm"):
+            # plain values, or linear operations on the time-summed value: as written, with
+            # stacked operands of an addition summed over time first
+            def value_of(n: fx.Node, summing: bool = tag == "summed") -> Tensor:
+                v = values[n.name]
+                return v.sum(0) if summing and tags[n.name] == "stacked" else v
+            args = fx.node.map_arg(node.args, value_of)
+            kwargs = fx.node.map_arg(node.kwargs, value_of)
+            values[node.name] = node.target(*args, **kwargs)
+        elif tag == "summed":  # mm of two stacked operands: one GEMM over T*B rows
+            a, b = (values[n.name] for n in node.args[:2])  # (T, m, k), (T, k, n)
+            values[node.name] = torch.mm(a.transpose(0, 1).reshape(a.shape[1], -1),
+                                         b.reshape(-1, b.shape[2]))
+        else:  # stacked: the operation batched over time
+            def call(*tensors: Tensor, node: fx.Node = node,
+                     names: tuple[str, ...] = tuple(n.name for n in inputs)) -> Any:
+                lookup = dict(zip(names, tensors, strict=True))
+                args = fx.node.map_arg(node.args, lambda arg: lookup[arg.name])
+                kwargs = fx.node.map_arg(node.kwargs, lambda arg: lookup[arg.name])
+                return node.target(*args, **kwargs)
+            in_dims = tuple(0 if tags[n.name] == "stacked" else None for n in inputs)
+            values[node.name] = torch.vmap(call, in_dims=in_dims)(
+                *(values[n.name] for n in inputs))
+    return result
+
+
+def _static_saved(forward: fx.GraphModule, n_const: int, n_outputs: int) -> set[str]:
+    """Names of the forward's saved values that depend on its constant inputs only (the same
+    at every step: a transposed weight, say)."""
+    placeholders = [n for n in forward.graph.nodes if n.op == "placeholder"]
+    varying = set(placeholders[n_const:])
+    for node in forward.graph.nodes:
+        if node.op == "call_function" and any(d in varying for d in node.all_input_nodes):
+            varying.add(node)
+    output = next(n for n in forward.graph.nodes if n.op == "output")
+    return {n.name for n in output.args[0][n_outputs:]
+            if isinstance(n, fx.Node) and n not in varying}
+
+
+def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
+             n_const: int = 0) -> StepProgram:
     """The step's forward and backward graphs (AOTAutograd, Inductor's decompositions and the
     min-cut partition), each compiled by Inductor (or left as graphs when ``COMPILE`` is
     False)."""
@@ -323,10 +500,18 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool) -> Ste
         if training:
             torch.autograd.backward([r for r in results if r.requires_grad],
                                     [torch.ones_like(r) for r in results if r.requires_grad])
-    programs = []
     for name in ("forward", "backward") if training else ("forward",):
         if name not in graphs:
             raise PathDeclined(f"AOTAutograd produced no {name} graph for the step")
+    deferred = None
+    if training and DEFER_WEIGHT_GRADIENTS:
+        split = _defer(graphs["backward"][0], n_const,
+                       _static_saved(graphs["forward"][0], n_const, len(results)))
+        if split is not None:
+            graphs["backward"] = (split[0], graphs["backward"][1])
+            deferred = split[1]
+    programs = []
+    for name in ("forward", "backward") if training else ("forward",):
         gm, graph_inputs = graphs[name]
         if COMPILE:
             with torch.no_grad():
@@ -342,7 +527,7 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool) -> Ste
             raise PathDeclined(f"the step's backward takes {tangents} tangents for "
                                f"{len(results)} outputs (an output that needs no gradient)")
     return StepProgram(programs[0], programs[1] if training else None, len(results), tangents,
-                       time.perf_counter() - begin)
+                       time.perf_counter() - begin, deferred)
 
 
 #: Captured (and compiled) steps by what they compute: the step graph's code and its input
@@ -352,15 +537,16 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool) -> Ste
 _programs: dict[tuple, StepProgram] = {}
 
 
-def _program(entry: TracedCell, example: list[Tensor], training: bool) -> StepProgram:
+def _program(entry: TracedCell, example: list[Tensor], training: bool,
+             n_const: int) -> StepProgram:
     if entry.failure is not None:
         raise PathDeclined(entry.failure)
     key = (entry.step.code, tuple((tuple(t.shape), t.dtype, t.device) for t in example),
-           training, COMPILE)
+           training, n_const, COMPILE, DEFER_WEIGHT_GRADIENTS)
     program = _programs.get(key)
     if program is None:
         try:
-            program = _capture(entry.step, example, training)
+            program = _capture(entry.step, example, training, n_const)
         except PathDeclined as declined:
             entry.failure = str(declined)
             raise
@@ -452,6 +638,9 @@ class _Sequence(torch.autograd.Function):
         needs = ctx.needs_input_grad[4:]
         d_leaves = list(grad_leaves)
         grad_consts: list[Tensor | None] = [None] * n_const
+        deferred = program.deferred
+        n_inputs = n_const + n_step + n_state
+        frontier: list[list[Tensor]] = [[] for _ in deferred.static] if deferred else []
         grad_steps = [grad_outputs.new_zeros(shape) if needs[n_const + i] else None
                       for i, shape in enumerate(ctx.shapes)]
         for t in reversed(schedule.order):
@@ -466,6 +655,10 @@ class _Sequence(torch.autograd.Function):
             for index, d in zip(positions, [d_out, *d_leaves], strict=True):
                 tangents[index] = d if tangents[index] is None else tangents[index] + d
             grads = program.backward([*saved[t], *(d.contiguous() for d in tangents)])
+            for values, static, value in zip(frontier, deferred.static if deferred else (),
+                                             grads[n_inputs:], strict=True):
+                if not (static and values):
+                    values.append(value)
             for i in range(n_const):
                 if needs[i] and grads[i] is not None:
                     grad_consts[i] = grads[i] if grad_consts[i] is None else \
@@ -473,10 +666,14 @@ class _Sequence(torch.autograd.Function):
             for i in range(n_step):
                 if grad_steps[i] is not None and grads[n_const + i] is not None:
                     grad_steps[i][t] = grads[n_const + i]
-            state_grads = grads[n_const + n_step:]
+            state_grads = grads[n_const + n_step:n_inputs]
             d_leaves = [(g if g is not None else torch.zeros_like(d)) if c is None
                         else (c if g is None else g + c)
                         for g, c, d in zip(state_grads, carry, d_leaves, strict=True)]
+        if deferred is not None:
+            summed = _run_deferred(deferred, frontier, len(schedule.order))
+            grad_consts = [g if need else None
+                           for g, need in zip(summed, needs[:n_const], strict=True)]
         return (None, None, None, None, *grad_consts, *grad_steps,
                 *[d if need else None for d, need in zip(d_leaves, needs[n_const + n_step:],
                                                          strict=True)])
@@ -519,7 +716,7 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
         t.requires_grad for t in [*values, inputs, *hoisted, *leaves])
     example = [*(everything[i] for i in consts), *(everything[i][0] for i in per_step),
                *leaves]
-    program = _program(entry, example, training)
+    program = _program(entry, example, training, len(consts))
     if lengths is None:
         order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
         keeps: list[Tensor | None] = [None] * steps

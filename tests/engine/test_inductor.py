@@ -58,6 +58,25 @@ class PairState(nn.Module):
         return h * 2, (h, c)
 
 
+class ScaledRecurrent(nn.Module):
+    """A recurrent weight built from two parameters (a per-row gain, as in weight
+    normalisation) and a bias on the recurrent projection: their gradients are sums over
+    time of a product, a gain times it and a row sum, all summed after the backward loop."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.state_size = self.output_size = hidden_size
+        self.ih = nn.Linear(input_size, hidden_size)
+        self.weight = nn.Parameter(torch.randn(hidden_size, hidden_size) * 0.5)
+        self.gain = nn.Parameter(torch.rand(hidden_size, 1) + 0.5)
+        self.bias = nn.Parameter(torch.randn(hidden_size) * 0.1)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.ih(x) + h @ (self.weight * self.gain).T + self.bias)
+        return h, h
+
+
 @pytest.fixture
 def uncompiled(monkeypatch):
     monkeypatch.setattr(inductor, "COMPILE", False)
@@ -99,6 +118,23 @@ def test_traced_step_equals_the_loop(uncompiled, make, lengths, reverse, fold, d
     plan = dispatch.make_plan(ours, x, lengths)
     assert plan.paths() == ["inductor"], str(plan)
     _assert_equal(_grads(ours, x, lengths), _grads(theirs, x, lengths), tol)
+
+
+@pytest.mark.parametrize("make", [TwoGates, PairState, ScaledRecurrent])
+def test_weight_gradients_are_summed_after_the_loop(uncompiled, monkeypatch, make):
+    """The per-step weight-gradient products leave the backward loop (one GEMM over all
+    steps afterwards); the gradients equal the loop's, and the same with it switched off."""
+    torch.manual_seed(6)
+    cell = make(3, 4).double()
+    x = torch.randn(6, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = [6, 2, 4]
+    theirs = _grads(Recurrence(cell, engine="loop"), x, lengths)
+    for defer in (True, False):
+        monkeypatch.setattr(inductor, "DEFER_WEIGHT_GRADIENTS", defer)
+        inductor._programs.clear()
+        _assert_equal(_grads(Recurrence(cell, engine="inductor"), x, lengths), theirs, 1e-10)
+        (program,) = [p for key, p in inductor._programs.items() if key[2]]  # training
+        assert (program.deferred is not None) == defer
 
 
 def test_the_input_projection_is_hoisted(uncompiled):
