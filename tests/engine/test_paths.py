@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import rnnkit
-from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, UGRNNCell
+from rnnkit.cells import ElmanCell, GroupedLSTMCell, GRUCell, LSTMCell, NASCell, UGRNNCell
 from rnnkit.engine import compiled
 from rnnkit.layers.recurrence import Recurrence
 
@@ -154,6 +154,10 @@ CELLS = [
     (ElmanCell, {"nonlinearity": "relu", "bias": False}),
     (UGRNNCell, {}),
     (UGRNNCell, {"bias": False, "forget_bias": -0.5}),
+    (GroupedLSTMCell, {"groups": 2}),
+    (GroupedLSTMCell, {"groups": 1, "bias": False}),
+    (NASCell, {}),
+    (NASCell, {"proj_size": 1, "bias": False}),
 ]
 
 
@@ -161,19 +165,20 @@ CELLS = [
 @given(shape=shapes(), which=st.sampled_from(range(len(CELLS))), backwards=st.booleans())
 def test_cell_paths_match_the_loop(shape, which, backwards):
     cls, options = CELLS[which]
-    hidden = shape["H"]
+    groups = options.get("groups", 1)  # GroupedLSTM: each group gets the drawn sizes
+    hidden, features = shape["H"] * groups, shape["H_in"] * groups
     if options.get("proj_size") and hidden == 1:
         hidden = 2  # proj_size 1 needs hidden size >= 2
     torch.manual_seed(shape["seed"])
     dtype, B, T = shape["dtype"], shape["B"], shape["T"]
-    cell = cls(shape["H_in"], hidden, dtype=dtype, **options)
+    cell = cls(features, hidden, dtype=dtype, **options)
     with torch.no_grad():  # non-trivial layer norm gains/offsets
         for pname, p in cell.named_parameters():
             if "ln_" in pname:
                 p.add_(0.3 * torch.randn_like(p))
     leaves = rebind_to_views(cell, shape["layouts"])
     sizes = cell.state_size if isinstance(cell.state_size, tuple) else (cell.state_size,)
-    x = torch.randn(T, B, shape["H_in"], dtype=dtype)
+    x = torch.randn(T, B, features, dtype=dtype)
     state = [0.5 * torch.randn(B, size, dtype=dtype) for size in sizes]
     lengths = None if shape["lengths"] is None else torch.tensor(shape["lengths"])
     weights = [torch.randn(T, B, cell.output_size, dtype=dtype),
