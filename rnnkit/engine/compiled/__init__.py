@@ -239,7 +239,9 @@ def supports_bf16(cell: nn.Module, inputs: Tensor | None = None) -> tuple[bool, 
     Served: the families on the step-loop template whose adapter routes the input projection
     through the bf16 GEMM (``CompiledAdapter.bf16``: LSTM, GRU, Elman, UGRNN), float32
     parameters and inputs. Refused (the caller then runs bf16 another way): float64 (the bf16
-    GEMMs write float32), the kernels of their own (IndRNN, GroupedLSTM, NAS).
+    GEMMs write float32), IndRNN (a kernel of its own, no recurrent GEMM), and GroupedLSTM
+    and NAS (on the template, but their adapters do not route the input projection through
+    the bf16 GEMM yet: ``CompiledAdapter.bf16`` is False).
     """
     name = type(cell).__name__
     adapter = _adapter_class(cell)[1]
