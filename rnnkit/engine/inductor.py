@@ -279,6 +279,11 @@ def plan(cell: nn.Module, inputs: Tensor) -> str:
 #: instead of one small GEMM per step inside it.
 DEFER_WEIGHT_GRADIENTS = True
 
+#: Steps whose largest per-step input (state, hoisted projection) has fewer values than this
+#: run their compiled pointwise code on one thread (the compiled kernels' pointwise grain,
+#: csrc/common.h).
+STEP_PARALLEL_ELEMS = 1 << 16
+
 #: Compile the recurrent part (False runs the captured graphs uncompiled: the tests of the
 #: tracing, hoisting, lengths and backward logic use it to avoid a compile per test).
 COMPILE = True
@@ -514,7 +519,15 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
     for name in ("forward", "backward") if training else ("forward",):
         gm, graph_inputs = graphs[name]
         if COMPILE:
-            with torch.no_grad():
+            import torch._inductor.config as inductor_config
+
+            # A step's pointwise work is small (B*H values): split across threads it pays
+            # an OpenMP barrier per kernel and step, which a busy neighbour process stalls
+            # (measured 1.7x slower beside other load). Below the compiled kernels' grain
+            # the generated code runs on one thread; the GEMMs keep torch's threads.
+            largest = max((t.numel() for t in example[n_const:]), default=0)  # per step
+            patch = {"cpp.threads": 1} if largest < STEP_PARALLEL_ELEMS else {}
+            with torch.no_grad(), inductor_config.patch(patch):
                 programs.append(compile_fx_inner(gm, graph_inputs, is_backward=name ==
                                                  "backward"))
         else:
@@ -542,7 +555,7 @@ def _program(entry: TracedCell, example: list[Tensor], training: bool,
     if entry.failure is not None:
         raise PathDeclined(entry.failure)
     key = (entry.step.code, tuple((tuple(t.shape), t.dtype, t.device) for t in example),
-           training, n_const, COMPILE, DEFER_WEIGHT_GRADIENTS)
+           training, n_const, COMPILE, DEFER_WEIGHT_GRADIENTS, STEP_PARALLEL_ELEMS)
     program = _programs.get(key)
     if program is None:
         try:
