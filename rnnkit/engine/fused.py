@@ -461,7 +461,8 @@ def _notice_emulated_bf16() -> None:
     _bf16_notice_given = True
     warn(
         "rnnkit: precision='bf16' on a CPU without AVX512-bf16/AMX: PyTorch emulates bfloat16 "
-        "here, which is usually slower than float32 (see docs/benchmarks.md). This notice is "
+        "here, which is usually slower than float32, and rnnkit's compiled kernels emulate "
+        "their bf16 GEMMs, no faster than float32 (see docs/benchmarks.md). This notice is "
         "shown once per process.",
         RuntimeWarning,
     )
