@@ -401,3 +401,26 @@ def test_emulated_bf16_gemms_warn_once_per_process(monkeypatch):
         ext.set_bf16_gemm(previous)
     notices = [w for w in caught if "compiled kernels emulate their bf16 GEMMs" in str(w.message)]
     assert len(notices) == 1 and notices[0].category is RuntimeWarning
+
+
+def test_bf16_state_rounding_is_round_to_nearest_even_bit_for_bit(gemm):
+    """With one input and one unit the GEMMs are single exact products, so the kernel's
+    output is the rounded state itself: it must equal torch's bfloat16 conversion (round to
+    nearest even) bit for bit, ties included."""
+    cell = ElmanCell(1, 1, nonlinearity="relu")
+    with torch.no_grad():
+        cell.weight_ih.zero_()
+        cell.bias_ih.zero_()
+        cell.bias_hh.zero_()
+        cell.weight_hh.fill_(1.0)
+    generator = torch.Generator().manual_seed(7)
+    random = torch.rand(2000, generator=generator) * 4
+    exact = random.to(torch.bfloat16).to(torch.float32)
+    ulp = torch.ldexp(torch.ones(()), torch.frexp(exact).exponent - 8)  # bf16 spacing
+    ties = torch.cat([exact + ulp / 2, exact - ulp / 4, exact + 3 * ulp / 4])  # exact in fp32
+    h0 = torch.cat([random, ties]).abs()[:, None]  # (B, 1)
+    with torch.no_grad():
+        out, _ = compiled.run_recurrence(cell, torch.zeros(1, h0.shape[0], 1), h0,
+                                         precision="bf16")
+    want = h0.to(torch.bfloat16).to(torch.float32)
+    assert torch.equal(out[0], want)

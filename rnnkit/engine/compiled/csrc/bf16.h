@@ -27,6 +27,7 @@
 #endif
 
 #include <atomic>
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -66,8 +67,18 @@ inline const char* bf16_gemm_name() {
   return bf16_gemm_uses_mkl().load() ? "mkl" : "emulated";
 }
 
-// float -> bfloat16 -> float, round to nearest even (c10's conversion; NaN stays NaN).
-inline float round_bf16(float x) { return static_cast<float>(c10::BFloat16(x)); }
+// n values rounded to bf16 and kept as float (the emulated GEMM's operand): the same rounding
+// as c10::BFloat16 (add 0x7fff + the lowest kept bit, drop the low 16 bits; NaN kept), written
+// as integer operations the compiler vectorises.
+inline void round_bf16_row(const float* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t u;
+    std::memcpy(&u, &src[j], sizeof(u));
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    const uint32_t v = src[j] != src[j] ? u : r;  // NaN: kept as it is
+    std::memcpy(&dst[j], &v, sizeof(v));
+  }
+}
 
 // Row-major C (M, N) = A (M, K) Bm (K, N) + beta C, A and Bm bf16, C float32, with MKL; split
 // by column slices across threads as gemm_rows does for float32.
@@ -139,15 +150,13 @@ class StepGemm {
       if (mkl_) {
         c10::BFloat16* ab = ab_.data_ptr<c10::BFloat16>();
         for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t k = 0; k < K_; ++k) ab[r * ld + k] = c10::BFloat16(A[r * lda + k]);
+          at::vec::convert(A + r * lda, ab + r * ld, K_);  // vectorised, round to nearest even
         }
         mkl_bf16_gemm_rows(rows, N_, K_, ab, ld, wb_.data_ptr<c10::BFloat16>(),
                            row_ld(wb_), beta, C, ldc);
       } else {
         float* ar = ar_.data_ptr<float>();
-        for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t k = 0; k < K_; ++k) ar[r * ld + k] = round_bf16(A[r * lda + k]);
-        }
+        for (int64_t r = 0; r < rows; ++r) round_bf16_row(A + r * lda, ar + r * ld, K_);
         (*plain_)(ar, ld, beta, C, ldc, rows);
       }
     }
