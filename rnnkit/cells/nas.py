@@ -27,6 +27,7 @@ class NASAdapter(CompiledAdapter):
     projection ``h = W_hr m`` is GEMM 2. The kernel carries ``[h | c]``."""
 
     family = "nas"
+    bf16 = True
 
     def describe(self) -> str:
         proj = f"proj_size={self.cell.proj_size}, " if self.cell.proj_size else ""
@@ -43,7 +44,8 @@ class NASAdapter(CompiledAdapter):
         return (("state h", self.cell.output_size), ("state c", self.cell.hidden_size))
 
     def project(self, inputs: Tensor) -> Tensor:
-        return projection(inputs, self.cell.weight_ih, None)  # (T, B, 8H): u, no bias
+        # (T, B, 8H): u, no bias
+        return projection(inputs, self.cell.weight_ih, None, linear=self.linear)
 
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         cell = self.cell

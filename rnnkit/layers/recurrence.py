@@ -106,7 +106,7 @@ class Recurrence(Configurable, Stateful, nn.Module):
             last time step's). Only differs from ``"time"`` with ``go_backwards``.
         precision: ``"fp32"`` or ``"bf16"``: every call runs as inside
             ``rnnkit.engine.precision("bf16")``, which ``Recurrence`` honours too. A float32
-            cell on the compiled kernels (LSTM, GRU, Elman, UGRNN) runs its GEMMs in bf16:
+            cell on the compiled kernels (LSTM, GRU, Elman, UGRNN, NAS) runs its GEMMs in bf16:
             the input projection and the per-step recurrent products take bfloat16 operands
             (weights rounded once per call, the state once per step) with float32
             accumulation; gate math, carried state, outputs and gradients stay float32

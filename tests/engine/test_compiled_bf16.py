@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells import ElmanCell, GRUCell, IndRNNCell, LSTMCell, UGRNNCell
+from rnnkit.cells import ElmanCell, GRUCell, IndRNNCell, LSTMCell, NASCell, UGRNNCell
 from rnnkit.engine import compiled, explain
 from rnnkit.engine.compiled import _build
 
@@ -112,6 +112,23 @@ def _ugrnn_step(cell, xp, h, r):
     return h, h
 
 
+def _nas_step(cell, xp, state, r):
+    h, c = state
+    u = xp.chunk(8, 1)
+    v = (r(h) @ r(cell.weight_hh).t() + cell.bias_hh).chunk(8, 1)
+    sigmoid, relu, tanh = torch.sigmoid, torch.relu, torch.tanh
+    l0, l1, l2 = sigmoid(u[0] + v[0]), relu(u[1] + v[1]), sigmoid(u[2] + v[2])
+    l3, l4, l5 = relu(u[3] * v[3]), tanh(u[4] + v[4]), sigmoid(u[5] + v[5])
+    l6, l7 = tanh(u[6] + v[6]), sigmoid(u[7] + v[7])
+    m0, m1 = tanh(tanh(l0 * l1) + c), tanh(l2 + l3)
+    m2, m3 = tanh(l4 * l5), sigmoid(l6 + l7)
+    c = m0 * m1
+    h = tanh(c * tanh(m2 + m3))
+    if cell.proj_size:
+        h = r(h) @ r(cell.weight_hr).t()
+    return h, (h, c)
+
+
 def _projection(cell, x, r):
     """The hoisted input projection: the GEMM on rounded operands, biases in float32."""
     xp = r(x) @ r(cell.weight_ih).t()  # (T, B, X)
@@ -119,11 +136,13 @@ def _projection(cell, x, r):
         return xp + cell.bias_ih
     if isinstance(cell, UGRNNCell):
         return xp + cell.bias_ih
+    if isinstance(cell, NASCell):
+        return xp  # u: no bias (b enters the recurrent branches)
     return xp + cell.bias_ih + cell.bias_hh  # LSTM, Elman: both biases before the loop
 
 
 _STEPS = {LSTMCell: _lstm_step, GRUCell: _gru_step, ElmanCell: _elman_step,
-          UGRNNCell: _ugrnn_step}
+          UGRNNCell: _ugrnn_step, NASCell: _nas_step}
 
 
 def oracle(cell, x, state, lengths, reverse, rounding=True):
@@ -174,6 +193,8 @@ CELLS = {
     "elman-tanh": lambda i, h: ElmanCell(i, h),
     "elman-relu": lambda i, h: ElmanCell(i, h, nonlinearity="relu"),
     "ugrnn": lambda i, h: UGRNNCell(i, h),
+    "nas": lambda i, h: NASCell(i, h),
+    "nas-proj": lambda i, h: NASCell(i, h, proj_size=max(1, h // 2)),
 }
 
 
@@ -245,7 +266,7 @@ def test_bf16_kernels_equal_the_rounded_float32_recurrence(name, lengths, revers
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_bf16_tiny_shapes_hidden_batch_and_steps_of_one(name, reverse, gemm):
-    hidden = 2 if name == "lstm-peepholes-proj" else 1  # proj_size 1 < hidden_size 2
+    hidden = 2 if name.endswith("-proj") else 1  # proj_size 1 < hidden_size 2
     _check(name, 1, hidden, 1, [1], reverse)  # H_in = H (or H_out) = B = T = 1
     _check(name, 1, hidden, 3, [3], reverse, seed=1)
 

@@ -237,11 +237,10 @@ def supports_bf16(cell: nn.Module, inputs: Tensor | None = None) -> tuple[bool, 
     here (``_bf16``: what is bf16 and what stays float32), and why (not).
 
     Served: the families on the step-loop template whose adapter routes the input projection
-    through the bf16 GEMM (``CompiledAdapter.bf16``: LSTM, GRU, Elman, UGRNN), float32
+    through the bf16 GEMM (``CompiledAdapter.bf16``: LSTM, GRU, Elman, UGRNN, NAS), float32
     parameters and inputs. Refused (the caller then runs bf16 another way): float64 (the bf16
-    GEMMs write float32), IndRNN (a kernel of its own, no recurrent GEMM), and GroupedLSTM
-    and NAS (on the template, but their adapters do not route the input projection through
-    the bf16 GEMM yet: ``CompiledAdapter.bf16`` is False).
+    GEMMs write float32), GroupedLSTM (its batched per-group projection has no bf16 form
+    yet), IndRNN (a kernel of its own).
     """
     name = type(cell).__name__
     adapter = _adapter_class(cell)[1]
@@ -249,7 +248,7 @@ def supports_bf16(cell: nn.Module, inputs: Tensor | None = None) -> tuple[bool, 
         return False, f"{name} has no compiled kernel"
     if not getattr(adapter, "bf16", False):
         return False, (f"{name}'s compiled kernel has no bf16 GEMMs (covered: the step-loop "
-                       f"template's LSTM, GRU, Elman and UGRNN)")
+                       f"template's LSTM, GRU, Elman, UGRNN and NAS)")
     reference = _reference_parameter(cell)
     if reference is not None and reference.dtype != torch.float32:
         return False, f"bf16 GEMMs need float32 parameters, {name}'s are {reference.dtype}"
