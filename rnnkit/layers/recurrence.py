@@ -223,6 +223,17 @@ class Recurrence(Configurable, Stateful, nn.Module):
             state = map_state(lambda t: torch.full_like(t, self._constant), state)
         return state
 
+    # Constructor options and their defaults: repr shows the ones a module changed.
+    _REPR_DEFAULTS = {"go_backwards": False, "return_full_state": False,
+                      "learnable_initial_state": False, "batch_first": False,
+                      "stateful": False, "engine": "auto", "zero_output_for_mask": True,
+                      "output_order": "time", "precision": "fp32"}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}"
+                         for name, default in self._REPR_DEFAULTS.items()
+                         if getattr(self, name) != default)
+
     def step_cell(self) -> nn.Module:
         """The cell this recurrence runs at each step (with ``return_full_state``, the
         wrapper that outputs the whole state)."""

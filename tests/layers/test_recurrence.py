@@ -212,3 +212,21 @@ def test_every_driver_returns_output_and_state():
         assert result.state is result[1]
     unfolded = UnfoldFrom(GRUCell(3, 3), max_length=4)(torch.randn(2, 3))
     assert unfolded.output is unfolded[0] and unfolded.state is unfolded[1]
+
+
+def test_repr_shows_the_options_changed_from_their_defaults():
+    """Each option set away from its default appears in repr as the constructor takes it
+    (precision='bf16' included, which docs/engine.md says repr shows); defaults stay quiet,
+    and the shown options rebuild a module with the same configuration."""
+    changed = {"go_backwards": True, "return_full_state": True, "batch_first": True,
+               "stateful": True, "engine": "loop", "zero_output_for_mask": False,
+               "output_order": "processing", "precision": "bf16"}
+    assert repr(Recurrence(LSTMCell(3, 4))) == "Recurrence(\n  (cell): LSTMCell(3, 4)\n)"
+    for name, value in changed.items():
+        layer = Recurrence(LSTMCell(3, 4), **{name: value})
+        first_line = repr(layer).splitlines()[1].strip()
+        assert first_line == f"{name}={value!r}"
+        rebuilt = eval(f"Recurrence(LSTMCell(3, 4), {first_line})")
+        assert getattr(rebuilt, name) == value
+    everything = Fold(LSTMCell(3, 4), learnable_initial_state=True, precision="bf16")
+    assert "learnable_initial_state=True, precision='bf16'" in repr(everything)
