@@ -437,7 +437,7 @@ def test_bf16_state_rounding_is_round_to_nearest_even_bit_for_bit(gemm):
     generator = torch.Generator().manual_seed(7)
     random = torch.rand(2000, generator=generator) * 4
     exact = random.to(torch.bfloat16).to(torch.float32)
-    ulp = torch.ldexp(torch.ones(()), torch.frexp(exact).exponent - 8)  # bf16 spacing
+    ulp = torch.ldexp(torch.ones_like(exact), torch.frexp(exact).exponent - 8)  # bf16 spacing
     ties = torch.cat([exact + ulp / 2, exact - ulp / 4, exact + 3 * ulp / 4])  # exact in fp32
     h0 = torch.cat([random, ties]).abs()[:, None]  # (B, 1)
     with torch.no_grad():
