@@ -39,3 +39,7 @@ from rnnkit.training.trainer import History, NonFiniteError, Trainer  # noqa: E4
 # --- metrics (rnnkit/training/metrics.py) ---
 # isort: split
 from rnnkit.training.metrics import METRIC_NAMES, Metrics  # noqa: E402, F401
+
+# --- optimizers (rnnkit/training/rmsprop.py) ---
+# isort: split
+from rnnkit.training.rmsprop import RMSprop  # noqa: E402, F401

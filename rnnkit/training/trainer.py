@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from rnnkit.training.batches import Batch, Feed, make_feed
 from rnnkit.training.distributed import DistributedContext
 from rnnkit.training.losses import Loss, resolve_loss
+from rnnkit.training.rmsprop import RMSprop
 from rnnkit.training.tbptt import StateCarrier, split_time
 
 __all__ = ["History", "NonFiniteError", "Trainer"]
@@ -61,6 +62,7 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "rmsprop": torch.optim.RMSprop,
+    "rmsprop_keras": RMSprop,       # Keras's formula: sqrt(v + epsilon), not sqrt(v) + eps
     "sgd": torch.optim.SGD,
     "adagrad": torch.optim.Adagrad,
 }
@@ -149,7 +151,8 @@ class Trainer:
             trainer carries state). It may return a Tensor or a tuple ``(output, state, ...)``.
         loss: ``"mse"``, ``"cross_entropy"``, ``"sequence_cross_entropy"``, ... (see
             :mod:`rnnkit.training.losses`) or a callable ``(output, target) -> scalar``.
-        optimizer: ``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``, ``"adagrad"``, a
+        optimizer: ``"adam"``, ``"adamw"``, ``"rmsprop"`` (torch's), ``"rmsprop_keras"``
+            (:class:`rnnkit.training.RMSprop`, Keras's formula), ``"sgd"``, ``"adagrad"``, a
             ``torch.optim.Optimizer`` over the model's parameters, or a callable
             ``params -> Optimizer``.
         lr: learning rate for a named optimizer.

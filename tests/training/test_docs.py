@@ -29,6 +29,7 @@ def test_docs_examples_run(capsys, monkeypatch, tmp_path):
         os.chdir(cwd)
     out = capsys.readouterr().out
     assert "'val_accuracy', 'val_loss']" in out
+    assert "\n3.2e-05\n" in out                      # Keras's RMSprop step on a tiny gradient
     assert "input 0 holds nan at index (5, 5, 0)" in out
     assert " average      since    average      since      examples" in out
     assert "Finished Epoch[1 of 2]: [Training] loss = " in out
