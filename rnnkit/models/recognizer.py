@@ -210,6 +210,56 @@ def ctc_loss(log_probs: Tensor, targets: Any, output_lengths: Tensor | Sequence[
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
+class _MaskedBatchNormFunction(torch.autograd.Function):
+    """Batch norm in training over the valid positions of ``h (B, C, F, T)`` (``keep (B, 1,
+    1, T)`` 1.0 at valid frames, 0.0 at padding), zeros at the padding, with the backward pass
+    written out: a few native passes over the map each way instead of autograd's many."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, keep: Tensor, weight: Tensor | None,  # type: ignore[override]
+                bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        masked = h * keep  # (B, C, F, T), padding zeroed
+        count = float(keep.sum()) * h.shape[2]
+        dims = (0, 2, 3)
+        # the (C,) sums (pairwise, native) taken on in float64: the variance without
+        # catastrophic cancellation
+        mean = masked.sum(dims).double() / count  # (C,)
+        var = ((masked.square().sum(dims).double() / count - mean.square())
+               .clamp(min=0.0))  # (C,), biased
+        rstd = torch.rsqrt(var + eps).to(h.dtype)
+        mean, var = mean.to(h.dtype), var.to(h.dtype)
+        scale = rstd if weight is None else rstd * weight  # (C,)
+        shift = -mean * scale if bias is None else bias - mean * scale
+        out = masked * scale[None, :, None, None]
+        out.add_(shift[None, :, None, None] * keep)  # (B, C, F, T), the padding stays zero
+        ctx.save_for_backward(masked, keep, mean, rstd, scale)
+        ctx.count, ctx.affine = count, weight is not None
+        ctx.has_bias = bias is not None
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        # y = scale (h - mean) at valid positions, with the statistics over them; a padded
+        # output is the constant 0, so its gradient goes nowhere
+        masked, keep, mean, rstd, scale = ctx.saved_tensors
+        dims = (0, 2, 3)
+        grad = grad * keep  # (B, C, F, T)
+        grad_sum = grad.sum(dims)  # (C,)
+        # sum over valid positions of grad * (h - mean) * rstd
+        grad_dot_xhat = ((grad * masked).sum(dims) - mean * grad_sum) * rstd  # (C,)
+        # d h = scale (grad - mean(grad) - xhat mean(grad xhat)) at valid positions, as
+        # alpha grad + beta masked + gamma keep
+        alpha = scale
+        beta = -scale * rstd * grad_dot_xhat / ctx.count
+        gamma = -scale * grad_sum / ctx.count - beta * mean
+        grad_h = grad * alpha[None, :, None, None]
+        grad_h.add_(masked * beta[None, :, None, None])
+        grad_h.add_(gamma[None, :, None, None] * keep)
+        grad_weight = grad_dot_xhat if ctx.affine else None
+        grad_bias = grad_sum if ctx.has_bias else None
+        return grad_h, None, grad_weight, grad_bias, None
+
+
 class MaskedBatchNorm2d(nn.BatchNorm2d):
     """``torch.nn.BatchNorm2d`` over ``(B, C, F, T)`` whose batch statistics count only each
     row's valid frames: ``forward(h, valid)`` with ``valid (B, T)`` True at real frames.
@@ -218,42 +268,39 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     t)`` positions alone, and the running statistics are updated from them as torch does
     (momentum, the unbiased variance), so padding never moves the statistics and a batch
     without padding gets exactly ``BatchNorm2d``'s output. In eval mode the running
-    statistics are used, so a row's output does not depend on the rest of the batch.
+    statistics are used, so a row's output does not depend on the rest of the batch. With
+    ``valid``, the padded frames of the output are zeros (a ReLU keeps them zero, so a
+    convolution after it reads zero padding without another mask; their gradient is zero);
+    without it, every frame is normalised as ``BatchNorm2d`` does.
     """
 
     def forward(self, h: Tensor, valid: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        batch_statistics = self.training or self.running_mean is None  # as torch decides
-        if valid is None or not batch_statistics:
+        if valid is None:
             return super().forward(h)
-        # sums over the valid frames as one contraction each (fewer passes over h than masking
-        # it); the variance from the centred sum of squares, in float64 for its cancellation
-        weights = valid.to(h.dtype)  # (B, T)
-        count = weights.sum() * h.shape[2]
-        sums = torch.einsum("bcft,bt->c", h, weights).double()  # (C,)
-        squares = torch.einsum("bcft,bt->c", h.square(), weights).double()
-        mean64 = sums / count
-        var = (squares / count - mean64.square()).clamp(min=0.0).to(h.dtype)  # (C,) biased
-        mean = mean64.to(h.dtype)
+        keep = valid.to(h.dtype)[:, None, None, :]  # (B, 1, 1, T)
+        batch_statistics = self.training or self.running_mean is None  # as torch decides
+        if not batch_statistics:
+            return super().forward(h) * keep
+        out, mean, var = _MaskedBatchNormFunction.apply(h, keep, self.weight, self.bias,
+                                                         self.eps)
         if self.training and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else \
                     1.0 / float(self.num_batches_tracked)
-                unbiased = var * (count / (count - 1).clamp(min=1))
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)
-        scale = torch.rsqrt(var + self.eps)  # (C,)
-        shift = -mean * scale
-        if self.affine:
-            scale, shift = scale * self.weight, shift * self.weight + self.bias
-        return h * scale[None, :, None, None] + shift[None, :, None, None]  # one pass
+                count = float(valid.sum()) * h.shape[2]
+                unbiased = var * (count / max(count - 1, 1.0))
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(unbiased, momentum)
+        return out
 
 
 class _ConvFrontEnd(nn.Module):
     """``k`` blocks of ``depth`` 3x3 convs (padding 1, each followed by an optional masked
     batch norm and ReLU) + 2x2 max-pool over (features, time): ``(B, T, F) -> (B, T // 2**k,
-    channels[-1] * (F // 2**k))``; padded frames zeroed before each convolution so that no row
-    ever sees another row's padding."""
+    channels[-1] * (F // 2**k))``; the padded frames of every convolution's input are zeros,
+    so that no row ever sees another row's padding. The maps are channels-last (the layout
+    oneDNN's convolutions and pooling run fastest in on CPU)."""
 
     def __init__(self, features: int, channels: Sequence[int], depth: int = 1,
                  batch_norm: bool = False) -> None:
@@ -274,16 +321,22 @@ class _ConvFrontEnd(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         h = x.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
+        padding_is_zero = False  # whether h's padded frames are known to be zeros
         for i, conv in enumerate(self.convs):
             valid = lengths_to_mask(lengths.to(h.device), h.shape[-1], batch_first=True)
-            h = h * valid[:, None, None, :].to(h.dtype)  # (B, c, F_i, T_i), padding zeroed
-            h = conv(h)
+            if not padding_is_zero:
+                h = h * valid[:, None, None, :].to(h.dtype)  # (B, c, F_i, T_i), padding zeroed
+            h = conv(h.contiguous(memory_format=torch.channels_last))
             if self.norms is not None:
-                h = self.norms[i](h, valid)
+                h = self.norms[i](h, valid)  # padding comes out zero
             h = torch.relu(h)
+            # a masked batch norm zeroes the padding (a bare conv's output is not zero there:
+            # its bias, and the frames next to the valid ones)
+            padding_is_zero = self.norms is not None
             if (i + 1) % self.depth == 0:  # the block's last conv: halve features and time
                 h = F.max_pool2d(h, 2)  # (B, c, F_i // 2, T_i // 2)
                 lengths = lengths // 2
+                padding_is_zero = False  # an odd length pools its last frame into padding
         batch, channels, height, steps = h.shape
         return h.permute(0, 3, 1, 2).reshape(batch, steps, channels * height), lengths
 

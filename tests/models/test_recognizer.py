@@ -325,7 +325,57 @@ def test_masked_batch_norm_equals_torch_batch_norm_over_the_valid_frames_only():
                                atol=1e-5, rtol=1e-5)
     ours.eval()
     oracle.eval()
-    torch.testing.assert_close(ours(h, valid), oracle(h))
+    keep = valid[:, None, None, :]
+    torch.testing.assert_close(ours(h, valid), oracle(h) * keep)  # padding out: zeros
+    assert (ours.train()(h, valid)[~keep.expand_as(h)] == 0).all()
+
+
+@pytest.mark.parametrize("affine, channels_last", [(True, False), (True, True), (False, False)])
+def test_masked_batch_norm_gradients_equal_torch_batch_norm_over_the_valid_frames(
+        affine, channels_last):
+    from rnnkit.models.recognizer import MaskedBatchNorm2d
+    torch.manual_seed(1)
+    ours, oracle = MaskedBatchNorm2d(3, affine=affine), torch.nn.BatchNorm2d(3, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 2.0)
+            ours.bias.uniform_(-1.0, 1.0)
+    oracle.load_state_dict(ours.state_dict())
+    lengths = [6, 3, 1]
+    h = torch.randn(3, 3, 4, 6) * 1.5 - 0.7  # (B, C, F, T)
+    for b, n in enumerate(lengths):
+        h[b, :, :, n:] = 30.0
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    valid = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
+    upstream = torch.randn(3, 3, 4, 6)  # any gradient, padded frames included
+    ours_h = h.clone().requires_grad_()
+    (ours(ours_h, valid) * upstream).sum().backward()
+    # the oracle: torch's batch norm over the valid frames alone, side by side along time
+    pieces = [h[b:b + 1, :, :, :n].clone().requires_grad_() for b, n in enumerate(lengths)]
+    out = oracle(torch.cat(pieces, dim=3))
+    (out * torch.cat([upstream[b:b + 1, :, :, :n] for b, n in enumerate(lengths)], 3)
+     ).sum().backward()
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(ours_h.grad[b, :, :, :n], pieces[b].grad[0], atol=1e-5,
+                                   rtol=1e-5)
+        assert (ours_h.grad[b, :, :, n:] == 0).all()  # padding: a constant 0 out
+    if affine:
+        torch.testing.assert_close(ours.weight.grad, oracle.weight.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.bias.grad, oracle.bias.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_batch_norm_passes_gradcheck():
+    from rnnkit.models.recognizer import _MaskedBatchNormFunction
+    torch.manual_seed(2)
+    h = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.empty(2, dtype=torch.float64).uniform_(0.5, 2.0).requires_grad_()
+    bias = torch.empty(2, dtype=torch.float64).uniform_(-1.0, 1.0).requires_grad_()
+    keep = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]],
+                        dtype=torch.float64)[:, None, None, :]  # (B, 1, 1, T)
+    torch.autograd.gradcheck(
+        lambda x, w, b: _MaskedBatchNormFunction.apply(x, keep, w, b, 1e-5)[0],
+        (h, weight, bias))
 
 
 def test_front_end_options_count_their_layers_and_check_their_arguments():
