@@ -56,6 +56,7 @@ __all__ = [
     "DigitPool",
     "DigitStrings",
     "collate_digit_strings",
+    "elastic_displacement",
     "find_mnist_dir",
     "load_mnist_digits",
     "split_digit_pool",
@@ -216,12 +217,19 @@ class DigitStrings(torch.utils.data.Dataset):
             (a real number: sub-pixel moves too), sampled bilinearly, blank outside the
             digit (see :func:`warp_digit`); applied before ``jitter``. All 0 (default): none,
             and every other draw of the string is the same as without them.
+        elastic, elastic_sigma: augmentation, an elastic distortion of each digit (Simard et
+            al. 2003, who used ``elastic=34, elastic_sigma=4`` on MNIST): every pixel reads
+            the digit ``elastic`` times a displacement field away, the field uniform noise in
+            ``-1 .. 1`` per pixel and direction smoothed by a Gaussian of ``elastic_sigma``
+            pixels (:func:`elastic_displacement`); with the affine map, each output pixel reads
+            the affine map's source point moved by the field. 0 (default): none, and every
+            other draw is the same as without it.
     """
 
     def __init__(self, pool: DigitPool | tuple[Any, Any], *, count: int, min_digits: int = 3,
                  max_digits: int = 7, max_gap: int = 8, seed: int = 0, jitter: int = 0,
                  rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0,
-                 shift: float = 0.0) -> None:
+                 shift: float = 0.0, elastic: float = 0.0, elastic_sigma: float = 4.0) -> None:
         if isinstance(pool, DigitPool):
             pool = _checked_pool(pool.images, pool.labels, pool.index)
         elif isinstance(pool, (tuple, list)) and len(pool) == 2:
@@ -268,6 +276,17 @@ class DigitStrings(torch.utils.data.Dataset):
                                rng.uniform(-self.shear, self.shear, n),
                                rng.uniform(-self.shift, self.shift, n)], axis=1)  # (n, 4)
             self._affine = np.split(params, np.cumsum(sizes)[:-1]) if self.count else []
+        self.elastic = _limit("elastic", elastic, below=1000.0)
+        self.elastic_sigma = _limit("elastic_sigma", elastic_sigma, below=100.0)
+        if not self.elastic_sigma:
+            raise ValueError("elastic_sigma must be positive (the Gaussian's width in pixels), "
+                             "got 0")
+        # drawn after the affine parameters, only when asked for: a seed per digit, from
+        # which its noise field is drawn when the string is built (fields are not stored)
+        self._elastic_seeds: list[np.ndarray] | None = None
+        if self.elastic:
+            seeds = rng.integers(0, 2**63 - 1, size=int(sizes.sum()))
+            self._elastic_seeds = np.split(seeds, np.cumsum(sizes)[:-1]) if self.count else []
 
     @property
     def height(self) -> int:
@@ -310,8 +329,16 @@ class DigitStrings(torch.utils.data.Dataset):
         width = int(digit_width * len(picks) + gaps.sum())
         image = np.zeros((height, width), dtype=np.float32)  # (H, W)
         column = 0
-        warped = None if self._affine is None else warp_digits(self.pool.images[picks],
-                                                               self._affine[i])  # (L, H, D)
+        warped = None
+        if self._affine is not None or self._elastic_seeds is not None:
+            params = self._affine[i] if self._affine is not None else \
+                np.tile([0.0, 1.0, 0.0, 0.0], (len(picks), 1))  # (L, 4), the identity
+            displacement = None
+            if self._elastic_seeds is not None:
+                noise = np.stack([np.random.default_rng(int(seed)).uniform(
+                    -1.0, 1.0, (2, height, digit_width)) for seed in self._elastic_seeds[i]])
+                displacement = self.elastic * elastic_displacement(noise, self.elastic_sigma)
+            warped = warp_digits(self.pool.images[picks], params, displacement)  # (L, H, D)
         for j, (pick, gap, shift) in enumerate(zip(picks, gaps[:-1], shifts, strict=True)):
             column += int(gap)
             digit = self.pool.images[pick] if warped is None else warped[j]
@@ -349,9 +376,31 @@ def warp_digit(digit: np.ndarray, rotate: float = 0.0, scale: float = 1.0, shear
                        np.array([[rotate, scale, shear, shift]], dtype=np.float64))[0]
 
 
-def warp_digits(digits: np.ndarray, params: np.ndarray) -> np.ndarray:
+def elastic_displacement(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """``noise (..., H, D)`` smoothed by a Gaussian of standard deviation ``sigma`` pixels
+    along the last two axes, zero outside the box: float64, the same shape. Equal to
+    ``scipy.ndimage.gaussian_filter(noise, (0, ..., sigma, sigma), mode="constant")`` (its
+    kernel cut at 4 sigma), written as two small matrix products."""
+    noise = np.asarray(noise, dtype=np.float64)
+    height, width = noise.shape[-2:]
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+
+    def band(n: int) -> np.ndarray:  # (n, n): row i holds the taps centred on i
+        offsets = np.arange(n)[None, :] - np.arange(n)[:, None]  # j - i
+        inside = np.abs(offsets) <= radius
+        return np.where(inside, taps[np.clip(offsets + radius, 0, 2 * radius)], 0.0)
+
+    return band(height) @ noise @ band(width).T
+
+
+def warp_digits(digits: np.ndarray, params: np.ndarray,
+                displacement: np.ndarray | None = None) -> np.ndarray:
     """:func:`warp_digit` for a stack: ``digits (L, H, D)``, ``params (L, 4)`` rows of
-    ``(rotate, scale, shear, shift)`` -> float32 ``(L, H, D)``, in one vectorised pass."""
+    ``(rotate, scale, shear, shift)`` -> float32 ``(L, H, D)``, in one vectorised pass.
+    ``displacement (L, 2, H, D)``, optional: ``(dx, dy)`` in pixels per output pixel, added
+    to the point each one reads (an elastic distortion)."""
     count, height, width = digits.shape
     theta, phi = np.deg2rad(params[:, 0]), np.deg2rad(params[:, 2])  # (L,)
     cos, sin, tan, scale = np.cos(theta), np.sin(theta), np.tan(phi), params[:, 1]
@@ -365,6 +414,12 @@ def warp_digits(digits: np.ndarray, params: np.ndarray) -> np.ndarray:
     py = np.broadcast_to((ys.ravel() - cy)[None, :], px.shape)
     src_x = (d[:, None] * px - b[:, None] * py) / det[:, None] + cx  # the inverse map
     src_y = (-c[:, None] * px + a[:, None] * py) / det[:, None] + cy
+    if displacement is not None:
+        if displacement.shape != (count, 2, height, width):
+            raise ValueError(f"warp_digits: displacement must be (L, 2, H, D) = ({count}, 2, "
+                             f"{height}, {width}), got {tuple(displacement.shape)}")
+        src_x = src_x + displacement[:, 0].reshape(count, -1)
+        src_y = src_y + displacement[:, 1].reshape(count, -1)
     x0, y0 = np.floor(src_x).astype(np.int64), np.floor(src_y).astype(np.int64)
     fx, fy = (src_x - x0).astype(np.float32), (src_y - y0).astype(np.float32)
     # a ring of zeros around each digit: every clipped index outside it reads 0

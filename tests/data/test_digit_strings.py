@@ -10,6 +10,7 @@ from rnnkit.data.digit_strings import (
     DigitPool,
     DigitStrings,
     collate_digit_strings,
+    elastic_displacement,
     find_mnist_dir,
     load_mnist_digits,
     split_digit_pool,
@@ -329,3 +330,58 @@ def test_affine_augmentation_warps_each_digit_and_keeps_every_other_draw():
                         ("rotate", True), ("shift", "2")):
         with pytest.raises(ValueError, match=f"{name} must be a number in"):
             DigitStrings((images, labels), count=2, **{name: value})
+
+
+@pytest.mark.parametrize("sigma, shape", [(4.0, (3, 2, 28, 28)), (1.3, (2, 9, 7)),
+                                          (6.0, (1, 5, 12))])
+def test_elastic_displacement_equals_scipy_gaussian_filter(sigma, shape):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    noise = np.random.default_rng(0).uniform(-1.0, 1.0, shape)
+    expected = ndimage.gaussian_filter(noise, (0,) * (len(shape) - 2) + (sigma, sigma),
+                                       mode="constant", cval=0.0)
+    np.testing.assert_allclose(elastic_displacement(noise, sigma), expected, atol=1e-12)
+
+
+def test_warp_digits_with_a_displacement_equals_scipy_map_coordinates():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    images, _ = fake_pool(n=2, height=28, width=24)
+    rng = np.random.default_rng(1)
+    displacement = rng.uniform(-3.0, 3.0, (2, 2, 28, 24))  # (L, (dx, dy), H, D)
+    identity = np.tile([0.0, 1.0, 0.0, 0.0], (2, 1))
+    got = warp_digits(images, identity, displacement)
+    rows, cols = np.mgrid[0:28, 0:24]
+    for digit, (dx, dy), out in zip(images, displacement, got, strict=True):
+        expected = ndimage.map_coordinates(digit.astype(np.float64), [rows + dy, cols + dx],
+                                           order=1, mode="grid-constant", cval=0.0)
+        np.testing.assert_allclose(out, expected, atol=1e-3)
+    # with an affine map too: the affine map's source point, moved by the field
+    params = np.array([[10.0, 1.1, 5.0, 1.5], [-7.0, 0.9, -12.0, -2.3]])
+    zero = warp_digits(images, params, np.zeros((2, 2, 28, 24)))
+    np.testing.assert_array_equal(zero, warp_digits(images, params))
+    with pytest.raises(ValueError, match=r"displacement must be \(L, 2, H, D\)"):
+        warp_digits(images, identity, displacement[:, :, :, :20])
+
+
+def test_elastic_augmentation_distorts_each_digit_reproducibly_and_keeps_every_other_draw():
+    images, labels = fake_pool(n=30)
+    options = dict(count=10, seed=3, jitter=1, rotate=5.0, shift=1.0)
+    plain = DigitStrings((images, labels), **options)
+    off = DigitStrings((images, labels), elastic=0.0, **options)
+    bent = DigitStrings((images, labels), elastic=34.0, elastic_sigma=4.0, **options)
+    again = DigitStrings((images, labels), elastic=34.0, elastic_sigma=4.0, **options)
+    for i in range(10):
+        a, b, c = plain[i], off[i], bent[i]
+        assert torch.equal(a["image"], b["image"])  # elastic 0: the strings as before
+        assert a["text"] == c["text"] and a["width"] == c["width"]  # same digits and gaps
+        assert torch.equal(c["image"], again[i]["image"])  # fixed by the seed
+        assert not torch.equal(a["image"], c["image"])
+        assert float(c["image"].min()) >= 0.0 and float(c["image"].max()) <= 1.0
+    # the displacement of one digit: smoothed noise, a few pixels at Simard's settings
+    field = 34.0 * elastic_displacement(
+        np.random.default_rng(7).uniform(-1.0, 1.0, (2, 28, 28)), 4.0)
+    assert 0.5 < float(np.abs(field).mean()) < 3.0
+    for name, value in (("elastic", -1.0), ("elastic_sigma", -2.0), ("elastic", "3")):
+        with pytest.raises(ValueError, match=f"{name} must be a number in"):
+            DigitStrings((images, labels), count=2, **{name: value})
+    with pytest.raises(ValueError, match="elastic_sigma must be positive"):
+        DigitStrings((images, labels), count=2, elastic=10.0, elastic_sigma=0.0)
