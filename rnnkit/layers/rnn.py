@@ -130,6 +130,35 @@ def check_constructor_args(
         )
 
 
+class _CallCache:
+    """A drop-in's remembered call (:meth:`RNNBase._fast_forward`): ``state`` is None or
+    ``(key, entry)``, replaced as one object. Pickled and deep-copied empty (the entry holds
+    the compiled extension and cells, and is rebuilt at the copy's first call)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state: tuple[tuple, _FastCall] | None = None
+
+    def __reduce__(self):
+        return (_CallCache, ())
+
+
+class _FastCall:
+    """What a drop-in's call decided, kept for the next call with the same key: the fused
+    path, or one prepared compiled run per layer and direction (``compiled.prepare``), the
+    cells' parameter bindings and the zero initial state in the kernels' row layout."""
+
+    __slots__ = ("fused", "runs", "bindings", "zero_state")
+
+    def __init__(self, fused: bool, runs: list, bindings: list, zero_state: Tensor | None):
+        self.fused, self.runs, self.bindings, self.zero_state = fused, runs, bindings, zero_state
+
+
+_functorch_level = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level",
+                           lambda: None)
+
+
 class RNNBase(Configurable, Stateful, nn.RNNBase):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see module docs).
 
@@ -475,6 +504,12 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             with ``go_backwards``) and the final states ``(L*D, B, H_out)`` (LSTM also
             ``c_n (L*D, B, H)``).
         """
+        plain = hx is None and lengths is None and mask is None and type(input) is Tensor
+        if plain:
+            cached = self.__dict__["_call_cache"].state
+            key = self._call_key(input)
+            if cached is not None and key is not None and cached[0] == key:
+                return self._fast_forward(cached[1], input)
         inputs, hx, lengths, gaps, pack_info, unbatched = self._prepare(input, hx, lengths, mask)
         batch_size = inputs.shape[1]  # lengths were validated by to_time_major
         if hx is not None:
@@ -511,11 +546,158 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
 
         if self.stateful:
             self._state_store.put(h_n)
+        if plain and key is not None and not unbatched:
+            self._remember_call(key, plan, inputs)
         output = from_time_major(outputs, self.batch_first and not unbatched, lengths, pack_info)
         if unbatched:
             output = output.squeeze(1)  # (T, D*H_out)
             h_n = tuple(t.squeeze(1) for t in h_n) if isinstance(h_n, tuple) else h_n.squeeze(1)
         return output, h_n
+
+    # ----------------------------------------------------------------- call cache
+    # A small model pays Python at every call (docs/engine.md, "Per-call overhead"): the
+    # input checks, the plan, the compiled kernels' checks and the kernel call's options.
+    # A call without hx, lengths or mask remembers what it decided under a key of everything
+    # the decision depends on (_call_key); the next call with the same key runs the
+    # remembered runs directly. Assigning any attribute (an option, a parameter, train())
+    # forgets it; the key covers what changes without an assignment.
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        cache = self.__dict__.get("_call_cache")
+        if cache is None:
+            self.__dict__["_call_cache"] = _CallCache()
+        else:
+            cache.state = None
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__["_call_cache"].state = None
+        super().__delattr__(name)
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_call_cache", _CallCache())
+        super().__setstate__(state)
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__["_call_cache"].state = None
+        return super()._apply(fn, recurse)
+
+    def _call_key(self, input: Tensor) -> tuple | None:
+        """Everything a plain call's decision depends on beyond the module's attributes (an
+        assignment forgets the remembered call): the input's shape, dtype, requires_grad and
+        layout, the training flag, the grad and inference modes, the precision context, each
+        parameter's identity, dtype, device, shape and requires_grad (``.to()``,
+        ``.data = ...``, ``requires_grad_`` and ``register_parameter`` change them without an
+        assignment), and whether the cells have hooks. None: never remembered (tracing,
+        exporting, torch.compile, a torch.func transform, a parametrized module, a non-CPU
+        input)."""
+        if (self._modules or input.device.type != "cpu" or _functorch_level() is not None
+                or torch.compiler.is_compiling() or dispatch.exporting()
+                or dispatch.tracing()):
+            return None
+        from rnnkit.engine.fused import _precision
+
+        return (
+            input.shape, input.dtype, input.requires_grad, input.layout, self.training,
+            torch.is_grad_enabled(), torch.is_inference_mode_enabled(), _precision.get(),
+            tuple([(id(p), p.dtype, p.device, p.shape, p.requires_grad)
+                   for p in self._parameters.values() if p is not None]),
+            tuple([bool(c._forward_hooks or c._forward_pre_hooks) for c in self._cells]),
+        )
+
+    def _remember_call(self, key: tuple, plan: Plan, inputs: Tensor) -> None:
+        """After a plain call: remember the fused plan, or the compiled runs when every layer
+        and direction ran on the compiled kernels' template (no wrapper cell, float32 or
+        float64, nothing declined); anything else is decided again at every call."""
+        if (self.stateful or self.go_backwards or self.learnable_initial_state
+                or (self.training and self.dropout_input > 0)):
+            return
+        if plan.path == "fused":
+            entry = _FastCall(True, [], [], None)
+        elif plan.path == "cells" and len(plan.runs) == len(self._cells):
+            from rnnkit.engine import compiled
+
+            runs, bindings = [], []
+            directions = 2 if self.bidirectional else 1
+            layer_input = inputs
+            for index, run in enumerate(plan.runs):
+                cell = self._cells[index]
+                if (run.ran != "compiled" or run.declined or run.cell is not cell
+                        or run.precision != "fp32"):
+                    return
+                bindings.append(self._binding_slots(index))
+                if index and index % directions == 0:  # the next layer's input features
+                    layer_input = inputs.new_empty(
+                        inputs.shape[0], inputs.shape[1], cell.input_size)
+                prepared = compiled.prepare(cell, layer_input, reverse=index % directions == 1)
+                if prepared is None:
+                    return
+                runs.append(prepared)
+            widths = {run.state_width for run in runs}
+            if len(widths) != 1:
+                return
+            zero = inputs.new_zeros(inputs.shape[1], widths.pop())  # (B, SW)
+            entry = _FastCall(False, runs, bindings, zero)
+        else:
+            return
+        self.__dict__["_call_cache"].state = (key, entry)
+
+    def _binding_slots(self, index: int) -> list[tuple[dict, str, str]]:
+        """``(parameter dict of the owner, slot, module parameter name)`` per parameter of
+        cell ``index``: :meth:`_bound_cell` without the module lookups."""
+        cell = self._cells[index]
+        slots = []
+        for path, module_name in self._bindings[index]:
+            owner_path, _, leaf = path.rpartition(".")
+            owner = cell.get_submodule(owner_path) if owner_path else cell
+            slots.append((owner._parameters, leaf, module_name))
+        return slots
+
+    def _fast_forward(self, entry: _FastCall, input: Tensor) -> tuple[Tensor, HiddenState]:
+        """A remembered plain call (same key): the checks it passed and the plan it made
+        still hold; only the tensors are new."""
+        inputs = input.transpose(0, 1) if self.batch_first else input  # (T, B, H_in)
+        if entry.fused:
+            from rnnkit.engine import fused
+
+            hx = self._initial_hx(inputs.shape[1], inputs)
+            outputs, h_n = fused.forward(self, inputs, hx, None)
+        else:
+            outputs, h_n = self._fast_layers(entry, inputs)
+        return (outputs.transpose(0, 1) if self.batch_first else outputs), h_n
+
+    def _fast_layers(self, entry: _FastCall, inputs: Tensor) -> tuple[Tensor, HiddenState]:
+        """:meth:`_forward_layers` on the remembered compiled runs, from zero states."""
+        from rnnkit.engine import compiled
+
+        params = self._parameters
+        for slots in entry.bindings:  # the cells read the module's current tensors
+            for owner, leaf, name in slots:
+                owner[leaf] = params[name]
+        directions = 2 if self.bidirectional else 1
+        out_width = self.proj_size if self.proj_size > 0 else self.hidden_size
+        finals: list[Tensor] = []
+        layer_input, previous = inputs, inputs
+        runs = entry.runs
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+            outputs = []
+            for direction in range(directions):
+                out, final = compiled.run_prepared(
+                    runs[layer * directions + direction], layer_input, entry.zero_state)
+                outputs.append(out)  # (T, B, H_out)
+                finals.append(final)  # (B, SW)
+            output = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+            if self.residual and layer > 0:
+                output = output + previous
+            previous = layer_input = output  # (T, B, D*H_out)
+        if self.mode == "LSTM":
+            h_n = torch.stack([f[:, :out_width] for f in finals])  # (L*D, B, H_out)
+            c_n = torch.stack([f[:, out_width:] for f in finals])  # (L*D, B, H)
+            return layer_input, (h_n, c_n)
+        h_n = finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
+        return layer_input, h_n
 
     def execution_plan(self, input: Tensor | PackedSequence,
                        lengths: Tensor | list[int] | None = None,

@@ -37,6 +37,7 @@ def recorded(monkeypatch):
 
     record(fused, "forward", "fused")
     record(compiled, "run_recurrence", "compiled")
+    record(compiled, "run_prepared", "compiled")  # a drop-in's remembered call
     record(loop, "run_recurrence", "loop")
     return calls
 
@@ -64,7 +65,8 @@ X = torch.randn(6, 4, 3)
 
 def test_a_forward_asks_each_question_once_per_cell(monkeypatch):
     """step_cells() (binding), the kernels' supports() and the parameter checks: once per
-    call and cell at most (the base asked supports() three times and bound the cells twice)."""
+    call and cell at most (the base asked supports() three times and bound the cells twice);
+    a second call with the same key asks none of them (the drop-in's call cache)."""
     rnn = rnnkit.RNN(3, 5, nonlinearity="relu", num_layers=2, bidirectional=True)
     counts = {"step_cells": 0, "_supports": 0, "_check_parameters": 0}
 
@@ -82,7 +84,9 @@ def test_a_forward_asks_each_question_once_per_cell(monkeypatch):
     monkeypatch.setattr(rnn, "step_cells", _counting(rnn.step_cells, counts, "step_cells"))
     rnn(X)
     assert counts == {"step_cells": 1, "_supports": 4, "_check_parameters": 4}
-    rnn(X)  # same configuration: the per-cell answers are remembered
+    rnn(X)  # same configuration: the whole call is remembered
+    assert counts == {"step_cells": 1, "_supports": 4, "_check_parameters": 4}
+    rnn(X, lengths=torch.tensor([6, 5, 4, 3]))  # not a plain call: planned, answers memoised
     assert counts == {"step_cells": 2, "_supports": 4, "_check_parameters": 4}
 
 

@@ -96,6 +96,7 @@ def recorded(monkeypatch):
 
     record(fused, "forward", "fused")
     record(compiled, "run_recurrence", "compiled")
+    record(compiled, "run_prepared", "compiled")  # a drop-in's remembered call
     record(loop, "run_recurrence", "loop")
     record(parallel, "run_recurrence", "scan")
     return calls

@@ -48,8 +48,8 @@ from rnnkit.engine.compiled import _bf16, _build, _cells
 from rnnkit.engine.compiled._differentiable import _is_wrapped
 from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall
 
-__all__ = ["DEVICES", "available", "fallback_reason", "supports", "supports_bf16",
-           "run_recurrence"]
+__all__ = ["DEVICES", "PreparedRun", "available", "fallback_reason", "prepare", "run_prepared",
+           "supports", "supports_bf16", "run_recurrence"]
 
 #: Device types the compiled kernels run on.
 DEVICES = ("cpu",)
@@ -517,6 +517,81 @@ def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: 
     if len(parts) == 1:
         return out, final
     return out, tuple(final.split([width for _, width in parts], dim=1))
+
+
+@dataclass(eq=False)
+class PreparedRun:
+    """One cell's compiled run with everything but the tensors decided (:func:`prepare`):
+    the extension, the cell's adapter, the kernel call (family, names, flags, direction,
+    grad mode) and the state's widths. :func:`run_prepared` runs it."""
+
+    ext: object
+    adapter: CompiledAdapter
+    call: KernelCall
+    lengths: Tensor  # the empty lengths argument (every sequence has T steps)
+    widths: tuple[int, ...]  # the state parts' widths, in the kernel's row order
+
+    @property
+    def state_width(self) -> int:
+        """``SW``: the width of the kernel's carried state row (the parts side by side)."""
+        return sum(self.widths)
+
+
+def prepare(cell: nn.Module, inputs: Tensor, reverse: bool = False) -> PreparedRun | None:
+    """What :func:`run_recurrence` decides for ``cell`` on ``inputs`` in the current grad
+    mode, in float32/float64 precision and without lengths, done once: checks the cell (as
+    ``run_recurrence`` does, raising its errors) and returns a :class:`PreparedRun`, or None
+    where ``run_recurrence`` would not run the step-loop template here (a cell with a
+    kernel of its own, a torch.func transform active, the kernels unavailable).
+
+    The run stays valid while nothing it was decided on changes: the cell's configuration
+    and parameters (which tensors, dtype, device, shape, requires_grad), the input's dtype,
+    device and feature size, and the grad mode. The caller keeps that promise (a drop-in
+    module's call cache, ``rnnkit.layers.rnn``); the parameters' *values* may change freely,
+    the run reads them at every call.
+    """
+    entry = _verified(cell)
+    ok, why = _supports_memo(cell, entry)
+    if not ok:
+        raise ValueError(f"compiled.run_recurrence cannot run this cell: {why}")
+    if fallback_reason(cell, inputs) is not None:
+        return None
+    if entry is None or not entry.parameters_checked:
+        _check_parameters(cell)
+        if entry is not None:
+            entry.parameters_checked = True
+    _check(cell, inputs, None)
+    ext, _ = _build.load()
+    if ext is None:
+        return None
+    adapter = _adapter_class(cell)[1](cell)
+    if isinstance(adapter, _cells.OwnKernelAdapter):
+        return None
+    names = tuple(k for k, v in adapter.kernel_tensors().items() if v is not None)
+    call = KernelCall(
+        family=adapter.family,
+        names=names,
+        flags=tuple(adapter.flags().items()),
+        numbers=tuple(adapter.numbers().items()),
+        reverse=bool(reverse),
+        output_size=cell.output_size,
+        step=adapter.step,
+        grad=torch.is_grad_enabled(),
+    )
+    lengths = torch.empty(0, dtype=torch.int64, device=inputs.device)
+    return PreparedRun(ext, adapter, call, lengths, tuple(w for _, w in adapter.state_parts()))
+
+
+def run_prepared(run: PreparedRun, inputs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """Run a :func:`prepare`-d cell over time-major ``inputs`` (T, B, H_in) from the carried
+    state in the kernel's row layout, ``state`` (B, SW) (the state parts side by side, e.g.
+    ``[h | c]``): ``(outputs (T, B, H_out), final state (B, SW))``, differentiable as
+    :func:`run_recurrence`'s. The caller guarantees what :func:`prepare` names; the
+    parameters are read from the cell at this call."""
+    adapter = run.adapter
+    xp = adapter.project(inputs)  # (T, B, X)
+    tensors = [v.contiguous() for v in adapter.kernel_tensors().values() if v is not None]
+    return CellRecurrence.apply(run.ext, run.call, run.lengths, xp, state, *tensors)
 
 
 def _state_tensor(cell, state, batch: int, size: int | None = None, what: str = "state"):
