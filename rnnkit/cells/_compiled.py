@@ -70,6 +70,13 @@ class CompiledAdapter:
         """The recurrent tensors by the kernel's names (None: absent, not passed)."""
         raise NotImplementedError
 
+    def projection_operands(self) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+        """``(weight, bias, second_bias)`` when :meth:`project` is exactly
+        ``projection(inputs, weight, sum_bias(bias, second_bias))`` with ``F.linear`` (no
+        norm), so that the engine may compute it inside the recurrence's autograd node (one
+        node instead of four); None (the default): the engine calls :meth:`project`."""
+        return None
+
     def flags(self) -> dict[str, bool]:
         return {}
 

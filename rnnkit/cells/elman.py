@@ -46,6 +46,10 @@ class ElmanAdapter(CompiledAdapter):
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         return {"weight_hh": self.cell.weight_hh}
 
+    def projection_operands(self):
+        cell = self.cell
+        return cell.weight_ih, cell.bias_ih, cell.bias_hh
+
     def flags(self) -> dict[str, bool]:
         return {"relu": self.cell.nonlinearity == "relu"}
 

@@ -54,6 +54,10 @@ class GRUAdapter(CompiledAdapter):
         # (T, B, 3H)
         return projection(inputs, cell.weight_ih, cell.bias_ih, cell.ln_ih, self.linear)
 
+    def projection_operands(self):
+        cell = self.cell
+        return None if cell.ln_ih is not None else (cell.weight_ih, cell.bias_ih, None)
+
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         cell = self.cell
         tensors = {"weight_hh": cell.weight_hh, "bias_hh": cell.bias_hh}

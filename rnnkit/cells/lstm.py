@@ -85,6 +85,10 @@ class LSTMAdapter(CompiledAdapter):
         return projection(inputs, cell.weight_ih, sum_bias(cell.bias_ih, cell.bias_hh), norm,
                           self.linear)
 
+    def projection_operands(self):
+        cell = self.cell
+        return None if cell.layer_norm else (cell.weight_ih, cell.bias_ih, cell.bias_hh)
+
     def kernel_tensors(self) -> dict[str, Tensor | None]:
         cell = self.cell
         tensors = {"weight_hh": cell.weight_hh, "weight_hr": cell.weight_hr,

@@ -112,6 +112,9 @@ def test_a_second_plain_call_runs_the_remembered_call(ran):
     ("LSTM", {"engine": "compiled"}),
     ("LSTM", {"engine": "compiled", "proj_size": 2, "num_layers": 2, "bidirectional": True}),
     ("LSTM", {}),  # torch's fused kernel on CPU: the plan is remembered
+    ("RNN", {"bias": False}),
+    ("GRU", {"bias": False, "batch_first": True}),
+    ("LSTM", {"engine": "compiled", "bias": False}),
 ])
 def test_each_family_and_stack_matches_torch_on_the_remembered_call(kind, kwargs, ran):
     torch.manual_seed(0)
@@ -383,3 +386,46 @@ def test_gradcheck_on_the_remembered_call(ran):
     torch.autograd.gradcheck(call, (x, *[p.detach().requires_grad_() for p in
                                          ours.parameters()]))
     torch.autograd.gradgradcheck(plain, (x,))
+
+
+@pytest.mark.parametrize("frozen", [("bias_ih_l0",), ("bias_hh_l0",), ("weight_ih_l0",),
+                                    ("bias_ih_l0", "bias_hh_l0", "weight_ih_l0")])
+def test_projection_operands_frozen_one_at_a_time(frozen, ran):
+    """The projection's weight and both biases are inputs of the recurrence's autograd
+    node: each gets its gradient (or none) on its own."""
+    ours, theirs = _pair()
+    for module in (ours, theirs):
+        for name in frozen:
+            getattr(module, name).requires_grad_(False)
+    for _ in range(2):
+        _check(ours, theirs, _x(T, B, F, requires_grad=True))
+    assert ran == ["compiled", "prepared"]
+
+
+def test_vectorized_jacobian_through_the_remembered_call(ran):
+    """A vmapped backward (jacobian(vectorize=True)) takes the differentiable path."""
+    ours, theirs = _pair(dtype=torch.float64)
+    x = _x(3, 2, F, dtype=torch.float64)
+    ours(x.clone().requires_grad_())
+    jac = torch.autograd.functional.jacobian(lambda v: ours(v)[1], x, vectorize=True)
+    ref = torch.autograd.functional.jacobian(lambda v: theirs(v)[1], x, vectorize=True)
+    torch.testing.assert_close(jac, ref)
+    assert ran == ["compiled", "prepared"]
+
+
+def test_projection_gradients_of_gradients_match_torch(ran):
+    """create_graph=True through the remembered call: a gradient penalty's gradient."""
+    ours, theirs = _pair(kind="GRU", dtype=torch.float64)
+    x = _x(T, B, F, dtype=torch.float64)
+    results = []
+    for module in (ours, ours, theirs):
+        module.zero_grad(set_to_none=True)
+        _, h = module(x)
+        grads = torch.autograd.grad(h.square().sum(), list(module.parameters()),
+                                    create_graph=True)
+        sum(g.square().sum() for g in grads).backward()
+        results.append([p.grad for p in module.parameters()])
+    assert ran == ["compiled", "prepared"]
+    for ours_grads in results[:2]:
+        for a, b in zip(ours_grads, results[2], strict=True):
+            torch.testing.assert_close(a, b)

@@ -46,7 +46,7 @@ from rnnkit.cells._compiled import CompiledAdapter
 from rnnkit.cells.base import State
 from rnnkit.engine.compiled import _bf16, _build, _cells
 from rnnkit.engine.compiled._differentiable import _is_wrapped
-from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall
+from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall, ProjectedRecurrence
 
 __all__ = ["DEVICES", "PreparedRun", "available", "fallback_reason", "prepare", "run_prepared",
            "supports", "supports_bf16", "run_recurrence"]
@@ -493,7 +493,9 @@ def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: 
     tensors = [_state_tensor(cell, t, B, width, what)
                for t, (what, width) in zip(given, parts, strict=True)]
     state0 = tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)  # (B, SW)
-    xp = adapter.project(inputs)  # (T, B, X)
+    operands = None if bf16 else adapter.projection_operands()
+    # with the operands, the projection runs inside the recurrence's autograd node
+    xp = inputs if operands is not None else adapter.project(inputs)  # (T, B, X)
     named = {k: _opt(v, xp) for k, v in adapter.kernel_tensors().items() if v is not None}
     grad = torch.is_grad_enabled()
     # everything but the tensors depends on the configuration alone: built once per
@@ -513,7 +515,11 @@ def _run_adapter(ext, adapter: CompiledAdapter, inputs: Tensor, state, lengths: 
         )
         if entry is not None:
             entry.calls[(reverse, grad, bf16)] = call
-    out, final = CellRecurrence.apply(ext, call, lengths, xp, state0, *named.values())
+    if operands is not None:
+        out, final = ProjectedRecurrence.apply(ext, call, lengths, inputs, *operands, state0,
+                                               *named.values())
+    else:
+        out, final = CellRecurrence.apply(ext, call, lengths, xp, state0, *named.values())
     if len(parts) == 1:
         return out, final
     return out, tuple(final.split([width for _, width in parts], dim=1))
@@ -589,8 +595,12 @@ def run_prepared(run: PreparedRun, inputs: Tensor, state: Tensor) -> tuple[Tenso
     :func:`run_recurrence`'s. The caller guarantees what :func:`prepare` names; the
     parameters are read from the cell at this call."""
     adapter = run.adapter
-    xp = adapter.project(inputs)  # (T, B, X)
     tensors = [v.contiguous() for v in adapter.kernel_tensors().values() if v is not None]
+    operands = adapter.projection_operands()
+    if operands is not None:  # one autograd node for the projection and the recurrence
+        return ProjectedRecurrence.apply(run.ext, run.call, run.lengths, inputs, *operands,
+                                         state, *tensors)
+    xp = adapter.project(inputs)  # (T, B, X)
     return CellRecurrence.apply(run.ext, run.call, run.lengths, xp, state, *tensors)
 
 
