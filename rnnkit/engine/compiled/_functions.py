@@ -1,6 +1,8 @@
-"""The one ``torch.autograd.Function`` around the C++ step-loop template, for every family.
+"""The ``torch.autograd.Function``s around the C++ step-loop template, for every family.
 
-It covers only the recurrent part: it takes the hoisted input projection ``xp`` (T, B, X),
+:class:`ProjectedRecurrence` computes the hoisted input projection inside the node (for a
+projection that is a plain ``x W^T + b``, see its docstring). :class:`CellRecurrence`
+covers only the recurrent part: it takes the hoisted input projection ``xp`` (T, B, X),
 the initial state (B, SW) and the recurrent tensors by their kernel names, and returns
 ``(outputs, final state)``; the Python-to-C++ call (``ext.forward`` / ``ext.backward``,
 tensors, numbers and flags by name) is written here once. The input projection itself
