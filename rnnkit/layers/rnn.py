@@ -506,7 +506,8 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         """
         plain = hx is None and lengths is None and mask is None and type(input) is Tensor
         if plain:
-            cached = self.__dict__["_call_cache"].state
+            cache = self.__dict__.get("_call_cache")
+            cached = cache.state if cache is not None else None
             key = self._call_key(input)
             if cached is not None and key is not None and cached[0] == key:
                 return self._fast_forward(cached[1], input)
@@ -563,15 +564,18 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
     # forgets it; the key covers what changes without an assignment.
 
     def __setattr__(self, name: str, value: Any) -> None:
+        self._forget_call()
+        super().__setattr__(name, value)
+
+    def _forget_call(self) -> None:
         cache = self.__dict__.get("_call_cache")
         if cache is None:
             self.__dict__["_call_cache"] = _CallCache()
         else:
             cache.state = None
-        super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:
-        self.__dict__["_call_cache"].state = None
+        self._forget_call()
         super().__delattr__(name)
 
     def __setstate__(self, state: dict) -> None:
@@ -579,7 +583,7 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         super().__setstate__(state)
 
     def _apply(self, fn, recurse=True):
-        self.__dict__["_call_cache"].state = None
+        self._forget_call()
         return super()._apply(fn, recurse)
 
     def _call_key(self, input: Tensor) -> tuple | None:
@@ -640,6 +644,7 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             entry = _FastCall(False, runs, bindings, zero)
         else:
             return
+        self._forget_call()
         self.__dict__["_call_cache"].state = (key, entry)
 
     def _binding_slots(self, index: int) -> list[tuple[dict, str, str]]:

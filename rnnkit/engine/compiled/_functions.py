@@ -164,14 +164,15 @@ class ProjectedRecurrence(torch.autograd.Function):
         flags = dict(call.flags, reverse=call.reverse, bf16=False)
         grads = ctx.ext.backward(call.family, named, numbers, flags)
         needs = ctx.needs_input_grad
-        d_xp = grads["xp"].reshape(T * B, -1)  # (T*B, X)
+        d_xp = grads["xp"].reshape(T * B, weight.shape[0])  # (T*B, X)
         d_x = d_weight = d_bias = d_second = None
         if needs[3]:
             d_x = (d_xp @ weight).view(T, B, features)  # (T, B, H_in)
         if needs[4]:
-            # as torch's addmm backward: (x^T d xp)^T; the transposed form d xp^T x measured
-            # 1.8x slower at (T*B, X, H_in) = (2800, 16, 28) (MKL, AMD EPYC Zen 3)
-            d_weight = (x.reshape(T * B, features).t() @ d_xp).t()  # (X, H_in)
+            # x^T d xp, transposed into W's layout (contiguous, as torch returns it): the
+            # GEMM d xp^T x that torch's linear backward runs measured 1.8x slower at
+            # (T*B, X, H_in) = (2800, 16, 28) (MKL, 1 thread, AMD EPYC Zen 3)
+            d_weight = (x.reshape(T * B, features).t() @ d_xp).t().contiguous()  # (X, H_in)
         if (bias is not None and needs[5]) or (second is not None and needs[6]):
             column_sum = d_xp.sum(0)  # (X,)
             d_bias = column_sum if bias is not None and needs[5] else None
