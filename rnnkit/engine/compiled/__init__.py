@@ -46,7 +46,12 @@ from rnnkit.cells._compiled import CompiledAdapter
 from rnnkit.cells.base import State
 from rnnkit.engine.compiled import _bf16, _build, _cells
 from rnnkit.engine.compiled._differentiable import _is_wrapped
-from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall, ProjectedRecurrence
+from rnnkit.engine.compiled._functions import (
+    CellRecurrence,
+    KernelCall,
+    ProjectedRecurrence,
+    project,
+)
 
 __all__ = ["DEVICES", "PreparedRun", "available", "fallback_reason", "prepare", "run_prepared",
            "supports", "supports_bf16", "run_recurrence"]
@@ -597,6 +602,14 @@ def run_prepared(run: PreparedRun, inputs: Tensor, state: Tensor) -> tuple[Tenso
     adapter = run.adapter
     tensors = [v.contiguous() for v in adapter.kernel_tensors().values() if v is not None]
     operands = adapter.projection_operands()
+    call = run.call
+    if not call.grad:  # prepared without grad mode: no autograd node to build
+        xp = adapter.project(inputs) if operands is None else project(inputs, *operands)
+        named = dict(zip(call.names, tensors, strict=True))
+        named.update(xp=xp, state=state, lengths=run.lengths)
+        flags = dict(call.flags, reverse=call.reverse, training=False, bf16=False)
+        out, final, _, _ = run.ext.forward(call.family, named, dict(call.numbers), flags)
+        return out, final
     if operands is not None:  # one autograd node for the projection and the recurrence
         return ProjectedRecurrence.apply(run.ext, run.call, run.lengths, inputs, *operands,
                                          state, *tensors)
