@@ -28,7 +28,6 @@ Symbols: ``T`` time steps, ``B`` batch, ``H_in`` input features, ``H`` hidden si
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
@@ -76,29 +75,53 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
 
 def _gates(kind: str, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(a, v, g)`` of the recurrence ``h_t = a_t h_{t-1} + v_t`` from the pre-activations
-    ``pre (T, B, G*H)``, written exactly as the cell's step writes them (so the rounding is
-    the loop's): minGRU ``a = 1 - z``, ``v = z * g``; minLSTM ``a = f / (f + i)``,
-    ``v = (i / (f + i)) * g``; ``g`` the candidate :func:`rnnkit.functional.min_rnn_g`."""
+    ``pre (G, T, B, H)``, written exactly as the cell's step writes them (recorded by
+    autograd for gradients of gradients): minGRU ``a = 1 - z``, ``v = z * g``; minLSTM
+    ``a = f / (f + i)``, ``v = (i / (f + i)) * g``; ``g`` the candidate
+    :func:`rnnkit.functional.min_rnn_g`."""
     if kind == "gru":
-        z_pre, h_pre = pre.chunk(2, -1)  # (T, B, H) each
+        z_pre, h_pre = pre.unbind(0)  # (T, B, H) each
         z = torch.sigmoid(z_pre)
         g = RF.min_rnn_g(h_pre)
         return 1.0 - z, z * g, g
-    f_pre, i_pre, h_pre = pre.chunk(3, -1)
+    f_pre, i_pre, h_pre = pre.unbind(0)
     forget, inp = torch.sigmoid(f_pre), torch.sigmoid(i_pre)  # (T, B, H) each
     total = forget + inp
     g = RF.min_rnn_g(h_pre)
     return forget / total, (inp / total) * g, g
 
 
+def _gates_saved(kind: str, pre: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(a, v, g, s, b)`` from ``pre (G, T, B, H)`` in few whole-sequence passes over
+    contiguous blocks, keeping what the backward reads: ``s = sigmoid(pre)`` (one pass for
+    every gate and the candidate's negative branch), ``g = max(h_pre + 1/2,
+    sigmoid(h_pre))`` (the candidate :func:`rnnkit.functional.min_rnn_g`: ``x + 1/2 >=
+    sigmoid(x)`` exactly when ``x >= 0``; a boolean mask and ``where`` cost several passes
+    on a CPU), and ``b``, the coefficient of ``g`` in ``v = b g`` (minGRU ``z``, minLSTM
+    ``i / (f + i)``)."""
+    s = torch.sigmoid(pre)  # (G, T, B, H)
+    g = torch.add(pre[-1], 0.5)  # (T, B, H)
+    torch.maximum(g, s[-1], out=g)
+    if kind == "gru":
+        b = s[0]  # z
+        a = torch.rsub(b, 1.0)  # 1 - z
+    else:
+        forget, inp = s[0], s[1]
+        total = forget + inp
+        a = torch.div(forget, total)  # f / (f + i)
+        b = torch.div(inp, total, out=total)  # i / (f + i)
+    return a, torch.mul(b, g), g, s, b
+
+
 def _recur(a: Tensor, v: Tensor, h0: Tensor, reverse: bool, out: Tensor) -> Tensor:
     """``out[t] = a[t] * h + v[t]`` step by step from ``h0`` (``reverse``: from the last
-    step down), one fused multiply-add per step, no autograd."""
+    step down), one fused multiply-add per step, no autograd; ``out`` may be ``v``
+    itself."""
     h = h0
-    order = range(v.shape[0] - 1, -1, -1) if reverse else range(v.shape[0])
-    for t in order:
-        torch.addcmul(v[t], a[t], h, out=out[t])
-        h = out[t]
+    steps = v.shape[0]
+    a_t, v_t, out_t = a.unbind(0), v.unbind(0), out.unbind(0)  # views, made once
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        h = torch.addcmul(v_t[t], a_t[t], h, out=out_t[t])
     return out
 
 
@@ -111,15 +134,16 @@ def _recur_differentiable(a: Tensor, v: Tensor, h0: Tensor, reverse: bool) -> Te
 
 
 class _MinScan(torch.autograd.Function):
-    """All states of a minGRU/minLSTM from its pre-activations ``pre (T, B, G*H)`` (the
-    input projection of every step) and ``h0 (B, H)``: one autograd node.
+    """All states of a minGRU/minLSTM from its pre-activations ``pre (G, T, B, H)`` (the
+    input projection of every step, gate by gate) and ``h0 (B, H)``: one autograd node.
 
-    Forward: the gates of all steps in a few whole-sequence operations, then the recurrence
-    ``h_t = a_t h_{t-1} + v_t``, one fused multiply-add per step (``B*H`` elements: below
-    torch's parallel grain, so no thread barrier per step). Backward: the adjoint of a linear
-    recurrence is the same recurrence run the other way, ``G_t = dh_t + a_{t+1} G_{t+1}``;
-    the gradient of the pre-activations then follows in whole-sequence operations written
-    out by hand, straight into one ``(T, B, G*H)`` buffer:
+    Forward: the gates of all steps in a few whole-sequence operations (:func:`_gates_saved`),
+    then the recurrence ``h_t = a_t h_{t-1} + v_t``, one fused multiply-add per step
+    (``B*H`` elements: below torch's parallel grain, so no thread barrier per step).
+    Backward: the adjoint of a linear recurrence is the same recurrence run the other way,
+    ``G_t = dh_t + a_{t+1} G_{t+1}``; the gradient of the pre-activations then follows in
+    whole-sequence operations written out by hand from the forward's saved gates (nothing
+    recomputed), straight into one ``(G, T, B, H)`` buffer:
 
     * minGRU: ``d z_pre = G (g - h_{t-1}) z (1 - z)``, ``d h_pre = G z g'``;
     * minLSTM (``a = f/(f+i)``, ``b = i/(f+i)``): ``d f_pre = G (h_{t-1} - g) a b (1 - f)``,
@@ -132,15 +156,15 @@ class _MinScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre: Tensor, h0: Tensor, kind: str, reverse: bool) -> Tensor:
-        a, v, g = _gates(kind, pre)
-        hs = _recur(a, v, h0, reverse, torch.empty_like(v))  # (T, B, H)
+        a, v, g, s, b = _gates_saved(kind, pre)
+        hs = _recur(a, v, h0, reverse, v)  # (T, B, H): in place of v (v_t is read once)
         ctx.kind, ctx.reverse = kind, reverse
-        ctx.save_for_backward(pre, h0, hs, a, g)
+        ctx.save_for_backward(pre, h0, hs, a, g, s, b)
         return hs
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        pre, h0, hs, a, g = ctx.saved_tensors
+        pre, h0, hs, a, g, s, b = ctx.saved_tensors
         kind, reverse = ctx.kind, ctx.reverse
         if torch.is_grad_enabled():  # create_graph=True: recompute, recorded
             wanted = [t for t, need in zip((pre, h0), ctx.needs_input_grad[:2], strict=True)
@@ -152,46 +176,44 @@ class _MinScan(torch.autograd.Function):
                     next(grads) if ctx.needs_input_grad[1] else None, None, None)
         steps = grad.shape[0]
         # adjoints: G_t = dh_t + a_{t+1} G_{t+1} (reverse: a_{t-1} G_{t-1}), in time order
-        adj = torch.empty_like(grad)  # (T, B, H)
+        adj = torch.empty_like(a)  # (T, B, H)
+        grad_t, a_t, adj_t = grad.unbind(0), a.unbind(0), adj.unbind(0)
         order = range(steps) if reverse else range(steps - 1, -1, -1)
         step = -1 if reverse else 1
         previous = None
         for t in order:
             if previous is None:
-                adj[t].copy_(grad[t])
+                previous = adj_t[t].copy_(grad_t[t])
             else:
-                torch.addcmul(grad[t], a[t + step], previous, out=adj[t])
-            previous = adj[t]
+                previous = torch.addcmul(grad_t[t], a_t[t + step], previous, out=adj_t[t])
         first = steps - 1 if reverse else 0  # the step that reads h0
         grad_h0 = a[first] * adj[first] if ctx.needs_input_grad[1] else None
         if not ctx.needs_input_grad[0]:
             return None, grad_h0, None, None
-        # carry_t - g_t, with carry_t = h_{t-1} (reverse: h_{t+1}), h0 at the first step
+        # g_t - carry_t, with carry_t = h_{t-1} (reverse: h_{t+1}), h0 at the first step
         delta = torch.empty_like(g)  # (T, B, H)
         if reverse:
-            torch.sub(hs[1:], g[:-1], out=delta[:-1])
-            torch.sub(h0, g[-1], out=delta[-1])
+            torch.sub(g[:-1], hs[1:], out=delta[:-1])
+            torch.sub(g[-1], h0, out=delta[-1])
         else:
-            torch.sub(hs[:-1], g[1:], out=delta[1:])
-            torch.sub(h0, g[0], out=delta[0])
-        delta.mul_(adj)  # G (carry - g)
-        hidden = g.shape[-1]
-        grad_pre = torch.empty_like(pre)  # (T, B, G*H)
-        h_pre = pre[..., -hidden:]
-        slope = torch.sigmoid(h_pre)
-        slope.mul_(1.0 - slope).masked_fill_(h_pre >= 0, 1.0)  # g'(h_pre)
+            torch.sub(g[1:], hs[:-1], out=delta[1:])
+            torch.sub(g[0], h0, out=delta[0])
+        delta.mul_(adj).mul_(a)  # G (g - carry) a
+        grad_pre = torch.empty_like(pre)  # (G, T, B, H)
         if kind == "gru":
-            z = 1.0 - a  # (T, B, H)
-            # d z_pre = -G (carry - g) z (1 - z) = -delta z a
-            torch.mul(delta, z, out=grad_pre[..., :hidden]).mul_(a).neg_()
-            torch.mul(adj, z, out=grad_pre[..., hidden:]).mul_(slope)
-            return grad_pre, grad_h0, None, None
-        forget, inp = torch.sigmoid(pre[..., :hidden]), torch.sigmoid(pre[..., hidden:-hidden])
-        b = 1.0 - a  # i / (f + i)
-        delta.mul_(a).mul_(b)  # G (carry - g) a b
-        torch.mul(delta, 1.0 - forget, out=grad_pre[..., :hidden])
-        torch.mul(delta, inp - 1.0, out=grad_pre[..., hidden:-hidden])
-        torch.mul(adj, b, out=grad_pre[..., -hidden:]).mul_(slope)
+            # d z_pre = G (g - carry) z (1 - z), with z = b, 1 - z = a
+            torch.mul(delta, b, out=grad_pre[0])
+        else:
+            delta.mul_(b)  # G (g - carry) a b = -D
+            # d f_pre = D (1 - f) = (-D) f - (-D);  d i_pre = -D (1 - i) = (-D) - (-D) i
+            torch.mul(delta, s[0], out=grad_pre[0]).sub_(delta)
+            torch.addcmul(delta, delta, s[1], value=-1.0, out=grad_pre[1])
+        # d h_pre = G b g'(h_pre): G b sigmoid' where h_pre < 0, G b where h_pre >= 0
+        adj.mul_(b)  # G b
+        grad_h = grad_pre[-1]
+        torch.ops.aten.sigmoid_backward.grad_input(adj, s[-1], grad_input=grad_h)
+        negative = torch.clamp(pre[-1], max=0.0, out=delta).sign_().neg_()  # 1: h_pre < 0
+        torch.lerp(adj, grad_h, negative, out=grad_h)
         return grad_pre, grad_h0, None, None
 
 
@@ -210,7 +232,17 @@ def _scan(cell: nn.Module, x: Tensor, state: Tensor, reverse: bool = False) -> T
         hs = cell.scan(x.flip(0) if reverse else x, state)
         return hs.flip(0) if reverse else hs
     weights = cell.weights()
-    pre = F.linear(x, weights.weight_ih, weights.bias)  # (T, B, G*H)
+    steps, batch, features = x.shape
+    gates = 2 if kind == "gru" else 3
+    # gate-major: each gate's pre-activations one contiguous (T, B, H) block (the
+    # elementwise passes over column slices of a (T, B, G*H) product ran 2-3x slower)
+    flat = x.reshape(1, steps * batch, features).expand(gates, -1, -1)  # (G, T*B, H_in)
+    weight = weights.weight_ih.view(gates, -1, features).transpose(1, 2)  # (G, H_in, H)
+    if weights.bias is None:
+        pre = torch.bmm(flat, weight)  # (G, T*B, H)
+    else:
+        pre = torch.baddbmm(weights.bias.view(gates, 1, -1), flat, weight)
+    pre = pre.view(gates, steps, batch, -1)  # (G, T, B, H)
     return _MinScan.apply(pre, state.to(pre.dtype), kind, reverse)
 
 

@@ -193,3 +193,29 @@ def test_gradient_of_the_initial_state_alone(cell_class, reverse):
         out, h = Recurrence(cell, go_backwards=reverse, engine=engine)(x, h0)
         grads.append(torch.autograd.grad((out * out).sum() + h.sum(), [h0])[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell_class", CELLS)
+def test_candidate_at_the_branch_point_of_g(cell_class, dtype):
+    """g(x) = x + 1/2 for x >= 0, sigmoid(x) below: the scan forms g as the larger of the two
+    and g' from the sign of x, the loop by ``where(x >= 0, ...)``; candidate pre-activations
+    exactly 0, -0.0, +-1e-30 (g' is 1 at 0 and -0.0, sigmoid'(0) = 1/4 just below) and the
+    NaN-free far ends, with the gradients of everything against the loop."""
+    hidden = 8
+    torch.manual_seed(8)
+    cell = cell_class(3, hidden, bias=True).to(dtype)
+    with torch.no_grad():
+        cell.weight_ih[-hidden:] = 0.0  # the candidate's pre-activation is its bias alone
+        cell.bias_ih[-hidden:] = torch.tensor(
+            [0.0, -0.0, -1e-30, 1e-30, 2.5, -2.5, 40.0, -40.0], dtype=dtype)
+    x = torch.randn(5, 2, 3, dtype=dtype, requires_grad=True)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for reverse in (False, True):
+        scan = Recurrence(cell, go_backwards=reverse, engine="scan")
+        loop = Recurrence(cell, go_backwards=reverse, engine="loop")
+        ours, theirs = _grads(scan, x, None), _grads(loop, x, None)
+        for a, b in zip([ours[0], ours[1], *ours[2]], [theirs[0], theirs[1], *theirs[2]],
+                        strict=True):
+            scale = max(float(b.detach().abs().max()), 1.0)
+            torch.testing.assert_close(a, b, rtol=0, atol=tol * scale)
