@@ -405,14 +405,16 @@ def _defer(backward: fx.GraphModule, n_const: int, static_saved: set[str]
     return backward, Deferred(later, [tags[n.name] == "plain" for n in frontier], tags)
 
 
-def _run_deferred(deferred: Deferred, frontier: list[list[Tensor]], steps: int
+def _run_deferred(deferred: Deferred, frontier: list[list[Tensor] | Tensor], steps: int
                   ) -> list[Tensor | None]:
     """The constant inputs' gradients, summed over the ``steps`` steps whose frontier values
-    ``frontier[i]`` (one per step) the per-step backward returned."""
+    ``frontier[i]`` the per-step backward returned: ``[value]`` for a static one (the same
+    at every step), the values of all steps stacked ``(T, ...)`` (or a list to stack)."""
     values: dict[str, Tensor] = {}
     placeholders = [n for n in deferred.graph.graph.nodes if n.op == "placeholder"]
     for node, static, per_step in zip(placeholders, deferred.static, frontier, strict=True):
-        values[node.name] = per_step[0] if static else torch.stack(per_step)  # (T, ...)
+        values[node.name] = per_step[0] if static else (
+            per_step if isinstance(per_step, Tensor) else torch.stack(per_step))  # (T, ...)
     tags = deferred.tags
     result: list[Tensor | None] = []
     for node in deferred.graph.graph.nodes:
@@ -604,6 +606,28 @@ class _Schedule:
     steps: int  # T (outputs past the longest sequence are zero)
 
 
+def _direct(compiled: Callable[[list[Tensor]], Any]) -> Callable[[list[Tensor]], Any]:
+    """The generated code's own boxed entry point behind Inductor's wrapper: the wrapper's
+    bookkeeping (autotune cache, runtime metrics, the profiler's record) costs more per call
+    than a step's pointwise kernel; the entry point keeps its input-alignment guard."""
+    direct = getattr(compiled, "current_callable", None)
+    return direct if callable(direct) else compiled
+
+
+def _stack_steps(steps: list[Tensor | None], shape: torch.Size, like: Tensor) -> Tensor:
+    """``(T, ...)`` from one tensor (or None: zeros of ``shape``) per time index, one copy."""
+    like = next((value for value in steps if value is not None), like)
+    zero = None
+    filled = []
+    for value in steps:
+        if value is None:
+            if zero is None:
+                zero = like.new_zeros(shape)
+            value = zero
+        filled.append(value)
+    return torch.stack(filled)
+
+
 class _Sequence(torch.autograd.Function):
     """The whole recurrence as one autograd node: the compiled forward called once per step,
     the compiled backward once per step in reverse order, no per-step autograd graph.
@@ -611,34 +635,39 @@ class _Sequence(torch.autograd.Function):
     Inputs (flat): the step's constant inputs (parameters, buffers), its per-step inputs
     stacked over time ``(T, ...)`` (the hoisted projection, ``x``), the initial state leaves.
     Outputs: ``(T, B, H_out)`` and the final state leaves.
+    Per step only the compiled code runs and the lists that feed it are built: the per-step
+    inputs are split into views once, the outputs and the input gradients are stacked once
+    at the end.
     """
 
     @staticmethod
     def forward(ctx, program: StepProgram, entry: TracedCell, schedule: _Schedule,
                 layout: tuple[int, int, int], *flat: Tensor) -> tuple[Tensor, ...]:
         n_const, n_step, n_state = layout
-        consts, per_step = list(flat[:n_const]), flat[n_const:n_const + n_step]
+        consts = list(flat[:n_const])
+        per_step = [p.unbind(0) for p in flat[n_const:n_const + n_step]]  # T x (...) views
         leaves = [s.contiguous() for s in flat[n_const + n_step:]]
-        positions = entry.positions
-        saved: dict[int, list[Tensor]] = {}
-        outputs: Tensor | None = None
+        out_index, state_index = entry.positions[0], entry.positions[1:]
+        call, n_out = _direct(program.forward), program.outputs
+        training = program.backward is not None
+        saved: dict[int, Any] = {}
+        outs: list[Tensor | None] = [None] * schedule.steps
         for t in schedule.order:
-            results = program.forward([*consts, *(p[t] for p in per_step), *leaves])
-            unique = results[:program.outputs]
-            out, new = unique[positions[0]], [unique[k] for k in positions[1:]]
+            results = call([*consts, *(p[t] for p in per_step), *leaves])
+            out, new = results[out_index], [results[k] for k in state_index]
             keep = schedule.keeps[t]
             if keep is not None:
                 new = [torch.where(keep, n, o) for n, o in zip(new, leaves, strict=True)]
                 out = torch.where(keep, out, 0.0)
-            if outputs is None:
-                outputs = out.new_zeros((schedule.steps, *out.shape))  # (T, B, H_out)
-            outputs[t] = out
-            if program.backward is not None:
-                saved[t] = list(results[program.outputs:])
+            outs[t] = out
+            if training:
+                saved[t] = results[n_out:]
             leaves = [n.contiguous() for n in new]
+        first = outs[schedule.order[0]]
+        outputs = _stack_steps(outs, first.shape, first)  # (T, B, H_out)
         ctx.program, ctx.entry, ctx.schedule, ctx.layout = program, entry, schedule, layout
         ctx.saved_steps = saved
-        ctx.shapes = [p.shape for p in per_step]
+        ctx.shapes = [p[0].shape for p in per_step]
         return (outputs, *leaves)
 
     @staticmethod
@@ -649,45 +678,65 @@ class _Sequence(torch.autograd.Function):
         n_const, n_step, n_state = ctx.layout
         saved = ctx.saved_steps
         needs = ctx.needs_input_grad[4:]
+        steps = schedule.steps
+        call, n_out = _direct(program.backward), program.outputs
+        d_outs = grad_outputs.contiguous().unbind(0)  # T x (B, H_out), one copy if expanded
         d_leaves = list(grad_leaves)
         grad_consts: list[Tensor | None] = [None] * n_const
         deferred = program.deferred
+        static = deferred.static if deferred else []
         n_inputs = n_const + n_step + n_state
-        frontier: list[list[Tensor]] = [[] for _ in deferred.static] if deferred else []
-        grad_steps = [grad_outputs.new_zeros(shape) if needs[n_const + i] else None
-                      for i, shape in enumerate(ctx.shapes)]
+        # per frontier value: its one value (static) or one per time index
+        frontier: list[list[Any]] = [[None] * (1 if s else steps) for s in static]
+        grad_steps: list[list[Tensor | None] | None] = [
+            [None] * steps if needs[n_const + i] else None for i in range(n_step)]
         for t in reversed(schedule.order):
             keep = schedule.keeps[t]
-            d_out = grad_outputs[t]
+            d_out = d_outs[t]
             carry: list[Tensor | None] = [None] * n_state
             if keep is not None:  # rows past their length: the state passes through
                 d_out = torch.where(keep, d_out, 0.0)
                 carry = [torch.where(keep, 0.0, d) for d in d_leaves]
                 d_leaves = [torch.where(keep, d, 0.0) for d in d_leaves]
-            tangents: list[Tensor | None] = [None] * program.outputs
+            tangents: list[Tensor | None] = [None] * n_out
             for index, d in zip(positions, [d_out, *d_leaves], strict=True):
                 tangents[index] = d if tangents[index] is None else tangents[index] + d
-            grads = program.backward([*saved[t], *(d.contiguous() for d in tangents)])
-            for values, static, value in zip(frontier, deferred.static if deferred else (),
-                                             grads[n_inputs:], strict=True):
-                if not (static and values):
-                    values.append(value)
+            grads = call([*saved[t], *(d.contiguous() for d in tangents)])
+            for values, is_static, value in zip(frontier, static, grads[n_inputs:],
+                                                strict=True):
+                values[0 if is_static else t] = value
             for i in range(n_const):
                 if needs[i] and grads[i] is not None:
                     grad_consts[i] = grads[i] if grad_consts[i] is None else \
                         grad_consts[i].add_(grads[i])
-            for i in range(n_step):
-                if grad_steps[i] is not None and grads[n_const + i] is not None:
-                    grad_steps[i][t] = grads[n_const + i]
+            for i, per_t in enumerate(grad_steps):
+                if per_t is not None:
+                    per_t[t] = grads[n_const + i]
             state_grads = grads[n_const + n_step:n_inputs]
             d_leaves = [(g if g is not None else torch.zeros_like(d)) if c is None
                         else (c if g is None else g + c)
                         for g, c, d in zip(state_grads, carry, d_leaves, strict=True)]
+        stacked = [None if per_t is None else
+                   _stack_steps(per_t, ctx.shapes[i], grad_outputs)  # (T, ...)
+                   for i, per_t in enumerate(grad_steps)]
         if deferred is not None:
-            summed = _run_deferred(deferred, frontier, len(schedule.order))
+            ran = sorted(schedule.order)
+            operands: list[Any] = []
+            for values, is_static in zip(frontier, static, strict=True):
+                if is_static:
+                    operands.append(values)
+                    continue
+                # a frontier value that is a per-step input's gradient at every step (the
+                # gate gradient, typically) reuses that gradient's stacked copy
+                same = next((i for i, per_t in enumerate(grad_steps) if per_t is not None
+                             and len(ran) == steps
+                             and all(values[t] is per_t[t] for t in ran)), None)
+                operands.append(stacked[same] if same is not None
+                                else torch.stack([values[t] for t in ran]))
+            summed = _run_deferred(deferred, operands, len(schedule.order))
             grad_consts = [g if need else None
                            for g, need in zip(summed, needs[:n_const], strict=True)]
-        return (None, None, None, None, *grad_consts, *grad_steps,
+        return (None, None, None, None, *grad_consts, *stacked,
                 *[d if need else None for d, need in zip(d_leaves, needs[n_const + n_step:],
                                                          strict=True)])
 
