@@ -42,6 +42,10 @@ def _enabled(device_type: str) -> bool:
         return False
 
 
+#: Whether autocast is on for any device type (torch >= 2.4; None before: ask per device).
+_any_enabled: Callable[[], bool] | None = getattr(torch._C, "_is_any_autocast_enabled", None)
+
+
 def _first_tensor(values: Any) -> Tensor | None:
     if isinstance(values, Tensor):
         return values
@@ -87,6 +91,8 @@ def outside_autocast(forward: F) -> F:
 
     @functools.wraps(forward)
     def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if _any_enabled is not None and not _any_enabled():  # the common case, one C call
+            return forward(self, *args, **kwargs)
         first = _first_tensor(args)
         if first is None:
             first = _first_tensor(kwargs)

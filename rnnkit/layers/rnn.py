@@ -51,6 +51,7 @@ from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.engine.autocast import outside_autocast
+from rnnkit.engine.fused import _precision
 from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.engine.plan import Plan
 from rnnkit.errors import DeviceError, DTypeError, ShapeError
@@ -599,8 +600,6 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
                 or torch.compiler.is_compiling() or dispatch.exporting()
                 or dispatch.tracing()):
             return None
-        from rnnkit.engine.fused import _precision
-
         return (
             input.shape, input.dtype, input.requires_grad, input.layout, self.training,
             torch.is_grad_enabled(), torch.is_inference_mode_enabled(), _precision.get(),
