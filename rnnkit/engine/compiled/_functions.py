@@ -91,17 +91,26 @@ class CellRecurrence(torch.autograd.Function):
                 ctx, 3, lambda: _differentiable.steps(call, lengths, xp, state, tensors),
                 inputs, (d_out, d_state))
             return (None,) * 3 + tuple(grads)
-        named = dict(zip(call.names, tensors, strict=True))
-        named.update(lengths=lengths, states=states, saved=saved)
-        if d_out is not None:
-            named["grad_out"] = d_out
-        if d_state is not None:
-            named["grad_state"] = d_state
-        numbers = dict(call.numbers, steps=float(ctx.T))
-        flags = dict(call.flags, reverse=call.reverse, bf16=call.bf16)
-        grads = ctx.ext.backward(call.family, named, numbers, flags)
+        grads = _kernel_backward(ctx.ext, call, tensors, lengths, states, saved, d_out,
+                                 d_state, ctx.T, call.bf16)
         values = [grads["xp"], grads["state"]] + [grads.get(name) for name in call.names]
         return (None,) * 3 + tuple(_grad(ctx, 3 + i, v) for i, v in enumerate(values))
+
+
+def _kernel_backward(ext, call, tensors, lengths: Tensor, states: Tensor, saved: Tensor,
+                     d_out: Tensor | None, d_state: Tensor | None, steps: int,
+                     bf16: bool) -> dict:
+    """The template's backward call: the family's named tensors, the forward's saved
+    buffers and the incoming gradients (absent ones left out) -> the kernel's gradients."""
+    named = dict(zip(call.names, tensors, strict=True))
+    named.update(lengths=lengths, states=states, saved=saved)
+    if d_out is not None:
+        named["grad_out"] = d_out
+    if d_state is not None:
+        named["grad_state"] = d_state
+    numbers = dict(call.numbers, steps=float(steps))
+    flags = dict(call.flags, reverse=call.reverse, bf16=bf16)
+    return ext.backward(call.family, named, numbers, flags)
 
 
 def project(x: Tensor, weight: Tensor, bias: Tensor | None, second: Tensor | None) -> Tensor:
@@ -154,15 +163,8 @@ class ProjectedRecurrence(torch.autograd.Function):
                 [x, weight, bias, second, state, *tensors], (d_out, d_state))
             return (None,) * 3 + tuple(grads)
         T, B, features = x.shape
-        named = dict(zip(call.names, tensors, strict=True))
-        named.update(lengths=lengths, states=states, saved=saved)
-        if d_out is not None:
-            named["grad_out"] = d_out
-        if d_state is not None:
-            named["grad_state"] = d_state
-        numbers = dict(call.numbers, steps=float(T))
-        flags = dict(call.flags, reverse=call.reverse, bf16=False)
-        grads = ctx.ext.backward(call.family, named, numbers, flags)
+        grads = _kernel_backward(ctx.ext, call, tensors, lengths, states, saved, d_out,
+                                 d_state, T, False)
         needs = ctx.needs_input_grad
         d_xp = grads["xp"].reshape(T * B, weight.shape[0])  # (T*B, X)
         d_x = d_weight = d_bias = d_second = None
