@@ -3,13 +3,14 @@
 minGRU and minLSTM (:mod:`rnnkit.cells.minimal`) compute their gates from the input alone,
 so the recurrence is :math:`h_t = a_t \\odot h_{t-1} + v_t` with :math:`a_t, v_t` known for
 every step before the first one runs. The drivers run it whole whenever a whole sequence is
-known up front (training, whole-sequence inference): the gates of all ``T`` steps at once
-(one GEMM of ``T*B`` rows and a few whole-sequence pointwise operations, written as the
-cell's step writes them), then the linear recurrence by one
-autograd node whose forward and backward are one fused multiply-add per step and no
-autograd recording. On a CPU that beats the cell's own ``scan`` (log space, ``cumsum`` and
-``logcumsumexp``, built for parallel hardware: it does several times the memory traffic of
-the recurrence itself); a cell stepped one input at a time
+known up front (training, whole-sequence inference): the pre-activations of all ``T``
+steps at once (one GEMM of ``T*B`` rows), then the linear recurrence by one autograd node:
+one C++ pass through time forward and one backward (``csrc/min_scan.cpp``, the gates
+formed in registers, recomputed by the backward), or, without the compiled kernels, a few
+whole-sequence torch operations and one fused multiply-add per step; no autograd recording.
+On a CPU that beats the cell's own ``scan`` (log space, ``cumsum`` and ``logcumsumexp``,
+built for parallel hardware: it does several times the memory traffic of the recurrence
+itself); a cell stepped one input at a time
 (:class:`~rnnkit.layers.UnfoldFrom`, a caller's own loop) runs its ``forward``.
 
 Semantics are the loop's (:mod:`rnnkit.engine.loop`), lengths and reverse included:
@@ -26,6 +27,8 @@ Symbols: ``T`` time steps, ``B`` batch, ``H_in`` input features, ``H`` hidden si
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +72,8 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
         return False, f"{kind.__name__} has forward hooks, which run once per step"
     return True, (f"{kind.__name__}'s gates see only the input, so its recurrence is linear "
                   f"in the state: the gates of all steps at once (one GEMM), then the "
-                  f"recurrence as one autograd node (a fused multiply-add per step), no "
+                  f"recurrence as one autograd node (one C++ pass through time forward and "
+                  f"one backward, or torch operations without the compiled kernels), no "
                   f"per-step autograd")
 
 
@@ -137,6 +141,10 @@ class _MinScan(torch.autograd.Function):
     """All states of a minGRU/minLSTM from its pre-activations ``pre (G, T, B, H)`` (the
     input projection of every step, gate by gate) and ``h0 (B, H)``: one autograd node.
 
+    With the compiled kernels, forward and backward are each one C++ pass through time
+    (``min_scan_forward``/``min_scan_backward``: the gates recomputed from ``pre`` in the
+    backward, the same equations as below); otherwise, in torch operations:
+
     Forward: the gates of all steps in a few whole-sequence operations (:func:`_gates_saved`),
     then the recurrence ``h_t = a_t h_{t-1} + v_t``, one fused multiply-add per step
     (``B*H`` elements: below torch's parallel grain, so no thread barrier per step).
@@ -156,16 +164,29 @@ class _MinScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre: Tensor, h0: Tensor, kind: str, reverse: bool) -> Tensor:
+        ctx.kind, ctx.reverse = kind, reverse
+        kernel = _kernel(pre)
+        ctx.native = kernel is not None
+        if kernel is not None:  # gates recomputed from pre by the backward: nothing else saved
+            hs = kernel.min_scan_forward(pre, h0, kind == "gru", reverse)  # (T, B, H)
+            ctx.save_for_backward(pre, h0, hs)
+            return hs
         a, v, g, s, b = _gates_saved(kind, pre)
         hs = _recur(a, v, h0, reverse, v)  # (T, B, H): in place of v (v_t is read once)
-        ctx.kind, ctx.reverse = kind, reverse
         ctx.save_for_backward(pre, h0, hs, a, g, s, b)
         return hs
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        pre, h0, hs, a, g, s, b = ctx.saved_tensors
+        pre, h0, hs, *gates = ctx.saved_tensors
         kind, reverse = ctx.kind, ctx.reverse
+        if not torch.is_grad_enabled() and ctx.native:
+            kernel = _kernel(pre)
+            assert kernel is not None  # it served the forward
+            grad_pre, grad_h0 = kernel.min_scan_backward(
+                grad, pre, h0, hs, kind == "gru", reverse, ctx.needs_input_grad[0],
+                ctx.needs_input_grad[1])
+            return grad_pre, grad_h0, None, None
         if torch.is_grad_enabled():  # create_graph=True: recompute, recorded
             wanted = [t for t, need in zip((pre, h0), ctx.needs_input_grad[:2], strict=True)
                       if need]
@@ -174,6 +195,7 @@ class _MinScan(torch.autograd.Function):
             grads = iter(torch.autograd.grad(states, wanted, grad, create_graph=True))
             return (next(grads) if ctx.needs_input_grad[0] else None,
                     next(grads) if ctx.needs_input_grad[1] else None, None, None)
+        a, g, s, b = gates  # saved by the torch-ops forward (a native forward never gets here)
         steps = grad.shape[0]
         # adjoints: G_t = dh_t + a_{t+1} G_{t+1} (reverse: a_{t-1} G_{t-1}), in time order
         adj = torch.empty_like(a)  # (T, B, H)
@@ -215,6 +237,17 @@ class _MinScan(torch.autograd.Function):
         negative = torch.clamp(pre[-1], max=0.0, out=delta).sign_().neg_()  # 1: h_pre < 0
         torch.lerp(adj, grad_h, negative, out=grad_h)
         return grad_pre, grad_h0, None, None
+
+
+def _kernel(pre: Tensor) -> Any | None:
+    """The compiled extension when it serves ``pre``'s dtype and device (its ``min_scan_*``
+    run the recurrence and its backward in one C++ pass each), else ``None`` (torch ops)."""
+    if pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.float64):
+        return None
+    from rnnkit.engine.compiled import _build
+
+    module, _ = _build.load()
+    return module if module is not None and hasattr(module, "min_scan_forward") else None
 
 
 def _kind(cell: nn.Module) -> str | None:

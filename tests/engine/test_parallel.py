@@ -1,7 +1,9 @@
 """The "scan" path: minGRU/minLSTM in the drivers run as one scan node, equal to the loop.
 
 Oracles: the eager loop over the cell's own step (``engine="loop"``), the NumPy equations of
-the paper (tests/cells/test_minimal.py) and finite differences (gradcheck).
+the paper (tests/cells/test_minimal.py) and finite differences (gradcheck). Every test runs
+twice: with the compiled scan kernel (csrc/min_scan.cpp; skipped where the extension cannot
+be built) and with the torch-ops scan that serves without it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from tests.cells.test_minimal import numpy_min_gru, numpy_min_lstm
 
 CELLS = [MinGRUCell, MinLSTMCell]
 LENGTHS = [None, [7, 3, 1, 7]]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "torch-ops"])
+def scan_backend(request, monkeypatch):
+    """Which implementation of the scan node serves: the C++ kernel or torch operations."""
+    if request.param == "compiled":
+        if parallel._kernel(torch.zeros(1)) is None:
+            pytest.skip("compiled kernels unavailable here")
+    else:
+        monkeypatch.setattr(parallel, "_kernel", lambda pre: None)
+    return request.param
 
 
 def _pair(cell_class, dtype, reverse, fold=False, **kwargs):
@@ -219,3 +232,33 @@ def test_candidate_at_the_branch_point_of_g(cell_class, dtype):
                         strict=True):
             scale = max(float(b.detach().abs().max()), 1.0)
             torch.testing.assert_close(a, b, rtol=0, atol=tol * scale)
+
+
+def test_the_compiled_kernel_serves_float_cpu_inputs_only(scan_backend):
+    """float32/float64 on the CPU go to the kernel when it is built; other dtypes to torch."""
+    if scan_backend != "compiled":
+        pytest.skip("about the compiled backend")
+    assert parallel._kernel(torch.zeros(2, dtype=torch.float64)) is not None
+    assert parallel._kernel(torch.zeros(2, dtype=torch.bfloat16)) is None
+    cell = MinLSTMCell(3, 4).to(torch.bfloat16)
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ours, _ = Recurrence(cell, engine="scan")(x)
+        theirs, _ = Recurrence(cell, engine="loop")(x)
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=0, atol=3e-2)
+
+
+def test_the_kernel_names_bad_arguments():
+    """The C++ entry checks shapes itself (a wrong call is an error, never a wrong read)."""
+    kernel = parallel._kernel(torch.zeros(1))
+    if kernel is None:
+        pytest.skip("compiled kernels unavailable here")
+    pre = torch.zeros(3, 4, 2, 5)
+    with pytest.raises(RuntimeError, match="pre must be"):
+        kernel.min_scan_forward(pre, torch.zeros(2, 5), True, False)  # minGRU takes 2 gates
+    with pytest.raises(RuntimeError, match="h0 has shape"):
+        kernel.min_scan_forward(pre, torch.zeros(2, 6), False, False)
+    hs = kernel.min_scan_forward(pre, torch.zeros(2, 5), False, False)
+    with pytest.raises(RuntimeError, match="grad has shape"):
+        kernel.min_scan_backward(torch.zeros(4, 2, 6), pre, torch.zeros(2, 5), hs, False,
+                                 False, True, True)

@@ -14,6 +14,10 @@ std::vector<Tensor> indrnn_forward(const Tensor&, const Tensor&, const Tensor&, 
                                    bool, bool, bool);
 std::vector<Tensor> indrnn_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                     const Tensor&, int64_t, bool, bool);
+// minGRU/minLSTM's scan (min_scan.cpp; caller rnnkit/engine/parallel.py).
+Tensor min_scan_forward(const Tensor&, const Tensor&, bool, bool);
+std::vector<Tensor> min_scan_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                      bool, bool, bool, bool);
 // The names every family's call may carry besides its own (step_loop.h).
 static const ArgNames kCommonNames{
     {"xp", "state", "lengths", "states", "saved", "grad_out", "grad_state"},
@@ -96,6 +100,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
      "previous value (measurements and tests).");
   m.def("indrnn_forward", &rnnkit::indrnn_forward);
   m.def("indrnn_backward", &rnnkit::indrnn_backward);
+  m.def("min_scan_forward", &rnnkit::min_scan_forward, py::arg("pre"), py::arg("h0"),
+        py::arg("gru"), py::arg("reverse"),
+        "minGRU/minLSTM states hs (T, B, H) from pre (G, T, B, H) and h0 (B, H).");
+  m.def("min_scan_backward", &rnnkit::min_scan_backward, py::arg("grad"), py::arg("pre"),
+        py::arg("h0"), py::arg("hs"), py::arg("gru"), py::arg("reverse"),
+        py::arg("want_pre"), py::arg("want_h0"),
+        "[d pre, d h0] of min_scan_forward (gates recomputed from pre).");
   m.def("set_blas_gemm", [](bool on) { rnnkit::use_blas().store(on); },
         "Use the BLAS Fortran gemm for per-step products (default) or ATen's mm (tests).");
   m.def("set_packing", [](bool on) { rnnkit::use_packing().store(on); },
