@@ -1,5 +1,5 @@
-"""Helpers shared by the cell tests: hand-written pieces of the oracles, and the checks
-that several test files make in the same way."""
+"""Helpers shared by the tests: hand-written pieces of the oracles, the checks
+that several test files make in the same way, and the path runners' recorder."""
 
 from __future__ import annotations
 
@@ -130,3 +130,32 @@ class TorchLSTMCell(nn.Module):
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple]:
         h, c = self.inner(x, state)
         return h, (h, c)
+
+
+def record_path_runners(monkeypatch, prepared: str = "compiled", scan: bool = False) -> list[str]:
+    """Instrument the engine's path runners and return the list each of their calls appends
+    its path to, in order (independent of the plan's own bookkeeping): ``"fused"``
+    (``fused.forward``), ``"compiled"`` (``compiled.run_recurrence``), ``prepared`` for a
+    drop-in's remembered compiled call (``compiled.run_prepared``), ``"loop"``
+    (``loop.run_recurrence``) and, with ``scan``, ``"scan"`` (``parallel.run_recurrence``).
+    ``monkeypatch`` undoes it at the end of the test."""
+    from rnnkit.engine import compiled, fused, loop, parallel
+
+    calls: list[str] = []
+
+    def record(module, attribute, path):
+        original = getattr(module, attribute)
+
+        def wrapper(*args, **kwargs):
+            calls.append(path)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, attribute, wrapper)
+
+    record(fused, "forward", "fused")
+    record(compiled, "run_recurrence", "compiled")
+    record(compiled, "run_prepared", prepared)
+    record(loop, "run_recurrence", "loop")
+    if scan:
+        record(parallel, "run_recurrence", "scan")
+    return calls

@@ -16,6 +16,7 @@ from torch import nn
 import rnnkit
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.engine import compiled, dispatch, explain, fused, loop
+from tests.helpers import record_path_runners
 
 HAVE_COMPILED = compiled.available()[0]
 pytestmark = pytest.mark.skipif(not HAVE_COMPILED, reason="compiled kernels unavailable")
@@ -24,22 +25,7 @@ pytestmark = pytest.mark.skipif(not HAVE_COMPILED, reason="compiled kernels unav
 @pytest.fixture
 def recorded(monkeypatch):
     """Every call of a path runner, in order (independent of the plan's bookkeeping)."""
-    calls: list[str] = []
-
-    def record(module, attribute, path):
-        original = getattr(module, attribute)
-
-        def wrapper(*args, **kwargs):
-            calls.append(path)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(module, attribute, wrapper)
-
-    record(fused, "forward", "fused")
-    record(compiled, "run_recurrence", "compiled")
-    record(compiled, "run_prepared", "compiled")  # a drop-in's remembered call
-    record(loop, "run_recurrence", "loop")
-    return calls
+    return record_path_runners(monkeypatch)
 
 
 def _pair(**kwargs):

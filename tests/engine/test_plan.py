@@ -16,8 +16,9 @@ from torch import nn
 
 import rnnkit
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, MinGRUCell, MinLSTMCell
-from rnnkit.engine import compiled, dispatch, explain, fused, loop, parallel
+from rnnkit.engine import compiled, dispatch, explain, loop
 from rnnkit.engine.plan import PathDeclined
+from tests.helpers import record_path_runners
 
 HAVE_COMPILED = compiled.available()[0]
 
@@ -83,23 +84,7 @@ LENGTHS = [None, [5, 2, 4]]
 @pytest.fixture
 def recorded(monkeypatch):
     """Every call of a path runner, in order."""
-    calls: list[str] = []
-
-    def record(module, attribute, path):
-        original = getattr(module, attribute)
-
-        def wrapper(*args, **kwargs):
-            calls.append(path)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(module, attribute, wrapper)
-
-    record(fused, "forward", "fused")
-    record(compiled, "run_recurrence", "compiled")
-    record(compiled, "run_prepared", "compiled")  # a drop-in's remembered call
-    record(loop, "run_recurrence", "loop")
-    record(parallel, "run_recurrence", "scan")
-    return calls
+    return record_path_runners(monkeypatch, scan=True)
 
 
 def _run(layer, x, lengths, mode):

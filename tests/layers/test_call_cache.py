@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import rnnkit
-from rnnkit.engine import compiled, fused, loop
+from rnnkit.engine import compiled
+from tests.helpers import record_path_runners
 
 HAVE_COMPILED = compiled.available()[0]
 pytestmark = pytest.mark.skipif(not HAVE_COMPILED, reason="compiled kernels unavailable")
@@ -25,22 +26,7 @@ T, B, F, H = 6, 4, 3, 5
 @pytest.fixture
 def ran(monkeypatch):
     """Every path runner call, in order: "prepared" is the remembered compiled call."""
-    calls: list[str] = []
-
-    def record(module, attribute, path):
-        original = getattr(module, attribute)
-
-        def wrapper(*args, **kwargs):
-            calls.append(path)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(module, attribute, wrapper)
-
-    record(fused, "forward", "fused")
-    record(compiled, "run_recurrence", "compiled")
-    record(compiled, "run_prepared", "prepared")
-    record(loop, "run_recurrence", "loop")
-    return calls
+    return record_path_runners(monkeypatch, prepared="prepared")
 
 
 def _pair(kind="RNN", dtype=torch.float32, **kwargs):
