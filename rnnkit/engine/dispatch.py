@@ -110,6 +110,59 @@ def _compiled_serves(cell: nn.Module, inputs: Tensor | None) -> tuple[bool, str,
     return True, f"compiled kernels support {reason or type(cell).__name__}", False
 
 
+#: The hooks ``nn.Module.__call__`` runs at each call of a module, as (attribute, what
+#: explain calls one, what it calls several). Forward hooks registered ``with_kwargs`` or
+#: ``always_call`` live in ``_forward_hooks`` too (flagged in side dicts), pre-hooks
+#: registered ``with_kwargs`` in ``_forward_pre_hooks``.
+_STEP_HOOKS = (
+    ("_forward_pre_hooks", "a forward pre-hook", "forward pre-hooks"),
+    ("_forward_hooks", "a forward hook", "forward hooks"),
+    ("_backward_pre_hooks", "a backward pre-hook", "backward pre-hooks"),
+    ("_backward_hooks", "a backward hook", "backward hooks"),
+)
+
+
+def has_step_hooks(cell: nn.Module) -> bool:
+    """Whether ``cell`` or a module inside it has a hook of its own that runs at each call
+    (forward, forward pre-, backward or backward pre-hook): a cell called once per step
+    runs it once per step, which only the eager loop does. Global hooks
+    (``register_module_forward_hook``) are not counted (docs/layers.md, "Hooks")."""
+    attributes = cell.__dict__
+    if (attributes["_forward_hooks"] or attributes["_forward_pre_hooks"]
+            or attributes["_backward_hooks"] or attributes["_backward_pre_hooks"]):
+        return True
+    children = attributes["_modules"]
+    return bool(children) and any(has_step_hooks(child) for child in children.values()
+                                  if child is not None)
+
+
+def step_hook(cell: nn.Module, owner: str | None = None) -> str | None:
+    """What :func:`has_step_hooks` finds, in words, or None: ``"a forward hook on GRUCell:
+    forward hooks run at each call, ..."``; ``owner`` names whose cell it is (``"layer 0's
+    cell"``: ``"a forward hook on layer 0's cell (GRUCell): ..."``)."""
+    if not has_step_hooks(cell):
+        return None
+    stack = [("", cell)]
+    while stack:
+        path, module = stack.pop()
+        for attribute, one, several in _STEP_HOOKS:
+            if module.__dict__[attribute]:
+                where = type(cell).__name__ + (f".{path}" if path else "")
+                where = f"{owner} ({where})" if owner else where
+                return (f"{one} on {where}: {several} run at each call, and only the eager "
+                        f"loop calls the cell at each step")
+        stack.extend((f"{path}.{name}" if path else name, child)
+                     for name, child in reversed(module._modules.items()) if child is not None)
+    return None
+
+
+def module_step_hook(module: nn.Module) -> str | None:
+    """:func:`step_hook` for the first hooked cell of a drop-in (its public ``step_hook()``;
+    None for a ``torch.nn`` module, which calls no cells)."""
+    find = getattr(module, "step_hook", None)
+    return find() if callable(find) else None
+
+
 #: Why a mask with gaps always runs on the loop path (explain() prints it).
 MASK_REASON = ("a mask with gaps (masked steps inside a sequence) runs on the eager loop: "
                "the fused and compiled kernels take lengths only")
@@ -175,6 +228,11 @@ def _choose(cell: nn.Module, inputs: Tensor | None, engine: str,
         if engine in ("compiled", "scan"):
             raise RuntimeError(f"engine={engine!r} cannot run this recurrence: {MASK_REASON}")
         return "loop", MASK_REASON, False
+    hooked = step_hook(cell)
+    if hooked is not None:
+        if engine in ("compiled", "scan"):
+            raise RuntimeError(f"engine={engine!r} cannot run this recurrence: {hooked}")
+        return "loop", hooked, False
     if engine == "auto" and tracing():
         return "loop", TRACING_REASON, False
     if engine == "scan":
@@ -211,6 +269,11 @@ def _choose_inductor(cell: nn.Module, inputs: Tensor | None,
     name = type(cell).__name__
     if mask is not None:
         return "loop", refused.format(name, MASK_REASON), False
+    hooked = step_hook(cell)
+    if hooked is not None:  # the traced step would run the hook once, at trace time
+        reason = refused.format(name, hooked)
+        _notice_inductor_refusal(reason)
+        return "loop", reason, False
     if tracing():
         return "loop", refused.format(name, TRACING_REASON), False
     if inputs is None:
@@ -468,6 +531,13 @@ def _fused_decision(module: nn.Module, inputs: Tensor | None, describe: bool,
         if engine == "fused":
             raise ValueError(fused_refusal(module))
         return False, f"not torch-compatible: {reason}"
+    hooked = module_step_hook(module)
+    if hooked is not None:
+        if engine == "fused":
+            raise ValueError(f"engine='fused' cannot run this {type(module).__name__}: "
+                             f"{hooked} (torch's fused kernels never call the cells); use "
+                             f"engine='auto' to run the hooked cell on the loop")
+        return False, hooked
     kind = fused.module_kind(module)
     device = inputs.device if inputs is not None else _module_device(module)
     mode = "training" if _needs_grad(module, inputs) else "inference"
@@ -526,6 +596,32 @@ def plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None = None
     time-major ``inputs`` (T, B, H_in): the fused path, or one :class:`CellRun` per layer and
     direction. ``mask`` (T, B) is a mask with gaps: every cell on the loop
     (:data:`MASK_REASON`). ``describe=False`` skips the text only the explanation needs."""
+    plan = _plan_module(module, inputs, lengths, describe, packed, mask)
+    if describe and callable(getattr(module, "step_hook", None)):
+        note = global_hooks_note(type(module).__name__)
+        if note:
+            plan.notes.append(note)
+    return plan
+
+
+def global_hooks_note(owner: str) -> str | None:
+    """explain's line when global module hooks (``torch.nn.modules.module.
+    register_module_forward_hook`` and its kin) are registered: they run at every module
+    call, the drop-in's own as on ``torch.nn``, but choose no path (docs/layers.md, "Hooks")."""
+    from torch.nn.modules import module as torch_module
+
+    count = sum(len(hooks) for hooks in (
+        torch_module._global_forward_pre_hooks, torch_module._global_forward_hooks,
+        torch_module._global_backward_pre_hooks, torch_module._global_backward_hooks))
+    if not count:
+        return None
+    return (f"  global module hooks: {count} registered; they run at each call of this "
+            f"{owner}, as on torch.nn, and choose no path: a cell's steps reach them only "
+            f"where the loop runs that cell (engine='loop' for every layer)")
+
+
+def _plan_module(module: nn.Module, inputs: Tensor, lengths: Tensor | None, describe: bool,
+                 packed: bool, mask: Tensor | None) -> Plan:
     from rnnkit.engine import fused
 
     header = module_line(module) if describe else ""

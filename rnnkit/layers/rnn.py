@@ -51,6 +51,7 @@ from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.engine.autocast import outside_autocast
+from rnnkit.engine.dispatch import has_step_hooks
 from rnnkit.engine.fused import _precision
 from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.engine.plan import Plan
@@ -593,9 +594,10 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         layout, the training flag, the grad and inference modes, the precision context, each
         parameter's identity, dtype, device, shape and requires_grad (``.to()``,
         ``.data = ...``, ``requires_grad_`` and ``register_parameter`` change them without an
-        assignment), and whether the cells have hooks. None: never remembered (tracing,
-        exporting, torch.compile, a torch.func transform, a parametrized module, a non-CPU
-        input)."""
+        assignment), and whether the cells have hooks (:meth:`step_hook`: registering one
+        leaves the remembered call, removing it comes back to it). None: never remembered
+        (tracing, exporting, torch.compile, a torch.func transform, a parametrized module, a
+        non-CPU input)."""
         if (self._modules or input.device.type != "cpu" or _functorch_level() is not None
                 or torch.compiler.is_compiling() or dispatch.exporting()
                 or dispatch.tracing()):
@@ -605,7 +607,7 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             torch.is_grad_enabled(), torch.is_inference_mode_enabled(), _precision.get(),
             tuple([(id(p), p.dtype, p.device, p.shape, p.requires_grad)
                    for p in self._parameters.values() if p is not None]),
-            tuple([bool(c._forward_hooks or c._forward_pre_hooks) for c in self._cells]),
+            tuple([has_step_hooks(c) for c in self._cells]),
         )
 
     def _remember_call(self, key: tuple, plan: Plan, inputs: Tensor) -> None:
@@ -860,6 +862,23 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
     def _zoneout_active(self) -> bool:
         rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,)
         return any(p > 0 for p in rates)
+
+    def step_hook(self) -> str | None:
+        """Why a layer's cell must run on the eager loop because of a hook, or None: the
+        first hook registered on the cell of a layer and direction (or on a module inside
+        it) that ``nn.Module.__call__`` runs at each call, so once per step (forward,
+        forward pre-, backward and backward pre-hooks, ``with_kwargs`` and ``always_call``
+        ones included), e.g. ``"a forward hook on layer 0's cell (LSTMCell) ..."``. Any such
+        hook keeps the whole module off torch's fused kernels (they never call the cells)
+        and its cell off the compiled kernels; hooks on the module itself run once per call,
+        as on ``torch.nn``, and choose nothing."""
+        directions = 2 if self.bidirectional else 1
+        for index, cell in enumerate(self._cells):
+            if has_step_hooks(cell):
+                layer, direction = divmod(index, directions)
+                owner = f"layer {layer}{' reverse' if direction else ''}'s cell"
+                return dispatch.step_hook(cell, owner)
+        return None
 
     def step_cells(self) -> list[tuple[str, nn.Module]]:
         """``(label, cell)`` per layer and direction, in ``torch.nn``'s order: the cells the

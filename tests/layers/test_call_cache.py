@@ -278,14 +278,17 @@ def test_module_and_cell_hooks(ran):
     _check(ours, theirs, X)
     handle.remove()
     assert seen == [torch.Size([1, B, H])]
-    # a hook on a layer's cell: the compiled kernels refuse the cell (its hook would run
-    # once per step), so the module goes to torch's fused kernel, as a first call would
+    # a hook on a layer's cell runs once per step: the cell leaves the remembered call for
+    # the loop (neither torch's fused kernel nor the compiled one calls it); once the hook
+    # is removed the remembered call serves again
     cell = ours.step_cells()[0][1]
-    handle = cell.register_forward_hook(lambda *args: None)
+    steps = []
+    handle = cell.register_forward_hook(lambda *args: steps.append(1))
     _check(ours, theirs, X)
     handle.remove()
     _check(ours, theirs, X)
-    assert ran == ["compiled", "prepared", "fused", "compiled"]
+    assert ran == ["compiled", "prepared", "loop", "prepared"]
+    assert len(steps) == T
 
 
 def test_parametrized_module_is_never_remembered():
