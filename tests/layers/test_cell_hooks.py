@@ -58,6 +58,25 @@ def _states(h):
     return h if isinstance(h, tuple) else (h,)
 
 
+def _same_as_torch(ours, theirs, states_in_loss):
+    """Both modules on the same input: outputs, final states and the input's gradient (of
+    the squared outputs, plus the final states' sum with ``states_in_loss``) agree. Returns
+    the input and torch's outputs, detached."""
+    x, x_ref = _x(requires_grad=True), _x(requires_grad=True)
+    out, h = ours(x)
+    ref_out, ref_h = theirs(x_ref)
+    torch.testing.assert_close(out, ref_out)
+    for state, ref_state in zip(_states(h), _states(ref_h), strict=True):
+        torch.testing.assert_close(state, ref_state)
+    for output, states in ((out, h), (ref_out, ref_h)):
+        loss = output.square().sum()
+        if states_in_loss:
+            loss = loss + sum(s.sum() for s in _states(states))
+        loss.backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    return x_ref.detach(), ref_out.detach()
+
+
 def _register(cell, how, record):
     """One hook of kind ``how`` on ``cell``; each call appends (step input, step output or
     None) to ``record``. None of them changes anything."""
@@ -88,15 +107,7 @@ def test_a_hook_on_each_cell_runs_at_every_step_with_the_steps_tensors(kind, how
     for label, cell in ours.step_cells():
         records[label] = []
         handles.append(_register(cell, how, records[label]))
-    x, x_ref = _x(requires_grad=True), _x(requires_grad=True)
-    out, h = ours(x)
-    ref_out, ref_h = theirs(x_ref)
-    torch.testing.assert_close(out, ref_out)
-    for state, ref_state in zip(_states(h), _states(ref_h), strict=True):
-        torch.testing.assert_close(state, ref_state)
-    (out.square().sum() + sum(s.sum() for s in _states(h))).backward()
-    (ref_out.square().sum() + sum(s.sum() for s in _states(ref_h))).backward()
-    torch.testing.assert_close(x.grad, x_ref.grad)
+    x_ref, ref_out = _same_as_torch(ours, theirs, states_in_loss=True)
     assert sorted(records) == ["layer 0", "layer 0 reverse", "layer 1", "layer 1 reverse"]
     for label, record in records.items():
         assert len(record) == T, label
@@ -104,9 +115,9 @@ def test_a_hook_on_each_cell_runs_at_every_step_with_the_steps_tensors(kind, how
         direction = slice(H, 2 * H) if label.endswith("reverse") else slice(0, H)
         for (step_input, step_output), t in zip(record, steps, strict=True):
             if label.startswith("layer 0"):  # the module's own input at that step
-                torch.testing.assert_close(step_input, x_ref[t].detach())
+                torch.testing.assert_close(step_input, x_ref[t])
             if label.startswith("layer 1") and step_output is not None:
-                torch.testing.assert_close(step_output, ref_out[t, :, direction].detach())
+                torch.testing.assert_close(step_output, ref_out[t, :, direction])
     for handle in handles:
         handle.remove()
 
@@ -260,15 +271,7 @@ def test_hooks_on_the_drop_in_itself_behave_as_on_torch_nn(monkeypatch, kind):
         module.register_full_backward_hook(
             lambda m, grad_in, grad_out, record=record: record.append(
                 ("backward", [None if g is None else g.clone() for g in grad_in + grad_out])))
-    x, x_ref = _x(requires_grad=True), _x(requires_grad=True)
-    out, h = ours(x)
-    ref_out, ref_h = theirs(x_ref)
-    torch.testing.assert_close(out, ref_out)
-    for state, ref_state in zip(_states(h), _states(ref_h), strict=True):
-        torch.testing.assert_close(state, ref_state)
-    out.square().sum().backward()
-    ref_out.square().sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad)
+    _same_as_torch(ours, theirs, states_in_loss=False)
     assert [entry[0] for entry in seen["ours"]] == ["always", "backward"]
     assert [entry[0] for entry in seen["theirs"]] == ["always", "backward"]
     torch.testing.assert_close(seen["ours"][0][1], seen["theirs"][0][1])
