@@ -284,6 +284,9 @@ DEFER_WEIGHT_GRADIENTS = True
 #: csrc/common.h).
 STEP_PARALLEL_ELEMS = 1 << 16
 
+#: Compile tanh as ``2 / (1 + exp(-2x)) - 1`` (Inductor's ``cpp.use_decompose_tanh``)
+DECOMPOSE_TANH = True
+
 #: Compile the recurrent part (False runs the captured graphs uncompiled: the tests of the
 #: tracing, hoisting, lengths and backward logic use it to avoid a compile per test).
 COMPILE = True
@@ -529,6 +532,11 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             # the generated code runs on one thread; the GEMMs keep torch's threads.
             largest = max((t.numel() for t in example[n_const:]), default=0)  # per step
             patch = {"cpp.threads": 1} if largest < STEP_PARALLEL_ELEMS else {}
+            # tanh as 2 / (1 + exp(-2x)) - 1 in the vectorised code: one exp where Sleef's
+            # tanh costs about three (tanh is most of a gated step's pointwise time); within
+            # 2e-7 absolute of torch.tanh in float32, 4e-16 in float64 (not bit-equal: small
+            # values lose their relative precision, as every compiled step rounds its own way)
+            patch["cpp.use_decompose_tanh"] = DECOMPOSE_TANH
             with torch.no_grad(), inductor_config.patch(patch):
                 programs.append(compile_fx_inner(gm, graph_inputs, is_backward=name ==
                                                  "backward"))
@@ -557,7 +565,8 @@ def _program(entry: TracedCell, example: list[Tensor], training: bool,
     if entry.failure is not None:
         raise PathDeclined(entry.failure)
     key = (entry.step.code, tuple((tuple(t.shape), t.dtype, t.device) for t in example),
-           training, n_const, COMPILE, DEFER_WEIGHT_GRADIENTS, STEP_PARALLEL_ELEMS)
+           training, n_const, COMPILE, DEFER_WEIGHT_GRADIENTS, STEP_PARALLEL_ELEMS,
+           DECOMPOSE_TANH)
     program = _programs.get(key)
     if program is None:
         try:
@@ -741,6 +750,60 @@ class _Sequence(torch.autograd.Function):
                                                          strict=True)])
 
 
+def _over_time(graph: fx.GraphModule, consts: list[Tensor], inputs: Tensor) -> list[Tensor]:
+    """The hoisted graph ``(params..., x) -> per-step values`` for all ``T`` steps of
+    ``inputs (T, B, H_in)`` at once, batched over time as ``torch.vmap`` would, except that a
+    product of a time-batched matrix and unbatched weights (the input projection
+    ``addmm(b, x, W^T)``) runs as one GEMM over ``T*B`` rows with its bias: vmap turns it into a
+    batched matmul plus a separate pass adding the bias over all steps."""
+    aten = torch.ops.aten
+    steps = inputs.shape[0]
+    values: dict[fx.Node, Any] = {}
+    placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    for node, value in zip(placeholders, [*consts, inputs], strict=True):
+        values[node] = value
+    batched = {placeholders[-1]}  # nodes whose values carry a leading time dimension
+    for node in graph.graph.nodes:
+        if node.op == "output":
+            return [values[n] if n in batched else values[n].expand(steps, *values[n].shape)
+                    for n in node.args[0]]
+        if node.op != "call_function":
+            continue
+        sources = node.all_input_nodes
+        if node.target is operator.getitem:  # one result of a multi-result operation
+            values[node] = values[sources[0]][node.args[1]]
+            if sources[0] in batched:
+                batched.add(node)
+            continue
+        if not any(n in batched for n in sources):
+            args = fx.node.map_arg(node.args, values.__getitem__)
+            values[node] = node.target(*args, **fx.node.map_arg(node.kwargs, values.__getitem__))
+            continue
+        batched.add(node)
+        if node.target in (aten.mm.default, aten.addmm.default) and not node.kwargs and \
+                node.args[-2] in batched and node.args[-1] not in batched:
+            rows = values[node.args[-2]]  # (T, M, K)
+            flat = rows.reshape(-1, rows.shape[-1])  # (T*M, K)
+            if node.target is aten.mm.default:
+                values[node] = torch.mm(flat, values[node.args[1]]).view(steps, rows.shape[1], -1)
+                continue
+            bias = values[node.args[0]]
+            if node.args[0] not in batched and (bias.dim() < 2 or bias.shape[0] == 1):
+                values[node] = torch.addmm(bias.reshape(-1), flat, values[node.args[2]]).view(
+                    steps, rows.shape[1], -1)  # (T, M, N)
+                continue
+
+        def one(*tensors: Tensor, node: fx.Node = node, sources: list[fx.Node] = sources
+                ) -> Any:
+            lookup = dict(zip(sources, tensors, strict=True))
+            return node.target(*fx.node.map_arg(node.args, lookup.__getitem__),
+                               **fx.node.map_arg(node.kwargs, lookup.__getitem__))
+
+        in_dims = tuple(0 if n in batched else None for n in sources)
+        values[node] = torch.vmap(one, in_dims=in_dims)(*(values[n] for n in sources))
+    raise AssertionError("a graph without an output")
+
+
 def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
                    lengths: Tensor | None = None, reverse: bool = False) -> tuple[Tensor, State]:
     """Run ``cell`` over time-major ``inputs (T, B, H_in)`` on the inductor path.
@@ -760,8 +823,7 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
         inputs = torch.where(valid.unsqueeze(-1), inputs, 0.0)  # (T, B, H_in)
     hoisted: list[Tensor] = []
     if entry.hoisted is not None:
-        in_dims = (None,) * len(values) + (0,)
-        hoisted = list(torch.vmap(entry.hoisted, in_dims=in_dims)(*values, inputs))  # (T, ...)
+        hoisted = _over_time(entry.hoisted, values, inputs)  # (T, ...) each
     if not entry.checked:
         _check(cell, entry, values, hoisted, inputs, state)
         entry.checked = True
