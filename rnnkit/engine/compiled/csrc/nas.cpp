@@ -87,21 +87,21 @@ struct NasFamily {
         const V l2 = vsigmoid(uk(2) + vk(2));
         const V u3 = uk(3), v3 = vk(3);
         const V l3 = at::vec::maximum(u3 * v3, zero);
-        const V l4 = vtanh(uk(4) + vk(4));
+        const V l4 = fast_tanh(uk(4) + vk(4));
         const V l5 = vsigmoid(uk(5) + vk(5));
-        const V l6 = vtanh(uk(6) + vk(6));
+        const V l6 = fast_tanh(uk(6) + vk(6));
         const V l7 = vsigmoid(uk(7) + vk(7));
-        const V tt = vtanh(l0 * l1);
-        const V m0 = vtanh(tt + ld(cp, j, c));
-        const V m1 = vtanh(l2 + l3);
-        const V m2 = vtanh(l4 * l5);
+        const V tt = fast_tanh(l0 * l1);
+        const V m0 = fast_tanh(tt + ld(cp, j, c));
+        const V m1 = fast_tanh(l2 + l3);
+        const V m2 = fast_tanh(l4 * l5);
         const V m3 = vsigmoid(l6 + l7);
         const V cv = m0 * m1;
-        const V q = vtanh(m2 + m3);
+        const V q = fast_tanh(m2 + m3);
         const V values[kM] = {l0, l1, l2, u3, v3, l4, l5, l6, l7, tt, m0, m1, m2, m3, q};
         for (int64_t k = 0; k < kM; ++k) st(values[k], sv + k * H, j, c);
         st(cv, cn, j, c);
-        st(vtanh(cv * q), m, j, c);
+        st(fast_tanh(cv * q), m, j, c);
       });
     }
     // Projection: h' = m W_hr^T, computed by GEMM 2 into rec2.
