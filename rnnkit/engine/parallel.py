@@ -138,8 +138,10 @@ def _recur_differentiable(a: Tensor, v: Tensor, h0: Tensor, reverse: bool) -> Te
 
 
 class _MinScan(torch.autograd.Function):
-    """All states of a minGRU/minLSTM from its pre-activations ``pre (G, T, B, H)`` (the
-    input projection of every step, gate by gate) and ``h0 (B, H)``: one autograd node.
+    """All states of a minGRU/minLSTM from its pre-activations and ``h0 (B, H)``: one
+    autograd node. ``pre`` is the input projection of every step: ``(T, B, G*H)``, the gates
+    side by side, for the compiled kernel ``kernel``; ``(G, T, B, H)``, gate by gate, for the
+    torch operations (``kernel`` None).
 
     With the compiled kernels, forward and backward are each one C++ pass through time
     (``min_scan_forward``/``min_scan_backward``: the gates recomputed from ``pre`` in the
@@ -163,15 +165,13 @@ class _MinScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pre: Tensor, h0: Tensor, kind: str, reverse: bool) -> Tensor:
-        ctx.kind, ctx.reverse = kind, reverse
-        kernel = _kernel(pre)
-        ctx.native = kernel is not None
-        if kernel is not None:  # gates recomputed from pre by the backward: nothing else saved
+    def forward(ctx, pre: Tensor, h0: Tensor, kind: str, reverse: bool, kernel: Any) -> Tensor:
+        ctx.kind, ctx.reverse, ctx.kernel = kind, reverse, kernel
+        if kernel is not None:  # pre (T, B, G*H); the backward recomputes the gates from it
             hs = kernel.min_scan_forward(pre, h0, kind == "gru", reverse)  # (T, B, H)
             ctx.save_for_backward(pre, h0, hs)
             return hs
-        a, v, g, s, b = _gates_saved(kind, pre)
+        a, v, g, s, b = _gates_saved(kind, pre)  # pre (G, T, B, H)
         hs = _recur(a, v, h0, reverse, v)  # (T, B, H): in place of v (v_t is read once)
         ctx.save_for_backward(pre, h0, hs, a, g, s, b)
         return hs
@@ -179,22 +179,24 @@ class _MinScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         pre, h0, hs, *gates = ctx.saved_tensors
-        kind, reverse = ctx.kind, ctx.reverse
-        if not torch.is_grad_enabled() and ctx.native:
-            kernel = _kernel(pre)
-            assert kernel is not None  # it served the forward
+        kind, reverse, kernel = ctx.kind, ctx.reverse, ctx.kernel
+        if not torch.is_grad_enabled() and kernel is not None:
             grad_pre, grad_h0 = kernel.min_scan_backward(
                 grad, pre, h0, hs, kind == "gru", reverse, ctx.needs_input_grad[0],
                 ctx.needs_input_grad[1])
-            return grad_pre, grad_h0, None, None
+            return grad_pre, grad_h0, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: recompute, recorded
             wanted = [t for t, need in zip((pre, h0), ctx.needs_input_grad[:2], strict=True)
                       if need]
-            a2, v2, _ = _gates(kind, pre)
+            gate_major = pre
+            if kernel is not None:  # (T, B, G*H) -> (G, T, B, H), recorded
+                steps, batch = pre.shape[:2]
+                gate_major = pre.view(steps, batch, -1, h0.shape[-1]).permute(2, 0, 1, 3)
+            a2, v2, _ = _gates(kind, gate_major)
             states = _recur_differentiable(a2, v2, h0, reverse)
             grads = iter(torch.autograd.grad(states, wanted, grad, create_graph=True))
             return (next(grads) if ctx.needs_input_grad[0] else None,
-                    next(grads) if ctx.needs_input_grad[1] else None, None, None)
+                    next(grads) if ctx.needs_input_grad[1] else None, None, None, None)
         a, g, s, b = gates  # saved by the torch-ops forward (a native forward never gets here)
         steps = grad.shape[0]
         # adjoints: G_t = dh_t + a_{t+1} G_{t+1} (reverse: a_{t-1} G_{t-1}), in time order
@@ -211,7 +213,7 @@ class _MinScan(torch.autograd.Function):
         first = steps - 1 if reverse else 0  # the step that reads h0
         grad_h0 = a[first] * adj[first] if ctx.needs_input_grad[1] else None
         if not ctx.needs_input_grad[0]:
-            return None, grad_h0, None, None
+            return None, grad_h0, None, None, None
         # g_t - carry_t, with carry_t = h_{t-1} (reverse: h_{t+1}), h0 at the first step
         delta = torch.empty_like(g)  # (T, B, H)
         if reverse:
@@ -236,13 +238,13 @@ class _MinScan(torch.autograd.Function):
         torch.ops.aten.sigmoid_backward.grad_input(adj, s[-1], grad_input=grad_h)
         negative = torch.clamp(pre[-1], max=0.0, out=delta).sign_().neg_()  # 1: h_pre < 0
         torch.lerp(adj, grad_h, negative, out=grad_h)
-        return grad_pre, grad_h0, None, None
+        return grad_pre, grad_h0, None, None, None
 
 
-def _kernel(pre: Tensor) -> Any | None:
-    """The compiled extension when it serves ``pre``'s dtype and device (its ``min_scan_*``
+def _kernel(like: Tensor) -> Any | None:
+    """The compiled extension when it serves ``like``'s dtype and device (its ``min_scan_*``
     run the recurrence and its backward in one C++ pass each), else ``None`` (torch ops)."""
-    if pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.float64):
+    if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
         return None
     from rnnkit.engine.compiled import _build
 
@@ -267,16 +269,26 @@ def _scan(cell: nn.Module, x: Tensor, state: Tensor, reverse: bool = False) -> T
     weights = cell.weights()
     steps, batch, features = x.shape
     gates = 2 if kind == "gru" else 3
-    # gate-major: each gate's pre-activations one contiguous (T, B, H) block (the
-    # elementwise passes over column slices of a (T, B, G*H) product ran 2-3x slower)
-    flat = x.reshape(1, steps * batch, features).expand(gates, -1, -1)  # (G, T*B, H_in)
-    weight = weights.weight_ih.view(gates, -1, features).transpose(1, 2)  # (G, H_in, H)
-    if weights.bias is None:
-        pre = torch.bmm(flat, weight)  # (G, T*B, H)
+    kernel = _kernel(x)
+    if kernel is not None:
+        # the C++ scan reads the gates side by side in each row: one plain GEMM
+        flat = x.reshape(steps * batch, features)  # (T*B, H_in)
+        if weights.bias is None:
+            pre = torch.mm(flat, weights.weight_ih.t())  # (T*B, G*H)
+        else:
+            pre = torch.addmm(weights.bias, flat, weights.weight_ih.t())
+        pre = pre.view(steps, batch, -1)  # (T, B, G*H)
     else:
-        pre = torch.baddbmm(weights.bias.view(gates, 1, -1), flat, weight)
-    pre = pre.view(gates, steps, batch, -1)  # (G, T, B, H)
-    return _MinScan.apply(pre, state.to(pre.dtype), kind, reverse)
+        # gate-major: each gate's pre-activations one contiguous (T, B, H) block (the
+        # elementwise passes over column slices of a (T, B, G*H) product ran 2-3x slower)
+        flat = x.reshape(1, steps * batch, features).expand(gates, -1, -1)  # (G, T*B, H_in)
+        weight = weights.weight_ih.view(gates, -1, features).transpose(1, 2)  # (G, H_in, H)
+        if weights.bias is None:
+            pre = torch.bmm(flat, weight)  # (G, T*B, H)
+        else:
+            pre = torch.baddbmm(weights.bias.view(gates, 1, -1), flat, weight)
+        pre = pre.view(gates, steps, batch, -1)  # (G, T, B, H)
+    return _MinScan.apply(pre, state.to(pre.dtype), kind, reverse, kernel)
 
 
 def run_recurrence(

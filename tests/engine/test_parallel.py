@@ -30,7 +30,7 @@ def scan_backend(request, monkeypatch):
         if parallel._kernel(torch.zeros(1)) is None:
             pytest.skip("compiled kernels unavailable here")
     else:
-        monkeypatch.setattr(parallel, "_kernel", lambda pre: None)
+        monkeypatch.setattr(parallel, "_kernel", lambda like: None)
     return request.param
 
 
@@ -253,11 +253,11 @@ def test_the_kernel_names_bad_arguments():
     kernel = parallel._kernel(torch.zeros(1))
     if kernel is None:
         pytest.skip("compiled kernels unavailable here")
-    pre = torch.zeros(3, 4, 2, 5)
+    pre = torch.zeros(4, 2, 15)  # (T, B, G*H): minLSTM's three gates of H = 5
     with pytest.raises(RuntimeError, match="pre must be"):
         kernel.min_scan_forward(pre, torch.zeros(2, 5), True, False)  # minGRU takes 2 gates
-    with pytest.raises(RuntimeError, match="h0 has shape"):
-        kernel.min_scan_forward(pre, torch.zeros(2, 6), False, False)
+    with pytest.raises(RuntimeError, match="pre must be"):
+        kernel.min_scan_forward(pre, torch.zeros(3, 5), False, False)  # batch 3, not 2
     hs = kernel.min_scan_forward(pre, torch.zeros(2, 5), False, False)
     with pytest.raises(RuntimeError, match="grad has shape"):
         kernel.min_scan_backward(torch.zeros(4, 2, 6), pre, torch.zeros(2, 5), hs, False,

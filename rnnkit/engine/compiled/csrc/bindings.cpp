@@ -102,7 +102,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("indrnn_backward", &rnnkit::indrnn_backward);
   m.def("min_scan_forward", &rnnkit::min_scan_forward, py::arg("pre"), py::arg("h0"),
         py::arg("gru"), py::arg("reverse"),
-        "minGRU/minLSTM states hs (T, B, H) from pre (G, T, B, H) and h0 (B, H).");
+        "minGRU/minLSTM states hs (T, B, H) from pre (T, B, G*H) and h0 (B, H).");
   m.def("min_scan_backward", &rnnkit::min_scan_backward, py::arg("grad"), py::arg("pre"),
         py::arg("h0"), py::arg("hs"), py::arg("gru"), py::arg("reverse"),
         py::arg("want_pre"), py::arg("want_h0"),
