@@ -51,8 +51,8 @@ from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.config import Configurable
 from rnnkit.engine import dispatch
 from rnnkit.engine.autocast import outside_autocast
-from rnnkit.engine.dispatch import has_step_hooks
 from rnnkit.engine.fused import _precision
+from rnnkit.engine.hooks import has_step_hooks, step_hook
 from rnnkit.engine.lengths import unbatched_lengths
 from rnnkit.engine.plan import Plan
 from rnnkit.errors import DeviceError, DTypeError, ShapeError
@@ -877,7 +877,7 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             if has_step_hooks(cell):
                 layer, direction = divmod(index, directions)
                 owner = f"layer {layer}{' reverse' if direction else ''}'s cell"
-                return dispatch.step_hook(cell, owner)
+                return step_hook(cell, owner)
         return None
 
     def step_cells(self) -> list[tuple[str, nn.Module]]:

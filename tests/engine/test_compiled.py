@@ -359,6 +359,27 @@ def test_supports_hooks_and_positive_cases():
     assert not ok and "forward hooks" in reason
 
 
+def test_supports_refuses_every_hook_that_runs_per_call_and_sees_it_come_and_go():
+    """Called directly (no dispatch in front), the kernels still refuse a cell whose hooks
+    they would skip: backward hooks and hooks on a module inside the cell too; the memoised
+    answer follows each registration and removal."""
+    cell = GRUCell(2, 3)
+    assert compiled.supports(cell)[0]
+    handle = cell.register_full_backward_hook(lambda *args: None)
+    ok, reason = compiled.supports(cell)
+    assert not ok and reason.startswith("a backward hook on GRUCell: backward hooks run")
+    handle.remove()
+    assert compiled.supports(cell)[0]
+    normed = LSTMCell(2, 3, layer_norm=True)
+    inner_name, inner = next(iter(normed.named_children()))
+    assert compiled.supports(normed)[0]
+    handle = inner.register_forward_pre_hook(lambda *args: None)
+    ok, reason = compiled.supports(normed)
+    assert not ok and reason.startswith(f"a forward pre-hook on LSTMCell.{inner_name}:")
+    handle.remove()
+    assert compiled.supports(normed)[0]
+
+
 def test_bad_arguments():
     cell = LSTMCell(I, H)
     x = torch.randn(T, B, I)

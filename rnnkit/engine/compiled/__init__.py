@@ -52,6 +52,7 @@ from rnnkit.engine.compiled._functions import (
     ProjectedRecurrence,
     project,
 )
+from rnnkit.engine.hooks import has_own_hooks, step_hook
 
 __all__ = ["DEVICES", "PreparedRun", "available", "fallback_reason", "prepare", "run_prepared",
            "supports", "supports_bf16", "run_recurrence"]
@@ -158,7 +159,7 @@ def _signature(cell: nn.Module) -> tuple[tuple, list] | None:
         if "parametrizations" in children:
             return None
         parts.append(type(module))
-        parts.append(bool(attributes["_forward_hooks"] or attributes["_forward_pre_hooks"]))
+        parts.append(has_own_hooks(attributes))
         parts.extend([(key, value) for key, value in attributes.items()
                       if type(value) in _SCALARS or (type(value) is tuple and _plain(value))])
         for key, param in attributes["_parameters"].items():
@@ -198,8 +199,9 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
     ``rnnkit/cells/_compiled.py``): ``LSTMCell`` with any combination of peepholes, coupled
     gates, projection, cell clip and layer norm, ``GRUCell`` (reset_after True/False, with or
     without layer norm), ``ElmanCell`` (tanh, relu), ``UGRNNCell``; float32/float64
-    parameters on the CPU. Subclasses that override ``forward`` and cells with forward hooks
-    are not covered (their per-step code would be skipped).
+    parameters on the CPU. Subclasses that override ``forward`` and cells with hooks that run
+    at each call (:func:`rnnkit.engine.hooks.step_hook`) are not covered (their per-step code
+    would be skipped).
     """
     return _supports_memo(cell, _verified(cell))
 
@@ -219,8 +221,9 @@ def _supports(cell: nn.Module) -> tuple[bool, str]:
         return False, f"{kind.__name__} has no compiled kernel (covered: {_covered()})"
     if kind.forward is not base.forward:
         return False, f"{kind.__name__} overrides {base.__name__}.forward"
-    if cell._forward_hooks or cell._forward_pre_hooks:
-        return False, f"{kind.__name__} has forward hooks, which run once per step"
+    hooked = step_hook(cell)
+    if hooked is not None:
+        return False, hooked
     params = list(cell.parameters())
     devices = {p.device.type for p in params}
     if devices - {"cpu"}:
