@@ -31,10 +31,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit import functional as RF
 from rnnkit.cells.base import check_input_dtype
+from rnnkit.engine.hooks import step_hook
 from rnnkit.engine.lengths import reverse_index, reverse_within_lengths
 
 __all__ = ["has_scan", "run_recurrence", "supports"]
@@ -58,8 +60,8 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
 
     Covered: :class:`~rnnkit.cells.MinGRUCell`, :class:`~rnnkit.cells.MinLSTMCell` and their
     subclasses that keep their ``forward`` and ``scan`` (a subclass that changes one of them
-    would no longer be computed by the other), without forward hooks (they run once per
-    step on the loop).
+    would no longer be computed by the other), without hooks that run at each call (they
+    run once per step on the loop: :func:`rnnkit.engine.hooks.step_hook`).
     """
     base = _min_cell_class()
     kind = type(cell)
@@ -68,8 +70,9 @@ def supports(cell: nn.Module) -> tuple[bool, str]:
     for method in ("forward", "scan"):
         if getattr(kind, method) is not getattr(base, method):
             return False, f"{kind.__name__} overrides {method}(), so the scan may not match it"
-    if cell._forward_hooks or cell._forward_pre_hooks:
-        return False, f"{kind.__name__} has forward hooks, which run once per step"
+    hooked = step_hook(cell)
+    if hooked is not None:
+        return False, hooked
     return True, (f"{kind.__name__}'s gates see only the input, so its recurrence is linear "
                   f"in the state: the gates of all steps at once (one GEMM), then the "
                   f"recurrence as one autograd node (one C++ pass through time forward and "
@@ -270,14 +273,8 @@ def _scan(cell: nn.Module, x: Tensor, state: Tensor, reverse: bool = False) -> T
     steps, batch, features = x.shape
     gates = 2 if kind == "gru" else 3
     kernel = _kernel(x)
-    if kernel is not None:
-        # the C++ scan reads the gates side by side in each row: one plain GEMM
-        flat = x.reshape(steps * batch, features)  # (T*B, H_in)
-        if weights.bias is None:
-            pre = torch.mm(flat, weights.weight_ih.t())  # (T*B, G*H)
-        else:
-            pre = torch.addmm(weights.bias, flat, weights.weight_ih.t())
-        pre = pre.view(steps, batch, -1)  # (T, B, G*H)
+    if kernel is not None:  # the C++ scan reads the gates side by side in each row
+        pre = F.linear(x, weights.weight_ih, weights.bias)  # (T, B, G*H)
     else:
         # gate-major: each gate's pre-activations one contiguous (T, B, H) block (the
         # elementwise passes over column slices of a (T, B, G*H) product ran 2-3x slower)

@@ -48,6 +48,14 @@ def _grads(layer, x, lengths):
     return out, h, torch.autograd.grad(loss, [x, *layer.parameters()])
 
 
+def _scan_and_loop(cell, x, lengths, reverse):
+    """Outputs, final state and every gradient of ``Recurrence(cell)`` on the scan and on the
+    loop, each as one flat list."""
+    runs = [_grads(Recurrence(cell, go_backwards=reverse, engine=engine), x, lengths)
+            for engine in ("scan", "loop")]
+    return [[out, h, *grads] for out, h, grads in runs]
+
+
 @pytest.mark.parametrize("fold", [False, True], ids=["Recurrence", "Fold"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("lengths", LENGTHS, ids=["full", "ragged"])
@@ -117,11 +125,8 @@ def test_edge_sizes(cell_class, shape):
     x = torch.randn(steps, batch, 2, dtype=torch.float64, requires_grad=True)
     lengths = [max(1, steps - i) for i in range(batch)]
     for reverse in (False, True):
-        scan = Recurrence(cell, go_backwards=reverse, engine="scan")
-        loop = Recurrence(cell, go_backwards=reverse, engine="loop")
-        ours, theirs = _grads(scan, x, lengths), _grads(loop, x, lengths)
-        for a, b in zip([ours[0], ours[1], *ours[2]], [theirs[0], theirs[1], *theirs[2]],
-                        strict=True):
+        ours, theirs = _scan_and_loop(cell, x, lengths, reverse)
+        for a, b in zip(ours, theirs, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -165,6 +170,10 @@ def test_the_loop_runs_where_the_scan_cannot_serve():
     hooked = MinGRUCell(3, 4)
     hooked.register_forward_hook(lambda *args: None)
     assert "forward hooks" in explain(Recurrence(hooked), x)
+    backward = MinLSTMCell(3, 4)
+    backward.register_full_backward_hook(lambda *args: None)
+    ok, reason = parallel.supports(backward)
+    assert not ok and reason.startswith("a backward hook on MinLSTMCell: backward hooks run")
     mask = torch.tensor([[True, False, True, True, True, True]] * 2)  # a gap: the loop
     assert dispatch.make_plan(Recurrence(MinGRUCell(3, 4)), x, mask=mask).paths() == ["loop"]
     # return_full_state wraps the cell (every step's state): the loop
@@ -225,11 +234,8 @@ def test_candidate_at_the_branch_point_of_g(cell_class, dtype):
     x = torch.randn(5, 2, 3, dtype=dtype, requires_grad=True)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     for reverse in (False, True):
-        scan = Recurrence(cell, go_backwards=reverse, engine="scan")
-        loop = Recurrence(cell, go_backwards=reverse, engine="loop")
-        ours, theirs = _grads(scan, x, None), _grads(loop, x, None)
-        for a, b in zip([ours[0], ours[1], *ours[2]], [theirs[0], theirs[1], *theirs[2]],
-                        strict=True):
+        ours, theirs = _scan_and_loop(cell, x, None, reverse)
+        for a, b in zip(ours, theirs, strict=True):
             scale = max(float(b.detach().abs().max()), 1.0)
             torch.testing.assert_close(a, b, rtol=0, atol=tol * scale)
 

@@ -7,10 +7,10 @@
 // row, which the caller computes for all steps in one GEMM (x W_ih^T + b).
 //
 // Every gate sees only the input, so the recurrence is linear in the state and every unit of
-// every sequence is its own scalar recurrence: no GEMM inside. Time runs outside, and inside
-// each step one pass over a contiguous slice of the B*H units per thread (one parallel region
-// per call, no per-step barrier): the gates, the coefficients and the state update in
-// registers, one read of each gate's pre-activation and one write of h per element. The
+// every sequence is its own scalar recurrence: no GEMM inside. Each thread owns a set of
+// (row, 16-unit block) pairs for the whole call (one parallel region, no per-step barrier);
+// time runs outside and its blocks inside: the gates, the coefficients and the state update
+// in registers, one read of each gate's pre-activation and one write of h per element. The
 // backward recomputes the gates from `pre` (a few exps per element, cheaper than writing and
 // reading four saved (T, B, H) tensors) and runs the adjoint recurrence
 //   G_t = dh_t + a_{t+1} G_{t+1}
