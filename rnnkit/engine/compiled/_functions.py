@@ -124,6 +124,34 @@ def project(x: Tensor, weight: Tensor, bias: Tensor | None, second: Tensor | Non
     return F.linear(x.reshape(T * B, features), weight, bias).view(T, B, weight.shape[0])
 
 
+# The kernels' own small GEMM (csrc/small_gemm.h) for the projection of a narrow layer: at
+# (T*B, H_in, X) = (2800, 28, 16) MKL's addmm took ~240 us on one thread here, the register
+# tiles ~40 us. Single-threaded, so used where a product this size would gain little from
+# threads (the per-step threshold of csrc/common.h's gemm_rows, times the sequence's steps).
+_SMALL_WIDTH = 32
+_SMALL_FLOPS = 2e7
+
+
+def _small_projection(x: Tensor, weight: Tensor) -> bool:
+    X, features = weight.shape
+    return (X <= _SMALL_WIDTH and x.dtype in (torch.float32, torch.float64)
+            and (torch.get_num_threads() == 1
+                 or 2.0 * x.shape[0] * x.shape[1] * features * X < _SMALL_FLOPS))
+
+
+def _project_small(ext, x: Tensor, weight: Tensor, bias: Tensor | None,
+                   second: Tensor | None) -> Tensor:
+    """:func:`project` on the small GEMM: ``(T, B, H_in) -> (T, B, X)``."""
+    T, B, features = x.shape
+    if bias is None:
+        bias = second
+    elif second is not None:
+        bias = bias + second
+    if bias is None:
+        bias = weight.new_empty(0)
+    return ext.small_linear(x.reshape(T * B, features), weight, bias).view(T, B, -1)
+
+
 class ProjectedRecurrence(torch.autograd.Function):
     """:class:`CellRecurrence` with the hoisted input projection inside: one autograd node
     for ``xp = x W^T + b + b2`` and the recurrence, where autograd would record the bias
@@ -137,14 +165,18 @@ class ProjectedRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ext, call: KernelCall, lengths, x, weight, bias, second, state, *tensors):
-        xp = project(x, weight, bias, second)  # (T, B, X)
+        small = _small_projection(x, weight)
+        if small:
+            xp = _project_small(ext, x, weight, bias, second)  # (T, B, X)
+        else:
+            xp = project(x, weight, bias, second)  # (T, B, X)
         training = call.grad and any(ctx.needs_input_grad)
         named = dict(zip(call.names, tensors, strict=True))
         named.update(xp=xp, state=state, lengths=lengths)
         flags = dict(call.flags, reverse=call.reverse, training=training, bf16=False)
         out, final, states, saved = ext.forward(call.family, named, dict(call.numbers), flags)
         if training:
-            ctx.ext, ctx.call = ext, call
+            ctx.ext, ctx.call, ctx.small = ext, call, small
             ctx.save_for_backward(lengths, x, weight, bias, second, state, *tensors, states,
                                   saved)
         ctx.set_materialize_grads(False)
@@ -170,12 +202,23 @@ class ProjectedRecurrence(torch.autograd.Function):
         d_x = d_weight = d_bias = d_second = None
         if needs[3]:
             d_x = (d_xp @ weight).view(T, B, features)  # (T, B, H_in)
+        want_bias = (bias is not None and needs[5]) or (second is not None and needs[6])
+        if ctx.small and (needs[4] or want_bias):
+            # d W = d xp^T x (X, H_in) and the bias's column sum in the small GEMM's pass
+            d_weight, column_sum = ctx.ext.small_linear_grads(
+                x.reshape(T * B, features), d_xp, needs[4], want_bias)
+            d_bias = column_sum if bias is not None and needs[5] else None
+            if second is not None and needs[6]:
+                d_second = column_sum if d_bias is None else column_sum.clone()
+            rest = [grads["state"]] + [grads.get(name) for name in call.names]
+            return ((None,) * 3 + (d_x, d_weight if needs[4] else None, d_bias, d_second)
+                    + tuple(_grad(ctx, 7 + i, v) for i, v in enumerate(rest)))
         if needs[4]:
             # x^T d xp, transposed into W's layout (contiguous, as torch returns it): the
             # GEMM d xp^T x that torch's linear backward runs measured 1.8x slower at
             # (T*B, X, H_in) = (2800, 16, 28) (MKL, 1 thread, AMD EPYC Zen 3)
             d_weight = (x.reshape(T * B, features).t() @ d_xp).t().contiguous()  # (X, H_in)
-        if (bias is not None and needs[5]) or (second is not None and needs[6]):
+        if want_bias:
             column_sum = d_xp.sum(0)  # (X,)
             d_bias = column_sum if bias is not None and needs[5] else None
             if second is not None and needs[6]:

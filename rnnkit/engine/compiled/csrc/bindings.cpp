@@ -1,6 +1,7 @@
 // Python bindings of rnnkit's compiled recurrences (see rnnkit/engine/compiled/__init__.py).
 #include <torch/extension.h>
 
+#include "small_gemm.h"
 #include "step_loop.h"
 
 #include <set>
@@ -126,6 +127,35 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                    ldb, 0.0f, C.data_ptr<float>(), ldc);
         },
         "C (M, N) = A (M, K) B (K, N) with explicit row strides (tests only).");
+  m.def("small_gemm",
+        [](const at::Tensor& A, const at::Tensor& Bm, at::Tensor& C, double beta) {
+          // Tests: small_gemm.h's tiles on any A strides, B and C with contiguous rows.
+          TORCH_CHECK(A.dim() == 2 && Bm.dim() == 2 && C.dim() == 2,
+                      "small_gemm: A, B and C must be 2-D");
+          TORCH_CHECK(A.size(1) == Bm.size(0) && C.size(0) == A.size(0) &&
+                          C.size(1) == Bm.size(1),
+                      "small_gemm: shapes do not match: A ", A.sizes(), ", B ", Bm.sizes(),
+                      ", C ", C.sizes());
+          TORCH_CHECK(A.scalar_type() == C.scalar_type() && Bm.scalar_type() == C.scalar_type() &&
+                          (C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble) &&
+                          A.device().is_cpu() && Bm.device().is_cpu() && C.device().is_cpu(),
+                      "small_gemm: float32 or float64 CPU tensors of one dtype expected");
+          const int64_t ldb = rnnkit::row_ld(Bm), ldc = rnnkit::row_ld(C);
+          AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "small_gemm", [&] {
+            rnnkit::small_gemm::gemm<scalar_t>(
+                A.size(0), Bm.size(1), A.size(1),
+                {A.data_ptr<scalar_t>(), A.stride(0), A.stride(1)}, Bm.data_ptr<scalar_t>(),
+                ldb, static_cast<scalar_t>(beta), C.data_ptr<scalar_t>(), ldc);
+          });
+        },
+        "C = A B + beta C in place with small_gemm.h's register tiles (tests only).");
+  m.def("small_linear", &rnnkit::small_gemm::linear, py::arg("x"), py::arg("weight"),
+        py::arg("bias"),
+        "x (M, K) W^T + bias for W (N, K) with small_gemm.h's tiles (N small; bias may be "
+        "empty): the hoisted input projection of a small layer.");
+  m.def("small_linear_grads", &rnnkit::small_gemm::linear_grads, py::arg("x"), py::arg("grad"),
+        py::arg("weight"), py::arg("bias"),
+        "[d W = grad^T x (N, K), d bias (N)] of small_linear, each only when asked for.");
   m.def("set_bf16_gemm", [](const std::string& mode) {
     TORCH_CHECK(mode == "mkl" || mode == "emulated", "set_bf16_gemm: mode must be 'mkl' or "
                 "'emulated', got '", mode, "'");

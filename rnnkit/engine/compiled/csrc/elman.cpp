@@ -1,4 +1,13 @@
 // Elman recurrence: h' = act(xp + W_hh h), act = tanh or relu; xp = W_ih x + b_ih + b_hh.
+//
+// Two ways to run it: the step-loop template (ElmanFamily below), and for small hidden sizes
+// (H <= 32, one thread: issue 13 row 2's SimpleRNN(16)) a loop of its own (small_forward /
+// small_backward) whose per-step product is small_gemm.h's register-tiled GEMM with the
+// input term and the activation fused in, and whose BPTT accumulates dW_hh step by step
+// while the step's rows are in cache. Both read and write the same buffers (states in the
+// template's position order, no saved activations), so either backward accepts either
+// forward's output; elman_forward / elman_backward pick one per call.
+#include "small_gemm.h"
 #include "step_loop.h"
 
 namespace rnnkit {
@@ -75,6 +84,164 @@ struct ElmanFamily {
   }
 };
 
-RNNKIT_REGISTER_FAMILY(ElmanFamily);
+// ---- Small hidden sizes ------------------------------------------------------------------
+// The fused loop wins where the BLAS call per step is mostly fixed cost; it stays on one
+// thread, so it is used only where the template's GEMM would too (products under 2 MFLOP,
+// gemm_rows in common.h) or when torch runs one thread.
+constexpr int64_t kSmallHidden = 32;
+
+static bool small_path(const KernelArgs& a, int64_t B, int64_t H) {
+  return H <= kSmallHidden && !bf16_flag(a.flags) &&
+         (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6);
+}
+
+template <typename scalar_t>
+static Vec<scalar_t> activate(const Vec<scalar_t>& pre, bool relu) {
+  return relu ? at::vec::maximum(pre, Vec<scalar_t>(scalar_t(0))) : fast_tanh<scalar_t>(pre);
+}
+
+// Same results and buffers as run_forward<ElmanFamily>: {out (T, B, H), final (B, H),
+// states (S+1, B, H) by position, saved (0, B, 0)}; states and saved empty unless training.
+static std::vector<Tensor> small_forward(const KernelArgs& a, const Tensor& xp_in, int64_t H,
+                                         bool relu) {
+  const char* kernel = a.kernel.c_str();
+  const Tensor xp = xp_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1);
+  const auto dt = xp.scalar_type();
+  check_arg(kernel, "xp", xp, {T, B, H}, dt);
+  check_arg(kernel, "state", a.tensor("state"), {B, H}, dt, false);
+  const Tensor& w = a.tensor("weight_hh");
+  check_arg(kernel, "weight_hh", w, {H, H}, dt);
+  const Tensor lengths = a.optional("lengths");
+  check_lengths_arg(kernel, lengths, B);
+  const bool training = a.flag("training");
+  const Schedule sch(lengths, T, B, a.flag("reverse"));
+  const int64_t S = sch.S;
+  const auto opts = xp.options();
+  Tensor out = sch.identity() ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
+  Tensor states = at::empty({training ? S + 1 : 2, B, H}, opts);
+  states[0].copy_(sch.to_positions(a.tensor("state")));
+  AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_small_forward", [&] {
+    using V = Vec<scalar_t>;
+    // W_hh^T (H, H): row k holds column k of W_hh, the B operand of rec = h W_hh^T
+    std::vector<scalar_t> wt(H * H);
+    const scalar_t* w_p = w.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < H; ++j)
+      for (int64_t k = 0; k < H; ++k) wt[k * H + j] = w_p[j * H + k];
+    const scalar_t* xp_p = xp.data_ptr<scalar_t>();
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    scalar_t* st_p = states.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t cur = training ? s : (s & 1), nxt = training ? s + 1 : 1 - cur;
+      const scalar_t* prev = st_p + cur * B * H;
+      scalar_t* next = st_p + nxt * B * H;
+      const int64_t rows = sch.active_rows[s];
+      // h' = act(xp + h W_hh^T) row by row, written to the new state and the output
+      small_gemm::apply<scalar_t>(
+          rows, H, H, {prev, H, 1}, wt.data(), H,
+          [&](int64_t b, int64_t j, int64_t cnt) {
+            return ld(xp_p + (sch.time(s, b) * B + sch.row(b)) * H, j, cnt);
+          },
+          [&](int64_t b, int64_t j, int64_t cnt, const V& pre) {
+            const V h = activate<scalar_t>(pre, relu);
+            st(h, next + b * H, j, cnt);
+            st(h, out_p + (sch.time(s, b) * B + sch.row(b)) * H, j, cnt);
+          });
+      for (int64_t b = rows; b < B; ++b) {  // finished sequences carry their state
+        std::copy(prev + b * H, prev + (b + 1) * H, next + b * H);
+      }
+    }
+  });
+  const int64_t last = training ? S : (S & 1);
+  Tensor final_state = sch.to_rows(states[last]);
+  if (!training) return {out, final_state, Tensor(), Tensor()};
+  return {out, final_state, states, at::empty({0, B, 0}, opts)};
+}
+
+// Same results as run_backward<ElmanFamily>: {"xp", "state", "weight_hh"}.
+static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
+                                                    const Tensor& states_in, int64_t H,
+                                                    bool relu) {
+  const char* kernel = a.kernel.c_str();
+  const int64_t S = states_in.size(0) - 1, B = states_in.size(1);
+  const int64_t T = static_cast<int64_t>(a.number("steps"));
+  const auto dt = states_in.scalar_type();
+  check_arg(kernel, "states", states_in, {S + 1, B, H}, dt);
+  const Tensor& w = a.tensor("weight_hh");
+  check_arg(kernel, "weight_hh", w, {H, H}, dt);
+  const Tensor lengths = a.optional("lengths");
+  check_lengths_arg(kernel, lengths, B);
+  const Tensor dout = a.has("grad_out") ? a.tensor("grad_out").contiguous() : Tensor();
+  if (dout.defined()) check_arg(kernel, "grad of outputs", dout, {T, B, H}, dt);
+  const Tensor dfinal = a.optional("grad_state");
+  if (dfinal.defined()) check_arg(kernel, "grad of the final state", dfinal, {B, H}, dt, false);
+  const Schedule sch(lengths, T, B, a.flag("reverse"));
+  TORCH_CHECK(sch.S == S, kernel, ": saved steps (", S, ") do not match the lengths (", sch.S, ")");
+  const auto opts = states_in.options();
+  Tensor dstate = dfinal.defined() ? sch.to_positions(dfinal) : at::zeros({B, H}, opts);
+  Tensor dxp = sch.identity() ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
+  Tensor dw = at::zeros({H, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_small_backward", [&] {
+    using V = Vec<scalar_t>;
+    const V zero(scalar_t(0)), one(scalar_t(1));
+    const scalar_t* w_p = w.data_ptr<scalar_t>();
+    const scalar_t* dout_p = dout.defined() ? dout.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* st_p = states_in.data_ptr<scalar_t>();
+    scalar_t* dst_p = dstate.data_ptr<scalar_t>();
+    scalar_t* dxp_p = dxp.data_ptr<scalar_t>();
+    scalar_t* dw_p = dw.data_ptr<scalar_t>();
+    std::vector<scalar_t> grad(B * H);  // d pre-activation of the step's active rows
+    scalar_t* g_p = grad.data();
+    for (int64_t s = S - 1; s >= 0; --s) {
+      const int64_t rows = sch.active_rows[s];
+      const scalar_t* prev = st_p + s * B * H;
+      const scalar_t* next = st_p + (s + 1) * B * H;
+      for (int64_t b = 0; b < rows; ++b) {
+        const int64_t at_t = (sch.time(s, b) * B + sch.row(b)) * H;
+        const scalar_t* dy = dout_p != nullptr ? dout_p + at_t : nullptr;
+        vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
+          V d = ld(dst_p + b * H, j, c);
+          if (dy != nullptr) d = d + ld(dy, j, c);
+          const V h = ld(next + b * H, j, c);
+          // relu: torch's threshold_backward passes the gradient where the output > 0
+          const V g = relu ? V::blendv(zero, d, h > zero) : d * (one - h * h);
+          st(g, g_p + b * H, j, c);
+          st(g, dxp_p + at_t, j, c);
+        });
+      }
+      // d h_prev = g W_hh (no direct path from h to h_prev); finished rows pass through
+      small_gemm::gemm<scalar_t>(rows, H, H, {g_p, H, 1}, w_p, H, scalar_t(0), dst_p, H);
+      // dW_hh += g^T h_prev
+      small_gemm::gemm<scalar_t>(H, H, rows, {g_p, 1, H}, prev, H, scalar_t(1), dw_p, H);
+    }
+  });
+  return {{"xp", dxp}, {"state", sch.to_rows(dstate)}, {"weight_hh", dw}};
+}
+
+static std::vector<Tensor> elman_forward(const KernelArgs& a) {
+  const Tensor& xp = a.tensor("xp");
+  const auto cfg = ElmanFamily::config(a);
+  if (xp.dim() == 3 && small_path(a, xp.size(1), cfg.H)) {
+    return small_forward(a, xp, cfg.H, cfg.relu);
+  }
+  return run_forward<ElmanFamily>(a);
+}
+
+static std::map<std::string, Tensor> elman_backward(const KernelArgs& a) {
+  const Tensor& states = a.tensor("states");
+  const auto cfg = ElmanFamily::config(a);
+  if (states.dim() == 3 && states.size(0) >= 1 && small_path(a, states.size(1), cfg.H)) {
+    return small_backward(a, states.contiguous(), cfg.H, cfg.relu);
+  }
+  return run_backward<ElmanFamily>(a);
+}
+
+// Registered by hand (not RNNKIT_REGISTER_FAMILY): the entry points above choose between the
+// small-H loop and the template.
+static const bool rnnkit_registered_elman = [] {
+  families()[ElmanFamily::kName] =
+      FamilyEntry{&elman_forward, &elman_backward, ElmanFamily::names()};
+  return true;
+}();
 
 }  // namespace rnnkit

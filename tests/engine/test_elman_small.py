@@ -1,0 +1,198 @@
+"""The compiled Elman kernel's loop for small hidden sizes (csrc/elman.cpp, H <= 32 on one
+thread) and its register-tiled GEMM (csrc/small_gemm.h), against independent oracles:
+torch.mm, torch.nn.RNN with copied weights (lengths, both directions, gradients),
+gradcheck, and the step-loop template on the same call (H > 32, or threads that the
+template's GEMM would use)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from rnnkit.engine import compiled
+from rnnkit.engine.compiled import _build
+from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall
+
+
+@pytest.fixture(scope="module")
+def ext():
+    ok, reason = compiled.available()
+    if not ok:
+        pytest.skip(f"compiled kernels unavailable: {reason}")
+    return _build.load()[0]
+
+
+# ----------------------------------------------------------------------------- small GEMM
+
+ODD = (1, 3, 17, 33)
+
+
+def _strided(rows: int, cols: int, pad: int, dtype, generator) -> torch.Tensor:
+    """A (rows, cols) view with contiguous rows and a row stride of cols + pad."""
+    return torch.randn(rows, cols + pad, dtype=dtype, generator=generator)[:, :cols]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_gemm_equals_mm_on_odd_shapes(ext, dtype):
+    g = torch.Generator().manual_seed(0)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for M, N, K in itertools.product(ODD, ODD, ODD):
+        for pad in (0, 5):
+            a = _strided(M, K, pad, dtype, g)
+            b = _strided(K, N, pad, dtype, g)
+            c = _strided(M, N, pad, dtype, g)
+            expected = a @ b
+            c.fill_(float("nan"))  # beta = 0 never reads C
+            ext.small_gemm(a, b, c, 0.0)
+            torch.testing.assert_close(c, expected, **tol, msg=f"M={M} N={N} K={K} pad={pad}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_gemm_accumulates_and_reads_a_transposed_operand(ext, dtype):
+    g = torch.Generator().manual_seed(1)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for M, N, K in [(1, 1, 1), (3, 17, 33), (33, 3, 17), (17, 33, 3), (16, 16, 100)]:
+        a = _strided(K, M, 3, dtype, g).t()  # (M, K) with row stride 1, column stride M + 3
+        b = _strided(K, N, 2, dtype, g)
+        c = _strided(M, N, 4, dtype, g)
+        for beta in (1.0, 0.5):
+            expected = a @ b + beta * c
+            ext.small_gemm(a, b, c, beta)
+            torch.testing.assert_close(c, expected, **tol, msg=f"M={M} N={N} K={K} b={beta}")
+
+
+def test_small_gemm_writes_only_its_own_columns(ext):
+    g = torch.Generator().manual_seed(2)
+    buffer = torch.randn(17, 40, generator=g)
+    before = buffer.clone()
+    a, b = torch.randn(17, 5, generator=g), torch.randn(5, 33, generator=g)
+    ext.small_gemm(a, b, buffer[:, 2:35], 0.0)
+    torch.testing.assert_close(buffer[:, 2:35], a @ b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(buffer[:, :2], before[:, :2]) and torch.equal(buffer[:, 35:], before[:, 35:])
+
+
+def test_small_gemm_refuses_bad_operands(ext):
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        ext.small_gemm(a, b, torch.empty(3, 4), 0.0)
+    with pytest.raises(RuntimeError, match="rows must be contiguous"):
+        ext.small_gemm(a, torch.randn(5, 4).t(), torch.empty(3, 5), 0.0)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ext.small_gemm(a.double(), b, torch.empty(3, 5), 0.0)
+
+
+# ----------------------------------------------------------------------------- Elman vs nn.RNN
+
+
+def _pair(H_in, H, relu, bidirectional, dtype):
+    torch.manual_seed(0)
+    kwargs = dict(nonlinearity="relu" if relu else "tanh", bidirectional=bidirectional,
+                  dtype=dtype)
+    theirs = nn.RNN(H_in, H, **kwargs)
+    ours = rnnkit.RNN(H_in, H, engine="compiled", **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def _run(module, x, h0, lengths):
+    """Outputs (T, B, D*H) zero at padded steps, h_n, and every gradient of a weighted loss."""
+    xi = x.clone().requires_grad_(True)
+    hi = h0.clone().requires_grad_(True)
+    if lengths is not None and isinstance(module, nn.RNN) and not isinstance(module, rnnkit.RNN):
+        packed = pack_padded_sequence(xi, lengths, enforce_sorted=False)
+        out, h_n = module(packed, hi)
+        out = pad_packed_sequence(out, total_length=x.shape[0])[0]
+    elif lengths is not None:
+        out, h_n = module(xi, hi, lengths=lengths)
+    else:
+        out, h_n = module(xi, hi)
+    weights = torch.linspace(0.5, 1.5, out.numel(), dtype=x.dtype).view_as(out)
+    loss = (out * weights).sum() + (h_n * h_n).sum()
+    grads = torch.autograd.grad(loss, [xi, hi, *module.parameters()])
+    return [out, h_n, *grads]
+
+
+CASES = [  # (T, B, H_in, H): T=1, batch 1, hidden 1, the issue's shape, the threshold
+    (1, 1, 1, 1), (1, 4, 3, 16), (5, 1, 2, 3), (7, 5, 4, 1), (6, 3, 5, 17), (4, 6, 3, 32),
+    (28, 100, 28, 16), (5, 3, 2, 33),
+]
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("T,B,H_in,H", CASES)
+@pytest.mark.parametrize("ragged", [False, True])
+def test_small_elman_equals_torch_rnn_float64(ext, T, B, H_in, H, relu, bidirectional, ragged):
+    theirs, ours = _pair(H_in, H, relu, bidirectional, torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(T, B, H_in, dtype=torch.float64, generator=g)
+    h0 = torch.randn(2 if bidirectional else 1, B, H, dtype=torch.float64, generator=g)
+    lengths = None
+    if ragged:
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths[0] = T
+    for a, b in zip(_run(theirs, x, h0, lengths), _run(ours, x, h0, lengths), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("T,B,H_in,H", [(28, 100, 28, 16), (9, 7, 5, 3), (3, 2, 4, 32)])
+def test_small_elman_equals_torch_rnn_float32(ext, T, B, H_in, H, relu):
+    theirs, ours = _pair(H_in, H, relu, True, torch.float32)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(T, B, H_in, generator=g)
+    h0 = torch.randn(2, B, H, generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    for a, b in zip(_run(theirs, x, h0, lengths), _run(ours, x, h0, lengths), strict=True):
+        scale = max(1.0, float(a.detach().abs().max()))
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_small_elman_gradcheck(ext, relu, reverse):
+    """The kernel's own gradients (d xp, d h0, d W_hh) by finite differences, with lengths."""
+    torch.manual_seed(5)
+    T, B, H = 4, 3, 5
+    xp = torch.randn(T, B, H, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(H, H, dtype=torch.float64) * 0.4).requires_grad_(True)
+    lengths = torch.tensor([4, 2, 3])
+    call = KernelCall(family="elman", names=("weight_hh",), flags=(("relu", relu),),
+                      numbers=(), reverse=reverse, output_size=H, step=None)
+    assert torch.autograd.gradcheck(
+        lambda xp, h0, w: CellRecurrence.apply(ext, call, lengths, xp, h0, w), (xp, h0, w))
+
+
+def test_small_and_template_loops_agree_on_the_same_call(ext):
+    """The template runs when the step product reaches 2 MFLOP on several threads: the same
+    call on 1 and 2 threads takes the two loops."""
+    torch.manual_seed(6)
+    T, B, H = 3, 1000, 32
+    tensors = {"xp": torch.randn(T, B, H, dtype=torch.float64),
+               "state": torch.randn(B, H, dtype=torch.float64),
+               "weight_hh": torch.randn(H, H, dtype=torch.float64) * 0.2,
+               "lengths": torch.randint(1, T + 1, (B,))}
+    flags = {"relu": False, "reverse": True, "training": True}
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, final, states, saved = ext.forward("elman", tensors, {}, flags)
+            grads = ext.backward(
+                "elman", {"weight_hh": tensors["weight_hh"], "lengths": tensors["lengths"],
+                          "states": states, "saved": saved, "grad_out": torch.ones_like(out),
+                          "grad_state": torch.ones_like(final)},
+                {"steps": float(T)}, {"relu": False, "reverse": True})
+            results.append([out, final, states, grads["xp"], grads["state"],
+                            grads["weight_hh"]])
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
