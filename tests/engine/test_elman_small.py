@@ -196,3 +196,31 @@ def test_small_and_template_loops_agree_on_the_same_call(ext):
         torch.set_num_threads(previous)
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_linear_and_its_gradients_equal_torch(ext, dtype):
+    """The projection of a narrow layer (ProjectedRecurrence) on strided operands: x W^T + b,
+    d W = d^T x and the bias's column sum against torch."""
+    g = torch.Generator().manual_seed(7)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for M, N, K in [(1, 1, 1), (3, 17, 33), (33, 3, 17), (2800, 16, 28), (0, 4, 3)]:
+        x = torch.randn(K + 2, M, dtype=dtype, generator=g)[:K].t()  # (M, K), column-major
+        flat = torch.randn(N * K + 2 * N, dtype=dtype, generator=g)
+        w = flat[: N * K].view(N, K)
+        bias = flat[N * K:][::2]  # strided
+        torch.testing.assert_close(ext.small_linear(x, w, bias), x @ w.t() + bias, **tol)
+        torch.testing.assert_close(ext.small_linear(x, w, w.new_empty(0)), x @ w.t(), **tol)
+        d = torch.randn(M, N, dtype=dtype, generator=g)
+        dw, db = ext.small_linear_grads(x, d, True, True)
+        # sums over M rows: against float64, to a tolerance relative to the sum of |terms|
+        wide = d.double().t() @ x.double()
+        scale = float((d.double().abs().t() @ x.double().abs()).max()) if M else 1.0
+        bound = (1e-6 if dtype == torch.float32 else 1e-14) * scale
+        torch.testing.assert_close(dw.double(), wide, rtol=0, atol=bound)
+        torch.testing.assert_close(db.double(), d.double().sum(0), rtol=0, atol=bound)
+        assert ext.small_linear_grads(x, d, False, True)[0] is None
+        assert ext.small_linear_grads(x, d, True, False)[1] is None
+    with pytest.raises(RuntimeError, match=r"x \(M, K\) and weight \(N, K\)"):
+        ext.small_linear(torch.randn(3, 4, dtype=dtype), torch.randn(2, 5, dtype=dtype),
+                         torch.empty(0, dtype=dtype))

@@ -149,7 +149,7 @@ def _project_small(ext, x: Tensor, weight: Tensor, bias: Tensor | None,
         bias = bias + second
     if bias is None:
         bias = weight.new_empty(0)
-    return ext.small_linear(x.reshape(T * B, features), weight, bias).view(T, B, -1)
+    return ext.small_linear(x.reshape(T * B, features), weight, bias).view(T, B, weight.shape[0])
 
 
 class ProjectedRecurrence(torch.autograd.Function):

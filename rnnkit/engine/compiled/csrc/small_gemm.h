@@ -130,7 +130,10 @@ inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
                   x.device().is_cpu() && w.device().is_cpu(),
               "rnnkit small linear: float32 or float64 CPU tensors of one dtype expected");
   const bool has_bias = present(bias);
-  if (has_bias) check_arg("rnnkit small linear", "bias", bias, {w.size(0)}, x.scalar_type());
+  if (has_bias) {
+    check_arg("rnnkit small linear", "bias", bias, {w.size(0)}, x.scalar_type(), false);
+  }
+  const Tensor b = has_bias ? bias.contiguous() : Tensor();  // a view of a flat buffer
   const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
   Tensor out = at::empty({M, N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_small_linear", [&] {
@@ -140,7 +143,7 @@ inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
     const scalar_t* w_p = wc.data_ptr<scalar_t>();
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = 0; k < K; ++k) wt[k * N + n] = w_p[n * K + k];
-    const scalar_t* b_p = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* b_p = has_bias ? b.data_ptr<scalar_t>() : nullptr;
     scalar_t* o_p = out.data_ptr<scalar_t>();
     apply<scalar_t>(
         M, N, K, {x.data_ptr<scalar_t>(), x.stride(0), x.stride(1)}, wt.data(), N,
@@ -171,9 +174,23 @@ inline std::vector<Tensor> linear_grads(const Tensor& x_in, const Tensor& d, boo
     const scalar_t* d_p = d.data_ptr<scalar_t>();
     if (weight) {
       const Tensor x = x_in.size(1) <= 1 || x_in.stride(1) == 1 ? x_in : x_in.contiguous();
-      // (N, K) = d^T (N, M) x (M, K): A(n, m) = d[m, n]
-      gemm<scalar_t>(N, K, M, {d_p, d.stride(1), d.stride(0)}, x.data_ptr<scalar_t>(),
-                     row_ld(x), scalar_t(0), dw.data_ptr<scalar_t>(), K);
+      // (N, K) = d^T (N, M) x (M, K): A(n, m) = d[m, n]; over blocks of 256 rows, each
+      // summed apart and then added (error growing with 256 + M / 256 terms, not M)
+      constexpr int64_t kBlock = 256;
+      const scalar_t* x_p = x.data_ptr<scalar_t>();
+      const int64_t ldx = row_ld(x);
+      scalar_t* dw_p = dw.data_ptr<scalar_t>();
+      std::vector<scalar_t> part(M > kBlock ? N * K : 0);
+      for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
+        const int64_t rows = std::min(kBlock, M - m0);
+        const Operand<scalar_t> a{d_p + m0 * d.stride(0), d.stride(1), d.stride(0)};
+        if (M <= kBlock) {
+          gemm<scalar_t>(N, K, rows, a, x_p + m0 * ldx, ldx, scalar_t(0), dw_p, K);
+          continue;
+        }
+        gemm<scalar_t>(N, K, rows, a, x_p + m0 * ldx, ldx, scalar_t(0), part.data(), K);
+        for (int64_t i = 0; i < N * K; ++i) dw_p[i] += part[i];
+      }
     }
     if (bias) {
       scalar_t* db_p = db.data_ptr<scalar_t>();
