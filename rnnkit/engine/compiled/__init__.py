@@ -54,8 +54,9 @@ from rnnkit.engine.compiled._functions import (
 )
 from rnnkit.engine.hooks import has_own_hooks, step_hook
 
-__all__ = ["DEVICES", "PreparedRun", "available", "fallback_reason", "prepare", "run_prepared",
-           "supports", "supports_bf16", "run_recurrence"]
+__all__ = ["DEVICES", "PreparedRun", "available", "clear_buffer_cache", "fallback_reason",
+           "prepare", "run_prepared", "set_buffer_cache_limit", "supports", "supports_bf16",
+           "run_recurrence"]
 
 #: Device types the compiled kernels run on.
 DEVICES = ("cpu",)
@@ -73,6 +74,24 @@ def available() -> tuple[bool, str]:
     if module is None:
         return False, str(error)
     return True, f"rnnkit C++ kernels ({module.rnnkit_capability})"
+
+
+def set_buffer_cache_limit(nbytes: int) -> int:
+    """Idle bytes the kernels' buffer cache may keep between training calls (NAS's saved
+    values and gradient buffers, reused instead of freshly mapped pages: default 256 MiB;
+    0 turns the cache off). Returns the previous limit (0 when the kernels are unavailable)."""
+    if nbytes < 0:
+        raise ValueError(f"set_buffer_cache_limit: nbytes must be >= 0, got {nbytes}")
+    module, _ = _build.load()
+    return 0 if module is None else int(module.set_buffer_cache_limit(int(nbytes)))
+
+
+def clear_buffer_cache() -> None:
+    """Release every idle buffer the kernels' buffer cache holds (those still in use, saved
+    for a backward or held as a gradient, stay with their owners)."""
+    module, _ = _build.load()
+    if module is not None:
+        module.clear_buffer_cache()
 
 
 def _adapter_class(cell: nn.Module) -> tuple[type | None, type[CompiledAdapter] | None]:

@@ -99,6 +99,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return rnnkit::pointwise_parallel_elems().exchange(elems);
   }, "Values per chunk below which a step's pointwise pass stays on one thread; returns the "
      "previous value (measurements and tests).");
+  m.def("set_buffer_cache_limit", [](int64_t bytes) {
+    TORCH_CHECK(bytes >= 0, "set_buffer_cache_limit: need >= 0 bytes, got ", bytes);
+    return rnnkit::BufferCache::instance().set_limit(bytes);
+  }, "Idle bytes the step-loop buffer cache (StepLayout::reuse_buffers) may keep between "
+     "calls; returns the previous limit.");
+  m.def("set_buffer_cache_min_bytes", [](int64_t bytes) {
+    TORCH_CHECK(bytes >= 1, "set_buffer_cache_min_bytes: need >= 1 byte, got ", bytes);
+    return rnnkit::BufferCache::instance().set_min_bytes(bytes);
+  }, "Requests below this many bytes bypass the step-loop buffer cache (1 MiB; tests lower "
+     "it); returns the previous value.");
+  m.def("clear_buffer_cache", []() { rnnkit::BufferCache::instance().clear(); },
+        "Drop every idle buffer the step-loop buffer cache holds.");
+  m.def("buffer_cache_bytes", []() { return rnnkit::BufferCache::instance().bytes(); },
+        "(bytes held, bytes idle) by the step-loop buffer cache.");
   m.def("indrnn_forward", &rnnkit::indrnn_forward);
   m.def("indrnn_backward", &rnnkit::indrnn_backward);
   m.def("min_scan_forward", &rnnkit::min_scan_forward, py::arg("pre"), py::arg("h0"),

@@ -16,8 +16,11 @@ struct NasFamily {
   static ArgNames names() { return {{"weight_hh", "bias_hh", "weight_hr"}, {}, {}}; }
 
   // Saved per row: l0 l1 l2 u3 v3 l4 l5 l6 l7 (9H; branch 3 keeps both factors, v3 with its
-  // bias), t m0 m1 m2 m3 q (6H), and m (H) with a projection (GEMM 2's input).
-  enum Slot { kL0 = 0, kL1, kL2, kU3, kV3, kL4, kL5, kL6, kL7, kT, kM0, kM1, kM2, kM3, kQ, kM };
+  // bias), and m (H) with a projection (GEMM 2's input). The backward recomputes t, m0..m3
+  // and q from these and c (the states the template keeps), with the same vector code, so
+  // the recomputed values are the forward's bit for bit: saving them too (15H a row) cost
+  // a 63 MB buffer per training call at B=32, H=256, T=128, written once and read once.
+  enum Slot { kL0 = 0, kL1, kL2, kU3, kV3, kL4, kL5, kL6, kL7, kM };
   struct Config {
     int64_t H, Hout;
     bool proj, bias;
@@ -40,6 +43,7 @@ struct NasFamily {
       L.mid_off = kM * c.H;
     }
     L.work = 8 * c.H;
+    L.reuse_buffers = true;
     return L;
   }
   static void check(const Config& c, const KernelArgs& a, at::ScalarType dt, const char* k) {
@@ -60,6 +64,20 @@ struct NasFamily {
     const scalar_t* bias;
     Params(const Config& cfg, const KernelArgs& a)
         : c(cfg), bias(cfg.bias ? ptr_or_null<scalar_t>(a.optional("bias_hh")) : nullptr) {}
+  };
+
+  // The second layer of the cell from the branch values l0..l7 and c: t, m0..m3 and q. One
+  // function for the forward and the backward's recomputation, so both get the same values.
+  template <typename scalar_t>
+  struct Mixed {
+    Vec<scalar_t> tt, m0, m1, m2, m3, q;
+    Mixed(const Vec<scalar_t>* l, const Vec<scalar_t>& c)
+        : tt(fast_tanh(l[0] * l[1])),
+          m0(fast_tanh(tt + c)),
+          m1(fast_tanh(l[2] + l[3])),
+          m2(fast_tanh(l[4] * l[5])),
+          m3(vsigmoid(l[6] + l[7])),
+          q(fast_tanh(m2 + m3)) {}
   };
 
   template <typename scalar_t>
@@ -91,17 +109,13 @@ struct NasFamily {
         const V l5 = vsigmoid(uk(5) + vk(5));
         const V l6 = fast_tanh(uk(6) + vk(6));
         const V l7 = vsigmoid(uk(7) + vk(7));
-        const V tt = fast_tanh(l0 * l1);
-        const V m0 = fast_tanh(tt + ld(cp, j, c));
-        const V m1 = fast_tanh(l2 + l3);
-        const V m2 = fast_tanh(l4 * l5);
-        const V m3 = vsigmoid(l6 + l7);
-        const V cv = m0 * m1;
-        const V q = fast_tanh(m2 + m3);
-        const V values[kM] = {l0, l1, l2, u3, v3, l4, l5, l6, l7, tt, m0, m1, m2, m3, q};
+        const V l[8] = {l0, l1, l2, l3, l4, l5, l6, l7};
+        const Mixed<scalar_t> mx(l, ld(cp, j, c));
+        const V cv = mx.m0 * mx.m1;
+        const V values[kM] = {l0, l1, l2, u3, v3, l4, l5, l6, l7};
         for (int64_t k = 0; k < kM; ++k) st(values[k], sv + k * H, j, c);
         st(cv, cn, j, c);
-        st(fast_tanh(cv * q), m, j, c);
+        st(fast_tanh(cv * mx.q), m, j, c);
       });
     }
     // Projection: h' = m W_hr^T, computed by GEMM 2 into rec2.
@@ -129,6 +143,7 @@ struct NasFamily {
       const scalar_t* sv = r.saved;
       const scalar_t* mrow = k.proj ? sv + kM * H : r.next;
       const scalar_t* cn = r.next + k.Hout;
+      const scalar_t* cprev = r.prev + k.Hout;
       scalar_t* dhrow = r.dstate;
       scalar_t* dcrow = r.dstate + k.Hout;
       scalar_t* du = r.dx;
@@ -142,25 +157,27 @@ struct NasFamily {
           dmv = ld(dhrow, j, c);
           if (r.dy != nullptr) dmv = dmv + ld(r.dy, j, c);
         }
-        const V mv = ld(mrow, j, c), q = s(kQ, j, c), cv = ld(cn, j, c);
+        const V l0 = s(kL0, j, c), l1 = s(kL1, j, c), l2 = s(kL2, j, c);
+        const V u3 = s(kU3, j, c), v3 = s(kV3, j, c), l4 = s(kL4, j, c);
+        const V l5 = s(kL5, j, c), l6 = s(kL6, j, c), l7 = s(kL7, j, c);
+        const V p3 = u3 * v3;
+        const V l[8] = {l0, l1, l2, at::vec::maximum(p3, zero), l4, l5, l6, l7};
+        const Mixed<scalar_t> mx(l, ld(cprev, j, c));  // the forward's t, m0..m3, q
+        const V &m0 = mx.m0, &m1 = mx.m1, &m2 = mx.m2, &m3 = mx.m3, &q = mx.q, &tt = mx.tt;
+        const V mv = ld(mrow, j, c), cv = ld(cn, j, c);
         const V dz = dmv * (one - mv * mv);          // m = tanh(c' q)
         const V dcn = at::vec::fmadd(dz, q, ld(dcrow, j, c));
         const V dr = dz * cv * (one - q * q);        // q = tanh(m2 + m3)
-        const V m0 = s(kM0, j, c), m1 = s(kM1, j, c), m2 = s(kM2, j, c), m3 = s(kM3, j, c);
-        const V tt = s(kT, j, c);
         const V dy0 = dcn * m1 * (one - m0 * m0);    // m0 = tanh(t + c)
         const V dp01 = dy0 * (one - tt * tt);        // t = tanh(l0 l1)
         const V dy1 = dcn * m0 * (one - m1 * m1);    // m1 = tanh(l2 + l3)
         const V dy2 = dr * (one - m2 * m2);          // m2 = tanh(l4 l5)
         const V dy3 = dr * m3 * (one - m3);          // m3 = sig(l6 + l7)
-        const V l0 = s(kL0, j, c), l1 = s(kL1, j, c), l2 = s(kL2, j, c);
-        const V u3 = s(kU3, j, c), v3 = s(kV3, j, c), l4 = s(kL4, j, c);
-        const V l5 = s(kL5, j, c), l6 = s(kL6, j, c), l7 = s(kL7, j, c);
         const V da0 = dp01 * l1 * l0 * (one - l0);
         // relu: torch's threshold_backward passes the gradient where the output > 0
         const V da1 = V::blendv(zero, dp01 * l0, l1 > zero);
         const V da2 = dy1 * l2 * (one - l2);
-        const V dp3 = V::blendv(zero, dy1, (u3 * v3) > zero);
+        const V dp3 = V::blendv(zero, dy1, p3 > zero);
         const V da4 = dy2 * l5 * (one - l4 * l4);
         const V da5 = dy2 * l4 * l5 * (one - l5);
         const V da6 = dy3 * (one - l6 * l6);
