@@ -224,3 +224,31 @@ def test_small_linear_and_its_gradients_equal_torch(ext, dtype):
     with pytest.raises(RuntimeError, match=r"x \(M, K\) and weight \(N, K\)"):
         ext.small_linear(torch.randn(3, 4, dtype=dtype), torch.randn(2, 5, dtype=dtype),
                          torch.empty(0, dtype=dtype))
+
+
+@pytest.mark.parametrize("H", [1, 5, 16])
+def test_small_backward_reads_strided_and_expanded_output_gradients(ext, H):
+    """A sum loss hands the kernel an expanded (all strides 0) output gradient, a batch-first
+    caller a transposed one: the same gradients as from their contiguous copies."""
+    torch.manual_seed(8)
+    T, B = 4, 3
+    tensors = {"xp": torch.randn(T, B, H, dtype=torch.float64),
+               "state": torch.randn(B, H, dtype=torch.float64),
+               "weight_hh": torch.randn(H, H, dtype=torch.float64) * 0.3,
+               "lengths": torch.tensor([4, 2, 3])}
+    out, final, states, saved = ext.forward("elman", tensors, {},
+                                            {"relu": True, "reverse": False, "training": True})
+    expanded = torch.ones(1, 1, 1, dtype=torch.float64).expand(T, B, H)
+    per_row = torch.randn(T, B, 1, dtype=torch.float64).expand(T, B, H)
+    transposed = torch.randn(B, T, H, dtype=torch.float64).transpose(0, 1)
+    strided = torch.randn(T, B, H, 2, dtype=torch.float64)[..., 0]  # stride(2) == 2
+    for grad in (expanded, per_row, transposed, strided):
+        results = []
+        for given in (grad, grad.contiguous()):
+            grads = ext.backward(
+                "elman", {"weight_hh": tensors["weight_hh"], "lengths": tensors["lengths"],
+                          "states": states, "saved": saved, "grad_out": given},
+                {"steps": float(T)}, {"relu": True, "reverse": False})
+            results.append([grads["xp"], grads["state"], grads["weight_hh"]])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

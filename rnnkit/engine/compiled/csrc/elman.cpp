@@ -120,7 +120,12 @@ static std::vector<Tensor> small_forward(const KernelArgs& a, const Tensor& xp_i
   const auto opts = xp.options();
   Tensor out = sch.identity() ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
   Tensor states = at::empty({training ? S + 1 : 2, B, H}, opts);
-  states[0].copy_(sch.to_positions(a.tensor("state")));
+  const Tensor& state = a.tensor("state");
+  if (!sch.permuted) {
+    states.select(0, 0).copy_(state);  // one copy (to_positions clones first)
+  } else {
+    states[0].copy_(sch.to_positions(state));
+  }
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_small_forward", [&] {
     using V = Vec<scalar_t>;
     // W_hh^T (H, H): row k holds column k of W_hh, the B operand of rec = h W_hh^T
@@ -171,8 +176,14 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
   check_arg(kernel, "weight_hh", w, {H, H}, dt);
   const Tensor lengths = a.optional("lengths");
   check_lengths_arg(kernel, lengths, B);
-  const Tensor dout = a.has("grad_out") ? a.tensor("grad_out").contiguous() : Tensor();
-  if (dout.defined()) check_arg(kernel, "grad of outputs", dout, {T, B, H}, dt);
+  // The output gradient is read through its strides: a sum or mean loss hands over an
+  // expanded tensor (all strides 0), which contiguous() would write out in full.
+  const Tensor& dout_in = a.has("grad_out") ? a.tensor("grad_out") : Tensor();
+  if (dout_in.defined()) check_arg(kernel, "grad of outputs", dout_in, {T, B, H}, dt, false);
+  const Tensor dout = !dout_in.defined() || dout_in.stride(2) == 1 || dout_in.stride(2) == 0 ||
+                              H == 1
+                          ? dout_in
+                          : dout_in.contiguous();
   const Tensor dfinal = a.optional("grad_state");
   if (dfinal.defined()) check_arg(kernel, "grad of the final state", dfinal, {B, H}, dt, false);
   const Schedule sch(lengths, T, B, a.flag("reverse"));
@@ -186,6 +197,11 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
     const V zero(scalar_t(0)), one(scalar_t(1));
     const scalar_t* w_p = w.data_ptr<scalar_t>();
     const scalar_t* dout_p = dout.defined() ? dout.data_ptr<scalar_t>() : nullptr;
+    // element (t, row, j) of the output gradient at t * dt0 + row * dt1 + j * dt2; dt2 is 1,
+    // or 0 (one value broadcast along the row)
+    const int64_t dt0 = dout.defined() ? dout.stride(0) : 0;
+    const int64_t dt1 = dout.defined() ? dout.stride(1) : 0;
+    const bool dy_row = dout.defined() && (H == 1 || dout.stride(2) == 1);
     const scalar_t* st_p = states_in.data_ptr<scalar_t>();
     scalar_t* dst_p = dstate.data_ptr<scalar_t>();
     scalar_t* dxp_p = dxp.data_ptr<scalar_t>();
@@ -197,11 +213,12 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
       const scalar_t* prev = st_p + s * B * H;
       const scalar_t* next = st_p + (s + 1) * B * H;
       for (int64_t b = 0; b < rows; ++b) {
-        const int64_t at_t = (sch.time(s, b) * B + sch.row(b)) * H;
-        const scalar_t* dy = dout_p != nullptr ? dout_p + at_t : nullptr;
+        const int64_t t = sch.time(s, b), r = sch.row(b);
+        const int64_t at_t = (t * B + r) * H;
+        const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + r * dt1 : nullptr;
         vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
           V d = ld(dst_p + b * H, j, c);
-          if (dy != nullptr) d = d + ld(dy, j, c);
+          if (dy != nullptr) d = d + (dy_row ? ld(dy, j, c) : V(*dy));
           const V h = ld(next + b * H, j, c);
           // relu: torch's threshold_backward passes the gradient where the output > 0
           const V g = relu ? V::blendv(zero, d, h > zero) : d * (one - h * h);
@@ -215,7 +232,9 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
       small_gemm::gemm<scalar_t>(H, H, rows, {g_p, 1, H}, prev, H, scalar_t(1), dw_p, H);
     }
   });
-  return {{"xp", dxp}, {"state", sch.to_rows(dstate)}, {"weight_hh", dw}};
+  // dstate is this call's own buffer: handed back as it is unless rows were sorted
+  return {{"xp", dxp}, {"state", sch.permuted ? sch.to_rows(dstate) : dstate},
+          {"weight_hh", dw}};
 }
 
 static std::vector<Tensor> elman_forward(const KernelArgs& a) {
