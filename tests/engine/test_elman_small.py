@@ -221,7 +221,7 @@ def test_small_linear_and_its_gradients_equal_torch(ext, dtype):
         torch.testing.assert_close(db.double(), d.double().sum(0), rtol=0, atol=bound)
         assert ext.small_linear_grads(x, d, False, True)[0] is None
         assert ext.small_linear_grads(x, d, True, False)[1] is None
-    with pytest.raises(RuntimeError, match=r"x \(M, K\) and weight \(N, K\)"):
+    with pytest.raises(RuntimeError, match=r"x \(\.\.\., K\) and weight \(N, K\)"):
         ext.small_linear(torch.randn(3, 4, dtype=dtype), torch.randn(2, 5, dtype=dtype),
                          torch.empty(0, dtype=dtype))
 
@@ -252,3 +252,48 @@ def test_small_backward_reads_strided_and_expanded_output_gradients(ext, H):
             results.append([grads["xp"], grads["state"], grads["weight_hh"]])
         for a, b in zip(*results, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_linear_reads_a_batch_first_view_where_it_lies(ext, dtype):
+    """(T, B, K) inputs with any strides (a batch-first caller's transposed view, a strided
+    feature axis) give what their time-major contiguous copy gives, forward and backward."""
+    g = torch.Generator().manual_seed(9)
+    for T, B, K, N in [(28, 100, 28, 16), (3, 300, 5, 7), (1, 1, 1, 1), (4, 0, 3, 2)]:
+        w = torch.randn(N, K, dtype=dtype, generator=g)
+        bias = torch.randn(N, dtype=dtype, generator=g)
+        batch_first = torch.randn(B, T, K, dtype=dtype, generator=g)
+        wide = torch.randn(T, B, 2 * K, dtype=dtype, generator=g)
+        for x in (batch_first.transpose(0, 1), wide[..., ::2]):
+            copy = x.contiguous()
+            assert torch.equal(ext.small_linear(x, w, bias), ext.small_linear(copy, w, bias))
+            torch.testing.assert_close(ext.small_linear(x, w, bias), copy @ w.t() + bias,
+                                       rtol=1e-5, atol=1e-5)
+            d = torch.randn(T * B, N, dtype=dtype, generator=g)
+            dw, db = ext.small_linear_grads(x, d, True, True)
+            flat = copy.view(T * B, K).double()
+            scale = float((d.double().abs().t() @ flat.abs()).max()) if T * B else 1.0
+            bound = (1e-6 if dtype == torch.float32 else 1e-14) * scale
+            torch.testing.assert_close(dw.double(), d.double().t() @ flat, rtol=0, atol=bound)
+            torch.testing.assert_close(db.double(), d.double().sum(0), rtol=0, atol=bound)
+    with pytest.raises(RuntimeError, match=r"grad \(M, N\)"):
+        ext.small_linear_grads(torch.randn(2, 3, 4, dtype=dtype), torch.randn(5, 2, dtype=dtype),
+                               True, True)
+
+
+def test_batch_first_drop_in_equals_torch_rnn(ext):
+    torch.manual_seed(10)
+    theirs = nn.RNN(28, 16, nonlinearity="relu", batch_first=True)
+    ours = rnnkit.RNN(28, 16, nonlinearity="relu", batch_first=True)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(100, 28, 28)
+    for _ in range(2):  # the second call runs the remembered call
+        results = []
+        for module in (theirs, ours):
+            xi = x.clone().requires_grad_(True)
+            out, h_n = module(xi)
+            loss = (out * torch.linspace(0.5, 1.5, out.numel()).view_as(out)).sum() + h_n.sum()
+            results.append([out, h_n, *torch.autograd.grad(loss, [xi, *module.parameters()])])
+        for a, b in zip(*results, strict=True):
+            scale = max(1.0, float(a.detach().abs().max()))
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * scale)

@@ -142,14 +142,14 @@ def _small_projection(x: Tensor, weight: Tensor) -> bool:
 def _project_small(ext, x: Tensor, weight: Tensor, bias: Tensor | None,
                    second: Tensor | None) -> Tensor:
     """:func:`project` on the small GEMM: ``(T, B, H_in) -> (T, B, X)``."""
-    T, B, features = x.shape
     if bias is None:
         bias = second
     elif second is not None:
         bias = bias + second
     if bias is None:
         bias = weight.new_empty(0)
-    return ext.small_linear(x.reshape(T * B, features), weight, bias).view(T, B, weight.shape[0])
+    # (T, B, H_in) as it lies: a batch-first caller's transposed view is not copied
+    return ext.small_linear(x, weight, bias)  # (T, B, X)
 
 
 class ProjectedRecurrence(torch.autograd.Function):
@@ -205,8 +205,7 @@ class ProjectedRecurrence(torch.autograd.Function):
         want_bias = (bias is not None and needs[5]) or (second is not None and needs[6])
         if ctx.small and (needs[4] or want_bias):
             # d W = d xp^T x (X, H_in) and the bias's column sum in the small GEMM's pass
-            d_weight, column_sum = ctx.ext.small_linear_grads(
-                x.reshape(T * B, features), d_xp, needs[4], want_bias)
+            d_weight, column_sum = ctx.ext.small_linear_grads(x, d_xp, needs[4], want_bias)
             d_bias = column_sum if bias is not None and needs[5] else None
             if second is not None and needs[6]:
                 d_second = column_sum if d_bias is None else column_sum.clone()

@@ -72,9 +72,23 @@ inline void tile(int64_t i0, int64_t n0, int64_t nv, int64_t K, const Operand<sc
 template <typename scalar_t, int NV, typename Init, typename Store>
 inline void panel(int64_t M, int64_t n0, int64_t nv, int64_t K, const Operand<scalar_t>& a,
                   const scalar_t* Bm, int64_t ldb, const Init& init, const Store& store) {
-  constexpr int R = NV <= 2 ? 4 : 2;  // R * NV accumulators stay in the 16 AVX2 registers
+  // R * NV accumulators + NV B vectors + 1 broadcast fit the 16 AVX2 registers, with more
+  // than the 8 independent FMA chains that two FMA pipes of latency 4 need
+  constexpr int R = NV == 1 ? 8 : NV == 2 ? 6 : NV == 3 ? 3 : 2;
   int64_t i = 0;
   for (; i + R <= M; i += R) tile<scalar_t, R, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
+  if constexpr (R > 4) {
+    if (i + 4 <= M) {
+      tile<scalar_t, 4, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
+      i += 4;
+    }
+  }
+  if constexpr (R > 2) {
+    if (i + 2 <= M) {
+      tile<scalar_t, 2, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
+      i += 2;
+    }
+  }
   for (; i < M; ++i) tile<scalar_t, 1, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
 }
 
@@ -119,23 +133,53 @@ namespace rnnkit {
 namespace small_gemm {
 
 // ---- The hoisted input projection of a small layer (ProjectedRecurrence, _functions.py) ----
-// x (M, K) W^T + bias for W (N, K), N small (the Elman layer of issue 13 row 2: M = T*B =
-// 2800, K = 28, N = 16, where MKL's addmm ran at ~10 GFLOP/s on one thread).
-inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-              "rnnkit small linear: x (M, K) and weight (N, K) expected, got ", x.sizes(),
-              " and ", w.sizes());
-  TORCH_CHECK(x.scalar_type() == w.scalar_type() &&
-                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
-                  x.device().is_cpu() && w.device().is_cpu(),
-              "rnnkit small linear: float32 or float64 CPU tensors of one dtype expected");
-  const bool has_bias = present(bias);
-  if (has_bias) {
-    check_arg("rnnkit small linear", "bias", bias, {w.size(0)}, x.scalar_type(), false);
+// x W^T + bias for W (N, K), N small (the Elman layer of issue 13 row 2: T*B = 2800 rows,
+// K = 28, N = 16, where MKL's addmm ran at ~10 GFLOP/s on one thread). x is (M, K) or
+// (T, B, K) with any strides: a batch-first caller's transposed view is read where it lies
+// (per time step a (B, K) matrix), not copied into time-major order first.
+
+// The rows of x as slabs of at most `limit` rows, each a (rows, K) matrix with its own row
+// and column strides; slab rows follow x's row order (t, then b).
+struct Slab {
+  int64_t first, rows, offset, row, col;
+};
+inline std::vector<Slab> slabs(const Tensor& x, int64_t limit) {
+  std::vector<Slab> out;
+  const bool three = x.dim() == 3;
+  const int64_t T = three ? x.size(0) : 1, B = three ? x.size(1) : x.size(0);
+  const int64_t row = three ? x.stride(1) : x.stride(0), col = x.stride(x.dim() - 1);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t b0 = 0; b0 < B; b0 += limit) {
+      const int64_t off = (three ? t * x.stride(0) : 0) + b0 * row;
+      out.push_back({t * B + b0, std::min(limit, B - b0), off, row, col});
+    }
   }
+  return out;
+}
+
+inline void check_linear_input(const Tensor& x, const char* what) {
+  TORCH_CHECK(x.dim() == 2 || x.dim() == 3, what, ": x must be (M, K) or (T, B, K), got ",
+              x.sizes());
+  TORCH_CHECK(x.device().is_cpu() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              what, ": float32 or float64 CPU tensors of one dtype expected");
+}
+
+inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  const char* what = "rnnkit small linear";
+  check_linear_input(x, what);
+  const int64_t K = x.size(x.dim() - 1);
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == K, what, ": x (..., K) and weight (N, K) expected, "
+              "got ", x.sizes(), " and ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.device().is_cpu(), what,
+              ": float32 or float64 CPU tensors of one dtype expected");
+  const bool has_bias = present(bias);
+  if (has_bias) check_arg(what, "bias", bias, {w.size(0)}, x.scalar_type(), false);
   const Tensor b = has_bias ? bias.contiguous() : Tensor();  // a view of a flat buffer
-  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
-  Tensor out = at::empty({M, N}, x.options());
+  const int64_t N = w.size(0);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  Tensor out = at::empty(shape, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_small_linear", [&] {
     using V = Vec<scalar_t>;
     std::vector<scalar_t> wt(K * N);  // W^T (K, N): contiguous rows for the B operand
@@ -144,53 +188,62 @@ inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = 0; k < K; ++k) wt[k * N + n] = w_p[n * K + k];
     const scalar_t* b_p = has_bias ? b.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
     scalar_t* o_p = out.data_ptr<scalar_t>();
-    apply<scalar_t>(
-        M, N, K, {x.data_ptr<scalar_t>(), x.stride(0), x.stride(1)}, wt.data(), N,
-        [&](int64_t, int64_t j, int64_t cnt) {
-          return b_p != nullptr ? ld(b_p, j, cnt) : V(scalar_t(0));
-        },
-        [&](int64_t i, int64_t j, int64_t cnt, const V& v) { st(v, o_p + i * N, j, cnt); });
+    for (const Slab& sl : slabs(x, std::numeric_limits<int64_t>::max())) {
+      scalar_t* o = o_p + sl.first * N;
+      apply<scalar_t>(
+          sl.rows, N, K, {x_p + sl.offset, sl.row, sl.col}, wt.data(), N,
+          [&](int64_t, int64_t j, int64_t cnt) {
+            return b_p != nullptr ? ld(b_p, j, cnt) : V(scalar_t(0));
+          },
+          [&](int64_t i, int64_t j, int64_t cnt, const V& v) { st(v, o + i * N, j, cnt); });
+    }
   });
   return out;
 }
 
-// Gradients of linear(): d W (N, K) = d^T x and d bias (N) = column sums of d, for d (M, N);
-// each only when asked for (else an undefined tensor).
+// Gradients of linear(): d W (N, K) = d^T x and d bias (N) = column sums of d, for d (M, N)
+// with M = x's rows in x's row order; each only when asked for (else an undefined tensor).
 inline std::vector<Tensor> linear_grads(const Tensor& x_in, const Tensor& d, bool weight,
                                         bool bias) {
-  TORCH_CHECK(x_in.dim() == 2 && d.dim() == 2 && x_in.size(0) == d.size(0),
-              "rnnkit small linear backward: x (M, K) and grad (M, N) expected, got ",
-              x_in.sizes(), " and ", d.sizes());
-  TORCH_CHECK(x_in.scalar_type() == d.scalar_type() &&
-                  (d.scalar_type() == at::kFloat || d.scalar_type() == at::kDouble) &&
-                  x_in.device().is_cpu() && d.device().is_cpu(),
-              "rnnkit small linear backward: float32 or float64 CPU tensors of one dtype "
-              "expected");
-  const int64_t M = d.size(0), N = d.size(1), K = x_in.size(1);
+  const char* what = "rnnkit small linear backward";
+  check_linear_input(x_in, what);
+  const int64_t rows_x = x_in.dim() == 3 ? x_in.size(0) * x_in.size(1) : x_in.size(0);
+  TORCH_CHECK(d.dim() == 2 && d.size(0) == rows_x, what, ": x (M, K) or (T, B, K) and grad "
+              "(M, N) expected, got ", x_in.sizes(), " and ", d.sizes());
+  TORCH_CHECK(x_in.scalar_type() == d.scalar_type() && d.device().is_cpu(), what,
+              ": float32 or float64 CPU tensors of one dtype expected");
+  const int64_t M = d.size(0), N = d.size(1), K = x_in.size(x_in.dim() - 1);
   Tensor dw = weight ? at::zeros({N, K}, d.options()) : Tensor();
   Tensor db = bias ? at::zeros({N}, d.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "rnnkit_small_linear_grads", [&] {
     const scalar_t* d_p = d.data_ptr<scalar_t>();
     if (weight) {
-      const Tensor x = x_in.size(1) <= 1 || x_in.stride(1) == 1 ? x_in : x_in.contiguous();
-      // (N, K) = d^T (N, M) x (M, K): A(n, m) = d[m, n]; over blocks of 256 rows, each
-      // summed apart and then added (error growing with 256 + M / 256 terms, not M)
+      const Tensor& x = x_in;  // the A operand: any strides
+      // d W^T (K, N) = x^T (K, M) d (M, N), A(k, m) = x[m, k], B = d's rows (N values,
+      // whole vectors for N = 16; the other order, d^T x, ends each row of x in a masked
+      // load at K = 28), then transposed into W's layout. Slabs of up to 256 rows, their
+      // products summed apart and then added (error growing with 256 + M / 256 terms).
+      TORCH_CHECK(d.size(1) <= 1 || d.stride(1) == 1, what, ": grad rows must be contiguous");
       constexpr int64_t kBlock = 256;
       const scalar_t* x_p = x.data_ptr<scalar_t>();
-      const int64_t ldx = row_ld(x);
-      scalar_t* dw_p = dw.data_ptr<scalar_t>();
-      std::vector<scalar_t> part(M > kBlock ? N * K : 0);
-      for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
-        const int64_t rows = std::min(kBlock, M - m0);
-        const Operand<scalar_t> a{d_p + m0 * d.stride(0), d.stride(1), d.stride(0)};
-        if (M <= kBlock) {
-          gemm<scalar_t>(N, K, rows, a, x_p + m0 * ldx, ldx, scalar_t(0), dw_p, K);
-          continue;
+      const int64_t ldd = row_ld(d);
+      std::vector<scalar_t> part(K * N), total(K * N, scalar_t(0));
+      int64_t in_part = 0;
+      for (const Slab& sl : slabs(x, kBlock)) {
+        const Operand<scalar_t> a{x_p + sl.offset, sl.col, sl.row};
+        gemm<scalar_t>(K, N, sl.rows, a, d_p + sl.first * ldd, ldd,
+                       in_part == 0 ? scalar_t(0) : scalar_t(1), part.data(), N);
+        in_part += sl.rows;
+        if (in_part >= kBlock || sl.first + sl.rows == M) {
+          for (int64_t i = 0; i < K * N; ++i) total[i] += part[i];
+          in_part = 0;
         }
-        gemm<scalar_t>(N, K, rows, a, x_p + m0 * ldx, ldx, scalar_t(0), part.data(), K);
-        for (int64_t i = 0; i < N * K; ++i) dw_p[i] += part[i];
       }
+      scalar_t* dw_p = dw.data_ptr<scalar_t>();
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) dw_p[n * K + k] = total[k * N + n];
     }
     if (bias) {
       scalar_t* db_p = db.data_ptr<scalar_t>();
