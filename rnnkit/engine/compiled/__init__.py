@@ -55,8 +55,8 @@ from rnnkit.engine.compiled._functions import (
 from rnnkit.engine.hooks import has_own_hooks, step_hook
 
 __all__ = ["DEVICES", "PreparedRun", "available", "clear_buffer_cache", "fallback_reason",
-           "prepare", "run_prepared", "set_buffer_cache_limit", "supports", "supports_bf16",
-           "run_recurrence"]
+           "prepare", "run_prepared", "set_buffer_cache_limit", "set_thread_gate", "supports",
+           "supports_bf16", "run_recurrence", "thread_gate"]
 
 #: Device types the compiled kernels run on.
 DEVICES = ("cpu",)
@@ -92,6 +92,32 @@ def clear_buffer_cache() -> None:
     module, _ = _build.load()
     if module is not None:
         module.clear_buffer_cache()
+
+
+def _extension():
+    module, error = _build.load()
+    if module is None:
+        raise RuntimeError(f"rnnkit compiled kernels unavailable: {error}")
+    return module
+
+
+def thread_gate() -> dict[str, int]:
+    """The kernels' thread gate (docs/engine-compiled.md, "Steady under load"): ``enabled``,
+    ``closed`` (short per-step regions on the calling thread), and counters since start:
+    ``regions`` timed on the threads, ``lost`` (slower than one thread would have been),
+    ``closings``; the probe interval (``interval_ns``, ``min_interval_ns``,
+    ``max_interval_ns``)."""
+    return dict(_extension().thread_gate())
+
+
+def set_thread_gate(enabled: bool = True, probe_ms: tuple[float, float] = (10.0, 1000.0),
+                    reset: bool = True) -> None:
+    """Switch the thread gate on (default) or off (per-step regions always on the threads) and
+    set its probe interval range in milliseconds; ``reset`` reopens it and clears its history."""
+    low, high = probe_ms
+    if not 0 <= low <= high:
+        raise ValueError(f"set_thread_gate: probe_ms must be 0 <= low <= high, got {probe_ms}")
+    _extension().set_thread_gate(bool(enabled), int(low * 1e6), int(high * 1e6), bool(reset))
 
 
 def _adapter_class(cell: nn.Module) -> tuple[type | None, type[CompiledAdapter] | None]:

@@ -99,17 +99,13 @@ inline void mkl_bf16_gemm_rows(int64_t M, int64_t N, int64_t K, const c10::BFloa
   if (threads > 1 && flops >= 2e6 && N >= 64 * threads && !at::in_parallel_region()) {
     const int64_t per = ((N + threads - 1) / threads + 31) / 32 * 32;
     const int64_t chunks = (N + per - 1) / per;
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    short_parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t q = c0; q < c1; ++q) call(q * per, std::min(N, (q + 1) * per));
     });
     return;
   }
-  int previous = -1;
-  if (threads > 1 && flops < 2e6 && MKL_Set_Num_Threads_Local != nullptr) {
-    previous = MKL_Set_Num_Threads_Local(1);
-  }
+  OneBlasThread one(threads > 1 && (flops < 2e6 || thread_gate().closed()));
   call(0, N);
-  if (previous >= 0) MKL_Set_Num_Threads_Local(previous);
 }
 
 // The template's per-step product, C (rows, N) = A (rows, K) W (K, N) + beta C, in float32

@@ -113,6 +113,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Drop every idle buffer the step-loop buffer cache holds.");
   m.def("buffer_cache_bytes", []() { return rnnkit::BufferCache::instance().bytes(); },
         "(bytes held, bytes idle) by the step-loop buffer cache.");
+  m.def("thread_gate", []() {
+    const rnnkit::ThreadGate& g = rnnkit::thread_gate();
+    return std::map<std::string, int64_t>{
+        {"enabled", g.enabled()}, {"closed", g.closed()}, {"regions", g.regions()},
+        {"lost", g.lost()}, {"closings", g.closings()}, {"interval_ns", g.interval_ns()},
+        {"min_interval_ns", g.min_interval_ns()}, {"max_interval_ns", g.max_interval_ns()}};
+  }, "The short-region thread gate (common.h, ThreadGate): counters and state.");
+  m.def("set_thread_gate", [](bool enabled, int64_t min_interval_ns, int64_t max_interval_ns,
+                              bool reset) {
+    TORCH_CHECK(min_interval_ns >= 0 && max_interval_ns >= 0,
+                "set_thread_gate: probe intervals must be >= 0 ns");
+    rnnkit::thread_gate().configure(enabled, min_interval_ns, max_interval_ns, reset);
+  }, py::arg("enabled"), py::arg("min_interval_ns") = 10000000,
+     py::arg("max_interval_ns") = 1000000000, py::arg("reset") = true,
+     "Switch the thread gate on/off and set its probe intervals; `reset` reopens it.");
+  m.def("thread_gate_report", [](int64_t wall_ns, int64_t busy_ns) {
+    rnnkit::thread_gate().report(wall_ns, busy_ns);
+  }, "Feed the gate one region's timing (tests of its decisions).");
+  m.def("thread_gate_open", []() { return rnnkit::thread_gate().open(); },
+        "Ask the gate as a short region would (tests of its decisions; consumes a probe).");
   m.def("indrnn_forward", &rnnkit::indrnn_forward);
   m.def("indrnn_backward", &rnnkit::indrnn_backward);
   m.def("min_scan_forward", &rnnkit::min_scan_forward, py::arg("pre"), py::arg("h0"),

@@ -244,7 +244,7 @@ inline void for_rows(int64_t n, int64_t row_elems, const F& fn) {
     fn(0, n);
     return;
   }
-  at::parallel_for(0, n, grain, fn);
+  short_parallel_for(n, grain, fn);
 }
 
 // Independent groups (StepLayout::independent_groups): fn(q0, q1) runs groups [q0, q1) through
