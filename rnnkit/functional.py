@@ -7,6 +7,7 @@ from ``torch.nn.RNNCell/LSTMCell/GRUCell`` give the same results.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -27,15 +28,20 @@ class LayerNormParams(NamedTuple):
     """Parameters of one layer normalisation over the last dimension (``F.layer_norm``).
 
     ``weight`` and ``bias`` are ``(N,)`` or ``None`` (no affine part); ``eps`` as in
-    ``torch.nn.LayerNorm``.
+    ``torch.nn.LayerNorm``. ``module``, when given, is called instead (``module(x)``): a
+    cell's norm that is not a plain ``torch.nn.LayerNorm`` (a subclass or another norm put in
+    its place) or that carries hooks, which must run as written.
     """
 
     weight: Tensor | None
     bias: Tensor | None
     eps: float = 1e-5
+    module: Callable[[Tensor], Tensor] | None = None
 
 
 def _layer_norm(x: Tensor, params: LayerNormParams) -> Tensor:
+    if params.module is not None:
+        return params.module(x)
     return F.layer_norm(x, (x.shape[-1],), params.weight, params.bias, params.eps)
 
 

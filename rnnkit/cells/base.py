@@ -165,11 +165,35 @@ def check_state_tensor(
     return state
 
 
-def layer_norm_params(module: nn.LayerNorm | None) -> RF.LayerNormParams | None:
-    """A ``nn.LayerNorm`` (or ``None``) as :class:`rnnkit.functional.LayerNormParams`."""
+def _plain_layer_norm(module: nn.Module) -> bool:
+    """Exactly ``torch.nn.LayerNorm`` over the last dimension, with no hooks of its own."""
+    return (
+        type(module) is nn.LayerNorm
+        and len(module.normalized_shape) == 1
+        and not (module._forward_hooks or module._forward_pre_hooks
+                 or module._backward_hooks or module._backward_pre_hooks)
+    )
+
+
+def layer_norm_params(module: nn.Module | None) -> RF.LayerNormParams | None:
+    """A cell's norm (or ``None``) as :class:`rnnkit.functional.LayerNormParams`: a plain
+    ``nn.LayerNorm`` by its parameters; anything else (a subclass, another norm put in its
+    place, or one with hooks) is called as the module it is."""
     if module is None:
         return None
-    return RF.LayerNormParams(module.weight, module.bias, module.eps)
+    if _plain_layer_norm(module):
+        return RF.LayerNormParams(module.weight, module.bias, module.eps)
+    return RF.LayerNormParams(getattr(module, "weight", None), getattr(module, "bias", None),
+                              getattr(module, "eps", 1e-5), module)
+
+
+def replaced_layer_norms(cell: nn.Module) -> list[str]:
+    """Names of the cell's norm slots (children named ``ln_*``) that hold something other
+    than a plain ``torch.nn.LayerNorm`` (a subclass or another module put in its place): the
+    fast paths compute ``nn.LayerNorm``'s formula, so such a cell runs its own steps."""
+    return [name for name, child in cell.named_children()
+            if name.startswith("ln_") and child is not None and not (
+                type(child) is nn.LayerNorm and len(child.normalized_shape) == 1)]
 
 
 class RecurrentCell(Configurable, nn.Module):

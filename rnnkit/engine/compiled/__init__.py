@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.cells._compiled import CompiledAdapter
-from rnnkit.cells.base import State
+from rnnkit.cells.base import State, replaced_layer_norms
 from rnnkit.engine.compiled import _bf16, _build, _cells
 from rnnkit.engine.compiled._differentiable import _is_wrapped
 from rnnkit.engine.compiled._functions import (
@@ -269,6 +269,10 @@ def _supports(cell: nn.Module) -> tuple[bool, str]:
     hooked = step_hook(cell)
     if hooked is not None:
         return False, hooked
+    replaced = replaced_layer_norms(cell)
+    if replaced:
+        return False, (f"{kind.__name__}.{', '.join(replaced)} is not a plain torch.nn.LayerNorm "
+                       "(the kernels compute nn.LayerNorm's formula)")
     params = list(cell.parameters())
     devices = {p.device.type for p in params}
     if devices - {"cpu"}:
