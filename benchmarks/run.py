@@ -561,12 +561,16 @@ def _run_row(row: Row, size: str, reps: int, warmup: int, log,
             log(f"row {row.id}: first call of {config.label} (trace, compile) ...")
             first_calls[config.label] = harness.first_call(steps[config.label])
     log(f"row {row.id}: {row.title} ({workload.describe()}), {reps} reps ...")
+    gate_before = _gate_counts()
     timings = harness.interleave(steps, reps=reps, warmup=warmup)
-    loaded = None
+    loaded, gate = None, {}
     if row.neighbour:
+        gate_alone = _gate_counts()
         log(f"row {row.id}: again beside a CPU-bound neighbour process ...")
         with Neighbour():
             loaded = harness.interleave(steps, reps=reps, warmup=warmup)
+        gate = {"alone": _gate_delta(gate_before, gate_alone),
+                "beside": _gate_delta(gate_alone, _gate_counts())}
     gemm_seconds = timings["gemm"].median
 
     def equivalent(config: Config) -> float:
@@ -593,6 +597,7 @@ def _run_row(row: Row, size: str, reps: int, warmup: int, log,
         return result
 
     result: dict[str, object] = {
+        "thread_gate": gate,
         "id": row.id,
         "title": row.title,
         "workload": workload.describe(),
@@ -672,6 +677,27 @@ def _dates_note(results: list[dict[str, object]]) -> list[str]:
     return ["- rows by run: " + "; ".join(parts)]
 
 
+def _gate_counts() -> dict[str, int] | None:
+    """The compiled kernels' thread-gate counters (None without the kernels)."""
+    from rnnkit.engine import compiled
+
+    ok, _ = compiled.available()
+    return compiled.thread_gate() if ok else None
+
+
+def _gate_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int]:
+    """Regions timed / lost and gate closings between two counter readings."""
+    if before is None or after is None:
+        return {}
+    return {key: after[key] - before[key] for key in ("regions", "lost", "closings")}
+
+
+def _gate_text(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return "-"
+    return f"{counts['lost']}/{counts['regions']}, {counts['closings']}"
+
+
 def _load_table(results: list[dict[str, object]]) -> list[str]:
     """Row 16's own table: each configuration alone and beside the neighbour process."""
     rows = [r for r in results if r.get("neighbour") and not r.get("crashed")]
@@ -682,11 +708,14 @@ def _load_table(results: list[dict[str, object]]) -> list[str]:
         "Each training step timed alone (interleaved with nn.LSTM), then again with a "
         "CPU-bound neighbour process (a one-thread Python busy loop) running beside the "
         "benchmark; slowdown = with / without the neighbour. \"alone\" means without *our* "
-        "neighbour: the machine may carry other load (see the header).", "",
+        "neighbour: the machine may carry other load (see the header). Thread gate "
+        "(docs/engine-compiled.md, \"Steady under load\"): per-step parallel regions that "
+        "lost (took longer than one thread would have) / regions run on the threads, and "
+        "the gate's closings, alone and beside.", "",
         "| # | workload | rnnkit (path) | alone ms | beside neighbour ms | slowdown "
         "| nn.LSTM alone ms | nn.LSTM beside ms | nn.LSTM slowdown | ratio to nn.LSTM "
-        "alone / beside |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "alone / beside | thread gate alone | thread gate beside |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         cand, base = r["candidate"], r["baselines"][0]
@@ -700,6 +729,8 @@ def _load_table(results: list[dict[str, object]]) -> list[str]:
             harness.fmt_ms(base["median_s"]), harness.fmt_ms(base.get("loaded_s", float("nan"))),
             f"{base.get('slowdown', float('nan')):.2f}",
             f"{base['ratio']:.2f} / {ratio_busy:.2f}",
+            _gate_text(r.get("thread_gate", {}).get("alone")),
+            _gate_text(r.get("thread_gate", {}).get("beside")),
         )) + " |")
     return lines + [""]
 
