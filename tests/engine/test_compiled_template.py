@@ -15,15 +15,6 @@ import rnnkit
 from rnnkit.cells import ElmanCell, UGRNNCell
 from rnnkit.cells._compiled import CompiledAdapter
 from rnnkit.engine import compiled
-from rnnkit.engine.compiled import _build
-
-
-@pytest.fixture(scope="module")
-def ext():
-    ok, reason = compiled.available()
-    if not ok:
-        pytest.skip(f"compiled kernels unavailable: {reason}")
-    return _build.load()[0]
 
 
 def _elman_args(T=3, B=2, H=4):

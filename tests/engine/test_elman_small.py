@@ -14,18 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit.engine import compiled
-from rnnkit.engine.compiled import _build
 from rnnkit.engine.compiled._functions import CellRecurrence, KernelCall
-
-
-@pytest.fixture(scope="module")
-def ext():
-    ok, reason = compiled.available()
-    if not ok:
-        pytest.skip(f"compiled kernels unavailable: {reason}")
-    return _build.load()[0]
-
 
 # ----------------------------------------------------------------------------- small GEMM
 

@@ -11,19 +11,15 @@ import torch
 
 from rnnkit.cells import ElmanCell, LSTMCell
 from rnnkit.engine import compiled
-from rnnkit.engine.compiled import _build
 
 WIN, LOSS = (10, 20), (30, 20)  # (wall ns, busy ns): threads paid / one thread was faster
 WINDOW, PROBE, PROBE_LOST = 16, 8, 1  # ThreadGate::kWindow, kProbe, kProbeLost
 
 
 @pytest.fixture
-def ext():
-    ok, reason = compiled.available()
-    if not ok:
-        pytest.skip(f"compiled kernels unavailable: {reason}")
-    module = _build.load()[0]
-    yield module
+def ext(ext):
+    """The extension (tests/engine/conftest.py), the gate back to its defaults afterwards."""
+    yield ext
     compiled.set_thread_gate()  # defaults, reopened
 
 
