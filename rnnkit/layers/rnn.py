@@ -133,14 +133,24 @@ def check_constructor_args(
 
 
 class _CallCache:
-    """A drop-in's remembered call (:meth:`RNNBase._fast_forward`): ``state`` is None or
-    ``(key, entry)``, replaced as one object. Pickled and deep-copied empty (the entry holds
-    the compiled extension and cells, and is rebuilt at the copy's first call)."""
+    """A drop-in's remembered calls (:meth:`RNNBase._fast_forward`): ``entries`` maps a call
+    key to what that call decided, at most :attr:`capacity` of them (the oldest goes first),
+    so a module called in turns with different keys (a training step with gradients and an
+    evaluation under ``no_grad``, a last batch of another size) keeps each. Pickled and
+    deep-copied empty (the entries hold the compiled extension and cells, and are rebuilt at
+    the copy's first calls)."""
 
-    __slots__ = ("state",)
+    __slots__ = ("entries",)
+    capacity = 4
 
     def __init__(self) -> None:
-        self.state: tuple[tuple, _FastCall] | None = None
+        self.entries: dict[tuple, _FastCall] = {}
+
+    def remember(self, key: tuple, entry: _FastCall) -> None:
+        self.entries.pop(key, None)
+        while len(self.entries) >= self.capacity:
+            del self.entries[next(iter(self.entries))]
+        self.entries[key] = entry
 
     def __reduce__(self):
         return (_CallCache, ())
@@ -509,10 +519,10 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         plain = hx is None and lengths is None and mask is None and type(input) is Tensor
         if plain:
             cache = self.__dict__.get("_call_cache")
-            cached = cache.state if cache is not None else None
             key = self._call_key(input)
-            if cached is not None and key is not None and cached[0] == key:
-                return self._fast_forward(cached[1], input)
+            entry = cache.entries.get(key) if cache is not None and key is not None else None
+            if entry is not None:
+                return self._fast_forward(entry, input)
         inputs, hx, lengths, gaps, pack_info, unbatched = self._prepare(input, hx, lengths, mask)
         batch_size = inputs.shape[1]  # lengths were validated by to_time_major
         if hx is not None:
@@ -562,8 +572,9 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
     # input checks, the plan, the compiled kernels' checks and the kernel call's options.
     # A call without hx, lengths or mask remembers what it decided under a key of everything
     # the decision depends on (_call_key); the next call with the same key runs the
-    # remembered runs directly. Assigning any attribute (an option, a parameter, train())
-    # forgets it; the key covers what changes without an assignment.
+    # remembered runs directly (the last few keys are kept: _CallCache). Assigning any
+    # attribute (an option, a parameter, train()) forgets them all; the key covers what
+    # changes without an assignment.
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._forget_call()
@@ -573,8 +584,8 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
         cache = self.__dict__.get("_call_cache")
         if cache is None:
             self.__dict__["_call_cache"] = _CallCache()
-        else:
-            cache.state = None
+        elif cache.entries:
+            cache.entries = {}
 
     def __delattr__(self, name: str) -> None:
         self._forget_call()
@@ -645,8 +656,10 @@ class RNNBase(Configurable, Stateful, nn.RNNBase):
             entry = _FastCall(False, runs, bindings, zero)
         else:
             return
-        self._forget_call()
-        self.__dict__["_call_cache"].state = (key, entry)
+        cache = self.__dict__.get("_call_cache")
+        if cache is None:
+            cache = self.__dict__["_call_cache"] = _CallCache()
+        cache.remember(key, entry)
 
     def _binding_slots(self, index: int) -> list[tuple[dict, str, str]]:
         """``(parameter dict of the owner, slot, module parameter name)`` per parameter of

@@ -218,8 +218,9 @@ def test_requires_grad_toggled_on_a_parameter_and_on_the_input(ran):
         for module in (ours, theirs):
             module.weight_hh_l0.requires_grad_(not frozen)
         _check(ours, theirs, _x(T, B, F, requires_grad=input_grad))
+    # the last call's key is the first's, still remembered (_CallCache keeps the last few)
     assert ran == ["compiled", "prepared", "compiled", "prepared", "compiled", "prepared",
-                   "compiled"]
+                   "prepared"]
 
 
 def test_frozen_module_in_grad_mode_and_no_grad():
@@ -418,3 +419,33 @@ def test_projection_gradients_of_gradients_match_torch(ran):
     for ours_grads in results[:2]:
         for a, b in zip(ours_grads, results[2], strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_calls_in_turns_with_different_keys_are_each_remembered(ran):
+    # a training step with gradients and an evaluation under no_grad, in turns: both are
+    # remembered (each used to forget the other, and every call was planned afresh)
+    ours, theirs = _pair()
+    for _ in range(3):
+        _check(ours, theirs, X)
+        with torch.no_grad():
+            _check(ours, theirs, X)
+    assert ran == ["compiled", "compiled"] + ["prepared"] * 4
+
+
+def test_the_oldest_remembered_call_goes_first(ran):
+    from rnnkit.layers.rnn import _CallCache
+
+    ours, theirs = _pair()
+    batches = [_x(T, b, F) for b in range(1, _CallCache.capacity + 2)]
+    for x in batches:  # one more key than the cache keeps: the first is forgotten
+        _check(ours, theirs, x)
+    ran.clear()
+    for x in reversed(batches[1:]):
+        _check(ours, theirs, x)
+    _check(ours, theirs, batches[0])
+    assert ran == ["prepared"] * _CallCache.capacity + ["compiled"]
+    # any assignment forgets them all
+    ours.train()
+    ran.clear()
+    _check(ours, theirs, batches[1])
+    assert ran == ["compiled"]
