@@ -165,14 +165,17 @@ def check_state_tensor(
     return state
 
 
+def _is_layer_norm(module: nn.Module) -> bool:
+    """Exactly ``torch.nn.LayerNorm`` (no subclass) over the last dimension: what the
+    functional step and the kernels compute from its parameters."""
+    return type(module) is nn.LayerNorm and len(module.normalized_shape) == 1
+
+
 def _plain_layer_norm(module: nn.Module) -> bool:
-    """Exactly ``torch.nn.LayerNorm`` over the last dimension, with no hooks of its own."""
-    return (
-        type(module) is nn.LayerNorm
-        and len(module.normalized_shape) == 1
-        and not (module._forward_hooks or module._forward_pre_hooks
-                 or module._backward_hooks or module._backward_pre_hooks)
-    )
+    """:func:`_is_layer_norm`, with no hooks of its own."""
+    return _is_layer_norm(module) and not (
+        module._forward_hooks or module._forward_pre_hooks
+        or module._backward_hooks or module._backward_pre_hooks)
 
 
 def layer_norm_params(module: nn.Module | None) -> RF.LayerNormParams | None:
@@ -192,8 +195,7 @@ def replaced_layer_norms(cell: nn.Module) -> list[str]:
     than a plain ``torch.nn.LayerNorm`` (a subclass or another module put in its place): the
     fast paths compute ``nn.LayerNorm``'s formula, so such a cell runs its own steps."""
     return [name for name, child in cell.named_children()
-            if name.startswith("ln_") and child is not None and not (
-                type(child) is nn.LayerNorm and len(child.normalized_shape) == 1)]
+            if name.startswith("ln_") and child is not None and not _is_layer_norm(child)]
 
 
 class RecurrentCell(Configurable, nn.Module):
