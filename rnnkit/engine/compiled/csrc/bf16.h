@@ -104,7 +104,7 @@ inline void mkl_bf16_gemm_rows(int64_t M, int64_t N, int64_t K, const c10::BFloa
     });
     return;
   }
-  OneBlasThread one(threads > 1 && (flops < 2e6 || thread_gate().closed()));
+  OneBlasThread one(flops < 2e6 || thread_gate().closed());
   call(0, N);
 }
 

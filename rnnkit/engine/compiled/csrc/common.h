@@ -205,8 +205,8 @@ inline std::atomic<bool>& use_blas() {
 // up to 1 s). A lost region can cost a scheduler slice, hence short probes that need a clear
 // win, and a gate that closes again within kFlap of opening keeps its last interval (doubled)
 // instead of starting over at 10 ms. On an idle machine no region loses (0-2 of 1536 per LSTM
-// training step measured). Long regions (one per call: IndRNN, the min scan, independent groups) do not use the
-// gate: a late thread costs them one slice, not one per step.
+// training step measured). Long regions (one per call: IndRNN, the min scan, independent
+// groups) do not use the gate: a late thread costs them one slice, not one per step.
 class ThreadGate {
  public:
   using Clock = std::chrono::steady_clock;
@@ -452,7 +452,7 @@ inline void gemm_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_
     });
     if (ok) return;
   } else {
-    OneBlasThread one(threads > 1 && (flops < 2e6 || thread_gate().closed()));
+    OneBlasThread one(flops < 2e6 || thread_gate().closed());
     const bool ok = blas_gemm<scalar_t>(M, N, K, A, lda, Bm, ldb, beta, C, ldc);
     if (ok) return;
   }

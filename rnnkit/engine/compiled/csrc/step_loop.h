@@ -240,11 +240,11 @@ inline void for_rows(int64_t n, int64_t row_elems, const F& fn) {
   if (n <= 0) return;
   const int64_t min_chunk = pointwise_parallel_elems().load(std::memory_order_relaxed);
   const int64_t grain = std::max<int64_t>(1, min_chunk / std::max<int64_t>(1, row_elems));
-  if (n < 2 * grain || at::get_num_threads() == 1 || at::in_parallel_region()) {
+  if (n < 2 * grain) {
     fn(0, n);
     return;
   }
-  short_parallel_for(n, grain, fn);
+  short_parallel_for(n, grain, fn);  // checks threads and nesting itself
 }
 
 // Independent groups (StepLayout::independent_groups): fn(q0, q1) runs groups [q0, q1) through
