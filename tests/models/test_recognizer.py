@@ -330,9 +330,11 @@ def test_masked_batch_norm_equals_torch_batch_norm_over_the_valid_frames_only():
     assert (ours.train()(h, valid)[~keep.expand_as(h)] == 0).all()
 
 
-@pytest.mark.parametrize("affine, channels_last", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("affine, channels_last, relu", [
+    (True, False, False), (True, True, False), (False, False, False), (True, True, True),
+    (True, False, True), (False, True, True)])
 def test_masked_batch_norm_gradients_equal_torch_batch_norm_over_the_valid_frames(
-        affine, channels_last):
+        affine, channels_last, relu):
     from rnnkit.models.recognizer import MaskedBatchNorm2d
     torch.manual_seed(1)
     ours, oracle = MaskedBatchNorm2d(3, affine=affine), torch.nn.BatchNorm2d(3, affine=affine)
@@ -349,11 +351,22 @@ def test_masked_batch_norm_gradients_equal_torch_batch_norm_over_the_valid_frame
         h = h.contiguous(memory_format=torch.channels_last)
     valid = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
     upstream = torch.randn(3, 3, 4, 6)  # any gradient, padded frames included
+    if channels_last:
+        upstream = upstream.contiguous(memory_format=torch.channels_last)
     ours_h = h.clone().requires_grad_()
-    (ours(ours_h, valid) * upstream).sum().backward()
-    # the oracle: torch's batch norm over the valid frames alone, side by side along time
+    got = ours(ours_h, valid, relu=relu)
+    (got * upstream).sum().backward()
+    if channels_last:  # the maps stay channels-last both ways (the conv front end's layout)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert ours_h.grad.is_contiguous(memory_format=torch.channels_last)
+    # the oracle: torch's batch norm (and ReLU) over the valid frames alone, side by side
+    # along time
     pieces = [h[b:b + 1, :, :, :n].clone().requires_grad_() for b, n in enumerate(lengths)]
     out = oracle(torch.cat(pieces, dim=3))
+    out = torch.relu(out) if relu else out
+    joined = torch.cat([got[b:b + 1, :, :, :n] for b, n in enumerate(lengths)], 3)
+    torch.testing.assert_close(joined, out, atol=1e-5, rtol=1e-5)
+    assert (got[~valid[:, None, None, :].expand_as(got)] == 0).all()
     (out * torch.cat([upstream[b:b + 1, :, :, :n] for b, n in enumerate(lengths)], 3)
      ).sum().backward()
     for b, n in enumerate(lengths):
@@ -376,6 +389,26 @@ def test_masked_batch_norm_passes_gradcheck():
     torch.autograd.gradcheck(
         lambda x, w, b: _MaskedBatchNormFunction.apply(x, keep, w, b, 1e-5)[0],
         (h, weight, bias))
+    # with the ReLU, and with the channels-last mask (B, C, 1, T) the front end passes
+    keep_c = keep.expand(-1, 2, -1, -1).contiguous(memory_format=torch.channels_last)
+    for mask in (keep, keep_c):
+        torch.autograd.gradcheck(
+            lambda x, w, b, mask=mask: _MaskedBatchNormFunction.apply(x, mask, w, b, 1e-5,
+                                                                      True)[0],
+            (h, weight, bias))
+
+
+def test_frame_mask_matches_the_maps_layout_and_zeroes_the_same_frames():
+    from rnnkit.models.recognizer import _frame_mask
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    plain = torch.randn(2, 3, 5, 4)
+    last = plain.contiguous(memory_format=torch.channels_last)
+    assert _frame_mask(valid, plain).shape == (2, 1, 1, 4)
+    mask = _frame_mask(valid, last)
+    assert mask.shape == (2, 3, 1, 4) and mask.is_contiguous(memory_format=torch.channels_last)
+    expected = plain * valid[:, None, None, :]  # plain torch broadcasting as the oracle
+    torch.testing.assert_close(plain * _frame_mask(valid, plain), expected, rtol=0, atol=0)
+    torch.testing.assert_close(last * mask, expected, rtol=0, atol=0)
 
 
 def test_front_end_options_count_their_layers_and_check_their_arguments():
