@@ -689,7 +689,10 @@ class _Sequence(torch.autograd.Function):
         needs = ctx.needs_input_grad[4:]
         steps = schedule.steps
         call, n_out = _direct(program.backward), program.outputs
-        d_outs = grad_outputs.contiguous().unbind(0)  # T x (B, H_out), one copy if expanded
+        # T x (B, H_out) views; made contiguous per step where the compiled backward reads one
+        # as it is (an output that is also the state gets the sum of two tangents: a new
+        # tensor), not copied whole (an expanded gradient, of a sum, has no memory of its own)
+        d_outs = grad_outputs.unbind(0)
         d_leaves = list(grad_leaves)
         grad_consts: list[Tensor | None] = [None] * n_const
         deferred = program.deferred
@@ -699,29 +702,41 @@ class _Sequence(torch.autograd.Function):
         frontier: list[list[Any]] = [[None] * (1 if s else steps) for s in static]
         grad_steps: list[list[Tensor | None] | None] = [
             [None] * steps if needs[n_const + i] else None for i in range(n_step)]
+        # what the loop reads and writes, worked out once
+        frontier_slots = [(values, 0 if is_static else None)
+                          for values, is_static in zip(frontier, static, strict=True)]
+        const_slots = [i for i in range(n_const) if needs[i]]
+        step_slots = [(n_const + i, per_t) for i, per_t in enumerate(grad_steps)
+                      if per_t is not None]
+        shared = len(set(positions)) < len(positions)  # an output that is also the state
         for t in reversed(schedule.order):
             keep = schedule.keeps[t]
             d_out = d_outs[t]
-            carry: list[Tensor | None] = [None] * n_state
+            carry: list[Tensor | None] | None = None
             if keep is not None:  # rows past their length: the state passes through
                 d_out = torch.where(keep, d_out, 0.0)
                 carry = [torch.where(keep, 0.0, d) for d in d_leaves]
                 d_leaves = [torch.where(keep, d, 0.0) for d in d_leaves]
-            tangents: list[Tensor | None] = [None] * n_out
-            for index, d in zip(positions, [d_out, *d_leaves], strict=True):
-                tangents[index] = d if tangents[index] is None else tangents[index] + d
-            grads = call([*saved[t], *(d.contiguous() for d in tangents)])
-            for values, is_static, value in zip(frontier, static, grads[n_inputs:],
-                                                strict=True):
-                values[0 if is_static else t] = value
-            for i in range(n_const):
-                if needs[i] and grads[i] is not None:
+            if shared:
+                tangents: list[Tensor | None] = [None] * n_out
+                for index, d in zip(positions, [d_out, *d_leaves], strict=True):
+                    tangents[index] = d if tangents[index] is None else tangents[index] + d
+            else:
+                tangents = [d_out, *d_leaves]
+            grads = call([*saved[t], *[d.contiguous() for d in tangents]])
+            for (values, slot), value in zip(frontier_slots, grads[n_inputs:], strict=True):
+                values[t if slot is None else slot] = value
+            for i in const_slots:
+                if grads[i] is not None:
                     grad_consts[i] = grads[i] if grad_consts[i] is None else \
                         grad_consts[i].add_(grads[i])
-            for i, per_t in enumerate(grad_steps):
-                if per_t is not None:
-                    per_t[t] = grads[n_const + i]
+            for i, per_t in step_slots:
+                per_t[t] = grads[i]
             state_grads = grads[n_const + n_step:n_inputs]
+            if carry is None and all(g is not None for g in state_grads):
+                d_leaves = list(state_grads)
+                continue
+            carry = carry if carry is not None else [None] * n_state
             d_leaves = [(g if g is not None else torch.zeros_like(d)) if c is None
                         else (c if g is None else g + c)
                         for g, c, d in zip(state_grads, carry, d_leaves, strict=True)]

@@ -174,6 +174,11 @@ def test_edge_sizes(uncompiled, shape):
         ours = Recurrence(cell, go_backwards=reverse, engine="inductor")
         theirs = Recurrence(cell, go_backwards=reverse, engine="loop")
         _assert_equal(_grads(ours, x, lengths), _grads(theirs, x, lengths), 1e-10)
+        # a loss of out.sum(): an expanded output gradient, read per step by compiled code
+        # that checks its inputs' strides
+        expanded = [torch.autograd.grad(layer(x, lengths=lengths)[0].sum(), [x, *cell.parameters()])
+                    for layer in (ours, theirs)]
+        _assert_equal(expanded[0], expanded[1], 1e-10)
 
 
 class ReadsValues(TwoGates):
@@ -338,3 +343,27 @@ def test_compiled_float64_equals_the_loop(shape):
             pytest.skip(f"torch.compile cannot serve here: {run.declined}")
         theirs = Recurrence(cell, go_backwards=reverse, engine="loop")
         _assert_equal(_grads(ours, x, lengths), _grads(theirs, x, lengths), 1e-10)
+        # a loss of out.sum(): an expanded output gradient, read per step by compiled code
+        # that checks its inputs' strides
+        expanded = [torch.autograd.grad(layer(x, lengths=lengths)[0].sum(), [x, *cell.parameters()])
+                    for layer in (ours, theirs)]
+        _assert_equal(expanded[0], expanded[1], 1e-10)
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["full", "ragged"])
+@pytest.mark.parametrize("make", [TwoGates, PairState], ids=["output-is-state", "own-output"])
+def test_expanded_output_gradient_equals_the_loop(uncompiled, make, lengths):
+    """A loss of ``out.sum()`` hands the backward an expanded gradient (stride 0, no memory
+    of its own): taken per step as it comes, the gradients equal the loop's, for a cell whose
+    output is its state (the two tangents summed) and one with an output of its own."""
+    torch.manual_seed(9)
+    cell = make(3, 4).double()
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for engine in ("inductor", "loop"):
+        layer = Recurrence(cell, engine=engine)
+        if engine == "inductor":
+            assert dispatch.make_plan(layer, x, lengths).paths() == ["inductor"]
+        out, _ = layer(x, lengths=lengths)
+        results.append(torch.autograd.grad(out.sum(), [x, *cell.parameters()]))
+    _assert_equal(results[0], results[1], 1e-10)
