@@ -367,3 +367,25 @@ def test_expanded_output_gradient_equals_the_loop(uncompiled, make, lengths):
         out, _ = layer(x, lengths=lengths)
         results.append(torch.autograd.grad(out.sum(), [x, *cell.parameters()]))
     _assert_equal(results[0], results[1], 1e-10)
+
+
+def test_wide_products_compute_the_same_product():
+    """``h @ W^T`` of few rows rewritten as ``(W @ h^T)^T`` (MKL threads the weight's rows):
+    the rewritten graph computes what the original computes (a product with more rows than
+    columns is left alone)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    torch.manual_seed(10)
+
+    def step(w, bias, h, wide):
+        return torch.tanh(bias + h @ w.T), wide @ w.T
+
+    w, bias = torch.randn(8, 5, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    h, wide = torch.randn(3, 5, dtype=torch.float64), torch.randn(20, 5, dtype=torch.float64)
+    gm = make_fx(step, tracing_mode="fake")(w, bias, h, wide)
+    expected = gm(w, bias, h, wide)
+    assert inductor._wide_products(gm) == 1  # h (3 rows, 8 columns); not wide (20 rows)
+    products = [n for n in gm.graph.nodes if n.target is torch.ops.aten.mm.default]
+    assert [tuple(n.meta["val"].shape) for n in products] == [(8, 3), (20, 8)]
+    for a, b in zip(gm(w, bias, h, wide), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
