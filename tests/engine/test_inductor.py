@@ -389,3 +389,22 @@ def test_wide_products_compute_the_same_product():
     assert [tuple(n.meta["val"].shape) for n in products] == [(8, 3), (20, 8)]
     for a, b in zip(gm(w, bias, h, wide), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+def test_the_backward_takes_the_recurrent_weight_transposed(uncompiled):
+    """On two threads the backward's ``dgates @ W`` (few rows) runs as ``(W^T @ dgates^T)^T``
+    on a transposed copy of ``W`` made once per sequence: gradients equal the loop's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inductor._programs.clear()
+        torch.manual_seed(11)
+        cell = TwoGates(3, 4).double()
+        x = torch.randn(6, 3, 3, dtype=torch.float64, requires_grad=True)
+        ours = _grads(Recurrence(cell, engine="inductor"), x, [6, 2, 4])
+        (program,) = [p for p in inductor._programs.values() if p.backward is not None]
+        assert len(program.transposed) == 1
+        _assert_equal(ours, _grads(Recurrence(cell, engine="loop"), x, [6, 2, 4]), 1e-10)
+    finally:
+        torch.set_num_threads(threads)
+        inductor._programs.clear()
