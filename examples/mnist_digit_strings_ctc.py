@@ -206,7 +206,8 @@ def run(settings: dict[str, Any], seed: int, threads: int | None,
             "loss_curve": {"every": curve.every, "mean_loss": curve.curve},
             "train_digits": int(len(train_pool.labels)), "val_digits": int(len(val_pool.labels)),
             "test_digits": int(len(test_pool.labels)),
-            "output_frames": "T' = W // 4 (two conv blocks, each halving time)"}
+            "output_frames": f"T' = W // {model.time_reduction} ({len(model.conv_channels)} "
+                             "conv blocks, each halving time)"}
 
 
 def main(argv: list[str] | None = None) -> int:
