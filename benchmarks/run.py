@@ -661,6 +661,30 @@ def _cells_note(results: list[dict[str, object]]) -> list[str]:
     ]
 
 
+def _row_cpus(results: list[dict[str, object]], env: dict[str, object]) -> list[str]:
+    """The CPU models the rows were measured on, in order of first appearance."""
+    cpus: list[str] = []
+    for r in results:
+        cpu = str(r.get("cpu", env["cpu"]))
+        if cpu not in cpus:
+            cpus.append(cpu)
+    return cpus or [str(env["cpu"])]
+
+
+def _cpu_lines(results: list[dict[str, object]], env: dict[str, object]) -> list[str]:
+    """The header's CPU line: one model, or (rows merged from runs on other machines) each
+    model with its rows, so no ratio is read against the wrong processor."""
+    cpus = _row_cpus(results, env)
+    if len(cpus) == 1:
+        return [f"- CPU: {cpus[0]}"]
+    lines = ["- CPU: rows come from runs on different machines; compare ratios within a row, "
+             "never times across machines:"]
+    for cpu in cpus:
+        ids = [str(r["id"]) for r in results if str(r.get("cpu", env["cpu"])) == cpu]
+        lines.append(f"  - {cpu}: rows {', '.join(dict.fromkeys(ids))}")
+    return lines
+
+
 def _dates_note(results: list[dict[str, object]]) -> list[str]:
     """A header line when rows come from runs on several dates or machine states
     (``--merge``, ``--note``)."""
@@ -673,6 +697,7 @@ def _dates_note(results: list[dict[str, object]]) -> list[str]:
     parts = []
     for (date, note, reps), ids in runs.items():
         reps_text = f", {reps} reps" if reps else ""
+        ids = list(dict.fromkeys(ids))
         parts.append(f"rows {', '.join(ids)}: {date}{reps_text}" + (f" ({note})" if note else ""))
     return ["- rows by run: " + "; ".join(parts)]
 
@@ -740,7 +765,7 @@ def to_markdown(results: list[dict[str, object]], env: dict[str, object], size: 
     lines = [
         "# rnnkit benchmarks",
         "",
-        f"- CPU: {env['cpu']}",
+        *_cpu_lines(results, env),
         f"- torch {env['torch']}, Python {env['python']}, {env['threads']} threads, "
         f"oneDNN {'on' if env['mkldnn'] else 'off'}",
         f"- date: {env['date']}; sizes: {size}; {reps} timed repetitions per configuration, "
@@ -844,6 +869,7 @@ def merge_results(old: dict[str, object], fresh: list[dict[str, object]]
         row = dict(row)
         row.setdefault("date", old.get("environment", {}).get("date", "?"))
         row.setdefault("reps", old.get("reps"))
+        row.setdefault("cpu", old.get("environment", {}).get("cpu", "?"))
         kept.append(row)
     order = {row.id: index for index, row in enumerate(ROWS)}
     return sorted(kept + fresh, key=lambda r: order.get(r["id"], len(order)))
@@ -922,6 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         result["date"] = env["date"]
         result["reps"] = reps
+        result["cpu"] = env["cpu"]
         if args.note:
             result["machine_note"] = args.note
     out = args.out if args.out is not None else (DEFAULT_OUT if size == "full" else None)

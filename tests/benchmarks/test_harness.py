@@ -46,3 +46,25 @@ def test_benchmark_row_in_child_process():
                            {"cpu": "c", "torch": "t", "python": "p", "threads": 1,
                             "mkldnn": True, "date": "d"}, "tiny", 1)
     assert "| x | crashing row, B=3 |" in text and "killed by SIGSEGV" in text
+
+
+def test_merged_rows_from_another_machine_keep_their_cpu():
+    """--merge of a run on one CPU into a report from another names each row's CPU: a ratio
+    measured on an AMD box must not read as the Intel box's."""
+    from benchmarks import run
+
+    def crashed(row_id):
+        return {"id": row_id, "title": "t", "workload": "w", "crashed": "c"}
+
+    old = {"environment": {"cpu": "AMD EPYC", "date": "d1"}, "reps": 10,
+           "rows": [crashed("1"), crashed("2")]}
+    fresh = [dict(crashed("2"), cpu="Intel Xeon", date="d2", reps=5)]
+    merged = run.merge_results(old, fresh)
+    assert [(r["id"], r["cpu"]) for r in merged] == [("1", "AMD EPYC"), ("2", "Intel Xeon")]
+    env = {"cpu": "Intel Xeon", "torch": "t", "python": "p", "threads": 2, "mkldnn": True,
+           "date": "d2"}
+    text = run.to_markdown(merged, env, "full", 5)
+    assert "  - AMD EPYC: rows 1\n" in text and "  - Intel Xeon: rows 2\n" in text
+    assert "rows 1: d1, 10 reps; rows 2: d2, 5 reps" in text
+    # one machine: the plain line
+    assert "- CPU: Intel Xeon\n" in run.to_markdown(fresh, env, "full", 5)

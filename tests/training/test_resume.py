@@ -33,7 +33,11 @@ def _fresh(form, run_dir, out, data_dir):
 
 def _forked_until_killed(form, run_dir, out, data_dir, kill_at_step, delay):
     """Run the script's main in a forked child (no second torch import: seconds saved) and
-    SIGKILL it ``delay`` s after it reports update ``kill_at_step``. Returns its lines."""
+    SIGKILL it ``delay`` s after it reports update ``kill_at_step``. Returns its lines.
+
+    A child that finishes training inside ``delay`` (the last updates and the final checkpoint
+    take a few ms on a fast CPU) waits to be killed: a kill after the end is one of the random
+    moments too, and the next run must then resume a finished run."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: train until killed
@@ -42,21 +46,28 @@ def _forked_until_killed(form, run_dir, out, data_dir, kill_at_step, delay):
             os.close(read)
             sys.stdout = os.fdopen(write, "w", buffering=1)
             resume_script.main(form, str(run_dir), str(out), str(data_dir))
+            sys.stdout.close()  # the parent sees the end of the lines
+            time.sleep(60)  # and kills this process, or finds it never reached the step
             code = 0
         finally:
             os._exit(code)
     os.close(write)
     lines = []
+    killed = False
     with os.fdopen(read) as pipe:
         for line in pipe:
             lines.append(line.strip())
             if line.startswith("step ") and int(line.split()[1]) >= kill_at_step:
                 time.sleep(delay)
                 os.kill(pid, signal.SIGKILL)
+                killed = True
                 break
+    if not killed:  # the lines ended (the child finished) before the step was reported
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
+    assert killed, f"{form}: the run ended before update {kill_at_step}: {lines[-3:]}"
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
-        f"{form}: the run ended before update {kill_at_step}: {lines[-3:]}")
+        f"{form}: the child exited with status {status} before it was killed: {lines[-3:]}")
     return lines
 
 
