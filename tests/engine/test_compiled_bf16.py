@@ -15,7 +15,8 @@ bf16 rounding boundary rounds the other way in one of them, a change of one bf16
 tensor's scale, and a second check shows the rounding is really there: on average the
 kernel is many times closer to the oracle than to the same recurrence without rounding.
 Both bf16 GEMMs are tested on every CPU: MKL's ``cblas_gemm_bf16bf16f32`` (native on
-AVX512-bf16/AMX, MKL's own emulation elsewhere) and rnnkit's emulation.
+AVX512-bf16/AMX, MKL's own emulation elsewhere) and rnnkit's emulation; rnnkit's AMX kernel
+(the per-step products on tiles, ``csrc/amx.h``) where the CPU has AMX-BF16.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def _quiet_bf16_notice():
         yield
 
 
-@pytest.fixture(params=["emulated", "mkl"])
+@pytest.fixture(params=["emulated", "mkl", "amx"])
 def gemm(request):
-    """Each test runs with both bf16 GEMMs (MKL's only where torch exports it)."""
+    """Each test runs with every bf16 GEMM (MKL's only where torch exports it, AMX only on a
+    CPU with AMX-BF16)."""
     ext, _ = _build.load()
-    if request.param == "mkl" and not ext.has_mkl_bf16_gemm():
+    if request.param in ("mkl", "amx") and not ext.has_mkl_bf16_gemm():
         pytest.skip("this torch does not export MKL's cblas_gemm_bf16bf16f32")
+    if request.param == "amx" and not ext.has_amx():
+        pytest.skip("this CPU has no AMX-BF16 (or Linux did not grant its tile state)")
     previous = ext.set_bf16_gemm(request.param)
     yield request.param
     ext.set_bf16_gemm(previous)
@@ -321,21 +325,54 @@ def test_bf16_double_backward_is_refused_with_the_reason():
 
 def test_bf16_gemm_modes_are_named_and_checked():
     ext, _ = _build.load()
-    assert ext.bf16_gemm() in ("mkl", "emulated")
-    with pytest.raises(RuntimeError, match=r"mode must be 'mkl' or 'emulated', got 'amx'"):
-        ext.set_bf16_gemm("amx")
-    # the default: MKL's GEMM exactly where the CPU has bf16 arithmetic
-    if not ext.cpu_has_native_bf16():
-        previous = ext.set_bf16_gemm("emulated")
-        ext.set_bf16_gemm(previous)
+    assert ext.bf16_gemm() in ("amx", "mkl", "emulated")
+    with pytest.raises(RuntimeError, match=r"must be 'amx', 'mkl' or 'emulated', got 'avx'"):
+        ext.set_bf16_gemm("avx")
+    previous = ext.set_bf16_gemm("emulated")
+    ext.set_bf16_gemm(previous)
+    # the default: AMX where usable, else MKL's GEMM where the CPU has bf16 arithmetic
+    if ext.has_amx() and ext.has_mkl_bf16_gemm():
+        assert previous == "amx"
+    elif not ext.cpu_has_native_bf16():
         assert previous == "emulated"
+    if not ext.has_amx():
+        with pytest.raises(RuntimeError, match="no AMX-BF16"):
+            ext.set_bf16_gemm("amx")
 
 
-@pytest.mark.parametrize("gemm_mode", ["emulated", "mkl"])
+@pytest.mark.skipif(not _build.load()[0] or not _build.load()[0].has_amx(),
+                    reason="this CPU has no AMX-BF16 (or Linux did not grant its tile state)")
+def test_amx_gemm_is_the_float32_product_of_rounded_operands():
+    """The tiles against exact products of the rounded operands: sizes off every tile edge
+    (1, 15, 17, 33 rows; K not a multiple of 32; N not of 16), beta 0 and 1, the weight
+    row-major, transposed and strided (the three ways the packing reads it), and NaN-free
+    output where K's padding meets it."""
+    ext, _ = _build.load()
+    gen = torch.Generator().manual_seed(3)
+    for M, K, N in [(1, 1, 1), (3, 5, 7), (15, 31, 17), (16, 32, 16), (17, 33, 33),
+                    (33, 70, 65), (64, 256, 96), (2, 0, 5)]:
+        weights = {"row-major": torch.randn(K, N, generator=gen),
+                   "transposed": torch.randn(N, K, generator=gen).t(),
+                   "strided": torch.randn(K, 2 * N, generator=gen)[:, ::2]}
+        for layout, w in weights.items():
+            for beta in (0.0, 1.0):
+                a = torch.randn(M, K, generator=gen)
+                c0 = torch.full((M, N), float("nan")) if beta == 0 else torch.randn(M, N)
+                got = ext.amx_gemm(a, w, c0.clone(), beta)
+                want = a.bfloat16().double() @ w.bfloat16().double()
+                if beta:
+                    want = want + c0.double()
+                torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5,
+                                           msg=f"M={M} K={K} N={N} {layout} beta={beta}")
+
+
+@pytest.mark.parametrize("gemm_mode", ["emulated", "mkl", "amx"])
 def test_bf16_linear_is_the_float32_product_of_rounded_operands(gemm_mode):
     ext, _ = _build.load()
-    if gemm_mode == "mkl" and not ext.has_mkl_bf16_gemm():
+    if gemm_mode in ("mkl", "amx") and not ext.has_mkl_bf16_gemm():
         pytest.skip("no MKL bf16 GEMM")
+    if gemm_mode == "amx" and not ext.has_amx():
+        pytest.skip("no AMX-BF16")
     previous = ext.set_bf16_gemm(gemm_mode)
     try:
         for M, K, N in [(1, 1, 1), (7, 5, 3), (33, 64, 96)]:

@@ -15,7 +15,9 @@ float32 results; nothing else changes precision:
   ``dW = drec^T h_bf16``): the gradient of the bf16 forward with the rounding taken as the
   identity (straight-through).
 
-On a CPU with AVX512-bf16 or AMX the GEMMs are MKL's ``cblas_gemm_bf16bf16f32``; elsewhere
+On a CPU with AMX-BF16 the per-step products run on rnnkit's AMX kernel (``csrc/amx.h``: the
+weight laid out in tile order once per call, where MKL re-lays it at every step) and the input
+projection on MKL's ``cblas_gemm_bf16bf16f32``; with AVX512-bf16 alone, all on MKL; elsewhere
 (AVX2 only, such as AMD EPYC Zen 3) they are emulated: the operands are rounded to bf16
 values held in float32 and multiplied by the float32 BLAS. A product of two bf16 values is
 exact in float32, so the emulation is the same GEMM up to the order of the float32 sums, and
@@ -80,20 +82,25 @@ def linear(ext) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
     """``F.linear``'s signature on the bf16 GEMM of ``ext`` (the adapters' projection)."""
 
     def bf16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        out = Bf16Linear.apply(ext, x, weight)
-        return out if bias is None else out + bias
+        out = Bf16Linear.apply(ext, x, weight)  # (M, N), a fresh tensor of ours
+        # in place: at (T*B, 4H) = (4096, 4096) a second result is 64 MB of fresh pages
+        return out if bias is None else out.add_(bias)
 
     return bf16_linear
 
 
 def gemm(ext) -> str:
-    """``"mkl"`` or ``"emulated"``: how this process runs bf16 GEMMs."""
+    """``"amx"``, ``"mkl"`` or ``"emulated"``: how this process runs bf16 GEMMs."""
     return str(ext.bf16_gemm())
 
 
 def describe(ext) -> str:
     """What explain() says a bf16 call on the compiled kernels does on this CPU."""
-    if gemm(ext) == "mkl":
+    mode = gemm(ext)
+    if mode == "amx":
+        how = ("per-step products on rnnkit's AMX kernel (weights laid out once per call), "
+               "the input projection on MKL's cblas_gemm_bf16bf16f32")
+    elif mode == "mkl":
         how = "MKL's cblas_gemm_bf16bf16f32 (AVX512-bf16/AMX)"
     elif ext.cpu_has_native_bf16():
         how = "emulated (set to: bf16-rounded operands through the float32 BLAS)"

@@ -9,9 +9,13 @@
 // dW = d rec^T state_bf16, both float32 GEMMs of the bf16 values (a straight-through
 // rounding: the gradient of the rounding is taken as 1).
 //
-// Two ways to run a bf16 GEMM (set_bf16_gemm):
+// Three ways to run a bf16 GEMM (set_bf16_gemm):
+//   * "amx": the per-step products on AMX tiles with the weight laid out once per call
+//     (amx.h); the hoisted input projection, one tall product, on MKL. The default where the
+//     CPU has AMX-BF16 and Linux grants its tile state.
 //   * "mkl": MKL's cblas_gemm_bf16bf16f32 (exported by libtorch_cpu; weak, as the other BLAS
-//     symbols), which uses AVX512-bf16 or AMX where the CPU has them. The default there.
+//     symbols), which uses AVX512-bf16 or AMX where the CPU has them. The default on a CPU
+//     with AVX512-bf16 but no AMX.
 //   * "emulated": the operands rounded to bf16 values held in float32, multiplied by the
 //     float32 BLAS. A product of two bf16 values is exact in float32 (8 + 8 mantissa bits), so
 //     this is the same GEMM up to the order of the float32 sums: what a CPU without
@@ -19,6 +23,7 @@
 //     faster. The default there.
 #pragma once
 
+#include "amx.h"
 #include "common.h"
 
 #include <c10/util/BFloat16.h>
@@ -57,14 +62,25 @@ inline bool cpu_has_native_bf16() {
 
 inline bool have_mkl_bf16_gemm() { return cblas_gemm_bf16bf16f32 != nullptr; }
 
-// true: MKL's bf16 GEMM; false: emulated (rounded operands, float32 BLAS).
-inline std::atomic<bool>& bf16_gemm_uses_mkl() {
-  static std::atomic<bool> flag{cpu_has_native_bf16() && have_mkl_bf16_gemm()};
-  return flag;
+enum class Bf16Gemm : int { kEmulated = 0, kMkl = 1, kAmx = 2 };
+
+// How this process runs bf16 GEMMs (set_bf16_gemm changes it).
+inline std::atomic<int>& bf16_gemm_mode_flag() {
+  static std::atomic<int> mode{static_cast<int>(
+      amx::available() && have_mkl_bf16_gemm() ? Bf16Gemm::kAmx
+      : cpu_has_native_bf16() && have_mkl_bf16_gemm() ? Bf16Gemm::kMkl
+      : Bf16Gemm::kEmulated)};
+  return mode;
 }
 
+inline Bf16Gemm bf16_gemm_mode() { return static_cast<Bf16Gemm>(bf16_gemm_mode_flag().load()); }
+
 inline const char* bf16_gemm_name() {
-  return bf16_gemm_uses_mkl().load() ? "mkl" : "emulated";
+  switch (bf16_gemm_mode()) {
+    case Bf16Gemm::kAmx: return "amx";
+    case Bf16Gemm::kMkl: return "mkl";
+    default: return "emulated";
+  }
 }
 
 // n values rounded to bf16 and kept as float (the emulated GEMM's operand): the same rounding
@@ -123,8 +139,15 @@ class StepGemm {
                 "tensors, got ", c10::CppTypeToScalarType<scalar_t>::value);
     K_ = W.size(0);
     N_ = W.size(1);
-    mkl_ = bf16_gemm_uses_mkl().load();
-    if (mkl_) {
+    mode_ = bf16_gemm_mode();
+    if (mode_ == Bf16Gemm::kAmx) {
+      // the weight in tile order once per call; A's K padding stays zero (a NaN there would
+      // meet the weight's zero padding)
+      const Tensor w = W.scalar_type() == at::kFloat ? W : W.to(at::kFloat);
+      packed_ = amx::PackedWeight(w.data_ptr<float>(), w.stride(0), w.stride(1), K_, N_);
+      ab_ = at::zeros({amx::padded_rows(M), amx::padded_k(K_)},
+                      W.options().dtype(at::kBFloat16));
+    } else if (mode_ == Bf16Gemm::kMkl) {
       wb_ = W.to(at::kBFloat16).contiguous();
       ab_ = at::empty({M, std::max<int64_t>(1, K_)}, W.options().dtype(at::kBFloat16));
     } else {
@@ -143,7 +166,16 @@ class StepGemm {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (rows == 0 || N_ == 0) return;
       const int64_t ld = std::max<int64_t>(1, K_);
-      if (mkl_) {
+      if (mode_ == Bf16Gemm::kAmx) {
+        TORCH_CHECK(rows <= ab_.size(0), "rnnkit bf16 step gemm: ", rows, " rows for ",
+                    ab_.size(0));
+        c10::BFloat16* ab = ab_.data_ptr<c10::BFloat16>();
+        const int64_t ldab = ab_.size(1);
+        for (int64_t r = 0; r < rows; ++r) {
+          at::vec::convert(A + r * lda, ab + r * ldab, K_);  // round to nearest even
+        }
+        amx::gemm(rows, ab, ldab, packed_, beta, C, ldc);
+      } else if (mode_ == Bf16Gemm::kMkl) {
         c10::BFloat16* ab = ab_.data_ptr<c10::BFloat16>();
         for (int64_t r = 0; r < rows; ++r) {
           at::vec::convert(A + r * lda, ab + r * ld, K_);  // vectorised, round to nearest even
@@ -159,9 +191,11 @@ class StepGemm {
   }
 
  private:
-  bool bf16_ = false, mkl_ = false;
+  bool bf16_ = false;
+  Bf16Gemm mode_ = Bf16Gemm::kEmulated;
   int64_t K_ = 0, N_ = 0;
   std::optional<RecurrentGemm<scalar_t>> plain_;
+  amx::PackedWeight packed_;
   Tensor wb_, ab_, wr_, ar_;
 };
 
@@ -188,7 +222,7 @@ inline Tensor bf16_linear(const Tensor& x, const Tensor& w) {
               "rnnkit bf16_linear: float32 CPU tensors expected, got ", x.scalar_type(), " and ",
               w.scalar_type());
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  if (!bf16_gemm_uses_mkl().load() || M == 0 || N == 0 || K == 0) {
+  if (bf16_gemm_mode() == Bf16Gemm::kEmulated || M == 0 || N == 0 || K == 0) {
     return at::mm(bf16_rounded(x, true), bf16_rounded(w, true).t());
   }
   const Tensor xb = x.to(at::kBFloat16).contiguous();

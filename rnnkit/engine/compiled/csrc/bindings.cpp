@@ -191,18 +191,47 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight"), py::arg("bias"),
         "[d W = grad^T x (N, K), d bias (N)] of small_linear, each only when asked for.");
   m.def("set_bf16_gemm", [](const std::string& mode) {
-    TORCH_CHECK(mode == "mkl" || mode == "emulated", "set_bf16_gemm: mode must be 'mkl' or "
-                "'emulated', got '", mode, "'");
-    TORCH_CHECK(mode == "emulated" || rnnkit::have_mkl_bf16_gemm(), "set_bf16_gemm('mkl'): "
-                "this torch does not export MKL's cblas_gemm_bf16bf16f32");
+    TORCH_CHECK(mode == "amx" || mode == "mkl" || mode == "emulated", "set_bf16_gemm: mode "
+                "must be 'amx', 'mkl' or 'emulated', got '", mode, "'");
+    TORCH_CHECK(mode == "emulated" || rnnkit::have_mkl_bf16_gemm(), "set_bf16_gemm('", mode,
+                "'): this torch does not export MKL's cblas_gemm_bf16bf16f32");
+    TORCH_CHECK(mode != "amx" || rnnkit::amx::available(), "set_bf16_gemm('amx'): this CPU "
+                "has no AMX-BF16, or Linux did not grant its tile state");
     const std::string previous = rnnkit::bf16_gemm_name();
-    rnnkit::bf16_gemm_uses_mkl().store(mode == "mkl");
+    rnnkit::bf16_gemm_mode_flag().store(static_cast<int>(
+        mode == "amx" ? rnnkit::Bf16Gemm::kAmx
+        : mode == "mkl" ? rnnkit::Bf16Gemm::kMkl : rnnkit::Bf16Gemm::kEmulated));
     return previous;
-  }, "How precision='bf16' GEMMs run: 'mkl' (cblas_gemm_bf16bf16f32, AVX512-bf16/AMX) or "
-     "'emulated' (bf16-rounded operands, float32 BLAS); returns the previous mode.");
+  }, "How precision='bf16' GEMMs run: 'amx' (per-step products on AMX tiles, the weight laid "
+     "out once per call; the input projection on MKL), 'mkl' (cblas_gemm_bf16bf16f32, "
+     "AVX512-bf16/AMX) or 'emulated' (bf16-rounded operands, float32 BLAS); returns the "
+     "previous mode.");
   m.def("bf16_gemm", []() { return std::string(rnnkit::bf16_gemm_name()); },
-        "The bf16 GEMM in use: 'mkl' or 'emulated' (default: 'mkl' on a CPU with "
-        "AVX512-bf16 or AMX-bf16 when MKL's bf16 GEMM is exported, else 'emulated').");
+        "The bf16 GEMM in use: 'amx', 'mkl' or 'emulated' (default: 'amx' where AMX-BF16 is "
+        "usable, else 'mkl' on a CPU with AVX512-bf16 when MKL's bf16 GEMM is exported, else "
+        "'emulated').");
+  m.def("has_amx", &rnnkit::amx::available,
+        "Whether this process may run AMX-BF16 (CPUID and Linux's tile-state grant).");
+  m.def("amx_gemm", [](const at::Tensor& a, const at::Tensor& w, at::Tensor c, double beta) {
+    TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && c.dim() == 2 && a.size(1) == w.size(0) &&
+                    c.size(0) == a.size(0) && c.size(1) == w.size(1),
+                "amx_gemm: need a (M, K), w (K, N), c (M, N), got ", a.sizes(), ", ",
+                w.sizes(), ", ", c.sizes());
+    TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+                    c.scalar_type() == at::kFloat && c.stride(1) == 1,
+                "amx_gemm: float32 tensors and a row-major c expected");
+    const int64_t M = a.size(0), K = a.size(1);
+    const rnnkit::amx::PackedWeight packed(w.data_ptr<float>(), w.stride(0), w.stride(1), K,
+                                           w.size(1));
+    at::Tensor ab = at::zeros({rnnkit::amx::padded_rows(M), rnnkit::amx::padded_k(K)},
+                          a.options().dtype(at::kBFloat16));
+    ab.narrow(0, 0, M).narrow(1, 0, K).copy_(a);
+    rnnkit::amx::gemm(M, ab.data_ptr<c10::BFloat16>(), ab.size(1), packed,
+                      static_cast<float>(beta), c.data_ptr<float>(), c.stride(0));
+    return c;
+  }, py::arg("a"), py::arg("w"), py::arg("c"), py::arg("beta"),
+     "c = bf16(a) bf16(w) + beta c (beta 0 or 1) on the AMX kernel of the per-step products "
+     "(tests only).");
   m.def("cpu_has_native_bf16", &rnnkit::cpu_has_native_bf16,
         "Whether the CPU has AVX512-BF16 or AMX-BF16 (CPUID).");
   m.def("has_mkl_bf16_gemm", &rnnkit::have_mkl_bf16_gemm);
