@@ -162,7 +162,9 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) inline void gemm_blocks(
         cols[t] = std::clamp<int64_t>(N - (n0 + kTileRows * (t % 2)), 0, kTileRows);
         whole[t] = rows[t] == kTileRows && cols[t] == kTileRows;
       }
-      auto at = [&](int t) { return C + (m0 + kTileRows * (t / 2)) * ldc + n0 + kTileRows * (t % 2); };
+      auto c_tile = [&](int t) {  // where C tile t starts
+        return C + (m0 + kTileRows * (t / 2)) * ldc + n0 + kTileRows * (t % 2);
+      };
       if (beta == 0.0f) {
         _tile_zero(0);
         _tile_zero(1);
@@ -173,14 +175,14 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) inline void gemm_blocks(
           if (whole[t]) continue;
           std::fill(stage[t], stage[t] + kTileRows * kTileRows, 0.0f);
           for (int64_t r = 0; r < rows[t]; ++r) {
-            std::memcpy(stage[t] + r * kTileRows, at(t) + r * ldc, cols[t] * sizeof(float));
+            std::memcpy(stage[t] + r * kTileRows, c_tile(t) + r * ldc, cols[t] * sizeof(float));
           }
         }
         asm volatile("" ::: "memory");  // the staged values are in memory before the loads
-        if (whole[0]) _tile_loadd(0, at(0), c_stride); else _tile_loadd(0, stage[0], 64);
-        if (whole[1]) _tile_loadd(1, at(1), c_stride); else _tile_loadd(1, stage[1], 64);
-        if (whole[2]) _tile_loadd(2, at(2), c_stride); else _tile_loadd(2, stage[2], 64);
-        if (whole[3]) _tile_loadd(3, at(3), c_stride); else _tile_loadd(3, stage[3], 64);
+        if (whole[0]) _tile_loadd(0, c_tile(0), c_stride); else _tile_loadd(0, stage[0], 64);
+        if (whole[1]) _tile_loadd(1, c_tile(1), c_stride); else _tile_loadd(1, stage[1], 64);
+        if (whole[2]) _tile_loadd(2, c_tile(2), c_stride); else _tile_loadd(2, stage[2], 64);
+        if (whole[3]) _tile_loadd(3, c_tile(3), c_stride); else _tile_loadd(3, stage[3], 64);
       }
       const c10::BFloat16* a0 = A + m0 * lda;
       const c10::BFloat16* a1 = a0 + kTileRows * lda;
@@ -194,15 +196,15 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) inline void gemm_blocks(
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
       }
-      if (whole[0]) _tile_stored(0, at(0), c_stride); else _tile_stored(0, stage[0], 64);
-      if (whole[1]) _tile_stored(1, at(1), c_stride); else _tile_stored(1, stage[1], 64);
-      if (whole[2]) _tile_stored(2, at(2), c_stride); else _tile_stored(2, stage[2], 64);
-      if (whole[3]) _tile_stored(3, at(3), c_stride); else _tile_stored(3, stage[3], 64);
+      if (whole[0]) _tile_stored(0, c_tile(0), c_stride); else _tile_stored(0, stage[0], 64);
+      if (whole[1]) _tile_stored(1, c_tile(1), c_stride); else _tile_stored(1, stage[1], 64);
+      if (whole[2]) _tile_stored(2, c_tile(2), c_stride); else _tile_stored(2, stage[2], 64);
+      if (whole[3]) _tile_stored(3, c_tile(3), c_stride); else _tile_stored(3, stage[3], 64);
       asm volatile("" ::: "memory");  // the tiles' stores land before the copies below
       for (int t = 0; t < 4; ++t) {
         if (whole[t]) continue;
         for (int64_t r = 0; r < rows[t]; ++r) {
-          std::memcpy(at(t) + r * ldc, stage[t] + r * kTileRows, cols[t] * sizeof(float));
+          std::memcpy(c_tile(t) + r * ldc, stage[t] + r * kTileRows, cols[t] * sizeof(float));
         }
       }
     }

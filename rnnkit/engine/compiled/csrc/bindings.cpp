@@ -212,7 +212,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "'emulated').");
   m.def("has_amx", &rnnkit::amx::available,
         "Whether this process may run AMX-BF16 (CPUID and Linux's tile-state grant).");
-  m.def("amx_gemm", [](const at::Tensor& a, const at::Tensor& w, at::Tensor c, double beta) {
+  m.def("amx_gemm", [](const at::Tensor& a, const at::Tensor& w, at::Tensor c,
+                       double beta) {
     TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && c.dim() == 2 && a.size(1) == w.size(0) &&
                     c.size(0) == a.size(0) && c.size(1) == w.size(1),
                 "amx_gemm: need a (M, K), w (K, N), c (M, N), got ", a.sizes(), ", ",
