@@ -37,7 +37,8 @@ is Keras's model exactly, which that is not:
 ``tests/examples/test_fashion_mnist_keras.py`` trains the Keras model and the rnnkit form from
 the same weights on the same batches and checks that their parameters agree. Training time is
 the time inside ``fit`` / the epoch loops (wall and process CPU time: on a shared box the
-CPU-time ratio is the steadier one).
+CPU-time ratio is the steadier one). The three forms of a seed train in turns, one epoch
+each, so that a change in the machine's speed falls on all of them.
 """
 
 from __future__ import annotations
@@ -125,87 +126,112 @@ def keras_crossentropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -log_p.clamp(LOG_CLIP_LOW, LOG_CLIP_HIGH).mean()
 
 
-def train_torch(model: RowReader, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
-                keras_exact: bool) -> None:
-    """The hand-written loop: shuffle, minibatches of 100 gathered batch-first as they are
-    needed, cross-entropy, RMSprop (``keras_exact``: Keras's RMSprop and clipped
-    cross-entropy; else torch's).
+class TorchForm:
+    """The hand-written PyTorch loop, one epoch per :meth:`epoch` call: shuffle, minibatches
+    of 100 gathered batch-first as they are needed, cross-entropy, RMSprop.
+
+    ``kind`` "pytorch": ``nn.RNN`` (two biases), ``torch.optim.RMSprop``, plain
+    cross-entropy, as a PyTorch user writes it. "rnnkit": ``rnnkit.RNN`` (its compiled Elman
+    kernel) as Keras's model and optimizer exactly: one bias, ``rnnkit.training.RMSprop``,
+    Keras's clipped loss.
 
     Per batch, not per epoch: gathering the whole shuffled epoch (188 MB, then a time-major
     copy of it for the rnnkit form) took ~0.4 ms of every update on fresh pages, against
     ~0.08 ms for one batch of 100 images (Intel Xeon, one thread)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if keras_exact:
-        optimizer = rnnkit.training.RMSprop(params, learning_rate=LR, rho=RHO, epsilon=EPSILON)
-        loss_fn = keras_crossentropy
-    else:
-        optimizer = torch.optim.RMSprop(params, lr=LR, alpha=RHO, eps=EPSILON, foreach=True)
-        loss_fn = nn.functional.cross_entropy
-    generator = torch.Generator().manual_seed(seed)
-    steps = len(x) // BATCH
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)[: steps * BATCH].view(steps, BATCH)
-        for step in range(steps):
-            batch = order[step]
-            loss = loss_fn(model(x[batch]), y[batch])      # x[batch]: (B, T, F)
-            optimizer.zero_grad()
+
+    def __init__(self, kind: str, data: dict, seed: int) -> None:
+        torch.manual_seed(seed)
+        rnn_class = {"pytorch": nn.RNN, "rnnkit": rnnkit.RNN}[kind]
+        self.data = data
+        self.model = RowReader(rnn_class(28, HIDDEN, nonlinearity="relu", batch_first=True),
+                               single_bias=kind == "rnnkit")
+        warm_up = RowReader(rnn_class(28, HIDDEN, nonlinearity="relu", batch_first=True))
+        warm_up(torch.zeros(2, 28, 28)).sum().backward()  # loads kernels, untimed
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if kind == "rnnkit":
+            self.optimizer = rnnkit.training.RMSprop(params, learning_rate=LR, rho=RHO,
+                                                     epsilon=EPSILON)
+            self.loss_fn = keras_crossentropy
+        else:
+            self.optimizer = torch.optim.RMSprop(params, lr=LR, alpha=RHO, eps=EPSILON,
+                                                 foreach=True)
+            self.loss_fn = nn.functional.cross_entropy
+        self.generator = torch.Generator().manual_seed(seed)
+        self.train_s = self.train_cpu_s = 0.0
+
+    def epoch(self) -> None:
+        x, y = self.data["x"], self.data["y"]
+        steps = len(x) // BATCH
+        wall, cpu = time.perf_counter(), time.process_time()
+        order = torch.randperm(len(x), generator=self.generator)[: steps * BATCH]
+        for batch in order.view(steps, BATCH):
+            loss = self.loss_fn(self.model(x[batch]), y[batch])      # x[batch]: (B, T, F)
+            self.optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
+        self.train_s += time.perf_counter() - wall
+        self.train_cpu_s += time.process_time() - cpu
+
+    @torch.no_grad()
+    def result(self) -> dict:
+        self.model.eval()
+        logits = self.model(self.data["x_test"])                  # (N, 10), batch-first
+        accuracy = float((logits.argmax(-1) == self.data["y_test"]).float().mean())
+        return {"accuracy": accuracy, "train_s": self.train_s, "train_cpu_s": self.train_cpu_s}
 
 
-@torch.no_grad()
-def accuracy(model: RowReader, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    logits = model(x)                                     # x: (N, T, F), batch-first
-    model.train()
-    return float((logits.argmax(-1) == y).float().mean())
+class KerasForm:
+    """The seed's script in Keras 3 on its torch backend; :meth:`epoch` is one
+    ``fit(..., epochs=1, shuffle=True)`` (Keras shuffles afresh at every call)."""
+
+    def __init__(self, data: dict, seed: int) -> None:
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+        import keras
+
+        if keras.backend.backend() != "torch":
+            raise SystemExit(f"fashion_mnist_keras: Keras runs on {keras.backend.backend()!r}; "
+                             "set KERAS_BACKEND=torch before anything imports keras")
+        keras.utils.set_random_seed(seed)
+        self.keras = keras
+        self.model = keras.Sequential([
+            keras.Input((28, 28)),
+            keras.layers.SimpleRNN(HIDDEN, activation="relu"),
+            keras.layers.Dense(CLASSES),
+            keras.layers.Activation("softmax"),
+        ])
+        self.model.compile(loss="categorical_crossentropy",
+                           optimizer=keras.optimizers.RMSprop(learning_rate=LR, rho=RHO,
+                                                              epsilon=EPSILON),
+                           metrics=["accuracy"])
+        self.x, self.x_test = data["x"].numpy(), data["x_test"].numpy()
+        self.y = keras.utils.to_categorical(data["y"].numpy(), CLASSES)
+        self.y_test = keras.utils.to_categorical(data["y_test"].numpy(), CLASSES)
+        self.train_s = self.train_cpu_s = 0.0
+
+    def epoch(self) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.model.fit(self.x, self.y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
+        self.train_s += time.perf_counter() - wall
+        self.train_cpu_s += time.process_time() - cpu
+
+    def result(self) -> dict:
+        _, test_accuracy = self.model.evaluate(self.x_test, self.y_test, batch_size=1000,
+                                               verbose=0)
+        return {"accuracy": float(test_accuracy), "train_s": self.train_s,
+                "train_cpu_s": self.train_cpu_s, "keras": self.keras.__version__}
 
 
-def run_torch(kind: str, data: dict, seed: int, epochs: int) -> dict:
-    """``kind`` "pytorch" (``nn.RNN``, batch-first as users write it, torch's RMSprop) or
-    "rnnkit" (``rnnkit.RNN``: its compiled Elman kernel; Keras's model and optimizer exactly:
-    one bias, ``rnnkit.training.RMSprop``, Keras's clipped loss); both batch-first."""
-    torch.manual_seed(seed)
-    kinds = {"pytorch": nn.RNN, "rnnkit": rnnkit.RNN}
-    rnn = kinds[kind](28, HIDDEN, nonlinearity="relu", batch_first=True)
-    model = RowReader(rnn, single_bias=kind == "rnnkit")
-    warm_up = RowReader(kinds[kind](28, HIDDEN, nonlinearity="relu", batch_first=True))
-    warm_up(torch.zeros(2, 28, 28)).sum().backward()  # loads kernels, untimed
-    wall, cpu = time.perf_counter(), time.process_time()
-    train_torch(model, data["x"], data["y"], epochs, seed, keras_exact=kind == "rnnkit")
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"accuracy": accuracy(model, data["x_test"], data["y_test"]),
-            "train_s": wall, "train_cpu_s": cpu}
-
-
-def run_keras(data: dict, seed: int, epochs: int) -> dict:
-    """The seed's script in Keras 3 on its torch backend."""
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    import keras
-
-    if keras.backend.backend() != "torch":
-        raise SystemExit(f"fashion_mnist_keras: Keras runs on {keras.backend.backend()!r}; "
-                         "set KERAS_BACKEND=torch before anything imports keras")
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((28, 28)),
-        keras.layers.SimpleRNN(HIDDEN, activation="relu"),
-        keras.layers.Dense(CLASSES),
-        keras.layers.Activation("softmax"),
-    ])
-    model.compile(loss="categorical_crossentropy",
-                  optimizer=keras.optimizers.RMSprop(learning_rate=LR, rho=RHO,
-                                                     epsilon=EPSILON),
-                  metrics=["accuracy"])
-    x, x_test = data["x"].numpy(), data["x_test"].numpy()
-    y = keras.utils.to_categorical(data["y"].numpy(), CLASSES)
-    y_test = keras.utils.to_categorical(data["y_test"].numpy(), CLASSES)
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    _, test_accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
-    return {"accuracy": float(test_accuracy), "train_s": wall, "train_cpu_s": cpu,
-            "keras": keras.__version__}
+def run_seed(forms: list[str], data: dict, seed: int, epochs: int) -> dict[str, dict]:
+    """Train every form from ``seed``, one epoch of each in turn: the box's speed drifts
+    (another tenant, the clock), and taking turns spreads a drift over all forms alike where
+    running each form's 20 epochs in one go put it on one form (seen: Keras 5.5 then 13.0
+    s/epoch, an hour apart, on the same idle Intel Xeon)."""
+    trainers = {form: KerasForm(data, seed) if form == "keras" else TorchForm(form, data, seed)
+                for form in forms}
+    for _ in range(epochs):
+        for trainer in trainers.values():
+            trainer.epoch()
+    return {form: trainer.result() for form, trainer in trainers.items()}
 
 
 def load(folder: Path, train_size: int | None, test_size: int | None) -> dict:
@@ -314,10 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load(folder, train_size, test_size)
     started = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     runs: dict[str, list[dict]] = {form: [] for form in args.forms}
-    for k, seed in enumerate(args.seeds):  # the forms alternate, so load changes hit them all
-        for form in args.forms:
-            result = (run_keras(data, seed, args.epochs) if form == "keras"
-                      else run_torch(form, data, seed, args.epochs))
+    for k, seed in enumerate(args.seeds):
+        for form, result in run_seed(args.forms, data, seed, args.epochs).items():
             result["seed"] = seed
             result["load_after"] = round(os.getloadavg()[0], 2)
             runs[form].append(result)
