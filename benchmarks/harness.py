@@ -9,7 +9,6 @@ by the row's time: 1.0 means the recurrence runs as fast as a single big matrix 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
@@ -17,7 +16,6 @@ import platform
 import re
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +70,6 @@ def interleave(steps: dict[str, Step], reps: int, warmup: int = 1) -> dict[str, 
 def first_call(step: Step) -> tuple[float, float, str]:
     """``(wall seconds, CPU seconds of this process and its finished children, error or "")``
     of one call of ``step``: what the first call of a path that compiles on first use costs."""
-    import os
 
     def cpu() -> float:
         t = os.times()
@@ -180,18 +177,11 @@ def environment(threads: int) -> dict[str, object]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half a file),
+    with the mode ``open`` would give it (``rnnkit._files``: not ``mkstemp``'s 0o600)."""
+    from rnnkit._files import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def fmt_ms(seconds: float) -> str:

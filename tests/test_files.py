@@ -7,8 +7,9 @@ import stat
 
 import pytest
 
+from benchmarks import harness
 from rnnkit._files import atomic_write, atomic_write_bytes
-from rnnkit.data import Vocabulary
+from rnnkit.data import Vocabulary, write_ctf
 from rnnkit.data.idx import write_idx
 
 
@@ -59,9 +60,13 @@ def test_data_writers_use_it(tmp_path):
     try:
         write_idx(str(tmp_path / "x-idx1-ubyte"), np.arange(3, dtype=np.uint8))
         Vocabulary.build("abc").save(tmp_path / "vocab.json")
+        write_ctf(tmp_path / "a.ctf", [{"x": np.zeros((2, 2))}])
+        harness.write_atomic(tmp_path / "bench.md", "ratio \u2264 1\n")  # not ASCII
     finally:
         os.umask(old)
     assert mode(tmp_path / "x-idx1-ubyte") == mode(tmp_path / "vocab.json") == 0o644
+    assert mode(tmp_path / "a.ctf") == mode(tmp_path / "bench.md") == 0o644
+    assert (tmp_path / "bench.md").read_text(encoding="utf-8") == "ratio \u2264 1\n"
 
 
 def test_onnx_export_gets_the_mode_open_would_give(tmp_path):

@@ -52,10 +52,12 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rnnkit._files import file_mode
 from rnnkit.data import _ctf_native
 from rnnkit.data.sources import (
     INFINITELY_REPEAT,
@@ -679,6 +681,7 @@ def write_ctf(path: str | os.PathLike, sequences: Iterable[Mapping[str, Any]],
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ctf", dir=directory)
     try:
+        os.chmod(tmp, file_mode(Path(path)))  # what open() would give it, not mkstemp's 0o600
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             for n, seq in enumerate(sequences):
                 if not isinstance(seq, Mapping):
