@@ -1,5 +1,5 @@
-"""The step-loop template's buffer cache (csrc/step_loop.h, BufferCache), used by NAS
-(StepLayout::reuse_buffers): training buffers reused across calls must never hold a stale
+"""The step-loop template's buffer cache (csrc/step_loop.h, BufferCache), used by NAS, LSTM
+and GRU (StepLayout::reuse_buffers): training buffers reused across calls must never hold a stale
 value and never be handed out while anything still references them.
 
 Oracle: the cell's own loop, every sequence on its own (tests/engine/test_compiled_cells.py's
@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rnnkit.cells import GRUCell, LSTMCell
 from rnnkit.engine import compiled
 from tests.engine.test_compiled_cells import assert_close, make_cell, random_state, run_both
 
@@ -48,9 +49,30 @@ CALLS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["nas", "nas_proj"])
+# the families that take their buffers from the cache besides NAS, in their heaviest forms
+# (the layer norms keep a separate d rec buffer; the projection a second GEMM's buffers)
+TEMPLATE_CELLS = {
+    "lstm_ln_peep_proj": lambda: LSTMCell(3, 5, layer_norm=True, peepholes=True, proj_size=4),
+    "lstm_coupled_clip": lambda: LSTMCell(3, 5, coupled_gates=True, cell_clip=0.5),
+    "gru": lambda: GRUCell(3, 5),
+    "gru_reset_before_ln": lambda: GRUCell(3, 5, reset_after=False, layer_norm=True),
+}
+
+
+def _cell(name: str) -> torch.nn.Module:
+    if name not in TEMPLATE_CELLS:
+        return make_cell(name, torch.float64)
+    torch.manual_seed(7)
+    cell = TEMPLATE_CELLS[name]().double()
+    with torch.no_grad():  # non-zero biases and norms, so their gradients matter
+        for p in cell.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return cell
+
+
+@pytest.mark.parametrize("name", ["nas", "nas_proj", *TEMPLATE_CELLS])
 def test_reused_buffers_match_the_loop_across_shapes_and_lengths(ext, name):
-    cell = make_cell(name, torch.float64)
+    cell = _cell(name)
     for k, (steps, batch, lengths, reverse) in enumerate(CALLS):
         torch.manual_seed(10 + k)
         x = torch.randn(steps, batch, cell.input_size, dtype=torch.float64) * (1 + k)

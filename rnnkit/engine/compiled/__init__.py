@@ -77,8 +77,9 @@ def available() -> tuple[bool, str]:
 
 
 def set_buffer_cache_limit(nbytes: int) -> int:
-    """Idle bytes the kernels' buffer cache may keep between training calls (NAS's saved
-    values and gradient buffers, reused instead of freshly mapped pages: default 256 MiB;
+    """Idle bytes the kernels' buffer cache may keep between training calls (the LSTM, GRU
+    and NAS kernels' saved values and gradient buffers, reused instead of freshly mapped
+    pages: default 256 MiB;
     0 turns the cache off). Returns the previous limit (0 when the kernels are unavailable)."""
     if nbytes < 0:
         raise ValueError(f"set_buffer_cache_limit: nbytes must be >= 0, got {nbytes}")

@@ -91,6 +91,7 @@ struct GruFamily {
     L.acc = c.acc;
     L.scratch = c.ln ? 3 * c.H : 0;
     L.work = 3 * c.H;
+    L.reuse_buffers = true;
     return L;
   }
   static void check(const Config& c, const KernelArgs& a, at::ScalarType dt, const char* k) {

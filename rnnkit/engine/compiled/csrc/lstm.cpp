@@ -84,6 +84,7 @@ struct LstmFamily {
     L.acc = c.acc;
     L.scratch = c.H + c.GH;
     L.work = c.GH + c.H;
+    L.reuse_buffers = true;
     return L;
   }
   static void check(const Config& c, const KernelArgs& a, at::ScalarType dt, const char* k) {

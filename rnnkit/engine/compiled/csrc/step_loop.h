@@ -100,8 +100,8 @@ struct StepLayout {
 // H=256, T=128) lie above glibc's 32 MiB mmap threshold, so a fresh at::empty maps new pages
 // at every call and the first write to each 4 KiB page faults: a NAS training forward there
 // took 9200 page faults (about 40% more CPU time than the same forward without saving, on
-// the 2-core EPYC box); from this cache, 85. A family that sets reuse_buffers takes them
-// from here. A storage is handed out again only when the cache holds its last reference
+// the 2-core EPYC box); from this cache, 85. A family that sets reuse_buffers (NAS, LSTM,
+// GRU) takes them from here. A storage is handed out again only when the cache holds its last reference
 // (every tensor and view of it released: the autograd node that saved it, the gradient
 // handed back), so nothing still in use is ever overwritten; buffers come back
 // uninitialised, as from at::empty. Idle storages above the limit (256 MiB; 0: no cache)
