@@ -144,8 +144,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "[d pre, d h0] of min_scan_forward (gates recomputed from pre).");
   m.def("set_blas_gemm", [](bool on) { rnnkit::use_blas().store(on); },
         "Use the BLAS Fortran gemm for per-step products (default) or ATen's mm (tests).");
-  m.def("set_packing", [](bool on) { rnnkit::use_packing().store(on); },
-        "Pack the recurrent weights once per sequence with MKL (off by default: no gain measured).");
+  m.def("set_packing", [](bool on) { return rnnkit::use_packing().exchange(on); },
+        "Pack the recurrent weights once per sequence with MKL (default: on for Intel CPUs, "
+        "off elsewhere); returns the previous setting.");
+  m.def("packing", []() { return rnnkit::use_packing().load(); },
+        "Whether the recurrent weights are packed once per sequence with MKL.");
   m.def("gemm_rows",
         [](const at::Tensor& A, int64_t lda, const at::Tensor& Bm, int64_t ldb, at::Tensor& C,
            int64_t ldc, int64_t M, int64_t N, int64_t K) {
