@@ -24,6 +24,7 @@
 #pragma once
 
 #include "amx.h"
+#include "buffer_cache.h"
 #include "common.h"
 
 #include <c10/util/BFloat16.h>
@@ -227,7 +228,8 @@ inline Tensor bf16_linear(const Tensor& x, const Tensor& w) {
   }
   const Tensor xb = x.to(at::kBFloat16).contiguous();
   const Tensor wb = w.to(at::kBFloat16).contiguous();
-  Tensor out = at::empty({M, N}, x.options());
+  // (T*B, G*H): 64 MB at B=64, T=64, H=1024, fresh pages at every call from at::empty
+  Tensor out = BufferCache::instance().empty({M, N}, x.options());
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
   TORCH_CHECK(M <= kMaxInt && N <= kMaxInt && K <= kMaxInt, "rnnkit bf16_linear: sizes exceed "
               "the BLAS integer range (M=", M, ", N=", N, ", K=", K, ")");
