@@ -661,28 +661,17 @@ def _cells_note(results: list[dict[str, object]]) -> list[str]:
     ]
 
 
-def _row_cpus(results: list[dict[str, object]], env: dict[str, object]) -> list[str]:
-    """The CPU models the rows were measured on, in order of first appearance."""
-    cpus: list[str] = []
-    for r in results:
-        cpu = str(r.get("cpu", env["cpu"]))
-        if cpu not in cpus:
-            cpus.append(cpu)
-    return cpus or [str(env["cpu"])]
-
-
 def _cpu_lines(results: list[dict[str, object]], env: dict[str, object]) -> list[str]:
     """The header's CPU line: one model, or (rows merged from runs on other machines) each
     model with its rows, so no ratio is read against the wrong processor."""
-    cpus = _row_cpus(results, env)
-    if len(cpus) == 1:
-        return [f"- CPU: {cpus[0]}"]
-    lines = ["- CPU: rows come from runs on different machines; compare ratios within a row, "
-             "never times across machines:"]
-    for cpu in cpus:
-        ids = [str(r["id"]) for r in results if str(r.get("cpu", env["cpu"])) == cpu]
-        lines.append(f"  - {cpu}: rows {', '.join(dict.fromkeys(ids))}")
-    return lines
+    rows_by_cpu: dict[str, list[str]] = {}
+    for r in results:
+        rows_by_cpu.setdefault(str(r.get("cpu", env["cpu"])), []).append(str(r["id"]))
+    if len(rows_by_cpu) <= 1:
+        return [f"- CPU: {next(iter(rows_by_cpu), env['cpu'])}"]
+    return ["- CPU: rows come from runs on different machines; compare ratios within a row, "
+            "never times across machines:",
+            *(f"  - {cpu}: rows {', '.join(ids)}" for cpu, ids in rows_by_cpu.items())]
 
 
 def _dates_note(results: list[dict[str, object]]) -> list[str]:
@@ -697,7 +686,6 @@ def _dates_note(results: list[dict[str, object]]) -> list[str]:
     parts = []
     for (date, note, reps), ids in runs.items():
         reps_text = f", {reps} reps" if reps else ""
-        ids = list(dict.fromkeys(ids))
         parts.append(f"rows {', '.join(ids)}: {date}{reps_text}" + (f" ({note})" if note else ""))
     return ["- rows by run: " + "; ".join(parts)]
 

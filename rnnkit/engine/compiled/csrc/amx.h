@@ -241,5 +241,39 @@ inline void gemm(int64_t M, const c10::BFloat16* A, int64_t lda, const PackedWei
 #endif
 }
 
+// The per-step product C (rows, N) = A (rows, K) W (K, N) + beta C with float32 A, C and W:
+// W laid out in tile order once (per call of a recurrence), A's rows rounded to bf16 into a
+// zero-padded buffer at every step (its K padding stays zero: a NaN there would meet the
+// weight's zero padding).
+class StepProduct {
+ public:
+  StepProduct() = default;
+
+  // M: the most rows a step will have; W (K, N) float32, any strides.
+  StepProduct(int64_t M, const Tensor& W) {
+    TORCH_CHECK(W.dim() == 2 && W.scalar_type() == at::kFloat, "rnnkit amx step product: "
+                "a 2-D float32 weight expected, got ", W.sizes(), " ", W.scalar_type());
+    packed_ = PackedWeight(W.data_ptr<float>(), W.stride(0), W.stride(1), W.size(0),
+                           W.size(1));
+    ab_ = at::zeros({padded_rows(M), padded_k(W.size(0))}, W.options().dtype(at::kBFloat16));
+  }
+
+  void operator()(const float* A, int64_t lda, float beta, float* C, int64_t ldc,
+                  int64_t rows) const {
+    TORCH_CHECK(rows <= ab_.size(0), "rnnkit amx step product: ", rows, " rows for ",
+                ab_.size(0));
+    c10::BFloat16* ab = ab_.data_ptr<c10::BFloat16>();
+    const int64_t ldab = ab_.size(1);
+    for (int64_t r = 0; r < rows; ++r) {
+      at::vec::convert(A + r * lda, ab + r * ldab, packed_.K());  // round to nearest even
+    }
+    gemm(rows, ab, ldab, packed_, beta, C, ldc);
+  }
+
+ private:
+  PackedWeight packed_;
+  Tensor ab_;
+};
+
 }  // namespace amx
 }  // namespace rnnkit

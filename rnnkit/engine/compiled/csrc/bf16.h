@@ -142,12 +142,7 @@ class StepGemm {
     N_ = W.size(1);
     mode_ = bf16_gemm_mode();
     if (mode_ == Bf16Gemm::kAmx) {
-      // the weight in tile order once per call; A's K padding stays zero (a NaN there would
-      // meet the weight's zero padding)
-      const Tensor w = W.scalar_type() == at::kFloat ? W : W.to(at::kFloat);
-      packed_ = amx::PackedWeight(w.data_ptr<float>(), w.stride(0), w.stride(1), K_, N_);
-      ab_ = at::zeros({amx::padded_rows(M), amx::padded_k(K_)},
-                      W.options().dtype(at::kBFloat16));
+      amx_ = amx::StepProduct(M, W);  // the weight in tile order once per call
     } else if (mode_ == Bf16Gemm::kMkl) {
       wb_ = W.to(at::kBFloat16).contiguous();
       ab_ = at::empty({M, std::max<int64_t>(1, K_)}, W.options().dtype(at::kBFloat16));
@@ -168,14 +163,7 @@ class StepGemm {
       if (rows == 0 || N_ == 0) return;
       const int64_t ld = std::max<int64_t>(1, K_);
       if (mode_ == Bf16Gemm::kAmx) {
-        TORCH_CHECK(rows <= ab_.size(0), "rnnkit bf16 step gemm: ", rows, " rows for ",
-                    ab_.size(0));
-        c10::BFloat16* ab = ab_.data_ptr<c10::BFloat16>();
-        const int64_t ldab = ab_.size(1);
-        for (int64_t r = 0; r < rows; ++r) {
-          at::vec::convert(A + r * lda, ab + r * ldab, K_);  // round to nearest even
-        }
-        amx::gemm(rows, ab, ldab, packed_, beta, C, ldc);
+        amx_(A, lda, beta, C, ldc, rows);
       } else if (mode_ == Bf16Gemm::kMkl) {
         c10::BFloat16* ab = ab_.data_ptr<c10::BFloat16>();
         for (int64_t r = 0; r < rows; ++r) {
@@ -196,7 +184,7 @@ class StepGemm {
   Bf16Gemm mode_ = Bf16Gemm::kEmulated;
   int64_t K_ = 0, N_ = 0;
   std::optional<RecurrentGemm<scalar_t>> plain_;
-  amx::PackedWeight packed_;
+  amx::StepProduct amx_;
   Tensor wb_, ab_, wr_, ar_;
 };
 

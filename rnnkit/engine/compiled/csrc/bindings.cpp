@@ -224,18 +224,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
                     c.scalar_type() == at::kFloat && c.stride(1) == 1,
                 "amx_gemm: float32 tensors and a row-major c expected");
-    const int64_t M = a.size(0), K = a.size(1);
-    const rnnkit::amx::PackedWeight packed(w.data_ptr<float>(), w.stride(0), w.stride(1), K,
-                                           w.size(1));
-    at::Tensor ab = at::zeros({rnnkit::amx::padded_rows(M), rnnkit::amx::padded_k(K)},
-                          a.options().dtype(at::kBFloat16));
-    ab.narrow(0, 0, M).narrow(1, 0, K).copy_(a);
-    rnnkit::amx::gemm(M, ab.data_ptr<c10::BFloat16>(), ab.size(1), packed,
-                      static_cast<float>(beta), c.data_ptr<float>(), c.stride(0));
+    const at::Tensor rows = a.contiguous();
+    const rnnkit::amx::StepProduct product(rows.size(0), w);
+    product(rows.data_ptr<float>(), rows.size(1), static_cast<float>(beta),
+            c.data_ptr<float>(), c.stride(0), rows.size(0));
     return c;
   }, py::arg("a"), py::arg("w"), py::arg("c"), py::arg("beta"),
-     "c = bf16(a) bf16(w) + beta c (beta 0 or 1) on the AMX kernel of the per-step products "
-     "(tests only).");
+     "c = bf16(a) bf16(w) + beta c (beta 0 or 1) through the per-step products' AMX path "
+     "(amx::StepProduct, as StepGemm runs it; tests only).");
   m.def("cpu_has_native_bf16", &rnnkit::cpu_has_native_bf16,
         "Whether the CPU has AVX512-BF16 or AMX-BF16 (CPUID).");
   m.def("has_mkl_bf16_gemm", &rnnkit::have_mkl_bf16_gemm);
