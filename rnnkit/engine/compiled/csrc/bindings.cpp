@@ -4,6 +4,7 @@
 #include "small_gemm.h"
 #include "step_loop.h"
 
+#include <algorithm>
 #include <set>
 #include <vector>
 
@@ -41,10 +42,14 @@ template <typename Map>
 static void check_names(const std::string& kernel, const char* what, const Map& given,
                         const std::vector<std::string>& own,
                         const std::vector<std::string>& common) {
-  std::set<std::string> known(own.begin(), own.end());
-  known.insert(common.begin(), common.end());
   for (const auto& kv : given) {
-    if (known.count(kv.first)) continue;
+    // a handful of names each: a linear search, no set built per call
+    if (std::find(own.begin(), own.end(), kv.first) != own.end() ||
+        std::find(common.begin(), common.end(), kv.first) != common.end()) {
+      continue;
+    }
+    std::set<std::string> known(own.begin(), own.end());
+    known.insert(common.begin(), common.end());
     std::string list;
     for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
     TORCH_CHECK(false, kernel, ": unknown ", what, " '", kv.first, "' (known: ", list, ")");

@@ -30,6 +30,10 @@
 #include <cpuid.h>
 #endif
 
+// On a lambda handed to a hot loop (after its parameter list): GCC otherwise leaves it as a
+// call per row once a file's inlining budget runs out (inline-unit-growth).
+#define RNNKIT_ALWAYS_INLINE __attribute__((always_inline))
+
 namespace rnnkit {
 
 using at::Tensor;

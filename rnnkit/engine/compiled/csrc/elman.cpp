@@ -95,9 +95,13 @@ static bool small_path(const KernelArgs& a, int64_t B, int64_t H) {
          (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6);
 }
 
-template <typename scalar_t>
-static Vec<scalar_t> activate(const Vec<scalar_t>& pre, bool relu) {
-  return relu ? at::vec::maximum(pre, Vec<scalar_t>(scalar_t(0))) : fast_tanh<scalar_t>(pre);
+template <typename scalar_t, bool Relu>
+[[gnu::always_inline]] inline Vec<scalar_t> activate(const Vec<scalar_t>& pre) {
+  if constexpr (Relu) {
+    return at::vec::maximum(pre, Vec<scalar_t>(scalar_t(0)));
+  } else {
+    return fast_tanh<scalar_t>(pre);
+  }
 }
 
 // Same results and buffers as run_forward<ElmanFamily>: {out (T, B, H), final (B, H),
@@ -136,25 +140,48 @@ static std::vector<Tensor> small_forward(const KernelArgs& a, const Tensor& xp_i
     const scalar_t* xp_p = xp.data_ptr<scalar_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
     scalar_t* st_p = states.data_ptr<scalar_t>();
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t cur = training ? s : (s & 1), nxt = training ? s + 1 : 1 - cur;
-      const scalar_t* prev = st_p + cur * B * H;
-      scalar_t* next = st_p + nxt * B * H;
-      const int64_t rows = sch.active_rows[s];
-      // h' = act(xp + h W_hh^T) row by row, written to the new state and the output
-      small_gemm::apply<scalar_t>(
-          rows, H, H, {prev, H, 1}, wt.data(), H,
-          [&](int64_t b, int64_t j, int64_t cnt) {
-            return ld(xp_p + (sch.time(s, b) * B + sch.row(b)) * H, j, cnt);
-          },
-          [&](int64_t b, int64_t j, int64_t cnt, const V& pre) {
-            const V h = activate<scalar_t>(pre, relu);
-            st(h, next + b * H, j, cnt);
-            st(h, out_p + (sch.time(s, b) * B + sch.row(b)) * H, j, cnt);
-          });
-      for (int64_t b = rows; b < B; ++b) {  // finished sequences carry their state
-        std::copy(prev + b * H, prev + (b + 1) * H, next + b * H);
+    // The activation and the schedule compile-time choices: no tanh code in the relu loop,
+    // and where every row reads time s at step s (no lengths, forward) plain row offsets
+    // instead of a per-row look-up of time and position.
+    const bool plain = sch.identity() && !sch.permuted;
+    const auto steps = [&](auto relu_c, auto plain_c) {
+      constexpr bool kPlain = decltype(plain_c)::value;
+      const auto at_time = [&](int64_t s, int64_t b) RNNKIT_ALWAYS_INLINE {
+        if constexpr (kPlain) {
+          return (s * B + b) * H;
+        } else {
+          return (sch.time(s, b) * B + sch.row(b)) * H;
+        }
+      };
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t cur = training ? s : (s & 1), nxt = training ? s + 1 : 1 - cur;
+        const scalar_t* prev = st_p + cur * B * H;
+        scalar_t* next = st_p + nxt * B * H;
+        const int64_t rows = sch.active_rows[s];
+        // h' = act(xp + h W_hh^T) row by row, written to the new state and the output
+        small_gemm::apply<scalar_t>(
+            rows, H, H, {prev, H, 1}, wt.data(), H,
+            [&](int64_t b, int64_t j, int64_t cnt) RNNKIT_ALWAYS_INLINE {
+              return ld(xp_p + at_time(s, b), j, cnt);
+            },
+            [&](int64_t b, int64_t j, int64_t cnt, const V& pre) RNNKIT_ALWAYS_INLINE {
+              const V h = activate<scalar_t, decltype(relu_c)::value>(pre);
+              st(h, next + b * H, j, cnt);
+              st(h, out_p + at_time(s, b), j, cnt);
+            });
+        for (int64_t b = rows; b < B; ++b) {  // finished sequences carry their state
+          std::copy(prev + b * H, prev + (b + 1) * H, next + b * H);
+        }
       }
+    };
+    if (relu && plain) {
+      steps(std::true_type{}, std::true_type{});
+    } else if (relu) {
+      steps(std::true_type{}, std::false_type{});
+    } else if (plain) {
+      steps(std::false_type{}, std::true_type{});
+    } else {
+      steps(std::false_type{}, std::false_type{});
     }
   });
   const int64_t last = training ? S : (S & 1);
@@ -206,30 +233,51 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
     scalar_t* dst_p = dstate.data_ptr<scalar_t>();
     scalar_t* dxp_p = dxp.data_ptr<scalar_t>();
     scalar_t* dw_p = dw.data_ptr<scalar_t>();
-    std::vector<scalar_t> grad(B * H);  // d pre-activation of the step's active rows
-    scalar_t* g_p = grad.data();
-    for (int64_t s = S - 1; s >= 0; --s) {
-      const int64_t rows = sch.active_rows[s];
-      const scalar_t* prev = st_p + s * B * H;
-      const scalar_t* next = st_p + (s + 1) * B * H;
-      for (int64_t b = 0; b < rows; ++b) {
-        const int64_t t = sch.time(s, b), r = sch.row(b);
-        const int64_t at_t = (t * B + r) * H;
-        const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + r * dt1 : nullptr;
-        vloop<scalar_t>(H, [&](int64_t j, int64_t c) {
-          V d = ld(dst_p + b * H, j, c);
-          if (dy != nullptr) d = d + (dy_row ? ld(dy, j, c) : V(*dy));
-          const V h = ld(next + b * H, j, c);
-          // relu: torch's threshold_backward passes the gradient where the output > 0
-          const V g = relu ? V::blendv(zero, d, h > zero) : d * (one - h * h);
-          st(g, g_p + b * H, j, c);
-          st(g, dxp_p + at_t, j, c);
-        });
+    const bool plain = sch.identity() && !sch.permuted;
+    // d pre-activation of the step's active rows: where every row reads time s at step s it
+    // is written once, into d xp's step s, which the two GEMMs then read
+    std::vector<scalar_t> grad(plain ? 0 : B * H);
+    // The activation and the schedule compile-time choices, as in the forward.
+    const auto steps = [&](auto relu_c, auto plain_c) {
+      constexpr bool kRelu = decltype(relu_c)::value, kPlain = decltype(plain_c)::value;
+      for (int64_t s = S - 1; s >= 0; --s) {
+        const int64_t rows = sch.active_rows[s];
+        const scalar_t* prev = st_p + s * B * H;
+        const scalar_t* next = st_p + (s + 1) * B * H;
+        scalar_t* g_p = kPlain ? dxp_p + s * B * H : grad.data();
+        for (int64_t b = 0; b < rows; ++b) {
+          const int64_t t = kPlain ? s : sch.time(s, b), r = kPlain ? b : sch.row(b);
+          const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + r * dt1 : nullptr;
+          scalar_t* dxp_row = dxp_p + (t * B + r) * H;
+          vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
+            V d = ld(dst_p + b * H, j, c);
+            if (dy != nullptr) d = d + (dy_row ? ld(dy, j, c) : V(*dy));
+            const V h = ld(next + b * H, j, c);
+            // relu: torch's threshold_backward passes the gradient where the output > 0
+            V g;
+            if constexpr (kRelu) {
+              g = V::blendv(zero, d, h > zero);
+            } else {
+              g = d * (one - h * h);
+            }
+            st(g, g_p + b * H, j, c);
+            if constexpr (!kPlain) st(g, dxp_row, j, c);
+          });
+        }
+        // d h_prev = g W_hh (no direct path from h to h_prev); finished rows pass through
+        small_gemm::gemm<scalar_t>(rows, H, H, {g_p, H, 1}, w_p, H, scalar_t(0), dst_p, H);
+        // dW_hh += g^T h_prev
+        small_gemm::gemm<scalar_t>(H, H, rows, {g_p, 1, H}, prev, H, scalar_t(1), dw_p, H);
       }
-      // d h_prev = g W_hh (no direct path from h to h_prev); finished rows pass through
-      small_gemm::gemm<scalar_t>(rows, H, H, {g_p, H, 1}, w_p, H, scalar_t(0), dst_p, H);
-      // dW_hh += g^T h_prev
-      small_gemm::gemm<scalar_t>(H, H, rows, {g_p, 1, H}, prev, H, scalar_t(1), dw_p, H);
+    };
+    if (relu && plain) {
+      steps(std::true_type{}, std::true_type{});
+    } else if (relu) {
+      steps(std::true_type{}, std::false_type{});
+    } else if (plain) {
+      steps(std::false_type{}, std::true_type{});
+    } else {
+      steps(std::false_type{}, std::false_type{});
     }
   });
   // dstate is this call's own buffer: handed back as it is unless rows were sorted

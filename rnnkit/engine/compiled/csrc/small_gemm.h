@@ -3,9 +3,9 @@
 // A step of an Elman recurrence at B=100, H=16 is a 100x16 @ 16x16 product: 51 kFLOP, which
 // the BLAS (MKL) takes ~4 us for, mostly copying its operands into packed panels. Written as
 // register tiles with broadcast FMAs it needs no copy: each output row is at most 4 vectors
-// wide (32 floats, 16 doubles per panel), R rows of it (4, or 2 for 3-4 vectors) are held
-// in registers while k runs, and the caller's init / store functions fuse the bias or input
-// term and the activation into the same pass (no separate pointwise sweep).
+// wide per panel, R rows of it (8 for one vector, 6, 3, 2 for two to four) are held in
+// registers while k runs, and the caller's init / store functions (always inlined) fuse the
+// bias or input term and the activation into the same pass (no separate pointwise sweep).
 //
 //   C (M, N) tile = store(init(i, j) + sum_k A(i, k) B(k, j))
 //
@@ -14,6 +14,8 @@
 // last vector of a row is a masked load/store when N is not a multiple of the vector width.
 // Single-threaded: the callers use it where the template's GEMM would stay on one thread.
 #pragma once
+
+#include <utility>
 
 #include "common.h"
 
@@ -27,69 +29,102 @@ struct Operand {
   int64_t row, col;
 };
 
-// Vectors per column panel (4 AVX2 vectors: 32 floats).
+// Vectors per column panel (4 vectors: 32 floats with AVX2, 64 with AVX-512).
 constexpr int64_t kPanelVectors = 4;
 
-// Rows [i0, i0 + R) x columns [n0, n0 + nv) of C; NV = ceil(nv / W) vectors.
+// f(integral_constant<0>), ..., f(integral_constant<N - 1>): a loop unrolled in the front
+// end, so that every array index below is a constant when GCC's scalar replacement runs
+// (`#pragma GCC unroll` acts only after it).
+template <typename F, int... I>
+[[gnu::always_inline]] inline void unrolled(const F& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+[[gnu::always_inline]] inline void unroll(const F& f) {
+  unrolled(f, std::make_integer_sequence<int, N>{});
+}
+
+// The register type under Vec<scalar_t>. GCC never splits an array of Vectorized objects
+// into registers (it did for no unroll and no attribute tried), so tile() kept its
+// accumulators on the stack: a load or a store beside every FMA, 3-4x slower. An array of
+// the raw vector type is split; Vectorized converts to and from it at no cost.
+template <typename scalar_t>
+struct Register {
+  using type = Vec<scalar_t>;  // the portable build: Vectorized is an array itself
+};
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+struct Register<float> {
+  using type = __m512;
+};
+template <>
+struct Register<double> {
+  using type = __m512d;
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+struct Register<float> {
+  using type = __m256;
+};
+template <>
+struct Register<double> {
+  using type = __m256d;
+};
+#endif
+
+// Rows [i0, i0 + R) x columns [n0, n0 + nv) of C; NV = ceil(nv / W) vectors. The caller's
+// init and store lambdas are marked RNNKIT_ALWAYS_INLINE: GCC left them as calls per row
+// (each with a vzeroupper) once a file's inlining budget ran out, and [[gnu::flatten]] here
+// did not change that.
 template <typename scalar_t, int R, int NV, typename Init, typename Store>
 inline void tile(int64_t i0, int64_t n0, int64_t nv, int64_t K, const Operand<scalar_t>& a,
                  const scalar_t* Bm, int64_t ldb, const Init& init, const Store& store) {
   using V = Vec<scalar_t>;
+  using Reg = typename Register<scalar_t>::type;
   constexpr int64_t W = V::size();
   const int64_t last = nv - (NV - 1) * W;  // values in the last vector, 1..W
-  // Fully unrolled, so that the accumulators live in registers (GCC keeps a rolled array of
-  // Vectorized on the stack: a load and a store per FMA).
-  V acc[R][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = init(i0 + r, n0 + v * W, v == NV - 1 ? last : W);
-  }
+  Reg acc[R][NV];
+  unroll<R>([&](auto r) {
+    unroll<NV>([&](auto v) { acc[r][v] = init(i0 + r, n0 + v * W, v == NV - 1 ? last : W); });
+  });
   const scalar_t* ap[R];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) ap[r] = a.p + (i0 + r) * a.row;
+  unroll<R>([&](auto r) { ap[r] = a.p + (i0 + r) * a.row; });
   const scalar_t* bk = Bm + n0;
   for (int64_t k = 0; k < K; ++k, bk += ldb) {
-    V b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV - 1; ++v) b[v] = V::loadu(bk + v * W);
+    Reg b[NV];
+    unroll<NV - 1>([&](auto v) { b[v] = V::loadu(bk + v * W); });
     b[NV - 1] = ld(bk, (NV - 1) * W, last);
     const int64_t ak = k * a.col;
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
+    unroll<R>([&](auto r) {
       const V av(ap[r][ak]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(av, b[v], acc[r][v]);
-    }
+      unroll<NV>([&](auto v) { acc[r][v] = at::vec::fmadd(av, V(b[v]), V(acc[r][v])); });
+    });
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) store(i0 + r, n0 + v * W, v == NV - 1 ? last : W, acc[r][v]);
+  unroll<R>([&](auto r) {
+    unroll<NV>([&](auto v) { store(i0 + r, n0 + v * W, v == NV - 1 ? last : W, V(acc[r][v])); });
+  });
+}
+
+// Rows [i, M) in tiles of R rows, then the rest in tiles of R/2, R/4, ..., 1 rows.
+template <typename scalar_t, int R, int NV, typename Init, typename Store>
+inline void rows_in_tiles(int64_t i, int64_t M, int64_t n0, int64_t nv, int64_t K,
+                          const Operand<scalar_t>& a, const scalar_t* Bm, int64_t ldb,
+                          const Init& init, const Store& store) {
+  for (; i + R <= M; i += R) tile<scalar_t, R, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
+  if constexpr (R > 1) {
+    if (i < M) rows_in_tiles<scalar_t, R / 2, NV>(i, M, n0, nv, K, a, Bm, ldb, init, store);
   }
 }
 
 template <typename scalar_t, int NV, typename Init, typename Store>
 inline void panel(int64_t M, int64_t n0, int64_t nv, int64_t K, const Operand<scalar_t>& a,
                   const scalar_t* Bm, int64_t ldb, const Init& init, const Store& store) {
-  // R * NV accumulators + NV B vectors + 1 broadcast fit the 16 AVX2 registers, with more
-  // than the 8 independent FMA chains that two FMA pipes of latency 4 need
+  // R * NV accumulators + NV B vectors fit the 16 AVX2 registers (the broadcast is a memory
+  // operand), with the 8 independent FMA chains that two FMA pipes of latency 4 need. More
+  // rows do not pay even with AVX-512's 32 registers: each row's A pointer takes one of the
+  // 16 general registers (16 rows x 1 vector ran 20% slower at H = 16).
   constexpr int R = NV == 1 ? 8 : NV == 2 ? 6 : NV == 3 ? 3 : 2;
-  int64_t i = 0;
-  for (; i + R <= M; i += R) tile<scalar_t, R, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
-  if constexpr (R > 4) {
-    if (i + 4 <= M) {
-      tile<scalar_t, 4, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
-      i += 4;
-    }
-  }
-  if constexpr (R > 2) {
-    if (i + 2 <= M) {
-      tile<scalar_t, 2, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
-      i += 2;
-    }
-  }
-  for (; i < M; ++i) tile<scalar_t, 1, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
+  rows_in_tiles<scalar_t, R, NV>(0, M, n0, nv, K, a, Bm, ldb, init, store);
 }
 
 // For every tile of C (M, N): acc = init(i, j, cnt) + sum_k A(i, k) Bm(k, j..j+cnt), then
@@ -120,10 +155,12 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const Operand<scalar_t>& a,
   const bool read = beta != scalar_t(0);
   apply<scalar_t>(
       M, N, K, a, Bm, ldb,
-      [&](int64_t i, int64_t j, int64_t cnt) {
+      [&](int64_t i, int64_t j, int64_t cnt) RNNKIT_ALWAYS_INLINE {
         return read ? vbeta * ld(C + i * ldc, j, cnt) : V(scalar_t(0));
       },
-      [&](int64_t i, int64_t j, int64_t cnt, const V& v) { st(v, C + i * ldc, j, cnt); });
+      [&](int64_t i, int64_t j, int64_t cnt, const V& v) RNNKIT_ALWAYS_INLINE {
+        st(v, C + i * ldc, j, cnt);
+      });
 }
 
 }  // namespace small_gemm
@@ -194,10 +231,12 @@ inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
       scalar_t* o = o_p + sl.first * N;
       apply<scalar_t>(
           sl.rows, N, K, {x_p + sl.offset, sl.row, sl.col}, wt.data(), N,
-          [&](int64_t, int64_t j, int64_t cnt) {
+          [&](int64_t, int64_t j, int64_t cnt) RNNKIT_ALWAYS_INLINE {
             return b_p != nullptr ? ld(b_p, j, cnt) : V(scalar_t(0));
           },
-          [&](int64_t i, int64_t j, int64_t cnt, const V& v) { st(v, o + i * N, j, cnt); });
+          [&](int64_t i, int64_t j, int64_t cnt, const V& v) RNNKIT_ALWAYS_INLINE {
+            st(v, o + i * N, j, cnt);
+          });
     }
   });
   return out;
@@ -248,22 +287,29 @@ inline std::vector<Tensor> linear_grads(const Tensor& x_in, const Tensor& d, boo
     if (bias) {
       scalar_t* db_p = db.data_ptr<scalar_t>();
       if (d.size(1) <= 1 || d.stride(1) == 1) {
-        // blocks of 64 rows summed apart, then added: rounding error grows with 64 + M / 64
-        // terms, not M (torch's sum is pairwise)
+        // blocks of 64 rows summed apart (in registers, four rows at a time), then added:
+        // rounding error grows with 64 + M / 64 terms, not M (torch's sum is pairwise)
+        using V = Vec<scalar_t>;
         constexpr int64_t kBlock = 64;
-        std::vector<scalar_t> part(N);
-        for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
-          std::fill(part.begin(), part.end(), scalar_t(0));
-          for (int64_t m = m0; m < std::min(M, m0 + kBlock); ++m) {
-            const scalar_t* row = d_p + m * d.stride(0);
-            vloop<scalar_t>(N, [&](int64_t j, int64_t c) {
-              st(ld(part.data(), j, c) + ld(row, j, c), part.data(), j, c);
-            });
+        const int64_t ld0 = d.stride(0);
+        vloop<scalar_t>(N, [&](int64_t j, int64_t c) {
+          V total(scalar_t(0));
+          for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
+            const int64_t end = std::min(M, m0 + kBlock);
+            // four named sums, not an array: GCC keeps an array of Vectorized on the stack
+            V p0(scalar_t(0)), p1(scalar_t(0)), p2(scalar_t(0)), p3(scalar_t(0));
+            int64_t m = m0;
+            for (; m + 4 <= end; m += 4) {
+              p0 = p0 + ld(d_p + m * ld0, j, c);
+              p1 = p1 + ld(d_p + (m + 1) * ld0, j, c);
+              p2 = p2 + ld(d_p + (m + 2) * ld0, j, c);
+              p3 = p3 + ld(d_p + (m + 3) * ld0, j, c);
+            }
+            for (; m < end; ++m) p0 = p0 + ld(d_p + m * ld0, j, c);
+            total = total + ((p0 + p1) + (p2 + p3));
           }
-          vloop<scalar_t>(N, [&](int64_t j, int64_t c) {
-            st(ld(db_p, j, c) + ld(part.data(), j, c), db_p, j, c);
-          });
-        }
+          st(total, db_p, j, c);
+        });
       } else {
         db.copy_(d.sum(0));
       }
