@@ -519,6 +519,16 @@ def test_no_grad_calls_save_nothing(family, monkeypatch):
         return result
 
     monkeypatch.setattr(ext, "forward", spy)
+    # Elman on the small path runs the projection inside the steps (its own entry point)
+    projected = ext.elman_projected_forward
+
+    def spy_projected(*args, **options):
+        seen.append(options["training"])
+        result = projected(*args, **options)
+        assert (result[2] is not None) == options["training"]
+        return result
+
+    monkeypatch.setattr(ext, "elman_projected_forward", spy_projected)
     cell = make_cell(family, {}, torch.float32)
     x = torch.randn(T, B, I)
     with torch.no_grad():

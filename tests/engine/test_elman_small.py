@@ -286,3 +286,117 @@ def test_batch_first_drop_in_equals_torch_rnn(ext):
         for a, b in zip(*results, strict=True):
             scale = max(1.0, float(a.detach().abs().max()))
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * scale)
+
+
+# ------------------------------------------------- the projection inside the steps (fused)
+
+
+@pytest.fixture
+def fused_calls(ext, monkeypatch):
+    """Whether each ProjectedRecurrence call ran ext.elman_projected_forward."""
+    from rnnkit.engine.compiled import _functions
+
+    seen: list[bool] = []
+    original = _functions._projected_elman
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_functions, "_projected_elman", spy)
+    return seen
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("T,B,H_in,H", [(28, 100, 28, 16), (3, 2, 33, 32), (1, 1, 1, 1)])
+def test_fused_projection_equals_torch_rnn_float32(ext, fused_calls, T, B, H_in, H, relu,
+                                                   batch_first):
+    """Every row running all T steps (no lengths, or lengths all T): one C++ pass per step
+    for x W_ih^T + h W_hh^T, against nn.RNN with copied weights, both directions, float32."""
+    theirs, ours = _pair(H_in, H, relu, True, torch.float32)
+    theirs.batch_first = ours.batch_first = batch_first
+    g = torch.Generator().manual_seed(8)
+    shape = (B, T, H_in) if batch_first else (T, B, H_in)
+    x = torch.randn(*shape, generator=g)
+    h0 = torch.randn(2, B, H, generator=g)
+    full = torch.full((B,), T)
+    expected = _run(theirs, x, h0, None)
+    for lengths in (None, full):
+        fused_calls.clear()
+        got = _run(ours, x, h0, lengths)
+        assert fused_calls == [True, True]
+        for a, b in zip(expected, got, strict=True):
+            scale = max(1.0, float(a.detach().abs().max()))
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * scale)
+
+
+def test_fused_projection_declines_what_it_does_not_cover(ext):
+    """Rows shorter than T, a hidden size past the small path, or several threads on a
+    product worth them: [] (the caller projects first, then runs the recurrence)."""
+    T, B, I, H = 4, 3, 2, 5
+    x, w_ih, w_hh = torch.randn(T, B, I), torch.randn(H, I), torch.randn(H, H)
+    h0, none = torch.zeros(B, H), torch.empty(0)
+    flags = dict(relu=False, reverse=False, training=True)
+    assert ext.elman_projected_forward(x, w_ih, none, none, w_hh, h0, torch.tensor([4, 2, 4]),
+                                       **flags) == []
+    assert len(ext.elman_projected_forward(x, w_ih, none, none, w_hh, h0,
+                                           torch.tensor([4, 4, 4]), **flags)) == 3
+    wide = torch.randn(33, 33)
+    assert ext.elman_projected_forward(x, torch.randn(33, I), none, none, wide,
+                                       torch.zeros(B, 33), none, **flags) == []
+    with pytest.raises(RuntimeError, match="weight_ih has shape"):
+        ext.elman_projected_forward(x, torch.randn(H, I + 1), none, none, w_hh, h0, none,
+                                    **flags)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_projection_gradcheck(ext, relu, reverse):
+    """Every gradient of the fused node (x, W_ih, both biases, h0, W_hh) by finite
+    differences, through ProjectedRecurrence as the drop-ins call it; x read as a
+    batch-first view."""
+    from rnnkit.engine.compiled._functions import ProjectedRecurrence
+
+    torch.manual_seed(6)
+    T, B, I, H = 3, 4, 3, 5
+    dd = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, T, I, **dd)
+    w = (torch.randn(H, I, dtype=torch.float64) * 0.5).requires_grad_(True)
+    b1, b2, h0 = torch.randn(H, **dd), torch.randn(H, **dd), torch.randn(B, H, **dd)
+    w_hh = (torch.randn(H, H, dtype=torch.float64) * 0.4).requires_grad_(True)
+    call = KernelCall(family="elman", names=("weight_hh",), flags=(("relu", relu),),
+                      numbers=(), reverse=reverse, output_size=H, step=None)
+    lengths = torch.empty(0, dtype=torch.int64)
+
+    def node(x, w, b1, b2, h0, w_hh):
+        return ProjectedRecurrence.apply(ext, call, lengths, x.transpose(0, 1), w, b1, b2, h0,
+                                         w_hh)
+
+    assert torch.autograd.gradcheck(node, (x, w, b1, b2, h0, w_hh))
+
+
+@pytest.mark.parametrize("uses", ["outputs", "final state", "both"])
+def test_fused_projection_with_frozen_parameters_and_one_gradient(ext, fused_calls, uses):
+    """Keras's SimpleRNN as issue 13 row 2 trains it (the second bias frozen, x without
+    gradient): only the asked-for gradients, each equal to nn.RNN's; a loss on the outputs
+    alone, on h_n alone (the kernel receives no output gradient), or on both."""
+    theirs, ours = _pair(6, 4, True, False, torch.float64)
+    for module in (theirs, ours):
+        module.bias_hh_l0.requires_grad_(False)
+    x = torch.randn(5, 3, 6, dtype=torch.float64)
+
+    def loss(module):
+        out, h_n = module(x)
+        parts = {"outputs": (out * out).sum(), "final state": h_n.sum() * 2}
+        return sum(parts.values()) if uses == "both" else parts[uses]
+
+    params = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+    expected = torch.autograd.grad(loss(theirs), params(theirs))
+    fused_calls.clear()
+    got = torch.autograd.grad(loss(ours), params(ours))
+    assert fused_calls == [True]
+    assert ours.bias_hh_l0.grad is None
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)

@@ -152,6 +152,26 @@ def _project_small(ext, x: Tensor, weight: Tensor, bias: Tensor | None,
     return ext.small_linear(x, weight, bias)  # (T, B, X)
 
 
+def _empty_if_none(t: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if t is None else t
+
+
+def _projected_elman(ext, call: KernelCall, lengths: Tensor, x: Tensor, weight: Tensor,
+                     bias: Tensor | None, second: Tensor | None, state: Tensor,
+                     tensors: tuple[Tensor, ...], training: bool):
+    """Elman on the small path with the projection inside the steps
+    (``ext.elman_projected_forward``, csrc/elman.cpp): ``[out, final, states]``, or None
+    where that kernel does not apply (lengths shorter than T, a hidden size past the small
+    path) and the projection runs first."""
+    if call.family != "elman" or call.bf16 or not hasattr(ext, "elman_projected_forward"):
+        return None
+    (weight_hh,) = tensors
+    result = ext.elman_projected_forward(
+        x, weight, _empty_if_none(bias, weight), _empty_if_none(second, weight), weight_hh,
+        state, lengths, relu=dict(call.flags)["relu"], reverse=call.reverse, training=training)
+    return result or None
+
+
 class ProjectedRecurrence(torch.autograd.Function):
     """:class:`CellRecurrence` with the hoisted input projection inside: one autograd node
     for ``xp = x W^T + b + b2`` and the recurrence, where autograd would record the bias
@@ -161,16 +181,31 @@ class ProjectedRecurrence(torch.autograd.Function):
 
     Backward: the kernel's BPTT gives ``d xp`` (T, B, X); then one GEMM each for
     ``d W = d xp^T x`` and ``d x = d xp W`` (only those needed) and one column sum for the
-    biases. Gradients of gradients recompute the projection and the steps in torch ops."""
+    biases. Gradients of gradients recompute the projection and the steps in torch ops.
+
+    An Elman layer on the small path whose rows all run every step computes the projection
+    inside the steps instead (``_projected_elman``: no ``xp`` at all), and its backward
+    returns every gradient from one C++ call."""
 
     @staticmethod
     def forward(ctx, ext, call: KernelCall, lengths, x, weight, bias, second, state, *tensors):
         small = _small_projection(x, weight)
+        training = call.grad and any(ctx.needs_input_grad)
+        ctx.set_materialize_grads(False)
+        fused = (_projected_elman(ext, call, lengths, x, weight, bias, second, state, tensors,
+                                  training) if small else None)
+        ctx.fused = fused is not None
+        if fused is not None:
+            out, final, states = fused
+            if training:
+                ctx.ext, ctx.call, ctx.small = ext, call, small
+                ctx.save_for_backward(lengths, x, weight, bias, second, state, *tensors,
+                                      states, states.new_empty(0))
+            return out, final
         if small:
             xp = _project_small(ext, x, weight, bias, second)  # (T, B, X)
         else:
             xp = project(x, weight, bias, second)  # (T, B, X)
-        training = call.grad and any(ctx.needs_input_grad)
         named = dict(zip(call.names, tensors, strict=True))
         named.update(xp=xp, state=state, lengths=lengths)
         flags = dict(call.flags, reverse=call.reverse, training=training, bf16=False)
@@ -179,7 +214,6 @@ class ProjectedRecurrence(torch.autograd.Function):
             ctx.ext, ctx.call, ctx.small = ext, call, small
             ctx.save_for_backward(lengths, x, weight, bias, second, state, *tensors, states,
                                   saved)
-        ctx.set_materialize_grads(False)
         return out, final
 
     @staticmethod
@@ -195,9 +229,22 @@ class ProjectedRecurrence(torch.autograd.Function):
                 [x, weight, bias, second, state, *tensors], (d_out, d_state))
             return (None,) * 3 + tuple(grads)
         T, B, features = x.shape
+        needs = ctx.needs_input_grad
+        if ctx.fused:  # the projection's gradients came out of the steps
+            want_bias = (bias is not None and needs[5]) or (second is not None and needs[6])
+            d_x, d_weight, column_sum, d_state0, d_weight_hh = ctx.ext.elman_projected_backward(
+                x, weight, tensors[0], states, _empty_if_none(d_out, x),
+                _empty_if_none(d_state, x), relu=dict(call.flags)["relu"],
+                reverse=call.reverse, need_x=needs[3], need_weight_ih=needs[4],
+                need_bias=want_bias)
+            d_bias = column_sum if bias is not None and needs[5] else None
+            d_second = None
+            if second is not None and needs[6]:
+                d_second = column_sum if d_bias is None else column_sum.clone()
+            return ((None,) * 3 + (d_x, d_weight, d_bias, d_second)
+                    + (_grad(ctx, 7, d_state0), _grad(ctx, 8, d_weight_hh)))
         grads = _kernel_backward(ctx.ext, call, tensors, lengths, states, saved, d_out,
                                  d_state, T, False)
-        needs = ctx.needs_input_grad
         d_xp = grads["xp"].reshape(T * B, weight.shape[0])  # (T*B, X)
         d_x = d_weight = d_bias = d_second = None
         if needs[3]:

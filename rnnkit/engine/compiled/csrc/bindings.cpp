@@ -16,6 +16,14 @@ std::vector<Tensor> indrnn_forward(const Tensor&, const Tensor&, const Tensor&, 
                                    bool, bool, bool);
 std::vector<Tensor> indrnn_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                     const Tensor&, int64_t, bool, bool);
+// Elman with the input projection inside the steps (elman.cpp; caller
+// rnnkit/engine/compiled/_functions.py, ProjectedRecurrence).
+std::vector<Tensor> elman_projected_forward(const Tensor&, const Tensor&, const Tensor&,
+                                            const Tensor&, const Tensor&, const Tensor&,
+                                            const Tensor&, bool, bool, bool);
+std::vector<Tensor> elman_projected_backward(const Tensor&, const Tensor&, const Tensor&,
+                                             const Tensor&, const Tensor&, const Tensor&, bool,
+                                             bool, bool, bool, bool);
 // minGRU/minLSTM's scan (min_scan.cpp; caller rnnkit/engine/parallel.py).
 Tensor min_scan_forward(const Tensor&, const Tensor&, bool, bool);
 std::vector<Tensor> min_scan_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -198,6 +206,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_linear_grads", &rnnkit::small_gemm::linear_grads, py::arg("x"), py::arg("grad"),
         py::arg("weight"), py::arg("bias"),
         "[d W = grad^T x (N, K), d bias (N)] of small_linear, each only when asked for.");
+  m.def("elman_projected_forward", &rnnkit::elman_projected_forward, py::arg("x"),
+        py::arg("weight_ih"), py::arg("bias"), py::arg("second"), py::arg("weight_hh"),
+        py::arg("state"), py::arg("lengths"), py::kw_only(), py::arg("relu"),
+        py::arg("reverse"), py::arg("training"),
+        "Elman with the input projection inside the steps (small hidden sizes, every row "
+        "running all T steps): [out, final state, states]; [] where it does not apply.");
+  m.def("elman_projected_backward", &rnnkit::elman_projected_backward, py::arg("x"),
+        py::arg("weight_ih"), py::arg("weight_hh"), py::arg("states"), py::arg("grad_out"),
+        py::arg("grad_state"), py::kw_only(), py::arg("relu"), py::arg("reverse"),
+        py::arg("need_x"), py::arg("need_weight_ih"), py::arg("need_bias"),
+        "BPTT of elman_projected_forward: [d x, d W_ih, d bias, d state, d W_hh].");
   m.def("set_bf16_gemm", [](const std::string& mode) {
     TORCH_CHECK(mode == "amx" || mode == "mkl" || mode == "emulated", "set_bf16_gemm: mode "
                 "must be 'amx', 'mkl' or 'emulated', got '", mode, "'");

@@ -285,6 +285,227 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
           {"weight_hh", dw}};
 }
 
+// ---- The input projection inside the steps (ProjectedRecurrence, small hidden sizes) ----
+// h' = act(b + x_t W_ih^T + h W_hh^T): each step is one pass of tiles over two products, so
+// the projection's (T, B, H) result is never written nor read back, and BPTT accumulates
+// d W_ih += g^T x_t, the bias's column sum and d x_t = g W_ih at the step where g is in
+// cache. Only for schedules where every row runs all T steps (no lengths shorter than T;
+// forward or reverse): each step then reads one time position x_t, a (B, H_in) matrix read
+// with x's own strides (a batch-first view is not copied). Otherwise, or past the small
+// path's limits, elman_projected_forward returns nothing and the caller takes the
+// projection-then-recurrence path.
+
+static bool all_rows_run_all_steps(const Tensor& lengths, int64_t T) {
+  if (!present(lengths)) return true;
+  const Tensor l = lengths.to(at::kLong).contiguous();
+  const int64_t* p = l.data_ptr<int64_t>();
+  for (int64_t b = 0; b < l.numel(); ++b)
+    if (p[b] != T) return false;
+  return true;
+}
+
+static bool projected_applies(const Tensor& x, const Tensor& w_hh, const Tensor& lengths) {
+  if (x.dim() != 3 || w_hh.dim() != 2) return false;
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0);
+  return H <= kSmallHidden && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+         (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6) &&
+         all_rows_run_all_steps(lengths, T);
+}
+
+// Transposed copy of a (rows, cols) weight: out[k * rows + j] = w[j, k].
+template <typename scalar_t>
+static std::vector<scalar_t> transposed(const Tensor& w) {
+  const Tensor c = w.contiguous();
+  const int64_t rows = c.size(0), cols = c.size(1);
+  const scalar_t* p = c.data_ptr<scalar_t>();
+  std::vector<scalar_t> out(rows * cols);
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t k = 0; k < cols; ++k) out[k * rows + j] = p[j * cols + k];
+  return out;
+}
+
+// {out (T, B, H), final (B, H), states (T+1, B, H) when training} or {} (not this path).
+std::vector<Tensor> elman_projected_forward(const Tensor& x_in, const Tensor& w_ih,
+                                                   const Tensor& bias, const Tensor& second,
+                                                   const Tensor& w_hh, const Tensor& state,
+                                                   const Tensor& lengths, bool relu,
+                                                   bool reverse, bool training) {
+  const char* kernel = "rnnkit elman projected forward";
+  if (!projected_applies(x_in, w_hh, lengths)) return {};
+  const Tensor x = x_in.stride(2) == 1 || x_in.size(2) == 1 ? x_in : x_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(0);
+  const auto dt = x.scalar_type();
+  check_arg(kernel, "weight_ih", w_ih, {H, I}, dt, false);
+  check_arg(kernel, "weight_hh", w_hh, {H, H}, dt, false);
+  check_arg(kernel, "state", state, {B, H}, dt, false);
+  if (present(bias)) check_arg(kernel, "bias", bias, {H}, dt, false);
+  if (present(second)) check_arg(kernel, "second bias", second, {H}, dt, false);
+  check_lengths_arg(kernel, lengths, B);
+  const auto opts = x.options();
+  Tensor out = at::empty({T, B, H}, opts);
+  Tensor states = at::empty({training ? T + 1 : 2, B, H}, opts);
+  states.select(0, 0).copy_(state);
+  AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_projected_forward", [&] {
+    using V = Vec<scalar_t>;
+    const std::vector<scalar_t> wih_t = transposed<scalar_t>(w_ih);  // (I, H)
+    const std::vector<scalar_t> whh_t = transposed<scalar_t>(w_hh);  // (H, H)
+    std::vector<scalar_t> b(H, scalar_t(0));  // bias + second: added here, no torch op
+    if (present(bias)) {
+      const Tensor c = bias.contiguous();
+      for (int64_t j = 0; j < H; ++j) b[j] += c.data_ptr<scalar_t>()[j];
+    }
+    if (present(second)) {
+      const Tensor c = second.contiguous();
+      for (int64_t j = 0; j < H; ++j) b[j] += c.data_ptr<scalar_t>()[j];
+    }
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
+    const int64_t xs0 = x.stride(0), xs1 = x.stride(1), xs2 = x.stride(2);
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    scalar_t* st_p = states.data_ptr<scalar_t>();
+    const scalar_t* b_p = b.data();
+    const auto steps = [&](auto relu_c) {
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = reverse ? T - 1 - s : s;
+        const int64_t cur = training ? s : (s & 1), nxt = training ? s + 1 : 1 - cur;
+        const scalar_t* prev = st_p + cur * B * H;
+        scalar_t* next = st_p + nxt * B * H;
+        scalar_t* out_t = out_p + t * B * H;
+        const small_gemm::Product<scalar_t> products[2] = {
+            {{x_p + t * xs0, xs1, xs2}, wih_t.data(), H, I},  // x_t W_ih^T
+            {{prev, H, 1}, whh_t.data(), H, H}};              // h W_hh^T
+        small_gemm::apply_products<scalar_t>(
+            B, H, products, 2,
+            [&](int64_t, int64_t j, int64_t cnt) RNNKIT_ALWAYS_INLINE {
+              return ld(b_p, j, cnt);
+            },
+            [&](int64_t r, int64_t j, int64_t cnt, const V& pre) RNNKIT_ALWAYS_INLINE {
+              const V h = activate<scalar_t, decltype(relu_c)::value>(pre);
+              st(h, next + r * H, j, cnt);
+              st(h, out_t + r * H, j, cnt);
+            });
+      }
+    };
+    if (relu) {
+      steps(std::true_type{});
+    } else {
+      steps(std::false_type{});
+    }
+  });
+  Tensor final_state = states[training ? T : (T & 1)].clone();
+  if (!training) return {out, final_state, Tensor()};
+  return {out, final_state, states};
+}
+
+// {d x (T, B, H_in), d W_ih (H, H_in), d bias (H), d state (B, H), d W_hh (H, H)}; d x, d W_ih
+// and d bias undefined unless asked for. states: elman_projected_forward's (T+1, B, H).
+std::vector<Tensor> elman_projected_backward(
+    const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, const Tensor& states_in,
+    const Tensor& grad_out, const Tensor& grad_state, bool relu, bool reverse, bool need_x,
+    bool need_weight_ih, bool need_bias) {
+  const char* kernel = "rnnkit elman projected backward";
+  TORCH_CHECK(x_in.dim() == 3, kernel, ": x must be (T, B, H_in), got ", x_in.sizes());
+  const Tensor x = x_in.stride(2) == 1 || x_in.size(2) == 1 ? x_in : x_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  const int64_t H = w_hh.size(0);
+  const auto dt = x.scalar_type();
+  check_arg(kernel, "weight_ih", w_ih, {H, I}, dt, false);
+  check_arg(kernel, "weight_hh", w_hh, {H, H}, dt, false);
+  const Tensor states = states_in.contiguous();
+  check_arg(kernel, "states", states, {T + 1, B, H}, dt);
+  // the output gradient through its strides, as small_backward reads it
+  if (present(grad_out)) check_arg(kernel, "grad of outputs", grad_out, {T, B, H}, dt, false);
+  const Tensor dout = !present(grad_out) || grad_out.stride(2) == 1 ||
+                              grad_out.stride(2) == 0 || H == 1
+                          ? grad_out
+                          : grad_out.contiguous();
+  if (present(grad_state)) {
+    check_arg(kernel, "grad of the final state", grad_state, {B, H}, dt, false);
+  }
+  const auto opts = x.options();
+  Tensor dstate = present(grad_state) ? grad_state.clone(at::MemoryFormat::Contiguous)
+                                      : at::zeros({B, H}, opts);
+  Tensor dw_hh = at::zeros({H, H}, opts);
+  Tensor dw_ih = need_weight_ih ? at::zeros({H, I}, opts) : Tensor();
+  Tensor dbias = need_bias ? at::zeros({H}, opts) : Tensor();
+  Tensor dx = need_x ? at::empty({T, B, I}, opts) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_projected_backward", [&] {
+    using V = Vec<scalar_t>;
+    const V zero(scalar_t(0)), one(scalar_t(1));
+    const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+    const scalar_t* wih_p = wih.data_ptr<scalar_t>();  // (H, I): B operand of d x = g W_ih
+    const scalar_t* whh_p = whh.data_ptr<scalar_t>();  // (H, H): of d h_prev = g W_hh
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
+    const int64_t xs0 = x.stride(0), xs1 = x.stride(1);
+    const scalar_t* dout_p = present(dout) ? dout.data_ptr<scalar_t>() : nullptr;
+    const int64_t dt0 = dout_p != nullptr ? dout.stride(0) : 0;
+    const int64_t dt1 = dout_p != nullptr ? dout.stride(1) : 0;
+    const bool dy_row = dout_p != nullptr && (H == 1 || dout.stride(2) == 1);
+    const scalar_t* st_p = states.data_ptr<scalar_t>();
+    scalar_t* dst_p = dstate.data_ptr<scalar_t>();
+    scalar_t* dwhh_p = dw_hh.data_ptr<scalar_t>();
+    scalar_t* dwih_p = need_weight_ih ? dw_ih.data_ptr<scalar_t>() : nullptr;
+    scalar_t* db_p = need_bias ? dbias.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dx_p = need_x ? dx.data_ptr<scalar_t>() : nullptr;
+    std::vector<scalar_t> grad(B * H);  // d pre-activation of the step
+    scalar_t* g_p = grad.data();
+    const auto steps = [&](auto relu_c) {
+      constexpr bool kRelu = decltype(relu_c)::value;
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = reverse ? T - 1 - s : s;
+        const scalar_t* prev = st_p + s * B * H;
+        const scalar_t* next = st_p + (s + 1) * B * H;
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + b * dt1 : nullptr;
+          vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
+            V d = ld(dst_p + b * H, j, c);
+            if (dy != nullptr) d = d + (dy_row ? ld(dy, j, c) : V(*dy));
+            const V h = ld(next + b * H, j, c);
+            V g;
+            if constexpr (kRelu) {
+              g = V::blendv(zero, d, h > zero);  // torch's threshold_backward: output > 0
+            } else {
+              g = d * (one - h * h);
+            }
+            st(g, g_p + b * H, j, c);
+          });
+        }
+        if (need_bias) {  // column sum of g, four rows at a time
+          vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
+            V p0(scalar_t(0)), p1(scalar_t(0)), p2(scalar_t(0)), p3(scalar_t(0));
+            int64_t b = 0;
+            for (; b + 4 <= B; b += 4) {
+              p0 = p0 + ld(g_p + b * H, j, c);
+              p1 = p1 + ld(g_p + (b + 1) * H, j, c);
+              p2 = p2 + ld(g_p + (b + 2) * H, j, c);
+              p3 = p3 + ld(g_p + (b + 3) * H, j, c);
+            }
+            for (; b < B; ++b) p0 = p0 + ld(g_p + b * H, j, c);
+            st(ld(db_p, j, c) + ((p0 + p1) + (p2 + p3)), db_p, j, c);
+          });
+        }
+        // d h_prev = g W_hh (no direct path from h to h_prev)
+        small_gemm::gemm<scalar_t>(B, H, H, {g_p, H, 1}, whh_p, H, scalar_t(0), dst_p, H);
+        // d W_hh += g^T h_prev, d W_ih += g^T x_t
+        small_gemm::gemm<scalar_t>(H, H, B, {g_p, 1, H}, prev, H, scalar_t(1), dwhh_p, H);
+        if (need_weight_ih) {
+          small_gemm::gemm<scalar_t>(H, I, B, {g_p, 1, H}, x_p + t * xs0, xs1, scalar_t(1),
+                                     dwih_p, I);
+        }
+        if (need_x) {  // d x_t = g W_ih
+          small_gemm::gemm<scalar_t>(B, I, H, {g_p, H, 1}, wih_p, I, scalar_t(0),
+                                     dx_p + t * B * I, I);
+        }
+      }
+    };
+    if (relu) {
+      steps(std::true_type{});
+    } else {
+      steps(std::false_type{});
+    }
+  });
+  return {dx, dw_ih, dbias, dstate, dw_hh};
+}
+
 static std::vector<Tensor> elman_forward(const KernelArgs& a) {
   const Tensor& xp = a.tensor("xp");
   const auto cfg = ElmanFamily::config(a);

@@ -72,13 +72,22 @@ struct Register<double> {
 };
 #endif
 
-// Rows [i0, i0 + R) x columns [n0, n0 + nv) of C; NV = ceil(nv / W) vectors. The caller's
-// init and store lambdas are marked RNNKIT_ALWAYS_INLINE: GCC left them as calls per row
-// (each with a vzeroupper) once a file's inlining budget ran out, and [[gnu::flatten]] here
-// did not change that.
+// One product A (M, K) B (K, N) of a sum C = init + sum of products; B's rows are contiguous
+// with row stride ldb >= N.
+template <typename scalar_t>
+struct Product {
+  Operand<scalar_t> a;
+  const scalar_t* b;
+  int64_t ldb, K;
+};
+
+// Rows [i0, i0 + R) x columns [n0, n0 + nv) of C; NV = ceil(nv / W) vectors; the products
+// ps[0 .. np) accumulate into the same registers. The caller's init and store lambdas are
+// marked RNNKIT_ALWAYS_INLINE: GCC left them as calls per row (each with a vzeroupper) once a
+// file's inlining budget ran out, and [[gnu::flatten]] here did not change that.
 template <typename scalar_t, int R, int NV, typename Init, typename Store>
-inline void tile(int64_t i0, int64_t n0, int64_t nv, int64_t K, const Operand<scalar_t>& a,
-                 const scalar_t* Bm, int64_t ldb, const Init& init, const Store& store) {
+inline void tile(int64_t i0, int64_t n0, int64_t nv, const Product<scalar_t>* ps, int np,
+                 const Init& init, const Store& store) {
   using V = Vec<scalar_t>;
   using Reg = typename Register<scalar_t>::type;
   constexpr int64_t W = V::size();
@@ -87,18 +96,22 @@ inline void tile(int64_t i0, int64_t n0, int64_t nv, int64_t K, const Operand<sc
   unroll<R>([&](auto r) {
     unroll<NV>([&](auto v) { acc[r][v] = init(i0 + r, n0 + v * W, v == NV - 1 ? last : W); });
   });
-  const scalar_t* ap[R];
-  unroll<R>([&](auto r) { ap[r] = a.p + (i0 + r) * a.row; });
-  const scalar_t* bk = Bm + n0;
-  for (int64_t k = 0; k < K; ++k, bk += ldb) {
-    Reg b[NV];
-    unroll<NV - 1>([&](auto v) { b[v] = V::loadu(bk + v * W); });
-    b[NV - 1] = ld(bk, (NV - 1) * W, last);
-    const int64_t ak = k * a.col;
-    unroll<R>([&](auto r) {
-      const V av(ap[r][ak]);
-      unroll<NV>([&](auto v) { acc[r][v] = at::vec::fmadd(av, V(b[v]), V(acc[r][v])); });
-    });
+  for (int q = 0; q < np; ++q) {
+    const Operand<scalar_t>& a = ps[q].a;
+    const int64_t K = ps[q].K, ldb = ps[q].ldb;
+    const scalar_t* ap[R];
+    unroll<R>([&](auto r) { ap[r] = a.p + (i0 + r) * a.row; });
+    const scalar_t* bk = ps[q].b + n0;
+    for (int64_t k = 0; k < K; ++k, bk += ldb) {
+      Reg b[NV];
+      unroll<NV - 1>([&](auto v) { b[v] = V::loadu(bk + v * W); });
+      b[NV - 1] = ld(bk, (NV - 1) * W, last);
+      const int64_t ak = k * a.col;
+      unroll<R>([&](auto r) {
+        const V av(ap[r][ak]);
+        unroll<NV>([&](auto v) { acc[r][v] = at::vec::fmadd(av, V(b[v]), V(acc[r][v])); });
+      });
+    }
   }
   unroll<R>([&](auto r) {
     unroll<NV>([&](auto v) { store(i0 + r, n0 + v * W, v == NV - 1 ? last : W, V(acc[r][v])); });
@@ -107,43 +120,51 @@ inline void tile(int64_t i0, int64_t n0, int64_t nv, int64_t K, const Operand<sc
 
 // Rows [i, M) in tiles of R rows, then the rest in tiles of R/2, R/4, ..., 1 rows.
 template <typename scalar_t, int R, int NV, typename Init, typename Store>
-inline void rows_in_tiles(int64_t i, int64_t M, int64_t n0, int64_t nv, int64_t K,
-                          const Operand<scalar_t>& a, const scalar_t* Bm, int64_t ldb,
-                          const Init& init, const Store& store) {
-  for (; i + R <= M; i += R) tile<scalar_t, R, NV>(i, n0, nv, K, a, Bm, ldb, init, store);
+inline void rows_in_tiles(int64_t i, int64_t M, int64_t n0, int64_t nv,
+                          const Product<scalar_t>* ps, int np, const Init& init,
+                          const Store& store) {
+  for (; i + R <= M; i += R) tile<scalar_t, R, NV>(i, n0, nv, ps, np, init, store);
   if constexpr (R > 1) {
-    if (i < M) rows_in_tiles<scalar_t, R / 2, NV>(i, M, n0, nv, K, a, Bm, ldb, init, store);
+    if (i < M) rows_in_tiles<scalar_t, R / 2, NV>(i, M, n0, nv, ps, np, init, store);
   }
 }
 
 template <typename scalar_t, int NV, typename Init, typename Store>
-inline void panel(int64_t M, int64_t n0, int64_t nv, int64_t K, const Operand<scalar_t>& a,
-                  const scalar_t* Bm, int64_t ldb, const Init& init, const Store& store) {
+inline void panel(int64_t M, int64_t n0, int64_t nv, const Product<scalar_t>* ps, int np,
+                  const Init& init, const Store& store) {
   // R * NV accumulators + NV B vectors fit the 16 AVX2 registers (the broadcast is a memory
   // operand), with the 8 independent FMA chains that two FMA pipes of latency 4 need. More
   // rows do not pay even with AVX-512's 32 registers: each row's A pointer takes one of the
   // 16 general registers (16 rows x 1 vector ran 20% slower at H = 16).
   constexpr int R = NV == 1 ? 8 : NV == 2 ? 6 : NV == 3 ? 3 : 2;
-  rows_in_tiles<scalar_t, R, NV>(0, M, n0, nv, K, a, Bm, ldb, init, store);
+  rows_in_tiles<scalar_t, R, NV>(0, M, n0, nv, ps, np, init, store);
 }
 
-// For every tile of C (M, N): acc = init(i, j, cnt) + sum_k A(i, k) Bm(k, j..j+cnt), then
-// store(i, j, cnt, acc). init returns a Vec whose first cnt lanes count; store writes cnt
-// values at row i, column j. Bm (K, N) has row stride ldb >= N.
+// For every tile of C (M, N): acc = init(i, j, cnt) + sum over the np products of
+// sum_k A(i, k) B(k, j..j+cnt), then store(i, j, cnt, acc). init returns a Vec whose first
+// cnt lanes count; store writes cnt values at row i, column j.
 template <typename scalar_t, typename Init, typename Store>
-inline void apply(int64_t M, int64_t N, int64_t K, const Operand<scalar_t>& a,
-                  const scalar_t* Bm, int64_t ldb, const Init& init, const Store& store) {
+inline void apply_products(int64_t M, int64_t N, const Product<scalar_t>* ps, int np,
+                           const Init& init, const Store& store) {
   constexpr int64_t W = Vec<scalar_t>::size();
   constexpr int64_t width = kPanelVectors * W;
   for (int64_t n0 = 0; n0 < N; n0 += width) {
     const int64_t nv = std::min(width, N - n0);
     switch ((nv + W - 1) / W) {
-      case 1: panel<scalar_t, 1>(M, n0, nv, K, a, Bm, ldb, init, store); break;
-      case 2: panel<scalar_t, 2>(M, n0, nv, K, a, Bm, ldb, init, store); break;
-      case 3: panel<scalar_t, 3>(M, n0, nv, K, a, Bm, ldb, init, store); break;
-      default: panel<scalar_t, 4>(M, n0, nv, K, a, Bm, ldb, init, store); break;
+      case 1: panel<scalar_t, 1>(M, n0, nv, ps, np, init, store); break;
+      case 2: panel<scalar_t, 2>(M, n0, nv, ps, np, init, store); break;
+      case 3: panel<scalar_t, 3>(M, n0, nv, ps, np, init, store); break;
+      default: panel<scalar_t, 4>(M, n0, nv, ps, np, init, store); break;
     }
   }
+}
+
+// One product: C = init + A (M, K) Bm (K, N), Bm with row stride ldb >= N.
+template <typename scalar_t, typename Init, typename Store>
+inline void apply(int64_t M, int64_t N, int64_t K, const Operand<scalar_t>& a,
+                  const scalar_t* Bm, int64_t ldb, const Init& init, const Store& store) {
+  const Product<scalar_t> p{a, Bm, ldb, K};
+  apply_products<scalar_t>(M, N, &p, 1, init, store);
 }
 
 // Plain C (M, N) = A (M, K) Bm (K, N) + beta C (C's row stride ldc; beta == 0 never reads C).
