@@ -400,3 +400,34 @@ def test_fused_projection_with_frozen_parameters_and_one_gradient(ext, fused_cal
     assert ours.bias_hh_l0.grad is None
     for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_remembered_call_runs_the_cpp_node_and_its_gradients_of_gradients(ext):
+    """The second plain call of a drop-in (remembered) builds the C++ autograd node
+    (csrc/elman_node.cpp), not the Python Function; gradients, gradients of gradients
+    (create_graph=True calls back into Python) and a vmapped jacobian equal nn.RNN's, and a
+    second backward through a freed graph is refused as torch refuses it."""
+    theirs, ours = _pair(5, 4, False, False, torch.float64)
+    x = torch.randn(6, 3, 5, dtype=torch.float64, requires_grad=True)
+    ours(x)  # the first call decides and remembers
+    out, h_n = ours(x)
+    assert "ProjectedRecurrence" not in type(out.grad_fn).__name__
+    out_ref, h_ref = theirs(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+    params, params_ref = list(ours.parameters()), list(theirs.parameters())
+    g = torch.autograd.grad(out.sin().sum() + h_n.sum(), [x, *params], create_graph=True)
+    g_ref = torch.autograd.grad(out_ref.sin().sum() + h_ref.sum(), [x, *params_ref],
+                                create_graph=True)
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    gg = torch.autograd.grad(g[0].pow(2).sum(), params)
+    gg_ref = torch.autograd.grad(g_ref[0].pow(2).sum(), params_ref)
+    for a, b in zip(gg, gg_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    jac = torch.autograd.functional.jacobian(lambda v: ours(v)[0], x, vectorize=True)
+    jac_ref = torch.autograd.functional.jacobian(lambda v: theirs(v)[0], x, vectorize=True)
+    torch.testing.assert_close(jac, jac_ref, rtol=1e-10, atol=1e-10)
+    out, _ = ours(x)
+    out.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.sum().backward()

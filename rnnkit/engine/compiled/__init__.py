@@ -594,6 +594,10 @@ class PreparedRun:
     call: KernelCall
     lengths: Tensor  # the empty lengths argument (every sequence has T steps)
     widths: tuple[int, ...]  # the state parts' widths, in the kernel's row order
+    #: Elman in float32/float64: ``ext.elman_projected_apply``, the layer's autograd node in
+    #: C++ (it declines, returning [], where its kernel does not apply); else None
+    node: object = None
+    relu: bool = False
 
     @property
     def state_width(self) -> int:
@@ -643,7 +647,11 @@ def prepare(cell: nn.Module, inputs: Tensor, reverse: bool = False) -> PreparedR
         grad=torch.is_grad_enabled(),
     )
     lengths = torch.empty(0, dtype=torch.int64, device=inputs.device)
-    return PreparedRun(ext, adapter, call, lengths, tuple(w for _, w in adapter.state_parts()))
+    node = None
+    if call.family == "elman" and call.grad and adapter.projection_operands() is not None:
+        node = getattr(ext, "elman_projected_apply", None)
+    return PreparedRun(ext, adapter, call, lengths, tuple(w for _, w in adapter.state_parts()),
+                       node=node, relu=dict(call.flags).get("relu", False))
 
 
 def run_prepared(run: PreparedRun, inputs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
@@ -664,6 +672,14 @@ def run_prepared(run: PreparedRun, inputs: Tensor, state: Tensor) -> tuple[Tenso
         out, final, _, _ = run.ext.forward(call.family, named, dict(call.numbers), flags)
         return out, final
     if operands is not None:  # one autograd node for the projection and the recurrence
+        if run.node is not None:  # Elman on the small path: the node in C++ (elman_node.cpp)
+            weight, bias, second = operands
+            empty = run.lengths.new_empty(0, dtype=weight.dtype)
+            result = run.node(inputs, weight, empty if bias is None else bias,
+                              empty if second is None else second, tensors[0], state,
+                              run.lengths, relu=run.relu, reverse=call.reverse)
+            if result:
+                return result[0], result[1]
         return ProjectedRecurrence.apply(run.ext, run.call, run.lengths, inputs, *operands,
                                          state, *tensors)
     xp = adapter.project(inputs)  # (T, B, X)

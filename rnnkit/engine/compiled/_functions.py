@@ -172,6 +172,39 @@ def _projected_elman(ext, call: KernelCall, lengths: Tensor, x: Tensor, weight: 
     return result or None
 
 
+def _elman_differentiable(inputs: list[Tensor], needs: list[bool], d_out: Tensor | None,
+                          d_state: Tensor | None, relu: bool, reverse: bool):
+    """Gradients of gradients for the C++ Elman node (csrc/elman_node.cpp), which calls this
+    under ``create_graph=True`` or with vmapped gradients: the layer recomputed in torch ops
+    from its inputs ``[x, W_ih, bias, second, W_hh, h0]`` (absent biases empty) and
+    differentiated by autograd, recorded so that it can be differentiated again. Returns one
+    gradient or None per input."""
+    x, weight, bias, second, weight_hh, state = inputs
+    present = [t if t.numel() > 0 else None for t in (bias, second)]
+    wanted = [k for k, t in enumerate(inputs) if needs[k] and t.numel() > 0]
+    result: list[Tensor | None] = [None] * len(inputs)
+    if not wanted:
+        return result
+    activation = torch.relu if relu else torch.tanh
+    with torch.enable_grad():
+        xp = project(x, weight, *present)  # (T, B, H)
+        h, outs = state, [None] * xp.shape[0]
+        for t in (reversed(range(xp.shape[0])) if reverse else range(xp.shape[0])):
+            h = activation(xp[t] + h @ weight_hh.t())  # (B, H)
+            outs[t] = h
+        out = torch.stack(outs) if outs else xp.new_zeros(xp.shape)
+        pairs = [(o, g) for o, g in ((out, d_out), (h, d_state))
+                 if g is not None and o.requires_grad]
+        if not pairs:
+            return result
+        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted],
+                                    [g for _, g in pairs], create_graph=True,
+                                    allow_unused=True)
+    for k, g in zip(wanted, grads, strict=True):
+        result[k] = g
+    return result
+
+
 class ProjectedRecurrence(torch.autograd.Function):
     """:class:`CellRecurrence` with the hoisted input projection inside: one autograd node
     for ``xp = x W^T + b + b2`` and the recurrence, where autograd would record the bias

@@ -24,6 +24,9 @@ std::vector<Tensor> elman_projected_forward(const Tensor&, const Tensor&, const 
 std::vector<Tensor> elman_projected_backward(const Tensor&, const Tensor&, const Tensor&,
                                              const Tensor&, const Tensor&, const Tensor&, bool,
                                              bool, bool, bool, bool);
+std::vector<Tensor> elman_projected_apply(const Tensor&, const Tensor&, const Tensor&,
+                                          const Tensor&, const Tensor&, const Tensor&,
+                                          const Tensor&, bool, bool);
 // minGRU/minLSTM's scan (min_scan.cpp; caller rnnkit/engine/parallel.py).
 Tensor min_scan_forward(const Tensor&, const Tensor&, bool, bool);
 std::vector<Tensor> min_scan_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -217,6 +220,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_state"), py::kw_only(), py::arg("relu"), py::arg("reverse"),
         py::arg("need_x"), py::arg("need_weight_ih"), py::arg("need_bias"),
         "BPTT of elman_projected_forward: [d x, d W_ih, d bias, d state, d W_hh].");
+  m.def("elman_projected_apply", &rnnkit::elman_projected_apply, py::arg("x"),
+        py::arg("weight_ih"), py::arg("bias"), py::arg("second"), py::arg("weight_hh"),
+        py::arg("state"), py::arg("lengths"), py::kw_only(), py::arg("relu"),
+        py::arg("reverse"),
+        "elman_projected_forward with its autograd node in C++ (elman_node.cpp): "
+        "[out, final state], differentiable; [] where the kernel does not apply.");
   m.def("set_bf16_gemm", [](const std::string& mode) {
     TORCH_CHECK(mode == "amx" || mode == "mkl" || mode == "emulated", "set_bf16_gemm: mode "
                 "must be 'amx', 'mkl' or 'emulated', got '", mode, "'");

@@ -304,7 +304,7 @@ static bool all_rows_run_all_steps(const Tensor& lengths, int64_t T) {
   return true;
 }
 
-static bool projected_applies(const Tensor& x, const Tensor& w_hh, const Tensor& lengths) {
+bool elman_projected_applies(const Tensor& x, const Tensor& w_hh, const Tensor& lengths) {
   if (x.dim() != 3 || w_hh.dim() != 2) return false;
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0);
   return H <= kSmallHidden && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
@@ -331,7 +331,7 @@ std::vector<Tensor> elman_projected_forward(const Tensor& x_in, const Tensor& w_
                                                    const Tensor& lengths, bool relu,
                                                    bool reverse, bool training) {
   const char* kernel = "rnnkit elman projected forward";
-  if (!projected_applies(x_in, w_hh, lengths)) return {};
+  if (!elman_projected_applies(x_in, w_hh, lengths)) return {};
   const Tensor x = x_in.stride(2) == 1 || x_in.size(2) == 1 ? x_in : x_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(0);
   const auto dt = x.scalar_type();
