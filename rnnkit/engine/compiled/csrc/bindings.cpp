@@ -1,6 +1,7 @@
 // Python bindings of rnnkit's compiled recurrences (see rnnkit/engine/compiled/__init__.py).
 #include <torch/extension.h>
 
+#include "elman.h"
 #include "small_gemm.h"
 #include "step_loop.h"
 
@@ -16,17 +17,6 @@ std::vector<Tensor> indrnn_forward(const Tensor&, const Tensor&, const Tensor&, 
                                    bool, bool, bool);
 std::vector<Tensor> indrnn_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                     const Tensor&, int64_t, bool, bool);
-// Elman with the input projection inside the steps (elman.cpp; caller
-// rnnkit/engine/compiled/_functions.py, ProjectedRecurrence).
-std::vector<Tensor> elman_projected_forward(const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, bool, bool, bool);
-std::vector<Tensor> elman_projected_backward(const Tensor&, const Tensor&, const Tensor&,
-                                             const Tensor&, const Tensor&, const Tensor&, bool,
-                                             bool, bool, bool, bool);
-std::vector<Tensor> elman_projected_apply(const Tensor&, const Tensor&, const Tensor&,
-                                          const Tensor&, const Tensor&, const Tensor&,
-                                          const Tensor&, bool, bool);
 // minGRU/minLSTM's scan (min_scan.cpp; caller rnnkit/engine/parallel.py).
 Tensor min_scan_forward(const Tensor&, const Tensor&, bool, bool);
 std::vector<Tensor> min_scan_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,

@@ -7,6 +7,7 @@
 // while the step's rows are in cache. Both read and write the same buffers (states in the
 // template's position order, no saved activations), so either backward accepts either
 // forward's output; elman_forward / elman_backward pick one per call.
+#include "elman.h"
 #include "small_gemm.h"
 #include "step_loop.h"
 
@@ -95,6 +96,21 @@ static bool small_path(const KernelArgs& a, int64_t B, int64_t H) {
          (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6);
 }
 
+// f(integral_constant<bool, a>) (and with two flags f(..a, ..b)): run-time flags as
+// compile-time choices of the step loops (the activation, the plain schedule).
+template <typename F>
+static void with_flag(bool a, const F& f) {
+  if (a) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+template <typename F>
+static void with_flags(bool a, bool b, const F& f) {
+  with_flag(a, [&](auto a_c) { with_flag(b, [&](auto b_c) { f(a_c, b_c); }); });
+}
+
 template <typename scalar_t, bool Relu>
 [[gnu::always_inline]] inline Vec<scalar_t> activate(const Vec<scalar_t>& pre) {
   if constexpr (Relu) {
@@ -174,15 +190,7 @@ static std::vector<Tensor> small_forward(const KernelArgs& a, const Tensor& xp_i
         }
       }
     };
-    if (relu && plain) {
-      steps(std::true_type{}, std::true_type{});
-    } else if (relu) {
-      steps(std::true_type{}, std::false_type{});
-    } else if (plain) {
-      steps(std::false_type{}, std::true_type{});
-    } else {
-      steps(std::false_type{}, std::false_type{});
-    }
+    with_flags(relu, plain, steps);
   });
   const int64_t last = training ? S : (S & 1);
   Tensor final_state = sch.to_rows(states[last]);
@@ -270,15 +278,7 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
         small_gemm::gemm<scalar_t>(H, H, rows, {g_p, 1, H}, prev, H, scalar_t(1), dw_p, H);
       }
     };
-    if (relu && plain) {
-      steps(std::true_type{}, std::true_type{});
-    } else if (relu) {
-      steps(std::true_type{}, std::false_type{});
-    } else if (plain) {
-      steps(std::false_type{}, std::true_type{});
-    } else {
-      steps(std::false_type{}, std::false_type{});
-    }
+    with_flags(relu, plain, steps);
   });
   // dstate is this call's own buffer: handed back as it is unless rows were sorted
   return {{"xp", dxp}, {"state", sch.permuted ? sch.to_rows(dstate) : dstate},
@@ -385,11 +385,7 @@ std::vector<Tensor> elman_projected_forward(const Tensor& x_in, const Tensor& w_
             });
       }
     };
-    if (relu) {
-      steps(std::true_type{});
-    } else {
-      steps(std::false_type{});
-    }
+    with_flag(relu, steps);
   });
   Tensor final_state = states[training ? T : (T & 1)].clone();
   if (!training) return {out, final_state, Tensor()};
@@ -469,18 +465,9 @@ std::vector<Tensor> elman_projected_backward(
             st(g, g_p + b * H, j, c);
           });
         }
-        if (need_bias) {  // column sum of g, four rows at a time
+        if (need_bias) {  // d bias += column sum of g
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
-            V p0(scalar_t(0)), p1(scalar_t(0)), p2(scalar_t(0)), p3(scalar_t(0));
-            int64_t b = 0;
-            for (; b + 4 <= B; b += 4) {
-              p0 = p0 + ld(g_p + b * H, j, c);
-              p1 = p1 + ld(g_p + (b + 1) * H, j, c);
-              p2 = p2 + ld(g_p + (b + 2) * H, j, c);
-              p3 = p3 + ld(g_p + (b + 3) * H, j, c);
-            }
-            for (; b < B; ++b) p0 = p0 + ld(g_p + b * H, j, c);
-            st(ld(db_p, j, c) + ((p0 + p1) + (p2 + p3)), db_p, j, c);
+            st(ld(db_p, j, c) + small_gemm::column_sum(g_p, H, B, j, c), db_p, j, c);
           });
         }
         // d h_prev = g W_hh (no direct path from h to h_prev)
@@ -497,11 +484,7 @@ std::vector<Tensor> elman_projected_backward(
         }
       }
     };
-    if (relu) {
-      steps(std::true_type{});
-    } else {
-      steps(std::false_type{});
-    }
+    with_flag(relu, steps);
   });
   return {dx, dw_ih, dbias, dstate, dw_hh};
 }

@@ -15,6 +15,8 @@
 // torch ops and differentiates that, as the Python Function does.
 #include <torch/extension.h>
 
+#include "elman.h"
+
 #include <vector>
 
 namespace rnnkit {
@@ -22,14 +24,6 @@ namespace rnnkit {
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-bool elman_projected_applies(const Tensor& x, const Tensor& w_hh, const Tensor& lengths);
-std::vector<Tensor> elman_projected_forward(const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, bool, bool, bool);
-std::vector<Tensor> elman_projected_backward(const Tensor&, const Tensor&, const Tensor&,
-                                             const Tensor&, const Tensor&, const Tensor&, bool,
-                                             bool, bool, bool, bool);
 
 namespace {
 

@@ -263,6 +263,25 @@ inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return out;
 }
 
+// Sum of rows [0, rows) of p (row stride `stride`) over columns [j, j + cnt): four sums
+// in registers (named, not an array: GCC keeps an array of Vectorized on the stack), added
+// pairwise at the end.
+template <typename scalar_t>
+inline Vec<scalar_t> column_sum(const scalar_t* p, int64_t stride, int64_t rows, int64_t j,
+                                int64_t cnt) {
+  using V = Vec<scalar_t>;
+  V p0(scalar_t(0)), p1(scalar_t(0)), p2(scalar_t(0)), p3(scalar_t(0));
+  int64_t m = 0;
+  for (; m + 4 <= rows; m += 4) {
+    p0 = p0 + ld(p + m * stride, j, cnt);
+    p1 = p1 + ld(p + (m + 1) * stride, j, cnt);
+    p2 = p2 + ld(p + (m + 2) * stride, j, cnt);
+    p3 = p3 + ld(p + (m + 3) * stride, j, cnt);
+  }
+  for (; m < rows; ++m) p0 = p0 + ld(p + m * stride, j, cnt);
+  return (p0 + p1) + (p2 + p3);
+}
+
 // Gradients of linear(): d W (N, K) = d^T x and d bias (N) = column sums of d, for d (M, N)
 // with M = x's rows in x's row order; each only when asked for (else an undefined tensor).
 inline std::vector<Tensor> linear_grads(const Tensor& x_in, const Tensor& d, bool weight,
@@ -316,18 +335,7 @@ inline std::vector<Tensor> linear_grads(const Tensor& x_in, const Tensor& d, boo
         vloop<scalar_t>(N, [&](int64_t j, int64_t c) {
           V total(scalar_t(0));
           for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
-            const int64_t end = std::min(M, m0 + kBlock);
-            // four named sums, not an array: GCC keeps an array of Vectorized on the stack
-            V p0(scalar_t(0)), p1(scalar_t(0)), p2(scalar_t(0)), p3(scalar_t(0));
-            int64_t m = m0;
-            for (; m + 4 <= end; m += 4) {
-              p0 = p0 + ld(d_p + m * ld0, j, c);
-              p1 = p1 + ld(d_p + (m + 1) * ld0, j, c);
-              p2 = p2 + ld(d_p + (m + 2) * ld0, j, c);
-              p3 = p3 + ld(d_p + (m + 3) * ld0, j, c);
-            }
-            for (; m < end; ++m) p0 = p0 + ld(d_p + m * ld0, j, c);
-            total = total + ((p0 + p1) + (p2 + p3));
+            total = total + column_sum(d_p + m0 * ld0, ld0, std::min(kBlock, M - m0), j, c);
           }
           st(total, db_p, j, c);
         });
