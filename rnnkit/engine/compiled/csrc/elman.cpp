@@ -96,6 +96,25 @@ static bool small_path(const KernelArgs& a, int64_t B, int64_t H) {
          (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6);
 }
 
+// The gradient of one row's pre-activation at columns [j, j + c): act'(h) (d state + d y).
+// dy: the row's output gradient, or null; dy_row false: one value broadcast along the row.
+template <typename scalar_t, bool Relu>
+[[gnu::always_inline]] inline Vec<scalar_t> pre_activation_grad(const scalar_t* dstate,
+                                                               const scalar_t* dy, bool dy_row,
+                                                               const scalar_t* h_row,
+                                                               int64_t j, int64_t c) {
+  using V = Vec<scalar_t>;
+  V d = ld(dstate, j, c);
+  if (dy != nullptr) d = d + (dy_row ? ld(dy, j, c) : V(*dy));
+  const V h = ld(h_row, j, c);
+  if constexpr (Relu) {
+    // torch's threshold_backward passes the gradient where the output > 0
+    return V::blendv(V(scalar_t(0)), d, h > V(scalar_t(0)));
+  } else {
+    return d * (V(scalar_t(1)) - h * h);
+  }
+}
+
 // f(integral_constant<bool, a>) (and with two flags f(..a, ..b)): run-time flags as
 // compile-time choices of the step loops (the activation, the plain schedule).
 template <typename F>
@@ -229,7 +248,6 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
   Tensor dw = at::zeros({H, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_small_backward", [&] {
     using V = Vec<scalar_t>;
-    const V zero(scalar_t(0)), one(scalar_t(1));
     const scalar_t* w_p = w.data_ptr<scalar_t>();
     const scalar_t* dout_p = dout.defined() ? dout.data_ptr<scalar_t>() : nullptr;
     // element (t, row, j) of the output gradient at t * dt0 + row * dt1 + j * dt2; dt2 is 1,
@@ -258,16 +276,8 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
           const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + r * dt1 : nullptr;
           scalar_t* dxp_row = dxp_p + (t * B + r) * H;
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
-            V d = ld(dst_p + b * H, j, c);
-            if (dy != nullptr) d = d + (dy_row ? ld(dy, j, c) : V(*dy));
-            const V h = ld(next + b * H, j, c);
-            // relu: torch's threshold_backward passes the gradient where the output > 0
-            V g;
-            if constexpr (kRelu) {
-              g = V::blendv(zero, d, h > zero);
-            } else {
-              g = d * (one - h * h);
-            }
+            const V g = pre_activation_grad<scalar_t, kRelu>(dst_p + b * H, dy, dy_row,
+                                                             next + b * H, j, c);
             st(g, g_p + b * H, j, c);
             if constexpr (!kPlain) st(g, dxp_row, j, c);
           });
@@ -426,7 +436,6 @@ std::vector<Tensor> elman_projected_backward(
   Tensor dx = need_x ? at::empty({T, B, I}, opts) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_projected_backward", [&] {
     using V = Vec<scalar_t>;
-    const V zero(scalar_t(0)), one(scalar_t(1));
     const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
     const scalar_t* wih_p = wih.data_ptr<scalar_t>();  // (H, I): B operand of d x = g W_ih
     const scalar_t* whh_p = whh.data_ptr<scalar_t>();  // (H, H): of d h_prev = g W_hh
@@ -453,16 +462,9 @@ std::vector<Tensor> elman_projected_backward(
         for (int64_t b = 0; b < B; ++b) {
           const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + b * dt1 : nullptr;
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
-            V d = ld(dst_p + b * H, j, c);
-            if (dy != nullptr) d = d + (dy_row ? ld(dy, j, c) : V(*dy));
-            const V h = ld(next + b * H, j, c);
-            V g;
-            if constexpr (kRelu) {
-              g = V::blendv(zero, d, h > zero);  // torch's threshold_backward: output > 0
-            } else {
-              g = d * (one - h * h);
-            }
-            st(g, g_p + b * H, j, c);
+            st(pre_activation_grad<scalar_t, kRelu>(dst_p + b * H, dy, dy_row, next + b * H, j,
+                                                    c),
+               g_p + b * H, j, c);
           });
         }
         if (need_bias) {  // d bias += column sum of g
