@@ -402,16 +402,21 @@ def test_fused_projection_with_frozen_parameters_and_one_gradient(ext, fused_cal
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
 
 
-def test_remembered_call_runs_the_cpp_node_and_its_gradients_of_gradients(ext):
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("T,B,H_in,H", [(6, 3, 5, 4), (1, 1, 1, 1), (2, 3, 4, 32)])
+def test_remembered_call_runs_the_cpp_node_and_its_gradients_of_gradients(
+        ext, T, B, H_in, H, relu, bidirectional):
     """The second plain call of a drop-in (remembered) builds the C++ autograd node
     (csrc/elman_node.cpp), not the Python Function; gradients, gradients of gradients
     (create_graph=True calls back into Python) and a vmapped jacobian equal nn.RNN's, and a
     second backward through a freed graph is refused as torch refuses it."""
-    theirs, ours = _pair(5, 4, False, False, torch.float64)
-    x = torch.randn(6, 3, 5, dtype=torch.float64, requires_grad=True)
+    theirs, ours = _pair(H_in, H, relu, bidirectional, torch.float64)
+    x = torch.randn(T, B, H_in, dtype=torch.float64, requires_grad=True)
     ours(x)  # the first call decides and remembers
     out, h_n = ours(x)
-    assert "ProjectedRecurrence" not in type(out.grad_fn).__name__
+    nodes = [out.grad_fn] if not bidirectional else [f for f, _ in out.grad_fn.next_functions]
+    assert all("ElmanProjected" in node.name() for node in nodes)  # the C++ node
     out_ref, h_ref = theirs(x)
     torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
     params, params_ref = list(ours.parameters()), list(theirs.parameters())
