@@ -673,11 +673,11 @@ def run_prepared(run: PreparedRun, inputs: Tensor, state: Tensor) -> tuple[Tenso
         return out, final
     if operands is not None:  # one autograd node for the projection and the recurrence
         if run.node is not None:  # Elman on the small path: the node in C++ (elman_node.cpp)
-            weight, bias, second = operands
-            empty = run.lengths.new_empty(0, dtype=weight.dtype)
-            result = run.node(inputs, weight, empty if bias is None else bias,
-                              empty if second is None else second, tensors[0], state,
-                              run.lengths, relu=run.relu, reverse=call.reverse)
+            weight, *biases = operands
+            if None in biases:  # absent biases go to C++ as empty tensors
+                biases = [weight.new_empty(0) if b is None else b for b in biases]
+            result = run.node(inputs, weight, *biases, tensors[0], state, run.lengths,
+                              relu=run.relu, reverse=call.reverse)
             if result:
                 return result[0], result[1]
         return ProjectedRecurrence.apply(run.ext, run.call, run.lengths, inputs, *operands,

@@ -107,7 +107,8 @@ class IndRNNRecurrence(torch.autograd.Function):
         lengths, xp, h0, u, hs = ctx.saved_tensors
         if _differentiable.needed(d_out, d_h):  # create_graph=True, or vmapped grads
             grads = _differentiable.gradients(
-                ctx, 5, lambda: indrnn_reference(ctx.relu, ctx.reverse, lengths, xp, h0, u),
+                ctx.needs_input_grad[5:],
+                lambda: indrnn_reference(ctx.relu, ctx.reverse, lengths, xp, h0, u),
                 [xp, h0, u], (d_out, d_h))
             return (None,) * 5 + tuple(grads)
         d_out, d_h = _present(d_out, hs), _present(d_h, hs)

@@ -17,7 +17,7 @@ Symbols: T time steps, B batch, H hidden size, H_out output size, G gates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,16 +107,16 @@ def needed(*grad_outputs: Tensor | None) -> bool:
     return any(g is not None and _is_wrapped(g) for g in grad_outputs)
 
 
-def gradients(ctx, offset: int, recompute: Callable[[], tuple[Tensor, ...]],
+def gradients(needs: Sequence[bool], recompute: Callable[[], tuple[Tensor, ...]],
               inputs: list[Tensor | None], grad_outputs: tuple[Tensor | None, ...]):
     """Differentiable gradients of ``recompute()``'s outputs w.r.t. ``inputs``.
 
-    ``inputs`` are the Function's saved inputs from position ``offset`` on (None where
-    absent); called inside the Function's backward under ``create_graph=True``, so the
-    result is itself recorded by autograd and can be differentiated again.
+    ``inputs`` are the node's saved inputs (None or empty where absent), ``needs[k]`` whether
+    input ``k`` wants a gradient (a Function's ``ctx.needs_input_grad`` from its first
+    tensor input on); called inside a backward under ``create_graph=True``, so the result
+    is itself recorded by autograd and can be differentiated again.
     """
-    wanted = [k for k, t in enumerate(inputs)
-              if t is not None and t.numel() > 0 and ctx.needs_input_grad[offset + k]]
+    wanted = [k for k, t in enumerate(inputs) if t is not None and t.numel() > 0 and needs[k]]
     result: list[Tensor | None] = [None] * len(inputs)
     if not wanted:
         return result

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit import functional as RF
 from rnnkit.engine.compiled import _differentiable
 
 
@@ -88,7 +89,8 @@ class CellRecurrence(torch.autograd.Function):
                     "(create_graph=True, vmapped gradients) are not available for the bf16 "
                     "GEMMs; run this call with precision='fp32'")
             grads = _differentiable.gradients(
-                ctx, 3, lambda: _differentiable.steps(call, lengths, xp, state, tensors),
+                ctx.needs_input_grad[3:],
+                lambda: _differentiable.steps(call, lengths, xp, state, tensors),
                 inputs, (d_out, d_state))
             return (None,) * 3 + tuple(grads)
         grads = _kernel_backward(ctx.ext, call, tensors, lengths, states, saved, d_out,
@@ -175,34 +177,22 @@ def _projected_elman(ext, call: KernelCall, lengths: Tensor, x: Tensor, weight: 
 def _elman_differentiable(inputs: list[Tensor], needs: list[bool], d_out: Tensor | None,
                           d_state: Tensor | None, relu: bool, reverse: bool):
     """Gradients of gradients for the C++ Elman node (csrc/elman_node.cpp), which calls this
-    under ``create_graph=True`` or with vmapped gradients: the layer recomputed in torch ops
-    from its inputs ``[x, W_ih, bias, second, W_hh, h0]`` (absent biases empty) and
-    differentiated by autograd, recorded so that it can be differentiated again. Returns one
-    gradient or None per input."""
+    under ``create_graph=True`` or with vmapped gradients: the layer recomputed step by step
+    with :func:`rnnkit.functional.elman_step` from its inputs ``[x, W_ih, bias, second, W_hh,
+    h0]`` (absent biases empty) and differentiated by autograd
+    (:func:`._differentiable.gradients`). Returns one gradient or None per input."""
     x, weight, bias, second, weight_hh, state = inputs
-    present = [t if t.numel() > 0 else None for t in (bias, second)]
-    wanted = [k for k, t in enumerate(inputs) if needs[k] and t.numel() > 0]
-    result: list[Tensor | None] = [None] * len(inputs)
-    if not wanted:
-        return result
-    activation = torch.relu if relu else torch.tanh
-    with torch.enable_grad():
-        xp = project(x, weight, *present)  # (T, B, H)
-        h, outs = state, [None] * xp.shape[0]
-        for t in (reversed(range(xp.shape[0])) if reverse else range(xp.shape[0])):
-            h = activation(xp[t] + h @ weight_hh.t())  # (B, H)
-            outs[t] = h
-        out = torch.stack(outs) if outs else xp.new_zeros(xp.shape)
-        pairs = [(o, g) for o, g in ((out, d_out), (h, d_state))
-                 if g is not None and o.requires_grad]
-        if not pairs:
-            return result
-        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted],
-                                    [g for _, g in pairs], create_graph=True,
-                                    allow_unused=True)
-    for k, g in zip(wanted, grads, strict=True):
-        result[k] = g
-    return result
+    weights = RF.ElmanWeights(weight, weight_hh, *(t if t.numel() else None
+                                                   for t in (bias, second)))
+    nonlinearity = "relu" if relu else "tanh"
+    call = KernelCall(family="elman", names=(), flags=(), numbers=(), reverse=reverse,
+                      output_size=weight.shape[0],
+                      step=lambda x_t, h, _: RF.elman_step(x_t, h, weights, nonlinearity))
+    empty = torch.empty(0, dtype=torch.int64)
+    # the steps read x itself: elman_step projects each step's inputs
+    return _differentiable.gradients(
+        needs, lambda: _differentiable.steps(call, empty, x, state, ()), inputs,
+        (d_out, d_state))
 
 
 class ProjectedRecurrence(torch.autograd.Function):
@@ -256,7 +246,7 @@ class ProjectedRecurrence(torch.autograd.Function):
         tensors, (states, saved) = rest[:-2], rest[-2:]
         if _differentiable.needed(d_out, d_state):  # create_graph=True, or vmapped grads
             grads = _differentiable.gradients(
-                ctx, 3,
+                ctx.needs_input_grad[3:],
                 lambda: _differentiable.steps(call, lengths, project(x, weight, bias, second),
                                               state, tensors),
                 [x, weight, bias, second, state, *tensors], (d_out, d_state))

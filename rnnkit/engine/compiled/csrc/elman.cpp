@@ -91,10 +91,37 @@ struct ElmanFamily {
 // gemm_rows in common.h) or when torch runs one thread.
 constexpr int64_t kSmallHidden = 32;
 
-static bool small_path(const KernelArgs& a, int64_t B, int64_t H) {
-  return H <= kSmallHidden && !bf16_flag(a.flags) &&
-         (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6);
+static bool small_sizes(int64_t B, int64_t H) {
+  return H <= kSmallHidden && (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6);
 }
+
+static bool small_path(const KernelArgs& a, int64_t B, int64_t H) {
+  return small_sizes(B, H) && !bf16_flag(a.flags);
+}
+
+// The output gradient (T, B, H) of a backward, read through its strides: a sum or mean loss
+// hands over an expanded tensor (all strides 0), which contiguous() would write out in full.
+// Row (t, r) starts at row(t, r); whole_rows false: one value broadcast along the row.
+struct OutputGrad {
+  Tensor t;  // undefined or empty: no output gradient
+  OutputGrad(const Tensor& g, int64_t H)
+      : t(!present(g) || g.stride(2) == 1 || g.stride(2) == 0 || H == 1 ? g
+                                                                          : g.contiguous()) {}
+  template <typename scalar_t>
+  struct Rows {
+    const scalar_t* p;
+    int64_t s0, s1;
+    bool whole_rows;
+    const scalar_t* row(int64_t time, int64_t r) const {
+      return p != nullptr ? p + time * s0 + r * s1 : nullptr;
+    }
+  };
+  template <typename scalar_t>
+  Rows<scalar_t> rows() const {
+    if (!present(t)) return {nullptr, 0, 0, true};
+    return {t.data_ptr<scalar_t>(), t.stride(0), t.stride(1), t.size(2) == 1 || t.stride(2) == 1};
+  }
+};
 
 // The gradient of one row's pre-activation at columns [j, j + c): act'(h) (d state + d y).
 // dy: the row's output gradient, or null; dy_row false: one value broadcast along the row.
@@ -168,10 +195,7 @@ static std::vector<Tensor> small_forward(const KernelArgs& a, const Tensor& xp_i
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_small_forward", [&] {
     using V = Vec<scalar_t>;
     // W_hh^T (H, H): row k holds column k of W_hh, the B operand of rec = h W_hh^T
-    std::vector<scalar_t> wt(H * H);
-    const scalar_t* w_p = w.data_ptr<scalar_t>();
-    for (int64_t j = 0; j < H; ++j)
-      for (int64_t k = 0; k < H; ++k) wt[k * H + j] = w_p[j * H + k];
+    const std::vector<scalar_t> wt = small_gemm::transposed<scalar_t>(w);
     const scalar_t* xp_p = xp.data_ptr<scalar_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
     scalar_t* st_p = states.data_ptr<scalar_t>();
@@ -230,14 +254,9 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
   check_arg(kernel, "weight_hh", w, {H, H}, dt);
   const Tensor lengths = a.optional("lengths");
   check_lengths_arg(kernel, lengths, B);
-  // The output gradient is read through its strides: a sum or mean loss hands over an
-  // expanded tensor (all strides 0), which contiguous() would write out in full.
   const Tensor& dout_in = a.has("grad_out") ? a.tensor("grad_out") : Tensor();
   if (dout_in.defined()) check_arg(kernel, "grad of outputs", dout_in, {T, B, H}, dt, false);
-  const Tensor dout = !dout_in.defined() || dout_in.stride(2) == 1 || dout_in.stride(2) == 0 ||
-                              H == 1
-                          ? dout_in
-                          : dout_in.contiguous();
+  const OutputGrad dout(dout_in, H);
   const Tensor dfinal = a.optional("grad_state");
   if (dfinal.defined()) check_arg(kernel, "grad of the final state", dfinal, {B, H}, dt, false);
   const Schedule sch(lengths, T, B, a.flag("reverse"));
@@ -249,12 +268,7 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_small_backward", [&] {
     using V = Vec<scalar_t>;
     const scalar_t* w_p = w.data_ptr<scalar_t>();
-    const scalar_t* dout_p = dout.defined() ? dout.data_ptr<scalar_t>() : nullptr;
-    // element (t, row, j) of the output gradient at t * dt0 + row * dt1 + j * dt2; dt2 is 1,
-    // or 0 (one value broadcast along the row)
-    const int64_t dt0 = dout.defined() ? dout.stride(0) : 0;
-    const int64_t dt1 = dout.defined() ? dout.stride(1) : 0;
-    const bool dy_row = dout.defined() && (H == 1 || dout.stride(2) == 1);
+    const auto dy_rows = dout.rows<scalar_t>();
     const scalar_t* st_p = states_in.data_ptr<scalar_t>();
     scalar_t* dst_p = dstate.data_ptr<scalar_t>();
     scalar_t* dxp_p = dxp.data_ptr<scalar_t>();
@@ -273,11 +287,11 @@ static std::map<std::string, Tensor> small_backward(const KernelArgs& a,
         scalar_t* g_p = kPlain ? dxp_p + s * B * H : grad.data();
         for (int64_t b = 0; b < rows; ++b) {
           const int64_t t = kPlain ? s : sch.time(s, b), r = kPlain ? b : sch.row(b);
-          const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + r * dt1 : nullptr;
+          const scalar_t* dy = dy_rows.row(t, r);
           scalar_t* dxp_row = dxp_p + (t * B + r) * H;
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
-            const V g = pre_activation_grad<scalar_t, kRelu>(dst_p + b * H, dy, dy_row,
-                                                             next + b * H, j, c);
+            const V g = pre_activation_grad<scalar_t, kRelu>(
+                dst_p + b * H, dy, dy_rows.whole_rows, next + b * H, j, c);
             st(g, g_p + b * H, j, c);
             if constexpr (!kPlain) st(g, dxp_row, j, c);
           });
@@ -317,21 +331,8 @@ static bool all_rows_run_all_steps(const Tensor& lengths, int64_t T) {
 bool elman_projected_applies(const Tensor& x, const Tensor& w_hh, const Tensor& lengths) {
   if (x.dim() != 3 || w_hh.dim() != 2) return false;
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0);
-  return H <= kSmallHidden && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
-         (at::get_num_threads() == 1 || 2.0 * B * H * H < 2e6) &&
-         all_rows_run_all_steps(lengths, T);
-}
-
-// Transposed copy of a (rows, cols) weight: out[k * rows + j] = w[j, k].
-template <typename scalar_t>
-static std::vector<scalar_t> transposed(const Tensor& w) {
-  const Tensor c = w.contiguous();
-  const int64_t rows = c.size(0), cols = c.size(1);
-  const scalar_t* p = c.data_ptr<scalar_t>();
-  std::vector<scalar_t> out(rows * cols);
-  for (int64_t j = 0; j < rows; ++j)
-    for (int64_t k = 0; k < cols; ++k) out[k * rows + j] = p[j * cols + k];
-  return out;
+  return (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+         small_sizes(B, H) && all_rows_run_all_steps(lengths, T);
 }
 
 // {out (T, B, H), final (B, H), states (T+1, B, H) when training} or {} (not this path).
@@ -357,15 +358,12 @@ std::vector<Tensor> elman_projected_forward(const Tensor& x_in, const Tensor& w_
   states.select(0, 0).copy_(state);
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_projected_forward", [&] {
     using V = Vec<scalar_t>;
-    const std::vector<scalar_t> wih_t = transposed<scalar_t>(w_ih);  // (I, H)
-    const std::vector<scalar_t> whh_t = transposed<scalar_t>(w_hh);  // (H, H)
+    const std::vector<scalar_t> wih_t = small_gemm::transposed<scalar_t>(w_ih);  // (I, H)
+    const std::vector<scalar_t> whh_t = small_gemm::transposed<scalar_t>(w_hh);  // (H, H)
     std::vector<scalar_t> b(H, scalar_t(0));  // bias + second: added here, no torch op
-    if (present(bias)) {
-      const Tensor c = bias.contiguous();
-      for (int64_t j = 0; j < H; ++j) b[j] += c.data_ptr<scalar_t>()[j];
-    }
-    if (present(second)) {
-      const Tensor c = second.contiguous();
+    for (const Tensor& term : {bias, second}) {
+      if (!present(term)) continue;
+      const Tensor c = term.contiguous();
       for (int64_t j = 0; j < H; ++j) b[j] += c.data_ptr<scalar_t>()[j];
     }
     const scalar_t* x_p = x.data_ptr<scalar_t>();
@@ -418,12 +416,8 @@ std::vector<Tensor> elman_projected_backward(
   check_arg(kernel, "weight_hh", w_hh, {H, H}, dt, false);
   const Tensor states = states_in.contiguous();
   check_arg(kernel, "states", states, {T + 1, B, H}, dt);
-  // the output gradient through its strides, as small_backward reads it
   if (present(grad_out)) check_arg(kernel, "grad of outputs", grad_out, {T, B, H}, dt, false);
-  const Tensor dout = !present(grad_out) || grad_out.stride(2) == 1 ||
-                              grad_out.stride(2) == 0 || H == 1
-                          ? grad_out
-                          : grad_out.contiguous();
+  const OutputGrad dout(grad_out, H);
   if (present(grad_state)) {
     check_arg(kernel, "grad of the final state", grad_state, {B, H}, dt, false);
   }
@@ -441,10 +435,7 @@ std::vector<Tensor> elman_projected_backward(
     const scalar_t* whh_p = whh.data_ptr<scalar_t>();  // (H, H): of d h_prev = g W_hh
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     const int64_t xs0 = x.stride(0), xs1 = x.stride(1);
-    const scalar_t* dout_p = present(dout) ? dout.data_ptr<scalar_t>() : nullptr;
-    const int64_t dt0 = dout_p != nullptr ? dout.stride(0) : 0;
-    const int64_t dt1 = dout_p != nullptr ? dout.stride(1) : 0;
-    const bool dy_row = dout_p != nullptr && (H == 1 || dout.stride(2) == 1);
+    const auto dy_rows = dout.rows<scalar_t>();
     const scalar_t* st_p = states.data_ptr<scalar_t>();
     scalar_t* dst_p = dstate.data_ptr<scalar_t>();
     scalar_t* dwhh_p = dw_hh.data_ptr<scalar_t>();
@@ -460,10 +451,10 @@ std::vector<Tensor> elman_projected_backward(
         const scalar_t* prev = st_p + s * B * H;
         const scalar_t* next = st_p + (s + 1) * B * H;
         for (int64_t b = 0; b < B; ++b) {
-          const scalar_t* dy = dout_p != nullptr ? dout_p + t * dt0 + b * dt1 : nullptr;
+          const scalar_t* dy = dy_rows.row(t, b);
           vloop<scalar_t>(H, [&](int64_t j, int64_t c) RNNKIT_ALWAYS_INLINE {
-            st(pre_activation_grad<scalar_t, kRelu>(dst_p + b * H, dy, dy_row, next + b * H, j,
-                                                    c),
+            st(pre_activation_grad<scalar_t, kRelu>(dst_p + b * H, dy, dy_rows.whole_rows,
+                                                    next + b * H, j, c),
                g_p + b * H, j, c);
           });
         }

@@ -167,6 +167,19 @@ inline void apply(int64_t M, int64_t N, int64_t K, const Operand<scalar_t>& a,
   apply_products<scalar_t>(M, N, &p, 1, init, store);
 }
 
+// W^T of a (rows, cols) weight, any strides: out[k * rows + j] = W[j, k] (contiguous rows of
+// W's columns, the B operand of a product with W^T).
+template <typename scalar_t>
+inline std::vector<scalar_t> transposed(const Tensor& w) {
+  const Tensor c = w.contiguous();
+  const int64_t rows = c.size(0), cols = c.size(1);
+  const scalar_t* p = c.data_ptr<scalar_t>();
+  std::vector<scalar_t> out(rows * cols);
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t k = 0; k < cols; ++k) out[k * rows + j] = p[j * cols + k];
+  return out;
+}
+
 // Plain C (M, N) = A (M, K) Bm (K, N) + beta C (C's row stride ldc; beta == 0 never reads C).
 template <typename scalar_t>
 inline void gemm(int64_t M, int64_t N, int64_t K, const Operand<scalar_t>& a,
@@ -240,11 +253,7 @@ inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Tensor out = at::empty(shape, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_small_linear", [&] {
     using V = Vec<scalar_t>;
-    std::vector<scalar_t> wt(K * N);  // W^T (K, N): contiguous rows for the B operand
-    const Tensor wc = w.contiguous();
-    const scalar_t* w_p = wc.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = 0; k < K; ++k) wt[k * N + n] = w_p[n * K + k];
+    const std::vector<scalar_t> wt = transposed<scalar_t>(w);  // W^T (K, N)
     const scalar_t* b_p = has_bias ? b.data_ptr<scalar_t>() : nullptr;
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     scalar_t* o_p = out.data_ptr<scalar_t>();
