@@ -30,9 +30,10 @@ from rnnkit.training.callbacks import (  # noqa: E402, F401
 )
 from rnnkit.training.progress import ProgressBar, ProgressPrinter, TestConfig  # noqa: E402, F401
 
-# --- trainer (rnnkit/training/{trainer,batches,losses,tbptt}.py) ---
+# --- trainer (rnnkit/training/{trainer,batches,losses,keras_loss,tbptt}.py) ---
 # isort: split
 from rnnkit.training.batches import Batch, SourceBatches  # noqa: E402, F401
+from rnnkit.training.keras_loss import keras_crossentropy  # noqa: E402, F401
 from rnnkit.training.losses import resolve_loss  # noqa: E402, F401
 from rnnkit.training.trainer import History, NonFiniteError, Trainer  # noqa: E402, F401
 

@@ -274,3 +274,81 @@ def test_trainer_builds_it_by_name():
     y = x.sum(1, keepdim=True)
     history = trainer.fit((x, y), epochs=5, batch_size=16)
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_zero_grad_as_torch_optimizers():
+    """Default: every gradient becomes None; set_to_none=False zeroes them in place, as
+    torch.optim.Optimizer.zero_grad does (compared on the same parameters)."""
+    def grads_after(optimizer_class, set_to_none, **options):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2)),
+                  torch.nn.Parameter(torch.randn(1))]
+        (params[0].sum() + params[1].pow(2).sum()).backward()   # params[2] gets no grad
+        kept = params[0].grad
+        optimizer = optimizer_class(params, lr=0.1, **options)
+        if set_to_none is None:
+            optimizer.zero_grad()
+        else:
+            optimizer.zero_grad(set_to_none=set_to_none)
+        return [p.grad for p in params], kept
+
+    for set_to_none in (None, True, False):
+        ours, ours_kept = grads_after(RMSprop, set_to_none)
+        theirs, theirs_kept = grads_after(torch.optim.RMSprop, set_to_none)
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a is None) == (b is None), set_to_none
+            if a is not None:
+                torch.testing.assert_close(a, b)
+        if set_to_none is False:
+            assert ours[0] is ours_kept and ours[0].abs().max() == 0   # in place
+
+
+def _steps_on(path, monkeypatch, dtype, sizes, options, steps=6):
+    """Parameters after ``steps`` updates with the compiled step or the torch-op step."""
+    from rnnkit.training import rmsprop as module
+
+    if path == "torch ops":
+        monkeypatch.setattr(module, "_kernels", lambda: None)
+    else:
+        from rnnkit.engine import compiled
+
+        if compiled.extension() is None:
+            pytest.skip(f"compiled kernels unavailable: {compiled.available()[1]}")
+        monkeypatch.setattr(module, "_kernels", compiled.extension)
+    g = torch.Generator().manual_seed(5)
+    params = [nn.Parameter(torch.randn(n, generator=g, dtype=dtype)) for n in sizes]
+    optimizer = RMSprop(params, **options)
+    for _ in range(steps):
+        for p in params:   # mixed scales and exact zeros, as random_gradients
+            grad = torch.randn(p.shape, generator=g, dtype=dtype) * 10.0 ** float(
+                torch.empty(1).uniform_(-6, 1, generator=g))
+            p.grad = grad * (torch.rand(p.shape, generator=g) > 0.2)
+        optimizer.step()
+    monkeypatch.undo()
+    state = [optimizer.state[p][k].clone() for p in params for k in sorted(optimizer.state[p])]
+    return [p.detach().clone() for p in params], state
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", CASES, ids=["plain", "momentum", "centered", "both"])
+def test_compiled_step_equals_the_torch_op_step_to_the_bit(monkeypatch, dtype, options):
+    """The one-pass C++ update rounds where the op-by-op form rounds (torch's add with
+    alpha is a fused multiply-add, every other product is rounded): equal bits, on sizes
+    that leave vector tails (1, 17, 33) and one above the parallel grain."""
+    sizes = [1, 17, 33, 40000]
+    ours, our_state = _steps_on("compiled", monkeypatch, dtype, sizes, options)
+    theirs, their_state = _steps_on("torch ops", monkeypatch, dtype, sizes, options)
+    for a, b in zip(ours + our_state, theirs + their_state, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_compiled_step_changes_parameters_in_place_as_autograd_sees_it():
+    """A graph that saved a parameter refuses a backward after the step (as after any torch
+    optimizer's in-place update), instead of using the new values silently."""
+    w = nn.Parameter(torch.randn(3))
+    x = torch.randn(3, requires_grad=True)
+    (w * x).sum().backward(retain_graph=False)
+    saved = (w * x).sum()              # saves w for x's gradient
+    RMSprop([w], lr=0.1).step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import weakref
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +75,13 @@ def available() -> tuple[bool, str]:
     if module is None:
         return False, str(error)
     return True, f"rnnkit C++ kernels ({module.rnnkit_capability})"
+
+
+def extension() -> ModuleType | None:
+    """The C++ extension, or None where it is unavailable (see :func:`available`); built on
+    first use. For callers outside the recurrences that have a torch-op fallback
+    (``rnnkit.training``'s Keras loss and RMSprop step)."""
+    return _build.load()[0]
 
 
 def set_buffer_cache_limit(nbytes: int) -> int:

@@ -21,6 +21,13 @@ std::vector<Tensor> indrnn_backward(const Tensor&, const Tensor&, const Tensor&,
 Tensor min_scan_forward(const Tensor&, const Tensor&, bool, bool);
 std::vector<Tensor> min_scan_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                       bool, bool, bool, bool);
+// Keras's categorical cross-entropy with its autograd node (keras_loss.cpp; caller
+// rnnkit/training/keras_loss.py) and Keras's RMSprop step (keras_rmsprop.cpp; caller
+// rnnkit/training/rmsprop.py).
+Tensor keras_crossentropy(const Tensor&, const Tensor&, double, double);
+void keras_rmsprop_step(const std::vector<Tensor>&, const std::vector<Tensor>&, const Tensor&,
+                        const Tensor&, const Tensor&, const Tensor&, double, double, double,
+                        double);
 // The names every family's call may carry besides its own (step_loop.h).
 static const ArgNames kCommonNames{
     {"xp", "state", "lengths", "states", "saved", "grad_out", "grad_state"},
@@ -216,6 +223,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("reverse"),
         "elman_projected_forward with its autograd node in C++ (elman_node.cpp): "
         "[out, final state], differentiable; [] where the kernel does not apply.");
+  m.def("keras_crossentropy", &rnnkit::keras_crossentropy, py::arg("logits"),
+        py::arg("target"), py::arg("low"), py::arg("high"),
+        "Keras's categorical cross-entropy of softmax(logits (N, C)) against int64 ids (N,) "
+        "or probabilities (N, C), log-probabilities clipped to [low, high], mean over N; "
+        "differentiable in the logits (one C++ node).");
+  m.def("keras_rmsprop_step", &rnnkit::keras_rmsprop_step, py::arg("params"),
+        py::arg("grads"), py::arg("velocity"), py::arg("momentum"), py::arg("average"),
+        py::arg("scratch"), py::kw_only(), py::arg("lr"), py::arg("rho"),
+        py::arg("momentum_factor"), py::arg("epsilon"),
+        "One Keras RMSprop update of params (in place) from grads, the state in flat "
+        "buffers in the params' order (momentum / average empty when unused; scratch: the "
+        "velocity's size), rounded as the op-by-op torch form rounds it.");
   m.def("set_bf16_gemm", [](const std::string& mode) {
     TORCH_CHECK(mode == "amx" || mode == "mkl" || mode == "emulated", "set_bf16_gemm: mode "
                 "must be 'amx', 'mkl' or 'emulated', got '", mode, "'");
