@@ -32,7 +32,7 @@ is Keras's model exactly, which that is not:
   form keeps ``bias_hh_l0`` at zero and out of training (``requires_grad=False``).
 * Keras's categorical cross-entropy takes the softmax probabilities clipped to
   ``[1e-7, 1 - 1e-7]``: a sample predicted beyond that (right or wrong) gives no gradient. The
-  rnnkit form clips the log-probabilities at the same bounds (:func:`keras_crossentropy`).
+  rnnkit form trains on :func:`rnnkit.training.keras_crossentropy`, that loss from the logits.
 
 ``tests/examples/test_fashion_mnist_keras.py`` trains the Keras model and the rnnkit form from
 the same weights on the same batches and checks that their parameters agree. Training time is
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import statistics
 import sys
@@ -65,9 +64,6 @@ HOW_TO_GET = ("Fashion-MNIST not found. Install the Debian package (sudo apt-get
               "IDX files from https://github.com/zalandoresearch/fashion-mnist and pass --data "
               "DIR (or set RNNKIT_FASHION_MNIST).")
 HIDDEN, CLASSES, BATCH, LR, RHO, EPSILON = 16, 10, 100, 0.01, 0.9, 1e-7
-# Keras clips probabilities to [1e-7, 1 - 1e-7] (float32, as keras.backend.epsilon())
-LOG_CLIP_LOW = math.log(1e-7)
-LOG_CLIP_HIGH = math.log(float(torch.tensor(1 - 1e-7, dtype=torch.float32)))
 
 
 def find_data(path: str | None) -> Path | None:
@@ -118,14 +114,6 @@ class RowReader(nn.Module):
         return self.head(h_n[0])                 # (B, 10)
 
 
-def keras_crossentropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Keras's ``categorical_crossentropy`` on softmax probabilities, from the logits
-    ``(B, C)``: log-probabilities clipped to ``[log(1e-7), log(1 - 1e-7)]`` (Keras clips the
-    probabilities, so a clipped sample gets no gradient), mean over the batch."""
-    log_p = nn.functional.log_softmax(logits, -1).gather(1, y[:, None])      # (B, 1)
-    return -log_p.clamp(LOG_CLIP_LOW, LOG_CLIP_HIGH).mean()
-
-
 class TorchForm:
     """The hand-written PyTorch loop, one epoch per :meth:`epoch` call: shuffle, minibatches
     of 100 gathered batch-first as they are needed, cross-entropy, RMSprop.
@@ -151,7 +139,7 @@ class TorchForm:
         if kind == "rnnkit":
             self.optimizer = rnnkit.training.RMSprop(params, learning_rate=LR, rho=RHO,
                                                      epsilon=EPSILON)
-            self.loss_fn = keras_crossentropy
+            self.loss_fn = rnnkit.training.keras_crossentropy
         else:
             self.optimizer = torch.optim.RMSprop(params, lr=LR, alpha=RHO, eps=EPSILON,
                                                  foreach=True)
@@ -165,7 +153,10 @@ class TorchForm:
         wall, cpu = time.perf_counter(), time.process_time()
         order = torch.randperm(len(x), generator=self.generator)[: steps * BATCH]
         for batch in order.view(steps, BATCH):
-            loss = self.loss_fn(self.model(x[batch]), y[batch])      # x[batch]: (B, T, F)
+            # index_select, not x[batch]: one row copy per image (~0.07 ms) where advanced
+            # indexing computes an offset per pixel (~0.19 ms)
+            xb, yb = x.index_select(0, batch), y.index_select(0, batch)   # (B, T, F), (B,)
+            loss = self.loss_fn(self.model(xb), yb)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

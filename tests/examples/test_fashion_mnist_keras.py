@@ -87,7 +87,7 @@ def test_rnnkit_form_trains_like_keras():
     for x, y in _batches():
         keras_model.train_on_batch(x, keras.utils.to_categorical(y, example.CLASSES))
         logits = reader(torch.from_numpy(x).transpose(0, 1))  # time-major, as the example
-        loss = example.keras_crossentropy(logits, torch.from_numpy(y))
+        loss = rnnkit.training.keras_crossentropy(logits, torch.from_numpy(y))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
