@@ -18,9 +18,10 @@ puts the four IDX files in /usr/share/datasets/fashion-mnist), or ``--data DIR``
 https://github.com/zalandoresearch/fashion-mnist. Keras: ``pip install 'rnnkit[reproduce]'``
 (Keras 3; this example runs it on its torch backend, so it needs no TensorFlow).
 
-All three forms start from Keras's initialisation (glorot-uniform input and output weights,
-orthogonal recurrent weights, zero biases) so accuracy compares the frameworks, not the
-initialisers. The PyTorch form is what a PyTorch user writes: ``nn.RNN`` (two bias vectors),
+The three forms of a seed are paired: they start from the same weights (Keras's draw:
+glorot-uniform input and output weights, orthogonal recurrent weights, zero biases) and see the
+images in the same order, so accuracy compares the frameworks, not two draws. The PyTorch
+form is what a PyTorch user writes: ``nn.RNN`` (two bias vectors),
 ``torch.optim.RMSprop(alpha=0.9, eps=1e-7)``, ``cross_entropy`` on the logits. The rnnkit form
 is Keras's model exactly, which that is not:
 
@@ -109,9 +110,31 @@ class RowReader(nn.Module):
         if single_bias:
             rnn.bias_hh_l0.requires_grad_(False)
 
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start from ``weights`` (:func:`initial_weights`'s names, torch layout ``(out,
+        in)``); the second bias of ``nn.RNN`` stays zero, as Keras has none."""
+        rnn = self.rnn
+        with torch.no_grad():
+            for target, name in ((rnn.weight_ih_l0, "input"), (rnn.weight_hh_l0, "recurrent"),
+                                 (rnn.bias_ih_l0, "bias"), (self.head.weight, "head"),
+                                 (self.head.bias, "head_bias")):
+                target.copy_(weights[name])
+            rnn.bias_hh_l0.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, h_n = self.rnn(x)                     # (1, B, 16)
         return self.head(h_n[0])                 # (B, 10)
+
+
+def initial_weights(seed: int) -> dict[str, torch.Tensor]:
+    """A start drawn with Keras's initialisers in torch (for runs without the Keras form)."""
+    torch.manual_seed(seed)
+    reader = RowReader(nn.RNN(28, HIDDEN, nonlinearity="relu"))
+    rnn = reader.rnn
+    return {"input": rnn.weight_ih_l0.detach().clone(),
+            "recurrent": rnn.weight_hh_l0.detach().clone(),
+            "bias": rnn.bias_ih_l0.detach().clone(), "head": reader.head.weight.detach().clone(),
+            "head_bias": reader.head.bias.detach().clone()}
 
 
 class TorchForm:
@@ -127,12 +150,12 @@ class TorchForm:
     copy of it for the rnnkit form) took ~0.4 ms of every update on fresh pages, against
     ~0.08 ms for one batch of 100 images (Intel Xeon, one thread)."""
 
-    def __init__(self, kind: str, data: dict, seed: int) -> None:
-        torch.manual_seed(seed)
+    def __init__(self, kind: str, data: dict, weights: dict[str, torch.Tensor]) -> None:
         rnn_class = {"pytorch": nn.RNN, "rnnkit": rnnkit.RNN}[kind]
         self.data = data
         self.model = RowReader(rnn_class(28, HIDDEN, nonlinearity="relu", batch_first=True),
                                single_bias=kind == "rnnkit")
+        self.model.set_weights(weights)
         warm_up = RowReader(rnn_class(28, HIDDEN, nonlinearity="relu", batch_first=True))
         warm_up(torch.zeros(2, 28, 28)).sum().backward()  # loads kernels, untimed
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -144,15 +167,13 @@ class TorchForm:
             self.optimizer = torch.optim.RMSprop(params, lr=LR, alpha=RHO, eps=EPSILON,
                                                  foreach=True)
             self.loss_fn = nn.functional.cross_entropy
-        self.generator = torch.Generator().manual_seed(seed)
         self.train_s = self.train_cpu_s = 0.0
 
-    def epoch(self) -> None:
+    def epoch(self, order: torch.Tensor) -> None:
+        """One pass over the training images in ``order`` (a permutation, whole batches)."""
         x, y = self.data["x"], self.data["y"]
-        steps = len(x) // BATCH
         wall, cpu = time.perf_counter(), time.process_time()
-        order = torch.randperm(len(x), generator=self.generator)[: steps * BATCH]
-        for batch in order.view(steps, BATCH):
+        for batch in order.view(-1, BATCH):
             # index_select, not x[batch]: one row copy per image (~0.07 ms) where advanced
             # indexing computes an offset per pixel (~0.19 ms)
             xb, yb = x.index_select(0, batch), y.index_select(0, batch)   # (B, T, F), (B,)
@@ -173,9 +194,10 @@ class TorchForm:
 
 class KerasForm:
     """The seed's script in Keras 3 on its torch backend; :meth:`epoch` is one
-    ``fit(..., epochs=1, shuffle=True)`` (Keras shuffles afresh at every call)."""
+    ``fit(..., epochs=1)`` on the epoch's order of the images."""
 
     def __init__(self, data: dict, seed: int) -> None:
+        """The seed's model, its weights drawn by Keras from ``seed``."""
         os.environ.setdefault("KERAS_BACKEND", "torch")
         import keras
 
@@ -199,9 +221,22 @@ class KerasForm:
         self.y_test = keras.utils.to_categorical(data["y_test"].numpy(), CLASSES)
         self.train_s = self.train_cpu_s = 0.0
 
-    def epoch(self) -> None:
+    def initial_weights(self) -> dict[str, torch.Tensor]:
+        """Keras's initial weights in torch layout ``(out, in)``, for the torch forms."""
+        kernel, recurrent, bias = self.model.layers[0].get_weights()
+        head, head_bias = self.model.layers[1].get_weights()
+        return {"input": torch.from_numpy(kernel.T.copy()),
+                "recurrent": torch.from_numpy(recurrent.T.copy()),
+                "bias": torch.from_numpy(bias.copy()), "head": torch.from_numpy(head.T.copy()),
+                "head_bias": torch.from_numpy(head_bias.copy())}
+
+    def epoch(self, order: torch.Tensor) -> None:
+        """``fit`` for one epoch on the images in ``order`` (the copy in that order is made
+        before the clock starts; Keras's own shuffle, inside fit, would be timed)."""
+        index = order.numpy()
+        x, y = self.x[index], self.y[index]
         wall, cpu = time.perf_counter(), time.process_time()
-        self.model.fit(self.x, self.y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
+        self.model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         self.train_s += time.perf_counter() - wall
         self.train_cpu_s += time.process_time() - cpu
 
@@ -213,15 +248,24 @@ class KerasForm:
 
 
 def run_seed(forms: list[str], data: dict, seed: int, epochs: int) -> dict[str, dict]:
-    """Train every form from ``seed``, one epoch of each in turn: the box's speed drifts
-    (another tenant, the clock), and taking turns spreads a drift over all forms alike where
-    running each form's 20 epochs in one go put it on one form (seen: Keras 5.5 then 13.0
-    s/epoch, an hour apart, on the same idle Intel Xeon)."""
-    trainers = {form: KerasForm(data, seed) if form == "keras" else TorchForm(form, data, seed)
+    """Train every form from ``seed``, paired: all start from the same weights (Keras's draw,
+    or :func:`initial_weights` without Keras) and see the images in the same order (one
+    permutation per epoch from ``seed``), so that their accuracies differ by the frameworks
+    and not by the draw (measured unpaired, 12 seeds each: the seed spread is ~1.2 points, as
+    wide as the target). One epoch of each form in turn: the box's speed drifts (another
+    tenant, the clock), and taking turns spreads a drift over all forms alike where running
+    each form's 20 epochs in one go put it on one form (seen: Keras 5.5 then 13.0 s/epoch, an
+    hour apart, on the same idle Intel Xeon)."""
+    keras_form = KerasForm(data, seed) if "keras" in forms else None
+    weights = keras_form.initial_weights() if keras_form else initial_weights(seed)
+    trainers = {form: keras_form if form == "keras" else TorchForm(form, data, weights)
                 for form in forms}
+    generator = torch.Generator().manual_seed(seed)
+    steps = len(data["x"]) // BATCH
     for _ in range(epochs):
+        order = torch.randperm(len(data["x"]), generator=generator)[: steps * BATCH]
         for trainer in trainers.values():
-            trainer.epoch()
+            trainer.epoch(order)
     return {form: trainer.result() for form, trainer in trainers.items()}
 
 
