@@ -340,8 +340,9 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, data: dict,
         settings=(f"SimpleRNN(16, relu) + Dense(10), RMSprop lr 0.01 rho 0.9 eps 1e-7, batch "
                   f"100, {args.epochs} epochs, {len(data['x'])} training images, "
                   "rnnkit form as Keras (one bias, Keras's RMSprop formula via "
-                  "rnnkit.training.RMSprop, clipped cross-entropy), PyTorch form as written "
-                  "for PyTorch (nn.RNN's two biases, torch.optim.RMSprop), "
+                  "rnnkit.training.RMSprop, rnnkit.training.keras_crossentropy), PyTorch form "
+                  "as written for PyTorch (nn.RNN's two biases, torch.optim.RMSprop), forms "
+                  "paired (Keras's initial weights, one image order per epoch), "
                   f"{args.threads} thread(s)" + (" (tiny)" if args.tiny else "")
                   + ("" if final else f" (stopped: {len(seeds)} of {len(args.seeds)} seeds)")),
         seeds=seeds, wall_s=round(wall, 1), details=details)
