@@ -11,6 +11,8 @@
 #include "small_gemm.h"
 #include "step_loop.h"
 
+#include <cstring>
+
 namespace rnnkit {
 
 struct ElmanFamily {
@@ -355,7 +357,11 @@ std::vector<Tensor> elman_projected_forward(const Tensor& x_in, const Tensor& w_
   const auto opts = x.options();
   Tensor out = at::empty({T, B, H}, opts);
   Tensor states = at::empty({training ? T + 1 : 2, B, H}, opts);
-  states.select(0, 0).copy_(state);
+  // raw copies in and out of `states` where the layout allows: at this size each torch op
+  // (select, copy_, clone) costs microseconds, tens of them on a cold cache (row 17a)
+  const bool plain_state = state.is_contiguous();
+  if (!plain_state) states.select(0, 0).copy_(state);
+  Tensor final_state = at::empty({B, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnkit_elman_projected_forward", [&] {
     using V = Vec<scalar_t>;
     const std::vector<scalar_t> wih_t = small_gemm::transposed<scalar_t>(w_ih);  // (I, H)
@@ -370,6 +376,9 @@ std::vector<Tensor> elman_projected_forward(const Tensor& x_in, const Tensor& w_
     const int64_t xs0 = x.stride(0), xs1 = x.stride(1), xs2 = x.stride(2);
     scalar_t* out_p = out.data_ptr<scalar_t>();
     scalar_t* st_p = states.data_ptr<scalar_t>();
+    if (plain_state && B * H > 0) {
+      std::memcpy(st_p, state.data_ptr<scalar_t>(), B * H * sizeof(scalar_t));
+    }
     const scalar_t* b_p = b.data();
     const auto steps = [&](auto relu_c) {
       for (int64_t s = 0; s < T; ++s) {
@@ -394,8 +403,11 @@ std::vector<Tensor> elman_projected_forward(const Tensor& x_in, const Tensor& w_
       }
     };
     with_flag(relu, steps);
+    if (B * H > 0) {
+      std::memcpy(final_state.data_ptr<scalar_t>(), st_p + (training ? T : (T & 1)) * B * H,
+                  B * H * sizeof(scalar_t));
+    }
   });
-  Tensor final_state = states[training ? T : (T & 1)].clone();
   if (!training) return {out, final_state, Tensor()};
   return {out, final_state, states};
 }
