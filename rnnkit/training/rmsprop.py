@@ -267,6 +267,9 @@ def _run_post_hooks(optimizer: torch.optim.Optimizer) -> None:
         hook(optimizer, (optimizer,), {})
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
 def _kernels():
     """The compiled extension (one C++ call per step), or None: the torch-op step."""
     from rnnkit.engine import compiled
@@ -279,9 +282,11 @@ def _keras_rmsprop(bucket: _Bucket, grads: list[Tensor], *, lr: float, rho: floa
     """Keras 3's torch-backend ``_parallel_update_step`` on one flat buffer: in one C++ pass
     where the extension is built and the tensors are plain contiguous CPU ones (rounded as
     the torch ops round, so the two agree to the bit), else op for op."""
-    ext = _kernels() if bucket.velocity.device.type == "cpu" else None
+    velocity = bucket.velocity
+    ext = (_kernels() if velocity.device.type == "cpu" and velocity.dtype in _KERNEL_DTYPES
+           and all(type(v) is float for v in (lr, rho, momentum, epsilon)) else None)
     if ext is not None and all(g.layout == torch.strided and g.is_contiguous()
-                               and g.dtype == bucket.velocity.dtype for g in grads) and all(
+                               and g.dtype == velocity.dtype for g in grads) and all(
             p.is_contiguous() for p in bucket.params):
         empty = bucket.velocity[:0]
         ext.keras_rmsprop_step(

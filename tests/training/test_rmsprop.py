@@ -352,3 +352,24 @@ def test_compiled_step_changes_parameters_in_place_as_autograd_sees_it():
     RMSprop([w], lr=0.1).step()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         saved.backward()
+
+
+def test_steps_the_compiled_pass_leaves_to_torch_ops():
+    """bfloat16 parameters and a tensor learning rate (set by hand after construction) take
+    the torch-op step; both still follow Keras's formula (the NumPy oracle, float64)."""
+    values, grads = initial_values(3), random_gradients(3, steps=3)
+    want = numpy_keras_rmsprop(values, grads, 0.01, 0.9, 0.0, 1e-7, False)
+    params = [nn.Parameter(torch.tensor(v, dtype=torch.bfloat16)) for v in values]
+    optimizer = RMSprop(params, lr=0.01)
+    tensor_lr = [nn.Parameter(torch.tensor(v)) for v in values]
+    optimizer_tensor_lr = RMSprop(tensor_lr, lr=0.01)
+    optimizer_tensor_lr.param_groups[0]["lr"] = torch.tensor(0.01, dtype=torch.float64)
+    for step in grads:
+        for p, q, g in zip(params, tensor_lr, step, strict=True):
+            p.grad = torch.tensor(g, dtype=torch.bfloat16)
+            q.grad = torch.tensor(g)
+        optimizer.step()
+        optimizer_tensor_lr.step()
+    for p, q, w in zip(params, tensor_lr, want, strict=True):
+        np.testing.assert_allclose(p.detach().double().numpy(), w, rtol=2e-2, atol=2e-2)
+        np.testing.assert_allclose(q.detach().numpy(), w, rtol=1e-12, atol=1e-14)
