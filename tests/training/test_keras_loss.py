@@ -40,7 +40,7 @@ def keras_formula(logits, target, epsilon=1e-7):
     p = p / p.sum(-1, keepdim=True)
     p = torch.clip(p, epsilon, 1.0 - epsilon)
     if not target.is_floating_point():
-        target = torch.nn.functional.one_hot(target.reshape(-1), classes).to(logits.dtype)
+        target = torch.nn.functional.one_hot(target.reshape(-1).long(), classes).to(logits.dtype)
     return -(target.reshape(-1, classes) * torch.log(p)).sum(-1).mean()
 
 
@@ -160,3 +160,15 @@ def test_equals_keras_itself():
 
 def test_doctests():
     assert_doctests_pass("rnnkit.training.keras_loss")
+
+
+def test_strided_logits_and_int32_ids_equal_keras_formula():
+    """A transposed (non-contiguous) logits view and int32 class ids give what contiguous
+    logits and int64 ids give."""
+    torch.manual_seed(4)
+    base = torch.randn(6, 9, dtype=torch.float64)            # (C, N) in memory
+    logits = base.t()                                        # (N, C) view, strides (1, 9)
+    target = torch.randint(0, 6, (9,), dtype=torch.int32)
+    ours, theirs, g, g_ref = _both(logits, target)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
