@@ -123,8 +123,8 @@ void keras_rmsprop_step(const std::vector<Tensor>& params, const std::vector<Ten
                       centered ? average.data_ptr<T>() + offset : nullptr, d + offset, begin,
                       end, o);
     });
-    // torch's own square root (MKL's, not always the correctly rounded one): the op-by-op
-    // form takes it on a buffer of this length, so the two round alike
+    // torch's own square root (its float32 kernel is not always the correctly rounded one,
+    // sqrtss): the op-by-op form takes it on a buffer of this length, so the two round alike
     Tensor root = scratch;  // a handle: sqrt_ takes a non-const one
     at::sqrt_(root);
     each([&](size_t k, int64_t offset, int64_t begin, int64_t end) {
