@@ -53,6 +53,8 @@ import torch
 from torch import Tensor
 from torch.optim import optimizer as torch_optimizer
 
+from rnnkit.engine import compiled
+
 __all__ = ["RMSprop"]
 
 _UNSET = object()
@@ -270,11 +272,9 @@ def _run_post_hooks(optimizer: torch.optim.Optimizer) -> None:
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-def _kernels():
-    """The compiled extension (one C++ call per step), or None: the torch-op step."""
-    from rnnkit.engine import compiled
-
-    return compiled.extension()
+# The compiled extension (one C++ call per step), or None: the torch-op step. A name of this
+# module's own, so that tests can take either path.
+_kernels = compiled.extension
 
 
 def _keras_rmsprop(bucket: _Bucket, grads: list[Tensor], *, lr: float, rho: float,

@@ -51,6 +51,7 @@ from rnnkit.engine.compiled._functions import (
     CellRecurrence,
     KernelCall,
     ProjectedRecurrence,
+    _empty_if_none,
     project,
 )
 from rnnkit.engine.hooks import has_own_hooks, step_hook
@@ -681,11 +682,9 @@ def run_prepared(run: PreparedRun, inputs: Tensor, state: Tensor) -> tuple[Tenso
         return out, final
     if operands is not None:  # one autograd node for the projection and the recurrence
         if run.node is not None:  # Elman on the small path: the node in C++ (elman_node.cpp)
-            weight, *biases = operands
-            # `is None`, not `None in biases`: `in` would call Tensor.__eq__(None), ~35 us
-            if any(b is None for b in biases):  # absent biases go to C++ as empty tensors
-                biases = [weight.new_empty(0) if b is None else b for b in biases]
-            result = run.node(inputs, weight, *biases, tensors[0], state, run.lengths,
+            weight, bias, second = operands  # absent biases go to C++ as empty tensors
+            result = run.node(inputs, weight, _empty_if_none(bias, weight),
+                              _empty_if_none(second, weight), tensors[0], state, run.lengths,
                               relu=run.relu, reverse=call.reverse)
             if result:
                 return result[0], result[1]

@@ -14,9 +14,7 @@
 // Targets: class ids (N,) int64 (t one-hot) or probabilities (N, C) of the logits' dtype.
 #include <torch/extension.h>
 
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+#include "common.h"
 
 #include <cmath>
 #include <vector>
@@ -29,17 +27,14 @@ using torch::autograd::variable_list;
 
 namespace {
 
-// Rows per task: small losses (a classifier's batch) run inline on the calling thread.
-int64_t row_grain(int64_t classes) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(classes, 1)); }
-
 // One row: probabilities into p (C), and the row's contribution -sum_c t_c clamp(log p_c)
 // with the held weights w (ids: w[0] = m_y; probabilities: w[c] = t_c m_c).
 template <typename scalar_t>
 scalar_t row_forward(const scalar_t* z, int64_t C, const int64_t* id, const scalar_t* t,
                      scalar_t low, scalar_t high, scalar_t* p, scalar_t* w) {
-  using Vec = at::vec::Vectorized<scalar_t>;
+  using V = Vec<scalar_t>;
   scalar_t top, log_sum;
-  if (C < 2 * Vec::size()) {  // a short row (a classifier's): scalar, no partial vectors
+  if (C < 2 * V::size()) {  // a short row (a classifier's): scalar, no partial vectors
     top = z[0];
     for (int64_t c = 1; c < C; ++c) top = std::max(top, z[c]);
     scalar_t sum = 0;
@@ -49,13 +44,13 @@ scalar_t row_forward(const scalar_t* z, int64_t C, const int64_t* id, const scal
     for (int64_t c = 0; c < C; ++c) p[c] *= inv;
   } else {
     top = at::vec::reduce_all<scalar_t>(
-        [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, z, C);
-    at::vec::map([top](Vec v) { return (v - Vec(top)).exp(); }, p, z, C);
+        [](V& a, V& b) { return at::vec::maximum(a, b); }, z, C);
+    at::vec::map([top](V v) { return (v - V(top)).exp(); }, p, z, C);
     const scalar_t sum = at::vec::reduce_all<scalar_t>(
-        [](Vec& a, Vec& b) { return a + b; }, p, C);
+        [](V& a, V& b) { return a + b; }, p, C);
     log_sum = std::log(sum);
     const scalar_t inv = scalar_t(1) / sum;
-    at::vec::map([inv](Vec v) { return v * Vec(inv); }, p, p, C);
+    at::vec::map([inv](V v) { return v * V(inv); }, p, p, C);
   }
   auto held = [&](scalar_t log_p, scalar_t weight, scalar_t* into) {
     const bool inside = log_p >= low && log_p <= high;
@@ -92,6 +87,8 @@ struct KerasCrossEntropy : public torch::autograd::Function<KerasCrossEntropy> {
       double* rp = rows.data();
       const int64_t* y = ids ? target.data_ptr<int64_t>() : nullptr;
       const scalar_t* t = ids ? nullptr : target.data_ptr<scalar_t>();
+      // rows per task: the kernels' pointwise grain (common.h), so a classifier's batch runs
+      // on the calling thread
       at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
           rp[n] = row_forward<scalar_t>(z + n * C, C, ids ? y + n : nullptr,

@@ -13,7 +13,7 @@
 // rounded sqrtss (1 in ~4000 results differ by an ulp).
 #include <torch/extension.h>
 
-#include <ATen/Parallel.h>
+#include "common.h"
 
 #include <cmath>
 #include <vector>
@@ -111,7 +111,7 @@ void keras_rmsprop_step(const std::vector<Tensor>& params, const std::vector<Ten
       int64_t offset = 0;
       for (size_t k = 0; k < params.size(); ++k) {
         const int64_t n = params[k].numel();
-        at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, n, row_grain(1), [&](int64_t begin, int64_t end) {
           pass(k, offset, begin, end);
         });
         offset += n;
