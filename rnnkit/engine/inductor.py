@@ -30,6 +30,7 @@ Symbols: ``T`` time steps, ``B`` batch, ``H_in`` input features.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import operator
 import weakref
 from collections.abc import Callable
@@ -292,6 +293,17 @@ DECOMPOSE_TANH = True
 #: tracing, hoisting, lengths and backward logic use it to avoid a compile per test).
 COMPILE = True
 
+#: Run the per-step loop in C++ (csrc/traced_step.cpp) where the compiled kernels are built:
+#: the step's graphs are then compiled with Inductor's C++ wrapper, whose entry point the
+#: loop calls directly. False (or no extension, or an entry point not found) keeps the
+#: Python loop around Inductor's Python wrapper.
+CPP_LOOP = True
+
+#: ``void inductor_entry_impl(AtenTensorHandle*, AtenTensorHandle*)``, as the C++ ABI names it:
+#: the entry point of code compiled with Inductor's C++ wrapper (inputs stolen, outputs
+#: handed back).
+_ENTRY_SYMBOL = "_Z19inductor_entry_implPP16AtenTensorOpaqueS1_"
+
 
 @dataclass
 class StepProgram:
@@ -307,6 +319,11 @@ class StepProgram:
     # backward inputs (of the saved ones) taken transposed and contiguous, made once per
     # sequence from the first step's value (:func:`_transposed_weights`)
     transposed: list[int] = field(default_factory=list)
+    # the C++ loop's entry points (forward, backward or 0) and result counts, or None: the
+    # Python loop (:func:`_entry_point`)
+    entries: tuple[int, int] | None = None
+    results: tuple[int, int] = (0, 0)
+    libraries: list[Any] = field(default_factory=list)  # keeps the entry points loaded
 
 
 #: ATen operators (by name) linear in their one tensor argument: a sum over time commutes
@@ -453,8 +470,11 @@ def _run_deferred(deferred: Deferred, frontier: list[list[Tensor] | Tensor], ste
             values[node.name] = node.target(*args, **kwargs)
         elif tag == "summed":  # mm of two stacked operands: one GEMM over T*B rows
             a, b = (values[n.name] for n in node.args[:2])  # (T, m, k), (T, k, n)
-            values[node.name] = torch.mm(a.transpose(0, 1).reshape(a.shape[1], -1),
-                                         b.reshape(-1, b.shape[2]))
+            if a.transpose(1, 2).is_contiguous():  # per-step transposes of one stack (the
+                left = a.transpose(1, 2).reshape(-1, a.shape[1]).t()  # gate gradients): a view
+            else:
+                left = a.transpose(0, 1).reshape(a.shape[1], -1)  # (m, T*k)
+            values[node.name] = torch.mm(left, b.reshape(-1, b.shape[2]))
         else:  # stacked: the operation batched over time
             def call(*tensors: Tensor, node: fx.Node = node,
                      names: tuple[str, ...] = tuple(n.name for n in inputs)) -> Any:
@@ -584,7 +604,7 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
 
     from functorch.compile import aot_function, make_boxed_func
     from torch._functorch.partitioners import min_cut_rematerialization_partition
-    from torch._inductor.compile_fx import compile_fx_inner
+    from torch._inductor.compile_fx import compile_fx_inner, get_cpp_wrapper_config
     from torch._inductor.decomposition import select_decomp_table
 
     begin = time.perf_counter()
@@ -627,6 +647,7 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             transposed = _transposed_weights(gm, graph_inputs, static)
             _wide_products(gm)
     programs = []
+    cpp_loop = COMPILE and CPP_LOOP and _extension() is not None
     for name in ("forward", "backward") if training else ("forward",):
         gm, graph_inputs = graphs[name]
         if COMPILE:
@@ -643,9 +664,23 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             # 2e-7 absolute of torch.tanh in float32, 4e-16 in float64 (not bit-equal: small
             # values lose their relative precision, as every compiled step rounds its own way)
             patch["cpp.use_decompose_tanh"] = DECOMPOSE_TANH
-            with torch.no_grad(), inductor_config.patch(patch):
-                programs.append(compile_fx_inner(gm, graph_inputs, is_backward=name ==
-                                                 "backward"))
+            program = None
+            if cpp_loop:  # the C++ wrapper, whose entry point the C++ loop calls
+                try:
+                    with torch.no_grad(), inductor_config.patch(patch), \
+                            inductor_config.patch(get_cpp_wrapper_config()), \
+                            inductor_config.patch({"cpp_wrapper": True}):
+                        program = compile_fx_inner(gm, graph_inputs, cpp_wrapper=True,
+                                                   is_backward=name == "backward")
+                except Exception as error:  # noqa: BLE001 - the Python wrapper may still build
+                    if not _is_compile_failure(error):
+                        raise
+                    cpp_loop = False
+            if program is None:
+                with torch.no_grad(), inductor_config.patch(patch):
+                    program = compile_fx_inner(gm, graph_inputs,
+                                               is_backward=name == "backward")
+            programs.append(program)
         else:
             programs.append(make_boxed_func(gm.forward))
     tangents = 0
@@ -655,8 +690,45 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
         if tangents != len(results):
             raise PathDeclined(f"the step's backward takes {tangents} tangents for "
                                f"{len(results)} outputs (an output that needs no gradient)")
-    return StepProgram(programs[0], programs[1] if training else None, len(results), tangents,
-                       time.perf_counter() - begin, deferred, transposed)
+    program = StepProgram(programs[0], programs[1] if training else None, len(results),
+                          tangents, time.perf_counter() - begin, deferred, transposed)
+    if cpp_loop:
+        points = [_entry_point(p, program.libraries) for p in programs]
+        if all(point is not None for point in points):
+            program.entries = (points[0], points[1] if training else 0)
+            program.results = (_result_count(graphs["forward"][0]),
+                               _result_count(graphs["backward"][0]) if training else 0)
+    return program
+
+
+def _extension() -> Any:
+    from rnnkit.engine import compiled
+
+    return compiled.extension()
+
+
+def _result_count(gm: fx.GraphModule) -> int:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    return len(output.args[0])
+
+
+def _entry_point(program: Any, libraries: list[Any]) -> int | None:
+    """The address of the C++ entry point of code Inductor compiled with its C++ wrapper
+    (``inductor_entry_impl`` in the library it loaded), or None where it cannot be found: the
+    Python loop calls the program instead. The library's handle goes into ``libraries``."""
+    call = getattr(program, "current_callable", None)
+    for cell in getattr(call, "__closure__", None) or ():
+        module = getattr(cell.cell_contents, "__self__", None)  # the binding's module
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(".so"):
+            try:
+                library = ctypes.CDLL(path)  # the loaded library again (dlopen counts it)
+                address = ctypes.cast(getattr(library, _ENTRY_SYMBOL), ctypes.c_void_p).value
+            except (OSError, AttributeError):
+                return None
+            libraries.append(library)
+            return address
+    return None
 
 
 #: Captured (and compiled) steps by what they compute: the step graph's code and its input
@@ -671,7 +743,7 @@ def _program(entry: TracedCell, example: list[Tensor], training: bool,
     if entry.failure is not None:
         raise PathDeclined(entry.failure)
     key = (entry.step.code, tuple((tuple(t.shape), t.dtype, t.device) for t in example),
-           training, n_const, COMPILE, DEFER_WEIGHT_GRADIENTS, STEP_PARALLEL_ELEMS,
+           training, n_const, COMPILE, CPP_LOOP, DEFER_WEIGHT_GRADIENTS, STEP_PARALLEL_ELEMS,
            DECOMPOSE_TANH, WIDE_PRODUCTS and torch.get_num_threads() > 1, WIDE_PRODUCT_ROWS)
     program = _programs.get(key)
     if program is None:
@@ -719,6 +791,8 @@ class _Schedule:
     order: list[int]  # time indices in processing order
     keeps: list[Tensor | None]  # per time index: (B, 1) bool where rows still run, or None
     steps: int  # T (outputs past the longest sequence are zero)
+    mask: Tensor | None = None  # (T', B, 1): keeps stacked, for the C++ loop
+    first_masked: int = 0  # keeps[t] is mask[t] from here on (the shortest length)
 
 
 def _direct(compiled: Callable[[list[Tensor]], Any]) -> Callable[[list[Tensor]], Any]:
@@ -760,11 +834,21 @@ class _Sequence(torch.autograd.Function):
                 layout: tuple[int, int, int], *flat: Tensor) -> tuple[Tensor, ...]:
         n_const, n_step, n_state = layout
         consts = list(flat[:n_const])
-        per_step = [p.unbind(0) for p in flat[n_const:n_const + n_step]]  # T x (...) views
         leaves = [s.contiguous() for s in flat[n_const + n_step:]]
         out_index, state_index = entry.positions[0], entry.positions[1:]
-        call, n_out = _direct(program.forward), program.outputs
         training = program.backward is not None
+        ctx.program, ctx.entry, ctx.schedule, ctx.layout = program, entry, schedule, layout
+        ctx.shapes = [p[0].shape for p in flat[n_const:n_const + n_step]]
+        if program.entries is not None:  # the loop in C++ (csrc/traced_step.cpp)
+            outputs, leaves, ctx.saved_steps = _extension().traced_forward(
+                entry=program.entries[0], n_results=program.results[0],
+                n_unique=program.outputs, out_index=out_index, state_index=list(state_index),
+                consts=consts, per_step=list(flat[n_const:n_const + n_step]), leaves=leaves,
+                order=schedule.order, keep=schedule.mask, first_masked=schedule.first_masked,
+                steps=schedule.steps, training=training)
+            return (outputs, *leaves)
+        per_step = [p.unbind(0) for p in flat[n_const:n_const + n_step]]  # T x (...) views
+        call, n_out = _direct(program.forward), program.outputs
         saved: dict[int, Any] = {}
         outs: list[Tensor | None] = [None] * schedule.steps
         for t in schedule.order:
@@ -780,9 +864,7 @@ class _Sequence(torch.autograd.Function):
             leaves = [n.contiguous() for n in new]
         first = outs[schedule.order[0]]
         outputs = _stack_steps(outs, first.shape, first)  # (T, B, H_out)
-        ctx.program, ctx.entry, ctx.schedule, ctx.layout = program, entry, schedule, layout
         ctx.saved_steps = saved
-        ctx.shapes = [p[0].shape for p in per_step]
         return (outputs, *leaves)
 
     @staticmethod
@@ -794,6 +876,8 @@ class _Sequence(torch.autograd.Function):
         saved = ctx.saved_steps
         needs = ctx.needs_input_grad[4:]
         steps = schedule.steps
+        if program.entries is not None:
+            return _cpp_backward(ctx, grad_outputs, list(grad_leaves))
         call, n_out = _direct(program.backward), program.outputs
         # T x (B, H_out) views; made contiguous per step where the compiled backward reads one
         # as it is (an output that is also the state gets the sum of two tangents: a new
@@ -875,6 +959,35 @@ class _Sequence(torch.autograd.Function):
         return (None, None, None, None, *grad_consts, *stacked,
                 *[d if need else None for d, need in zip(d_leaves, needs[n_const + n_step:],
                                                          strict=True)])
+
+
+def _cpp_backward(ctx: Any, grad_outputs: Tensor, grad_leaves: list[Tensor]
+                  ) -> tuple[Tensor | None, ...]:
+    """:meth:`_Sequence.backward` with its loop in C++ (csrc/traced_step.cpp)."""
+    program, schedule = ctx.program, ctx.schedule
+    n_const, n_step, n_state = ctx.layout
+    needs = list(ctx.needs_input_grad[4:])
+    deferred = program.deferred
+    static = deferred.static if deferred else []
+    grad_consts, stacked, operands, d_leaves = _extension().traced_backward(
+        entry=program.entries[1], n_results=program.results[1], saved=ctx.saved_steps,
+        grad_outputs=grad_outputs, grad_leaves=grad_leaves, positions=list(ctx.entry.positions),
+        n_unique=program.outputs, transposed=program.transposed, n_const=n_const,
+        n_step=n_step, needs=needs, frontier_static=static, order=schedule.order,
+        keep=schedule.mask, first_masked=schedule.first_masked, steps=schedule.steps)
+    stacked = [None if not need else value if value is not None else  # (T, ...)
+               grad_outputs.new_zeros(schedule.steps, *shape)
+               for value, need, shape in zip(stacked, needs[n_const:n_const + n_step],
+                                             ctx.shapes, strict=True)]
+    if deferred is not None:
+        frontier = [[value] if is_static else value
+                    for value, is_static in zip(operands, static, strict=True)]
+        summed = _run_deferred(deferred, frontier, len(schedule.order))
+        grad_consts = [g if need else None
+                       for g, need in zip(summed, needs[:n_const], strict=True)]
+    return (None, None, None, None, *grad_consts, *stacked,
+            *[d if need else None for d, need in zip(d_leaves, needs[n_const + n_step:],
+                                                     strict=True)])
 
 
 def _over_time(graph: fx.GraphModule, consts: list[Tensor], inputs: Tensor) -> list[Tensor]:
@@ -977,7 +1090,8 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
         valid = torch.arange(max_len, device=inputs.device)[:, None] < lengths[None, :]
         masks = valid.unsqueeze(-1).unbind(0)  # T' x (B, 1)
         keeps = [masks[t] if min_len <= t < max_len else None for t in range(steps)]
-    schedule = _Schedule(order, keeps, steps)
+    schedule = _Schedule(order, keeps, steps, None if lengths is None else
+                         valid.unsqueeze(-1), 0 if lengths is None else min_len)
     flat = [*(everything[i] for i in consts), *(everything[i] for i in per_step), *leaves]
     layout = (len(consts), len(per_step), len(leaves))
     if not training:

@@ -4,6 +4,7 @@
 #include "elman.h"
 #include "small_gemm.h"
 #include "step_loop.h"
+#include "traced_step.h"
 
 #include <algorithm>
 #include <set>
@@ -146,6 +147,46 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "Feed the gate one region's timing (tests of its decisions).");
   m.def("thread_gate_open", []() { return rnnkit::thread_gate().open(); },
         "Ask the gate as a short region would (tests of its decisions; consumes a probe).");
+  py::class_<rnnkit::SavedSteps, std::shared_ptr<rnnkit::SavedSteps>>(
+      m, "SavedSteps", "What a traced step's compiled forward saved for its backward.");
+  m.def("traced_forward",
+        [](int64_t entry, int64_t n_results, int64_t n_unique, int64_t out_index,
+           const std::vector<int64_t>& state_index, const std::vector<at::Tensor>& consts,
+           const std::vector<at::Tensor>& per_step, std::vector<at::Tensor> leaves,
+           const std::vector<int64_t>& order, std::optional<at::Tensor> keep,
+           int64_t first_masked, int64_t steps, bool training) {
+          return rnnkit::traced_forward(entry, n_results, n_unique, out_index, state_index,
+                                        consts, per_step, std::move(leaves), order,
+                                        keep.value_or(at::Tensor()), first_masked, steps,
+                                        training);
+        },
+        py::arg("entry"), py::arg("n_results"), py::arg("n_unique"), py::arg("out_index"),
+        py::arg("state_index"), py::arg("consts"), py::arg("per_step"), py::arg("leaves"),
+        py::arg("order"), py::arg("keep"), py::arg("first_masked"), py::arg("steps"),
+        py::arg("training"),
+        "The inductor path's forward loop (traced_step.cpp): [outputs (T, B, H_out), final "
+        "state, saved].");
+  m.def("traced_backward",
+        [](int64_t entry, int64_t n_results, const rnnkit::SavedSteps& saved,
+           const at::Tensor& grad_outputs, std::vector<at::Tensor> grad_leaves,
+           const std::vector<int64_t>& positions, int64_t n_unique,
+           const std::vector<int64_t>& transposed, int64_t n_const, int64_t n_step,
+           const std::vector<bool>& needs, const std::vector<bool>& frontier_static,
+           const std::vector<int64_t>& order, std::optional<at::Tensor> keep,
+           int64_t first_masked, int64_t steps) {
+          return rnnkit::traced_backward(entry, n_results, saved, grad_outputs,
+                                         std::move(grad_leaves), positions, n_unique,
+                                         transposed, n_const, n_step, needs, frontier_static,
+                                         order, keep.value_or(at::Tensor()), first_masked,
+                                         steps);
+        },
+        py::arg("entry"), py::arg("n_results"), py::arg("saved"), py::arg("grad_outputs"),
+        py::arg("grad_leaves"), py::arg("positions"), py::arg("n_unique"),
+        py::arg("transposed"), py::arg("n_const"), py::arg("n_step"), py::arg("needs"),
+        py::arg("frontier_static"), py::arg("order"), py::arg("keep"),
+        py::arg("first_masked"), py::arg("steps"),
+        "The inductor path's backward loop (traced_step.cpp): [constant inputs' gradients, "
+        "per-step inputs' gradients (T, ...), deferred operands, initial state gradients].");
   m.def("indrnn_forward", &rnnkit::indrnn_forward);
   m.def("indrnn_backward", &rnnkit::indrnn_backward);
   m.def("min_scan_forward", &rnnkit::min_scan_forward, py::arg("pre"), py::arg("h0"),

@@ -1,0 +1,45 @@
+// The inductor path's per-step loop in C++ (traced_step.cpp; caller
+// rnnkit/engine/inductor.py's _Sequence).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <tuple>
+#include <vector>
+
+namespace rnnkit {
+
+// What each step's compiled forward saved for its backward, by time index (empty where the
+// step did not run): kept in C++ between the two calls, opaque to Python.
+struct SavedSteps {
+  std::vector<std::vector<at::Tensor>> steps;
+};
+
+// (T, B, H_out) outputs, final state leaves, saved values
+using TracedForward =
+    std::tuple<at::Tensor, std::vector<at::Tensor>, std::shared_ptr<SavedSteps>>;
+// constant inputs' gradients summed over steps (undefined where none), per-step inputs'
+// gradients (T, ...), the deferred weight-gradient operands (static: one value; else
+// (max_len, ...)), the initial state's gradients
+using TracedBackward = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>,
+                                  std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
+                             int64_t out_index, const std::vector<int64_t>& state_index,
+                             const std::vector<at::Tensor>& consts,
+                             const std::vector<at::Tensor>& per_step,
+                             std::vector<at::Tensor> leaves, const std::vector<int64_t>& order,
+                             const at::Tensor& keep, int64_t first_masked, int64_t steps,
+                             bool training);
+
+TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedSteps& saved,
+                               const at::Tensor& grad_outputs, std::vector<at::Tensor> d_leaves,
+                               const std::vector<int64_t>& positions, int64_t n_unique,
+                               const std::vector<int64_t>& transposed, int64_t n_const,
+                               int64_t n_step, const std::vector<bool>& needs,
+                               const std::vector<bool>& frontier_static,
+                               const std::vector<int64_t>& order, const at::Tensor& keep,
+                               int64_t first_masked, int64_t steps);
+
+}  // namespace rnnkit
