@@ -511,3 +511,29 @@ def test_a_transient_mismatch_is_looked_at_twice(uncompiled):
         out, _ = layer(x)
     assert dispatch.make_plan(layer, x, None).paths() == ["inductor"]
     torch.testing.assert_close(out, Recurrence(cell, engine="loop")(x)[0], rtol=0, atol=1e-6)
+
+
+def test_without_the_cpp_loop_the_python_loop_serves(monkeypatch):
+    """``CPP_LOOP = False`` (as where the kernels are not built, or Inductor's C++ entry point
+    is not found): the steps run from Python around Inductor's Python wrapper, with the same
+    values and gradients as the eager loop, and the C++ loop is never called."""
+    from rnnkit.engine import compiled
+
+    module = compiled.extension()
+    spy = _CountingExtension(module) if module is not None else None
+    monkeypatch.setattr(inductor, "_extension", lambda: spy)
+    monkeypatch.setattr(inductor, "CPP_LOOP", False)
+    torch.manual_seed(15)
+    cell = PairState(3, 4).double()
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    run = dispatch.plan_cell(cell, x, "inductor")
+    dispatch.run_cell(run, x.detach(), inductor.example_state(cell, 3, x),
+                      torch.tensor([5, 1, 3]), True)
+    if run.ran != "inductor":
+        pytest.skip(f"torch.compile cannot serve here: {run.declined}")
+    for reverse in (False, True):
+        ours = Recurrence(cell, go_backwards=reverse, engine="inductor")
+        theirs = Recurrence(cell, go_backwards=reverse, engine="loop")
+        _assert_equal(_grads(ours, x, [5, 1, 3]), _grads(theirs, x, [5, 1, 3]), 1e-10)
+    if spy is not None:
+        assert spy.calls == {"traced_forward": 0, "traced_backward": 0}

@@ -17,6 +17,7 @@
 #include <torch/extension.h>
 #include <torch/csrc/inductor/aoti_torch/utils.h>
 
+#include <cstring>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -88,6 +89,19 @@ Tensor steps_like(const Tensor& value, int64_t steps) {
   return BufferCache::instance().empty(shape, value.options());
 }
 
+// buffer[t] = value: one memcpy where both are contiguous (no view made, no copy kernel
+// dispatched: a step's row is a few tens of KiB, the dispatch a few microseconds).
+void set_row(const Tensor& buffer, int64_t t, const Tensor& value) {
+  const int64_t row = buffer.numel() / buffer.size(0);
+  if (buffer.is_contiguous() && value.is_contiguous() && value.numel() == row &&
+      value.scalar_type() == buffer.scalar_type()) {
+    const size_t bytes = static_cast<size_t>(row) * buffer.element_size();
+    std::memcpy(static_cast<char*>(buffer.data_ptr()) + t * bytes, value.data_ptr(), bytes);
+  } else {
+    buffer[t].copy_(value);
+  }
+}
+
 }  // namespace
 
 TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
@@ -120,7 +134,7 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
     }
     if (keep_t.defined()) out = at::where(keep_t, out, 0.0);
     if (!outputs.defined()) outputs = steps_like(out, steps);
-    outputs[t].copy_(out);
+    set_row(outputs, t, out);
     if (training) {
       saved->steps[t].assign(std::make_move_iterator(results.begin() + n_unique),
                              std::make_move_iterator(results.end()));
@@ -208,7 +222,7 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
         step_grads[i] = steps_like(g, steps);
         written[i].assign(steps, false);
       }
-      step_grads[i][t].copy_(g);
+      set_row(step_grads[i], t, g);
       written[i][t] = true;
     }
     for (int64_t f = 0; f < n_frontier; ++f) {
@@ -230,7 +244,7 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
                     "rnnkit inductor loop: the step's backward changed its outputs' aliasing");
         continue;
       }
-      frontier[f][t].copy_(value);
+      set_row(frontier[f], t, value);
     }
     for (int64_t i = 0; i < n_const; ++i) {
       const Tensor& g = grads[i];
