@@ -322,6 +322,8 @@ class StepProgram:
     # the C++ loop's entry points (forward, backward or 0) and result counts, or None: the
     # Python loop (:func:`_entry_point`)
     entries: tuple[int, int] | None = None
+    # per tangent of the backward: the strides it is compiled for (:func:`_tangent_layouts`)
+    tangent_strides: list[tuple[int, ...]] = field(default_factory=list)
     results: tuple[int, int] = (0, 0)
     libraries: list[Any] = field(default_factory=list)  # keeps the entry points loaded
 
@@ -595,8 +597,44 @@ def _transposed_weights(gm: fx.GraphModule, inputs: list[Tensor], static: set[st
     return taken
 
 
+def _tangent_layouts(gm: fx.GraphModule, inputs: list[Tensor], positions: list[int],
+                     n_inputs: int) -> list[tuple[int, ...]]:
+    """Let each tangent of the backward graph ``gm`` that carries a state's gradient back to
+    the step before take it in the layout the backward returns that gradient in (transposed,
+    where :func:`_wide_products` computes ``dh`` as ``(W^T @ dgates^T)^T``): the example
+    ``inputs`` are laid out so, and the compiled code reads the gradient as it comes, where
+    the loop would otherwise copy it contiguous at every step (for a cell whose output is its
+    state, the sum of the two tangents is written in that layout in one pass). ``positions``:
+    the forward's unique output of (out, state leaves...); ``n_inputs``: the forward's inputs
+    (the last ones the state's). Returns each tangent's strides."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    tangents = [i for i, n in enumerate(placeholders) if n.name.startswith("tangents")]
+    results = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    n_state = len(positions) - 1
+    strides = []
+    for j, index in enumerate(tangents):
+        example = inputs[index]
+        want = tuple(example.stride())
+        for k in range(max(n_state, 0)):
+            grad = results[n_inputs - n_state + k]
+            value = grad.meta.get("val") if isinstance(grad, fx.Node) else None
+            if positions[1 + k] == j and value is not None and value.shape == example.shape:
+                want = tuple(value.stride())
+        if want != tuple(example.stride()):
+            inputs[index] = example.new_empty_strided(example.shape, want).copy_(example)
+        strides.append(want)
+    return strides
+
+
+def _laid_out(value: Tensor, stride: tuple[int, ...]) -> Tensor:
+    """``value`` with ``stride`` (itself when it has them; else one copy)."""
+    if tuple(value.stride()) == stride:
+        return value
+    return value.new_empty_strided(value.shape, stride).copy_(value)
+
+
 def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
-             n_const: int = 0) -> StepProgram:
+             n_const: int = 0, positions: list[int] | None = None) -> StepProgram:
     """The step's forward and backward graphs (AOTAutograd, Inductor's decompositions and the
     min-cut partition), each compiled by Inductor (or left as graphs when ``COMPILE`` is
     False)."""
@@ -646,6 +684,10 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             static = _static_saved(graphs["forward"][0], n_const, len(results))
             transposed = _transposed_weights(gm, graph_inputs, static)
             _wide_products(gm)
+    tangent_strides: list[tuple[int, ...]] = []
+    if training:
+        gm, graph_inputs = graphs["backward"]
+        tangent_strides = _tangent_layouts(gm, graph_inputs, positions or [], len(example))
     programs = []
     cpp_loop = COMPILE and CPP_LOOP and _extension() is not None
     for name in ("forward", "backward") if training else ("forward",):
@@ -691,7 +733,8 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             raise PathDeclined(f"the step's backward takes {tangents} tangents for "
                                f"{len(results)} outputs (an output that needs no gradient)")
     program = StepProgram(programs[0], programs[1] if training else None, len(results),
-                          tangents, time.perf_counter() - begin, deferred, transposed)
+                          tangents, time.perf_counter() - begin, deferred, transposed,
+                          tangent_strides=tangent_strides)
     if cpp_loop:
         points = [_entry_point(p, program.libraries) for p in programs]
         if all(point is not None for point in points):
@@ -748,7 +791,7 @@ def _program(entry: TracedCell, example: list[Tensor], training: bool,
     program = _programs.get(key)
     if program is None:
         try:
-            program = _capture(entry.step, example, training, n_const)
+            program = _capture(entry.step, example, training, n_const, entry.positions)
         except PathDeclined as declined:
             entry.failure = str(declined)
             raise
@@ -933,7 +976,8 @@ class _Sequence(torch.autograd.Function):
                 if not swap:
                     swap.update({j: arguments[j].t().contiguous() for j in transposed})
                 arguments = [swap.get(j, a) for j, a in enumerate(arguments)]
-            grads = call([*arguments, *[d.contiguous() for d in tangents]])
+            grads = call([*arguments, *[_laid_out(d, s) for d, s in
+                                        zip(tangents, program.tangent_strides, strict=True)]])
             for (values, slot), value in zip(frontier_slots, grads[n_inputs:], strict=True):
                 values[t if slot is None else slot] = value
             for i in const_slots:
@@ -986,7 +1030,8 @@ def _cpp_backward(ctx: Any, grad_outputs: Tensor, grad_leaves: list[Tensor]
     grad_consts, stacked, operands, d_leaves = _extension().traced_backward(
         entry=program.entries[1], n_results=program.results[1], saved=ctx.saved_steps,
         grad_outputs=grad_outputs, grad_leaves=grad_leaves, positions=list(ctx.entry.positions),
-        n_unique=program.outputs, transposed=program.transposed, n_const=n_const,
+        n_unique=program.outputs, tangent_strides=[list(s) for s in program.tangent_strides],
+        transposed=program.transposed, n_const=n_const,
         n_step=n_step, needs=needs, frontier_static=static, order=schedule.order,
         keep=schedule.mask, first_masked=schedule.first_masked, steps=schedule.steps)
     stacked = [None if not need else value if value is not None else  # (T, ...)

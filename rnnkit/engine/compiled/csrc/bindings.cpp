@@ -170,19 +170,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         [](int64_t entry, int64_t n_results, const rnnkit::SavedSteps& saved,
            const at::Tensor& grad_outputs, std::vector<at::Tensor> grad_leaves,
            const std::vector<int64_t>& positions, int64_t n_unique,
+           const std::vector<std::vector<int64_t>>& tangent_strides,
            const std::vector<int64_t>& transposed, int64_t n_const, int64_t n_step,
            const std::vector<bool>& needs, const std::vector<bool>& frontier_static,
            const std::vector<int64_t>& order, std::optional<at::Tensor> keep,
            int64_t first_masked, int64_t steps) {
           return rnnkit::traced_backward(entry, n_results, saved, grad_outputs,
                                          std::move(grad_leaves), positions, n_unique,
-                                         transposed, n_const, n_step, needs, frontier_static,
+                                         tangent_strides, transposed, n_const, n_step, needs, frontier_static,
                                          order, keep.value_or(at::Tensor()), first_masked,
                                          steps);
         },
         py::arg("entry"), py::arg("n_results"), py::arg("saved"), py::arg("grad_outputs"),
         py::arg("grad_leaves"), py::arg("positions"), py::arg("n_unique"),
-        py::arg("transposed"), py::arg("n_const"), py::arg("n_step"), py::arg("needs"),
+        py::arg("tangent_strides"), py::arg("transposed"), py::arg("n_const"), py::arg("n_step"), py::arg("needs"),
         py::arg("frontier_static"), py::arg("order"), py::arg("keep"),
         py::arg("first_masked"), py::arg("steps"),
         "The inductor path's backward loop (traced_step.cpp): [constant inputs' gradients, "

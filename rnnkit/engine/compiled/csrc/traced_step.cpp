@@ -150,6 +150,7 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
 TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedSteps& saved,
                                const Tensor& grad_outputs, std::vector<Tensor> d_leaves,
                                const std::vector<int64_t>& positions, int64_t n_unique,
+                               const std::vector<std::vector<int64_t>>& tangent_strides,
                                const std::vector<int64_t>& transposed, int64_t n_const,
                                int64_t n_step, const std::vector<bool>& needs,
                                const std::vector<bool>& frontier_static,
@@ -160,7 +161,8 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
   const int64_t n_frontier = static_cast<int64_t>(frontier_static.size());
   TORCH_CHECK(static_cast<int64_t>(needs.size()) == n_inputs &&
                   static_cast<int64_t>(positions.size()) == 1 + n_state &&
-                  n_results == n_inputs + n_frontier,
+                  n_results == n_inputs + n_frontier &&
+                  static_cast<int64_t>(tangent_strides.size()) == n_unique,
               "rnnkit inductor loop: the backward's layout does not match its call");
   TORCH_CHECK(!order.empty(), "rnnkit inductor loop: no step to run back");
   const int64_t ran = static_cast<int64_t>(order.size());
@@ -195,8 +197,8 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
       Tensor& slot = tangents[positions[k]];
       if (!slot.defined()) {
         slot = d;
-      } else {  // one new contiguous tensor, not a sum in the operands' layout then a copy
-        Tensor sum = at::empty(d.sizes(), d.options());
+      } else {  // one new tensor in the layout compiled for, not a sum then a copy
+        Tensor sum = at::empty_strided(d.sizes(), tangent_strides[positions[k]], d.options());
         at::add_out(sum, slot, d);
         slot = sum;
         summed[positions[k]] = true;
@@ -210,8 +212,11 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
       for (int64_t j : transposed) swap.emplace_back(j, step_saved[j].t().contiguous());
     }
     for (const auto& [j, value] : swap) arguments[j] = value;
-    for (int64_t k = 0; k < n_unique; ++k) {
-      arguments[n_saved + k] = summed[k] ? tangents[k] : tangents[k].contiguous();
+    for (int64_t k = 0; k < n_unique; ++k) {  // in the layout compiled for (as it comes:
+      const Tensor& d = tangents[k];          // the state gradient the step before returned)
+      const auto& want = tangent_strides[k];
+      arguments[n_saved + k] = summed[k] || d.strides().equals(want)
+          ? d : at::empty_strided(d.sizes(), want, d.options()).copy_(d);
     }
     std::vector<Tensor> grads = call(arguments);
 
