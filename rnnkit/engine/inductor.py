@@ -9,9 +9,12 @@ tensors (``make_fx``), with the parameters, buffers, input and state as graph in
    projection ``W_ih x + b``, its layer norm, any pointwise work on it) is cut out into a
    second graph that runs once for all ``T`` steps (``torch.vmap`` over time: one GEMM of
    ``T*B`` rows instead of ``T`` GEMMs of ``B`` rows);
-2. **compiling**: the rest, one step's recurrent part, is compiled by ``torch.compile(...,
-   backend="inductor", fullgraph=True)``: its pointwise work fuses into a few loops, and
-   AOTAutograd writes the matching backward; the Python loop over time calls it ``T`` times;
+2. **compiling**: the rest, one step's recurrent part, goes through AOTAutograd (a forward
+   and a backward graph) and Inductor compiles each: its pointwise work fuses into a few
+   loops. One autograd node runs the whole sequence, calling the compiled forward ``T``
+   times and the compiled backward ``T`` times in reverse: in C++ where rnnkit's compiled
+   kernels are built (``csrc/traced_step.cpp`` calls the entry point of Inductor's C++
+   wrapper, no Python between steps), else from Python;
 3. **checking**: before the path serves a signature for the first time, the two graphs,
    uncompiled, are run beside the cell's own ``forward`` on the call's first two steps;
    a difference beyond rounding refuses the path (the trace baked in something the cell
