@@ -537,3 +537,48 @@ def test_without_the_cpp_loop_the_python_loop_serves(monkeypatch):
         _assert_equal(_grads(ours, x, [5, 1, 3]), _grads(theirs, x, [5, 1, 3]), 1e-10)
     if spy is not None:
         assert spy.calls == {"traced_forward": 0, "traced_backward": 0}
+
+
+def test_the_choice_times_both_programs_then_keeps_the_faster():
+    """_Choice: each program is timed once, then the faster serves, and every EXPLORE-th
+    call times the other again; a program that turns slower loses its turn."""
+    choice = inductor._Choice()
+    picks = []
+    for call in range(1, 2 * choice.EXPLORE + 1):
+        which = choice.pick()
+        picks.append(which)
+        choice.record(which, 1.0 if which == 0 else 0.5)  # the split program is faster
+    assert picks[:2] == [0, 1]
+    explored = [i for i, p in enumerate(picks[2:], start=3) if p == 0]
+    assert explored == [choice.EXPLORE, 2 * choice.EXPLORE]
+    for _ in range(20):  # the split program slows down (a busy neighbour)
+        which = choice.pick()
+        choice.record(which, 1.0 if which == 0 else 3.0)
+    assert choice.pick() == 0
+
+
+def test_both_pointwise_programs_equal_the_loop(monkeypatch):
+    """On two threads a small step gets two programs (pointwise code on one thread, and split
+    across the threads): each, forced, equals the eager loop at 1e-10 in float64."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(16)
+        cell = TwoGates(3, 4).double()
+        x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+        expected = _grads(Recurrence(cell, engine="loop"), x, [5, 2, 4])
+        for which in (0, 1):
+            monkeypatch.setattr(inductor._Choice, "pick", lambda self, which=which: which)
+            layer = Recurrence(cell, engine="inductor")
+            got = _grads(layer, x, [5, 2, 4])
+            run = dispatch.plan_cell(cell, x, "inductor")
+            dispatch.run_cell(run, x.detach(), torch.zeros(3, 4, dtype=torch.float64),
+                              torch.tensor([5, 2, 4]))
+            if run.ran != "inductor":
+                pytest.skip(f"torch.compile cannot serve here: {run.declined}")
+            _assert_equal(got, expected, 1e-10)
+        entry = inductor.traced(cell, x[0], torch.zeros(3, 4, dtype=torch.float64))
+        assert any(key[-1] for key in inductor._programs)  # the split program was built
+        assert entry.failure is None
+    finally:
+        torch.set_num_threads(threads)
