@@ -544,7 +544,7 @@ def test_the_choice_times_both_programs_then_keeps_the_faster():
     call times the other again; a program that turns slower loses its turn."""
     choice = inductor._Choice()
     picks = []
-    for call in range(1, 2 * choice.EXPLORE + 1):
+    for _ in range(2 * choice.EXPLORE):
         which = choice.pick()
         picks.append(which)
         choice.record(which, 1.0 if which == 0 else 0.5)  # the split program is faster
