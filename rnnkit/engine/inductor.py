@@ -46,6 +46,7 @@ from torch import Tensor, fx, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from rnnkit.cells.base import State
+from rnnkit.engine import compiled
 from rnnkit.engine.plan import PathDeclined
 
 __all__ = ["TraceRefused", "plan", "run_recurrence"]
@@ -314,6 +315,10 @@ CPP_LOOP = True
 #: handed back).
 _ENTRY_SYMBOL = "_Z19inductor_entry_implPP16AtenTensorOpaqueS1_"
 
+# The compiled kernels' module (the C++ loop lives there), or None: the Python loop. A name of
+# this module's own, so that tests can watch or remove it.
+_extension = compiled.extension
+
 
 @dataclass
 class StepProgram:
@@ -336,6 +341,8 @@ class StepProgram:
     tangent_strides: list[tuple[int, ...]] = field(default_factory=list)
     results: tuple[int, int] = (0, 0)
     libraries: list[Any] = field(default_factory=list)  # keeps the entry points loaded
+    # which of this program and its split-pointwise twin serves a call (:func:`_programs_for`)
+    choice: _Choice | None = None
 
 
 #: ATen operators (by name) linear in their one tensor argument: a sum over time commutes
@@ -708,8 +715,7 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             # an OpenMP barrier per kernel and step, which a busy neighbour process stalls
             # (measured 1.7x slower beside other load). Below the compiled kernels' grain
             # the generated code runs on one thread; the GEMMs keep torch's threads.
-            largest = max((t.numel() for t in example[n_const:]), default=0)  # per step
-            patch = {"cpp.threads": 1} if largest < STEP_PARALLEL_ELEMS and \
+            patch = {"cpp.threads": 1} if _small_step(example, n_const) and \
                 not split_pointwise else {}
             # tanh as 2 / (1 + exp(-2x)) - 1 in the vectorised code: one exp where Sleef's
             # tanh costs about three (tanh is most of a gated step's pointwise time); within
@@ -752,12 +758,6 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             program.results = (_result_count(graphs["forward"][0]),
                                _result_count(graphs["backward"][0]) if training else 0)
     return program
-
-
-def _extension() -> Any:
-    from rnnkit.engine import compiled
-
-    return compiled.extension()
 
 
 def _result_count(gm: fx.GraphModule) -> int:
@@ -816,15 +816,22 @@ def _program(entry: TracedCell, example: list[Tensor], training: bool,
     return program
 
 
+def _small_step(example: list[Tensor], n_const: int) -> bool:
+    """Whether the step's largest per-step input (state, hoisted projection) has fewer values
+    than :data:`STEP_PARALLEL_ELEMS`: its pointwise code is compiled for one thread."""
+    return max((t.numel() for t in example[n_const:]), default=0) < STEP_PARALLEL_ELEMS
+
+
 def _programs_for(entry: TracedCell, example: list[Tensor], training: bool,
                   n_const: int) -> tuple[StepProgram, ...]:
     """The step's program, and where its pointwise code was compiled for one thread
     (small steps) and torch has more, the one that splits it across them."""
     program = _program(entry, example, training, n_const)
-    largest = max((t.numel() for t in example[n_const:]), default=0)  # per step
     if not (COMPILE and ADAPTIVE_THREADS and torch.get_num_threads() > 1
-            and largest < STEP_PARALLEL_ELEMS):
+            and _small_step(example, n_const)):
         return (program,)
+    if program.choice is None:
+        program.choice = _Choice()
     try:
         return program, _program(entry, example, training, n_const, split_pointwise=True)
     except PathDeclined:
@@ -859,9 +866,6 @@ class _Choice:
     def record(self, index: int, seconds: float) -> None:
         old = self.seconds[index]
         self.seconds[index] = seconds if old is None else old + 0.3 * (seconds - old)
-
-
-_choices: dict[int, _Choice] = {}  # by id of the one-thread program (kept in _programs)
 
 
 def _check(cell: nn.Module, entry: TracedCell, values: list[Tensor],
@@ -906,10 +910,16 @@ class _Schedule:
     """Which steps run in which order, and where the lengths mask them."""
 
     order: list[int]  # time indices in processing order
-    keeps: list[Tensor | None]  # per time index: (B, 1) bool where rows still run, or None
     steps: int  # T (outputs past the longest sequence are zero)
-    mask: Tensor | None = None  # (T', B, 1): keeps stacked, for the C++ loop
-    first_masked: int = 0  # keeps[t] is mask[t] from here on (the shortest length)
+    mask: Tensor | None = None  # (T', B, 1) bool: where rows still run (None: every row)
+    first_masked: int = 0  # the shortest length: before it every row runs
+
+    def keep(self, t: int) -> Tensor | None:
+        """Step ``t``'s mask ``(B, 1)``, or None where every row runs (csrc/traced_step.cpp's
+        keep_at)."""
+        if self.mask is None or not self.first_masked <= t < self.mask.shape[0]:
+            return None
+        return self.mask[t]
 
 
 def _direct(compiled: Callable[[list[Tensor]], Any]) -> Callable[[list[Tensor]], Any]:
@@ -971,7 +981,7 @@ class _Sequence(torch.autograd.Function):
         for t in schedule.order:
             results = call([*consts, *(p[t] for p in per_step), *leaves])
             out, new = results[out_index], [results[k] for k in state_index]
-            keep = schedule.keeps[t]
+            keep = schedule.keep(t)
             if keep is not None:
                 new = [torch.where(keep, n, o) for n, o in zip(new, leaves, strict=True)]
                 out = torch.where(keep, out, 0.0)
@@ -1018,7 +1028,7 @@ class _Sequence(torch.autograd.Function):
         shared = len(set(positions)) < len(positions)  # an output that is also the state
         transposed, swap = program.transposed, cast(dict[int, Tensor], {})
         for t in reversed(schedule.order):
-            keep = schedule.keeps[t]
+            keep = schedule.keep(t)
             d_out = d_outs[t]
             carry: list[Tensor | None] | None = None
             if keep is not None:  # rows past their length: the state passes through
@@ -1200,20 +1210,17 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
     example = [*(everything[i] for i in consts), *(everything[i][0] for i in per_step),
                *leaves]
     programs = _programs_for(entry, example, training, len(consts))
-    choice = _choices.setdefault(id(programs[0]), _Choice()) if len(programs) > 1 else None
+    choice = programs[0].choice if len(programs) > 1 else None
     which = choice.pick() if choice is not None else 0
     program = programs[which]
     if lengths is None:
         order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
-        keeps: list[Tensor | None] = [None] * steps
+        schedule = _Schedule(order, steps)
     else:
         max_len, min_len = int(lengths.max()), int(lengths.min())
         order = list(range(max_len - 1, -1, -1)) if reverse else list(range(max_len))
         valid = torch.arange(max_len, device=inputs.device)[:, None] < lengths[None, :]
-        masks = valid.unsqueeze(-1).unbind(0)  # T' x (B, 1)
-        keeps = [masks[t] if min_len <= t < max_len else None for t in range(steps)]
-    schedule = _Schedule(order, keeps, steps, None if lengths is None else
-                         valid.unsqueeze(-1), 0 if lengths is None else min_len)
+        schedule = _Schedule(order, steps, valid.unsqueeze(-1), min_len)  # mask (T', B, 1)
     flat = [*(everything[i] for i in consts), *(everything[i] for i in per_step), *leaves]
     layout = (len(consts), len(per_step), len(leaves))
     began = time.perf_counter()
