@@ -76,6 +76,8 @@ class TracedCell:
     failure: str | None = None  # why compiling failed (then the loop runs)
     checked: bool = False
     names: list[str] = field(default_factory=list)
+    block_failure: str | None = None  # why the batch cannot split into row blocks
+    rows_independent: bool | None = None  # whether its rows never mix (None: not checked)
 
 
 _cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, TracedCell | str]] = (
@@ -310,6 +312,17 @@ COMPILE = True
 #: Python loop around Inductor's Python wrapper.
 CPP_LOOP = True
 
+#: With the C++ loop and more than one torch thread, split the batch into one block of rows
+#: per thread, each block running every step on its own thread with a step compiled for its
+#: rows (one-thread pointwise code, one-thread GEMMs): no barrier between the threads inside
+#: a step, where sharing each step's small GEMM and pointwise loop costs two per step. Only
+#: for cells whose rows do not mix (checked once per cell, :func:`_rows_independent`), a
+#: batch that divides evenly, and blocks of at least :data:`BLOCK_MIN_ROWS` rows. Measured at
+#: row 15's step (B=32, H=256, Intel Xeon model 207, 2 threads): the product of 16 rows on
+#: one thread 28 us where the 32-row product shared by two threads took 37-56 us.
+BATCH_BLOCKS = True
+BLOCK_MIN_ROWS = 8
+
 #: ``void inductor_entry_impl(AtenTensorHandle*, AtenTensorHandle*)``, as the C++ ABI names it:
 #: the entry point of code compiled with Inductor's C++ wrapper (inputs stolen, outputs
 #: handed back).
@@ -334,6 +347,10 @@ class StepProgram:
     # backward inputs (of the saved ones) taken transposed and contiguous, made once per
     # sequence from the first step's value (:func:`_transposed_weights`)
     transposed: list[int] = field(default_factory=list)
+    # constant inputs the forward takes transposed and contiguous, and the backward inputs
+    # (of the saved ones) then made contiguous once per sequence (:func:`_transposed_consts`)
+    const_transposed: list[int] = field(default_factory=list)
+    contiguous: list[int] = field(default_factory=list)
     # the C++ loop's entry points (forward, backward or 0) and result counts, or None: the
     # Python loop (:func:`_entry_point`)
     entries: tuple[int, int] | None = None
@@ -614,6 +631,69 @@ def _transposed_weights(gm: fx.GraphModule, inputs: list[Tensor], static: set[st
     return taken
 
 
+def _transposed_consts(gm: fx.GraphModule, inputs: list[Tensor], n_const: int,
+                       n_outputs: int) -> tuple[list[int], list[int]]:
+    """Let the forward graph ``gm`` take each constant input (a weight ``W``) that it
+    multiplies transposed from the right (``h @ W^T``, the recurrent projection) as ``W^T``,
+    contiguous: the product then reads its right operand in rows, which MKL runs much faster
+    for a few rows on one thread (measured, 16 x 256 @ 256 x 512, Intel Xeon model 207: 26 us
+    against 47 us for the transposed read). ``inputs`` (the example inputs) hold ``W^T``; the
+    caller passes ``W^T`` for these inputs. Where the forward also saves ``W`` for the
+    backward it saves a view of ``W^T``, which the backward takes contiguous, made once per
+    sequence. Returns (the constant inputs so taken, the backward's saved inputs to make
+    contiguous)."""
+    aten = torch.ops.aten
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+
+    def transposed(user: fx.Node) -> bool:  # W^T as a view
+        return user.op == "call_function" and not user.kwargs and (
+            user.target is aten.t.default or (user.target is aten.permute.default
+                                              and list(user.args[1]) == [1, 0]))
+
+    def multiplied(view: fx.Node) -> bool:  # ... the right operand of a product
+        return any(u.op == "call_function" and u.target in (aten.mm.default, aten.addmm.default)
+                   and u.args[-1] is view and not u.kwargs for u in view.users)
+
+    taken, contiguous = [], []
+    for index, node in enumerate(placeholders[:n_const]):
+        value = node.meta.get("val")
+        if value is None or value.dim() != 2:
+            continue
+        views = [u for u in node.users if transposed(u)]
+        if not any(multiplied(v) for v in views):
+            continue
+        others = [u for u in node.users if u not in views]  # reads of W itself
+        mode = getattr(value, "fake_mode", None)
+        with mode if mode is not None else contextlib.nullcontext():
+            node.meta["val"] = aten.permute.default(value, [1, 0]).contiguous()
+        for view in views:  # W^T is now the input itself
+            view.replace_all_uses_with(node)
+            gm.graph.erase_node(view)
+        if others:  # W: a view of the input
+            with gm.graph.inserting_after(node):
+                back = gm.graph.call_function(aten.permute.default, (node, [1, 0]))
+            with mode if mode is not None else contextlib.nullcontext():
+                back.meta["val"] = aten.permute.default(node.meta["val"], [1, 0])
+            for user in others:
+                user.replace_input_with(node, back)
+        inputs[index] = inputs[index].t().contiguous()
+        taken.append(index)
+    if taken:  # saved values that are now views of a transposed input: W, laid out anew
+        inputs_taken = {placeholders[i] for i in taken}
+        for j, saved in enumerate(list(output.args[0])[n_outputs:]):
+            source = saved
+            while isinstance(source, fx.Node) and source.op == "call_function" and \
+                    source.target in (aten.permute.default, aten.t.default):
+                source = source.args[0]
+            if source is not saved and source in inputs_taken:
+                contiguous.append(j)
+    if taken:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return taken, contiguous
+
+
 def _tangent_layouts(gm: fx.GraphModule, inputs: list[Tensor], positions: list[int],
                      n_inputs: int) -> list[tuple[int, ...]]:
     """Let each tangent of the backward graph ``gm`` that carries a state's gradient back to
@@ -652,7 +732,7 @@ def _laid_out(value: Tensor, stride: tuple[int, ...]) -> Tensor:
 
 def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
              n_const: int = 0, positions: list[int] | None = None,
-             split_pointwise: bool = False) -> StepProgram:
+             split_pointwise: bool = False, block: bool = False) -> StepProgram:
     """The step's forward and backward graphs (AOTAutograd, Inductor's decompositions and the
     min-cut partition), each compiled by Inductor (or left as graphs when ``COMPILE`` is
     False)."""
@@ -693,13 +773,20 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             graphs["backward"] = (split[0], graphs["backward"][1])
             deferred = split[1]
     transposed: list[int] = []
-    if WIDE_PRODUCTS and torch.get_num_threads() > 1:  # on one thread no faster (the
+    if WIDE_PRODUCTS and torch.get_num_threads() > 1 and not block:  # on one thread no
+        # faster (the
         _wide_products(graphs["forward"][0])  # pointwise code reads it transposed)
         if training:
             gm, graph_inputs = graphs["backward"]
             static = _static_saved(graphs["forward"][0], n_const, len(results))
             transposed = _transposed_weights(gm, graph_inputs, static)
             _wide_products(gm)
+    const_transposed: list[int] = []
+    contiguous: list[int] = []
+    if block:  # one thread, a few rows: the product reads the weight in rows
+        gm, graph_inputs = graphs["forward"]
+        const_transposed, contiguous = _transposed_consts(gm, graph_inputs, n_const,
+                                                          len(results))
     tangent_strides: list[tuple[int, ...]] = []
     if training:
         gm, graph_inputs = graphs["backward"]
@@ -715,8 +802,8 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             # an OpenMP barrier per kernel and step, which a busy neighbour process stalls
             # (measured 1.7x slower beside other load). Below the compiled kernels' grain
             # the generated code runs on one thread; the GEMMs keep torch's threads.
-            patch = {"cpp.threads": 1} if _small_step(example, n_const) and \
-                not split_pointwise else {}
+            patch = {"cpp.threads": 1} if block or (_small_step(example, n_const) and
+                                                    not split_pointwise) else {}
             # tanh as 2 / (1 + exp(-2x)) - 1 in the vectorised code: one exp where Sleef's
             # tanh costs about three (tanh is most of a gated step's pointwise time); within
             # 2e-7 absolute of torch.tanh in float32, 4e-16 in float64 (not bit-equal: small
@@ -725,13 +812,21 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             program = None
             if cpp_loop:  # the C++ wrapper, whose entry point the C++ loop calls
                 try:
-                    with torch.no_grad(), inductor_config.patch(patch), \
-                            inductor_config.patch(get_cpp_wrapper_config()), \
-                            inductor_config.patch({"cpp_wrapper": True}):
-                        program = compile_fx_inner(gm, graph_inputs, cpp_wrapper=True,
-                                                   is_backward=name == "backward")
+                    for cache in (True, False):  # a cached program may release the GIL
+                        with torch.no_grad(), inductor_config.patch(patch), \
+                                inductor_config.patch(get_cpp_wrapper_config()), \
+                                inductor_config.patch({"cpp_wrapper": True,
+                                                       "fx_graph_cache": cache}), \
+                                _without_gil_release() if block else contextlib.nullcontext():
+                            program = compile_fx_inner(gm, graph_inputs, cpp_wrapper=True,
+                                                       is_backward=name == "backward")
+                        if not block or _gil_free(program):
+                            break
+                    else:
+                        raise PathDeclined("Inductor's C++ wrapper releases the GIL in each "
+                                           "call, so its steps cannot run on other threads")
                 except Exception as error:  # noqa: BLE001 - the Python wrapper may still build
-                    if not _is_compile_failure(error):
+                    if block or not _is_compile_failure(error):
                         raise
                     cpp_loop = False
             if program is None:
@@ -750,14 +845,64 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
                                f"{len(results)} outputs (an output that needs no gradient)")
     program = StepProgram(programs[0], programs[1] if training else None, len(results),
                           tangents, time.perf_counter() - begin, deferred, transposed,
-                          tangent_strides=tangent_strides)
+                          const_transposed, contiguous, tangent_strides=tangent_strides)
     if cpp_loop:
         points = [_entry_point(p, program.libraries) for p in programs]
         if all(point is not None for point in points):
             program.entries = (points[0], points[1] if training else 0)
             program.results = (_result_count(graphs["forward"][0]),
                                _result_count(graphs["backward"][0]) if training else 0)
+    if block and program.entries is None:
+        raise PathDeclined("row blocks need the C++ loop, whose entry point was not found")
     return program
+
+
+def _without_gil_release() -> contextlib.AbstractContextManager[None]:
+    """Inductor's C++ wrapper without the GIL release its entry point begins with (which
+    needs the GIL held by the calling thread): the row blocks call the entry point from
+    torch's threads with the GIL released once around the whole loop."""
+    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+
+    original = CppWrapperCpu._write_input_preamble
+
+    def preamble(self: Any) -> None:
+        prefix = self.prefix
+        splice = prefix.splice_jit
+
+        def without(code: Any, strip: bool = False) -> None:
+            if not (isinstance(code, str) and "gil_scoped_release" in code):
+                splice(code, strip=strip)
+
+        prefix.splice_jit = without
+        try:
+            original(self)
+        finally:
+            del prefix.splice_jit
+
+    @contextlib.contextmanager
+    def patched() -> Any:
+        CppWrapperCpu._write_input_preamble = preamble
+        try:
+            yield
+        finally:
+            CppWrapperCpu._write_input_preamble = original
+
+    return patched()
+
+
+def _gil_free(program: Any) -> bool:
+    """Whether the C++ source of ``program`` (compiled with the C++ wrapper) never touches
+    the GIL, read next to the library Inductor loaded."""
+    call = getattr(program, "current_callable", None)
+    for cell in getattr(call, "__closure__", None) or ():
+        path = getattr(getattr(cell.cell_contents, "__self__", None), "__file__", None)
+        if isinstance(path, str) and path.endswith(".so"):
+            try:
+                with open(path[:-3] + ".cpp", encoding="utf-8") as source:
+                    return "gil_scoped" not in source.read()
+            except OSError:
+                return False
+    return False
 
 
 def _result_count(gm: fx.GraphModule) -> int:
@@ -792,26 +937,27 @@ _programs: dict[tuple, StepProgram] = {}
 
 
 def _program(entry: TracedCell, example: list[Tensor], training: bool,
-             n_const: int, split_pointwise: bool = False) -> StepProgram:
-    if entry.failure is not None:
-        raise PathDeclined(entry.failure)
+             n_const: int, split_pointwise: bool = False, block: bool = False) -> StepProgram:
+    failure = "block_failure" if block else "failure"  # a block program only declines blocks
+    if entry.failure is not None or getattr(entry, failure) is not None:
+        raise PathDeclined(entry.failure or getattr(entry, failure))
     key = (entry.step.code, tuple((tuple(t.shape), t.dtype, t.device) for t in example),
            training, n_const, COMPILE, CPP_LOOP, DEFER_WEIGHT_GRADIENTS, STEP_PARALLEL_ELEMS,
            DECOMPOSE_TANH, WIDE_PRODUCTS and torch.get_num_threads() > 1, WIDE_PRODUCT_ROWS,
-           split_pointwise)
+           split_pointwise, block)
     program = _programs.get(key)
     if program is None:
         try:
             program = _capture(entry.step, example, training, n_const, entry.positions,
-                               split_pointwise)
+                               split_pointwise, block)
         except PathDeclined as declined:
-            entry.failure = str(declined)
+            setattr(entry, failure, str(declined))
             raise
         except Exception as error:
             if not _is_compile_failure(error):
                 raise
-            entry.failure = f"torch.compile failed: {_first_line(error)}"
-            raise PathDeclined(entry.failure) from error
+            setattr(entry, failure, f"torch.compile failed: {_first_line(error)}")
+            raise PathDeclined(getattr(entry, failure)) from error
         _programs[key] = program
     return program
 
@@ -913,6 +1059,7 @@ class _Schedule:
     steps: int  # T (outputs past the longest sequence are zero)
     mask: Tensor | None = None  # (T', B, 1) bool: where rows still run (None: every row)
     first_masked: int = 0  # the shortest length: before it every row runs
+    blocks: int = 1  # row blocks, each run on its own thread (C++ loop only, BATCH_BLOCKS)
 
     def keep(self, t: int) -> Tensor | None:
         """Step ``t``'s mask ``(B, 1)``, or None where every row runs (csrc/traced_step.cpp's
@@ -967,13 +1114,16 @@ class _Sequence(torch.autograd.Function):
         ctx.program, ctx.entry, ctx.schedule, ctx.layout = program, entry, schedule, layout
         ctx.shapes = [p[0].shape for p in flat[n_const:n_const + n_step]]
         if program.entries is not None:  # the loop in C++ (csrc/traced_step.cpp)
+            for i in program.const_transposed:
+                consts[i] = consts[i].t().contiguous()
             outputs, leaves, ctx.saved_steps = _extension().traced_forward(
                 entry=program.entries[0], n_results=program.results[0],
                 n_unique=program.outputs, out_index=out_index, state_index=list(state_index),
                 consts=consts, per_step=list(flat[n_const:n_const + n_step]), leaves=leaves,
                 order=schedule.order, keep=schedule.mask, first_masked=schedule.first_masked,
-                steps=schedule.steps, training=training)
+                steps=schedule.steps, training=training, chunks=schedule.blocks)
             return (outputs, *leaves)
+        assert schedule.blocks == 1, "row blocks run in the C++ loop only"
         per_step = [p.unbind(0) for p in flat[n_const:n_const + n_step]]  # T x (...) views
         call, n_out = _direct(program.forward), program.outputs
         saved: dict[int, Any] = {}
@@ -1101,7 +1251,7 @@ def _cpp_backward(ctx: Any, grad_outputs: Tensor, grad_leaves: list[Tensor]
         entry=program.entries[1], n_results=program.results[1], saved=ctx.saved_steps,
         grad_outputs=grad_outputs, grad_leaves=grad_leaves, positions=list(ctx.entry.positions),
         n_unique=program.outputs, tangent_strides=[list(s) for s in program.tangent_strides],
-        transposed=program.transposed, n_const=n_const,
+        transposed=program.transposed, contiguous=program.contiguous, n_const=n_const,
         n_step=n_step, needs=needs, frontier_static=static, order=schedule.order,
         keep=schedule.mask, first_masked=schedule.first_masked, steps=schedule.steps)
     stacked = [None if not need else value if value is not None else  # (T, ...)
@@ -1173,6 +1323,51 @@ def _over_time(graph: fx.GraphModule, consts: list[Tensor], inputs: Tensor) -> l
     raise AssertionError("a graph without an output")
 
 
+def _blocks(entry: TracedCell, batch: int) -> int:
+    """How many row blocks a batch of ``batch`` rows splits into (:data:`BATCH_BLOCKS`)."""
+    threads = torch.get_num_threads()
+    if not (BATCH_BLOCKS and COMPILE and CPP_LOOP and threads > 1) or \
+            entry.block_failure is not None or batch % threads or \
+            batch // threads < BLOCK_MIN_ROWS or _extension() is None:
+        return 1
+    return threads
+
+
+def _rows_independent(entry: TracedCell, values: list[Tensor], per_step: list[Tensor],
+                      inputs: Tensor, state: State, blocks: int) -> bool:
+    """Whether the traced step (uncompiled) gives each block of rows what it gives them in
+    the whole batch, on the call's first two steps: a cell that mixes rows (a norm over the
+    batch, a batch mean) cannot be split into row blocks."""
+    try:
+        return _rows_agree(entry, values, per_step, inputs, state, blocks)
+    except Exception:  # noqa: BLE001 - a step that cannot run on fewer rows mixes them
+        return False
+
+
+def _rows_agree(entry: TracedCell, values: list[Tensor], per_step: list[Tensor],
+                inputs: Tensor, state: State, blocks: int) -> bool:
+    rows = inputs.shape[1] // blocks
+    leaves = tree_flatten(state)[0]
+    with torch.no_grad():
+        for t in range(min(2, inputs.shape[0])):
+            arguments = [*values, inputs[t], *(p[t] for p in per_step), *leaves]
+            whole = entry.step(*[arguments[i] for i in entry.used])
+            for b in range(blocks):
+                part = slice(b * rows, (b + 1) * rows)
+                sliced = [*values, inputs[t][part], *(p[t][part] for p in per_step),
+                          *(leaf[part] for leaf in leaves)]
+                block = entry.step(*[sliced[i] for i in entry.used])
+                for want, have in zip(whole, block, strict=True):
+                    want = want[part]
+                    tolerance = 1e-10 if want.dtype == torch.float64 else 1e-5
+                    scale = max(float(want.abs().max()) if want.numel() else 0.0, 1.0)
+                    if want.shape != have.shape or not torch.allclose(
+                            want, have, rtol=0, atol=tolerance * scale, equal_nan=True):
+                        return False
+            leaves = [whole[k] for k in entry.positions[1:]]
+    return True
+
+
 def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
                    lengths: Tensor | None = None, reverse: bool = False) -> tuple[Tensor, State]:
     """Run ``cell`` over time-major ``inputs (T, B, H_in)`` on the inductor path.
@@ -1209,18 +1404,41 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
         t.requires_grad for t in [*values, inputs, *hoisted, *leaves])
     example = [*(everything[i] for i in consts), *(everything[i][0] for i in per_step),
                *leaves]
-    programs = _programs_for(entry, example, training, len(consts))
-    choice = programs[0].choice if len(programs) > 1 else None
-    which = choice.pick() if choice is not None else 0
-    program = programs[which]
+    blocks = _blocks(entry, inputs.shape[1])
+    if any(t.dim() == 0 or t.shape[0] != inputs.shape[1] for t in example[len(consts):]):
+        blocks = 1  # a per-step value or state without the batch first
+    program = None
+    if blocks > 1:
+        rows = inputs.shape[1] // blocks
+        try:
+            program = _program(entry, [*example[:len(consts)],
+                                       *(t[:rows] for t in example[len(consts):])],
+                               training, len(consts), block=True)
+            if entry.rows_independent is None:
+                entry.rows_independent = _rows_independent(entry, values, hoisted, inputs,
+                                                           state, blocks)
+            if not entry.rows_independent:
+                entry.block_failure = "the step mixes the rows of its batch"
+                program = None
+        except PathDeclined:
+            program = None
+        if program is None:
+            blocks = 1
+    choice = None
+    if program is None:
+        programs = _programs_for(entry, example, training, len(consts))
+        choice = programs[0].choice if len(programs) > 1 else None
+        which = choice.pick() if choice is not None else 0
+        program = programs[which]
     if lengths is None:
         order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
-        schedule = _Schedule(order, steps)
+        schedule = _Schedule(order, steps, blocks=blocks)
     else:
         max_len, min_len = int(lengths.max()), int(lengths.min())
         order = list(range(max_len - 1, -1, -1)) if reverse else list(range(max_len))
         valid = torch.arange(max_len, device=inputs.device)[:, None] < lengths[None, :]
-        schedule = _Schedule(order, steps, valid.unsqueeze(-1), min_len)  # mask (T', B, 1)
+        schedule = _Schedule(order, steps, valid.unsqueeze(-1), min_len,  # mask (T', B, 1)
+                             blocks)
     flat = [*(everything[i] for i in consts), *(everything[i] for i in per_step), *leaves]
     layout = (len(consts), len(per_step), len(leaves))
     began = time.perf_counter()

@@ -578,7 +578,109 @@ def test_both_pointwise_programs_equal_the_loop(monkeypatch):
                 pytest.skip(f"torch.compile cannot serve here: {run.declined}")
             _assert_equal(got, expected, 1e-10)
         entry = inductor.traced(cell, x[0], torch.zeros(3, 4, dtype=torch.float64))
-        assert any(key[-1] for key in inductor._programs)  # the split program was built
+        assert any(key[-2] for key in inductor._programs)  # the split program was built
         assert entry.failure is None
     finally:
         torch.set_num_threads(threads)
+
+
+class BatchMean(TwoGates):
+    """TwoGates plus the batch mean of its state: its rows mix, so it cannot run in blocks."""
+
+    def forward(self, x, h):
+        out, h = super().forward(x, h)
+        h = h + 0.1 * h.mean(0, keepdim=True)
+        return h, h
+
+
+@pytest.fixture
+def two_blocks(monkeypatch):
+    """Two torch threads and blocks of any size: a batch of 4 rows splits in two."""
+    from rnnkit.engine import compiled
+
+    module = compiled.extension()
+    if module is None:
+        pytest.skip("the compiled kernels are not built here: no C++ loop, no blocks")
+    spy = _CountingExtension(module)
+    blocks = []
+    forward = module.traced_forward
+
+    def counted(*args, **kwargs):
+        blocks.append(kwargs.get("chunks", 1))
+        return forward(*args, **kwargs)
+
+    spy.traced_forward = counted
+    monkeypatch.setattr(inductor, "_extension", lambda: spy)
+    monkeypatch.setattr(inductor, "BLOCK_MIN_ROWS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    inductor._programs.clear()
+    yield blocks
+    torch.set_num_threads(threads)
+    inductor._programs.clear()
+
+
+@pytest.mark.parametrize("make", [TwoGates, PairState, ScaledRecurrent],
+                         ids=["output-is-state", "own-output-tuple-state", "deferred-gain"])
+def test_row_blocks_equal_the_eager_loop(two_blocks, make):
+    """On two threads a batch that splits evenly runs as two blocks of rows, each through
+    every step on its own thread, with the recurrent weight read transposed in the forward:
+    values and gradients equal the eager loop's at 1e-10 in float64, with lengths (a row
+    that stops at step 1 in each block), both directions, an expanded output gradient and
+    inference."""
+    torch.manual_seed(17)
+    cell = make(3, 4).double()
+    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    lengths = [6, 1, 4, 1]
+    for reverse in (False, True):
+        ours = Recurrence(cell, go_backwards=reverse, engine="inductor")
+        theirs = Recurrence(cell, go_backwards=reverse, engine="loop")
+        got = _grads(ours, x, lengths)
+        if 2 not in two_blocks:
+            run = dispatch.plan_cell(cell, x, "inductor")
+            dispatch.run_cell(run, x.detach(), inductor.example_state(cell, 4, x),
+                              torch.tensor(lengths), reverse)
+            entry = inductor.traced(cell, x[0], inductor.example_state(cell, 4, x))
+            pytest.skip(f"no blocks here: {run.declined or entry.block_failure}")
+        _assert_equal(got, _grads(theirs, x, lengths), 1e-10)
+        expanded = [torch.autograd.grad(layer(x)[0].sum(), [x, *cell.parameters()])
+                    for layer in (ours, theirs)]
+        _assert_equal(expanded[0], expanded[1], 1e-10)
+        with torch.no_grad():
+            _assert_equal(list(ours(x, lengths=lengths)[0:1]),
+                          list(theirs(x, lengths=lengths)[0:1]), 1e-10)
+    blocked = [p for key, p in inductor._programs.items() if key[-1]]
+    assert blocked
+    if make is not ScaledRecurrent:  # an nn.Linear's weight (not a product of two)
+        assert all(p.const_transposed for p in blocked)
+
+
+def test_a_cell_that_mixes_rows_runs_whole(two_blocks):
+    """A step that reads the batch mean gives other values on half the rows: the blocks are
+    declined (the reason kept), the whole batch runs as one, and equals the eager loop."""
+    torch.manual_seed(18)
+    cell = BatchMean(3, 4).double()
+    x = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
+    got = _grads(Recurrence(cell, engine="inductor"), x, None)
+    entry = inductor.traced(cell, x[0], torch.zeros(4, 4, dtype=torch.float64))
+    if entry.failure is not None or not two_blocks:
+        pytest.skip(f"the inductor path cannot serve here: {entry.failure}")
+    assert entry.rows_independent is False
+    assert entry.block_failure == "the step mixes the rows of its batch"
+    assert set(two_blocks) == {1}
+    _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
+
+
+def test_row_block_programs_never_touch_the_gil(two_blocks):
+    """The blocks call Inductor's entry point from torch's threads with the GIL released:
+    their generated C++ has no GIL release (which needs the GIL held) in it."""
+    torch.manual_seed(19)
+    cell = TwoGates(3, 4)
+    _grads(Recurrence(cell, engine="inductor"), torch.randn(4, 4, 3, requires_grad=True), None)
+    if 2 not in two_blocks:
+        pytest.skip("no blocks here")
+    blocked = [p for key, p in inductor._programs.items() if key[-1]]
+    assert blocked
+    for program in blocked:
+        for compiled_graph in (program.forward, program.backward):
+            assert inductor._gil_free(compiled_graph)

@@ -154,36 +154,40 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            const std::vector<int64_t>& state_index, const std::vector<at::Tensor>& consts,
            const std::vector<at::Tensor>& per_step, std::vector<at::Tensor> leaves,
            const std::vector<int64_t>& order, std::optional<at::Tensor> keep,
-           int64_t first_masked, int64_t steps, bool training) {
+           int64_t first_masked, int64_t steps, bool training, int64_t chunks) {
           return rnnkit::traced_forward(entry, n_results, n_unique, out_index, state_index,
                                         consts, per_step, std::move(leaves), order,
                                         keep.value_or(at::Tensor()), first_masked, steps,
-                                        training);
+                                        training, chunks);
         },
         py::arg("entry"), py::arg("n_results"), py::arg("n_unique"), py::arg("out_index"),
         py::arg("state_index"), py::arg("consts"), py::arg("per_step"), py::arg("leaves"),
         py::arg("order"), py::arg("keep"), py::arg("first_masked"), py::arg("steps"),
-        py::arg("training"),
+        py::arg("training"), py::arg("chunks") = 1,
         "The inductor path's forward loop (traced_step.cpp): [outputs (T, B, H_out), final "
-        "state, saved].");
+        "state, saved]. chunks > 1: the batch split into that many row blocks, each run on its "
+        "own thread (the step compiled without the GIL).");
   m.def("traced_backward",
         [](int64_t entry, int64_t n_results, const rnnkit::SavedSteps& saved,
            const at::Tensor& grad_outputs, std::vector<at::Tensor> grad_leaves,
            const std::vector<int64_t>& positions, int64_t n_unique,
            const std::vector<std::vector<int64_t>>& tangent_strides,
-           const std::vector<int64_t>& transposed, int64_t n_const, int64_t n_step,
+           const std::vector<int64_t>& transposed, const std::vector<int64_t>& contiguous,
+           int64_t n_const, int64_t n_step,
            const std::vector<bool>& needs, const std::vector<bool>& frontier_static,
            const std::vector<int64_t>& order, std::optional<at::Tensor> keep,
            int64_t first_masked, int64_t steps) {
           return rnnkit::traced_backward(entry, n_results, saved, grad_outputs,
                                          std::move(grad_leaves), positions, n_unique,
-                                         tangent_strides, transposed, n_const, n_step, needs, frontier_static,
+                                         tangent_strides, transposed, contiguous, n_const,
+                                         n_step, needs, frontier_static,
                                          order, keep.value_or(at::Tensor()), first_masked,
                                          steps);
         },
         py::arg("entry"), py::arg("n_results"), py::arg("saved"), py::arg("grad_outputs"),
         py::arg("grad_leaves"), py::arg("positions"), py::arg("n_unique"),
-        py::arg("tangent_strides"), py::arg("transposed"), py::arg("n_const"), py::arg("n_step"), py::arg("needs"),
+        py::arg("tangent_strides"), py::arg("transposed"), py::arg("contiguous"),
+        py::arg("n_const"), py::arg("n_step"), py::arg("needs"),
         py::arg("frontier_static"), py::arg("order"), py::arg("keep"),
         py::arg("first_masked"), py::arg("steps"),
         "The inductor path's backward loop (traced_step.cpp): [constant inputs' gradients, "

@@ -12,8 +12,11 @@ namespace rnnkit {
 
 // What each step's compiled forward saved for its backward, by time index (empty where the
 // step did not run): kept in C++ between the two calls, opaque to Python.
+// With the batch split into row blocks (`chunks` of `rows` rows, each run on its own thread),
+// block q's step t is steps[q * T + t].
 struct SavedSteps {
   std::vector<std::vector<at::Tensor>> steps;
+  int64_t chunks = 1, rows = 0;
 };
 
 // (T, B, H_out) outputs, final state leaves, saved values
@@ -31,13 +34,14 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
                              const std::vector<at::Tensor>& per_step,
                              std::vector<at::Tensor> leaves, const std::vector<int64_t>& order,
                              const at::Tensor& keep, int64_t first_masked, int64_t steps,
-                             bool training);
+                             bool training, int64_t chunks);
 
 TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedSteps& saved,
-                               const at::Tensor& grad_outputs, std::vector<at::Tensor> d_leaves,
+                               const at::Tensor& grad_outputs, std::vector<at::Tensor> grad_leaves,
                                const std::vector<int64_t>& positions, int64_t n_unique,
                                const std::vector<std::vector<int64_t>>& tangent_strides,
-                               const std::vector<int64_t>& transposed, int64_t n_const,
+                               const std::vector<int64_t>& transposed,
+                               const std::vector<int64_t>& contiguous, int64_t n_const,
                                int64_t n_step, const std::vector<bool>& needs,
                                const std::vector<bool>& frontier_static,
                                const std::vector<int64_t>& order, const at::Tensor& keep,
