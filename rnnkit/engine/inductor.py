@@ -1151,10 +1151,17 @@ class _Sequence(torch.autograd.Function):
         program, schedule, positions = ctx.program, ctx.schedule, ctx.entry.positions
         n_const, n_step, n_state = ctx.layout
         saved = ctx.saved_steps
+        if saved is None:
+            raise RuntimeError(
+                "Trying to backward through the graph a second time (or directly access "
+                "saved tensors after they have already been freed). Specify "
+                "retain_graph=True if you need to backward through the graph a second time.")
+        if not _retains_graph():  # freed when this backward returns, as autograd frees
+            ctx.saved_steps = None  # the tensors a Function saves (not with the graph)
         needs = ctx.needs_input_grad[4:]
         steps = schedule.steps
         if program.entries is not None:
-            return _cpp_backward(ctx, grad_outputs, list(grad_leaves))
+            return _cpp_backward(ctx, saved, grad_outputs, list(grad_leaves))
         call, n_out = _direct(program.backward), program.outputs
         # T x (B, H_out) views; made contiguous per step where the compiled backward reads one
         # as it is (an output that is also the state gets the sum of two tangents: a new
@@ -1239,7 +1246,14 @@ class _Sequence(torch.autograd.Function):
                                                          strict=True)])
 
 
-def _cpp_backward(ctx: Any, grad_outputs: Tensor, grad_leaves: list[Tensor]
+def _retains_graph() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``); True where
+    torch cannot tell."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else bool(keep())
+
+
+def _cpp_backward(ctx: Any, saved: Any, grad_outputs: Tensor, grad_leaves: list[Tensor]
                   ) -> tuple[Tensor | None, ...]:
     """:meth:`_Sequence.backward` with its loop in C++ (csrc/traced_step.cpp)."""
     program, schedule = ctx.program, ctx.schedule
@@ -1248,7 +1262,7 @@ def _cpp_backward(ctx: Any, grad_outputs: Tensor, grad_leaves: list[Tensor]
     deferred = program.deferred
     static = deferred.static if deferred else []
     grad_consts, stacked, operands, d_leaves = _extension().traced_backward(
-        entry=program.entries[1], n_results=program.results[1], saved=ctx.saved_steps,
+        entry=program.entries[1], n_results=program.results[1], saved=saved,
         grad_outputs=grad_outputs, grad_leaves=grad_leaves, positions=list(ctx.entry.positions),
         n_unique=program.outputs, tangent_strides=[list(s) for s in program.tangent_strides],
         transposed=program.transposed, contiguous=program.contiguous, n_const=n_const,

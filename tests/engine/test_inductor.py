@@ -481,6 +481,38 @@ def test_a_retained_graph_runs_back_twice():
         torch.testing.assert_close(p.grad, 2 * g, rtol=0, atol=1e-12)
 
 
+def _sequence_node(tensor):
+    """The inductor path's autograd node (_Sequence) behind ``tensor``."""
+    todo, seen = [tensor.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if hasattr(node, "saved_steps"):
+            return node
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return None
+
+
+def test_the_backward_frees_the_saved_steps():
+    """Without ``retain_graph`` the backward frees what the steps saved (as autograd frees a
+    Function's saved tensors), not when the output dies; a second backward then says so."""
+    torch.manual_seed(20)
+    cell = TwoGates(3, 4).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    layer = Recurrence(cell, engine="inductor")
+    out, _ = layer(x)
+    node = _sequence_node(out)
+    if node is None:
+        pytest.skip("the inductor path cannot serve here")
+    assert node.saved_steps is not None
+    out.sum().backward()
+    assert node.saved_steps is None
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.sum().backward()
+
+
 class FirstCallOff(TwoGates):
     """TwoGates whose first eager forward is off by 1e-3 (a transient: the first eager call
     of a busy process measured 2.8e-5 off its repetitions), exact afterwards."""
