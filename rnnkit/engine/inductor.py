@@ -14,7 +14,8 @@ tensors (``make_fx``), with the parameters, buffers, input and state as graph in
    loops. One autograd node runs the whole sequence, calling the compiled forward ``T``
    times and the compiled backward ``T`` times in reverse: in C++ where rnnkit's compiled
    kernels are built (``csrc/traced_step.cpp`` calls the entry point of Inductor's C++
-   wrapper, no Python between steps), else from Python;
+   wrapper, no Python between steps; on more than one thread the batch runs as one block of
+   rows per thread, :data:`BATCH_BLOCKS`), else from Python;
 3. **checking**: before the path serves a signature for the first time, the two graphs,
    uncompiled, are run beside the cell's own ``forward`` on the call's first two steps;
    a difference beyond rounding refuses the path (the trace baked in something the cell
@@ -281,7 +282,16 @@ def plan(cell: nn.Module, inputs: Tensor) -> str:
     size = getattr(cell, "input_size", None)  # a stacked layer's input is not the module's
     features = size if isinstance(size, int) else inputs.shape[-1]
     x = inputs.new_zeros(inputs.shape[1], features)  # (B, H_in): one step, for the trace
-    return traced(cell, x, example_state(cell, inputs.shape[1], inputs)).summary
+    entry = traced(cell, x, example_state(cell, inputs.shape[1], inputs))
+    blocks = _blocks(entry, inputs.shape[1])
+    if blocks > 1 and entry.rows_independent is not False:
+        return (f"{entry.summary}; the batch runs as {blocks} blocks of "
+                f"{inputs.shape[1] // blocks} rows, each through every step on its own thread"
+                + ("" if entry.rows_independent else " (if its rows never mix: checked at the "
+                                                     "first call)"))
+    if entry.block_failure is not None:
+        return f"{entry.summary}; the batch runs whole ({entry.block_failure})"
+    return entry.summary
 
 
 #: Sum the weight gradients over time in one GEMM after the backward loop (:class:`Deferred`)

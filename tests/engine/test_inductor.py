@@ -687,6 +687,19 @@ def test_row_blocks_equal_the_eager_loop(two_blocks, make):
         assert all(p.const_transposed for p in blocked)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_row_blocks_of_one_row_and_hidden_size_one(two_blocks, steps):
+    """The smallest blocks: batch 2 in two blocks of one row, hidden size 1, one step or
+    three: values and gradients equal the eager loop's."""
+    torch.manual_seed(21)
+    cell = TwoGates(1, 1).double()
+    x = torch.randn(steps, 2, 1, dtype=torch.float64, requires_grad=True)
+    got = _grads(Recurrence(cell, engine="inductor"), x, None)
+    if 2 not in two_blocks:
+        pytest.skip("no blocks here")
+    _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
+
+
 def test_a_cell_that_mixes_rows_runs_whole(two_blocks):
     """A step that reads the batch mean gives other values on half the rows: the blocks are
     declined (the reason kept), the whole batch runs as one, and equals the eager loop."""
@@ -700,6 +713,8 @@ def test_a_cell_that_mixes_rows_runs_whole(two_blocks):
     assert entry.rows_independent is False
     assert entry.block_failure == "the step mixes the rows of its batch"
     assert set(two_blocks) == {1}
+    assert "the batch runs whole (the step mixes the rows of its batch)" in \
+        inductor.plan(cell, x)
     _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
 
 
@@ -711,6 +726,8 @@ def test_row_block_programs_never_touch_the_gil(two_blocks):
     _grads(Recurrence(cell, engine="inductor"), torch.randn(4, 4, 3, requires_grad=True), None)
     if 2 not in two_blocks:
         pytest.skip("no blocks here")
+    assert "the batch runs as 2 blocks of 2 rows, each through every step on its own " \
+        "thread" in inductor.plan(cell, torch.zeros(4, 4, 3))
     blocked = [p for key, p in inductor._programs.items() if key[-1]]
     assert blocked
     for program in blocked:
