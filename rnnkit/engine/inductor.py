@@ -1434,18 +1434,18 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
     program = None
     if blocks > 1:
         rows = inputs.shape[1] // blocks
-        try:
-            program = _program(entry, [*example[:len(consts)],
-                                       *(t[:rows] for t in example[len(consts):])],
-                               training, len(consts), block=True)
-            if entry.rows_independent is None:
-                entry.rows_independent = _rows_independent(entry, values, hoisted, inputs,
-                                                           state, blocks)
+        if entry.rows_independent is None:  # before compiling for blocks
+            entry.rows_independent = _rows_independent(entry, values, hoisted, inputs, state,
+                                                       blocks)
             if not entry.rows_independent:
                 entry.block_failure = "the step mixes the rows of its batch"
+        if entry.rows_independent:
+            try:
+                program = _program(entry, [*example[:len(consts)],
+                                           *(t[:rows] for t in example[len(consts):])],
+                                   training, len(consts), block=True)
+            except PathDeclined:
                 program = None
-        except PathDeclined:
-            program = None
         if program is None:
             blocks = 1
     choice = None

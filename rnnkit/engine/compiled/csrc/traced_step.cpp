@@ -133,8 +133,8 @@ void set_rows(const Tensor& buffer, int64_t t, int64_t row0, const Tensor& value
     return;
   }
   const int64_t per_row = buffer.numel() / (buffer.size(0) * buffer.size(1));
-  if (buffer.is_contiguous() && value.is_contiguous() && value.numel() == value.size(0) * per_row &&
-      value.scalar_type() == buffer.scalar_type()) {
+  if (buffer.is_contiguous() && value.is_contiguous() &&
+      value.numel() == value.size(0) * per_row && value.scalar_type() == buffer.scalar_type()) {
     const size_t row_bytes = static_cast<size_t>(per_row) * buffer.element_size();
     std::memcpy(static_cast<char*>(buffer.data_ptr()) +
                     (t * buffer.size(1) + row0) * row_bytes,
@@ -158,8 +158,8 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
               "rnnkit inductor loop: ", leaves.size(), " state tensors, ", state_index.size(),
               " state outputs");
   const int64_t batch = leaves[0].size(0);
-  TORCH_CHECK(chunks >= 1 && batch % chunks == 0 && (chunks == 1 || batch > 0), "rnnkit inductor loop: ", batch,
-              " rows do not split into ", chunks, " blocks");
+  TORCH_CHECK(chunks >= 1 && batch % chunks == 0 && (chunks == 1 || batch > 0),
+              "rnnkit inductor loop: ", batch, " rows do not split into ", chunks, " blocks");
   const int64_t rows = batch / chunks;
   auto saved = std::make_shared<SavedSteps>();
   saved->chunks = chunks;
