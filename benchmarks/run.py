@@ -372,9 +372,12 @@ LOAD_ROWS = (
     ("16f", "IndRNN", "IndRNNCell", {}),
     ("16g", "GroupedLSTM(groups=2)", "GroupedLSTMCell", {"groups": 2}),
     ("16h", "NAS", "NASCell", {}),
+    ("16i", "user-written cell (engine='inductor', row 15)", "TwoGateCell",
+     {"engine": "inductor"}),
 )
 LOAD_KINDS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "ElmanCell": "RNN", "UGRNNCell": "UGRNN",
-              "IndRNNCell": "IndRNN", "GroupedLSTMCell": "GroupedLSTM", "NASCell": "NAS"}
+              "IndRNNCell": "IndRNN", "GroupedLSTMCell": "GroupedLSTM", "NASCell": "NAS",
+              "TwoGateCell": "TwoGate"}
 
 
 def _load_rows() -> tuple[Row, ...]:
@@ -382,7 +385,8 @@ def _load_rows() -> tuple[Row, ...]:
     return tuple(
         Row(row_id, f"{title} training beside a CPU-bound neighbour",
             Workload(LOAD_KINDS[cell], batch, hidden, steps, True),
-            replace(_recurrence(cell, **options), kind=LOAD_KINDS[cell]),
+            replace(_recurrence(cell, **options), kind=LOAD_KINDS[cell],
+                    first_call=options.get("engine") == "inductor"),
             ((_torch("LSTM"), REPORT),), neighbour=True)
         for row_id, title, cell, options in LOAD_ROWS)
 
