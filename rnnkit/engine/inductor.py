@@ -283,7 +283,8 @@ def plan(cell: nn.Module, inputs: Tensor) -> str:
     features = size if isinstance(size, int) else inputs.shape[-1]
     x = inputs.new_zeros(inputs.shape[1], features)  # (B, H_in): one step, for the trace
     entry = traced(cell, x, example_state(cell, inputs.shape[1], inputs))
-    blocks = _blocks(entry, inputs.shape[1])
+    values = _tensors(cell)[1]
+    blocks = _blocks(entry, inputs.shape[1], [values[i] for i in entry.used if i < len(values)])
     if blocks > 1 and entry.rows_independent is not False:
         return (f"{entry.summary}; the batch runs as {blocks} blocks of "
                 f"{inputs.shape[1] // blocks} rows, each through every step on its own thread"
@@ -332,6 +333,12 @@ CPP_LOOP = True
 #: one thread 28 us where the 32-row product shared by two threads took 37-56 us.
 BATCH_BLOCKS = True
 BLOCK_MIN_ROWS = 8
+#: ... and only where the weights the step reads (its constant inputs) fit in this many
+#: bytes: each thread then reads all of them at every step where the shared step splits them
+#: (TwoGateCell training, T=64, same box, blocks against the shared step: 0.91x at B=32
+#: H=128, 0.93x at B=64 H=256 (512 KiB of weights), 0.99x at B=32 H=512 (2 MiB), 1.13x at
+#: B=32 H=1024 (8 MiB); at row 15's B=32 H=256 T=128 0.84-0.91x)
+BLOCK_MAX_WEIGHT_BYTES = 1 << 20
 
 #: ``void inductor_entry_impl(AtenTensorHandle*, AtenTensorHandle*)``, as the C++ ABI names it:
 #: the entry point of code compiled with Inductor's C++ wrapper (inputs stolen, outputs
@@ -1347,12 +1354,14 @@ def _over_time(graph: fx.GraphModule, consts: list[Tensor], inputs: Tensor) -> l
     raise AssertionError("a graph without an output")
 
 
-def _blocks(entry: TracedCell, batch: int) -> int:
-    """How many row blocks a batch of ``batch`` rows splits into (:data:`BATCH_BLOCKS`)."""
+def _blocks(entry: TracedCell, batch: int, weights: list[Tensor]) -> int:
+    """How many row blocks a batch of ``batch`` rows splits into (:data:`BATCH_BLOCKS`);
+    ``weights``: the step's constant inputs."""
     threads = torch.get_num_threads()
     if not (BATCH_BLOCKS and COMPILE and CPP_LOOP and threads > 1) or \
             entry.block_failure is not None or batch % threads or \
-            batch // threads < BLOCK_MIN_ROWS or _extension() is None:
+            batch // threads < BLOCK_MIN_ROWS or _extension() is None or \
+            sum(w.numel() * w.element_size() for w in weights) > BLOCK_MAX_WEIGHT_BYTES:
         return 1
     return threads
 
@@ -1428,7 +1437,7 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
         t.requires_grad for t in [*values, inputs, *hoisted, *leaves])
     example = [*(everything[i] for i in consts), *(everything[i][0] for i in per_step),
                *leaves]
-    blocks = _blocks(entry, inputs.shape[1])
+    blocks = _blocks(entry, inputs.shape[1], example[:len(consts)])
     if any(t.dim() == 0 or t.shape[0] != inputs.shape[1] for t in example[len(consts):]):
         blocks = 1  # a per-step value or state without the batch first
     program = None

@@ -700,6 +700,18 @@ def test_row_blocks_of_one_row_and_hidden_size_one(two_blocks, steps):
     _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
 
 
+def test_weights_too_large_for_blocks_keep_the_shared_step(two_blocks, monkeypatch):
+    """Each block reads all of the step's weights at every step: beyond
+    BLOCK_MAX_WEIGHT_BYTES the threads share each step instead."""
+    monkeypatch.setattr(inductor, "BLOCK_MAX_WEIGHT_BYTES", 8)
+    torch.manual_seed(22)
+    cell = TwoGates(3, 4)
+    x = torch.randn(3, 4, 3)
+    Recurrence(cell, engine="inductor")(x)
+    assert set(two_blocks) <= {1}
+    assert "blocks" not in inductor.plan(cell, x)
+
+
 def test_a_cell_that_mixes_rows_runs_whole(two_blocks):
     """A step that reads the batch mean gives other values on half the rows: the blocks are
     declined (the reason kept), the whole batch runs as one, and equals the eager loop."""
