@@ -790,9 +790,9 @@ def _capture(step: fx.GraphModule, example: list[Tensor], training: bool,
             graphs["backward"] = (split[0], graphs["backward"][1])
             deferred = split[1]
     transposed: list[int] = []
-    if WIDE_PRODUCTS and torch.get_num_threads() > 1 and not block:  # on one thread no
-        # faster (the
-        _wide_products(graphs["forward"][0])  # pointwise code reads it transposed)
+    if WIDE_PRODUCTS and torch.get_num_threads() > 1 and not block:
+        # on one thread (a block runs on one) no faster: the pointwise code reads it transposed
+        _wide_products(graphs["forward"][0])
         if training:
             gm, graph_inputs = graphs["backward"]
             static = _static_saved(graphs["forward"][0], n_const, len(results))
@@ -1454,6 +1454,9 @@ def run_recurrence(cell: nn.Module, inputs: Tensor, state: State,
                                            *(t[:rows] for t in example[len(consts):])],
                                    training, len(consts), block=True)
             except PathDeclined:
+                program = None
+            except Exception as error:  # noqa: BLE001 - the shared step still serves
+                entry.block_failure = f"compiling the blocks failed ({_first_line(error)})"
                 program = None
         if program is None:
             blocks = 1

@@ -712,6 +712,25 @@ def test_weights_too_large_for_blocks_keep_the_shared_step(two_blocks, monkeypat
     assert "blocks" not in inductor.plan(cell, x)
 
 
+def test_blocks_that_fail_to_compile_leave_the_shared_step(two_blocks, monkeypatch):
+    """An Inductor whose C++ wrapper cannot be patched (another torch version): the block
+    programs fail, the reason is kept, and the shared step serves with the loop's values."""
+    def broken():
+        raise AttributeError("CppWrapperCpu has no _write_input_preamble")
+
+    monkeypatch.setattr(inductor, "_without_gil_release", broken)
+    torch.manual_seed(23)
+    cell = TwoGates(3, 4).double()
+    x = torch.randn(4, 4, 3, dtype=torch.float64, requires_grad=True)
+    got = _grads(Recurrence(cell, engine="inductor"), x, None)
+    entry = inductor.traced(cell, x[0], torch.zeros(4, 4, dtype=torch.float64))
+    if entry.failure is not None or not two_blocks:
+        pytest.skip(f"the inductor path cannot serve here: {entry.failure}")
+    assert set(two_blocks) == {1}
+    assert entry.block_failure.startswith("compiling the blocks failed (AttributeError")
+    _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
+
+
 def test_a_cell_that_mixes_rows_runs_whole(two_blocks):
     """A step that reads the batch mean gives other values on half the rows: the blocks are
     declined (the reason kept), the whole batch runs as one, and equals the eager loop."""

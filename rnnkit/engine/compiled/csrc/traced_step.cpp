@@ -144,6 +144,14 @@ void set_rows(const Tensor& buffer, int64_t t, int64_t row0, const Tensor& value
   }
 }
 
+// Tensor k of every block, joined along the batch (the tensor itself for one block).
+Tensor join_blocks(const std::vector<std::vector<Tensor>>& blocks, size_t k) {
+  if (blocks.size() == 1) return blocks[0][k];
+  std::vector<Tensor> parts;
+  for (const auto& block : blocks) parts.push_back(block[k]);
+  return at::cat(parts, 0);
+}
+
 }  // namespace
 
 TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
@@ -205,15 +213,7 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
     }
     finals[q] = std::move(state);
   });
-  for (size_t k = 0; k < leaves.size(); ++k) {
-    if (chunks == 1) {
-      leaves[k] = finals[0][k];
-      continue;
-    }
-    std::vector<Tensor> parts;
-    for (int64_t q = 0; q < chunks; ++q) parts.push_back(finals[q][k]);
-    leaves[k] = at::cat(parts, 0);
-  }
+  for (size_t k = 0; k < leaves.size(); ++k) leaves[k] = join_blocks(finals, k);
   // steps past the longest sequence never ran: their outputs are zero (the order covers
   // 0..max_len-1, one direction or the other)
   const int64_t ran = static_cast<int64_t>(order.size());
@@ -389,15 +389,7 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
     }
   }
   std::vector<Tensor> d_leaves(n_state);
-  for (int64_t k = 0; k < n_state; ++k) {
-    if (chunks == 1) {
-      d_leaves[k] = block_leaves[0][k];
-      continue;
-    }
-    std::vector<Tensor> parts;
-    for (int64_t q = 0; q < chunks; ++q) parts.push_back(block_leaves[q][k]);
-    d_leaves[k] = at::cat(parts, 0);
-  }
+  for (int64_t k = 0; k < n_state; ++k) d_leaves[k] = join_blocks(block_leaves, k);
   return {grad_consts, step_grads, frontier, d_leaves};
 }
 
