@@ -712,6 +712,19 @@ def test_weights_too_large_for_blocks_keep_the_shared_step(two_blocks, monkeypat
     assert "blocks" not in inductor.plan(cell, x)
 
 
+def _runs_whole(cell, steps, blocks):
+    """Runs ``cell`` on the inductor path over a batch of 4 rows: it must have run as one
+    block and equal the eager loop (float64, 1e-10). Returns its traced entry."""
+    x = torch.randn(steps, 4, 3, dtype=torch.float64, requires_grad=True)
+    got = _grads(Recurrence(cell, engine="inductor"), x, None)
+    entry = inductor.traced(cell, x[0], torch.zeros(4, 4, dtype=torch.float64))
+    if entry.failure is not None or not blocks:
+        pytest.skip(f"the inductor path cannot serve here: {entry.failure}")
+    assert set(blocks) == {1}
+    _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
+    return entry
+
+
 def test_blocks_that_fail_to_compile_leave_the_shared_step(two_blocks, monkeypatch):
     """An Inductor whose C++ wrapper cannot be patched (another torch version): the block
     programs fail, the reason is kept, and the shared step serves with the loop's values."""
@@ -720,15 +733,8 @@ def test_blocks_that_fail_to_compile_leave_the_shared_step(two_blocks, monkeypat
 
     monkeypatch.setattr(inductor, "_without_gil_release", broken)
     torch.manual_seed(23)
-    cell = TwoGates(3, 4).double()
-    x = torch.randn(4, 4, 3, dtype=torch.float64, requires_grad=True)
-    got = _grads(Recurrence(cell, engine="inductor"), x, None)
-    entry = inductor.traced(cell, x[0], torch.zeros(4, 4, dtype=torch.float64))
-    if entry.failure is not None or not two_blocks:
-        pytest.skip(f"the inductor path cannot serve here: {entry.failure}")
-    assert set(two_blocks) == {1}
+    entry = _runs_whole(TwoGates(3, 4).double(), 4, two_blocks)
     assert entry.block_failure.startswith("compiling the blocks failed (AttributeError")
-    _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
 
 
 def test_a_cell_that_mixes_rows_runs_whole(two_blocks):
@@ -736,17 +742,11 @@ def test_a_cell_that_mixes_rows_runs_whole(two_blocks):
     declined (the reason kept), the whole batch runs as one, and equals the eager loop."""
     torch.manual_seed(18)
     cell = BatchMean(3, 4).double()
-    x = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
-    got = _grads(Recurrence(cell, engine="inductor"), x, None)
-    entry = inductor.traced(cell, x[0], torch.zeros(4, 4, dtype=torch.float64))
-    if entry.failure is not None or not two_blocks:
-        pytest.skip(f"the inductor path cannot serve here: {entry.failure}")
+    entry = _runs_whole(cell, 5, two_blocks)
     assert entry.rows_independent is False
     assert entry.block_failure == "the step mixes the rows of its batch"
-    assert set(two_blocks) == {1}
     assert "the batch runs whole (the step mixes the rows of its batch)" in \
-        inductor.plan(cell, x)
-    _assert_equal(got, _grads(Recurrence(cell, engine="loop"), x, None), 1e-10)
+        inductor.plan(cell, torch.zeros(5, 4, 3, dtype=torch.float64))
 
 
 def test_row_block_programs_never_touch_the_gil(two_blocks):
