@@ -696,18 +696,18 @@ def _transposed_consts(gm: fx.GraphModule, inputs: list[Tensor], n_const: int,
                 user.replace_input_with(node, back)
         inputs[index] = inputs[index].t().contiguous()
         taken.append(index)
-    if taken:  # saved values that are now views of a transposed input: W, laid out anew
-        inputs_taken = {placeholders[i] for i in taken}
-        for j, saved in enumerate(list(output.args[0])[n_outputs:]):
-            source = saved
-            while isinstance(source, fx.Node) and source.op == "call_function" and \
-                    source.target in (aten.permute.default, aten.t.default):
-                source = source.args[0]
-            if source is not saved and source in inputs_taken:
-                contiguous.append(j)
-    if taken:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
+    if not taken:
+        return taken, contiguous
+    inputs_taken = {placeholders[i] for i in taken}
+    for j, saved in enumerate(list(output.args[0])[n_outputs:]):  # saved views of a
+        source = saved  # transposed input (W): the backward takes them laid out anew
+        while isinstance(source, fx.Node) and source.op == "call_function" and \
+                source.target in (aten.permute.default, aten.t.default):
+            source = source.args[0]
+        if source is not saved and source in inputs_taken:
+            contiguous.append(j)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
     return taken, contiguous
 
 
@@ -907,19 +907,29 @@ def _without_gil_release() -> contextlib.AbstractContextManager[None]:
     return patched()
 
 
+def _library_path(program: Any) -> str | None:
+    """The path of the library Inductor loaded for ``program`` (compiled with its C++
+    wrapper): the ``__file__`` of the binding's module in the compiled callable's closure."""
+    call = getattr(program, "current_callable", None)
+    for cell in getattr(call, "__closure__", None) or ():
+        module = getattr(cell.cell_contents, "__self__", None)  # the binding's module
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(".so"):
+            return path
+    return None
+
+
 def _gil_free(program: Any) -> bool:
     """Whether the C++ source of ``program`` (compiled with the C++ wrapper) never touches
     the GIL, read next to the library Inductor loaded."""
-    call = getattr(program, "current_callable", None)
-    for cell in getattr(call, "__closure__", None) or ():
-        path = getattr(getattr(cell.cell_contents, "__self__", None), "__file__", None)
-        if isinstance(path, str) and path.endswith(".so"):
-            try:
-                with open(path[:-3] + ".cpp", encoding="utf-8") as source:
-                    return "gil_scoped" not in source.read()
-            except OSError:
-                return False
-    return False
+    path = _library_path(program)
+    if path is None:
+        return False
+    try:
+        with open(path[:-3] + ".cpp", encoding="utf-8") as source:
+            return "gil_scoped" not in source.read()
+    except OSError:
+        return False
 
 
 def _result_count(gm: fx.GraphModule) -> int:
@@ -931,19 +941,16 @@ def _entry_point(program: Any, libraries: list[Any]) -> int | None:
     """The address of the C++ entry point of code Inductor compiled with its C++ wrapper
     (``inductor_entry_impl`` in the library it loaded), or None where it cannot be found: the
     Python loop calls the program instead. The library's handle goes into ``libraries``."""
-    call = getattr(program, "current_callable", None)
-    for cell in getattr(call, "__closure__", None) or ():
-        module = getattr(cell.cell_contents, "__self__", None)  # the binding's module
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and path.endswith(".so"):
-            try:
-                library = ctypes.CDLL(path)  # the loaded library again (dlopen counts it)
-                address = ctypes.cast(getattr(library, _ENTRY_SYMBOL), ctypes.c_void_p).value
-            except (OSError, AttributeError):
-                return None
-            libraries.append(library)
-            return address
-    return None
+    path = _library_path(program)
+    if path is None:
+        return None
+    try:
+        library = ctypes.CDLL(path)  # the loaded library again (dlopen counts it)
+        address = ctypes.cast(getattr(library, _ENTRY_SYMBOL), ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+    libraries.append(library)
+    return address
 
 
 #: Captured (and compiled) steps by what they compute: the step graph's code and its input
@@ -1046,6 +1053,15 @@ def _check(cell: nn.Module, entry: TracedCell, values: list[Tensor],
         _compare(cell, entry, values, per_step, inputs, state)
 
 
+def _agrees(want: Tensor, have: Tensor) -> bool:
+    """``have`` equals ``want`` up to rounding: 1e-10 (float64) or 1e-5 (else) of the larger
+    of 1 and ``want``'s largest magnitude, the same shape, NaN where ``want`` has NaN."""
+    tolerance = 1e-10 if want.dtype == torch.float64 else 1e-5
+    scale = max(float(want.abs().max()) if want.numel() else 0.0, 1.0)
+    return want.shape == have.shape and torch.allclose(
+        want, have, rtol=0, atol=tolerance * scale, equal_nan=True)
+
+
 def _compare(cell: nn.Module, entry: TracedCell, values: list[Tensor],
              per_step: list[Tensor], inputs: Tensor, state: State) -> None:
     leaves = tree_flatten(state)[0]
@@ -1058,10 +1074,7 @@ def _compare(cell: nn.Module, entry: TracedCell, values: list[Tensor],
             got = [unique[k] for k in entry.positions]
             for want, have in zip([expected_out, *tree_flatten(expected_state)[0]], got,
                                   strict=True):
-                tolerance = 1e-10 if want.dtype == torch.float64 else 1e-5
-                scale = max(float(want.abs().max()) if want.numel() else 0.0, 1.0)
-                if want.shape != have.shape or not torch.allclose(
-                        want, have, rtol=0, atol=tolerance * scale, equal_nan=True):
+                if not _agrees(want, have):
                     raise PathDeclined(
                         f"the traced step differs from {type(cell).__name__}.forward at step "
                         f"{t} (the cell decides something at run time that a trace bakes in)")
@@ -1390,13 +1403,9 @@ def _rows_agree(entry: TracedCell, values: list[Tensor], per_step: list[Tensor],
                 sliced = [*values, inputs[t][part], *(p[t][part] for p in per_step),
                           *(leaf[part] for leaf in leaves)]
                 block = entry.step(*[sliced[i] for i in entry.used])
-                for want, have in zip(whole, block, strict=True):
-                    want = want[part]
-                    tolerance = 1e-10 if want.dtype == torch.float64 else 1e-5
-                    scale = max(float(want.abs().max()) if want.numel() else 0.0, 1.0)
-                    if want.shape != have.shape or not torch.allclose(
-                            want, have, rtol=0, atol=tolerance * scale, equal_nan=True):
-                        return False
+                if not all(_agrees(want[part], have)
+                           for want, have in zip(whole, block, strict=True)):
+                    return False
             leaves = [whole[k] for k in entry.positions[1:]]
     return True
 
