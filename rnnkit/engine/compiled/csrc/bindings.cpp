@@ -155,10 +155,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            const std::vector<at::Tensor>& per_step, std::vector<at::Tensor> leaves,
            const std::vector<int64_t>& order, std::optional<at::Tensor> keep,
            int64_t first_masked, int64_t steps, bool training, int64_t chunks) {
-          return rnnkit::traced_forward(entry, n_results, n_unique, out_index, state_index,
-                                        consts, per_step, std::move(leaves), order,
-                                        keep.value_or(at::Tensor()), first_masked, steps,
-                                        training, chunks);
+          return rnnkit::traced_forward(
+              entry, n_results, n_unique, out_index, state_index, consts, per_step,
+              std::move(leaves), {order, keep.value_or(at::Tensor()), first_masked, steps},
+              training, chunks);
         },
         py::arg("entry"), py::arg("n_results"), py::arg("n_unique"), py::arg("out_index"),
         py::arg("state_index"), py::arg("consts"), py::arg("per_step"), py::arg("leaves"),
@@ -177,12 +177,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            const std::vector<bool>& needs, const std::vector<bool>& frontier_static,
            const std::vector<int64_t>& order, std::optional<at::Tensor> keep,
            int64_t first_masked, int64_t steps) {
-          return rnnkit::traced_backward(entry, n_results, saved, grad_outputs,
-                                         std::move(grad_leaves), positions, n_unique,
-                                         tangent_strides, transposed, contiguous, n_const,
-                                         n_step, needs, frontier_static,
-                                         order, keep.value_or(at::Tensor()), first_masked,
-                                         steps);
+          return rnnkit::traced_backward(
+              entry, n_results, saved, grad_outputs, std::move(grad_leaves), positions,
+              n_unique, tangent_strides, transposed, contiguous, n_const, n_step, needs,
+              frontier_static, {order, keep.value_or(at::Tensor()), first_masked, steps});
         },
         py::arg("entry"), py::arg("n_results"), py::arg("saved"), py::arg("grad_outputs"),
         py::arg("grad_leaves"), py::arg("positions"), py::arg("n_unique"),

@@ -78,22 +78,10 @@ class StepCall {
 };
 
 // The lengths mask of step t, (B, 1) bool, or an undefined tensor where every row runs.
-Tensor keep_at(const Tensor& keep, int64_t first_masked, int64_t t) {
-  if (!keep.defined() || t < first_masked || t >= keep.size(0)) return Tensor();
+Tensor keep_at(const StepSchedule& schedule, int64_t t) {
+  const Tensor& keep = schedule.keep;
+  if (!keep.defined() || t < schedule.first_masked || t >= keep.size(0)) return Tensor();
   return keep.select(0, t);
-}
-
-// buffer[t] = value: one memcpy where both are contiguous (no view made, no copy kernel
-// dispatched: a step's row is a few tens of KiB, the dispatch a few microseconds).
-void set_row(const Tensor& buffer, int64_t t, const Tensor& value) {
-  const int64_t row = buffer.numel() / buffer.size(0);
-  if (buffer.is_contiguous() && value.is_contiguous() && value.numel() == row &&
-      value.scalar_type() == buffer.scalar_type()) {
-    const size_t bytes = static_cast<size_t>(row) * buffer.element_size();
-    std::memcpy(static_cast<char*>(buffer.data_ptr()) + t * bytes, value.data_ptr(), bytes);
-  } else {
-    buffer[t].copy_(value);
-  }
 }
 
 // Runs `body(q)` for each of `chunks` row blocks: on torch's threads where there are more
@@ -126,21 +114,20 @@ Tensor shared_stack(std::mutex& lock, Tensor& slot, const Tensor& value, int64_t
   return slot;
 }
 
-// buffer[t, row0:row0+rows] = value (rows, ...): one memcpy where both are contiguous.
+// buffer[t, row0:row0+n] = value (n, ...): one memcpy where both are contiguous (no view
+// made, no copy kernel dispatched: a step's rows are a few tens of KiB, the dispatch a few
+// microseconds).
 void set_rows(const Tensor& buffer, int64_t t, int64_t row0, const Tensor& value) {
-  if (row0 == 0 && value.size(0) == buffer.size(1)) {
-    set_row(buffer, t, value);
-    return;
-  }
-  const int64_t per_row = buffer.numel() / (buffer.size(0) * buffer.size(1));
-  if (buffer.is_contiguous() && value.is_contiguous() &&
-      value.numel() == value.size(0) * per_row && value.scalar_type() == buffer.scalar_type()) {
-    const size_t row_bytes = static_cast<size_t>(per_row) * buffer.element_size();
+  const int64_t n = value.size(0), cells = buffer.size(0) * buffer.size(1);
+  if (cells > 0 && buffer.is_contiguous() && value.is_contiguous() &&
+      value.scalar_type() == buffer.scalar_type() &&
+      value.numel() * cells == n * buffer.numel()) {
+    const size_t row_bytes = static_cast<size_t>(buffer.numel() / cells) * buffer.element_size();
     std::memcpy(static_cast<char*>(buffer.data_ptr()) +
                     (t * buffer.size(1) + row0) * row_bytes,
-                value.data_ptr(), value.size(0) * row_bytes);
+                value.data_ptr(), n * row_bytes);
   } else {
-    buffer[t].narrow(0, row0, value.size(0)).copy_(value);
+    buffer[t].narrow(0, row0, n).copy_(value);
   }
 }
 
@@ -158,9 +145,9 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
                              int64_t out_index, const std::vector<int64_t>& state_index,
                              const std::vector<Tensor>& consts,
                              const std::vector<Tensor>& per_step, std::vector<Tensor> leaves,
-                             const std::vector<int64_t>& order, const Tensor& keep,
-                             int64_t first_masked, int64_t steps, bool training,
-                             int64_t chunks) {
+                             const StepSchedule& schedule, bool training, int64_t chunks) {
+  const std::vector<int64_t>& order = schedule.order;
+  const int64_t steps = schedule.steps;
   TORCH_CHECK(!order.empty(), "rnnkit inductor loop: no step to run");
   TORCH_CHECK(state_index.size() == leaves.size() && !leaves.empty(),
               "rnnkit inductor loop: ", leaves.size(), " state tensors, ", state_index.size(),
@@ -196,7 +183,7 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
       std::copy(state.begin(), state.end(), arguments.begin() + first_step + per_step.size());
       std::vector<Tensor> results = call(arguments);
       Tensor out = results[out_index];
-      Tensor keep_t = keep_at(keep, first_masked, t);
+      Tensor keep_t = keep_at(schedule, t);
       if (keep_t.defined() && chunks > 1) keep_t = keep_t.narrow(0, row0, rows);
       for (size_t k = 0; k < state.size(); ++k) {
         Tensor next = results[state_index[k]];
@@ -229,8 +216,9 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
                                const std::vector<int64_t>& contiguous, int64_t n_const,
                                int64_t n_step, const std::vector<bool>& needs,
                                const std::vector<bool>& frontier_static,
-                               const std::vector<int64_t>& order, const Tensor& keep,
-                               int64_t first_masked, int64_t steps) {
+                               const StepSchedule& schedule) {
+  const std::vector<int64_t>& order = schedule.order;
+  const int64_t steps = schedule.steps;
   const int64_t n_state = static_cast<int64_t>(grad_leaves.size());
   const int64_t n_inputs = n_const + n_step + n_state;
   const int64_t n_frontier = static_cast<int64_t>(frontier_static.size());
@@ -271,7 +259,7 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
       const int64_t t = *it;
       Tensor d_out = block(grad_outputs[t]);
-      Tensor keep_t = keep_at(keep, first_masked, t);
+      Tensor keep_t = keep_at(schedule, t);
       if (keep_t.defined()) keep_t = block(keep_t);
       std::vector<Tensor> carry;
       if (keep_t.defined()) {  // rows past their length: the state passes through

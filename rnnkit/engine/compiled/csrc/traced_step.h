@@ -19,6 +19,14 @@ struct SavedSteps {
   int64_t chunks = 1, rows = 0;
 };
 
+// Which steps run in which order, and where the lengths mask them (inductor.py's _Schedule).
+struct StepSchedule {
+  std::vector<int64_t> order;  // time indices in processing order
+  at::Tensor keep;             // (T', B, 1) bool: where rows still run (undefined: every row)
+  int64_t first_masked = 0;    // the shortest length: before it every row runs
+  int64_t steps = 0;           // T (outputs past the longest sequence are zero)
+};
+
 // (T, B, H_out) outputs, final state leaves, saved values
 using TracedForward =
     std::tuple<at::Tensor, std::vector<at::Tensor>, std::shared_ptr<SavedSteps>>;
@@ -32,8 +40,7 @@ TracedForward traced_forward(int64_t entry, int64_t n_results, int64_t n_unique,
                              int64_t out_index, const std::vector<int64_t>& state_index,
                              const std::vector<at::Tensor>& consts,
                              const std::vector<at::Tensor>& per_step,
-                             std::vector<at::Tensor> leaves, const std::vector<int64_t>& order,
-                             const at::Tensor& keep, int64_t first_masked, int64_t steps,
+                             std::vector<at::Tensor> leaves, const StepSchedule& schedule,
                              bool training, int64_t chunks);
 
 TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedSteps& saved,
@@ -44,7 +51,6 @@ TracedBackward traced_backward(int64_t entry, int64_t n_results, const SavedStep
                                const std::vector<int64_t>& contiguous, int64_t n_const,
                                int64_t n_step, const std::vector<bool>& needs,
                                const std::vector<bool>& frontier_static,
-                               const std::vector<int64_t>& order, const at::Tensor& keep,
-                               int64_t first_masked, int64_t steps);
+                               const StepSchedule& schedule);
 
 }  // namespace rnnkit
